@@ -14,6 +14,7 @@
 
 pub mod definitions;
 pub mod headers;
+pub mod store;
 mod publish;
 
 pub use publish::{Encoding, PublishError, Published, Publisher};

@@ -1,0 +1,134 @@
+//! `switchboard migrate` and the outbox function, against a real PostgreSQL.
+
+use std::process::Command;
+
+use sqlx::{Connection, PgConnection};
+use switchboard_testkit::Postgres;
+
+fn migrate(url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["migrate"])
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap()
+}
+
+async fn migrated(pg: &Postgres) -> PgConnection {
+    let url = pg.empty_database().await.unwrap();
+    for _ in 0..2 {
+        let output = migrate(&url);
+        assert!(
+            output.status.success(),
+            "migrate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    PgConnection::connect(&url).await.unwrap()
+}
+
+async fn outbox_rows(conn: &mut PgConnection) -> Vec<(String, String, String, serde_json::Value)> {
+    sqlx::query_as("SELECT event_id, channel, type, data FROM switchboard.outbox ORDER BY seq")
+        .fetch_all(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn migrations_apply_to_an_empty_database_twice() {
+    let pg = Postgres::start().unwrap();
+    let mut conn = migrated(&pg).await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'switchboard' ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "channel_members",
+            "notification_preferences",
+            "notifications",
+            "outbox",
+            "presence_last_seen",
+            "presence_privacy",
+            "processed_events",
+            "receipt_cursors"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn emit_writes_inside_the_transaction_and_nothing_on_rollback() {
+    let pg = Postgres::start().unwrap();
+    let mut conn = migrated(&pg).await;
+
+    let mut tx = conn.begin().await.unwrap();
+    let id: String = sqlx::query_scalar(
+        "SELECT switchboard.emit('project:p1', 'bid.new', '{\"amount\": 5000}'::jsonb)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(id.starts_with("evt_"), "{id}");
+    tx.commit().await.unwrap();
+
+    let mut tx = conn.begin().await.unwrap();
+    let _: String = sqlx::query_scalar(
+        "SELECT switchboard.emit('project:p1', 'bid.update', '{}'::jsonb, NULL, 'evt_rolled_back')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+
+    let rows = outbox_rows(&mut conn).await;
+    assert_eq!(
+        rows,
+        [(
+            id,
+            "project:p1".to_string(),
+            "bid.new".to_string(),
+            serde_json::json!({"amount": 5000})
+        )]
+    );
+}
+
+#[tokio::test]
+async fn emit_with_a_known_event_id_inserts_nothing_and_returns_it() {
+    let pg = Postgres::start().unwrap();
+    let mut conn = migrated(&pg).await;
+    for _ in 0..2 {
+        let id: String = sqlx::query_scalar(
+            "SELECT switchboard.emit('conversation:c1', 'message.new', '{\"text\":\"hi\"}', \
+             '{\"id\":\"u1\",\"type\":\"user\"}', 'evt_fixed_1')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(id, "evt_fixed_1");
+    }
+    assert_eq!(outbox_rows(&mut conn).await.len(), 1);
+}
+
+#[tokio::test]
+async fn emit_refuses_bad_input_with_a_clear_error() {
+    let pg = Postgres::start().unwrap();
+    let mut conn = migrated(&pg).await;
+    let cases = [
+        ("SELECT switchboard.emit('project:p1.x', 'bid.new', '{}')", "invalid channel"),
+        ("SELECT switchboard.emit('project:>', 'bid.new', '{}')", "invalid channel"),
+        ("SELECT switchboard.emit('nope:p1', 'bid.new', '{}')", "invalid channel"),
+        ("SELECT switchboard.emit('project:p1', 'Bid.New', '{}')", "invalid event type"),
+        ("SELECT switchboard.emit('project:p1', 'bid..new', '{}')", "invalid event type"),
+        ("SELECT switchboard.emit('project:p1', 'bid.new', '{}', '[1]')", "actor must be"),
+        ("SELECT switchboard.emit('project:p1', 'bid.new', '{}', NULL, 'evt bad')", "invalid event id"),
+        ("SELECT switchboard.emit('project:p1', 'bid.new', '{}', NULL, 'nope')", "invalid event id"),
+    ];
+    for (sql, expected) in cases {
+        let error = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+        assert!(error.to_string().contains(expected), "{sql}: {error}");
+    }
+    assert!(outbox_rows(&mut conn).await.is_empty());
+}
