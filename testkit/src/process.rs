@@ -56,6 +56,51 @@ pub(crate) fn spawn(mut cmd: Command) -> Result<Child> {
 #[derive(Debug)]
 pub(crate) struct Guarded(pub(crate) Option<Child>);
 
+/// A process under test (an edge, a worker): killed when dropped, and killed with the
+/// test binary even if that dies without unwinding.
+#[derive(Debug)]
+pub struct Process(Guarded);
+
+impl Process {
+    pub fn spawn(cmd: Command) -> Result<Process> {
+        Ok(Process(Guarded(Some(spawn(cmd)?))))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.0.pid()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) without waiting.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.0.pid() {
+            // SAFETY: kill has no memory preconditions; the pid is our own child.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// Kills with SIGKILL and reaps.
+    pub fn kill(&mut self) {
+        self.0.kill();
+    }
+
+    /// Waits for the process to exit by itself, up to `timeout`; its exit status.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.0.0.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Guarded {
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.0.take() {

@@ -1,0 +1,222 @@
+//! The bridge: the NATS side of each channel the hub holds.
+//!
+//! One task per channel owns two core NATS subscriptions, `live.<ns>.<id>` (the stream's
+//! republish of stored events) and `sig.<ns>.<id>` (ephemeral signals), and feeds the
+//! channel in stream order. It is the only place that notices loss on the live path:
+//!
+//! - `Nats-Last-Sequence` on a live message names the previous event on the same
+//!   subject; if that is past the channel's head, events were missed and are read back
+//!   from the stream before the live one is delivered;
+//! - after a NATS reconnect or a client-side slow-consumer drop the hub pokes every
+//!   channel, which re-reads the stream past its head.
+//!
+//! Everything from NATS is untrusted: undecodable messages are counted, logged and
+//! skipped, never a crash.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use switchboard_bus::headers;
+use switchboard_bus::store::{Store, StoredEvent};
+use switchboard_schemas::shapes::SignalMessage;
+use switchboard_schemas::{ServerFrame, SubjectKind};
+
+use crate::hub::{Channel, Hub};
+use crate::mailbox::{ConnId, text};
+
+/// Header naming the connection a signal came from (`<edge id>/<conn>`), so that the
+/// sender's own connection does not get it back.
+pub const RT_ORIGIN: &str = "Rt-Origin";
+const REPAIR_BATCH: usize = 256;
+
+/// Counters an operator asks about; read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    pub undecodable: AtomicU64,
+    pub repaired: AtomicU64,
+    pub live: AtomicU64,
+}
+
+/// Starts and runs channel bridges; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    client: async_nats::Client,
+    store: Store,
+    hub: Arc<Hub>,
+    edge_id: Arc<str>,
+    pub stats: Arc<BridgeStats>,
+}
+
+impl Bridge {
+    pub fn new(client: async_nats::Client, hub: Arc<Hub>, edge_id: Arc<str>) -> Bridge {
+        Bridge {
+            store: Store::new(client.clone()),
+            client,
+            hub,
+            edge_id,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Spawns the task feeding a newly attached channel.
+    pub fn start(&self, channel: Arc<Channel>) {
+        tokio::spawn(self.clone().run(channel));
+    }
+
+    /// The value of [`RT_ORIGIN`] for a local connection.
+    pub fn origin(&self, conn: ConnId) -> String {
+        format!("{}/{conn}", self.edge_id)
+    }
+
+    async fn run(self, channel: Arc<Channel>) {
+        let subscribed = async {
+            let live = self
+                .client
+                .subscribe(channel.name.subject(SubjectKind::Live))
+                .await?;
+            let signals = self
+                .client
+                .subscribe(channel.name.subject(SubjectKind::Signal))
+                .await?;
+            // The server must know the subscriptions before the head is read, or an
+            // event stored in between would be neither in the head nor delivered live.
+            self.client.flush().await?;
+            let head = self
+                .store
+                .last_at_or_before(&channel.name.subject(SubjectKind::Durable), None)
+                .await?
+                .map_or(0, |e| e.seq);
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((live, signals, head))
+        };
+        let (mut live, mut signals, head) = match subscribed.await {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::warn!(channel = %channel.name, error = %e, "cannot bridge channel");
+                channel.set_failed(e.to_string());
+                self.hub.forget(&channel);
+                return;
+            }
+        };
+        channel.set_ready(head);
+        loop {
+            tokio::select! {
+                _ = channel.stop.cancelled() => break,
+                _ = channel.resync.notified() => self.repair(&channel, None).await,
+                message = live.next() => match message {
+                    Some(message) => self.on_live(&channel, &message).await,
+                    None => break,
+                },
+                message = signals.next() => match message {
+                    Some(message) => self.on_signal(&channel, &message),
+                    None => break,
+                },
+            }
+        }
+        if !channel.stop.is_cancelled() {
+            // The client dropped the subscriptions (it is shutting down): let the next
+            // subscriber start a fresh bridge.
+            self.hub.forget(&channel);
+        }
+    }
+
+    async fn on_live(&self, channel: &Channel, message: &async_nats::Message) {
+        self.stats.live.fetch_add(1, Ordering::Relaxed);
+        let Some(event) = StoredEvent::from_message(message) else {
+            self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(channel = %channel.name, "live message without Nats-Sequence skipped");
+            return;
+        };
+        let head = channel.head();
+        if event.seq <= head {
+            return;
+        }
+        let previous = message
+            .headers
+            .as_ref()
+            .and_then(|h: &HeaderMap| h.get(headers::NATS_LAST_SEQUENCE))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .unwrap_or(0);
+        if previous > head {
+            tracing::debug!(channel = %channel.name, head, previous, "gap on the live path");
+            self.repair(channel, Some(event.seq)).await;
+        }
+        self.deliver(channel, &event);
+    }
+
+    /// Reads stored events past the channel's head (below `until`, when given) and
+    /// delivers them in order. Retries with backoff: giving up would lose events.
+    async fn repair(&self, channel: &Channel, until: Option<u64>) {
+        let subject = channel.name.subject(SubjectKind::Durable);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if channel.stop.is_cancelled() {
+                return;
+            }
+            let from = channel.head() + 1;
+            if until.is_some_and(|u| from >= u) {
+                return;
+            }
+            match self.store.forward(&subject, from, REPAIR_BATCH).await {
+                Ok(batch) => {
+                    let complete = batch.len() < REPAIR_BATCH;
+                    for event in &batch {
+                        if until.is_some_and(|u| event.seq >= u) {
+                            return;
+                        }
+                        self.stats.repaired.fetch_add(1, Ordering::Relaxed);
+                        self.deliver(channel, event);
+                    }
+                    if complete {
+                        return;
+                    }
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %channel.name, error = %e, "repair read failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, channel: &Channel, event: &StoredEvent) {
+        let envelope = match event.envelope() {
+            Ok(envelope) => Some(envelope),
+            Err(e) => {
+                self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %channel.name, seq = event.seq, error = %e, "undecodable event skipped");
+                None
+            }
+        };
+        channel.deliver(event.seq, envelope.as_ref());
+    }
+
+    fn on_signal(&self, channel: &Channel, message: &async_nats::Message) {
+        let signal: SignalMessage = match serde_json::from_slice(&message.payload) {
+            Ok(signal) => signal,
+            Err(e) => {
+                self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(channel = %channel.name, error = %e, "undecodable signal skipped");
+                return;
+            }
+        };
+        let origin = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(RT_ORIGIN))
+            .and_then(|v| v.as_str().strip_prefix(&*self.edge_id)?.strip_prefix('/')?.parse().ok());
+        channel.signal(origin, |label| {
+            let frame = ServerFrame::Sig {
+                ch: label.clone(),
+                from: signal.from.clone(),
+                ty: signal.ty.clone(),
+                data: signal.data.clone(),
+            };
+            text(frame.encode())
+        });
+    }
+}

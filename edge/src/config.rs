@@ -1,0 +1,113 @@
+//! The edge's configuration: one typed struct, from flags and `SWITCHBOARD_*` variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// `switchboard-edge`: the stateless WebSocket gateway.
+///
+/// Every option is also read from the environment variable shown; flags win.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard-edge", version, about, long_about = None)]
+pub struct EdgeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "SWITCHBOARD_EDGE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+
+    /// NATS server URL(s), comma separated.
+    #[arg(long, env = "SWITCHBOARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// This edge's id in logs, presence entries and `switchboard status` (default: random).
+    #[arg(long, env = "SWITCHBOARD_EDGE_ID")]
+    pub edge_id: Option<String>,
+
+    /// JWT algorithm every token must use: HS256, HS384, HS512, RS256, ES256 or EdDSA.
+    #[arg(long, env = "SWITCHBOARD_JWT_ALG", default_value = "HS256")]
+    pub jwt_alg: String,
+
+    /// Shared secret for HS* algorithms.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key file for RS256, ES256 or EdDSA.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY_S", default_value_t = 5)]
+    pub jwt_leeway_s: u64,
+
+    /// WebSocket ping interval; a peer silent for twice this long is closed. The presence
+    /// TTL follows it.
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_MS", default_value_t = 25_000)]
+    pub heartbeat_ms: u64,
+
+    /// Time an unauthenticated socket has to send `hello`.
+    #[arg(long, env = "SWITCHBOARD_HELLO_TIMEOUT_MS", default_value_t = 5_000)]
+    pub hello_timeout_ms: u64,
+
+    /// Largest client frame answered normally; larger ones get `too_large`.
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Frames above this size close the socket with 1009.
+    #[arg(long, env = "SWITCHBOARD_HARD_FRAME_BYTES", default_value_t = 1024 * 1024)]
+    pub hard_frame_bytes: usize,
+
+    /// Sustained client frames per second per connection.
+    #[arg(long, env = "SWITCHBOARD_FRAMES_PER_S", default_value_t = 50)]
+    pub frames_per_s: u32,
+
+    /// Burst of client frames per connection.
+    #[arg(long, env = "SWITCHBOARD_FRAME_BURST", default_value_t = 100)]
+    pub frame_burst: u32,
+
+    /// Subscriptions per connection (`system:broadcast` not counted).
+    #[arg(long, env = "SWITCHBOARD_MAX_SUBS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
+    /// Bad frames per minute before the session ends with `protocol_error`.
+    #[arg(long, env = "SWITCHBOARD_MAX_BAD_FRAMES", default_value_t = 10)]
+    pub max_bad_frames: u32,
+
+    /// Frames queued for one socket before it counts as a slow consumer.
+    #[arg(long, env = "SWITCHBOARD_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+
+    /// How long an `rpc` waits for the worker's answer.
+    #[arg(long, env = "SWITCHBOARD_RPC_TIMEOUT_MS", default_value_t = 5_000)]
+    pub rpc_timeout_ms: u64,
+
+    /// After SIGTERM, how long clients get to move before the edge exits.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_GRACE_MS", default_value_t = 5_000)]
+    pub drain_grace_ms: u64,
+}
+
+impl EdgeConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_millis(self.hello_timeout_ms)
+    }
+
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
+    }
+}

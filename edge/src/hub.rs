@@ -1,0 +1,394 @@
+//! The hub: which local connections want which channel, and fan-out to them.
+//!
+//! One [`Channel`] per base channel that any local connection subscribes to, shared by
+//! all of them and dropped with its last subscriber. Each channel is fed by one task of
+//! [`crate::bridge`] holding that channel's NATS subscriptions; the hub itself never
+//! touches NATS. An event is decoded once, its `evt` frame is built once per spelling of
+//! the channel (`user:u1` and its aliases differ), and each matching subscriber gets a
+//! clone of the same bytes through its [`Mailbox`] without waiting.
+//!
+//! # No gap, no duplicate
+//!
+//! A channel tracks `head`, the last stream sequence it has delivered. Each subscriber
+//! tracks the last seq it was sent, so a frame reaching it twice (live and from a repair
+//! or replay) is sent once. A subscriber resuming from an old position starts in
+//! catch-up mode: live events are buffered for it while its session replays stored
+//! events, then the buffer is drained past what the replay sent, and it turns live.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use switchboard_schemas::{ChannelName, Envelope, TypeFilters, UserAlias, encode_evt_from};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::mailbox::{ConnControl, ConnId, Mailbox, text};
+
+/// Live events buffered for a catching-up subscriber before its replay restarts instead.
+const CATCH_UP_BUFFER: usize = 4096;
+
+/// Registry of the channels this edge holds.
+#[derive(Debug, Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<String, Arc<Channel>>>,
+}
+
+/// One subscription of one connection, as given to [`Channel::add`].
+#[derive(Debug)]
+pub struct Subscription {
+    pub user: Arc<str>,
+    /// The channel as the client spelled it; `evt` frames carry it.
+    pub label: ChannelName,
+    pub filters: TypeFilters,
+    pub mailbox: Mailbox,
+}
+
+impl Subscription {
+    /// Whether an event of type `ty` goes to this subscription (alias and `types`).
+    pub fn wants(&self, ty: &str) -> bool {
+        self.label.alias().is_none_or(|a: UserAlias| a.admits(ty)) && self.filters.matches_any(ty)
+    }
+}
+
+/// Whether a channel's bridge is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Starting,
+    Ready,
+    Failed(String),
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    pub name: ChannelName,
+    state: Mutex<ChannelState>,
+    ready: watch::Sender<Readiness>,
+    /// Cancelled when the last subscriber leaves; the bridge task then ends.
+    pub stop: CancellationToken,
+    /// Poked when NATS may have dropped live messages; the bridge re-reads the stream.
+    pub resync: Notify,
+}
+
+#[derive(Debug, Default)]
+struct ChannelState {
+    head: u64,
+    subscribers: Vec<Subscriber>,
+    /// Sessions between `Hub::attach` and `Channel::add`; the channel must outlive them.
+    attaching: usize,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    sub: Subscription,
+    mode: Mode,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Live { last_sent: u64 },
+    CatchingUp { buffer: Vec<(u64, Utf8Bytes)>, overflowed: bool },
+}
+
+/// What the session should do after a replay pass.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The subscriber is live; nothing was missed.
+    Live,
+    /// Live events overflowed the buffer meanwhile: replay again from this seq.
+    ReplayFrom(u64),
+    /// Frames to send (in order) before asking again; the subscriber is still catching up.
+    Send(Vec<Utf8Bytes>, u64),
+    /// The subscription is gone (unsubscribed or revoked meanwhile).
+    Gone,
+}
+
+impl Hub {
+    /// Returns the channel for `name` (a base channel), registering a new one if needed,
+    /// and whether it is new (the caller then starts its bridge). The caller must follow
+    /// with [`Channel::add`] or [`Hub::abandon`].
+    pub fn attach(&self, name: &ChannelName) -> (Arc<Channel>, bool) {
+        let mut channels = self.lock();
+        if let Some(channel) = channels.get(name.as_str()) {
+            channel.state().attaching += 1;
+            return (channel.clone(), false);
+        }
+        let channel = Arc::new(Channel {
+            name: name.clone(),
+            state: Mutex::new(ChannelState {
+                attaching: 1,
+                ..ChannelState::default()
+            }),
+            ready: watch::Sender::new(Readiness::Starting),
+            stop: CancellationToken::new(),
+            resync: Notify::new(),
+        });
+        channels.insert(name.as_str().to_string(), channel.clone());
+        (channel, true)
+    }
+
+    /// Gives up an [`attach`](Hub::attach) that will not be followed by `add`.
+    pub fn abandon(&self, channel: &Arc<Channel>) {
+        let mut channels = self.lock();
+        channel.state().attaching -= 1;
+        Self::release_if_idle(&mut channels, channel);
+    }
+
+    /// Removes one subscription; drops the channel when it was the last.
+    pub fn detach(&self, channel: &Arc<Channel>, conn: ConnId, label: &ChannelName) {
+        let mut channels = self.lock();
+        channel
+            .state()
+            .subscribers
+            .retain(|s| !(s.sub.mailbox.conn() == conn && &s.sub.label == label));
+        Self::release_if_idle(&mut channels, channel);
+    }
+
+    /// Drops a channel whose bridge failed, so the next subscriber starts a fresh one.
+    pub fn forget(&self, channel: &Arc<Channel>) {
+        let mut channels = self.lock();
+        if channels
+            .get(channel.name.as_str())
+            .is_some_and(|c| Arc::ptr_eq(c, channel))
+        {
+            channels.remove(channel.name.as_str());
+        }
+        channel.stop.cancel();
+    }
+
+    /// Pokes every channel's bridge to re-read the stream (after a NATS reconnect or a
+    /// client-side slow-consumer drop).
+    pub fn resync_all(&self) {
+        for channel in self.lock().values() {
+            channel.resync.notify_one();
+        }
+    }
+
+    /// The channel named `name`, if this edge holds it.
+    pub fn get(&self, name: &ChannelName) -> Option<Arc<Channel>> {
+        self.lock().get(name.as_str()).cloned()
+    }
+
+    /// Number of channels held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn release_if_idle(channels: &mut HashMap<String, Arc<Channel>>, channel: &Arc<Channel>) {
+        let state = channel.state();
+        if state.subscribers.is_empty() && state.attaching == 0 {
+            drop(state);
+            if channels
+                .get(channel.name.as_str())
+                .is_some_and(|c| Arc::ptr_eq(c, channel))
+            {
+                channels.remove(channel.name.as_str());
+            }
+            channel.stop.cancel();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Channel {
+    fn state(&self) -> MutexGuard<'_, ChannelState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the bridge has subscribed and knows the channel's head.
+    pub async fn ready(&self) -> Result<(), String> {
+        let mut rx = self.ready.subscribe();
+        let outcome = rx
+            .wait_for(|r| *r != Readiness::Starting)
+            .await
+            .map(|r| r.clone());
+        match outcome {
+            Ok(Readiness::Ready) => Ok(()),
+            Ok(Readiness::Failed(why)) => Err(why),
+            _ => Err("channel bridge stopped".into()),
+        }
+    }
+
+    /// Called by the bridge once it is subscribed and has read the head from the stream.
+    pub fn set_ready(&self, head: u64) {
+        self.state().head = head;
+        self.ready.send_replace(Readiness::Ready);
+    }
+
+    pub fn set_failed(&self, why: String) {
+        self.ready.send_replace(Readiness::Failed(why));
+    }
+
+    /// The last seq delivered on this channel.
+    pub fn head(&self) -> u64 {
+        self.state().head
+    }
+
+    /// Adds an attached subscriber. `ok` builds the `sub` reply (if any) from the channel's
+    /// head; it is queued before any event can be, so the client sees `ok` first.
+    ///
+    /// Live (`catch_up` false): events after the head follow. Catching up: live events are
+    /// buffered until [`Channel::catch_up`] reports [`CatchUp::Live`].
+    pub fn add(
+        &self,
+        sub: Subscription,
+        catch_up: bool,
+        ok: impl FnOnce(u64) -> Option<Utf8Bytes>,
+    ) -> u64 {
+        let mut state = self.state();
+        state.attaching -= 1;
+        let head = state.head;
+        let mode = if catch_up {
+            Mode::CatchingUp {
+                buffer: Vec::new(),
+                overflowed: false,
+            }
+        } else {
+            Mode::Live { last_sent: head }
+        };
+        if let Some(ok) = ok(head) {
+            sub.mailbox.push_event(ok);
+        }
+        state.subscribers.push(Subscriber { sub, mode });
+        head
+    }
+
+    /// After a replay pass that sent everything up to `replayed`: drains what was
+    /// buffered meanwhile, or says to replay again if the buffer overflowed.
+    pub fn catch_up(&self, conn: ConnId, label: &ChannelName, replayed: u64) -> CatchUp {
+        let mut state = self.state();
+        let Some(subscriber) = state
+            .subscribers
+            .iter_mut()
+            .find(|s| s.sub.mailbox.conn() == conn && &s.sub.label == label)
+        else {
+            return CatchUp::Gone;
+        };
+        let Mode::CatchingUp { buffer, overflowed } = &mut subscriber.mode else {
+            return CatchUp::Live;
+        };
+        if *overflowed {
+            *overflowed = false;
+            buffer.clear();
+            return CatchUp::ReplayFrom(replayed + 1);
+        }
+        let fresh: Vec<(u64, Utf8Bytes)> = std::mem::take(buffer)
+            .into_iter()
+            .filter(|(seq, _)| *seq > replayed)
+            .collect();
+        match fresh.last() {
+            // Sending may wait for room in the queue, which must not happen under the
+            // lock: hand the frames out and stay in catch-up for one more round.
+            Some((last, _)) => {
+                let last = *last;
+                CatchUp::Send(fresh.into_iter().map(|(_, f)| f).collect(), last)
+            }
+            None => {
+                subscriber.mode = Mode::Live {
+                    last_sent: replayed,
+                };
+                CatchUp::Live
+            }
+        }
+    }
+
+    /// Delivers one stored event to every subscriber that wants it, at most once each.
+    /// Events at or below the head were delivered already and are ignored.
+    pub fn deliver(&self, seq: u64, event: Option<&Envelope>) {
+        let mut state = self.state();
+        if seq <= state.head {
+            return;
+        }
+        state.head = seq;
+        // An undecodable event still moves the head (it is counted and logged by the
+        // bridge), so it is not mistaken for a gap again and again.
+        let Some(event) = event else { return };
+        let ty = event.ty.as_str();
+        // Frames per spelling of the channel; at most three (base and two aliases).
+        let mut frames: Vec<(&ChannelName, Utf8Bytes)> = Vec::with_capacity(1);
+        for subscriber in &mut state.subscribers {
+            let sub = &subscriber.sub;
+            if !sub.wants(ty) {
+                continue;
+            }
+            let frame = match frames.iter().find(|(label, _)| *label == &sub.label) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let frame = evt_frame(&sub.label, seq, event);
+                    frames.push((&sub.label, frame.clone()));
+                    frame
+                }
+            };
+            match &mut subscriber.mode {
+                Mode::Live { last_sent } => {
+                    if seq > *last_sent && sub.mailbox.push_event(frame) {
+                        *last_sent = seq;
+                    }
+                }
+                Mode::CatchingUp { buffer, overflowed } => {
+                    if *overflowed {
+                        continue;
+                    }
+                    if buffer.len() < CATCH_UP_BUFFER {
+                        buffer.push((seq, frame));
+                    } else {
+                        *overflowed = true;
+                        buffer.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers a signal to every subscriber except the connection that sent it.
+    /// `frame` builds the `sig` frame for one spelling of the channel.
+    pub fn signal(&self, origin: Option<ConnId>, mut frame: impl FnMut(&ChannelName) -> Utf8Bytes) {
+        let state = self.state();
+        let mut frames: Vec<(&ChannelName, Utf8Bytes)> = Vec::with_capacity(1);
+        for subscriber in &state.subscribers {
+            let sub = &subscriber.sub;
+            if Some(sub.mailbox.conn()) == origin {
+                continue;
+            }
+            let built = match frames.iter().find(|(label, _)| *label == &sub.label) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let f = frame(&sub.label);
+                    frames.push((&sub.label, f.clone()));
+                    f
+                }
+            };
+            sub.mailbox.push_signal(built);
+        }
+    }
+
+    /// The sessions of `user` subscribed here: after a membership change they re-check
+    /// their right to stay (their token may grant the channel regardless).
+    pub fn sessions_of(&self, user: &str) -> Vec<Arc<ConnControl>> {
+        let state = self.state();
+        let mut sessions: Vec<Arc<ConnControl>> = Vec::new();
+        for s in state.subscribers.iter().filter(|s| &*s.sub.user == user) {
+            if !sessions.iter().any(|c| c.id == s.sub.mailbox.conn()) {
+                sessions.push(s.sub.mailbox.control.clone());
+            }
+        }
+        sessions
+    }
+
+    /// Number of local subscriptions.
+    pub fn subscribers(&self) -> usize {
+        self.state().subscribers.len()
+    }
+}
+
+/// The `evt` frame of a stored event for one spelling of its channel.
+pub fn evt_frame(label: &ChannelName, seq: u64, event: &Envelope) -> Utf8Bytes {
+    text(encode_evt_from(label.as_str(), seq, event))
+}

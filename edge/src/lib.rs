@@ -1,0 +1,199 @@
+//! `switchboard-edge`: the stateless WebSocket gateway between clients and NATS.
+//!
+//! An edge holds nothing but per-connection state in memory. Any number of edges serve
+//! the same users behind any load balancer; killing one loses nothing, since clients
+//! reconnect anywhere and resume from their last `seq`.
+//!
+//! # Architecture
+//!
+//! - [`session`]: one socket's state machine: authentication, frames in, replies and
+//!   events out, limits. One task per connection owns the socket.
+//! - [`hub`]: which local connections want which channel; fan-out of each event,
+//!   encoded once, into each subscriber's bounded [`mailbox`].
+//! - [`bridge`]: one task per channel in use, holding its NATS subscriptions (live
+//!   events and signals), repairing gaps from the stream.
+//! - [`auth`], [`policy`], [`members`]: tokens, the namespace rules, and the membership
+//!   copy kept fresh from the `members` KV bucket.
+//! - [`http`]: the axum router: `/v1/ws`, health, readiness.
+//!
+//! The edge never talks to PostgreSQL: what it needs from workers it asks over NATS.
+
+pub mod auth;
+pub mod bridge;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod mailbox;
+pub mod members;
+pub mod policy;
+pub mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use switchboard_bus::Publisher;
+use switchboard_bus::store::{Store, StreamPosition};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::bridge::Bridge;
+use crate::config::EdgeConfig;
+use crate::hub::Hub;
+use crate::members::Members;
+use crate::policy::Policy;
+
+/// Everything a session needs, shared by all of them.
+#[derive(Debug)]
+pub struct Edge {
+    pub config: EdgeConfig,
+    pub id: Arc<str>,
+    pub verifier: Verifier,
+    pub policy: Policy,
+    pub members: Arc<Members>,
+    pub hub: Arc<Hub>,
+    pub bridge: Bridge,
+    pub store: Store,
+    pub publisher: Publisher,
+    pub nats: async_nats::Client,
+    /// The `EVENTS` stream's epoch and range, refreshed in the background.
+    position: RwLock<StreamPosition>,
+    next_conn: AtomicU64,
+    /// Cancelled on SIGTERM: sessions say `bye` `draining`.
+    pub draining: CancellationToken,
+    /// Every session task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+}
+
+impl Edge {
+    /// Connects to NATS, loads membership, and returns the shared state.
+    pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Edge>> {
+        let verifier = Verifier::from_config(&config)?;
+        let policy = match std::env::var_os("SWITCHBOARD_POLICY_FILE") {
+            Some(path) => Policy::from_file(path.as_ref())?,
+            None => Policy::default(),
+        };
+        let id: Arc<str> = config
+            .edge_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-{}", uuid::Uuid::now_v7().simple()))
+            .into();
+        let hub = Arc::new(Hub::default());
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let nats = async_nats::ConnectOptions::new()
+            .name(format!("switchboard-edge {id}"))
+            .retry_on_initial_connect()
+            .event_callback(move |event| {
+                let events_tx = events_tx.clone();
+                async move {
+                    let _ = events_tx.send(event);
+                }
+            })
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        let store = Store::new(nats.clone());
+        let position = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match store.position().await {
+                    Ok(position) => return position,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "EVENTS stream not available yet (run `switchboard init`)");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        })
+        .await
+        .context("the EVENTS stream did not become available (run `switchboard init`)")?;
+        let members = Arc::new(Members::default());
+        let js = async_nats::jetstream::new(nats.clone());
+        tokio::spawn(members.clone().follow(js, hub.clone()));
+        let edge = Arc::new(Edge {
+            bridge: Bridge::new(nats.clone(), hub.clone(), id.clone()),
+            publisher: Publisher::new(nats.clone()),
+            store,
+            nats,
+            id,
+            verifier,
+            policy,
+            members,
+            hub,
+            position: RwLock::new(position),
+            next_conn: AtomicU64::new(1),
+            draining: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            config,
+        });
+        // NATS loses core messages while disconnected and drops them for a slow
+        // subscriber: both mean channels must re-read the stream.
+        let weak = Arc::downgrade(&edge);
+        tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                let Some(edge) = weak.upgrade() else { break };
+                match event {
+                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
+                        tracing::info!(?event, "NATS event: re-syncing channels from the stream");
+                        edge.hub.resync_all();
+                    }
+                    other => tracing::info!(event = ?other, "NATS event"),
+                }
+            }
+        });
+        let weak = Arc::downgrade(&edge);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let Some(edge) = weak.upgrade() else { break };
+                if let Ok(position) = edge.store.position().await {
+                    *edge.position.write().unwrap_or_else(|e| e.into_inner()) = position;
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), edge.members.loaded())
+            .await
+            .context("the members bucket did not load (run `switchboard init`)")?;
+        Ok(edge)
+    }
+
+    /// The stream's epoch and range as last read (at most a couple of seconds old).
+    pub fn position(&self) -> StreamPosition {
+        self.position
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stops accepting work: every session says `bye` `draining` and closes, then the
+    /// call returns once they are gone or the grace period is over.
+    pub async fn drain(&self) {
+        self.draining.cancel();
+        self.sessions.close();
+        let _ = tokio::time::timeout(self.config.drain_grace(), self.sessions.wait()).await;
+    }
+}
+
+/// Serves the edge on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    edge: Arc<Edge>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stop_accepting = CancellationToken::new();
+    let router = http::router(edge.clone());
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    shutdown.await;
+    tracing::info!("draining");
+    stop_accepting.cancel();
+    edge.drain().await;
+    server.await??;
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! `switchboard-edge`: see the crate docs of `switchboard_edge`.
+
+use clap::Parser;
+use switchboard_edge::config::EdgeConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = EdgeConfig::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
+    let edge = switchboard_edge::Edge::start(config).await?;
+    tracing::info!(addr = %listener.local_addr()?, edge = %edge.id, "edge ready");
+    switchboard_edge::serve(edge, listener, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or SIGINT: both start a drain.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,989 @@
+//! One WebSocket session: authentication, client frames in, replies and events out.
+//!
+//! A single task owns the socket. It waits on the socket, on the session's mailbox
+//! (replies and events queued by the hub and by request tasks), on the heartbeat, on the
+//! token's expiry, and on requests from outside to end or re-check. Work that waits on
+//! NATS (publishing, replay, history, rpc) runs in tasks of its own and answers through
+//! the mailbox, so a slow request never holds up delivery.
+//!
+//! Writes are coalesced: every frame already queued is fed to the socket before one
+//! flush, which is what keeps busy sockets cheap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use switchboard_bus::headers;
+use switchboard_schemas::event::types;
+use switchboard_schemas::frame::OkReply;
+use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
+use switchboard_schemas::{
+    Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType, EvtFrame,
+    Request, ResumeFrom, ServerFrame, SubjectKind, TypeFilters, UnsubCode,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::Edge;
+use crate::auth::{AuthError, Identity};
+use crate::bridge::RT_ORIGIN;
+use crate::hub::{CatchUp, Channel, Subscription, evt_frame};
+use crate::mailbox::{ConnControl, Mailbox, text as utf8};
+
+/// Close codes of docs/protocol.md besides those of `bye`.
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_NORMAL: u16 = 1000;
+/// Requests of one session waiting on NATS at once; more are `rate_limited`.
+const MAX_IN_FLIGHT: usize = 32;
+/// Frames fed to the socket before one flush.
+const WRITE_BATCH: usize = 128;
+/// Stored events read per request while replaying.
+const REPLAY_BATCH: usize = 256;
+/// Most `since.last` a client may ask for.
+const MAX_LAST: u64 = 1000;
+const HISTORY_DEFAULT: u32 = 50;
+const HISTORY_MAX: u32 = 100;
+/// Receipts are coalesced for at most this long before they go to the workers.
+const RECEIPT_WINDOW: Duration = Duration::from_millis(200);
+
+/// Runs a session on an upgraded socket. `identity` is set when the upgrade carried a
+/// valid token; otherwise the client has `hello_timeout` to send `hello`.
+pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, identity: Option<Identity>) {
+    let identity = match identity {
+        Some(identity) => identity,
+        None => match await_hello(&edge, &mut socket).await {
+            Some(identity) => identity,
+            None => return,
+        },
+    };
+    let conn = edge.next_conn();
+    let control = Arc::new(ConnControl::new(conn, identity.user.clone()));
+    let (mailbox, outgoing) = Mailbox::new(edge.config.send_queue, control.clone());
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut session = Session {
+        edge: edge.clone(),
+        identity,
+        mailbox,
+        control,
+        subs: HashMap::new(),
+        tasks: JoinSet::new(),
+        done_tx,
+        limits: Limits::new(&edge.config),
+        receipts: HashMap::new(),
+        receipts_due: None,
+        session_id: format!("{}-{conn}", edge.id),
+    };
+    let span = tracing::info_span!("session", conn, user = %session.identity.user);
+    let _guard = span.enter();
+    drop(_guard);
+    session.run(socket, outgoing, done_rx).await;
+}
+
+/// Waits for a valid `hello`; answers what else arrives meanwhile. `None` when the
+/// session ended (timeout, bad token, socket closed).
+async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
+    let deadline = tokio::time::Instant::now() + edge.config.hello_timeout();
+    loop {
+        let message = tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                say_bye(socket, ByeCode::Unauthorized).await;
+                return None;
+            }
+            message = socket.recv() => message?.ok()?,
+        };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => return None,
+            Message::Binary(_) => {
+                send_now(socket, err(None, ErrorCode::BadRequest, "binary frames are not supported")).await;
+                continue;
+            }
+            _ => continue,
+        };
+        if text.len() > edge.config.max_frame_bytes {
+            send_now(socket, err(None, ErrorCode::TooLarge, "frame too large")).await;
+            continue;
+        }
+        match Request::decode(text.as_bytes()) {
+            Ok(Request {
+                frame: ClientFrame::Hello { token, .. },
+                id,
+            }) => match edge.verifier.verify(&token) {
+                Ok(identity) => {
+                    let _ = id;
+                    return Some(identity);
+                }
+                Err(e) => {
+                    send_now(socket, err(id, ErrorCode::Unauthorized, e.to_string())).await;
+                    say_bye(socket, ByeCode::Unauthorized).await;
+                    return None;
+                }
+            },
+            Ok(Request {
+                frame: ClientFrame::Ping,
+                id,
+            }) => send_now(socket, ServerFrame::Pong { id }.encode()).await,
+            Ok(request) => {
+                send_now(
+                    socket,
+                    err(request.id, ErrorCode::Unauthorized, "send hello with a token first"),
+                )
+                .await
+            }
+            Err(e) => send_now(socket, ServerFrame::from(&e).encode()).await,
+        }
+    }
+}
+
+async fn send_now(socket: &mut WebSocket, frame: Bytes) {
+    let _ = socket.send(Message::Text(utf8(frame))).await;
+}
+
+async fn say_bye(socket: &mut WebSocket, code: ByeCode) {
+    send_now(socket, ServerFrame::bye(code).encode()).await;
+    close(socket, code.close_code(), code.as_str()).await;
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })))
+        .await;
+}
+
+fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
+    ServerFrame::error(id, code, message).encode()
+}
+
+/// One subscription as the session keeps it.
+#[derive(Debug)]
+struct SubEntry {
+    channel: Arc<Channel>,
+    /// Cancelled on unsubscribe, so a subscribe still in flight backs out.
+    cancel: CancellationToken,
+}
+
+/// Something a request task tells the session.
+#[derive(Debug)]
+enum Done {
+    /// The subscription could not be set up; forget it.
+    SubFailed(ChannelName),
+}
+
+struct Session {
+    edge: Arc<Edge>,
+    identity: Identity,
+    mailbox: Mailbox,
+    control: Arc<ConnControl>,
+    /// By the channel as the client spelled it; `system:broadcast` is kept here too.
+    subs: HashMap<ChannelName, SubEntry>,
+    tasks: JoinSet<()>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    limits: Limits,
+    /// Pending receipt cursors per conversation: (delivered, read).
+    receipts: HashMap<ChannelName, (u64, u64)>,
+    receipts_due: Option<tokio::time::Instant>,
+    session_id: String,
+}
+
+enum Flow {
+    Continue,
+    End,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        mut socket: WebSocket,
+        mut outgoing: mpsc::Receiver<Utf8Bytes>,
+        mut done: mpsc::UnboundedReceiver<Done>,
+    ) {
+        let heartbeat = self.edge.config.heartbeat();
+        let welcome = ServerFrame::Welcome {
+            user: self.identity.user.to_string(),
+            session: self.session_id.clone(),
+            heartbeat_ms: self.edge.config.heartbeat_ms,
+        };
+        self.mailbox.push_event(utf8(welcome.encode()));
+        self.subscribe_implicit();
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut last_heard = Instant::now();
+        let leeway = Duration::from_secs(self.edge.config.jwt_leeway_s);
+        let mut expiry = expiry_instant(self.identity.exp, leeway);
+        let draining = self.edge.draining.clone();
+        let mut drain_sent = false;
+        loop {
+            let receipts_due = self.receipts_due;
+            tokio::select! {
+                biased;
+                _ = self.control.ended() => {
+                    let code = self.control.reason().unwrap_or(ByeCode::ProtocolError);
+                    // Whatever was queued before the end still goes out first, except for
+                    // a slow consumer, whose queue is the problem.
+                    if code != ByeCode::SlowConsumer {
+                        while let Ok(frame) = outgoing.try_recv() {
+                            let _ = socket.feed(Message::Text(frame)).await;
+                        }
+                    }
+                    say_bye(&mut socket, code).await;
+                    break;
+                }
+                _ = draining.cancelled(), if !drain_sent => {
+                    drain_sent = true;
+                    self.control.end(ByeCode::Draining);
+                }
+                Some(first) = outgoing.recv() => {
+                    if write_batch(&mut socket, first, &mut outgoing).await.is_err() {
+                        break;
+                    }
+                }
+                Some(done) = done.recv() => match done {
+                    Done::SubFailed(label) => {
+                        if let Some(entry) = self.subs.remove(&label) {
+                            entry.cancel.cancel();
+                        }
+                    }
+                },
+                labels = self.control.rechecks() => self.recheck(labels),
+                incoming = socket.recv() => {
+                    let message = match incoming {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) if is_too_big(&e) => {
+                            close(&mut socket, CLOSE_TOO_BIG, "frame too large").await;
+                            break;
+                        }
+                        _ => break,
+                    };
+                    last_heard = Instant::now();
+                    match self.on_message(message) {
+                        Flow::Continue => {}
+                        Flow::End => {
+                            close(&mut socket, CLOSE_TOO_BIG, "frame too large").await;
+                            break;
+                        }
+                    }
+                    if let Some(new_exp) = self.limits.refreshed_exp.take() {
+                        expiry = expiry_instant(new_exp, leeway);
+                    }
+                }
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > heartbeat * 2 {
+                        close(&mut socket, CLOSE_NORMAL, "heartbeat timeout").await;
+                        break;
+                    }
+                    if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(expiry) => {
+                    self.control.end(ByeCode::TokenExpired);
+                }
+                _ = sleep_until_opt(receipts_due) => self.flush_receipts(),
+                Some(_) = self.tasks.join_next() => {}
+            }
+        }
+        self.flush_receipts();
+        for (label, entry) in self.subs.drain() {
+            entry.cancel.cancel();
+            self.edge.hub.detach(&entry.channel, self.control.id, &label);
+        }
+        self.tasks.abort_all();
+    }
+
+    /// Every connection receives `system:broadcast` without asking.
+    fn subscribe_implicit(&mut self) {
+        let label = ChannelName::system_broadcast();
+        self.start_subscription(None, label, TypeFilters::all(), None, false);
+    }
+
+    fn on_message(&mut self, message: Message) -> Flow {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                self.bad_frame(None, ErrorCode::BadRequest, "binary frames are not supported");
+                return Flow::Continue;
+            }
+            _ => return Flow::Continue,
+        };
+        if text.len() > self.edge.config.hard_frame_bytes {
+            return Flow::End;
+        }
+        if text.len() > self.edge.config.max_frame_bytes {
+            self.bad_frame(None, ErrorCode::TooLarge, "frame larger than the limit");
+            return Flow::Continue;
+        }
+        let request = match Request::decode(text.as_bytes()) {
+            Ok(request) => request,
+            Err(e) => {
+                self.bad_frame(e.id, e.code(), e.to_string());
+                return Flow::Continue;
+            }
+        };
+        if !self.limits.frames.take() {
+            self.rate_limited(request.id, "too many frames");
+            return Flow::Continue;
+        }
+        self.on_request(request);
+        Flow::Continue
+    }
+
+    /// Answers a refused frame and counts it toward the protocol-error limit.
+    fn bad_frame(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+        let id = if code == ErrorCode::TooLarge { None } else { id };
+        self.reply(err(id, code, message));
+        if self.limits.bad_frames.hit() {
+            self.control.end(ByeCode::ProtocolError);
+        }
+    }
+
+    fn rate_limited(&mut self, id: Option<u64>, message: &str) {
+        self.reply(err(id, ErrorCode::RateLimited, message));
+        if self.limits.rate_limited.hit() {
+            self.control.end(ByeCode::RateLimited);
+        }
+    }
+
+    fn reply(&self, frame: Bytes) {
+        self.mailbox.push_event(utf8(frame));
+    }
+
+    fn forbidden(&self, id: Option<u64>, why: impl std::fmt::Display) {
+        self.reply(err(id, ErrorCode::Forbidden, why.to_string()));
+    }
+
+    fn on_request(&mut self, request: Request) {
+        let id = request.id;
+        match request.frame {
+            ClientFrame::Hello { .. } => {
+                self.bad_frame(id, ErrorCode::BadRequest, "already authenticated")
+            }
+            ClientFrame::Ping => self.reply(ServerFrame::Pong { id }.encode()),
+            ClientFrame::Sub { ch, types, since } => self.on_sub(id, ch, types, since),
+            ClientFrame::Unsub { ch } => {
+                if let Some(entry) = self.subs.remove(&ch) {
+                    entry.cancel.cancel();
+                    self.edge.hub.detach(&entry.channel, self.control.id, &ch);
+                }
+                self.reply(ServerFrame::ok(id).encode());
+            }
+            ClientFrame::Pub { ch, ty, data, key } => self.on_pub(id, ch, ty, data, key),
+            ClientFrame::Sig { ch, ty, data } => {
+                if let Err(why) = self.edge.policy.may_signal(&self.identity, &ch, &self.edge.members) {
+                    return self.forbidden(id, why);
+                }
+                let signal = SignalMessage {
+                    from: self.identity.user.to_string(),
+                    ty,
+                    data,
+                };
+                let Ok(payload) = serde_json::to_vec(&signal) else { return };
+                let mut h = async_nats::HeaderMap::new();
+                h.insert(RT_ORIGIN, self.edge.bridge.origin(self.control.id).as_str());
+                let nats = self.edge.nats.clone();
+                let subject = ch.subject(SubjectKind::Signal);
+                self.spawn(id, async move {
+                    // Signals are lossy by design; a failed publish is only logged.
+                    if let Err(e) = nats.publish_with_headers(subject, h, payload.into()).await {
+                        tracing::debug!(error = %e, "signal publish failed");
+                    }
+                    None
+                });
+            }
+            ClientFrame::Ack { ch, seq } => self.on_receipt(id, ch, Some(seq), None),
+            ClientFrame::Read { ch, seq } => self.on_receipt(id, ch, None, Some(seq)),
+            ClientFrame::Presence { .. } | ClientFrame::Who { .. } => self.reply(err(
+                id,
+                ErrorCode::Unavailable,
+                "presence is not available on this edge yet",
+            )),
+            ClientFrame::History { ch, before, limit } => self.on_history(id, ch, before, limit),
+            ClientFrame::Refresh { token } => match self.edge.verifier.verify(&token) {
+                Ok(fresh) if fresh.user == self.identity.user => {
+                    self.limits.refreshed_exp = Some(fresh.exp);
+                    self.identity = fresh;
+                    self.reply(ServerFrame::ok(id).encode());
+                }
+                Ok(_) => self.reply(err(id, ErrorCode::Unauthorized, "refresh must keep the same sub")),
+                Err(e) => self.reply(err(id, ErrorCode::Unauthorized, e.to_string())),
+            },
+            ClientFrame::Rpc { method, params } => {
+                let nats = self.edge.nats.clone();
+                let timeout = self.edge.config.rpc_timeout();
+                let user = self.identity.user.clone();
+                self.spawn(id, async move {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert(headers::RT_USER, &*user);
+                    let request = nats.request_with_headers(
+                        method.subject(),
+                        h,
+                        Bytes::copy_from_slice(params.as_bytes()),
+                    );
+                    let reply = match tokio::time::timeout(timeout, request).await {
+                        Err(_) => return Some(err(id, ErrorCode::Unavailable, "the service did not answer in time")),
+                        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                            return Some(err(id, ErrorCode::NotFound, format!("unknown method {}", method.as_str())));
+                        }
+                        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                            return Some(err(id, ErrorCode::Unavailable, "the service did not answer in time"));
+                        }
+                        Ok(Err(e)) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
+                        Ok(Ok(reply)) => reply,
+                    };
+                    Some(rpc_reply(id, &reply.payload))
+                });
+            }
+        }
+    }
+
+    /// Runs `work` in its own task; what it returns is queued as the reply.
+    fn spawn(
+        &mut self,
+        id: Option<u64>,
+        work: impl std::future::Future<Output = Option<Bytes>> + Send + 'static,
+    ) {
+        if self.tasks.len() >= MAX_IN_FLIGHT {
+            return self.rate_limited(id, "too many requests in flight");
+        }
+        let mailbox = self.mailbox.clone();
+        self.tasks.spawn(async move {
+            if let Some(frame) = work.await {
+                mailbox.send(utf8(frame)).await;
+            }
+        });
+    }
+
+    fn on_sub(&mut self, id: Option<u64>, ch: ChannelName, types: TypeFilters, since: Option<ResumeFrom>) {
+        if self.subs.contains_key(&ch) {
+            return self.reply(err(id, ErrorCode::BadRequest, "already subscribed to this channel"));
+        }
+        if let Err(why) = self.edge.policy.may_subscribe(&self.identity, &ch, &self.edge.members) {
+            return self.forbidden(id, why);
+        }
+        // `system:broadcast` is implicit and does not count toward the limit.
+        let counted = self.subs.keys().filter(|c| **c != ChannelName::system_broadcast()).count();
+        if counted >= self.edge.config.max_subscriptions {
+            return self.rate_limited(id, "too many subscriptions on this connection");
+        }
+        self.start_subscription(id, ch, types, since, true);
+    }
+
+    /// Attaches to the channel now (so an `unsub` right after finds it) and finishes in a
+    /// task: wait for the bridge, reply `ok`, replay, go live.
+    fn start_subscription(
+        &mut self,
+        id: Option<u64>,
+        label: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+        reply: bool,
+    ) {
+        let (channel, fresh) = self.edge.hub.attach(&label.base());
+        if fresh {
+            self.edge.bridge.start(channel.clone());
+        }
+        let cancel = CancellationToken::new();
+        self.subs.insert(
+            label.clone(),
+            SubEntry {
+                channel: channel.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        let subscription = Subscription {
+            user: self.identity.user.clone(),
+            label,
+            filters: types,
+            mailbox: self.mailbox.clone(),
+        };
+        let edge = self.edge.clone();
+        let done = self.done_tx.clone();
+        self.tasks.spawn(async move {
+            let label = subscription.label.clone();
+            let mailbox = subscription.mailbox.clone();
+            if let Err(e) = subscribe(&edge, channel, subscription, id, since, reply, cancel).await {
+                if reply {
+                    mailbox.send(utf8(err(id, ErrorCode::Unavailable, e))).await;
+                }
+                let _ = done.send(Done::SubFailed(label));
+            }
+        });
+    }
+
+    /// Re-authorizes subscriptions to channels whose membership changed.
+    fn recheck(&mut self, channels: Vec<ChannelName>) {
+        let lost: Vec<ChannelName> = self
+            .subs
+            .keys()
+            .filter(|label| channels.contains(&label.base()))
+            .filter(|label| {
+                self.edge
+                    .policy
+                    .may_subscribe(&self.identity, label, &self.edge.members)
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        for label in lost {
+            if let Some(entry) = self.subs.remove(&label) {
+                entry.cancel.cancel();
+                self.edge.hub.detach(&entry.channel, self.control.id, &label);
+                let frame = ServerFrame::Unsubbed {
+                    ch: label,
+                    code: UnsubCode::Revoked,
+                };
+                self.reply(frame.encode());
+            }
+        }
+    }
+
+    fn on_pub(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        ty: EventType,
+        data: switchboard_schemas::RawJson,
+        key: Option<String>,
+    ) {
+        if let Err(why) = self.edge.policy.may_publish(&self.identity, &ch, &ty, &self.edge.members) {
+            return self.forbidden(id, why);
+        }
+        let edits = ty.as_str() != types::MESSAGE_NEW;
+        let target = match message_target(&data, edits) {
+            Ok(target) => target,
+            Err(why) => return self.bad_frame(id, ErrorCode::BadRequest, why),
+        };
+        let user = self.identity.user.clone();
+        let event_id = match &key {
+            Some(key) if key.is_empty() || key.len() > 128 => {
+                return self.bad_frame(id, ErrorCode::BadRequest, "key must be 1 to 128 characters");
+            }
+            Some(key) => EventId::derive(&[&user, ch.as_str(), key]),
+            None => EventId::generate(),
+        };
+        let edge = self.edge.clone();
+        self.spawn(id, async move {
+            if let Some(seq) = target {
+                match original_sender(&edge, &ch, seq).await {
+                    Ok(Some(sender)) if sender == *user => {}
+                    Ok(Some(_)) => {
+                        return Some(err(id, ErrorCode::Forbidden, "only the original sender may edit or delete a message"));
+                    }
+                    Ok(None) => {
+                        return Some(err(id, ErrorCode::NotFound, format!("no message with seq {seq} on {ch}")));
+                    }
+                    Err(e) => return Some(err(id, ErrorCode::Unavailable, e)),
+                }
+            }
+            let mut event = Envelope::new(ty, data);
+            event.id = event_id;
+            event.actor = Some(Actor {
+                id: user.to_string(),
+                kind: "user".into(),
+            });
+            event.source = Some("switchboard-edge".into());
+            match edge.publisher.publish(&ch, &event).await {
+                Ok(published) => Some(
+                    ServerFrame::Ok {
+                        id,
+                        reply: OkReply::Published {
+                            seq: published.seq,
+                            event_id: event.id,
+                        },
+                    }
+                    .encode(),
+                ),
+                Err(e) => Some(err(id, ErrorCode::Unavailable, e.to_string())),
+            }
+        });
+    }
+
+    fn on_receipt(&mut self, id: Option<u64>, ch: ChannelName, delivered: Option<u64>, read: Option<u64>) {
+        if let Err(why) = self.edge.policy.may_receipt(&self.identity, &ch, &self.edge.members) {
+            return self.forbidden(id, why);
+        }
+        let cursor = self.receipts.entry(ch).or_insert((0, 0));
+        // `read` implies `delivered`; both are cumulative.
+        let read = read.unwrap_or(0);
+        cursor.1 = cursor.1.max(read);
+        cursor.0 = cursor.0.max(delivered.unwrap_or(0)).max(read);
+        self.receipts_due
+            .get_or_insert_with(|| tokio::time::Instant::now() + RECEIPT_WINDOW);
+    }
+
+    /// Sends the coalesced cursors to the receipts worker through the `CMDS` stream.
+    fn flush_receipts(&mut self) {
+        self.receipts_due = None;
+        if self.receipts.is_empty() {
+            return;
+        }
+        let user = self.identity.user.to_string();
+        let commands: Vec<ReceiptCommand> = self
+            .receipts
+            .drain()
+            .map(|(conversation, (delivered, read))| ReceiptCommand {
+                conversation,
+                user: user.clone(),
+                delivered: (delivered > 0).then_some(delivered),
+                read: (read > 0).then_some(read),
+            })
+            .collect();
+        let js = async_nats::jetstream::new(self.edge.nats.clone());
+        tokio::spawn(async move {
+            for command in commands {
+                let Ok(payload) = serde_json::to_vec(&command) else { continue };
+                let sent = async {
+                    js.publish(command.subject(), payload.into()).await?.await?;
+                    Ok::<_, async_nats::Error>(())
+                };
+                if let Err(e) = sent.await {
+                    tracing::warn!(error = %e, "receipt command not stored");
+                }
+            }
+        });
+    }
+
+    fn on_history(&mut self, id: Option<u64>, ch: ChannelName, before: Option<u64>, limit: Option<u32>) {
+        if let Err(why) = self.edge.policy.may_subscribe(&self.identity, &ch, &self.edge.members) {
+            return self.forbidden(id, why);
+        }
+        let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX) as usize;
+        let edge = self.edge.clone();
+        self.spawn(id, async move {
+            let subject = ch.base().subject(SubjectKind::Durable);
+            let stored = match edge.store.newest(&subject, before, limit).await {
+                Ok(stored) => stored,
+                Err(e) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
+            };
+            let events = stored
+                .into_iter()
+                .filter_map(|s| {
+                    let event = s.envelope().ok()?;
+                    ch.alias().is_none_or(|a| a.admits(event.ty.as_str())).then(|| EvtFrame {
+                        ch: ch.clone(),
+                        seq: s.seq,
+                        event,
+                    })
+                })
+                .collect();
+            Some(
+                ServerFrame::Ok {
+                    id,
+                    reply: OkReply::History { events },
+                }
+                .encode(),
+            )
+        });
+    }
+}
+
+/// Feeds `first` and whatever else is queued, then flushes once.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Utf8Bytes,
+    outgoing: &mut mpsc::Receiver<Utf8Bytes>,
+) -> Result<(), axum::Error> {
+    socket.feed(Message::Text(first)).await?;
+    for _ in 1..WRITE_BATCH {
+        match outgoing.try_recv() {
+            Ok(frame) => socket.feed(Message::Text(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    socket.flush().await
+}
+
+/// True when the socket refused a frame above the hard cap (tungstenite's capacity error).
+fn is_too_big(error: &axum::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long")
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn expiry_instant(exp: i64, leeway: Duration) -> tokio::time::Instant {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let left = Duration::from_secs(exp.saturating_sub(now).max(0) as u64) + leeway;
+    tokio::time::Instant::now() + left
+}
+
+/// For `message.edited` / `message.deleted`: the seq of the original message in `data`.
+fn message_target(
+    data: &switchboard_schemas::RawJson,
+    edits: bool,
+) -> Result<Option<u64>, &'static str> {
+    #[derive(serde::Deserialize)]
+    struct Target {
+        seq: Option<u64>,
+    }
+    let target: Target = data
+        .decode()
+        .map_err(|_| "message data must be a JSON object")?;
+    if !edits {
+        return Ok(None);
+    }
+    target
+        .seq
+        .map(Some)
+        .ok_or("message.edited and message.deleted need data.seq, the original's seq")
+}
+
+/// The sender of the `message.new` stored at `seq` on `ch`; `None` if there is none.
+async fn original_sender(edge: &Edge, ch: &ChannelName, seq: u64) -> Result<Option<String>, String> {
+    let Some(stored) = edge.store.get(seq).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    if stored.subject != ch.subject(SubjectKind::Durable) {
+        return Ok(None);
+    }
+    let Ok(event) = stored.envelope() else { return Ok(None) };
+    if event.ty.as_str() != types::MESSAGE_NEW {
+        return Ok(None);
+    }
+    Ok(event.actor.map(|a| a.id))
+}
+
+/// A worker's answer (`{"result":..}` or `{"error":{"code","message"}}`) as a frame.
+fn rpc_reply(id: Option<u64>, payload: &[u8]) -> Bytes {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        result: Option<switchboard_schemas::RawJson>,
+        error: Option<RpcError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RpcError {
+        code: ErrorCode,
+        message: String,
+    }
+    match serde_json::from_slice::<Reply>(payload) {
+        Ok(Reply { error: Some(e), .. }) => err(id, e.code, e.message),
+        Ok(Reply {
+            result: Some(result),
+            ..
+        }) => ServerFrame::Ok {
+            id,
+            reply: OkReply::Rpc { result },
+        }
+        .encode(),
+        _ => err(id, ErrorCode::Internal, "the service sent an unreadable answer"),
+    }
+}
+
+/// Finishes a subscription: waits for the channel's bridge, replies `ok`, replays what
+/// `since` asks for, and hands the subscriber over to live delivery.
+async fn subscribe(
+    edge: &Edge,
+    channel: Arc<Channel>,
+    subscription: Subscription,
+    id: Option<u64>,
+    since: Option<ResumeFrom>,
+    reply: bool,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    if let Err(why) = channel.ready().await {
+        edge.hub.abandon(&channel);
+        return Err(format!("channel unavailable: {why}"));
+    }
+    let position = edge.position();
+    let durable = channel.name.subject(SubjectKind::Durable);
+    let (start, recovered) = match &since {
+        None => (None, true),
+        Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => {
+            // Events past `seq` may have aged out of the stream: then say so.
+            (Some(Start::Seq(seq + 1)), position.first_seq <= seq + 1 || position.first_seq <= 1)
+        }
+        Some(ResumeFrom::Seq { .. }) => (None, false),
+        Some(ResumeFrom::Time(time)) => (Some(Start::Time(time.clone())), true),
+        Some(ResumeFrom::Last(n)) => (Some(Start::Last((*n).min(MAX_LAST) as usize)), true),
+    };
+    let label = subscription.label.clone();
+    let filters = subscription.filters.clone();
+    let mailbox = subscription.mailbox.clone();
+    let conn = mailbox.conn();
+    let epoch = position.epoch.clone();
+    let ok_label = label.clone();
+    let head = channel.add(subscription, start.is_some(), move |head| {
+        let frame = ServerFrame::Ok {
+            id,
+            reply: OkReply::Subscribed {
+                ch: ok_label,
+                seq: head,
+                epoch,
+                recovered,
+            },
+        };
+        reply.then(|| utf8(frame.encode()))
+    });
+    if cancel.is_cancelled() {
+        edge.hub.detach(&channel, conn, &label);
+        return Ok(());
+    }
+    let Some(start) = start else { return Ok(()) };
+    let send = |seq: u64, event: &Envelope| {
+        let wanted = label.alias().is_none_or(|a| a.admits(event.ty.as_str()))
+            && filters.matches_any(event.ty.as_str());
+        wanted.then(|| evt_frame(&label, seq, event))
+    };
+    // The first pass depends on the form of `since`; later passes read forward.
+    let mut replayed = 0;
+    let first: Vec<_> = match start {
+        Start::Seq(from) => edge.store.forward(&durable, from, REPLAY_BATCH).await,
+        Start::Time(time) => edge.store.forward_from_time(&durable, &time, REPLAY_BATCH).await,
+        Start::Last(n) => edge.store.newest(&durable, Some(head + 1), n).await,
+    }
+    .map_err(|e| e.to_string())?;
+    let mut batch = first;
+    let mut last_pass_full = batch.len() >= REPLAY_BATCH || matches!(start, Start::Last(_));
+    loop {
+        for stored in &batch {
+            if let Ok(event) = stored.envelope()
+                && let Some(frame) = send(stored.seq, &event)
+                && !mailbox.send(frame).await
+            {
+                return Ok(());
+            }
+            replayed = stored.seq;
+        }
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if last_pass_full {
+            let from = if replayed == 0 { head + 1 } else { replayed + 1 };
+            batch = edge
+                .store
+                .forward(&durable, from, REPLAY_BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            last_pass_full = batch.len() >= REPLAY_BATCH;
+            if !batch.is_empty() {
+                continue;
+            }
+        }
+        // Caught up with the stream as of now: hand over to live delivery.
+        let replayed_to = replayed.max(if matches!(start, Start::Last(_)) { head } else { 0 });
+        match channel.catch_up(conn, &label, replayed_to) {
+            CatchUp::Live | CatchUp::Gone => return Ok(()),
+            CatchUp::ReplayFrom(from) => {
+                replayed = from - 1;
+                batch = edge
+                    .store
+                    .forward(&durable, from, REPLAY_BATCH)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                last_pass_full = batch.len() >= REPLAY_BATCH;
+            }
+            CatchUp::Send(frames, last) => {
+                for frame in frames {
+                    if !mailbox.send(frame).await {
+                        return Ok(());
+                    }
+                }
+                replayed = last;
+                batch = Vec::new();
+                last_pass_full = false;
+            }
+        }
+    }
+}
+
+/// Where a replay starts.
+enum Start {
+    Seq(u64),
+    Time(switchboard_schemas::Timestamp),
+    Last(usize),
+}
+
+/// Per-connection limits (docs/protocol.md, "Limits").
+struct Limits {
+    frames: TokenBucket,
+    bad_frames: WindowCounter,
+    rate_limited: WindowCounter,
+    /// Set by a successful `refresh`: the session's new expiry.
+    refreshed_exp: Option<i64>,
+}
+
+impl Limits {
+    fn new(config: &crate::config::EdgeConfig) -> Limits {
+        Limits {
+            frames: TokenBucket::new(config.frames_per_s, config.frame_burst),
+            bad_frames: WindowCounter::new(config.max_bad_frames),
+            rate_limited: WindowCounter::new(10),
+            refreshed_exp: None,
+        }
+    }
+}
+
+/// A token bucket: `rate` per second, holding at most `burst`.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts events in a sliding minute; `hit` is true when the limit is reached.
+struct WindowCounter {
+    limit: u32,
+    hits: std::collections::VecDeque<Instant>,
+}
+
+impl WindowCounter {
+    fn new(limit: u32) -> WindowCounter {
+        WindowCounter {
+            limit: limit.max(1),
+            hits: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn hit(&mut self) -> bool {
+        let now = Instant::now();
+        while self
+            .hits
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.hits.pop_front();
+        }
+        self.hits.push_back(now);
+        self.hits.len() >= self.limit as usize
+    }
+}
+
+impl From<AuthError> for ErrorCode {
+    fn from(_: AuthError) -> ErrorCode {
+        ErrorCode::Unauthorized
+    }
+}

@@ -1,0 +1,266 @@
+//! Session rules of docs/protocol.md: authentication, tokens, heartbeats, limits.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn bearer_on_the_upgrade_gets_an_unprompted_welcome_and_a_later_hello_is_refused() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = Client::open(&edge.ws_url(), Some(&token("u1", 60, &[])))
+        .await
+        .unwrap();
+    let welcome = client.recv().await;
+    assert_eq!(welcome["op"], "welcome");
+    assert_eq!(welcome["user"], "u1");
+    assert_eq!(welcome["heartbeat_ms"], 25000);
+    assert!(welcome["session"].as_str().is_some_and(|s| !s.is_empty()));
+    let reply = client
+        .request(json!({"op":"hello","token": token("u1", 60, &[])}))
+        .await;
+    assert_eq!(reply["op"], "err");
+    assert_eq!(reply["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn a_bad_bearer_token_is_refused_with_401_before_any_socket() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    for bad in [
+        "not-a-jwt".to_string(),
+        token("u1", -60, &[]),
+        token_with(json!({"exp": now() + 60})),
+    ] {
+        let (status, body) = Client::open(&edge.ws_url(), Some(&bad)).await.err().unwrap();
+        assert_eq!(status, 401);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "unauthorized", "{body}");
+        assert!(body["message"].as_str().is_some());
+    }
+    // The same on ?token=, for browsers.
+    let url = format!("{}?token=garbage", edge.ws_url());
+    assert_eq!(Client::open(&url, None).await.err().unwrap().0, 401);
+    let url = format!("{}?token={}", edge.ws_url(), token("u7", 60, &[]));
+    let mut client = Client::open(&url, None).await.unwrap();
+    assert_eq!(client.recv().await["user"], "u7");
+}
+
+#[tokio::test]
+async fn hello_authenticates_and_echoes_nothing_but_welcome() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = Client::open(&edge.ws_url(), None).await.unwrap();
+    // Before hello only ping works.
+    let early = client.request(json!({"op":"sub","ch":"domain:d1"})).await;
+    assert_eq!(early["code"], "unauthorized");
+    let pong = client.request(json!({"op":"ping"})).await;
+    assert_eq!(pong["op"], "pong");
+    client
+        .send(json!({"op":"hello","token": token("u2", 60, &[]),"device":"d1"}))
+        .await;
+    let welcome = client.recv().await;
+    assert_eq!(welcome["op"], "welcome");
+    assert_eq!(welcome["user"], "u2");
+}
+
+#[tokio::test]
+async fn no_hello_in_time_is_bye_unauthorized_and_close_4401() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_HELLO_TIMEOUT_MS", "500")]);
+    let mut client = Client::open(&edge.ws_url(), None).await.unwrap();
+    let (frames, code) = client.until_closed().await;
+    assert_eq!(frames, [json!({"op":"bye","code":"unauthorized","reconnect":false})]);
+    assert_eq!(code, Some(4401));
+}
+
+#[tokio::test]
+async fn a_hello_with_a_bad_token_ends_the_session() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let forged = {
+        // Signed with another key.
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub":"u1","exp": now() + 60}),
+            &jsonwebtoken::EncodingKey::from_secret(b"another-secret-entirely"),
+        )
+        .unwrap()
+    };
+    let mut client = Client::open(&edge.ws_url(), None).await.unwrap();
+    client.send(json!({"op":"hello","id":1,"token": forged})).await;
+    let (frames, code) = client.until_closed().await;
+    assert_eq!(frames[0]["op"], "err");
+    assert_eq!(frames[0]["id"], 1);
+    assert_eq!(frames[0]["code"], "unauthorized");
+    assert_eq!(frames[1]["op"], "bye");
+    assert_eq!(code, Some(4401));
+}
+
+#[tokio::test]
+async fn ping_op_answers_pong_with_the_id() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = edge.connect("u1").await;
+    client.send(json!({"op":"ping","id":8})).await;
+    assert_eq!(client.recv().await, json!({"op":"pong","id":8}));
+}
+
+#[tokio::test]
+async fn the_server_pings_and_closes_a_silent_peer() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_HEARTBEAT_MS", "300")]);
+    // A raw socket that upgrades and then never answers anything.
+    let mut raw = std::net::TcpStream::connect(&edge.addr).unwrap();
+    write!(
+        raw,
+        "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("u1", 60, &[]),
+        edge.addr
+    )
+    .unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match raw.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the edge did not close a silent peer: {e}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    // Pings (opcode 0x9) were sent before the close.
+    assert!(received.windows(2).any(|w| w == [0x89, 0x00]), "no ping seen");
+    assert!(elapsed >= Duration::from_millis(600), "closed too early: {elapsed:?}");
+}
+
+#[tokio::test]
+async fn an_expired_session_gets_bye_token_expired_and_close_4401() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_JWT_LEEWAY_S", "0")]);
+    let mut client = edge.connect_with(&token("u1", 2, &[])).await;
+    let (frames, code) = client.until_closed().await;
+    let bye = frames.last().unwrap();
+    assert_eq!(bye["op"], "bye");
+    assert_eq!(bye["code"], "token_expired");
+    assert_eq!(code, Some(4401));
+}
+
+#[tokio::test]
+async fn refresh_keeps_the_session_alive_and_must_keep_the_same_sub() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_JWT_LEEWAY_S", "0")]);
+    let mut client = edge.connect_with(&token("u1", 2, &[])).await;
+    let other = client
+        .request(json!({"op":"refresh","token": token("u2", 60, &[])}))
+        .await;
+    assert_eq!(other["code"], "unauthorized");
+    let bad = client.request(json!({"op":"refresh","token":"junk"})).await;
+    assert_eq!(bad["code"], "unauthorized");
+    let ok = client
+        .request(json!({"op":"refresh","token": token("u1", 60, &[])}))
+        .await;
+    assert_eq!(ok["op"], "ok");
+    // Past the first token's expiry the session still answers.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pong = client.request(json!({"op":"ping"})).await;
+    assert_eq!(pong["op"], "pong");
+}
+
+#[tokio::test]
+async fn frames_over_the_limit_are_too_large_and_over_the_hard_cap_close_1009() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = edge.connect("u1").await;
+    let big = format!(r#"{{"op":"ping","id":1,"pad":"{}"}}"#, "x".repeat(70 * 1024));
+    client.send_text(big).await;
+    let reply = client.recv().await;
+    assert_eq!(reply["code"], "too_large");
+    assert!(reply.get("id").is_none(), "too_large carries no id: {reply}");
+    // The connection is kept.
+    assert_eq!(client.request(json!({"op":"ping"})).await["op"], "pong");
+    let huge = format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(1024 * 1024 + 10));
+    client.send_text(huge).await;
+    let (_, code) = client.until_closed().await;
+    assert_eq!(code, Some(1009));
+}
+
+#[tokio::test]
+async fn malformed_and_binary_frames_are_bad_requests_and_the_tenth_ends_the_session() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = edge.connect("u1").await;
+    let cases = [
+        "not json",
+        "[1,2,3]",
+        r#"{"id":5}"#,
+        r#"{"op":"teleport","id":6}"#,
+        r#"{"op":"sub","id":7}"#,
+        r#"{"op":"sub","id":8,"ch":"project:a.b"}"#,
+        r#"{"op":"sub","id":9,"ch":"project:>"}"#,
+        r#"{"op":"pub","id":10,"ch":"conversation:c1","type":"Message.New"}"#,
+    ];
+    for case in cases {
+        client.send_text(case.to_string()).await;
+        let reply = client.recv().await;
+        assert_eq!(reply["op"], "err", "{case}");
+        assert_eq!(reply["code"], "bad_request", "{case}: {reply}");
+    }
+    // The id is echoed when it could be read.
+    client.send_text(r#"{"op":"teleport","id":42}"#.into()).await;
+    assert_eq!(client.recv().await["id"], 42);
+    client.send_binary(vec![1, 2, 3]).await;
+    let (frames, code) = client.until_closed().await;
+    assert_eq!(frames[0]["code"], "bad_request");
+    assert_eq!(
+        frames.last().unwrap(),
+        &json!({"op":"bye","code":"protocol_error","reconnect":true})
+    );
+    assert_eq!(code, Some(4400));
+}
+
+#[tokio::test]
+async fn a_frame_flood_is_rate_limited_then_ended_with_4408() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = edge.connect("u1").await;
+    for i in 0..140 {
+        client.send(json!({"op":"ping","id": i})).await;
+    }
+    let (frames, code) = client.until_closed().await;
+    let pongs = frames.iter().filter(|f| f["op"] == "pong").count();
+    let limited = frames
+        .iter()
+        .filter(|f| f["op"] == "err" && f["code"] == "rate_limited")
+        .count();
+    assert!((100..=105).contains(&pongs), "burst of 100 expected, got {pongs} pongs");
+    assert_eq!(limited, 10);
+    assert_eq!(
+        frames.last().unwrap(),
+        &json!({"op":"bye","code":"rate_limited","reconnect":true})
+    );
+    assert_eq!(code, Some(4408));
+}
+
+#[tokio::test]
+async fn the_101st_subscription_is_rate_limited_and_broadcast_does_not_count() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_FRAME_BURST", "500"), ("SWITCHBOARD_FRAMES_PER_S", "500")]);
+    let mut client = edge.connect("u1").await;
+    for i in 0..100 {
+        let ok = client.sub(json!({"ch": format!("domain:d{i}")})).await;
+        assert_eq!(ok["op"], "ok", "{ok}");
+    }
+    let refused = client.sub(json!({"ch":"domain:one-more"})).await;
+    assert_eq!(refused["code"], "rate_limited");
+    // After an unsub there is room again.
+    client.request(json!({"op":"unsub","ch":"domain:d0"})).await;
+    assert_eq!(client.sub(json!({"ch":"domain:one-more"})).await["op"], "ok");
+}

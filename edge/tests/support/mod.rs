@@ -1,0 +1,304 @@
+//! What the edge tests share: a real stack (nats-server with the project's definitions,
+//! `switchboard-edge` processes), a WebSocket client speaking `switchboard.v1`, tokens.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Value, json};
+use switchboard_bus::Publisher;
+use switchboard_bus::definitions::Definitions;
+use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
+use switchboard_testkit::{Nats, Process, free_port};
+use tokio::net::TcpStream as TokioTcp;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// nats-server with streams and buckets, and a NATS client for the test's own use.
+pub struct Stack {
+    pub nats: Nats,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let nats = Nats::start().expect("start nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("connect to NATS");
+        let js = async_nats::jetstream::new(client.clone());
+        Definitions::builtin()
+            .apply(&js)
+            .await
+            .expect("apply definitions");
+        Stack { nats, client, js }
+    }
+
+    /// Starts an edge process with test-friendly settings plus `env`.
+    pub fn edge(&self, env: &[(&str, &str)]) -> Edge {
+        Edge::start(&self.nats.url(), env)
+    }
+
+    /// Publishes an event as a backend would; returns its seq.
+    pub async fn publish(&self, channel: &str, ty: &str, data: Value) -> u64 {
+        let event = Envelope::new(
+            EventType::parse(ty).unwrap(),
+            RawJson::encode(&data).unwrap(),
+        );
+        self.publish_envelope(channel, &event).await
+    }
+
+    pub async fn publish_envelope(&self, channel: &str, event: &Envelope) -> u64 {
+        Publisher::new(self.client.clone())
+            .publish(&ChannelName::parse(channel).unwrap(), event)
+            .await
+            .expect("publish")
+            .seq
+    }
+
+    /// Makes `user` a member of `channel` the way the membership worker does.
+    pub async fn add_member(&self, channel: &str, user: &str) {
+        let kv = self.js.get_key_value("members").await.unwrap();
+        kv.put(member_key(channel, user), r#"{"role":"member"}"#.into())
+            .await
+            .unwrap();
+    }
+
+    pub async fn remove_member(&self, channel: &str, user: &str) {
+        let kv = self.js.get_key_value("members").await.unwrap();
+        kv.delete(member_key(channel, user)).await.unwrap();
+    }
+}
+
+fn member_key(channel: &str, user: &str) -> String {
+    let (ns, id) = channel.split_once(':').unwrap();
+    format!("{ns}.{id}.{user}")
+}
+
+/// A running `switchboard-edge` process.
+pub struct Edge {
+    pub addr: String,
+    pub process: Process,
+}
+
+impl Edge {
+    pub fn start(nats_url: &str, env: &[(&str, &str)]) -> Edge {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-edge"));
+        cmd.env("SWITCHBOARD_NATS_URL", nats_url)
+            .env("SWITCHBOARD_EDGE_ADDR", &addr)
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env("SWITCHBOARD_LOG", "warn")
+            .env("SWITCHBOARD_DRAIN_GRACE_MS", "2000")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let process = Process::spawn(cmd).expect("spawn switchboard-edge");
+        let edge = Edge { addr, process };
+        edge.wait_ready();
+        edge
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some((200, _)) = http_get(&self.addr, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("edge at {} not ready within {WAIT:?}", self.addr);
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Connects and authenticates with a bearer token on the upgrade.
+    pub async fn connect(&self, user: &str) -> Client {
+        self.connect_with(&token(user, 3600, &[])).await
+    }
+
+    pub async fn connect_with(&self, token: &str) -> Client {
+        let mut client = Client::open(&self.ws_url(), Some(token))
+            .await
+            .expect("upgrade accepted");
+        let welcome = client.recv().await;
+        assert_eq!(welcome["op"], "welcome", "{welcome}");
+        client
+    }
+}
+
+/// A minimal GET over a plain socket: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Mints an HS256 token for `sub` valid for `ttl` seconds.
+pub fn token(sub: &str, ttl: i64, channels: &[&str]) -> String {
+    token_with(json!({ "sub": sub, "exp": now() + ttl, "channels": channels }))
+}
+
+pub fn token_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TokioTcp>>;
+
+/// A `switchboard.v1` client over a real socket.
+pub struct Client {
+    pub socket: Socket,
+    next_id: u64,
+}
+
+impl Client {
+    /// Opens the socket; `Err` carries the HTTP status and body of a refused upgrade.
+    pub async fn open(url: &str, bearer: Option<&str>) -> Result<Client, (u16, String)> {
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "switchboard.v1".parse().unwrap());
+        if let Some(token) = bearer {
+            request.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {token}").parse().unwrap(),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(Client { socket, next_id: 1 }),
+            Err(tungstenite::Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((response.status().as_u16(), body))
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        // A frame the server refuses may close the socket before the write completes.
+        let _ = self.socket.send(Message::Text(text.into())).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.socket
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// Sends `frame` with a fresh id and returns the reply with that id, skipping other
+    /// frames (events that arrive meanwhile are dropped: use only where none matter).
+    pub async fn request(&mut self, mut frame: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame["id"] = json!(id);
+        self.send(frame).await;
+        self.recv_where(|f| f["id"] == json!(id)).await
+    }
+
+    /// The next text frame as JSON; panics after the wait limit or on close.
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no frame within {WAIT:?}"))
+    }
+
+    /// The next text frame within `wait`, or `None`.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()??;
+            match message.ok()? {
+                Message::Text(text) => return Some(serde_json::from_str(&text).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips frames until one matches.
+    pub async fn recv_where(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if wanted(&frame) {
+                return frame;
+            }
+        }
+    }
+
+    /// Subscribes and returns the `ok`.
+    pub async fn sub(&mut self, frame: Value) -> Value {
+        let mut frame = frame;
+        frame["op"] = json!("sub");
+        self.request(frame).await
+    }
+
+    /// Collects `evt` frames until `count` arrived (panics on timeout).
+    pub async fn events(&mut self, count: usize) -> Vec<Value> {
+        let mut events = Vec::with_capacity(count);
+        while events.len() < count {
+            let frame = self.recv().await;
+            if frame["op"] == "evt" {
+                events.push(frame);
+            }
+        }
+        events
+    }
+
+    /// Reads until the server closes; returns the frames before and the close code.
+    pub async fn until_closed(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => frames.push(serde_json::from_str(&text).unwrap()),
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return (frames, frame.map(|f: CloseFrame| u16::from(f.code)));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) => return (frames, None),
+                Err(_) => panic!("socket not closed within {WAIT:?}; frames: {frames:?}"),
+            }
+        }
+    }
+}
+
+/// The seqs of `evt` frames.
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
