@@ -89,9 +89,10 @@ impl Verifier {
             .map_err(|_| anyhow::anyhow!("unknown JWT algorithm {:?}", config.jwt_alg))?;
         let key = match algorithm {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                let secret = config.jwt_secret.as_deref().ok_or_else(|| {
-                    anyhow::anyhow!("{algorithm:?} needs SWITCHBOARD_JWT_SECRET")
-                })?;
+                let secret = config
+                    .jwt_secret
+                    .as_deref()
+                    .ok_or_else(|| anyhow::anyhow!("{algorithm:?} needs SWITCHBOARD_JWT_SECRET"))?;
                 anyhow::ensure!(
                     secret.len() >= 16,
                     "SWITCHBOARD_JWT_SECRET must be at least 16 bytes"

@@ -208,7 +208,13 @@ impl Bridge {
             .headers
             .as_ref()
             .and_then(|h| h.get(RT_ORIGIN))
-            .and_then(|v| v.as_str().strip_prefix(&*self.edge_id)?.strip_prefix('/')?.parse().ok());
+            .and_then(|v| {
+                v.as_str()
+                    .strip_prefix(&*self.edge_id)?
+                    .strip_prefix('/')?
+                    .parse()
+                    .ok()
+            });
         channel.signal(origin, |label| {
             let frame = ServerFrame::Sig {
                 ch: label.clone(),

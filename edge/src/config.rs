@@ -17,7 +17,11 @@ pub struct EdgeConfig {
     pub addr: SocketAddr,
 
     /// NATS server URL(s), comma separated.
-    #[arg(long, env = "SWITCHBOARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// This edge's id in logs, presence entries and `switchboard status` (default: random).

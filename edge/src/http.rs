@@ -31,7 +31,10 @@ fn token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Option<&'a str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .or(query.token.as_deref())
 }
@@ -50,7 +53,10 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if edge.draining.is_cancelled() {
-        return error(ErrorCode::Unavailable, "this edge is draining; connect to another");
+        return error(
+            ErrorCode::Unavailable,
+            "this edge is draining; connect to another",
+        );
     }
     // A token on the upgrade is checked before any socket exists.
     let identity = match token(&headers, &query) {

@@ -86,8 +86,13 @@ struct Subscriber {
 
 #[derive(Debug)]
 enum Mode {
-    Live { last_sent: u64 },
-    CatchingUp { buffer: Vec<(u64, Utf8Bytes)>, overflowed: bool },
+    Live {
+        last_sent: u64,
+    },
+    CatchingUp {
+        buffer: Vec<(u64, Utf8Bytes)>,
+        overflowed: bool,
+    },
 }
 
 /// What the session should do after a replay pass.

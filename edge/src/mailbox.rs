@@ -51,7 +51,8 @@ impl ConnControl {
     /// Waits for and takes the channels to re-check.
     pub async fn rechecks(&self) -> Vec<ChannelName> {
         loop {
-            let taken = std::mem::take(&mut *self.recheck.lock().unwrap_or_else(|e| e.into_inner()));
+            let taken =
+                std::mem::take(&mut *self.recheck.lock().unwrap_or_else(|e| e.into_inner()));
             if !taken.is_empty() {
                 return taken;
             }

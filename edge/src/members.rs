@@ -130,12 +130,17 @@ impl Members {
 /// Tells the sessions of the key's user holding the key's channel to re-check.
 fn revoke(hub: &Hub, key: &str) {
     let mut parts = key.split('.');
-    let (Some(ns), Some(id), Some(user), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(ns), Some(id), Some(user), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return;
     };
-    let Ok(ns) = ns.parse::<Namespace>() else { return };
-    let Ok(channel) = ChannelName::new(ns, id) else { return };
+    let Ok(ns) = ns.parse::<Namespace>() else {
+        return;
+    };
+    let Ok(channel) = ChannelName::new(ns, id) else {
+        return;
+    };
     if let Some(held) = hub.get(&channel) {
         for session in held.sessions_of(user) {
             session.recheck(channel.clone());

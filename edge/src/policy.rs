@@ -91,8 +91,8 @@ impl Policy {
     pub fn from_file(path: &Path) -> anyhow::Result<Policy> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        let overrides: HashMap<String, NamespaceRule> = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let overrides: HashMap<String, NamespaceRule> =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut policy = Policy::default();
         for (name, rule) in overrides {
             let ns = name

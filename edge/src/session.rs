@@ -99,7 +99,15 @@ async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
             Message::Text(text) => text,
             Message::Close(_) => return None,
             Message::Binary(_) => {
-                send_now(socket, err(None, ErrorCode::BadRequest, "binary frames are not supported")).await;
+                send_now(
+                    socket,
+                    err(
+                        None,
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported",
+                    ),
+                )
+                .await;
                 continue;
             }
             _ => continue,
@@ -130,7 +138,11 @@ async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
             Ok(request) => {
                 send_now(
                     socket,
-                    err(request.id, ErrorCode::Unauthorized, "send hello with a token first"),
+                    err(
+                        request.id,
+                        ErrorCode::Unauthorized,
+                        "send hello with a token first",
+                    ),
                 )
                 .await
             }
@@ -212,7 +224,8 @@ impl Session {
         };
         self.mailbox.push_event(utf8(welcome.encode()));
         self.subscribe_implicit();
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut last_heard = Instant::now();
         let leeway = Duration::from_secs(self.edge.config.jwt_leeway_s);
         let mut expiry = expiry_instant(self.identity.exp, leeway);
@@ -291,7 +304,9 @@ impl Session {
         self.flush_receipts();
         for (label, entry) in self.subs.drain() {
             entry.cancel.cancel();
-            self.edge.hub.detach(&entry.channel, self.control.id, &label);
+            self.edge
+                .hub
+                .detach(&entry.channel, self.control.id, &label);
         }
         self.tasks.abort_all();
     }
@@ -306,7 +321,11 @@ impl Session {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
-                self.bad_frame(None, ErrorCode::BadRequest, "binary frames are not supported");
+                self.bad_frame(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported",
+                );
                 return Flow::Continue;
             }
             _ => return Flow::Continue,
@@ -335,7 +354,11 @@ impl Session {
 
     /// Answers a refused frame and counts it toward the protocol-error limit.
     fn bad_frame(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
-        let id = if code == ErrorCode::TooLarge { None } else { id };
+        let id = if code == ErrorCode::TooLarge {
+            None
+        } else {
+            id
+        };
         self.reply(err(id, code, message));
         if self.limits.bad_frames.hit() {
             self.control.end(ByeCode::ProtocolError);
@@ -374,7 +397,11 @@ impl Session {
             }
             ClientFrame::Pub { ch, ty, data, key } => self.on_pub(id, ch, ty, data, key),
             ClientFrame::Sig { ch, ty, data } => {
-                if let Err(why) = self.edge.policy.may_signal(&self.identity, &ch, &self.edge.members) {
+                if let Err(why) =
+                    self.edge
+                        .policy
+                        .may_signal(&self.identity, &ch, &self.edge.members)
+                {
                     return self.forbidden(id, why);
                 }
                 let signal = SignalMessage {
@@ -382,7 +409,9 @@ impl Session {
                     ty,
                     data,
                 };
-                let Ok(payload) = serde_json::to_vec(&signal) else { return };
+                let Ok(payload) = serde_json::to_vec(&signal) else {
+                    return;
+                };
                 let mut h = async_nats::HeaderMap::new();
                 h.insert(RT_ORIGIN, self.edge.bridge.origin(self.control.id).as_str());
                 let nats = self.edge.nats.clone();
@@ -409,7 +438,11 @@ impl Session {
                     self.identity = fresh;
                     self.reply(ServerFrame::ok(id).encode());
                 }
-                Ok(_) => self.reply(err(id, ErrorCode::Unauthorized, "refresh must keep the same sub")),
+                Ok(_) => self.reply(err(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "refresh must keep the same sub",
+                )),
                 Err(e) => self.reply(err(id, ErrorCode::Unauthorized, e.to_string())),
             },
             ClientFrame::Rpc { method, params } => {
@@ -425,12 +458,26 @@ impl Session {
                         Bytes::copy_from_slice(params.as_bytes()),
                     );
                     let reply = match tokio::time::timeout(timeout, request).await {
-                        Err(_) => return Some(err(id, ErrorCode::Unavailable, "the service did not answer in time")),
+                        Err(_) => {
+                            return Some(err(
+                                id,
+                                ErrorCode::Unavailable,
+                                "the service did not answer in time",
+                            ));
+                        }
                         Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                            return Some(err(id, ErrorCode::NotFound, format!("unknown method {}", method.as_str())));
+                            return Some(err(
+                                id,
+                                ErrorCode::NotFound,
+                                format!("unknown method {}", method.as_str()),
+                            ));
                         }
                         Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
-                            return Some(err(id, ErrorCode::Unavailable, "the service did not answer in time"));
+                            return Some(err(
+                                id,
+                                ErrorCode::Unavailable,
+                                "the service did not answer in time",
+                            ));
                         }
                         Ok(Err(e)) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
                         Ok(Ok(reply)) => reply,
@@ -458,15 +505,33 @@ impl Session {
         });
     }
 
-    fn on_sub(&mut self, id: Option<u64>, ch: ChannelName, types: TypeFilters, since: Option<ResumeFrom>) {
+    fn on_sub(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+    ) {
         if self.subs.contains_key(&ch) {
-            return self.reply(err(id, ErrorCode::BadRequest, "already subscribed to this channel"));
+            return self.reply(err(
+                id,
+                ErrorCode::BadRequest,
+                "already subscribed to this channel",
+            ));
         }
-        if let Err(why) = self.edge.policy.may_subscribe(&self.identity, &ch, &self.edge.members) {
+        if let Err(why) = self
+            .edge
+            .policy
+            .may_subscribe(&self.identity, &ch, &self.edge.members)
+        {
             return self.forbidden(id, why);
         }
         // `system:broadcast` is implicit and does not count toward the limit.
-        let counted = self.subs.keys().filter(|c| **c != ChannelName::system_broadcast()).count();
+        let counted = self
+            .subs
+            .keys()
+            .filter(|c| **c != ChannelName::system_broadcast())
+            .count();
         if counted >= self.edge.config.max_subscriptions {
             return self.rate_limited(id, "too many subscriptions on this connection");
         }
@@ -506,7 +571,8 @@ impl Session {
         self.tasks.spawn(async move {
             let label = subscription.label.clone();
             let mailbox = subscription.mailbox.clone();
-            if let Err(e) = subscribe(&edge, channel, subscription, id, since, reply, cancel).await {
+            if let Err(e) = subscribe(&edge, channel, subscription, id, since, reply, cancel).await
+            {
                 if reply {
                     mailbox.send(utf8(err(id, ErrorCode::Unavailable, e))).await;
                 }
@@ -532,7 +598,9 @@ impl Session {
         for label in lost {
             if let Some(entry) = self.subs.remove(&label) {
                 entry.cancel.cancel();
-                self.edge.hub.detach(&entry.channel, self.control.id, &label);
+                self.edge
+                    .hub
+                    .detach(&entry.channel, self.control.id, &label);
                 let frame = ServerFrame::Unsubbed {
                     ch: label,
                     code: UnsubCode::Revoked,
@@ -550,7 +618,11 @@ impl Session {
         data: switchboard_schemas::RawJson,
         key: Option<String>,
     ) {
-        if let Err(why) = self.edge.policy.may_publish(&self.identity, &ch, &ty, &self.edge.members) {
+        if let Err(why) = self
+            .edge
+            .policy
+            .may_publish(&self.identity, &ch, &ty, &self.edge.members)
+        {
             return self.forbidden(id, why);
         }
         let edits = ty.as_str() != types::MESSAGE_NEW;
@@ -561,7 +633,11 @@ impl Session {
         let user = self.identity.user.clone();
         let event_id = match &key {
             Some(key) if key.is_empty() || key.len() > 128 => {
-                return self.bad_frame(id, ErrorCode::BadRequest, "key must be 1 to 128 characters");
+                return self.bad_frame(
+                    id,
+                    ErrorCode::BadRequest,
+                    "key must be 1 to 128 characters",
+                );
             }
             Some(key) => EventId::derive(&[&user, ch.as_str(), key]),
             None => EventId::generate(),
@@ -572,10 +648,18 @@ impl Session {
                 match original_sender(&edge, &ch, seq).await {
                     Ok(Some(sender)) if sender == *user => {}
                     Ok(Some(_)) => {
-                        return Some(err(id, ErrorCode::Forbidden, "only the original sender may edit or delete a message"));
+                        return Some(err(
+                            id,
+                            ErrorCode::Forbidden,
+                            "only the original sender may edit or delete a message",
+                        ));
                     }
                     Ok(None) => {
-                        return Some(err(id, ErrorCode::NotFound, format!("no message with seq {seq} on {ch}")));
+                        return Some(err(
+                            id,
+                            ErrorCode::NotFound,
+                            format!("no message with seq {seq} on {ch}"),
+                        ));
                     }
                     Err(e) => return Some(err(id, ErrorCode::Unavailable, e)),
                 }
@@ -603,8 +687,18 @@ impl Session {
         });
     }
 
-    fn on_receipt(&mut self, id: Option<u64>, ch: ChannelName, delivered: Option<u64>, read: Option<u64>) {
-        if let Err(why) = self.edge.policy.may_receipt(&self.identity, &ch, &self.edge.members) {
+    fn on_receipt(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    ) {
+        if let Err(why) = self
+            .edge
+            .policy
+            .may_receipt(&self.identity, &ch, &self.edge.members)
+        {
             return self.forbidden(id, why);
         }
         let cursor = self.receipts.entry(ch).or_insert((0, 0));
@@ -636,7 +730,9 @@ impl Session {
         let js = async_nats::jetstream::new(self.edge.nats.clone());
         tokio::spawn(async move {
             for command in commands {
-                let Ok(payload) = serde_json::to_vec(&command) else { continue };
+                let Ok(payload) = serde_json::to_vec(&command) else {
+                    continue;
+                };
                 let sent = async {
                     js.publish(command.subject(), payload.into()).await?.await?;
                     Ok::<_, async_nats::Error>(())
@@ -648,8 +744,18 @@ impl Session {
         });
     }
 
-    fn on_history(&mut self, id: Option<u64>, ch: ChannelName, before: Option<u64>, limit: Option<u32>) {
-        if let Err(why) = self.edge.policy.may_subscribe(&self.identity, &ch, &self.edge.members) {
+    fn on_history(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) {
+        if let Err(why) = self
+            .edge
+            .policy
+            .may_subscribe(&self.identity, &ch, &self.edge.members)
+        {
             return self.forbidden(id, why);
         }
         let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX) as usize;
@@ -664,11 +770,13 @@ impl Session {
                 .into_iter()
                 .filter_map(|s| {
                     let event = s.envelope().ok()?;
-                    ch.alias().is_none_or(|a| a.admits(event.ty.as_str())).then(|| EvtFrame {
-                        ch: ch.clone(),
-                        seq: s.seq,
-                        event,
-                    })
+                    ch.alias()
+                        .is_none_or(|a| a.admits(event.ty.as_str()))
+                        .then(|| EvtFrame {
+                            ch: ch.clone(),
+                            seq: s.seq,
+                            event,
+                        })
                 })
                 .collect();
             Some(
@@ -739,14 +847,20 @@ fn message_target(
 }
 
 /// The sender of the `message.new` stored at `seq` on `ch`; `None` if there is none.
-async fn original_sender(edge: &Edge, ch: &ChannelName, seq: u64) -> Result<Option<String>, String> {
+async fn original_sender(
+    edge: &Edge,
+    ch: &ChannelName,
+    seq: u64,
+) -> Result<Option<String>, String> {
     let Some(stored) = edge.store.get(seq).await.map_err(|e| e.to_string())? else {
         return Ok(None);
     };
     if stored.subject != ch.subject(SubjectKind::Durable) {
         return Ok(None);
     }
-    let Ok(event) = stored.envelope() else { return Ok(None) };
+    let Ok(event) = stored.envelope() else {
+        return Ok(None);
+    };
     if event.ty.as_str() != types::MESSAGE_NEW {
         return Ok(None);
     }
@@ -775,7 +889,11 @@ fn rpc_reply(id: Option<u64>, payload: &[u8]) -> Bytes {
             reply: OkReply::Rpc { result },
         }
         .encode(),
-        _ => err(id, ErrorCode::Internal, "the service sent an unreadable answer"),
+        _ => err(
+            id,
+            ErrorCode::Internal,
+            "the service sent an unreadable answer",
+        ),
     }
 }
 
@@ -800,7 +918,10 @@ async fn subscribe(
         None => (None, true),
         Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => {
             // Events past `seq` may have aged out of the stream: then say so.
-            (Some(Start::Seq(seq + 1)), position.first_seq <= seq + 1 || position.first_seq <= 1)
+            (
+                Some(Start::Seq(seq + 1)),
+                position.first_seq <= seq + 1 || position.first_seq <= 1,
+            )
         }
         Some(ResumeFrom::Seq { .. }) => (None, false),
         Some(ResumeFrom::Time(time)) => (Some(Start::Time(time.clone())), true),
@@ -838,7 +959,11 @@ async fn subscribe(
     let mut replayed = 0;
     let first: Vec<_> = match start {
         Start::Seq(from) => edge.store.forward(&durable, from, REPLAY_BATCH).await,
-        Start::Time(time) => edge.store.forward_from_time(&durable, &time, REPLAY_BATCH).await,
+        Start::Time(time) => {
+            edge.store
+                .forward_from_time(&durable, &time, REPLAY_BATCH)
+                .await
+        }
         Start::Last(n) => edge.store.newest(&durable, Some(head + 1), n).await,
     }
     .map_err(|e| e.to_string())?;
@@ -858,7 +983,11 @@ async fn subscribe(
             return Ok(());
         }
         if last_pass_full {
-            let from = if replayed == 0 { head + 1 } else { replayed + 1 };
+            let from = if replayed == 0 {
+                head + 1
+            } else {
+                replayed + 1
+            };
             batch = edge
                 .store
                 .forward(&durable, from, REPLAY_BATCH)
@@ -870,7 +999,11 @@ async fn subscribe(
             }
         }
         // Caught up with the stream as of now: hand over to live delivery.
-        let replayed_to = replayed.max(if matches!(start, Start::Last(_)) { head } else { 0 });
+        let replayed_to = replayed.max(if matches!(start, Start::Last(_)) {
+            head
+        } else {
+            0
+        });
         match channel.catch_up(conn, &label, replayed_to) {
             CatchUp::Live | CatchUp::Gone => return Ok(()),
             CatchUp::ReplayFrom(from) => {
@@ -943,7 +1076,8 @@ impl TokenBucket {
 
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

@@ -33,7 +33,9 @@ pub struct Stack {
 impl Stack {
     pub async fn start() -> Stack {
         let nats = Nats::start().expect("start nats-server");
-        let client = async_nats::connect(nats.url()).await.expect("connect to NATS");
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("connect to NATS");
         let js = async_nats::jetstream::new(client.clone());
         Definitions::builtin()
             .apply(&js)
@@ -142,7 +144,11 @@ impl Edge {
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
@@ -187,10 +193,9 @@ impl Client {
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "switchboard.v1".parse().unwrap());
         if let Some(token) = bearer {
-            request.headers_mut().insert(
-                "Authorization",
-                format!("Bearer {token}").parse().unwrap(),
-            );
+            request
+                .headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse().unwrap());
         }
         match tokio_tungstenite::connect_async(request).await {
             Ok((socket, _)) => Ok(Client { socket, next_id: 1 }),
@@ -243,7 +248,9 @@ impl Client {
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()??;
+            let message = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()??;
             match message.ok()? {
                 Message::Text(text) => return Some(serde_json::from_str(&text).unwrap()),
                 Message::Close(_) => return None,
@@ -286,7 +293,9 @@ impl Client {
         let mut frames = Vec::new();
         loop {
             match tokio::time::timeout(WAIT, self.socket.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => frames.push(serde_json::from_str(&text).unwrap()),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    frames.push(serde_json::from_str(&text).unwrap())
+                }
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     return (frames, frame.map(|f: CloseFrame| u16::from(f.code)));
                 }
