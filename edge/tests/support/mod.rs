@@ -183,6 +183,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TokioTcp>>;
 pub struct Client {
     pub socket: Socket,
     next_id: u64,
+    /// Frames read while waiting for a reply, handed out by later `recv`s.
+    held: std::collections::VecDeque<Value>,
 }
 
 impl Client {
@@ -198,7 +200,11 @@ impl Client {
                 .insert("Authorization", format!("Bearer {token}").parse().unwrap());
         }
         match tokio_tungstenite::connect_async(request).await {
-            Ok((socket, _)) => Ok(Client { socket, next_id: 1 }),
+            Ok((socket, _)) => Ok(Client {
+                socket,
+                next_id: 1,
+                held: Default::default(),
+            }),
             Err(tungstenite::Error::Http(response)) => {
                 let body = response
                     .body()
@@ -227,14 +233,26 @@ impl Client {
             .expect("send frame");
     }
 
-    /// Sends `frame` with a fresh id and returns the reply with that id, skipping other
-    /// frames (events that arrive meanwhile are dropped: use only where none matter).
+    /// Sends `frame` with a fresh id and returns the reply with that id; other frames
+    /// that arrive meanwhile are kept for later `recv`s.
     pub async fn request(&mut self, mut frame: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         frame["id"] = json!(id);
         self.send(frame).await;
-        self.recv_where(|f| f["id"] == json!(id)).await
+        let mut other = Vec::new();
+        let reply = loop {
+            let next = self
+                .read(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no reply within {WAIT:?}"));
+            if next["id"] == json!(id) && next["op"] != "evt" {
+                break next;
+            }
+            other.push(next);
+        };
+        self.held.extend(other);
+        reply
     }
 
     /// The next text frame as JSON; panics after the wait limit or on close.
@@ -246,6 +264,14 @@ impl Client {
 
     /// The next text frame within `wait`, or `None`.
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        if let Some(frame) = self.held.pop_front() {
+            return Some(frame);
+        }
+        self.read(wait).await
+    }
+
+    /// The next text frame from the socket itself.
+    async fn read(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let message = tokio::time::timeout_at(deadline, self.socket.next())
@@ -290,7 +316,7 @@ impl Client {
 
     /// Reads until the server closes; returns the frames before and the close code.
     pub async fn until_closed(&mut self) -> (Vec<Value>, Option<u16>) {
-        let mut frames = Vec::new();
+        let mut frames: Vec<Value> = self.held.drain(..).collect();
         loop {
             match tokio::time::timeout(WAIT, self.socket.next()).await {
                 Ok(Some(Ok(Message::Text(text)))) => {
