@@ -22,21 +22,30 @@ pub fn router(edge: Arc<Edge>) -> axum::Router {
 }
 
 #[derive(Debug, Deserialize)]
-struct TokenQuery {
+pub struct TokenQuery {
     token: Option<String>,
 }
 
-/// The token of an HTTP request: `Authorization: Bearer`, else `?token=`.
-fn token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Option<&'a str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .or(query.token.as_deref())
+/// The token of an HTTP request: `Authorization: Bearer`, else `?token=`. An
+/// `Authorization` header that is not a bearer token is an error, not an absence.
+pub fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a TokenQuery,
+) -> Result<Option<&'a str>, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(query.token.as_deref());
+    };
+    let bearer = value.to_str().ok().and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    match bearer {
+        Some(token) if !token.is_empty() => Ok(Some(token)),
+        _ => Err(error(
+            ErrorCode::Unauthorized,
+            "the Authorization header must be `Bearer <token>`",
+        )),
+    }
 }
 
 /// An HTTP error with the JSON body of docs/protocol.md.
@@ -59,7 +68,11 @@ async fn websocket(
         );
     }
     // A token on the upgrade is checked before any socket exists.
-    let identity = match token(&headers, &query) {
+    let token = match token(&headers, &query) {
+        Ok(token) => token,
+        Err(refused) => return refused,
+    };
+    let identity = match token {
         Some(token) => match edge.verifier.verify(token) {
             Ok(identity) => Some(identity),
             Err(e) => return error(ErrorCode::Unauthorized, e.to_string()),

@@ -912,7 +912,15 @@ async fn subscribe(
         edge.hub.abandon(&channel);
         return Err(format!("channel unavailable: {why}"));
     }
-    let position = edge.position();
+    // A resume by seq needs the stream's range as it is now, not as last cached.
+    let position = match &since {
+        Some(ResumeFrom::Seq { .. }) => edge
+            .store
+            .position()
+            .await
+            .unwrap_or_else(|_| edge.position()),
+        _ => edge.position(),
+    };
     let durable = channel.name.subject(SubjectKind::Durable);
     let (start, recovered) = match &since {
         None => (None, true),
@@ -924,7 +932,7 @@ async fn subscribe(
             )
         }
         Some(ResumeFrom::Seq { .. }) => (None, false),
-        Some(ResumeFrom::Time(time)) => (Some(Start::Time(time.clone())), true),
+        Some(ResumeFrom::Time(time)) => (Some(Start::Time(*time)), true),
         Some(ResumeFrom::Last(n)) => (Some(Start::Last((*n).min(MAX_LAST) as usize)), true),
     };
     let label = subscription.label.clone();

@@ -5,7 +5,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 /// Every stored seq on a channel's subject, from the stream itself.
@@ -446,4 +446,73 @@ async fn history_pages_back_in_ascending_order_and_clamps_the_limit() {
         .request(json!({"op":"history","ch":"project:secret"}))
         .await;
     assert_eq!(forbidden["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn a_gap_on_the_live_path_is_repaired_from_the_stream() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = edge.connect("u1").await;
+    client.sub(json!({"ch":"domain:g"})).await;
+    let before = stack
+        .publish("domain:g", "project.update", json!({"n": 0}))
+        .await;
+    assert_eq!(seqs(&client.events(1).await), [before]);
+
+    // Events stored while the stream republishes nothing never reach the edge live.
+    let mut config = stack
+        .js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    let republish = config.republish.take();
+    stack.js.update_stream(&config).await.unwrap();
+    let mut missed = Vec::new();
+    for n in 1..=3 {
+        missed.push(
+            stack
+                .publish("domain:g", "project.update", json!({"n": n}))
+                .await,
+        );
+    }
+    assert!(client.try_recv(Duration::from_millis(300)).await.is_none());
+    config.republish = republish;
+    stack.js.update_stream(&config).await.unwrap();
+    // The next live event names its predecessor, which the edge has not seen.
+    let after = stack
+        .publish("domain:g", "project.update", json!({"n": 4}))
+        .await;
+    let mut expected = missed.clone();
+    expected.push(after);
+    assert_eq!(seqs(&client.events(4).await), expected);
+    assert!(client.try_recv(Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn resuming_past_expired_history_says_not_recovered() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut stored = Vec::new();
+    for n in 0..6 {
+        stored.push(
+            stack
+                .publish("domain:x", "project.update", json!({"n": n}))
+                .await,
+        );
+    }
+    let stream = stack.js.get_stream("EVENTS").await.unwrap();
+    stream.purge().sequence(stored[3]).await.unwrap();
+    let mut client = edge.connect("u1").await;
+    let ok = client.sub(json!({"ch":"domain:x"})).await;
+    let epoch = ok["epoch"].clone();
+    client.request(json!({"op":"unsub","ch":"domain:x"})).await;
+    let resumed = client
+        .sub(json!({"ch":"domain:x","since":{"seq": stored[0], "epoch": epoch}}))
+        .await;
+    assert_eq!(resumed["recovered"], false, "{resumed}");
+    // What is still stored follows.
+    assert_eq!(seqs(&client.events(3).await), stored[3..]);
 }

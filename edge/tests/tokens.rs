@@ -1,0 +1,208 @@
+//! Token forgery and validation: every way a token can be wrong is refused.
+
+mod support;
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use support::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, claims: Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), &claims, key).unwrap()
+}
+
+fn valid_claims() -> Value {
+    json!({"sub": "u1", "exp": now() + 600})
+}
+
+/// Asserts the upgrade is refused with 401 and the JSON error body.
+async fn refused(edge: &Edge, token: &str, why: &str) {
+    match Client::open(&edge.ws_url(), Some(token)).await {
+        Err((status, body)) => {
+            assert_eq!(status, 401, "{why}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["code"], "unauthorized", "{why}");
+        }
+        Ok(_) => panic!("accepted a token that is {why}"),
+    }
+}
+
+#[tokio::test]
+async fn hs256_tokens_that_are_wrong_in_any_way_are_refused() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[
+        ("SWITCHBOARD_JWT_ISSUER", "instabids"),
+        ("SWITCHBOARD_JWT_AUDIENCE", "switchboard"),
+    ]);
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let good = json!({"sub":"u1","exp": now() + 600,"iss":"instabids","aud":"switchboard"});
+    let with = |patch: Value| {
+        let mut claims = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        sign(Algorithm::HS256, &key, claims)
+    };
+    // The baseline is accepted.
+    edge.connect_with(&with(json!({}))).await;
+
+    let unsigned = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(good.to_string().as_bytes())
+    );
+    refused(&edge, &unsigned, "alg none").await;
+    let genuine = with(json!({}));
+    let mut parts: Vec<&str> = genuine.split('.').collect();
+    let tampered_payload = b64(
+        json!({"sub":"admin","exp": now() + 600,"iss":"instabids","aud":"switchboard"})
+            .to_string()
+            .as_bytes(),
+    );
+    parts[1] = &tampered_payload;
+    refused(&edge, &parts.join("."), "a tampered payload").await;
+    refused(&edge, &with(json!({"exp": now() - 60})), "expired").await;
+    refused(&edge, &with(json!({"nbf": now() + 60})), "not yet valid").await;
+    refused(
+        &edge,
+        &with(json!({"iss":"someone-else"})),
+        "from the wrong issuer",
+    )
+    .await;
+    refused(&edge, &with(json!({"iss": null})), "without an issuer").await;
+    refused(
+        &edge,
+        &with(json!({"aud":"another-app"})),
+        "for another audience",
+    )
+    .await;
+    refused(&edge, &with(json!({"sub": null})), "without sub").await;
+    refused(&edge, &with(json!({"exp": null})), "without exp").await;
+    refused(
+        &edge,
+        &with(json!({"sub":"u1.>"})),
+        "with a sub that is no valid id",
+    )
+    .await;
+    let other_key = EncodingKey::from_secret(b"a-completely-different-secret");
+    refused(
+        &edge,
+        &sign(Algorithm::HS256, &other_key, good.clone()),
+        "signed with another key",
+    )
+    .await;
+    refused(
+        &edge,
+        &sign(Algorithm::HS512, &key, good.clone()),
+        "of another HMAC algorithm",
+    )
+    .await;
+    refused(&edge, "", "empty").await;
+    refused(&edge, "a.b", "malformed").await;
+}
+
+#[tokio::test]
+async fn a_leeway_of_five_seconds_applies_to_exp_and_nbf() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    edge.connect_with(&sign(
+        Algorithm::HS256,
+        &key,
+        json!({"sub":"u1","exp": now() - 2}),
+    ))
+    .await;
+    edge.connect_with(&sign(
+        Algorithm::HS256,
+        &key,
+        json!({"sub":"u1","exp": now() + 60,"nbf": now() + 2}),
+    ))
+    .await;
+    refused(
+        &edge,
+        &sign(
+            Algorithm::HS256,
+            &key,
+            json!({"sub":"u1","exp": now() - 30}),
+        ),
+        "expired past the leeway",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rs256_edge_accepts_its_key_and_refuses_hs256_signed_with_the_public_key() {
+    let stack = Stack::start().await;
+    let public = format!("{FIXTURES}/rs256-public.pem");
+    let edge = stack.edge(&[
+        ("SWITCHBOARD_JWT_ALG", "RS256"),
+        ("SWITCHBOARD_JWT_PUBLIC_KEY", &public),
+    ]);
+    let private = EncodingKey::from_rsa_pem(&fixture("rs256-private.pem")).unwrap();
+    let mut client = edge
+        .connect_with(&sign(Algorithm::RS256, &private, valid_claims()))
+        .await;
+    assert_eq!(client.request(json!({"op":"ping"})).await["op"], "pong");
+    // The classic confusion attack: HS256 keyed with the RSA public key's bytes.
+    let confused = EncodingKey::from_secret(&fixture("rs256-public.pem"));
+    refused(
+        &edge,
+        &sign(Algorithm::HS256, &confused, valid_claims()),
+        "HS256 with the public key",
+    )
+    .await;
+    let hs = EncodingKey::from_secret(SECRET.as_bytes());
+    refused(
+        &edge,
+        &sign(Algorithm::HS256, &hs, valid_claims()),
+        "HS256 on an RS256 edge",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn eddsa_edge_verifies_ed25519_tokens() {
+    let stack = Stack::start().await;
+    let public = format!("{FIXTURES}/ed25519-public.pem");
+    let edge = stack.edge(&[
+        ("SWITCHBOARD_JWT_ALG", "EdDSA"),
+        ("SWITCHBOARD_JWT_PUBLIC_KEY", &public),
+    ]);
+    let private = EncodingKey::from_ed_pem(&fixture("ed25519-private.pem")).unwrap();
+    edge.connect_with(&sign(Algorithm::EdDSA, &private, valid_claims()))
+        .await;
+    let rsa = EncodingKey::from_rsa_pem(&fixture("rs256-private.pem")).unwrap();
+    refused(
+        &edge,
+        &sign(Algorithm::RS256, &rsa, valid_claims()),
+        "RS256 on an EdDSA edge",
+    )
+    .await;
+}
+
+#[test]
+fn an_edge_without_its_key_refuses_to_start_with_a_clear_message() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-edge"))
+        .env_remove("SWITCHBOARD_JWT_SECRET")
+        .env("SWITCHBOARD_JWT_ALG", "HS256")
+        .env("SWITCHBOARD_EDGE_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SWITCHBOARD_JWT_SECRET"), "{stderr}");
+}
