@@ -14,8 +14,8 @@
 
 pub mod definitions;
 pub mod headers;
-pub mod store;
 mod publish;
+pub mod store;
 
 pub use publish::{Encoding, PublishError, Published, Publisher};
 

@@ -1,7 +1,7 @@
 //! Publishing envelopes to channels through JetStream.
 
-use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
 use switchboard_schemas::{ChannelName, Envelope, SubjectKind};
 
 use crate::headers;

@@ -193,14 +193,22 @@ impl Store {
     /// The event stored at `seq`, whatever its subject.
     pub async fn get(&self, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
         let request = serde_json::json!({ "seq": seq, "batch": 1 });
-        Ok(self.batch(request).await?.into_iter().find(|e| e.seq == seq))
+        Ok(self
+            .batch(request)
+            .await?
+            .into_iter()
+            .find(|e| e.seq == seq))
     }
 
     /// Sends one batched direct-get request and collects its answers up to end-of-batch.
     async fn batch(&self, request: serde_json::Value) -> Result<Vec<StoredEvent>, StoreError> {
         let nats = |e: &dyn std::fmt::Display| StoreError::Nats(e.to_string());
         let inbox = self.client.new_inbox();
-        let mut replies = self.client.subscribe(inbox.clone()).await.map_err(|e| nats(&e))?;
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| nats(&e))?;
         self.client
             .publish_with_reply(self.api.clone(), inbox, request.to_string().into())
             .await

@@ -17,7 +17,10 @@ pub async fn run(json: bool, args: Args) -> anyhow::Result<()> {
         .await
         .context("cannot connect to PostgreSQL (set --database-url or DATABASE_URL)")?;
     let migrator = sqlx::migrate!("../migrations");
-    migrator.run(&mut conn).await.context("applying migrations")?;
+    migrator
+        .run(&mut conn)
+        .await
+        .context("applying migrations")?;
     let versions: Vec<i64> = migrator.iter().map(|m| m.version).collect();
     if json {
         output::json(&serde_json::json!({ "applied_through": versions.last() }))

@@ -53,7 +53,14 @@ pub async fn run(nats_url: &str, json: bool) -> anyhow::Result<()> {
         println!("no consumers");
     } else {
         output::table(
-            &["STREAM", "CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "IDLE"],
+            &[
+                "STREAM",
+                "CONSUMER",
+                "PENDING",
+                "ACK PENDING",
+                "REDELIVERED",
+                "IDLE",
+            ],
             &consumers,
         );
     }

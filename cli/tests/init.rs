@@ -62,13 +62,21 @@ fn init_creates_then_changes_nothing_then_updates_drift() {
         let path = entry.unwrap().path();
         let mut text = std::fs::read_to_string(&path).unwrap();
         if path.file_name().unwrap() == "EVENTS.json" {
-            text = text.replace("\"max_msgs_per_subject\": 100000", "\"max_msgs_per_subject\": 200000");
+            text = text.replace(
+                "\"max_msgs_per_subject\": 100000",
+                "\"max_msgs_per_subject\": 200000",
+            );
         }
         std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
     }
     let third = json(&switchboard(
         &nats,
-        &["init", "--json", "--definitions", dir.path().to_str().unwrap()],
+        &[
+            "init",
+            "--json",
+            "--definitions",
+            dir.path().to_str().unwrap(),
+        ],
     ));
     let events = third
         .as_array()
@@ -77,7 +85,10 @@ fn init_creates_then_changes_nothing_then_updates_drift() {
         .find(|a| a["stream"] == "EVENTS")
         .unwrap();
     assert_eq!(events["outcome"], "updated");
-    assert_eq!(events["changed"], serde_json::json!(["max_msgs_per_subject"]));
+    assert_eq!(
+        events["changed"],
+        serde_json::json!(["max_msgs_per_subject"])
+    );
 
     let status = json(&switchboard(&nats, &["status", "--json"]));
     let events = status["streams"]
@@ -108,7 +119,10 @@ fn init_reports_a_clear_error_without_nats() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cannot connect to NATS"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("cannot connect to NATS"),
+        "stderr: {stderr}"
+    );
 }
 
 #[test]

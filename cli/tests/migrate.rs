@@ -117,14 +117,38 @@ async fn emit_refuses_bad_input_with_a_clear_error() {
     let pg = Postgres::start().unwrap();
     let mut conn = migrated(&pg).await;
     let cases = [
-        ("SELECT switchboard.emit('project:p1.x', 'bid.new', '{}')", "invalid channel"),
-        ("SELECT switchboard.emit('project:>', 'bid.new', '{}')", "invalid channel"),
-        ("SELECT switchboard.emit('nope:p1', 'bid.new', '{}')", "invalid channel"),
-        ("SELECT switchboard.emit('project:p1', 'Bid.New', '{}')", "invalid event type"),
-        ("SELECT switchboard.emit('project:p1', 'bid..new', '{}')", "invalid event type"),
-        ("SELECT switchboard.emit('project:p1', 'bid.new', '{}', '[1]')", "actor must be"),
-        ("SELECT switchboard.emit('project:p1', 'bid.new', '{}', NULL, 'evt bad')", "invalid event id"),
-        ("SELECT switchboard.emit('project:p1', 'bid.new', '{}', NULL, 'nope')", "invalid event id"),
+        (
+            "SELECT switchboard.emit('project:p1.x', 'bid.new', '{}')",
+            "invalid channel",
+        ),
+        (
+            "SELECT switchboard.emit('project:>', 'bid.new', '{}')",
+            "invalid channel",
+        ),
+        (
+            "SELECT switchboard.emit('nope:p1', 'bid.new', '{}')",
+            "invalid channel",
+        ),
+        (
+            "SELECT switchboard.emit('project:p1', 'Bid.New', '{}')",
+            "invalid event type",
+        ),
+        (
+            "SELECT switchboard.emit('project:p1', 'bid..new', '{}')",
+            "invalid event type",
+        ),
+        (
+            "SELECT switchboard.emit('project:p1', 'bid.new', '{}', '[1]')",
+            "actor must be",
+        ),
+        (
+            "SELECT switchboard.emit('project:p1', 'bid.new', '{}', NULL, 'evt bad')",
+            "invalid event id",
+        ),
+        (
+            "SELECT switchboard.emit('project:p1', 'bid.new', '{}', NULL, 'nope')",
+            "invalid event id",
+        ),
     ];
     for (sql, expected) in cases {
         let error = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
