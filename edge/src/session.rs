@@ -47,6 +47,8 @@ const REPLAY_BATCH: usize = 256;
 const MAX_LAST: u64 = 1000;
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 100;
+/// How long the final `bye` and close may take before the socket is simply dropped.
+const LAST_WORDS: Duration = Duration::from_secs(2);
 /// Receipts are coalesced for at most this long before they go to the workers.
 const RECEIPT_WINDOW: Duration = Duration::from_millis(200);
 
@@ -237,14 +239,18 @@ impl Session {
                 biased;
                 _ = self.control.ended() => {
                     let code = self.control.reason().unwrap_or(ByeCode::ProtocolError);
-                    // Whatever was queued before the end still goes out first, except for
-                    // a slow consumer, whose queue is the problem.
-                    if code != ByeCode::SlowConsumer {
-                        while let Ok(frame) = outgoing.try_recv() {
-                            let _ = socket.feed(Message::Text(frame)).await;
+                    let last_words = async {
+                        // Whatever was queued before the end still goes out first, except
+                        // for a slow consumer, whose queue is the problem.
+                        if code != ByeCode::SlowConsumer {
+                            while let Ok(frame) = outgoing.try_recv() {
+                                let _ = socket.feed(Message::Text(frame)).await;
+                            }
                         }
-                    }
-                    say_bye(&mut socket, code).await;
+                        say_bye(&mut socket, code).await;
+                    };
+                    // A peer that reads nothing must not hold the session open.
+                    let _ = tokio::time::timeout(LAST_WORDS, last_words).await;
                     break;
                 }
                 _ = draining.cancelled(), if !drain_sent => {
@@ -252,8 +258,15 @@ impl Session {
                     self.control.end(ByeCode::Draining);
                 }
                 Some(first) = outgoing.recv() => {
-                    if write_batch(&mut socket, first, &mut outgoing).await.is_err() {
-                        break;
+                    // A socket that stops reading blocks this write; meanwhile the hub
+                    // may end the session as a slow consumer, which must win.
+                    tokio::select! {
+                        written = write_batch(&mut socket, first, &mut outgoing) => {
+                            if written.is_err() {
+                                break;
+                            }
+                        }
+                        _ = self.control.ended() => {}
                     }
                 }
                 Some(done) = done.recv() => match done {
@@ -287,10 +300,11 @@ impl Session {
                 }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > heartbeat * 2 {
-                        close(&mut socket, CLOSE_NORMAL, "heartbeat timeout").await;
+                        let _ = tokio::time::timeout(LAST_WORDS, close(&mut socket, CLOSE_NORMAL, "heartbeat timeout")).await;
                         break;
                     }
-                    if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    let ping = tokio::time::timeout(heartbeat, socket.send(Message::Ping(Bytes::new())));
+                    if !matches!(ping.await, Ok(Ok(()))) {
                         break;
                     }
                 }

@@ -188,7 +188,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Opens the socket; `Err` carries the HTTP status and body of a refused upgrade.
+    /// Opens the socket; `Err` carries the HTTP status and body of a refused upgrade
+    /// (status 0 when the connection itself failed).
     pub async fn open(url: &str, bearer: Option<&str>) -> Result<Client, (u16, String)> {
         let mut request = url.into_client_request().unwrap();
         request
@@ -213,7 +214,7 @@ impl Client {
                     .unwrap_or_default();
                 Err((response.status().as_u16(), body))
             }
-            Err(e) => panic!("connect failed: {e}"),
+            Err(e) => Err((0, e.to_string())),
         }
     }
 
