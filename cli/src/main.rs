@@ -4,6 +4,7 @@
 //! `migrate`) directly; the CLI embeds neither the edge nor a worker.
 
 mod init;
+mod members;
 mod migrate;
 mod output;
 mod status;
@@ -13,10 +14,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "switchboard", version, about = "Switchboard: real-time events over NATS JetStream")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Switchboard: real-time events over NATS JetStream"
+)]
 struct Cli {
     /// NATS server URL(s), comma separated.
-    #[arg(long, global = true, env = "SWITCHBOARD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHBOARD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     nats_url: String,
 
     /// Print machine-readable JSON instead of tables.
@@ -39,6 +49,10 @@ enum Command {
     ///
     /// Example: switchboard migrate --database-url postgres://localhost/switchboard
     Migrate(migrate::Args),
+    /// Channel membership: `rebuild` rewrites the KV bucket `members` from PostgreSQL.
+    ///
+    /// Example: switchboard members rebuild --database-url postgres://localhost/switchboard
+    Members(members::Args),
 }
 
 #[tokio::main]
@@ -55,6 +69,7 @@ async fn main() -> ExitCode {
         Command::Init(args) => init::run(&cli.nats_url, cli.json, args).await,
         Command::Status => status::run(&cli.nats_url, cli.json).await,
         Command::Migrate(args) => migrate::run(cli.json, args).await,
+        Command::Members(args) => members::run(&cli.nats_url, cli.json, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,5 +87,7 @@ async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .connection_timeout(std::time::Duration::from_secs(5))
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {url} (set --nats-url or SWITCHBOARD_NATS_URL)"))
+        .with_context(|| {
+            format!("cannot connect to NATS at {url} (set --nats-url or SWITCHBOARD_NATS_URL)")
+        })
 }

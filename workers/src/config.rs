@@ -1,0 +1,106 @@
+//! The workers' configuration: one typed struct, from flags and environment variables.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// `switchboard-workers`: the background jobs behind Switchboard.
+///
+/// Every option is also read from the environment variable shown; flags win.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard-workers", version, about, long_about = None)]
+pub struct WorkersConfig {
+    /// NATS server URL(s), comma separated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Jobs to run in this process, comma separated (default: all of them).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WORKERS",
+        value_delimiter = ',',
+        default_values_t = JobName::ALL
+    )]
+    pub workers: Vec<JobName>,
+
+    /// How long JetStream waits for a message's ack before it delivers the message again.
+    /// The message being retried is kept alive meanwhile; what a killed worker had
+    /// fetched waits this long before another copy gets it.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WORKERS_ACK_WAIT_MS",
+        default_value_t = 30_000
+    )]
+    pub ack_wait_ms: u64,
+
+    /// Connections to PostgreSQL per process.
+    #[arg(long, env = "SWITCHBOARD_WORKERS_DB_CONNECTIONS", default_value_t = 4)]
+    pub db_connections: u32,
+}
+
+impl WorkersConfig {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms.max(1))
+    }
+
+    /// The jobs to run, each once, in the order given.
+    pub fn jobs(&self) -> Vec<JobName> {
+        let mut jobs = Vec::new();
+        for job in &self.workers {
+            if !jobs.contains(job) {
+                jobs.push(*job);
+            }
+        }
+        jobs
+    }
+}
+
+/// The jobs this build knows; each is one durable consumer named after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobName {
+    /// `member.*` and `conversation.participant_*` events -> PostgreSQL and KV `members`.
+    Membership,
+}
+
+impl JobName {
+    pub const ALL: [JobName; 1] = [JobName::Membership];
+}
+
+impl std::fmt::Display for JobName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self
+            .to_possible_value()
+            .expect("every job name has a value");
+        f.write_str(value.get_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<WorkersConfig, clap::Error> {
+        let mut argv = vec!["switchboard-workers", "--database-url", "postgres://x/y"];
+        argv.extend_from_slice(args);
+        WorkersConfig::try_parse_from(argv)
+    }
+
+    #[test]
+    fn runs_every_job_by_default_and_each_once() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.jobs(), JobName::ALL);
+        assert_eq!(config.ack_wait(), Duration::from_secs(30));
+        let twice = parse(&["--workers", "membership,membership"]).unwrap();
+        assert_eq!(twice.jobs(), [JobName::Membership]);
+        assert!(parse(&["--workers", "membership,nope"]).is_err());
+        assert_eq!(JobName::Membership.to_string(), "membership");
+    }
+}

@@ -1,0 +1,348 @@
+//! What every job shares: a durable pull consumer whose messages are handled one at a
+//! time, in the order the consumer delivers them.
+//!
+//! A job only says which messages it wants ([`Job::consumer`]) and what one message does
+//! ([`Job::handle`]); [`run`] owns everything around that:
+//!
+//! - **Binding.** The durable consumer is created or updated to the job's settings, so
+//!   every copy of the worker binds to the same one and JetStream spreads the messages
+//!   among them. A pull that fails (NATS restarted, consumer deleted) binds again after a
+//!   backoff.
+//! - **Acknowledging.** A message is acked once handled, including one the job ignores.
+//! - **Poison.** A message the job calls [`JobError::Poison`] is logged with its stream
+//!   sequence, counted and acked: a bad message never blocks the consumer.
+//! - **Transient failures.** On [`JobError::Transient`] the same message is retried in
+//!   place with capped, jittered backoff, telling JetStream it is still in progress, so
+//!   the messages behind it wait their turn instead of overtaking it.
+//! - **Shutdown.** When `shutdown` fires, the message in hand is finished (or, if it is
+//!   waiting to be retried, handed back), the rest of the fetched batch is handed back
+//!   for another copy to take at once, and `run` returns.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures_util::{FutureExt, StreamExt};
+use switchboard_bus::headers;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+
+/// Messages per pull request.
+const BATCH: usize = 100;
+/// How long a pull request waits for messages before it is renewed. Short, so a pull
+/// lost in a NATS restart is noticed quickly.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Unacked messages the consumer hands out across all copies of the worker.
+const MAX_ACK_PENDING: i64 = 1_000;
+
+/// One job: a durable consumer, and what each of its messages does.
+///
+/// Handlers must be idempotent: a message may be delivered again after a crash, a
+/// timeout or a NATS restart, and to another copy of the worker.
+pub trait Job: Send + Sync + 'static {
+    /// The durable consumer's name, and the job's name in logs.
+    const NAME: &'static str;
+
+    /// Which stream and subjects the job consumes.
+    fn consumer(&self) -> ConsumerSpec;
+
+    /// Handles one message. Returning decides the message's fate: `Ok` and
+    /// [`JobError::Poison`] ack it, [`JobError::Transient`] retries it.
+    fn handle(
+        &self,
+        delivery: &Delivery<'_>,
+    ) -> impl Future<Output = Result<Outcome, JobError>> + Send;
+}
+
+/// The stream and subjects a job's consumer reads.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub stream: &'static str,
+    pub filter_subject: &'static str,
+    pub description: &'static str,
+}
+
+/// Settings every job's consumer shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long JetStream waits for an ack before delivering a message again.
+    pub ack_wait: Duration,
+}
+
+/// One delivered message, with its place in the stream.
+#[derive(Debug)]
+pub struct Delivery<'a> {
+    /// The stream sequence: the event's `seq`, and the order JetStream stored it in.
+    pub seq: u64,
+    /// How many times this message has been delivered (1 the first time).
+    pub delivered: i64,
+    pub message: &'a async_nats::Message,
+}
+
+impl Delivery<'_> {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str())
+    }
+
+    /// Whether the payload is a JSON envelope rather than postcard.
+    pub fn is_json(&self) -> bool {
+        self.header(headers::CONTENT_TYPE)
+            .is_some_and(|value| value.starts_with(headers::JSON))
+    }
+}
+
+/// What a handled message amounted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message changed (or re-asserted) state.
+    Applied,
+    /// The message is not for this job.
+    Ignored,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The message itself is unusable: logged, counted, acked, never retried.
+    #[error("poison message: {0}")]
+    Poison(String),
+    /// Something the message needs is unavailable (PostgreSQL, NATS): retried.
+    #[error(transparent)]
+    Transient(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl JobError {
+    pub fn poison(reason: impl std::fmt::Display) -> JobError {
+        JobError::Poison(reason.to_string())
+    }
+
+    pub fn transient(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> JobError {
+        JobError::Transient(error.into())
+    }
+}
+
+/// Runs `job` until `shutdown` fires, surviving NATS and PostgreSQL outages.
+pub async fn run<J: Job>(
+    job: J,
+    js: jetstream::Context,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
+    let runner = Runner {
+        job,
+        js,
+        settings,
+        shutdown,
+        counts: Counts::default(),
+    };
+    runner.run().await;
+}
+
+struct Runner<J> {
+    job: J,
+    js: jetstream::Context,
+    settings: Settings,
+    shutdown: CancellationToken,
+    counts: Counts,
+}
+
+/// Running totals, logged when the job stops and with every poison message.
+#[derive(Debug, Default)]
+struct Counts {
+    applied: AtomicU64,
+    ignored: AtomicU64,
+    poison: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Counts {
+    /// Adds one and returns the new total.
+    fn bump(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Why the consumer must be bound again.
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error(
+        "cannot bind consumer {consumer} on stream {stream} (has `switchboard init` run?): {source}"
+    )]
+    Bind {
+        consumer: &'static str,
+        stream: &'static str,
+        source: jetstream::stream::ConsumerError,
+    },
+    #[error("pull request failed: {0}")]
+    Pull(#[from] pull::BatchError),
+    #[error("pull interrupted: {0}")]
+    Delivery(async_nats::Error),
+}
+
+/// Whether to go on after a message.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl<J: Job> Runner<J> {
+    async fn run(&self) {
+        tracing::info!(job = J::NAME, "job started");
+        let mut backoff = Backoff::standard();
+        while !self.shutdown.is_cancelled() {
+            match self.consume(&mut backoff).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(job = J::NAME, %error, "consumer unavailable; binding again");
+                    if !self.pause(backoff.next_delay()).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let counts = &self.counts;
+        tracing::info!(
+            job = J::NAME,
+            applied = counts.applied.load(Ordering::Relaxed),
+            ignored = counts.ignored.load(Ordering::Relaxed),
+            poison = counts.poison.load(Ordering::Relaxed),
+            retries = counts.retries.load(Ordering::Relaxed),
+            "job stopped"
+        );
+    }
+
+    /// Binds the consumer and handles its messages until shutdown (`Ok`) or until the
+    /// consumer needs binding again (`Err`).
+    async fn consume(&self, backoff: &mut Backoff) -> Result<(), ConsumeError> {
+        let consumer = self.bind().await?;
+        tracing::info!(job = J::NAME, "consuming");
+        loop {
+            let mut batch = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return Ok(()),
+                batch = consumer.batch().max_messages(BATCH).expires(PULL_EXPIRES).messages() => batch?,
+            };
+            loop {
+                // The server ends a pull when it expires; this bound catches a pull the
+                // server forgot (a restart), so a new one is sent.
+                let next = tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => {
+                        hand_back(&mut batch).await;
+                        return Ok(());
+                    }
+                    next = tokio::time::timeout(PULL_EXPIRES * 2, batch.next()) => next,
+                };
+                let message = match next {
+                    Ok(Some(message)) => message.map_err(ConsumeError::Delivery)?,
+                    Ok(None) | Err(_) => break,
+                };
+                backoff.reset();
+                if let Flow::Stop = self.process(message).await {
+                    hand_back(&mut batch).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn bind(&self) -> Result<jetstream::consumer::PullConsumer, ConsumeError> {
+        let spec = self.job.consumer();
+        let config = pull::Config {
+            durable_name: Some(J::NAME.to_string()),
+            description: Some(spec.description.to_string()),
+            filter_subject: spec.filter_subject.to_string(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            max_ack_pending: MAX_ACK_PENDING,
+            ..Default::default()
+        };
+        self.js
+            .create_consumer_on_stream(config, spec.stream)
+            .await
+            .map_err(|source| ConsumeError::Bind {
+                consumer: J::NAME,
+                stream: spec.stream,
+                source,
+            })
+    }
+
+    /// Handles one message to the end: acked when handled or poison, retried in place
+    /// while the failure is transient.
+    async fn process(&self, message: jetstream::Message) -> Flow {
+        let (seq, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered),
+            Err(error) => {
+                tracing::warn!(job = J::NAME, %error, subject = %message.subject, "message without JetStream metadata skipped");
+                return Flow::Continue;
+            }
+        };
+        let span = tracing::info_span!(
+            "message",
+            job = J::NAME,
+            seq,
+            delivered,
+            subject = %message.subject
+        );
+        let delivery = Delivery {
+            seq,
+            delivered,
+            message: &message.message,
+        };
+        let mut backoff = Backoff::standard();
+        loop {
+            match self.job.handle(&delivery).instrument(span.clone()).await {
+                Ok(Outcome::Applied) => {
+                    Counts::bump(&self.counts.applied);
+                }
+                Ok(Outcome::Ignored) => {
+                    Counts::bump(&self.counts.ignored);
+                }
+                Err(JobError::Poison(reason)) => {
+                    let total = Counts::bump(&self.counts.poison);
+                    tracing::warn!(parent: &span, seq, %reason, poison_total = total, "poison message skipped");
+                }
+                Err(JobError::Transient(error)) => {
+                    Counts::bump(&self.counts.retries);
+                    tracing::warn!(parent: &span, seq, %error, "handling failed; retrying");
+                    // Keeps JetStream from delivering it to another copy meanwhile.
+                    let _ = message.ack_with(AckKind::Progress).await;
+                    if self.pause(backoff.next_delay()).await {
+                        continue;
+                    }
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    return Flow::Stop;
+                }
+            }
+            if let Err(error) = message.ack().await {
+                // Not fatal: the message comes back after `ack_wait` and handling it
+                // again changes nothing.
+                tracing::warn!(parent: &span, seq, %error, "ack failed");
+            }
+            return Flow::Continue;
+        }
+    }
+
+    /// Sleeps for `delay`; false if shutdown came first.
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// Naks what this process fetched but will not handle, so another copy gets it at once
+/// instead of after `ack_wait`.
+async fn hand_back(batch: &mut pull::Batch) {
+    while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+    }
+}

@@ -1,0 +1,142 @@
+//! Switchboard's workers: the jobs that turn the event log into state.
+//!
+//! # Jobs
+//!
+//! - [`membership`]: mirrors `member.added/removed` and
+//!   `conversation.participant_added/removed` into `switchboard.channel_members` and the
+//!   KV bucket `members`, which the edges read to authorize subscriptions and to revoke
+//!   them when a member is removed.
+//!
+//! Receipts, presence, notifications and the outbox relay join as more modules beside
+//! `membership`, each a [`Job`](job::Job) and a [`JobName`].
+//!
+//! # How they scale
+//!
+//! Each job is one JetStream durable pull consumer named after the job. Every copy of
+//! the worker binds to the same consumer, so N copies compete for its messages and
+//! JetStream hands each message to one of them; a copy that dies leaves its unacked
+//! messages to be delivered again, to whoever pulls next, after the ack wait. Within a
+//! copy a job handles one message at a time in delivery order.
+//!
+//! Because a message can be delivered more than once, and copies can handle neighbours
+//! out of order, every write is idempotent and order-safe: the membership job keys each
+//! row by (channel, user) and applies an event only if its stream sequence is newer than
+//! the row's.
+//!
+//! # Failures
+//!
+//! A message that can never be handled (an undecodable envelope, bad data) is poison:
+//! logged with its stream sequence, counted and acked, never blocking the consumer. A
+//! failure outside the message (PostgreSQL or NATS away) is retried in place with capped,
+//! jittered backoff until it succeeds; the client reconnects to NATS by itself, and a
+//! consumer that stops answering is bound again. See [`job`] for the details.
+//!
+//! # Modules
+//!
+//! - [`config`]: the one configuration struct (flags and environment).
+//! - [`job`]: the [`Job`](job::Job) trait and the loop that runs one job.
+//! - [`membership`]: the membership job.
+
+mod backoff;
+pub mod config;
+pub mod job;
+pub mod membership;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{JobName, WorkersConfig};
+use crate::job::Settings;
+use crate::membership::Membership;
+
+/// Why the workers could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkersError {
+    #[error("invalid NATS URL {url}: {source}")]
+    Nats {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("invalid PostgreSQL URL (DATABASE_URL): {0}")]
+    Database(sqlx::Error),
+    #[error("job {0} crashed")]
+    JobCrashed(JobName),
+}
+
+/// Runs the configured jobs until `shutdown` fires and every job has finished the
+/// message in hand.
+///
+/// Neither NATS nor PostgreSQL needs to be up when this starts: jobs wait for them.
+pub async fn run(config: WorkersConfig, shutdown: CancellationToken) -> Result<(), WorkersError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("switchboard-workers")
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| WorkersError::Nats {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let db = PgPoolOptions::new()
+        .max_connections(config.db_connections.max(1))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&config.database_url)
+        .map_err(WorkersError::Database)?;
+    let js = jetstream::new(client.clone());
+    let settings = Settings {
+        ack_wait: config.ack_wait(),
+    };
+
+    let mut jobs = JoinSet::new();
+    let mut names = HashMap::new();
+    for name in config.jobs() {
+        let (js, settings, shutdown) = (js.clone(), settings.clone(), shutdown.clone());
+        let handle = match name {
+            JobName::Membership => jobs.spawn(job::run(
+                Membership::new(db.clone(), js.clone()),
+                js,
+                settings,
+                shutdown,
+            )),
+        };
+        names.insert(handle.id(), name);
+    }
+    let result = wait_for(jobs, &names, &shutdown).await;
+
+    // Acks are published without waiting for the server; send what is buffered before
+    // the process goes away.
+    if tokio::time::timeout(Duration::from_secs(2), client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS flush timed out; unsent acks will be redelivered");
+    }
+    db.close().await;
+    result
+}
+
+/// Waits for every job; if one panics, stops the others and reports it.
+async fn wait_for(
+    mut jobs: JoinSet<()>,
+    names: &HashMap<tokio::task::Id, JobName>,
+    shutdown: &CancellationToken,
+) -> Result<(), WorkersError> {
+    let mut crashed = None;
+    while let Some(joined) = jobs.join_next().await {
+        if let Err(error) = joined {
+            let name = names.get(&error.id()).copied();
+            tracing::error!(job = ?name, %error, "a job crashed; stopping the others");
+            shutdown.cancel();
+            crashed = crashed.or(name);
+        }
+    }
+    match crashed {
+        Some(name) => Err(WorkersError::JobCrashed(name)),
+        None => Ok(()),
+    }
+}

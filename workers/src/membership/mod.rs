@@ -1,0 +1,76 @@
+//! The membership job: mirrors `member.added` / `member.removed` and
+//! `conversation.participant_added` / `_removed` into PostgreSQL and the KV bucket
+//! `members` (DESIGN §3).
+//!
+//! Membership events are ordinary events on their channel (`rt.<ns>.<id>`), so the
+//! consumer reads every durable event (`rt.>`) and sets aside all others by their
+//! `Rt-Type` header, without decoding them.
+//!
+//! - [`change`]: a stored message becomes a typed [`Change`], or poison with a reason.
+//! - [`mirror`]: a change is written to the row and the key, idempotently and in an
+//!   order that survives crashes and redelivery.
+//!
+//! It owns `switchboard.channel_members` and the `members` bucket; it publishes nothing.
+
+pub mod change;
+pub mod mirror;
+
+use async_nats::jetstream;
+use sqlx::PgPool;
+use switchboard_bus::{EVENTS_STREAM, headers};
+use switchboard_schemas::SubjectKind;
+
+pub use change::Change;
+pub use mirror::{Member, Mirror};
+
+use crate::job::{ConsumerSpec, Delivery, Job, JobError, Outcome};
+
+pub struct Membership {
+    mirror: Mirror,
+}
+
+impl Membership {
+    pub fn new(db: PgPool, js: jetstream::Context) -> Membership {
+        Membership {
+            mirror: Mirror::new(db, js),
+        }
+    }
+}
+
+impl Job for Membership {
+    const NAME: &'static str = "membership";
+
+    fn consumer(&self) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: EVENTS_STREAM,
+            filter_subject: SubjectKind::Durable.wildcard(),
+            description: "membership worker: member and participant events -> PostgreSQL and KV members",
+        }
+    }
+
+    async fn handle(&self, delivery: &Delivery<'_>) -> Result<Outcome, JobError> {
+        let change = Change::read(
+            &delivery.message.subject,
+            delivery.header(headers::RT_TYPE),
+            &delivery.message.payload,
+            delivery.is_json(),
+        )
+        .map_err(JobError::poison)?;
+        let Some(change) = change else {
+            return Ok(Outcome::Ignored);
+        };
+        let member = self
+            .mirror
+            .apply(&change, delivery.seq)
+            .await
+            .map_err(JobError::transient)?;
+        tracing::debug!(
+            event_id = change.event_id.as_str(),
+            channel = %change.channel,
+            user = %change.user,
+            active = member.active,
+            "membership mirrored"
+        );
+        Ok(Outcome::Applied)
+    }
+}

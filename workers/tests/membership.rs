@@ -1,0 +1,527 @@
+//! The membership worker as a process, against a real nats-server and PostgreSQL: events
+//! go in through the publishing API, and the tests watch the row in
+//! `switchboard.channel_members` and the key in the KV bucket `members`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, message::PublishMessage};
+use futures_util::TryStreamExt;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use switchboard_bus::definitions::Definitions;
+use switchboard_bus::{EVENTS_STREAM, Encoding, MEMBERS_BUCKET, Publisher, headers};
+use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
+use switchboard_testkit::{Nats, Postgres};
+use tokio::process::{Child, Command};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// One test's servers and clients.
+struct Setup {
+    nats: Nats,
+    pg: Postgres,
+    database_url: String,
+    js: jetstream::Context,
+    kv: kv::Store,
+    db: PgPool,
+    publisher: Publisher,
+}
+
+async fn setup() -> Setup {
+    let nats = Nats::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    Definitions::builtin().apply(&js).await.unwrap();
+    let kv = js.get_key_value(MEMBERS_BUCKET).await.unwrap();
+    let db = PgPool::connect(&database_url).await.unwrap();
+    Setup {
+        nats,
+        pg,
+        database_url,
+        js,
+        kv,
+        db,
+        publisher: Publisher::new(client),
+    }
+}
+
+/// A `switchboard-workers` process, killed when dropped.
+struct Worker(Child);
+
+impl Worker {
+    fn start(setup: &Setup) -> Worker {
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"))
+            .env("SWITCHBOARD_NATS_URL", setup.nats.url())
+            .env("DATABASE_URL", &setup.database_url)
+            .env("SWITCHBOARD_WORKERS", "membership")
+            // Short, so what a killed worker had fetched comes back quickly.
+            .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")
+            .env("SWITCHBOARD_LOG", "switchboard_workers=debug,info")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start switchboard-workers");
+        Worker(child)
+    }
+
+    async fn kill(mut self) {
+        self.0.kill().await.unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    async fn terminate(mut self) -> ExitStatus {
+        let pid = self.0.id().expect("worker still running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(DEADLINE, self.0.wait())
+            .await
+            .expect("worker stops within the deadline after SIGTERM")
+            .unwrap()
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn event(ty: &str, data: Value) -> Envelope {
+    Envelope::new(
+        EventType::parse(ty).unwrap(),
+        RawJson::from_string(data.to_string()).unwrap(),
+    )
+}
+
+fn channel(text: &str) -> ChannelName {
+    ChannelName::parse(text).unwrap()
+}
+
+/// Publishes an event and returns its stream sequence; retried while NATS reconnects
+/// (the event id makes a retry store it once).
+async fn publish(setup: &Setup, channel_name: &str, envelope: &Envelope) -> u64 {
+    let channel = channel(channel_name);
+    eventually("publish to succeed", || async {
+        setup.publisher.publish(&channel, envelope).await.ok()
+    })
+    .await
+    .seq
+}
+
+/// Publishes raw bytes on a subject with the given headers, as a non-Rust service might.
+async fn publish_raw(setup: &Setup, subject: &str, headers: HeaderMap, payload: Vec<u8>) -> u64 {
+    let message = PublishMessage::build()
+        .payload(payload.into())
+        .headers(headers);
+    let ack = setup
+        .js
+        .send_publish(subject.to_string(), message)
+        .await
+        .unwrap();
+    ack.await.unwrap().sequence
+}
+
+/// (role, active, seq, event_id) of a row.
+type Row = (String, bool, i64, String);
+
+async fn row(setup: &Setup, channel: &str, user: &str) -> Option<Row> {
+    sqlx::query_as(
+        "SELECT role, active, seq, event_id FROM switchboard.channel_members
+         WHERE channel = $1 AND user_id = $2",
+    )
+    .bind(channel)
+    .bind(user)
+    .fetch_optional(&setup.db)
+    .await
+    .unwrap()
+}
+
+/// Every row as (channel, user) -> (role, active).
+async fn rows(setup: &Setup) -> BTreeMap<(String, String), (String, bool)> {
+    let all: Vec<(String, String, String, bool)> =
+        sqlx::query_as("SELECT channel, user_id, role, active FROM switchboard.channel_members")
+            .fetch_all(&setup.db)
+            .await
+            .unwrap();
+    all.into_iter()
+        .map(|(channel, user, role, active)| ((channel, user), (role, active)))
+        .collect()
+}
+
+async fn key(setup: &Setup, key: &str) -> Option<Value> {
+    let value = setup.kv.get(key).await.unwrap()?;
+    Some(serde_json::from_slice(&value).unwrap())
+}
+
+/// Every present key of the bucket with its value.
+async fn bucket(setup: &Setup) -> BTreeMap<String, Value> {
+    let keys: Vec<String> = setup.kv.keys().await.unwrap().try_collect().await.unwrap();
+    let mut all = BTreeMap::new();
+    for name in keys {
+        if let Some(value) = key(setup, &name).await {
+            all.insert(name, value);
+        }
+    }
+    all
+}
+
+async fn wait_for_key(setup: &Setup, name: &str, expected: Option<Value>) {
+    eventually(&format!("key {name} to be {expected:?}"), || async {
+        (key(setup, name).await == expected).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the consumer has acked everything published so far.
+async fn wait_until_caught_up(setup: &Setup) {
+    eventually("the membership consumer to catch up", || async {
+        let mut stream = setup.js.get_stream(EVENTS_STREAM).await.ok()?;
+        let last = stream.info().await.ok()?.state.last_sequence;
+        let info = stream.consumer_info("membership").await.ok()?;
+        (info.ack_floor.stream_sequence >= last && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn member_added_then_removed_is_mirrored_to_the_row_and_the_key() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup);
+
+    let added = event("member.added", json!({"user": "u1", "role": "owner"}));
+    let added_seq = publish(&setup, "project:p1", &added).await;
+    wait_for_key(&setup, "project.p1.u1", Some(json!({"role": "owner"}))).await;
+    let expected = ("owner".into(), true, added_seq as i64, added.id.to_string());
+    assert_eq!(row(&setup, "project:p1", "u1").await, Some(expected));
+
+    let demoted = event("member.added", json!({"user": "u1", "role": "viewer"}));
+    publish(&setup, "project:p1", &demoted).await;
+    wait_for_key(&setup, "project.p1.u1", Some(json!({"role": "viewer"}))).await;
+
+    let removed = event("member.removed", json!({"user": "u1", "role": "viewer"}));
+    let removed_seq = publish(&setup, "project:p1", &removed).await;
+    wait_for_key(&setup, "project.p1.u1", None).await;
+    // Edges watching the bucket see a delete, which is what revokes subscriptions.
+    let entry = setup.kv.entry("project.p1.u1").await.unwrap().unwrap();
+    assert_eq!(entry.operation, kv::Operation::Delete);
+    let expected = (
+        "viewer".into(),
+        false,
+        removed_seq as i64,
+        removed.id.to_string(),
+    );
+    assert_eq!(row(&setup, "project:p1", "u1").await, Some(expected));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conversation_participants_are_members_with_role_member() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup);
+
+    // A JSON envelope, as a non-Rust backend publishes it.
+    let added = event("conversation.participant_added", json!({"user": "u2"}));
+    setup
+        .publisher
+        .publish_as(&channel("conversation:c1"), &added, Encoding::Json)
+        .await
+        .unwrap();
+    wait_for_key(
+        &setup,
+        "conversation.c1.u2",
+        Some(json!({"role": "member"})),
+    )
+    .await;
+    let (role, active, _, _) = row(&setup, "conversation:c1", "u2").await.unwrap();
+    assert_eq!((role.as_str(), active), ("member", true));
+
+    // Without an Rt-Type header the worker decodes the envelope to learn its type.
+    let removed = event("conversation.participant_removed", json!({"user": "u2"}));
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::MSG_ID, removed.id.as_str());
+    headers.insert(headers::CONTENT_TYPE, headers::JSON);
+    publish_raw(&setup, "rt.conversation.c1", headers, removed.to_json()).await;
+    wait_for_key(&setup, "conversation.c1.u2", None).await;
+    let (_, active, _, event_id) = row(&setup, "conversation:c1", "u2").await.unwrap();
+    assert!(!active);
+    assert_eq!(event_id, removed.id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_messages_are_skipped_and_later_events_still_apply() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup);
+
+    let mut garbage = HeaderMap::new();
+    garbage.insert(headers::RT_TYPE, "member.added");
+    publish_raw(
+        &setup,
+        "rt.project.p1",
+        garbage,
+        b"\x01not an envelope".to_vec(),
+    )
+    .await;
+    let poison = [
+        (
+            "project:p1",
+            event("member.added", json!({"user": "u 1", "role": "owner"})),
+        ),
+        (
+            "project:p1",
+            event("member.added", json!({"user": "a.b", "role": "owner"})),
+        ),
+        (
+            "project:p1",
+            event("member.added", json!({"user": "u1", "role": "admin"})),
+        ),
+        (
+            "project:p1",
+            event("member.added", json!({"role": "owner"})),
+        ),
+        (
+            "project:p1",
+            event("conversation.participant_added", json!({"user": "u1"})),
+        ),
+    ];
+    for (channel, envelope) in &poison {
+        publish(&setup, channel, envelope).await;
+    }
+    // Other events pass by untouched.
+    publish(
+        &setup,
+        "project:p1",
+        &event("bid.new", json!({"amount": 5000})),
+    )
+    .await;
+
+    let good = event("member.added", json!({"user": "u9", "role": "contractor"}));
+    publish(&setup, "project:p1", &good).await;
+    wait_for_key(&setup, "project.p1.u9", Some(json!({"role": "contractor"}))).await;
+    wait_until_caught_up(&setup).await;
+
+    let all = rows(&setup).await;
+    let expected = BTreeMap::from([(
+        ("project:p1".to_string(), "u9".to_string()),
+        ("contractor".to_string(), true),
+    )]);
+    assert_eq!(all, expected, "poison left no rows behind");
+    assert_eq!(bucket(&setup).await.len(), 1);
+}
+
+/// The final state a sequence of membership events must leave, keyed like the bucket.
+#[derive(Default)]
+struct Model(BTreeMap<(String, String), (String, bool)>);
+
+impl Model {
+    fn apply(&mut self, channel: &str, user: &str, role: Option<&str>, active: bool) {
+        let entry = self
+            .0
+            .entry((channel.to_string(), user.to_string()))
+            .or_insert(("member".to_string(), false));
+        if let Some(role) = role {
+            entry.0 = role.to_string();
+        }
+        entry.1 = active;
+    }
+
+    fn bucket(&self) -> BTreeMap<String, Value> {
+        self.0
+            .iter()
+            .filter(|(_, (_, active))| *active)
+            .map(|((channel, user), (role, _))| {
+                (
+                    format!("{}.{user}", channel.replace(':', ".")),
+                    json!({"role": role}),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Publishes a deterministic mix of membership changes and other events, and returns
+/// what they must add up to.
+async fn publish_history(setup: &Setup, count: usize) -> Model {
+    let channels = ["project:p1", "project:p2", "job:j1", "conversation:c1"];
+    let roles = ["owner", "member", "contractor", "viewer"];
+    let mut model = Model::default();
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..count {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let pick = (state >> 33) as usize;
+        let channel = channels[pick % channels.len()];
+        let user = format!("u{}", (pick / 7) % 6);
+        let adding = !(pick / 11).is_multiple_of(3);
+        let envelope = match (channel.starts_with("conversation"), adding, i % 5) {
+            (_, _, 0) => event("bid.new", json!({"amount": i})),
+            (true, true, _) => {
+                model.apply(channel, &user, Some("member"), true);
+                event("conversation.participant_added", json!({"user": user}))
+            }
+            (true, false, _) => {
+                model.apply(channel, &user, None, false);
+                event("conversation.participant_removed", json!({"user": user}))
+            }
+            (false, true, _) => {
+                let role = roles[(pick / 13) % roles.len()];
+                model.apply(channel, &user, Some(role), true);
+                event("member.added", json!({"user": user, "role": role}))
+            }
+            (false, false, _) => {
+                model.apply(channel, &user, None, false);
+                event("member.removed", json!({"user": user}))
+            }
+        };
+        publish(setup, channel, &envelope).await;
+    }
+    model
+}
+
+async fn wait_for_model(setup: &Setup, model: &Model) {
+    eventually("rows and keys to match the published history", || async {
+        (rows(setup).await == model.0 && bucket(setup).await == model.bucket()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_stream_converges_after_restart() {
+    let setup = setup().await;
+    let model = publish_history(&setup, 400).await;
+
+    let worker = Worker::start(&setup);
+    eventually("the worker to be part-way through", || async {
+        let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM switchboard.channel_members")
+            .fetch_one(&setup.db)
+            .await
+            .unwrap();
+        (applied >= 5).then_some(())
+    })
+    .await;
+    worker.kill().await;
+
+    let _worker = Worker::start(&setup);
+    wait_for_model(&setup, &model).await;
+    wait_until_caught_up(&setup).await;
+    wait_for_model(&setup, &model).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replaying_the_whole_stream_changes_nothing_and_repairs_the_bucket() {
+    let setup = setup().await;
+    let worker = Worker::start(&setup);
+    for (ty, data) in [
+        ("member.added", json!({"user": "u1", "role": "owner"})),
+        ("member.removed", json!({"user": "u1"})),
+        ("member.added", json!({"user": "u2", "role": "contractor"})),
+    ] {
+        publish(&setup, "project:p1", &event(ty, data)).await;
+    }
+    wait_for_key(&setup, "project.p1.u2", Some(json!({"role": "contractor"}))).await;
+    wait_until_caught_up(&setup).await;
+    let status = worker.terminate().await;
+    assert!(
+        status.success(),
+        "SIGTERM stops the worker cleanly: {status}"
+    );
+    let before = (
+        row(&setup, "project:p1", "u1").await,
+        row(&setup, "project:p1", "u2").await,
+    );
+
+    // The bucket drifts from the rows (as after a crash between commit and KV write, or
+    // a purge by hand), and the consumer starts over from the first event.
+    setup.kv.purge("project.p1.u2").await.unwrap();
+    setup
+        .kv
+        .put("project.p1.u1", r#"{"role":"owner"}"#.into())
+        .await
+        .unwrap();
+    let stream = setup.js.get_stream(EVENTS_STREAM).await.unwrap();
+    stream.delete_consumer("membership").await.unwrap();
+
+    let _worker = Worker::start(&setup);
+    wait_for_key(&setup, "project.p1.u2", Some(json!({"role": "contractor"}))).await;
+    wait_for_key(&setup, "project.p1.u1", None).await;
+    wait_until_caught_up(&setup).await;
+    let after = (
+        row(&setup, "project:p1", "u1").await,
+        row(&setup, "project:p1", "u2").await,
+    );
+    assert_eq!(
+        before, after,
+        "replayed old events left the rows as they were"
+    );
+    assert_eq!(
+        key(&setup, "project.p1.u1").await,
+        None,
+        "u1 was not resurrected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_survives_postgres_and_nats_restarts() {
+    let mut setup = setup().await;
+    let _worker = Worker::start(&setup);
+    publish(
+        &setup,
+        "project:p1",
+        &event("member.added", json!({"user": "u1", "role": "owner"})),
+    )
+    .await;
+    wait_for_key(&setup, "project.p1.u1", Some(json!({"role": "owner"}))).await;
+
+    setup.pg.stop();
+    publish(
+        &setup,
+        "project:p1",
+        &event("member.added", json!({"user": "u2", "role": "viewer"})),
+    )
+    .await;
+    eventually(
+        "the worker to hold the event while PostgreSQL is down",
+        || async {
+            let stream = setup.js.get_stream(EVENTS_STREAM).await.ok()?;
+            let info = stream.consumer_info("membership").await.ok()?;
+            (info.num_ack_pending >= 1).then_some(())
+        },
+    )
+    .await;
+    // An outage longer than the worker's wait for a connection (5 s), so its attempts
+    // fail and are retried; longer than the ack wait (2 s) too.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(key(&setup, "project.p1.u2").await, None);
+    setup.pg.start_again().unwrap();
+    wait_for_key(&setup, "project.p1.u2", Some(json!({"role": "viewer"}))).await;
+
+    setup.nats.stop();
+    setup.nats.start_again().unwrap();
+    publish(
+        &setup,
+        "project:p1",
+        &event("member.removed", json!({"user": "u1"})),
+    )
+    .await;
+    wait_for_key(&setup, "project.p1.u1", None).await;
+    let (_, active, _, _) = row(&setup, "project:p1", "u1").await.unwrap();
+    assert!(!active);
+}
