@@ -44,12 +44,14 @@
 //! - [`shapes`]: token claims and the `data` of the events workers handle.
 //! - [`error`]: the codes a client can see (`err`, `bye`, `unsubbed`).
 //! - [`json`]: [`RawJson`], JSON carried as checked text.
+//! - [`membership`]: user ids and the keys of the `members` bucket.
 
 pub mod channel;
 pub mod error;
 pub mod event;
 pub mod frame;
 pub mod json;
+pub mod membership;
 pub mod presence;
 pub mod shapes;
 
@@ -64,4 +66,5 @@ pub use frame::{
     encode_evt_from,
 };
 pub use json::RawJson;
+pub use membership::{Membership, UserId};
 pub use presence::{PresenceStatus, VisibleStatus};
