@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use switchboard_bus::MEMBERS_BUCKET;
-use switchboard_schemas::{ChannelName, Namespace};
+use switchboard_schemas::{ChannelName, Membership, UserId};
 
 use crate::output;
 
@@ -279,23 +279,16 @@ async fn delete(bucket: &kv::Store, key: &str) -> anyhow::Result<()> {
 /// not valid. A user id has the grammar of a channel id: it is the id of `user:<id>`.
 fn key_of(channel: &str, user: &str) -> Option<String> {
     let channel = ChannelName::parse(channel).ok()?;
-    if channel.alias().is_some() || ChannelName::new(Namespace::User, user).is_err() {
+    if channel.alias().is_some() {
         return None;
     }
-    Some(format!("{}.{}.{user}", channel.namespace(), channel.id()))
+    Some(Membership::new(&channel, UserId::parse(user).ok()?).key())
 }
 
 /// The (channel, user) a key stands for; `None` for a key no membership can have.
 fn member_of(key: &str) -> Option<(String, String)> {
-    let mut parts = key.split('.');
-    let (Some(ns), Some(id), Some(user), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    let channel = ChannelName::new(ns.parse().ok()?, id).ok()?;
-    ChannelName::new(Namespace::User, user).ok()?;
-    Some((channel.to_string(), user.to_string()))
+    let member = Membership::from_key(key)?;
+    Some((member.channel.to_string(), member.user.to_string()))
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use switchboard_schemas::shapes::{Claims, Role};
-use switchboard_schemas::{ChannelName, ChannelPattern};
+use switchboard_schemas::{ChannelName, ChannelPattern, UserId};
 
 use crate::config::EdgeConfig;
 
@@ -157,7 +157,8 @@ impl Verifier {
             },
         )?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > 128 || !is_valid_user(&claims.sub) {
+        // User ids become channel ids (`user:<id>`) and KV key tokens.
+        if UserId::parse(&claims.sub).is_err() {
             return Err(AuthError::Malformed);
         }
         Ok(Identity {
@@ -167,10 +168,4 @@ impl Verifier {
             exp: claims.exp,
         })
     }
-}
-
-/// User ids become channel ids (`user:<id>`) and KV key tokens, so they share the id grammar.
-fn is_valid_user(user: &str) -> bool {
-    user.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use switchboard_bus::MEMBERS_BUCKET;
-use switchboard_schemas::{ChannelName, Namespace};
+use switchboard_schemas::{ChannelName, Membership, UserId};
 use tokio::sync::watch;
 
 use crate::hub::Hub;
@@ -33,17 +33,15 @@ impl Default for Members {
     }
 }
 
-/// The KV key of a membership; channel ids and user ids contain no dots.
-pub fn key(channel: &ChannelName, user: &str) -> String {
-    format!("{}.{}.{user}", channel.namespace().as_str(), channel.id())
-}
-
 impl Members {
     pub fn contains(&self, channel: &ChannelName, user: &str) -> bool {
+        let Ok(user) = UserId::parse(user) else {
+            return false;
+        };
         self.keys
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key(channel, user))
+            .contains(&Membership::new(channel, user).key())
     }
 
     /// True once the bucket's current content has been read.
@@ -129,21 +127,12 @@ impl Members {
 
 /// Tells the sessions of the key's user holding the key's channel to re-check.
 fn revoke(hub: &Hub, key: &str) {
-    let mut parts = key.split('.');
-    let (Some(ns), Some(id), Some(user), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some(member) = Membership::from_key(key) else {
         return;
     };
-    let Ok(ns) = ns.parse::<Namespace>() else {
-        return;
-    };
-    let Ok(channel) = ChannelName::new(ns, id) else {
-        return;
-    };
-    if let Some(held) = hub.get(&channel) {
-        for session in held.sessions_of(user) {
-            session.recheck(channel.clone());
+    if let Some(held) = hub.get(&member.channel) {
+        for session in held.sessions_of(member.user.as_str()) {
+            session.recheck(member.channel.clone());
         }
     }
 }

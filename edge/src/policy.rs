@@ -175,11 +175,11 @@ impl Policy {
         channel: &ChannelName,
         members: &Members,
     ) -> Result<(), Denied> {
-        self.may_subscribe(who, channel, members)?;
-        match self.rule(channel.namespace()).publish {
-            PublishRule::Messages => Ok(()),
-            _ => Err(Denied("receipts are only for conversations")),
+        // Receipt commands are addressed by conversation id (`cmd.receipts.<id>`).
+        if channel.namespace() != Namespace::Conversation || channel.alias().is_some() {
+            return Err(Denied("receipts are only for conversations"));
         }
+        self.may_subscribe(who, channel, members)
     }
 }
 

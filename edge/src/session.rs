@@ -48,7 +48,9 @@ const MAX_LAST: u64 = 1000;
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 100;
 /// How long the final `bye` and close may take before the socket is simply dropped.
-const LAST_WORDS: Duration = Duration::from_secs(2);
+const LAST_WORDS: Duration = Duration::from_secs(3);
+/// How long to wait for the client's answer to our close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// Receipts are coalesced for at most this long before they go to the workers.
 const RECEIPT_WINDOW: Duration = Duration::from_millis(200);
 
@@ -86,69 +88,72 @@ pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, identity: Option<Identi
 }
 
 /// Waits for a valid `hello`; answers what else arrives meanwhile. `None` when the
-/// session ended (timeout, bad token, socket closed).
+/// session ended (timeout, bad token, too many bad frames, socket closed).
 async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
     let deadline = tokio::time::Instant::now() + edge.config.hello_timeout();
+    let mut bad_frames = 0;
     loop {
-        let message = tokio::select! {
+        let incoming = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 say_bye(socket, ByeCode::Unauthorized).await;
                 return None;
             }
-            message = socket.recv() => message?.ok()?,
+            incoming = socket.recv() => incoming?,
         };
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Close(_) => return None,
-            Message::Binary(_) => {
-                send_now(
-                    socket,
-                    err(
-                        None,
-                        ErrorCode::BadRequest,
-                        "binary frames are not supported",
-                    ),
-                )
-                .await;
-                continue;
+        let refusal = match incoming {
+            Err(e) if is_too_big(&e) => {
+                close(socket, CLOSE_TOO_BIG, "frame too large").await;
+                return None;
             }
-            _ => continue,
-        };
-        if text.len() > edge.config.max_frame_bytes {
-            send_now(socket, err(None, ErrorCode::TooLarge, "frame too large")).await;
-            continue;
-        }
-        match Request::decode(text.as_bytes()) {
-            Ok(Request {
-                frame: ClientFrame::Hello { token, .. },
-                id,
-            }) => match edge.verifier.verify(&token) {
-                Ok(identity) => {
-                    let _ = id;
-                    return Some(identity);
+            Err(_) | Ok(Message::Close(_)) => return None,
+            Ok(Message::Binary(_)) => err(
+                None,
+                ErrorCode::BadRequest,
+                "binary frames are not supported",
+            ),
+            Ok(Message::Text(text)) if text.len() > edge.config.max_frame_bytes => {
+                err(None, ErrorCode::TooLarge, "frame larger than the limit")
+            }
+            Ok(Message::Text(text)) => match Request::decode(text.as_bytes()) {
+                Ok(Request {
+                    frame: ClientFrame::Hello { token, .. },
+                    id,
+                }) => match edge.verifier.verify(&token) {
+                    Ok(identity) => return Some(identity),
+                    Err(e) => {
+                        send_now(socket, err(id, ErrorCode::Unauthorized, e.to_string())).await;
+                        say_bye(socket, ByeCode::Unauthorized).await;
+                        return None;
+                    }
+                },
+                Ok(Request {
+                    frame: ClientFrame::Ping,
+                    id,
+                }) => {
+                    send_now(socket, ServerFrame::Pong { id }.encode()).await;
+                    continue;
                 }
-                Err(e) => {
-                    send_now(socket, err(id, ErrorCode::Unauthorized, e.to_string())).await;
-                    say_bye(socket, ByeCode::Unauthorized).await;
-                    return None;
+                Ok(request) => {
+                    send_now(
+                        socket,
+                        err(
+                            request.id,
+                            ErrorCode::Unauthorized,
+                            "send hello with a token first",
+                        ),
+                    )
+                    .await;
+                    continue;
                 }
+                Err(e) => ServerFrame::from(&e).encode(),
             },
-            Ok(Request {
-                frame: ClientFrame::Ping,
-                id,
-            }) => send_now(socket, ServerFrame::Pong { id }.encode()).await,
-            Ok(request) => {
-                send_now(
-                    socket,
-                    err(
-                        request.id,
-                        ErrorCode::Unauthorized,
-                        "send hello with a token first",
-                    ),
-                )
-                .await
-            }
-            Err(e) => send_now(socket, ServerFrame::from(&e).encode()).await,
+            Ok(_) => continue,
+        };
+        send_now(socket, refusal).await;
+        bad_frames += 1;
+        if bad_frames >= edge.config.max_bad_frames {
+            say_bye(socket, ByeCode::ProtocolError).await;
+            return None;
         }
     }
 }
@@ -162,13 +167,28 @@ async fn say_bye(socket: &mut WebSocket, code: ByeCode) {
     close(socket, code.close_code(), code.as_str()).await;
 }
 
+/// Sends a close frame and completes the closing handshake: reads (and discards) what the
+/// client still sends until its own close arrives. Dropping a socket with unread input
+/// makes the kernel answer with a reset, which can destroy frames the client has not read
+/// yet, the `bye` among them.
 async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
+    let sent = socket
         .send(Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         })))
         .await;
+    if sent.is_err() {
+        return;
+    }
+    let handshake = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, handshake).await;
 }
 
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
@@ -451,6 +471,9 @@ impl Session {
                     self.limits.refreshed_exp = Some(fresh.exp);
                     self.identity = fresh;
                     self.reply(ServerFrame::ok(id).encode());
+                    // The new token may grant less: subscriptions are re-authorized.
+                    let held = self.subs.keys().map(ChannelName::base).collect();
+                    self.recheck(held);
                 }
                 Ok(_) => self.reply(err(
                     id,
@@ -527,11 +550,11 @@ impl Session {
         since: Option<ResumeFrom>,
     ) {
         if self.subs.contains_key(&ch) {
-            return self.reply(err(
+            return self.bad_frame(
                 id,
                 ErrorCode::BadRequest,
                 "already subscribed to this channel",
-            ));
+            );
         }
         if let Err(why) = self
             .edge
@@ -848,9 +871,12 @@ fn message_target(
     struct Target {
         seq: Option<u64>,
     }
+    if !data.as_str().trim_start().starts_with('{') {
+        return Err("message data must be a JSON object");
+    }
     let target: Target = data
         .decode()
-        .map_err(|_| "message data must be a JSON object")?;
+        .map_err(|_| "message data.seq must be a sequence number")?;
     if !edits {
         return Ok(None);
     }
@@ -885,8 +911,15 @@ async fn original_sender(
 fn rpc_reply(id: Option<u64>, payload: &[u8]) -> Bytes {
     #[derive(serde::Deserialize)]
     struct Reply {
-        result: Option<switchboard_schemas::RawJson>,
+        // Present but `null` is a result too: hence the double option.
+        #[serde(default, deserialize_with = "present")]
+        result: Option<Option<switchboard_schemas::RawJson>>,
         error: Option<RpcError>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<switchboard_schemas::RawJson>>, D::Error> {
+        serde::Deserialize::deserialize(d).map(Some)
     }
     #[derive(serde::Deserialize)]
     struct RpcError {
@@ -900,7 +933,9 @@ fn rpc_reply(id: Option<u64>, payload: &[u8]) -> Bytes {
             ..
         }) => ServerFrame::Ok {
             id,
-            reply: OkReply::Rpc { result },
+            reply: OkReply::Rpc {
+                result: result.unwrap_or_else(switchboard_schemas::RawJson::null),
+            },
         }
         .encode(),
         _ => err(

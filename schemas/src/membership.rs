@@ -92,7 +92,13 @@ mod tests {
         );
         assert_eq!(m.key(), "user.u1.u-2");
         assert_eq!(Membership::from_key(&m.key()), Some(m));
-        for bad in ["project.p1", "project.p1.u1.x", "nope.p1.u1", "project.p1.", "project..u1"] {
+        for bad in [
+            "project.p1",
+            "project.p1.u1.x",
+            "nope.p1.u1",
+            "project.p1.",
+            "project..u1",
+        ] {
             assert_eq!(Membership::from_key(bad), None, "{bad}");
         }
         assert!(UserId::parse("u1.>").is_err());

@@ -3,11 +3,11 @@
 //!
 //! Pure functions of the message: no I/O here.
 
-use std::fmt;
-
 use switchboard_schemas::event::types;
 use switchboard_schemas::shapes::{MemberData, MemberRole, ParticipantData};
-use switchboard_schemas::{ChannelName, Envelope, EventId, Namespace, SubjectKind};
+use switchboard_schemas::{
+    ChannelName, Envelope, EventId, Membership, Namespace, SubjectKind, UserId,
+};
 
 /// One membership fact from the log: `user` is (or is no longer) a member of `channel`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl Change {
         };
         Ok(Change {
             channel,
-            user: UserId::parse(&user)?,
+            user: UserId::parse(&user).map_err(|e| Invalid::User(e.0))?,
             role,
             active,
             event_id: envelope.id,
@@ -124,12 +124,7 @@ impl Change {
 
     /// The key in the `members` bucket: `<ns>.<id>.<user>`.
     pub fn key(&self) -> String {
-        format!(
-            "{}.{}.{}",
-            self.channel.namespace(),
-            self.channel.id(),
-            self.user
-        )
+        Membership::new(&self.channel, self.user.clone()).key()
     }
 }
 
@@ -158,35 +153,6 @@ fn require_conversation(ty: &'static str, channel: &ChannelName) -> Result<(), I
             ty,
             channel: channel.to_string(),
         })
-    }
-}
-
-/// A user id: 1 to 128 characters of `[A-Za-z0-9_-]`, so it is safe as a KV key token.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UserId(String);
-
-impl UserId {
-    pub fn parse(text: &str) -> Result<UserId, Invalid> {
-        let valid = (1..=128).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if valid {
-            Ok(UserId(text.to_string()))
-        } else {
-            let excerpt: String = text.chars().take(64).collect();
-            Err(Invalid::User(excerpt))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
