@@ -31,7 +31,7 @@ pub struct TokenQuery {
 pub fn token<'a>(
     headers: &'a HeaderMap,
     query: &'a TokenQuery,
-) -> Result<Option<&'a str>, Response> {
+) -> Result<Option<&'a str>, &'static str> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(query.token.as_deref());
     };
@@ -41,10 +41,7 @@ pub fn token<'a>(
     });
     match bearer {
         Some(token) if !token.is_empty() => Ok(Some(token)),
-        _ => Err(error(
-            ErrorCode::Unauthorized,
-            "the Authorization header must be `Bearer <token>`",
-        )),
+        _ => Err("the Authorization header must be `Bearer <token>`"),
     }
 }
 
@@ -70,7 +67,7 @@ async fn websocket(
     // A token on the upgrade is checked before any socket exists.
     let token = match token(&headers, &query) {
         Ok(token) => token,
-        Err(refused) => return refused,
+        Err(why) => return error(ErrorCode::Unauthorized, why),
     };
     let identity = match token {
         Some(token) => match edge.verifier.verify(token) {

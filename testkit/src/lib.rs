@@ -30,4 +30,4 @@ mod process;
 
 pub use nats::{Nats, NatsCluster};
 pub use postgres::Postgres;
-pub use process::{Process, free_port, workspace_root};
+pub use process::{Process, binary, free_port, workspace_root};

@@ -145,6 +145,25 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The path of a workspace binary (`switchboard-edge`, `switchboard-workers`, ...) built
+/// in the same profile as the running test, for tests that run processes of another
+/// package. `scripts/test` builds every binary before the tests run.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build --bins`, as scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// Waits until `log`, past its first `offset` bytes, contains `needle`; fails early if the
 /// process exits. The offset lets a restarted server append to the log of its first run.
 pub(crate) fn wait_for_log(
