@@ -14,7 +14,6 @@
 //! skipped, never a crash.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -26,19 +25,12 @@ use switchboard_schemas::{ServerFrame, SubjectKind};
 
 use crate::hub::{Channel, Hub};
 use crate::mailbox::{ConnId, text};
+use crate::metrics::Metrics;
 
 /// Header naming the connection a signal came from (`<edge id>/<conn>`), so that the
 /// sender's own connection does not get it back.
 pub const RT_ORIGIN: &str = "Rt-Origin";
 const REPAIR_BATCH: usize = 256;
-
-/// Counters an operator asks about; read by `/metrics`.
-#[derive(Debug, Default)]
-pub struct BridgeStats {
-    pub undecodable: AtomicU64,
-    pub repaired: AtomicU64,
-    pub live: AtomicU64,
-}
 
 /// Starts and runs channel bridges; cheap to clone.
 #[derive(Debug, Clone)]
@@ -47,17 +39,22 @@ pub struct Bridge {
     store: Store,
     hub: Arc<Hub>,
     edge_id: Arc<str>,
-    pub stats: Arc<BridgeStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl Bridge {
-    pub fn new(client: async_nats::Client, hub: Arc<Hub>, edge_id: Arc<str>) -> Bridge {
+    pub fn new(
+        client: async_nats::Client,
+        hub: Arc<Hub>,
+        edge_id: Arc<str>,
+        metrics: Arc<Metrics>,
+    ) -> Bridge {
         Bridge {
             store: Store::new(client.clone()),
             client,
             hub,
             edge_id,
-            stats: Arc::default(),
+            metrics,
         }
     }
 
@@ -123,9 +120,8 @@ impl Bridge {
     }
 
     async fn on_live(&self, channel: &Channel, message: &async_nats::Message) {
-        self.stats.live.fetch_add(1, Ordering::Relaxed);
         let Some(event) = StoredEvent::from_message(message) else {
-            self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+            self.metrics.count(&self.metrics.undecodable, 1);
             tracing::warn!(channel = %channel.name, "live message without Nats-Sequence skipped");
             return;
         };
@@ -166,7 +162,7 @@ impl Bridge {
                         if until.is_some_and(|u| event.seq >= u) {
                             return;
                         }
-                        self.stats.repaired.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.count(&self.metrics.repaired, 1);
                         self.deliver(channel, event);
                     }
                     if complete {
@@ -187,19 +183,25 @@ impl Bridge {
         let envelope = match event.envelope() {
             Ok(envelope) => Some(envelope),
             Err(e) => {
-                self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(&self.metrics.undecodable, 1);
                 tracing::warn!(channel = %channel.name, seq = event.seq, error = %e, "undecodable event skipped");
                 None
             }
         };
         channel.deliver(event.seq, envelope.as_ref());
+        if let Ok(stored) =
+            time::OffsetDateTime::parse(&event.time, &time::format_description::well_known::Rfc3339)
+        {
+            let age = time::OffsetDateTime::now_utc() - stored;
+            self.metrics.observe_latency(age.unsigned_abs());
+        }
     }
 
     fn on_signal(&self, channel: &Channel, message: &async_nats::Message) {
         let signal: SignalMessage = match serde_json::from_slice(&message.payload) {
             Ok(signal) => signal,
             Err(e) => {
-                self.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(&self.metrics.undecodable, 1);
                 tracing::debug!(channel = %channel.name, error = %e, "undecodable signal skipped");
                 return;
             }

@@ -81,6 +81,36 @@ pub struct EdgeConfig {
     #[arg(long, env = "SWITCHBOARD_MAX_SUBS", default_value_t = 100)]
     pub max_subscriptions: usize,
 
+    /// `sub` frames per second per connection (burst: three seconds' worth); each user
+    /// gets four times the per-connection rates across their connections on this edge.
+    #[arg(long, env = "SWITCHBOARD_SUB_PER_S", default_value_t = 50)]
+    pub sub_per_s: u32,
+
+    /// `pub` frames per second per connection (burst: three seconds' worth).
+    #[arg(long, env = "SWITCHBOARD_PUB_PER_S", default_value_t = 20)]
+    pub pub_per_s: u32,
+
+    /// `sig` frames per second per connection (burst: three seconds' worth).
+    #[arg(long, env = "SWITCHBOARD_SIG_PER_S", default_value_t = 20)]
+    pub sig_per_s: u32,
+
+    /// Open connections (WebSocket, SSE, long poll) per user on this edge.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNS_PER_USER", default_value_t = 50)]
+    pub max_conns_per_user: usize,
+
+    /// Sockets still waiting for `hello` at once; more are refused with HTTP 429.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_UNAUTHENTICATED",
+        default_value_t = 10_000
+    )]
+    pub max_unauthenticated: usize,
+
+    /// Browser origins allowed to connect (comma separated); empty allows any. Requests
+    /// without an `Origin` header (servers, native apps) are always allowed.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Bad frames per minute before the session ends with `protocol_error`.
     #[arg(long, env = "SWITCHBOARD_MAX_BAD_FRAMES", default_value_t = 10)]
     pub max_bad_frames: u32,

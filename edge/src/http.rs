@@ -1,23 +1,41 @@
-//! The edge's HTTP surface: the WebSocket endpoint, health and readiness.
+//! The edge's HTTP surface: the WebSocket endpoint, the SSE and long-poll fallbacks,
+//! publishing and RPC for plain HTTP clients, health, readiness and metrics.
+//!
+//! Handlers stay thin: they authenticate, parse, and hand over to the session, the
+//! subscription core or the publisher. Errors before a stream starts are HTTP statuses
+//! with the JSON body `{"code": "...", "message": "..."}`.
 
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
-use switchboard_schemas::ErrorCode;
+use switchboard_schemas::frame::RpcMethod;
+use switchboard_schemas::shapes::Role;
+use switchboard_schemas::{
+    Actor, ChannelName, Envelope, ErrorCode, EventId, EventType, Metadata, RawJson,
+};
 
 use crate::Edge;
-use crate::session;
+use crate::auth::Identity;
+use crate::limits::UserSlot;
+use crate::session::{self, Admitted};
+use crate::{fallback, rpc};
 
-pub fn router(edge: Arc<Edge>) -> axum::Router {
-    axum::Router::new()
+pub fn router(edge: Arc<Edge>) -> Router {
+    Router::new()
         .route("/v1/ws", get(websocket))
+        .route("/v1/sse", get(fallback::sse))
+        .route("/v1/poll", get(fallback::poll))
+        .route("/v1/publish", post(publish))
+        .route("/v1/rpc/{method}", post(call))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(edge)
 }
 
@@ -26,14 +44,45 @@ pub struct TokenQuery {
     token: Option<String>,
 }
 
+/// A refusal before any stream starts: an HTTP status and the JSON body of
+/// docs/protocol.md, `{"code": "...", "message": "..."}`.
+#[derive(Debug)]
+pub struct HttpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> HttpError {
+        HttpError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        (status, Json(body)).into_response()
+    }
+}
+
+/// [`HttpError`] as a response, for handlers.
+pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    HttpError::new(code, message).into_response()
+}
+
 /// The token of an HTTP request: `Authorization: Bearer`, else `?token=`. An
 /// `Authorization` header that is not a bearer token is an error, not an absence.
 pub fn token<'a>(
     headers: &'a HeaderMap,
-    query: &'a TokenQuery,
+    query_token: Option<&'a str>,
 ) -> Result<Option<&'a str>, &'static str> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(query.token.as_deref());
+        return Ok(query_token);
     };
     let bearer = value.to_str().ok().and_then(|v| {
         let (scheme, token) = v.split_once(' ')?;
@@ -45,11 +94,48 @@ pub fn token<'a>(
     }
 }
 
-/// An HTTP error with the JSON body of docs/protocol.md.
-pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = serde_json::json!({ "code": code, "message": message.into() });
-    (status, Json(body)).into_response()
+/// Refuses a browser request from an origin not in `SWITCHBOARD_ALLOWED_ORIGINS`.
+pub fn check_origin(edge: &Edge, headers: &HeaderMap) -> Result<(), HttpError> {
+    let allowed = &edge.config.allowed_origins;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    match headers.get(header::ORIGIN).map(|o| o.to_str()) {
+        None => Ok(()),
+        Some(Ok(origin)) if allowed.iter().any(|a| a == origin) => Ok(()),
+        Some(_) => Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed")),
+    }
+}
+
+/// Authenticates a plain HTTP request and takes a connection slot for its user.
+pub fn authenticate(
+    edge: &Edge,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(Identity, UserSlot), HttpError> {
+    check_origin(edge, headers)?;
+    let token = match token(headers, query_token) {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            edge.metrics.auth_failure("missing");
+            return Err(HttpError::new(
+                ErrorCode::Unauthorized,
+                "a token is required",
+            ));
+        }
+        Err(why) => {
+            edge.metrics.auth_failure("malformed");
+            return Err(HttpError::new(ErrorCode::Unauthorized, why));
+        }
+    };
+    let identity = edge.verifier.verify(token).map_err(|e| {
+        edge.metrics.auth_failure(e.reason());
+        HttpError::new(ErrorCode::Unauthorized, e.to_string())
+    })?;
+    let slot = edge.users.admit(&identity.user).ok_or_else(|| {
+        HttpError::new(ErrorCode::RateLimited, "too many connections for this user")
+    })?;
+    Ok((identity, slot))
 }
 
 async fn websocket(
@@ -64,17 +150,23 @@ async fn websocket(
             "this edge is draining; connect to another",
         );
     }
+    if let Err(refused) = check_origin(&edge, &headers) {
+        return refused.into_response();
+    }
     // A token on the upgrade is checked before any socket exists.
-    let token = match token(&headers, &query) {
-        Ok(token) => token,
-        Err(why) => return error(ErrorCode::Unauthorized, why),
-    };
-    let identity = match token {
-        Some(token) => match edge.verifier.verify(token) {
-            Ok(identity) => Some(identity),
-            Err(e) => return error(ErrorCode::Unauthorized, e.to_string()),
+    let admitted = match token(&headers, query.token.as_deref()) {
+        Ok(Some(_)) => match authenticate(&edge, &headers, query.token.as_deref()) {
+            Ok((identity, slot)) => Admitted::Authenticated(identity, slot),
+            Err(refused) => return refused.into_response(),
         },
-        None => None,
+        Ok(None) => match edge.users.admit_unauthenticated() {
+            Some(pending) => Admitted::Pending(pending),
+            None => return error(ErrorCode::RateLimited, "too many unauthenticated sockets"),
+        },
+        Err(why) => {
+            edge.metrics.auth_failure("malformed");
+            return error(ErrorCode::Unauthorized, why);
+        }
     };
     let hard = edge.config.hard_frame_bytes;
     let sessions = edge.sessions.clone();
@@ -85,7 +177,116 @@ async fn websocket(
         // tungstenite's default buffers are 128 KiB each; idle sockets need little.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| sessions.track_future(session::run(edge, socket, identity)))
+        .on_upgrade(move |socket| sessions.track_future(session::run(edge, socket, admitted)))
+}
+
+/// `POST /v1/publish` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    channel: String,
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(default = "RawJson::null")]
+    data: RawJson,
+    id: Option<String>,
+    actor: Option<Actor>,
+    source: Option<String>,
+    subject: Option<String>,
+    metadata: Option<Metadata>,
+}
+
+/// Publishing for backends that cannot speak NATS; service tokens only.
+async fn publish(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    let (identity, _slot) = match authenticate(&edge, &headers, query.token.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_response(),
+    };
+    if identity.role != Role::Service {
+        return error(
+            ErrorCode::Forbidden,
+            "publishing needs a service token (role: service)",
+        );
+    }
+    let request: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return error(ErrorCode::BadRequest, format!("invalid body: {e}")),
+    };
+    let channel = match ChannelName::parse(&request.channel) {
+        Ok(channel) if channel.alias().is_none() => channel,
+        Ok(_) => {
+            return error(
+                ErrorCode::BadRequest,
+                "publish to the base channel, not an alias",
+            );
+        }
+        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+    };
+    let ty = match EventType::parse(&request.ty) {
+        Ok(ty) => ty,
+        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+    };
+    let mut event = Envelope::new(ty, request.data);
+    if let Some(id) = &request.id {
+        match EventId::parse(id) {
+            Ok(id) => event.id = id,
+            Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+        }
+    }
+    event.actor = request.actor;
+    event.source = request.source.or_else(|| Some(identity.user.to_string()));
+    event.subject = request.subject;
+    event.metadata = request.metadata;
+    match edge.publisher.publish(&channel, &event).await {
+        Ok(published) => {
+            edge.metrics.count(&edge.metrics.published, 1);
+            Json(serde_json::json!({
+                "seq": published.seq,
+                "event_id": event.id,
+                "duplicate": published.duplicate,
+            }))
+            .into_response()
+        }
+        Err(e) => error(ErrorCode::Unavailable, e.to_string()),
+    }
+}
+
+/// `POST /v1/rpc/<method>`: the same calls as the `rpc` frame.
+async fn call(
+    State(edge): State<Arc<Edge>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    let (identity, _slot) = match authenticate(&edge, &headers, query.token.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused.into_response(),
+    };
+    let method = match RpcMethod::parse(&method) {
+        Ok(method) => method,
+        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
+    };
+    let params = if body.iter().all(u8::is_ascii_whitespace) {
+        RawJson::empty_object()
+    } else {
+        match RawJson::from_slice(&body) {
+            Ok(params) => params,
+            Err(e) => return error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")),
+        }
+    };
+    match rpc::call(&edge, &identity.user, &method, &params).await {
+        Ok(result) => {
+            let body = format!("{{\"result\":{}}}", result.as_str());
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        Err((code, message)) => error(code, message),
+    }
 }
 
 async fn ready(State(edge): State<Arc<Edge>>) -> Response {
@@ -98,4 +299,12 @@ async fn ready(State(edge): State<Arc<Edge>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        edge.metrics.render(edge.hub.len()),
+    )
+        .into_response()
 }

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::{ConnControl, ConnId, Mailbox, text};
+use crate::metrics::Metrics;
 
 /// Live events buffered for a catching-up subscriber before its replay restarts instead.
 const CATCH_UP_BUFFER: usize = 4096;
@@ -32,6 +33,7 @@ const CATCH_UP_BUFFER: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Hub {
     channels: Mutex<HashMap<String, Arc<Channel>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// One subscription of one connection, as given to [`Channel::add`].
@@ -62,6 +64,7 @@ pub enum Readiness {
 #[derive(Debug)]
 pub struct Channel {
     pub name: ChannelName,
+    metrics: Arc<Metrics>,
     state: Mutex<ChannelState>,
     ready: watch::Sender<Readiness>,
     /// Cancelled when the last subscriber leaves; the bridge task then ends.
@@ -109,6 +112,13 @@ pub enum CatchUp {
 }
 
 impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            channels: Mutex::default(),
+            metrics,
+        }
+    }
+
     /// Returns the channel for `name` (a base channel), registering a new one if needed,
     /// and whether it is new (the caller then starts its bridge). The caller must follow
     /// with [`Channel::add`] or [`Hub::abandon`].
@@ -120,6 +130,7 @@ impl Hub {
         }
         let channel = Arc::new(Channel {
             name: name.clone(),
+            metrics: self.metrics.clone(),
             state: Mutex::new(ChannelState {
                 attaching: 1,
                 ..ChannelState::default()
@@ -318,6 +329,7 @@ impl Channel {
         let ty = event.ty.as_str();
         // Frames per spelling of the channel; at most three (base and two aliases).
         let mut frames: Vec<(&ChannelName, Utf8Bytes)> = Vec::with_capacity(1);
+        let mut delivered = 0;
         for subscriber in &mut state.subscribers {
             let sub = &subscriber.sub;
             if !sub.wants(ty) {
@@ -335,6 +347,7 @@ impl Channel {
                 Mode::Live { last_sent } => {
                     if seq > *last_sent && sub.mailbox.push_event(frame) {
                         *last_sent = seq;
+                        delivered += 1;
                     }
                 }
                 Mode::CatchingUp { buffer, overflowed } => {
@@ -350,6 +363,8 @@ impl Channel {
                 }
             }
         }
+        drop(state);
+        self.metrics.count(&self.metrics.deliveries, delivered);
     }
 
     /// Delivers a signal to every subscriber except the connection that sent it.

@@ -21,12 +21,17 @@
 pub mod auth;
 pub mod bridge;
 pub mod config;
+pub mod fallback;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod mailbox;
 pub mod members;
+pub mod metrics;
 pub mod policy;
+pub mod rpc;
 pub mod session;
+pub mod subscribe;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -42,7 +47,9 @@ use crate::auth::Verifier;
 use crate::bridge::Bridge;
 use crate::config::EdgeConfig;
 use crate::hub::Hub;
+use crate::limits::Users;
 use crate::members::Members;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 
 /// Everything a session needs, shared by all of them.
@@ -58,6 +65,9 @@ pub struct Edge {
     pub store: Store,
     pub publisher: Publisher,
     pub nats: async_nats::Client,
+    pub metrics: Arc<Metrics>,
+    /// Connections per user and unauthenticated sockets on this edge.
+    pub users: Arc<Users>,
     /// The `EVENTS` stream's epoch and range, refreshed in the background.
     position: RwLock<StreamPosition>,
     next_conn: AtomicU64,
@@ -80,7 +90,8 @@ impl Edge {
             .clone()
             .unwrap_or_else(|| format!("edge-{}", uuid::Uuid::now_v7().simple()))
             .into();
-        let hub = Arc::new(Hub::default());
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(metrics.clone()));
         let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
         let nats = async_nats::ConnectOptions::new()
             .name(format!("switchboard-edge {id}"))
@@ -112,7 +123,9 @@ impl Edge {
         let js = async_nats::jetstream::new(nats.clone());
         tokio::spawn(members.clone().follow(js, hub.clone()));
         let edge = Arc::new(Edge {
-            bridge: Bridge::new(nats.clone(), hub.clone(), id.clone()),
+            bridge: Bridge::new(nats.clone(), hub.clone(), id.clone(), metrics.clone()),
+            metrics,
+            users: Arc::new(Users::new(&config)),
             publisher: Publisher::new(nats.clone()),
             store,
             nats,
@@ -131,10 +144,18 @@ impl Edge {
         // subscriber: both mean channels must re-read the stream.
         let weak = Arc::downgrade(&edge);
         tokio::spawn(async move {
+            // The first `Connected` is the initial connection, not a reconnect.
+            let mut connected_before = false;
             while let Some(event) = events_rx.recv().await {
                 let Some(edge) = weak.upgrade() else { break };
                 match event {
                     async_nats::Event::Connected | async_nats::Event::SlowConsumer(_) => {
+                        if matches!(event, async_nats::Event::Connected) {
+                            if connected_before {
+                                edge.metrics.count(&edge.metrics.nats_reconnects, 1);
+                            }
+                            connected_before = true;
+                        }
                         tracing::info!(?event, "NATS event: re-syncing channels from the stream");
                         edge.hub.resync_all();
                     }

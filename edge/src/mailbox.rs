@@ -12,6 +12,8 @@ use switchboard_schemas::{ByeCode, ChannelName};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// Process-unique connection number.
 pub type ConnId = u64;
 
@@ -81,12 +83,24 @@ impl ConnControl {
 pub struct Mailbox {
     tx: mpsc::Sender<Utf8Bytes>,
     pub control: Arc<ConnControl>,
+    metrics: Arc<Metrics>,
 }
 
 impl Mailbox {
-    pub fn new(capacity: usize, control: Arc<ConnControl>) -> (Mailbox, mpsc::Receiver<Utf8Bytes>) {
+    pub fn new(
+        capacity: usize,
+        control: Arc<ConnControl>,
+        metrics: Arc<Metrics>,
+    ) -> (Mailbox, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(capacity.max(2));
-        (Mailbox { tx, control }, rx)
+        (
+            Mailbox {
+                tx,
+                control,
+                metrics,
+            },
+            rx,
+        )
     }
 
     pub fn conn(&self) -> ConnId {
@@ -100,6 +114,9 @@ impl Mailbox {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::debug!(conn = self.control.id, "send queue full: slow consumer");
+                if self.control.reason().is_none() {
+                    self.metrics.count(&self.metrics.slow_consumers, 1);
+                }
                 self.control.end(ByeCode::SlowConsumer);
                 false
             }

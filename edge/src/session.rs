@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
-use switchboard_bus::headers;
 use switchboard_schemas::event::types;
 use switchboard_schemas::frame::OkReply;
 use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
@@ -29,10 +28,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
-use crate::auth::{AuthError, Identity};
+use crate::auth::Identity;
 use crate::bridge::RT_ORIGIN;
-use crate::hub::{CatchUp, Channel, Subscription, evt_frame};
-use crate::mailbox::{ConnControl, Mailbox, text as utf8};
+use crate::hub::{Channel, Subscription};
+use crate::limits::{Limits, Op, PendingSlot, UserSlot};
+use crate::mailbox::{ConnControl, Mailbox, text};
+use crate::{rpc, subscribe};
 
 /// Close codes of docs/protocol.md besides those of `bye`.
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -40,11 +41,7 @@ const CLOSE_NORMAL: u16 = 1000;
 /// Requests of one session waiting on NATS at once; more are `rate_limited`.
 const MAX_IN_FLIGHT: usize = 32;
 /// Frames fed to the socket before one flush.
-const WRITE_BATCH: usize = 128;
-/// Stored events read per request while replaying.
-const REPLAY_BATCH: usize = 256;
-/// Most `since.last` a client may ask for.
-const MAX_LAST: u64 = 1000;
+const WRITE_BATCH: u64 = 128;
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 100;
 /// How long the final `bye` and close may take before the socket is simply dropped.
@@ -56,21 +53,42 @@ const RECEIPT_WINDOW: Duration = Duration::from_millis(200);
 
 /// Runs a session on an upgraded socket. `identity` is set when the upgrade carried a
 /// valid token; otherwise the client has `hello_timeout` to send `hello`.
-pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, identity: Option<Identity>) {
-    let identity = match identity {
-        Some(identity) => identity,
-        None => match await_hello(&edge, &mut socket).await {
-            Some(identity) => identity,
-            None => return,
-        },
+pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
+    let (identity, slot) = match admitted {
+        Admitted::Authenticated(identity, slot) => (identity, slot),
+        Admitted::Pending(pending) => {
+            let Some(identity) = await_hello(&edge, &mut socket).await else {
+                return;
+            };
+            drop(pending);
+            let Some(slot) = edge.users.admit(&identity.user) else {
+                send_now(
+                    &mut socket,
+                    err(
+                        None,
+                        ErrorCode::RateLimited,
+                        "too many connections for this user",
+                    ),
+                )
+                .await;
+                say_bye(&mut socket, ByeCode::RateLimited).await;
+                return;
+            };
+            (identity, slot)
+        }
     };
     let conn = edge.next_conn();
     let control = Arc::new(ConnControl::new(conn, identity.user.clone()));
-    let (mailbox, outgoing) = Mailbox::new(edge.config.send_queue, control.clone());
+    let (mailbox, outgoing) = Mailbox::new(
+        edge.config.send_queue,
+        control.clone(),
+        edge.metrics.clone(),
+    );
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut session = Session {
         edge: edge.clone(),
         identity,
+        slot,
         mailbox,
         control,
         subs: HashMap::new(),
@@ -81,10 +99,18 @@ pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, identity: Option<Identi
         receipts_due: None,
         session_id: format!("{}-{conn}", edge.id),
     };
-    let span = tracing::info_span!("session", conn, user = %session.identity.user);
-    let _guard = span.enter();
-    drop(_guard);
+    edge.metrics.gauge(&edge.metrics.connections, 1);
     session.run(socket, outgoing, done_rx).await;
+    edge.metrics.gauge(&edge.metrics.connections, -1);
+}
+
+/// How a socket got past the upgrade.
+#[derive(Debug)]
+pub enum Admitted {
+    /// With a valid token on the upgrade, and a place among its user's connections.
+    Authenticated(Identity, UserSlot),
+    /// Without a token: it has `hello_timeout` to send `hello`.
+    Pending(PendingSlot),
 }
 
 /// Waits for a valid `hello`; answers what else arrives meanwhile. `None` when the
@@ -95,6 +121,7 @@ async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
     loop {
         let incoming = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
+                edge.metrics.auth_failure("hello_timeout");
                 say_bye(socket, ByeCode::Unauthorized).await;
                 return None;
             }
@@ -121,6 +148,7 @@ async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
                 }) => match edge.verifier.verify(&token) {
                     Ok(identity) => return Some(identity),
                     Err(e) => {
+                        edge.metrics.auth_failure(e.reason());
                         send_now(socket, err(id, ErrorCode::Unauthorized, e.to_string())).await;
                         say_bye(socket, ByeCode::Unauthorized).await;
                         return None;
@@ -159,7 +187,7 @@ async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
 }
 
 async fn send_now(socket: &mut WebSocket, frame: Bytes) {
-    let _ = socket.send(Message::Text(utf8(frame))).await;
+    let _ = socket.send(Message::Text(text(frame))).await;
 }
 
 async fn say_bye(socket: &mut WebSocket, code: ByeCode) {
@@ -213,6 +241,8 @@ enum Done {
 struct Session {
     edge: Arc<Edge>,
     identity: Identity,
+    /// This connection's place among its user's connections on this edge.
+    slot: UserSlot,
     mailbox: Mailbox,
     control: Arc<ConnControl>,
     /// By the channel as the client spelled it; `system:broadcast` is kept here too.
@@ -244,7 +274,7 @@ impl Session {
             session: self.session_id.clone(),
             heartbeat_ms: self.edge.config.heartbeat_ms,
         };
-        self.mailbox.push_event(utf8(welcome.encode()));
+        self.mailbox.push_event(text(welcome.encode()));
         self.subscribe_implicit();
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -281,19 +311,16 @@ impl Session {
                     // A socket that stops reading blocks this write; meanwhile the hub
                     // may end the session as a slow consumer, which must win.
                     tokio::select! {
-                        written = write_batch(&mut socket, first, &mut outgoing) => {
-                            if written.is_err() {
-                                break;
-                            }
-                        }
+                        written = write_batch(&mut socket, first, &mut outgoing) => match written {
+                            Ok(frames) => self.edge.metrics.count(&self.edge.metrics.frames_out, frames),
+                            Err(_) => break,
+                        },
                         _ = self.control.ended() => {}
                     }
                 }
                 Some(done) = done.recv() => match done {
                     Done::SubFailed(label) => {
-                        if let Some(entry) = self.subs.remove(&label) {
-                            entry.cancel.cancel();
-                        }
+                        self.unsubscribe(&label);
                     }
                 },
                 labels = self.control.rechecks() => self.recheck(labels),
@@ -336,11 +363,9 @@ impl Session {
             }
         }
         self.flush_receipts();
-        for (label, entry) in self.subs.drain() {
-            entry.cancel.cancel();
-            self.edge
-                .hub
-                .detach(&entry.channel, self.control.id, &label);
+        let labels: Vec<ChannelName> = self.subs.keys().cloned().collect();
+        for label in labels {
+            self.unsubscribe(&label);
         }
         self.tasks.abort_all();
     }
@@ -374,10 +399,12 @@ impl Session {
         let request = match Request::decode(text.as_bytes()) {
             Ok(request) => request,
             Err(e) => {
+                self.edge.metrics.frame_in("invalid");
                 self.bad_frame(e.id, e.code(), e.to_string());
                 return Flow::Continue;
             }
         };
+        self.edge.metrics.frame_in(request.frame.op());
         if !self.limits.frames.take() {
             self.rate_limited(request.id, "too many frames");
             return Flow::Continue;
@@ -400,6 +427,7 @@ impl Session {
     }
 
     fn rate_limited(&mut self, id: Option<u64>, message: &str) {
+        self.edge.metrics.count(&self.edge.metrics.rate_limited, 1);
         self.reply(err(id, ErrorCode::RateLimited, message));
         if self.limits.rate_limited.hit() {
             self.control.end(ByeCode::RateLimited);
@@ -407,7 +435,7 @@ impl Session {
     }
 
     fn reply(&self, frame: Bytes) {
-        self.mailbox.push_event(utf8(frame));
+        self.mailbox.push_event(text(frame));
     }
 
     fn forbidden(&self, id: Option<u64>, why: impl std::fmt::Display) {
@@ -423,14 +451,14 @@ impl Session {
             ClientFrame::Ping => self.reply(ServerFrame::Pong { id }.encode()),
             ClientFrame::Sub { ch, types, since } => self.on_sub(id, ch, types, since),
             ClientFrame::Unsub { ch } => {
-                if let Some(entry) = self.subs.remove(&ch) {
-                    entry.cancel.cancel();
-                    self.edge.hub.detach(&entry.channel, self.control.id, &ch);
-                }
+                self.unsubscribe(&ch);
                 self.reply(ServerFrame::ok(id).encode());
             }
             ClientFrame::Pub { ch, ty, data, key } => self.on_pub(id, ch, ty, data, key),
             ClientFrame::Sig { ch, ty, data } => {
+                if !self.limits.take(Op::Sig, &self.slot) {
+                    return self.rate_limited(id, "too many signals");
+                }
                 if let Err(why) =
                     self.edge
                         .policy
@@ -483,43 +511,17 @@ impl Session {
                 Err(e) => self.reply(err(id, ErrorCode::Unauthorized, e.to_string())),
             },
             ClientFrame::Rpc { method, params } => {
-                let nats = self.edge.nats.clone();
-                let timeout = self.edge.config.rpc_timeout();
+                let edge = self.edge.clone();
                 let user = self.identity.user.clone();
                 self.spawn(id, async move {
-                    let mut h = async_nats::HeaderMap::new();
-                    h.insert(headers::RT_USER, &*user);
-                    let request = nats.request_with_headers(
-                        method.subject(),
-                        h,
-                        Bytes::copy_from_slice(params.as_bytes()),
-                    );
-                    let reply = match tokio::time::timeout(timeout, request).await {
-                        Err(_) => {
-                            return Some(err(
-                                id,
-                                ErrorCode::Unavailable,
-                                "the service did not answer in time",
-                            ));
+                    Some(match rpc::call(&edge, &user, &method, &params).await {
+                        Ok(result) => ServerFrame::Ok {
+                            id,
+                            reply: OkReply::Rpc { result },
                         }
-                        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                            return Some(err(
-                                id,
-                                ErrorCode::NotFound,
-                                format!("unknown method {}", method.as_str()),
-                            ));
-                        }
-                        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
-                            return Some(err(
-                                id,
-                                ErrorCode::Unavailable,
-                                "the service did not answer in time",
-                            ));
-                        }
-                        Ok(Err(e)) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
-                        Ok(Ok(reply)) => reply,
-                    };
-                    Some(rpc_reply(id, &reply.payload))
+                        .encode(),
+                        Err((code, message)) => err(id, code, message),
+                    })
                 });
             }
         }
@@ -537,7 +539,7 @@ impl Session {
         let mailbox = self.mailbox.clone();
         self.tasks.spawn(async move {
             if let Some(frame) = work.await {
-                mailbox.send(utf8(frame)).await;
+                mailbox.send(text(frame)).await;
             }
         });
     }
@@ -549,6 +551,9 @@ impl Session {
         types: TypeFilters,
         since: Option<ResumeFrom>,
     ) {
+        if !self.limits.take(Op::Sub, &self.slot) {
+            return self.rate_limited(id, "too many subscribe requests");
+        }
         if self.subs.contains_key(&ch) {
             return self.bad_frame(
                 id,
@@ -585,10 +590,7 @@ impl Session {
         since: Option<ResumeFrom>,
         reply: bool,
     ) {
-        let (channel, fresh) = self.edge.hub.attach(&label.base());
-        if fresh {
-            self.edge.bridge.start(channel.clone());
-        }
+        let channel = subscribe::attach(&self.edge, &label);
         let cancel = CancellationToken::new();
         self.subs.insert(
             label.clone(),
@@ -597,6 +599,7 @@ impl Session {
                 cancel: cancel.clone(),
             },
         );
+        self.edge.metrics.gauge(&self.edge.metrics.subscriptions, 1);
         let subscription = Subscription {
             user: self.identity.user.clone(),
             label,
@@ -608,14 +611,30 @@ impl Session {
         self.tasks.spawn(async move {
             let label = subscription.label.clone();
             let mailbox = subscription.mailbox.clone();
-            if let Err(e) = subscribe(&edge, channel, subscription, id, since, reply, cancel).await
+            if let Err(e) =
+                subscribe::subscribe(&edge, channel, subscription, id, since, reply, cancel).await
             {
                 if reply {
-                    mailbox.send(utf8(err(id, ErrorCode::Unavailable, e))).await;
+                    mailbox.send(text(err(id, ErrorCode::Unavailable, e))).await;
                 }
                 let _ = done.send(Done::SubFailed(label));
             }
         });
+    }
+
+    /// Ends a subscription: backs out one still being set up, leaves the channel.
+    /// Returns whether there was one.
+    fn unsubscribe(&mut self, label: &ChannelName) -> bool {
+        let Some(entry) = self.subs.remove(label) else {
+            return false;
+        };
+        entry.cancel.cancel();
+        // Detaching a subscription that never got added is harmless.
+        self.edge.hub.detach(&entry.channel, self.control.id, label);
+        self.edge
+            .metrics
+            .gauge(&self.edge.metrics.subscriptions, -1);
+        true
     }
 
     /// Re-authorizes subscriptions to channels whose membership changed.
@@ -633,11 +652,7 @@ impl Session {
             .cloned()
             .collect();
         for label in lost {
-            if let Some(entry) = self.subs.remove(&label) {
-                entry.cancel.cancel();
-                self.edge
-                    .hub
-                    .detach(&entry.channel, self.control.id, &label);
+            if self.unsubscribe(&label) {
                 let frame = ServerFrame::Unsubbed {
                     ch: label,
                     code: UnsubCode::Revoked,
@@ -655,6 +670,9 @@ impl Session {
         data: switchboard_schemas::RawJson,
         key: Option<String>,
     ) {
+        if !self.limits.take(Op::Pub, &self.slot) {
+            return self.rate_limited(id, "too many publishes");
+        }
         if let Err(why) = self
             .edge
             .policy
@@ -709,7 +727,8 @@ impl Session {
             });
             event.source = Some("switchboard-edge".into());
             match edge.publisher.publish(&ch, &event).await {
-                Ok(published) => Some(
+                Ok(published) => Some({
+                    edge.metrics.count(&edge.metrics.published, 1);
                     ServerFrame::Ok {
                         id,
                         reply: OkReply::Published {
@@ -717,8 +736,8 @@ impl Session {
                             event_id: event.id,
                         },
                     }
-                    .encode(),
-                ),
+                    .encode()
+                }),
                 Err(e) => Some(err(id, ErrorCode::Unavailable, e.to_string())),
             }
         });
@@ -827,20 +846,23 @@ impl Session {
     }
 }
 
-/// Feeds `first` and whatever else is queued, then flushes once.
+/// Feeds `first` and whatever else is queued, then flushes once; how many frames.
 async fn write_batch(
     socket: &mut WebSocket,
     first: Utf8Bytes,
     outgoing: &mut mpsc::Receiver<Utf8Bytes>,
-) -> Result<(), axum::Error> {
+) -> Result<u64, axum::Error> {
     socket.feed(Message::Text(first)).await?;
-    for _ in 1..WRITE_BATCH {
+    let mut frames = 1;
+    while frames < WRITE_BATCH {
         match outgoing.try_recv() {
             Ok(frame) => socket.feed(Message::Text(frame)).await?,
             Err(_) => break,
         }
+        frames += 1;
     }
-    socket.flush().await
+    socket.flush().await?;
+    Ok(frames)
 }
 
 /// True when the socket refused a frame above the hard cap (tungstenite's capacity error).
@@ -905,276 +927,4 @@ async fn original_sender(
         return Ok(None);
     }
     Ok(event.actor.map(|a| a.id))
-}
-
-/// A worker's answer (`{"result":..}` or `{"error":{"code","message"}}`) as a frame.
-fn rpc_reply(id: Option<u64>, payload: &[u8]) -> Bytes {
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        // Present but `null` is a result too: hence the double option.
-        #[serde(default, deserialize_with = "present")]
-        result: Option<Option<switchboard_schemas::RawJson>>,
-        error: Option<RpcError>,
-    }
-    fn present<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Option<switchboard_schemas::RawJson>>, D::Error> {
-        serde::Deserialize::deserialize(d).map(Some)
-    }
-    #[derive(serde::Deserialize)]
-    struct RpcError {
-        code: ErrorCode,
-        message: String,
-    }
-    match serde_json::from_slice::<Reply>(payload) {
-        Ok(Reply { error: Some(e), .. }) => err(id, e.code, e.message),
-        Ok(Reply {
-            result: Some(result),
-            ..
-        }) => ServerFrame::Ok {
-            id,
-            reply: OkReply::Rpc {
-                result: result.unwrap_or_else(switchboard_schemas::RawJson::null),
-            },
-        }
-        .encode(),
-        _ => err(
-            id,
-            ErrorCode::Internal,
-            "the service sent an unreadable answer",
-        ),
-    }
-}
-
-/// Finishes a subscription: waits for the channel's bridge, replies `ok`, replays what
-/// `since` asks for, and hands the subscriber over to live delivery.
-async fn subscribe(
-    edge: &Edge,
-    channel: Arc<Channel>,
-    subscription: Subscription,
-    id: Option<u64>,
-    since: Option<ResumeFrom>,
-    reply: bool,
-    cancel: CancellationToken,
-) -> Result<(), String> {
-    if let Err(why) = channel.ready().await {
-        edge.hub.abandon(&channel);
-        return Err(format!("channel unavailable: {why}"));
-    }
-    // A resume by seq needs the stream's range as it is now, not as last cached.
-    let position = match &since {
-        Some(ResumeFrom::Seq { .. }) => edge
-            .store
-            .position()
-            .await
-            .unwrap_or_else(|_| edge.position()),
-        _ => edge.position(),
-    };
-    let durable = channel.name.subject(SubjectKind::Durable);
-    let (start, recovered) = match &since {
-        None => (None, true),
-        Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => {
-            // Events past `seq` may have aged out of the stream: then say so.
-            (
-                Some(Start::Seq(seq + 1)),
-                position.first_seq <= seq + 1 || position.first_seq <= 1,
-            )
-        }
-        Some(ResumeFrom::Seq { .. }) => (None, false),
-        Some(ResumeFrom::Time(time)) => (Some(Start::Time(*time)), true),
-        Some(ResumeFrom::Last(n)) => (Some(Start::Last((*n).min(MAX_LAST) as usize)), true),
-    };
-    let label = subscription.label.clone();
-    let filters = subscription.filters.clone();
-    let mailbox = subscription.mailbox.clone();
-    let conn = mailbox.conn();
-    let epoch = position.epoch.clone();
-    let ok_label = label.clone();
-    let head = channel.add(subscription, start.is_some(), move |head| {
-        let frame = ServerFrame::Ok {
-            id,
-            reply: OkReply::Subscribed {
-                ch: ok_label,
-                seq: head,
-                epoch,
-                recovered,
-            },
-        };
-        reply.then(|| utf8(frame.encode()))
-    });
-    if cancel.is_cancelled() {
-        edge.hub.detach(&channel, conn, &label);
-        return Ok(());
-    }
-    let Some(start) = start else { return Ok(()) };
-    let send = |seq: u64, event: &Envelope| {
-        let wanted = label.alias().is_none_or(|a| a.admits(event.ty.as_str()))
-            && filters.matches_any(event.ty.as_str());
-        wanted.then(|| evt_frame(&label, seq, event))
-    };
-    // The first pass depends on the form of `since`; later passes read forward.
-    let mut replayed = 0;
-    let first: Vec<_> = match start {
-        Start::Seq(from) => edge.store.forward(&durable, from, REPLAY_BATCH).await,
-        Start::Time(time) => {
-            edge.store
-                .forward_from_time(&durable, &time, REPLAY_BATCH)
-                .await
-        }
-        Start::Last(n) => edge.store.newest(&durable, Some(head + 1), n).await,
-    }
-    .map_err(|e| e.to_string())?;
-    let mut batch = first;
-    let mut last_pass_full = batch.len() >= REPLAY_BATCH || matches!(start, Start::Last(_));
-    loop {
-        for stored in &batch {
-            if let Ok(event) = stored.envelope()
-                && let Some(frame) = send(stored.seq, &event)
-                && !mailbox.send(frame).await
-            {
-                return Ok(());
-            }
-            replayed = stored.seq;
-        }
-        if cancel.is_cancelled() {
-            return Ok(());
-        }
-        if last_pass_full {
-            let from = if replayed == 0 {
-                head + 1
-            } else {
-                replayed + 1
-            };
-            batch = edge
-                .store
-                .forward(&durable, from, REPLAY_BATCH)
-                .await
-                .map_err(|e| e.to_string())?;
-            last_pass_full = batch.len() >= REPLAY_BATCH;
-            if !batch.is_empty() {
-                continue;
-            }
-        }
-        // Caught up with the stream as of now: hand over to live delivery.
-        let replayed_to = replayed.max(if matches!(start, Start::Last(_)) {
-            head
-        } else {
-            0
-        });
-        match channel.catch_up(conn, &label, replayed_to) {
-            CatchUp::Live | CatchUp::Gone => return Ok(()),
-            CatchUp::ReplayFrom(from) => {
-                replayed = from - 1;
-                batch = edge
-                    .store
-                    .forward(&durable, from, REPLAY_BATCH)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                last_pass_full = batch.len() >= REPLAY_BATCH;
-            }
-            CatchUp::Send(frames, last) => {
-                for frame in frames {
-                    if !mailbox.send(frame).await {
-                        return Ok(());
-                    }
-                }
-                replayed = last;
-                batch = Vec::new();
-                last_pass_full = false;
-            }
-        }
-    }
-}
-
-/// Where a replay starts.
-enum Start {
-    Seq(u64),
-    Time(switchboard_schemas::Timestamp),
-    Last(usize),
-}
-
-/// Per-connection limits (docs/protocol.md, "Limits").
-struct Limits {
-    frames: TokenBucket,
-    bad_frames: WindowCounter,
-    rate_limited: WindowCounter,
-    /// Set by a successful `refresh`: the session's new expiry.
-    refreshed_exp: Option<i64>,
-}
-
-impl Limits {
-    fn new(config: &crate::config::EdgeConfig) -> Limits {
-        Limits {
-            frames: TokenBucket::new(config.frames_per_s, config.frame_burst),
-            bad_frames: WindowCounter::new(config.max_bad_frames),
-            rate_limited: WindowCounter::new(10),
-            refreshed_exp: None,
-        }
-    }
-}
-
-/// A token bucket: `rate` per second, holding at most `burst`.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Counts events in a sliding minute; `hit` is true when the limit is reached.
-struct WindowCounter {
-    limit: u32,
-    hits: std::collections::VecDeque<Instant>,
-}
-
-impl WindowCounter {
-    fn new(limit: u32) -> WindowCounter {
-        WindowCounter {
-            limit: limit.max(1),
-            hits: std::collections::VecDeque::new(),
-        }
-    }
-
-    fn hit(&mut self) -> bool {
-        let now = Instant::now();
-        while self
-            .hits
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-        {
-            self.hits.pop_front();
-        }
-        self.hits.push_back(now);
-        self.hits.len() >= self.limit as usize
-    }
-}
-
-impl From<AuthError> for ErrorCode {
-    fn from(_: AuthError) -> ErrorCode {
-        ErrorCode::Unauthorized
-    }
 }

@@ -214,7 +214,12 @@ async fn rpc_is_forwarded_with_the_authenticated_user() {
                 .unwrap();
         }
     });
-    stack.client.flush().await.unwrap();
+    // The responder answers the test's own client before the edge is asked.
+    stack
+        .client
+        .request("svc.test.echo", "{}".into())
+        .await
+        .unwrap();
     let mut client = edge.connect("u1").await;
     let ok = client
         .request(json!({"op":"rpc","method":"test.echo","params":{"limit":20}}))

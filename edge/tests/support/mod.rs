@@ -338,3 +338,109 @@ impl Client {
 pub fn seqs(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
+
+/// One HTTP/1.0 request (so the body ends with the connection): (status, body).
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TokioTcp::connect(addr).await.expect("connect to the edge");
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(40), stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A Server-Sent Events stream read over HTTP/1.0.
+pub struct SseStream {
+    stream: TokioTcp,
+    buffer: String,
+}
+
+/// One SSE event: (event name, id, data).
+pub type SseEvent = (String, Option<String>, String);
+
+impl SseStream {
+    /// Opens `/v1/sse?<query>` with extra headers; panics unless the answer is 200.
+    pub async fn open(addr: &str, query: &str, headers: &[(&str, &str)]) -> SseStream {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TokioTcp::connect(addr).await.unwrap();
+        let mut request = format!("GET /v1/sse?{query} HTTP/1.0\r\nHost: {addr}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut sse = SseStream {
+            stream,
+            buffer: String::new(),
+        };
+        let head = sse.read_until("\r\n\r\n").await;
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        assert!(head.contains("text/event-stream"), "{head}");
+        sse
+    }
+
+    async fn read_until(&mut self, delimiter: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(at) = self.buffer.find(delimiter) {
+                let chunk = self.buffer[..at].to_string();
+                self.buffer.drain(..at + delimiter.len());
+                return chunk;
+            }
+            let mut buf = [0u8; 8192];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+                .await
+                .expect("SSE data in time")
+                .unwrap();
+            assert!(n > 0, "SSE stream ended; unread: {:?}", self.buffer);
+            self.buffer.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    /// The next event, skipping keep-alive comments.
+    pub async fn next(&mut self) -> SseEvent {
+        loop {
+            let block = self.read_until("\n\n").await;
+            let (mut name, mut id, mut data) = (String::from("message"), None, Vec::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+            if !data.is_empty() {
+                return (name, id, data.join("\n"));
+            }
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Server-Sent Events and long polling: the same subscriptions as the socket, for
+//! clients that cannot hold a WebSocket.
+//!
+//! Both use the subscription core of [`crate::subscribe`] through a [`Feed`]: a mailbox
+//! with subscriptions to a few channels, resumed from a [`Cursor`]. The cursor is opaque
+//! to clients: the stream epoch and, per channel, the last seq delivered, as base64url
+//! JSON. Every `evt` carries the cursor after it, so a client resumes from exactly where
+//! it stopped (`Last-Event-ID` for SSE, `cursor=` for polling).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use switchboard_schemas::{
+    ByeCode, ChannelName, ErrorCode, ResumeFrom, ServerFrame, SubjectKind, TypeFilters,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Edge;
+use crate::auth::Identity;
+use crate::http::{HttpError, authenticate, error};
+use crate::hub::{Channel, Subscription};
+use crate::limits::UserSlot;
+use crate::mailbox::{ConnControl, Mailbox};
+use crate::subscribe;
+use axum::extract::ws::Utf8Bytes;
+
+/// Longest a poll may wait for events.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// Most events one poll answer carries; the cursor lets the next poll continue.
+const MAX_POLL_EVENTS: usize = 1000;
+
+/// Where a client is: the stream epoch and the last seq delivered per channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    #[serde(rename = "e")]
+    pub epoch: String,
+    #[serde(rename = "s")]
+    pub seqs: BTreeMap<String, u64>,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn decode(text: &str) -> Option<Cursor> {
+        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// The query of `/v1/sse` and `/v1/poll`: `ch` may repeat.
+#[derive(Debug, Default)]
+struct FeedQuery {
+    channels: Vec<String>,
+    token: Option<String>,
+    cursor: Option<String>,
+    wait: Option<String>,
+}
+
+impl FeedQuery {
+    fn from_pairs(pairs: Vec<(String, String)>) -> FeedQuery {
+        let mut query = FeedQuery::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "ch" => query.channels.push(value),
+                "token" => query.token = Some(value),
+                "cursor" => query.cursor = Some(value),
+                "wait" => query.wait = Some(value),
+                _ => {}
+            }
+        }
+        query
+    }
+}
+
+/// A fallback client's subscriptions, detached when dropped.
+struct Feed {
+    edge: Arc<Edge>,
+    control: Arc<ConnControl>,
+    rx: mpsc::Receiver<Utf8Bytes>,
+    subs: Vec<(ChannelName, Arc<Channel>, CancellationToken)>,
+    _slot: UserSlot,
+}
+
+/// What a request asked for, checked: who, which channels, from where.
+struct Opening {
+    identity: Identity,
+    slot: UserSlot,
+    channels: Vec<ChannelName>,
+    cursor: Option<Cursor>,
+}
+
+fn open_request(edge: &Edge, headers: &HeaderMap, query: &FeedQuery) -> Result<Opening, HttpError> {
+    let (identity, slot) = authenticate(edge, headers, query.token.as_deref())?;
+    if query.channels.is_empty() {
+        return Err(HttpError::new(
+            ErrorCode::BadRequest,
+            "name at least one channel: ?ch=<channel>",
+        ));
+    }
+    if query.channels.len() > edge.config.max_subscriptions {
+        return Err(HttpError::new(ErrorCode::RateLimited, "too many channels"));
+    }
+    let mut channels = Vec::new();
+    for raw in &query.channels {
+        let channel = ChannelName::parse(raw)
+            .map_err(|e| HttpError::new(ErrorCode::BadRequest, e.to_string()))?;
+        edge.policy
+            .may_subscribe(&identity, &channel, &edge.members)
+            .map_err(|why| HttpError::new(ErrorCode::Forbidden, format!("{channel}: {why}")))?;
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+    }
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let cursor = match last_event_id.or_else(|| query.cursor.clone()) {
+        Some(text) => Some(Cursor::decode(&text).ok_or_else(|| {
+            HttpError::new(
+                ErrorCode::BadRequest,
+                "the cursor is not one this edge gave",
+            )
+        })?),
+        None => None,
+    };
+    Ok(Opening {
+        identity,
+        slot,
+        channels,
+        cursor,
+    })
+}
+
+impl Feed {
+    /// Subscribes to every channel, resuming from the cursor where it knows the channel.
+    fn open(edge: &Arc<Edge>, opening: Opening, reply: bool) -> Feed {
+        let control = Arc::new(ConnControl::new(
+            edge.next_conn(),
+            opening.identity.user.clone(),
+        ));
+        let (mailbox, rx) = Mailbox::new(
+            edge.config.send_queue,
+            control.clone(),
+            edge.metrics.clone(),
+        );
+        let mut subs = Vec::new();
+        for label in opening.channels {
+            let since = opening.cursor.as_ref().and_then(|c| {
+                c.seqs.get(label.as_str()).map(|seq| ResumeFrom::Seq {
+                    seq: *seq,
+                    epoch: c.epoch.clone(),
+                })
+            });
+            let channel = subscribe::attach(edge, &label);
+            let cancel = CancellationToken::new();
+            let subscription = Subscription {
+                user: opening.identity.user.clone(),
+                label: label.clone(),
+                filters: TypeFilters::all(),
+                mailbox: mailbox.clone(),
+            };
+            let (task_edge, task_channel, task_cancel) =
+                (edge.clone(), channel.clone(), cancel.clone());
+            let failed = control.clone();
+            tokio::spawn(async move {
+                let outcome = subscribe::subscribe(
+                    &task_edge,
+                    task_channel,
+                    subscription,
+                    None,
+                    since,
+                    reply,
+                    task_cancel,
+                )
+                .await;
+                if outcome.is_err() {
+                    failed.end(ByeCode::Draining);
+                }
+            });
+            subs.push((label, channel, cancel));
+        }
+        edge.metrics.gauge(&edge.metrics.connections, 1);
+        edge.metrics
+            .gauge(&edge.metrics.subscriptions, subs.len() as i64);
+        Feed {
+            edge: edge.clone(),
+            control,
+            rx,
+            subs,
+            _slot: opening.slot,
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        for (label, channel, cancel) in &self.subs {
+            cancel.cancel();
+            self.edge.hub.detach(channel, self.control.id, label);
+        }
+        self.edge.metrics.gauge(&self.edge.metrics.connections, -1);
+        self.edge
+            .metrics
+            .gauge(&self.edge.metrics.subscriptions, -(self.subs.len() as i64));
+    }
+}
+
+/// The parts of a queued frame the cursor needs.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    op: &'a str,
+    ch: Option<&'a str>,
+    seq: Option<u64>,
+}
+
+/// `GET /v1/sse?ch=...`: events as `event: evt`, `id: <cursor>`, `data: <evt frame>`.
+pub async fn sse(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let query = FeedQuery::from_pairs(pairs);
+    let opening = match open_request(&edge, &headers, &query) {
+        Ok(opening) => opening,
+        Err(refused) => return refused.into_response(),
+    };
+    let expires = opening.identity.exp;
+    let epoch = edge.position().epoch;
+    let cursor = match &opening.cursor {
+        Some(cursor) if cursor.epoch == epoch => cursor.clone(),
+        _ => Cursor {
+            epoch,
+            seqs: BTreeMap::new(),
+        },
+    };
+    let feed = Feed::open(&edge, opening, true);
+    let leeway = edge.config.jwt_leeway_s as i64;
+    let stream = futures_util::stream::unfold(Some((feed, cursor)), move |state| async move {
+        let (mut feed, mut cursor) = state?;
+        let left = expires + leeway - time::OffsetDateTime::now_utc().unix_timestamp();
+        let expiry = tokio::time::sleep(Duration::from_secs(left.max(0) as u64));
+        let event = tokio::select! {
+            frame = feed.rx.recv() => match frame {
+                Some(frame) => sse_event(&frame, &mut cursor),
+                None => return None,
+            },
+            _ = feed.control.ended() => {
+                let code = feed.control.reason().unwrap_or(ByeCode::Draining);
+                return Some((Ok(bye(code)), None));
+            }
+            _ = feed.edge.draining.cancelled() => return Some((Ok(bye(ByeCode::Draining)), None)),
+            _ = expiry => return Some((Ok(bye(ByeCode::TokenExpired)), None)),
+        };
+        Some((Ok::<_, Infallible>(event), Some((feed, cursor))))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(edge.config.heartbeat()))
+        .into_response()
+}
+
+fn bye(code: ByeCode) -> Event {
+    Event::default()
+        .event("bye")
+        .data(String::from_utf8_lossy(&ServerFrame::bye(code).encode()))
+}
+
+/// One queued frame as an SSE event, moving the cursor past `evt` and `ok` frames.
+fn sse_event(frame: &Utf8Bytes, cursor: &mut Cursor) -> Event {
+    let text: &str = frame;
+    let peek: Option<Peek> = serde_json::from_str(text).ok();
+    let op = peek.as_ref().map_or("err", |p| p.op);
+    let mut event = Event::default().event(op).data(text);
+    if let Some(Peek {
+        ch: Some(ch),
+        seq: Some(seq),
+        ..
+    }) = peek
+        && (op == "evt" || op == "ok")
+    {
+        // An `ok` names the channel's head: the cursor starts there unless it knew more.
+        let known = cursor.seqs.entry(ch.to_string()).or_insert(seq);
+        if op == "evt" {
+            *known = seq;
+        }
+        event = event.id(cursor.encode());
+    }
+    event
+}
+
+/// `GET /v1/poll?ch=...&cursor=...&wait=<s>`: `{"events":[<evt frames>],"cursor":"..."}`.
+pub async fn poll(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let query = FeedQuery::from_pairs(pairs);
+    let wait = match query.wait.as_deref().map(str::parse::<u64>) {
+        None => Duration::from_secs(25),
+        Some(Ok(s)) => Duration::from_secs(s).min(MAX_WAIT),
+        Some(Err(_)) => return error(ErrorCode::BadRequest, "wait is a number of seconds"),
+    };
+    let opening = match open_request(&edge, &headers, &query) {
+        Ok(opening) => opening,
+        Err(refused) => return refused.into_response(),
+    };
+    let epoch = edge.position().epoch;
+    let recovered = opening.cursor.as_ref().is_none_or(|c| c.epoch == epoch);
+    let mut cursor = match opening.cursor.clone() {
+        Some(cursor) if cursor.epoch == epoch => cursor,
+        _ => {
+            // No cursor (or one from another epoch): answer at once with the heads.
+            let mut cursor = Cursor {
+                epoch,
+                seqs: BTreeMap::new(),
+            };
+            for channel in &opening.channels {
+                let subject = channel.base().subject(SubjectKind::Durable);
+                let head = match edge.store.last_at_or_before(&subject, None).await {
+                    Ok(last) => last.map_or(0, |e| e.seq),
+                    Err(e) => return error(ErrorCode::Unavailable, e.to_string()),
+                };
+                cursor.seqs.insert(channel.to_string(), head);
+            }
+            return poll_answer(&[], &cursor, recovered);
+        }
+    };
+    // Channels new to the cursor start at their head, like a fresh subscription.
+    let mut opening = opening;
+    for channel in &opening.channels {
+        if !cursor.seqs.contains_key(channel.as_str()) {
+            let subject = channel.base().subject(SubjectKind::Durable);
+            let head = edge
+                .store
+                .last_at_or_before(&subject, None)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |e| e.seq);
+            cursor.seqs.insert(channel.to_string(), head);
+        }
+    }
+    opening.cursor = Some(cursor.clone());
+    let mut feed = Feed::open(&edge, opening, false);
+    let mut events: Vec<Utf8Bytes> = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    // Wait for the first event, then take whatever else is already there.
+    loop {
+        let frame = if events.is_empty() {
+            tokio::select! {
+                frame = feed.rx.recv() => frame,
+                _ = tokio::time::sleep_until(deadline) => None,
+                _ = feed.control.ended() => None,
+            }
+        } else {
+            tokio::time::timeout(Duration::from_millis(20), feed.rx.recv())
+                .await
+                .unwrap_or_default()
+        };
+        let Some(frame) = frame else { break };
+        let text: &str = &frame;
+        if let Ok(Peek {
+            op: "evt",
+            ch: Some(ch),
+            seq: Some(seq),
+        }) = serde_json::from_str::<Peek>(text)
+        {
+            cursor.seqs.insert(ch.to_string(), seq);
+            events.push(frame);
+            if events.len() >= MAX_POLL_EVENTS {
+                break;
+            }
+        }
+    }
+    drop(feed);
+    poll_answer(&events, &cursor, recovered)
+}
+
+fn poll_answer(events: &[Utf8Bytes], cursor: &Cursor, recovered: bool) -> Response {
+    let mut body = String::from("{\"events\":[");
+    for (i, frame) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(frame);
+    }
+    body.push_str("],\"cursor\":");
+    body.push_str(&serde_json::to_string(&cursor.encode()).unwrap_or_default());
+    body.push_str(",\"recovered\":");
+    body.push_str(if recovered { "true" } else { "false" });
+    body.push('}');
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,180 @@
+//! Subscribing with resume, shared by WebSocket sessions, SSE streams and long polls.
+//!
+//! [`attach`] registers the subscription with the hub at once (so an `unsub` right after
+//! finds it); [`subscribe`] then waits for the channel's bridge, queues the `ok`, replays
+//! what `since` asks for from the stream, and hands the subscriber over to live delivery
+//! without a gap or a duplicate (see [`crate::hub`]).
+
+use std::sync::Arc;
+
+use switchboard_schemas::frame::OkReply;
+use switchboard_schemas::{ChannelName, Envelope, ResumeFrom, ServerFrame, SubjectKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::Edge;
+use crate::hub::{CatchUp, Channel, Subscription, evt_frame};
+use crate::mailbox::text;
+
+/// Stored events read per request while replaying.
+const REPLAY_BATCH: usize = 256;
+/// Most `since.last` a client may ask for.
+const MAX_LAST: u64 = 1000;
+
+/// The channel for `label` (its base channel), with its bridge started if it is new.
+/// Follow with [`subscribe`], which adds the subscriber or gives the attachment up.
+pub fn attach(edge: &Edge, label: &ChannelName) -> Arc<Channel> {
+    let (channel, fresh) = edge.hub.attach(&label.base());
+    if fresh {
+        edge.bridge.start(channel.clone());
+    }
+    channel
+}
+
+/// Finishes a subscription: waits for the channel's bridge, replies `ok`, replays what
+/// `since` asks for, and hands the subscriber over to live delivery.
+pub async fn subscribe(
+    edge: &Edge,
+    channel: Arc<Channel>,
+    subscription: Subscription,
+    id: Option<u64>,
+    since: Option<ResumeFrom>,
+    reply: bool,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    if let Err(why) = channel.ready().await {
+        edge.hub.abandon(&channel);
+        return Err(format!("channel unavailable: {why}"));
+    }
+    // A resume by seq needs the stream's range as it is now, not as last cached.
+    let position = match &since {
+        Some(ResumeFrom::Seq { .. }) => edge
+            .store
+            .position()
+            .await
+            .unwrap_or_else(|_| edge.position()),
+        _ => edge.position(),
+    };
+    let durable = channel.name.subject(SubjectKind::Durable);
+    let (start, recovered) = match &since {
+        None => (None, true),
+        Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => {
+            // Events past `seq` may have aged out of the stream: then say so.
+            (
+                Some(Start::Seq(seq + 1)),
+                position.first_seq <= seq + 1 || position.first_seq <= 1,
+            )
+        }
+        Some(ResumeFrom::Seq { .. }) => (None, false),
+        Some(ResumeFrom::Time(time)) => (Some(Start::Time(*time)), true),
+        Some(ResumeFrom::Last(n)) => (Some(Start::Last((*n).min(MAX_LAST) as usize)), true),
+    };
+    let label = subscription.label.clone();
+    let filters = subscription.filters.clone();
+    let mailbox = subscription.mailbox.clone();
+    let conn = mailbox.conn();
+    let epoch = position.epoch.clone();
+    let ok_label = label.clone();
+    let head = channel.add(subscription, start.is_some(), move |head| {
+        let frame = ServerFrame::Ok {
+            id,
+            reply: OkReply::Subscribed {
+                ch: ok_label,
+                seq: head,
+                epoch,
+                recovered,
+            },
+        };
+        reply.then(|| text(frame.encode()))
+    });
+    if cancel.is_cancelled() {
+        edge.hub.detach(&channel, conn, &label);
+        return Ok(());
+    }
+    let Some(start) = start else { return Ok(()) };
+    let send = |seq: u64, event: &Envelope| {
+        let wanted = label.alias().is_none_or(|a| a.admits(event.ty.as_str()))
+            && filters.matches_any(event.ty.as_str());
+        wanted.then(|| evt_frame(&label, seq, event))
+    };
+    // The first pass depends on the form of `since`; later passes read forward.
+    let mut replayed = 0;
+    let first: Vec<_> = match start {
+        Start::Seq(from) => edge.store.forward(&durable, from, REPLAY_BATCH).await,
+        Start::Time(time) => {
+            edge.store
+                .forward_from_time(&durable, &time, REPLAY_BATCH)
+                .await
+        }
+        Start::Last(n) => edge.store.newest(&durable, Some(head + 1), n).await,
+    }
+    .map_err(|e| e.to_string())?;
+    let mut batch = first;
+    let mut last_pass_full = batch.len() >= REPLAY_BATCH || matches!(start, Start::Last(_));
+    loop {
+        for stored in &batch {
+            if let Ok(event) = stored.envelope()
+                && let Some(frame) = send(stored.seq, &event)
+            {
+                if !mailbox.send(frame).await {
+                    return Ok(());
+                }
+                edge.metrics.count(&edge.metrics.replayed, 1);
+            }
+            replayed = stored.seq;
+        }
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        if last_pass_full {
+            let from = if replayed == 0 {
+                head + 1
+            } else {
+                replayed + 1
+            };
+            batch = edge
+                .store
+                .forward(&durable, from, REPLAY_BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            last_pass_full = batch.len() >= REPLAY_BATCH;
+            if !batch.is_empty() {
+                continue;
+            }
+        }
+        // Caught up with the stream as of now: hand over to live delivery.
+        let replayed_to = replayed.max(if matches!(start, Start::Last(_)) {
+            head
+        } else {
+            0
+        });
+        match channel.catch_up(conn, &label, replayed_to) {
+            CatchUp::Live | CatchUp::Gone => return Ok(()),
+            CatchUp::ReplayFrom(from) => {
+                replayed = from - 1;
+                batch = edge
+                    .store
+                    .forward(&durable, from, REPLAY_BATCH)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                last_pass_full = batch.len() >= REPLAY_BATCH;
+            }
+            CatchUp::Send(frames, last) => {
+                for frame in frames {
+                    if !mailbox.send(frame).await {
+                        return Ok(());
+                    }
+                }
+                replayed = last;
+                batch = Vec::new();
+                last_pass_full = false;
+            }
+        }
+    }
+}
+
+/// Where a replay starts.
+enum Start {
+    Seq(u64),
+    Time(switchboard_schemas::Timestamp),
+    Last(usize),
+}

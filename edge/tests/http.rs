@@ -1,0 +1,479 @@
+//! The HTTP surface: SSE and long-poll fallbacks, publishing and RPC over HTTP, metrics,
+//! and the limits on connections, origins and per-op rates.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::*;
+
+fn service_token() -> String {
+    token_with(json!({"sub":"bidding-service","exp": now() + 600,"role":"service"}))
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn sse_delivers_events_and_resumes_from_last_event_id_without_loss() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    let mut sse = SseStream::open(
+        &edge.addr,
+        "ch=domain:s&ch=user:u1",
+        &[("Authorization", &auth)],
+    )
+    .await;
+    // One `ok` per channel, each with a cursor.
+    for _ in 0..2 {
+        let (name, id, _) = sse.next().await;
+        assert_eq!(name, "ok");
+        assert!(id.is_some());
+    }
+    let mut published = Vec::new();
+    for i in 0..5 {
+        published.push(
+            stack
+                .publish("domain:s", "project.update", json!({"i": i}))
+                .await,
+        );
+    }
+    let mut last_id = String::new();
+    for seq in &published[..3] {
+        let (name, id, data) = sse.next().await;
+        assert_eq!(name, "evt");
+        let frame: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(frame["seq"], *seq);
+        assert_eq!(frame["ch"], "domain:s");
+        last_id = id.unwrap();
+    }
+    drop(sse);
+    // Two more while away; the resumed stream has the rest, once each.
+    published.push(
+        stack
+            .publish("domain:s", "project.update", json!({"i": 5}))
+            .await,
+    );
+    let mut resumed = SseStream::open(
+        &edge.addr,
+        "ch=domain:s&ch=user:u1",
+        &[("Authorization", &auth), ("Last-Event-ID", &last_id)],
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let (name, _, data) = resumed.next().await;
+        if name == "evt" {
+            got.push(
+                serde_json::from_str::<Value>(&data).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(got, published[3..]);
+}
+
+#[tokio::test]
+async fn sse_refuses_before_streaming() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    let (status, body) = http(&edge.addr, "GET", "/v1/sse?ch=domain:s", &[], "").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(
+        &edge.addr,
+        "GET",
+        "/v1/sse?ch=project:p1",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "forbidden"
+    );
+    let (status, _) = http(
+        &edge.addr,
+        "GET",
+        "/v1/sse?ch=project:p1.>",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = http(
+        &edge.addr,
+        "GET",
+        "/v1/sse?ch=domain:s&cursor=garbage",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn long_polling_hands_out_a_cursor_then_events_after_it() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    let before = stack.publish("domain:p", "project.update", json!({})).await;
+    let (status, body) = http(
+        &edge.addr,
+        "GET",
+        "/v1/poll?ch=domain:p",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let first: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        first["events"],
+        json!([]),
+        "no cursor: the current position, no events"
+    );
+    let cursor = first["cursor"].as_str().unwrap().to_string();
+
+    let mut published = Vec::new();
+    for i in 0..3 {
+        published.push(
+            stack
+                .publish("domain:p", "project.update", json!({"i": i}))
+                .await,
+        );
+    }
+    let path = format!("/v1/poll?ch=domain:p&cursor={cursor}&wait=5");
+    let (_, body) = http(&edge.addr, "GET", &path, &[("Authorization", &auth)], "").await;
+    let second: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seqs(second["events"].as_array().unwrap()), published);
+    assert!(!published.contains(&before));
+
+    // Nothing new: the poll waits, then answers empty with the same position.
+    let cursor = second["cursor"].as_str().unwrap();
+    let path = format!("/v1/poll?ch=domain:p&cursor={cursor}&wait=1");
+    let started = std::time::Instant::now();
+    let (_, body) = http(&edge.addr, "GET", &path, &[("Authorization", &auth)], "").await;
+    let third: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(third["events"], json!([]));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // An event arriving while a poll waits ends the wait.
+    let path = format!(
+        "/v1/poll?ch=domain:p&cursor={}&wait=20",
+        third["cursor"].as_str().unwrap()
+    );
+    let addr = edge.addr.clone();
+    let waiting =
+        tokio::spawn(
+            async move { http(&addr, "GET", &path, &[("Authorization", &auth)], "").await },
+        );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = stack.publish("domain:p", "project.update", json!({})).await;
+    let (_, body) = waiting.await.unwrap();
+    let fourth: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seqs(fourth["events"].as_array().unwrap()), [late]);
+}
+
+#[tokio::test]
+async fn http_publish_needs_a_service_token_and_honours_event_ids() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = edge.connect_with(&token("u1", 600, &["project:p1"])).await;
+    client.sub(json!({"ch":"project:p1"})).await;
+    let service = bearer(&service_token());
+    let body = json!({"channel":"project:p1","type":"bid.new","data":{"amount":5000},
+                      "id":"evt_bid_42","actor":{"id":"user_456","type":"contractor"},"source":"bidding-service"})
+    .to_string();
+    let (status, answer) = http(
+        &edge.addr,
+        "POST",
+        "/v1/publish",
+        &[("Authorization", &service)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let first: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(first["event_id"], "evt_bid_42");
+    assert_eq!(first["duplicate"], false);
+    let (_, again) = http(
+        &edge.addr,
+        "POST",
+        "/v1/publish",
+        &[("Authorization", &service)],
+        &body,
+    )
+    .await;
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["seq"], first["seq"]);
+    assert_eq!(again["duplicate"], true);
+    let event = client.recv_where(|f| f["op"] == "evt").await;
+    assert_eq!(event["event"]["actor"]["type"], "contractor");
+    assert!(
+        client.try_recv(Duration::from_millis(300)).await.is_none(),
+        "stored once"
+    );
+
+    let user = bearer(&token("u1", 600, &[]));
+    let (status, _) = http(
+        &edge.addr,
+        "POST",
+        "/v1/publish",
+        &[("Authorization", &user)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 403);
+    for bad in [
+        json!({"channel":"project:p1.x","type":"bid.new"}),
+        json!({"channel":"project:p1","type":"Bid"}),
+        json!({"channel":"project:p1","type":"bid.new","id":"nope"}),
+        json!({"channel":"user:u1:messages","type":"bid.new"}),
+        json!({"channel":"project:p1","type":"bid.new","unknown":1}),
+    ] {
+        let (status, answer) = http(
+            &edge.addr,
+            "POST",
+            "/v1/publish",
+            &[("Authorization", &service)],
+            &bad.to_string(),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+    let (status, _) = http(
+        &edge.addr,
+        "POST",
+        "/v1/publish",
+        &[("Authorization", &service)],
+        "{not json",
+    )
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn http_rpc_forwards_like_the_socket() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_RPC_TIMEOUT_MS", "500")]);
+    let mut requests = stack.client.subscribe("svc.test.echo").await.unwrap();
+    let responder = stack.client.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let user = request
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Rt-User"))
+                .map(|v| v.as_str().to_string());
+            let reply = json!({"result": {"user": user}});
+            responder
+                .publish(request.reply.unwrap(), reply.to_string().into())
+                .await
+                .unwrap();
+        }
+    });
+    // The responder answers the test's own client before the edge is asked.
+    stack
+        .client
+        .request("svc.test.echo", "{}".into())
+        .await
+        .unwrap();
+    let auth = bearer(&token("u7", 600, &[]));
+    let (status, body) = http(
+        &edge.addr,
+        "POST",
+        "/v1/rpc/test.echo",
+        &[("Authorization", &auth)],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"result":{"user":"u7"}})
+    );
+    let (status, body) = http(
+        &edge.addr,
+        "POST",
+        "/v1/rpc/nobody.home",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = http(
+        &edge.addr,
+        "POST",
+        "/v1/rpc/Bad..Method",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = http(&edge.addr, "POST", "/v1/rpc/test.echo", &[], "").await;
+    assert_eq!(status, 401);
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let (_, before) = http(&edge.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(metric(&before, "switchboard_edge_connections"), 0.0);
+    let mut client = edge.connect("u1").await;
+    client.sub(json!({"ch":"domain:m"})).await;
+    stack.publish("domain:m", "project.update", json!({})).await;
+    client.events(1).await;
+    client.send_text("garbage".into()).await;
+    client.recv().await;
+    assert!(
+        Client::open(&edge.ws_url(), Some("bad-token"))
+            .await
+            .is_err()
+    );
+    let (_, after) = http(&edge.addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(metric(&after, "switchboard_edge_connections"), 1.0);
+    assert!(
+        metric(&after, "switchboard_edge_subscriptions") >= 2.0,
+        "domain:m and system:broadcast"
+    );
+    assert!(metric(&after, "switchboard_edge_channels") >= 2.0);
+    assert_eq!(
+        metric(&after, "switchboard_edge_frames_in_total{op=\"sub\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&after, "switchboard_edge_frames_in_total{op=\"invalid\"}"),
+        1.0
+    );
+    assert_eq!(metric(&after, "switchboard_edge_deliveries_total"), 1.0);
+    assert_eq!(
+        metric(
+            &after,
+            "switchboard_edge_auth_failures_total{reason=\"malformed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&after, "switchboard_edge_fanout_latency_seconds_count"),
+        1.0
+    );
+    assert!(metric(&after, "switchboard_edge_frames_out_total") >= 3.0);
+}
+
+#[tokio::test]
+async fn per_user_connections_and_unauthenticated_sockets_are_limited() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[
+        ("SWITCHBOARD_MAX_CONNS_PER_USER", "2"),
+        ("SWITCHBOARD_MAX_UNAUTHENTICATED", "1"),
+    ]);
+    let _a = edge.connect("u1").await;
+    let _b = edge.connect("u1").await;
+    let refused = Client::open(&edge.ws_url(), Some(&token("u1", 60, &[])))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.0, 429);
+    // Another user is not affected.
+    let _c = edge.connect("u2").await;
+    // Through hello, the refusal is a bye.
+    let mut pending = Client::open(&edge.ws_url(), None).await.unwrap();
+    let second_pending = Client::open(&edge.ws_url(), None).await.err().unwrap();
+    assert_eq!(second_pending.0, 429, "only one socket may wait for hello");
+    pending
+        .send(json!({"op":"hello","token": token("u1", 60, &[])}))
+        .await;
+    let (frames, code) = pending.until_closed().await;
+    assert_eq!(frames[0]["code"], "rate_limited");
+    assert_eq!(code, Some(4408));
+}
+
+#[tokio::test]
+async fn signal_floods_are_rate_limited_while_others_are_served() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_SIG_PER_S", "2")]);
+    stack.add_member("conversation:c1", "u1").await;
+    stack.add_member("conversation:c1", "u2").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut flooder = edge.connect("u1").await;
+    let mut other = edge.connect("u2").await;
+    other.sub(json!({"ch":"conversation:c1"})).await;
+    for _ in 0..20 {
+        flooder
+            .send(json!({"op":"sig","ch":"conversation:c1","type":"typing","data":{}}))
+            .await;
+    }
+    let mut limited = 0;
+    while let Some(frame) = flooder.try_recv(Duration::from_millis(300)).await {
+        if frame["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 10,
+        "a burst of 6 signals, then refusals: {limited}"
+    );
+    let mut signals = 0;
+    while let Some(frame) = other.try_recv(Duration::from_millis(300)).await {
+        signals += usize::from(frame["op"] == "sig");
+    }
+    assert!((1..=8).contains(&signals), "{signals} signals got through");
+    // The other client is served as usual.
+    let seq = stack
+        .publish("conversation:c1", "message.new", json!({"text":"hi"}))
+        .await;
+    assert_eq!(seqs(&other.events(1).await), [seq]);
+}
+
+#[tokio::test]
+async fn origins_outside_the_allowed_list_are_refused() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_ALLOWED_ORIGINS", "https://app.instabids.test")]);
+    let auth = bearer(&token("u1", 600, &[]));
+    let (status, _) = http(
+        &edge.addr,
+        "GET",
+        "/v1/poll?ch=domain:o",
+        &[("Authorization", &auth), ("Origin", "https://evil.test")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = http(
+        &edge.addr,
+        "GET",
+        "/v1/poll?ch=domain:o",
+        &[
+            ("Authorization", &auth),
+            ("Origin", "https://app.instabids.test"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = http(
+        &edge.addr,
+        "GET",
+        "/v1/poll?ch=domain:o",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "no Origin: not a browser");
+}
