@@ -43,7 +43,7 @@ async fn many_clients_on_many_channels_get_exactly_their_events_in_order() {
         } else {
             json!({"ch": channel})
         };
-        let ok = client.sub(frame).await;
+        let ok = client.sub_member(frame).await;
         assert_eq!(ok["op"], "ok", "{ok}");
         clients.push((client, channel, filtered));
     }
@@ -77,7 +77,7 @@ async fn resume_after_missing_1000_events_on_the_same_and_another_edge() {
     let edge_b = stack.edge(&[]);
     stack.add_member("project:p1", "u1").await;
     let mut first = edge_a.connect("u1").await;
-    let ok = first.sub(json!({"ch":"project:p1"})).await;
+    let ok = first.sub_member(json!({"ch":"project:p1"})).await;
     let epoch = ok["epoch"].as_str().unwrap().to_string();
 
     // A publisher that keeps going throughout.
@@ -205,8 +205,10 @@ async fn forbidden_and_allowed_subscriptions() {
         assert_eq!(reply["ch"], ch);
     }
     stack.add_member("project:p1", "u1").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(client.sub(json!({"ch":"project:p1"})).await["op"], "ok");
+    assert_eq!(
+        client.sub_member(json!({"ch":"project:p1"})).await["op"],
+        "ok"
+    );
 }
 
 #[tokio::test]
@@ -407,7 +409,10 @@ async fn a_token_grant_survives_a_membership_removal() {
     let edge = stack.edge(&[]);
     stack.add_member("project:p1", "u1").await;
     let mut client = edge.connect_with(&token("u1", 600, &["project:*"])).await;
-    assert_eq!(client.sub(json!({"ch":"project:p1"})).await["op"], "ok");
+    assert_eq!(
+        client.sub_member(json!({"ch":"project:p1"})).await["op"],
+        "ok"
+    );
     stack.remove_member("project:p1", "u1").await;
     let seq = stack.publish("project:p1", "bid.new", json!({})).await;
     assert_eq!(seqs(&client.events(1).await), [seq]);

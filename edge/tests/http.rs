@@ -407,10 +407,9 @@ async fn per_user_connections_and_unauthenticated_sockets_are_limited() {
 #[tokio::test]
 async fn signal_floods_are_rate_limited_while_others_are_served() {
     let stack = Stack::start().await;
-    let edge = stack.edge(&[("SWITCHBOARD_SIG_PER_S", "2")]);
     stack.add_member("conversation:c1", "u1").await;
     stack.add_member("conversation:c1", "u2").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let edge = stack.edge(&[("SWITCHBOARD_SIG_PER_S", "2")]);
     let mut flooder = edge.connect("u1").await;
     let mut other = edge.connect("u2").await;
     other.sub(json!({"ch":"conversation:c1"})).await;

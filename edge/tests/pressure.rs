@@ -46,7 +46,7 @@ fn evt_seqs(frames: &[Value]) -> Vec<u64> {
 #[tokio::test]
 async fn a_slow_reader_is_closed_as_a_slow_consumer_and_resumes_without_loss() {
     let stack = Stack::start().await;
-    let edge = stack.edge(&[("SWITCHBOARD_SEND_QUEUE", "32")]);
+    let edge = stack.edge(&[("SWITCHBOARD_SEND_QUEUE", "512")]);
     let mut slow = edge.connect("u1").await;
     let ok = slow.sub(json!({"ch":"domain:flood"})).await;
     let epoch = ok["epoch"].clone();
@@ -55,8 +55,9 @@ async fn a_slow_reader_is_closed_as_a_slow_consumer_and_resumes_without_loss() {
     healthy.sub(json!({"ch":"domain:flood"})).await;
 
     // The slow client reads nothing while far more than socket buffers hold is sent.
-    let publishing = publish_in_background(&stack, "domain:flood", 3000, 4096, Duration::ZERO);
-    let healthy_seqs = evt_seqs(&healthy.events(3000).await);
+    // Far more than the socket buffers and the queue hold together.
+    let publishing = publish_in_background(&stack, "domain:flood", 6000, 4096, Duration::ZERO);
+    let healthy_seqs = evt_seqs(&healthy.events(6000).await);
     let published = publishing.await.unwrap();
     assert_eq!(healthy_seqs, published);
 

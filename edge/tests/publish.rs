@@ -8,18 +8,19 @@ use futures_util::StreamExt;
 use serde_json::json;
 use support::*;
 
+/// Adds members before any edge starts: an edge loads the whole bucket before it is
+/// ready, so no test races the KV watch.
 async fn participants(stack: &Stack, channel: &str, users: &[&str]) {
     for user in users {
         stack.add_member(channel, user).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
 async fn a_message_is_stored_once_per_key_and_echoed_to_the_sender() {
     let stack = Stack::start().await;
-    let edge = stack.edge(&[]);
     participants(&stack, "conversation:c1", &["u1", "u2"]).await;
+    let edge = stack.edge(&[]);
     let mut alice = edge.connect("u1").await;
     let mut bob = edge.connect("u2").await;
     alice.sub(json!({"ch":"conversation:c1"})).await;
@@ -58,9 +59,9 @@ async fn a_message_is_stored_once_per_key_and_echoed_to_the_sender() {
 #[tokio::test]
 async fn clients_may_publish_only_messages_where_allowed() {
     let stack = Stack::start().await;
-    let edge = stack.edge(&[]);
     participants(&stack, "conversation:c1", &["u1"]).await;
     participants(&stack, "project:p1", &["u1"]).await;
+    let edge = stack.edge(&[]);
     let mut client = edge.connect("u1").await;
     let cases = [
         ("conversation:c1", "bid.new", "forbidden"),
@@ -85,9 +86,9 @@ async fn clients_may_publish_only_messages_where_allowed() {
 #[tokio::test]
 async fn only_the_sender_edits_and_a_missing_original_is_not_found() {
     let stack = Stack::start().await;
-    let edge = stack.edge(&[]);
     participants(&stack, "conversation:c1", &["u1", "u2"]).await;
     participants(&stack, "conversation:c2", &["u1"]).await;
+    let edge = stack.edge(&[]);
     let mut alice = edge.connect("u1").await;
     let mut bob = edge.connect("u2").await;
     let sent = alice
@@ -128,9 +129,9 @@ async fn only_the_sender_edits_and_a_missing_original_is_not_found() {
 #[tokio::test]
 async fn signals_reach_others_but_not_the_sender_and_are_never_stored() {
     let stack = Stack::start().await;
+    participants(&stack, "conversation:c1", &["u1", "u2", "u3"]).await;
     let edge_a = stack.edge(&[]);
     let edge_b = stack.edge(&[]);
-    participants(&stack, "conversation:c1", &["u1", "u2", "u3"]).await;
     let mut sender = edge_a.connect("u1").await;
     let mut same_edge = edge_a.connect("u2").await;
     let mut other_edge = edge_b.connect("u3").await;
@@ -244,8 +245,8 @@ async fn rpc_is_forwarded_with_the_authenticated_user() {
 #[tokio::test]
 async fn receipts_are_coalesced_onto_the_commands_stream() {
     let stack = Stack::start().await;
-    let edge = stack.edge(&[]);
     participants(&stack, "conversation:c1", &["u2"]).await;
+    let edge = stack.edge(&[]);
     let mut bob = edge.connect("u2").await;
     for seq in [3, 5, 4] {
         bob.send(json!({"op":"ack","ch":"conversation:c1","seq": seq}))

@@ -303,6 +303,19 @@ impl Client {
         self.request(frame).await
     }
 
+    /// Subscribes, retrying while the answer is `forbidden`: a membership just written
+    /// reaches the edge through a KV watch, a moment later.
+    pub async fn sub_member(&mut self, frame: Value) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let reply = self.sub(frame.clone()).await;
+            if reply["code"] != "forbidden" || Instant::now() > deadline {
+                return reply;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Collects `evt` frames until `count` arrived (panics on timeout).
     pub async fn events(&mut self, count: usize) -> Vec<Value> {
         let mut events = Vec::with_capacity(count);
