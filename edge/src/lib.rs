@@ -173,6 +173,7 @@ impl Edge {
                 }
             }
         });
+        tokio::spawn(announce(Arc::downgrade(&edge)));
         tokio::time::timeout(Duration::from_secs(30), edge.members.loaded())
             .await
             .context("the members bucket did not load (run `switchboard init`)")?;
@@ -197,6 +198,35 @@ impl Edge {
         self.draining.cancel();
         self.sessions.close();
         let _ = tokio::time::timeout(self.config.drain_grace(), self.sessions.wait()).await;
+    }
+}
+
+/// Subject on which every edge answers who it is and how busy it is (`switchboard
+/// status` sends one request and gathers the answers).
+pub const EDGES_STATUS_SUBJECT: &str = "switchboard.edges.status";
+
+/// Answers status requests for as long as the edge lives.
+async fn announce(edge: std::sync::Weak<Edge>) {
+    use futures_util::StreamExt;
+    let Some(nats) = edge.upgrade().map(|e| e.nats.clone()) else { return };
+    let Ok(mut requests) = nats.subscribe(EDGES_STATUS_SUBJECT).await else {
+        tracing::warn!("cannot answer status requests");
+        return;
+    };
+    let started = time::OffsetDateTime::now_utc();
+    while let Some(request) = requests.next().await {
+        let (Some(edge), Some(reply)) = (edge.upgrade(), request.reply) else { break };
+        let load = |g: &std::sync::atomic::AtomicI64| g.load(Ordering::Relaxed);
+        let status = serde_json::json!({
+            "id": &*edge.id,
+            "addr": edge.config.addr.to_string(),
+            "connections": load(&edge.metrics.connections),
+            "subscriptions": load(&edge.metrics.subscriptions),
+            "channels": edge.hub.len(),
+            "draining": edge.draining.is_cancelled(),
+            "started": started.unix_timestamp(),
+        });
+        let _ = nats.publish(reply, status.to_string().into()).await;
     }
 }
 
