@@ -111,6 +111,11 @@ pub struct EdgeConfig {
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Development mode: serve the demo app of this directory at `/` (scripts/up sets it
+    /// to the repository's `web/`). Leave unset in production.
+    #[arg(long, env = "SWITCHBOARD_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
     /// Bad frames per minute before the session ends with `protocol_error`.
     #[arg(long, env = "SWITCHBOARD_MAX_BAD_FRAMES", default_value_t = 10)]
     pub max_bad_frames: u32,

@@ -27,7 +27,13 @@ use crate::session::{self, Admitted};
 use crate::{fallback, rpc};
 
 pub fn router(edge: Arc<Edge>) -> Router {
-    Router::new()
+    let router = match &edge.config.web_dir {
+        Some(_) => Router::new()
+            .route("/", get(|state| demo(state, Path(String::from("index.html")))))
+            .route("/web/{*path}", get(demo)),
+        None => Router::new(),
+    };
+    router
         .route("/v1/ws", get(websocket))
         .route("/v1/sse", get(fallback::sse))
         .route("/v1/poll", get(fallback::poll))
@@ -298,6 +304,34 @@ async fn ready(State(edge): State<Arc<Edge>>) -> Response {
         (StatusCode::OK, Json(body)).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// Development mode only: a file of the demo app. Paths are confined to the directory.
+async fn demo(State(edge): State<Arc<Edge>>, Path(path): Path<String>) -> Response {
+    let Some(root) = &edge.config.web_dir else {
+        return error(ErrorCode::NotFound, "no demo app on this edge");
+    };
+    let safe = !path.is_empty()
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != ".." && !part.starts_with('.'));
+    if !safe {
+        return error(ErrorCode::NotFound, "no such file");
+    }
+    let file = root.join(&path);
+    let content_type = match file.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json" | "map") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        _ => "application/octet-stream",
+    };
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        Err(_) => error(ErrorCode::NotFound, "no such file"),
     }
 }
 
