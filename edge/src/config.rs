@@ -146,6 +146,13 @@ impl EdgeConfig {
         Duration::from_millis(self.rpc_timeout_ms)
     }
 
+    /// The demo app's directory, when development mode is on (an empty value is off).
+    pub fn web_dir(&self) -> Option<&std::path::Path> {
+        self.web_dir
+            .as_deref()
+            .filter(|dir| !dir.as_os_str().is_empty())
+    }
+
     pub fn drain_grace(&self) -> Duration {
         Duration::from_millis(self.drain_grace_ms)
     }

@@ -27,7 +27,7 @@ use crate::session::{self, Admitted};
 use crate::{fallback, rpc};
 
 pub fn router(edge: Arc<Edge>) -> Router {
-    let router = match &edge.config.web_dir {
+    let router = match edge.config.web_dir() {
         Some(_) => Router::new()
             .route("/", get(|state| demo(state, Path(String::from("index.html")))))
             .route("/web/{*path}", get(demo)),
@@ -309,7 +309,7 @@ async fn ready(State(edge): State<Arc<Edge>>) -> Response {
 
 /// Development mode only: a file of the demo app. Paths are confined to the directory.
 async fn demo(State(edge): State<Arc<Edge>>, Path(path): Path<String>) -> Response {
-    let Some(root) = &edge.config.web_dir else {
+    let Some(root) = edge.config.web_dir() else {
         return error(ErrorCode::NotFound, "no demo app on this edge");
     };
     let safe = !path.is_empty()
