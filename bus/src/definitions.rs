@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// The definitions shipped with this build (the repository's `nats/jetstream/`).
-const BUILTIN: [(&str, &str); 4] = [
+const BUILTIN: [(&str, &str); 5] = [
     (
         "EVENTS.json",
         include_str!("../../nats/jetstream/EVENTS.json"),
@@ -28,6 +28,10 @@ const BUILTIN: [(&str, &str); 4] = [
     (
         "KV_members.json",
         include_str!("../../nats/jetstream/KV_members.json"),
+    ),
+    (
+        "KV_occupancy.json",
+        include_str!("../../nats/jetstream/KV_occupancy.json"),
     ),
 ];
 

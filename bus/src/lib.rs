@@ -25,5 +25,7 @@ pub const EVENTS_STREAM: &str = "EVENTS";
 pub const CMDS_STREAM: &str = "CMDS";
 /// KV bucket of live connections.
 pub const PRESENCE_BUCKET: &str = "presence";
+/// KV bucket of channel occupancy: which connection is subscribed to which channel.
+pub const OCCUPANCY_BUCKET: &str = "occupancy";
 /// KV bucket of channel members.
 pub const MEMBERS_BUCKET: &str = "members";

@@ -200,42 +200,78 @@ impl Store {
             .find(|e| e.seq == seq))
     }
 
-    /// Sends one batched direct-get request and collects its answers up to end-of-batch.
+    /// Sends one batched direct-get request and reads its answers as stored events.
     async fn batch(&self, request: serde_json::Value) -> Result<Vec<StoredEvent>, StoreError> {
-        let nats = |e: &dyn std::fmt::Display| StoreError::Nats(e.to_string());
-        let inbox = self.client.new_inbox();
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
+        direct_get(&self.client, &self.api, &request)
+            .await?
+            .iter()
+            .map(|m| StoredEvent::from_message(m).ok_or(StoreError::MissingHeader(headers::NATS_SEQUENCE)))
+            .collect()
+    }
+
+    /// The live entries of KV `bucket` whose keys match `filter` (NATS wildcards allowed),
+    /// as (key, value), read in one direct get. Deleted and expired entries are left out.
+    pub async fn scan_bucket(
+        &self,
+        bucket: &str,
+        filter: &str,
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
+        let prefix = format!("$KV.{bucket}.");
+        let request = serde_json::json!({
+            "multi_last": [format!("{prefix}{filter}")],
+            "batch": MAX_BATCH,
+        });
+        let api = format!("$JS.API.DIRECT.GET.KV_{bucket}");
+        let messages = direct_get(&self.client, &api, &request).await?;
+        Ok(messages
+            .into_iter()
+            .filter(|m| {
+                // Deletes and purges (including TTL expiry) are markers, not values.
+                m.headers.as_ref().is_none_or(|h| {
+                    h.get("KV-Operation").is_none() && h.get("Nats-Marker-Reason").is_none()
+                })
+            })
+            .filter_map(|m| {
+                let subject = m.headers.as_ref()?.get("Nats-Subject")?.as_str().to_string();
+                let key = subject.strip_prefix(&prefix)?.to_string();
+                Some((key, m.payload))
+            })
+            .collect())
+    }
+}
+
+/// Sends one batched direct-get request to `api` and collects the answers up to the end
+/// of the batch.
+async fn direct_get(
+    client: &async_nats::Client,
+    api: &str,
+    request: &serde_json::Value,
+) -> Result<Vec<async_nats::Message>, StoreError> {
+    let nats = |e: &dyn std::fmt::Display| StoreError::Nats(e.to_string());
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| nats(&e))?;
+    client
+        .publish_with_reply(api.to_string(), inbox, request.to_string().into())
+        .await
+        .map_err(|e| nats(&e))?;
+    let mut messages = Vec::new();
+    loop {
+        let message = tokio::time::timeout(REQUEST_TIMEOUT, replies.next())
             .await
-            .map_err(|e| nats(&e))?;
-        self.client
-            .publish_with_reply(self.api.clone(), inbox, request.to_string().into())
-            .await
-            .map_err(|e| nats(&e))?;
-        let mut events = Vec::new();
-        loop {
-            let message = tokio::time::timeout(REQUEST_TIMEOUT, replies.next())
-                .await
-                .map_err(|_| StoreError::Timeout(REQUEST_TIMEOUT))?
-                .ok_or_else(|| StoreError::Nats("subscription closed".into()))?;
-            match message.status {
-                // End of batch, or nothing matched: either way the answer is complete.
-                Some(status) if status.as_u16() == 204 || status == StatusCode::NOT_FOUND => {
-                    return Ok(events);
-                }
-                Some(status) if status != StatusCode::OK => {
-                    return Err(StoreError::Status {
-                        status: status.as_u16(),
-                        description: message.description.clone().unwrap_or_default(),
-                    });
-                }
-                _ => {
-                    let event = StoredEvent::from_message(&message)
-                        .ok_or(StoreError::MissingHeader(headers::NATS_SEQUENCE))?;
-                    events.push(event);
-                }
+            .map_err(|_| StoreError::Timeout(REQUEST_TIMEOUT))?
+            .ok_or_else(|| StoreError::Nats("subscription closed".into()))?;
+        match message.status {
+            // End of batch, or nothing matched: either way the answer is complete.
+            Some(status) if status.as_u16() == 204 || status == StatusCode::NOT_FOUND => {
+                return Ok(messages);
             }
+            Some(status) if status != StatusCode::OK => {
+                return Err(StoreError::Status {
+                    status: status.as_u16(),
+                    description: message.description.clone().unwrap_or_default(),
+                });
+            }
+            _ => messages.push(message),
         }
     }
 }

@@ -46,8 +46,14 @@ fn init_creates_then_changes_nothing_then_updates_drift() {
     created.sort();
     assert_eq!(
         created,
-        ["CMDS", "EVENTS", "KV_members", "KV_presence"]
-            .map(|s| (s.to_string(), "created".to_string()))
+        [
+            "CMDS",
+            "EVENTS",
+            "KV_members",
+            "KV_occupancy",
+            "KV_presence"
+        ]
+        .map(|s| (s.to_string(), "created".to_string()))
     );
 
     let second = json(&switchboard(&nats, &["init", "--json"]));
@@ -104,7 +110,7 @@ fn init_creates_then_changes_nothing_then_updates_drift() {
         .iter()
         .filter_map(|s| s["bucket"].as_str())
         .collect();
-    assert_eq!(buckets, ["members", "presence"]);
+    assert_eq!(buckets, ["members", "occupancy", "presence"]);
 }
 
 #[test]

@@ -29,7 +29,10 @@ use crate::{fallback, rpc};
 pub fn router(edge: Arc<Edge>) -> Router {
     let router = match edge.config.web_dir() {
         Some(_) => Router::new()
-            .route("/", get(|state| demo(state, Path(String::from("index.html")))))
+            .route(
+                "/",
+                get(|state| demo(state, Path(String::from("index.html")))),
+            )
             .route("/web/{*path}", get(demo)),
         None => Router::new(),
     };
@@ -48,6 +51,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
     token: Option<String>,
+    device: Option<String>,
 }
 
 /// A refusal before any stream starts: an HTTP status and the JSON body of
@@ -162,7 +166,10 @@ async fn websocket(
     // A token on the upgrade is checked before any socket exists.
     let admitted = match token(&headers, query.token.as_deref()) {
         Ok(Some(_)) => match authenticate(&edge, &headers, query.token.as_deref()) {
-            Ok((identity, slot)) => Admitted::Authenticated(identity, slot),
+            Ok((identity, slot)) => {
+                let device = query.device.filter(|d| session::valid_device(d));
+                Admitted::Authenticated(identity, slot, device)
+            }
             Err(refused) => return refused.into_response(),
         },
         Ok(None) => match edge.users.admit_unauthenticated() {

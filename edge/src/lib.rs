@@ -29,6 +29,7 @@ pub mod mailbox;
 pub mod members;
 pub mod metrics;
 pub mod policy;
+pub mod presence;
 pub mod rpc;
 pub mod session;
 pub mod subscribe;
@@ -51,6 +52,7 @@ use crate::limits::Users;
 use crate::members::Members;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::presence::Presence;
 
 /// Everything a session needs, shared by all of them.
 #[derive(Debug)]
@@ -68,6 +70,8 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// Connections per user and unauthenticated sockets on this edge.
     pub users: Arc<Users>,
+    /// This edge's entries in the `presence` and `occupancy` buckets.
+    pub presence: Arc<Presence>,
     /// The `EVENTS` stream's epoch and range, refreshed in the background.
     position: RwLock<StreamPosition>,
     next_conn: AtomicU64,
@@ -90,6 +94,11 @@ impl Edge {
             .clone()
             .unwrap_or_else(|| format!("edge-{}", uuid::Uuid::now_v7().simple()))
             .into();
+        // The id is part of KV keys (`<user>.<edge id>-<n>`): the channel id grammar.
+        anyhow::ensure!(
+            switchboard_schemas::UserId::parse(&id).is_ok(),
+            "SWITCHBOARD_EDGE_ID must be 1 to 100 characters of [A-Za-z0-9_-], got {id:?}"
+        );
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(metrics.clone()));
         let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -126,6 +135,7 @@ impl Edge {
             bridge: Bridge::new(nats.clone(), hub.clone(), id.clone(), metrics.clone()),
             metrics,
             users: Arc::new(Users::new(&config)),
+            presence: Arc::new(Presence::new(nats.clone(), config.heartbeat())),
             publisher: Publisher::new(nats.clone()),
             store,
             nats,
@@ -174,6 +184,7 @@ impl Edge {
             }
         });
         tokio::spawn(announce(Arc::downgrade(&edge)));
+        presence::start(&edge.presence, edge.config.heartbeat());
         tokio::time::timeout(Duration::from_secs(30), edge.members.loaded())
             .await
             .context("the members bucket did not load (run `switchboard init`)")?;
@@ -198,6 +209,7 @@ impl Edge {
         self.draining.cancel();
         self.sessions.close();
         let _ = tokio::time::timeout(self.config.drain_grace(), self.sessions.wait()).await;
+        self.presence.clear().await;
     }
 }
 
@@ -208,14 +220,18 @@ pub const EDGES_STATUS_SUBJECT: &str = "switchboard.edges.status";
 /// Answers status requests for as long as the edge lives.
 async fn announce(edge: std::sync::Weak<Edge>) {
     use futures_util::StreamExt;
-    let Some(nats) = edge.upgrade().map(|e| e.nats.clone()) else { return };
+    let Some(nats) = edge.upgrade().map(|e| e.nats.clone()) else {
+        return;
+    };
     let Ok(mut requests) = nats.subscribe(EDGES_STATUS_SUBJECT).await else {
         tracing::warn!("cannot answer status requests");
         return;
     };
     let started = time::OffsetDateTime::now_utc();
     while let Some(request) = requests.next().await {
-        let (Some(edge), Some(reply)) = (edge.upgrade(), request.reply) else { break };
+        let (Some(edge), Some(reply)) = (edge.upgrade(), request.reply) else {
+            break;
+        };
         let load = |g: &std::sync::atomic::AtomicI64| g.load(Ordering::Relaxed);
         let status = serde_json::json!({
             "id": &*edge.id,

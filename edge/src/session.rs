@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
+use switchboard_bus::OCCUPANCY_BUCKET;
 use switchboard_schemas::event::types;
-use switchboard_schemas::frame::OkReply;
+use switchboard_schemas::frame::{Member, OkReply, RpcMethod, SignalType};
 use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
 use switchboard_schemas::{
     Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType, EvtFrame,
-    Request, ResumeFrom, ServerFrame, SubjectKind, TypeFilters, UnsubCode,
+    Namespace, PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind, TypeFilters,
+    UnsubCode, VisibleStatus,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -33,6 +35,7 @@ use crate::bridge::RT_ORIGIN;
 use crate::hub::{Channel, Subscription};
 use crate::limits::{Limits, Op, PendingSlot, UserSlot};
 use crate::mailbox::{ConnControl, Mailbox, text};
+use crate::presence::{ConnState, occupancy_filter, occupancy_subject, presence_subject};
 use crate::{rpc, subscribe};
 
 /// Close codes of docs/protocol.md besides those of `bye`.
@@ -48,16 +51,24 @@ const HISTORY_MAX: u32 = 100;
 const LAST_WORDS: Duration = Duration::from_secs(3);
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Signal types the edge itself sends or throttles.
+const TYPING: &str = "typing";
+const JOIN: &str = "join";
+const LEAVE: &str = "leave";
+/// A repeated `typing` with the same state inside this window is dropped.
+const TYPING_WINDOW: Duration = Duration::from_millis(500);
+/// Longest presence status text.
+const MAX_STATUS_TEXT: usize = 256;
 /// Receipts are coalesced for at most this long before they go to the workers.
 const RECEIPT_WINDOW: Duration = Duration::from_millis(200);
 
 /// Runs a session on an upgraded socket. `identity` is set when the upgrade carried a
 /// valid token; otherwise the client has `hello_timeout` to send `hello`.
 pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
-    let (identity, slot) = match admitted {
-        Admitted::Authenticated(identity, slot) => (identity, slot),
+    let (identity, slot, device) = match admitted {
+        Admitted::Authenticated(identity, slot, device) => (identity, slot, device),
         Admitted::Pending(pending) => {
-            let Some(identity) = await_hello(&edge, &mut socket).await else {
+            let Some((identity, device)) = await_hello(&edge, &mut socket).await else {
                 return;
             };
             drop(pending);
@@ -74,7 +85,7 @@ pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
                 say_bye(&mut socket, ByeCode::RateLimited).await;
                 return;
             };
-            (identity, slot)
+            (identity, slot, device)
         }
     };
     let conn = edge.next_conn();
@@ -98,6 +109,12 @@ pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
         receipts: HashMap::new(),
         receipts_due: None,
         session_id: format!("{}-{conn}", edge.id),
+        me: ConnState {
+            status: PresenceStatus::Online,
+            text: None,
+            device,
+        },
+        typing: HashMap::new(),
     };
     edge.metrics.gauge(&edge.metrics.connections, 1);
     session.run(socket, outgoing, done_rx).await;
@@ -107,15 +124,16 @@ pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
 /// How a socket got past the upgrade.
 #[derive(Debug)]
 pub enum Admitted {
-    /// With a valid token on the upgrade, and a place among its user's connections.
-    Authenticated(Identity, UserSlot),
+    /// With a valid token on the upgrade, a place among its user's connections, and the
+    /// device named in `?device=`, if any.
+    Authenticated(Identity, UserSlot, Option<String>),
     /// Without a token: it has `hello_timeout` to send `hello`.
     Pending(PendingSlot),
 }
 
 /// Waits for a valid `hello`; answers what else arrives meanwhile. `None` when the
 /// session ended (timeout, bad token, too many bad frames, socket closed).
-async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
+async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<(Identity, Option<String>)> {
     let deadline = tokio::time::Instant::now() + edge.config.hello_timeout();
     let mut bad_frames = 0;
     loop {
@@ -143,10 +161,10 @@ async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
             }
             Ok(Message::Text(text)) => match Request::decode(text.as_bytes()) {
                 Ok(Request {
-                    frame: ClientFrame::Hello { token, .. },
+                    frame: ClientFrame::Hello { token, device },
                     id,
                 }) => match edge.verifier.verify(&token) {
-                    Ok(identity) => return Some(identity),
+                    Ok(identity) => return Some((identity, device.filter(|d| valid_device(d)))),
                     Err(e) => {
                         edge.metrics.auth_failure(e.reason());
                         send_now(socket, err(id, ErrorCode::Unauthorized, e.to_string())).await;
@@ -184,6 +202,14 @@ async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<Identity> {
             return None;
         }
     }
+}
+
+/// A device name from `hello` or `?device=`: short and printable, or ignored.
+pub fn valid_device(device: &str) -> bool {
+    (1..=64).contains(&device.len())
+        && device
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
 }
 
 async fn send_now(socket: &mut WebSocket, frame: Bytes) {
@@ -236,6 +262,19 @@ struct SubEntry {
 enum Done {
     /// The subscription could not be set up; forget it.
     SubFailed(ChannelName),
+    /// A subscription the presence service allowed: go on with it.
+    Allowed {
+        id: Option<u64>,
+        ch: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+    },
+}
+
+/// The presence service's answer to `presence.authorize`.
+#[derive(serde::Deserialize)]
+struct PrivacyAnswer {
+    allowed: bool,
 }
 
 struct Session {
@@ -254,6 +293,10 @@ struct Session {
     receipts: HashMap<ChannelName, (u64, u64)>,
     receipts_due: Option<tokio::time::Instant>,
     session_id: String,
+    /// This connection's presence (status, text, device).
+    me: ConnState,
+    /// Per channel, when this connection last sent `typing` and whether it was typing.
+    typing: HashMap<ChannelName, (Instant, bool)>,
 }
 
 enum Flow {
@@ -275,7 +318,8 @@ impl Session {
             heartbeat_ms: self.edge.config.heartbeat_ms,
         };
         self.mailbox.push_event(text(welcome.encode()));
-        self.subscribe_implicit();
+        self.put_presence().await;
+        self.subscribe_implicit().await;
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut last_heard = Instant::now();
@@ -320,10 +364,13 @@ impl Session {
                 }
                 Some(done) = done.recv() => match done {
                     Done::SubFailed(label) => {
-                        self.unsubscribe(&label);
+                        self.unsubscribe(&label).await;
+                    }
+                    Done::Allowed { id, ch, types, since } => {
+                        self.admit_subscription(id, ch, types, since).await;
                     }
                 },
-                labels = self.control.rechecks() => self.recheck(labels),
+                labels = self.control.rechecks() => self.recheck(labels).await,
                 incoming = socket.recv() => {
                     let message = match incoming {
                         Some(Ok(message)) => message,
@@ -334,7 +381,7 @@ impl Session {
                         _ => break,
                     };
                     last_heard = Instant::now();
-                    match self.on_message(message) {
+                    match self.on_message(message).await {
                         Flow::Continue => {}
                         Flow::End => {
                             close(&mut socket, CLOSE_TOO_BIG, "frame too large").await;
@@ -365,18 +412,24 @@ impl Session {
         self.flush_receipts();
         let labels: Vec<ChannelName> = self.subs.keys().cloned().collect();
         for label in labels {
-            self.unsubscribe(&label);
+            self.unsubscribe(&label).await;
         }
+        self.stop_typing().await;
+        self.edge
+            .presence
+            .delete(presence_subject(&self.identity.user, &self.session_id))
+            .await;
         self.tasks.abort_all();
     }
 
     /// Every connection receives `system:broadcast` without asking.
-    fn subscribe_implicit(&mut self) {
+    async fn subscribe_implicit(&mut self) {
         let label = ChannelName::system_broadcast();
-        self.start_subscription(None, label, TypeFilters::all(), None, false);
+        self.start_subscription(None, label, TypeFilters::all(), None, false)
+            .await;
     }
 
-    fn on_message(&mut self, message: Message) -> Flow {
+    async fn on_message(&mut self, message: Message) -> Flow {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -409,7 +462,7 @@ impl Session {
             self.rate_limited(request.id, "too many frames");
             return Flow::Continue;
         }
-        self.on_request(request);
+        self.on_request(request).await;
         Flow::Continue
     }
 
@@ -442,16 +495,16 @@ impl Session {
         self.reply(err(id, ErrorCode::Forbidden, why.to_string()));
     }
 
-    fn on_request(&mut self, request: Request) {
+    async fn on_request(&mut self, request: Request) {
         let id = request.id;
         match request.frame {
             ClientFrame::Hello { .. } => {
                 self.bad_frame(id, ErrorCode::BadRequest, "already authenticated")
             }
             ClientFrame::Ping => self.reply(ServerFrame::Pong { id }.encode()),
-            ClientFrame::Sub { ch, types, since } => self.on_sub(id, ch, types, since),
+            ClientFrame::Sub { ch, types, since } => self.on_sub(id, ch, types, since).await,
             ClientFrame::Unsub { ch } => {
-                self.unsubscribe(&ch);
+                self.unsubscribe(&ch).await;
                 self.reply(ServerFrame::ok(id).encode());
             }
             ClientFrame::Pub { ch, ty, data, key } => self.on_pub(id, ch, ty, data, key),
@@ -466,33 +519,35 @@ impl Session {
                 {
                     return self.forbidden(id, why);
                 }
-                let signal = SignalMessage {
-                    from: self.identity.user.to_string(),
-                    ty,
-                    data,
-                };
-                let Ok(payload) = serde_json::to_vec(&signal) else {
+                if ty.as_str() == TYPING && !self.typing_allowed(&ch, &data) {
                     return;
-                };
-                let mut h = async_nats::HeaderMap::new();
-                h.insert(RT_ORIGIN, self.edge.bridge.origin(self.control.id).as_str());
-                let nats = self.edge.nats.clone();
-                let subject = ch.subject(SubjectKind::Signal);
-                self.spawn(id, async move {
-                    // Signals are lossy by design; a failed publish is only logged.
-                    if let Err(e) = nats.publish_with_headers(subject, h, payload.into()).await {
-                        tracing::debug!(error = %e, "signal publish failed");
-                    }
-                    None
-                });
+                }
+                self.send_signal(&ch, ty, data).await;
             }
             ClientFrame::Ack { ch, seq } => self.on_receipt(id, ch, Some(seq), None),
             ClientFrame::Read { ch, seq } => self.on_receipt(id, ch, None, Some(seq)),
-            ClientFrame::Presence { .. } | ClientFrame::Who { .. } => self.reply(err(
-                id,
-                ErrorCode::Unavailable,
-                "presence is not available on this edge yet",
-            )),
+            ClientFrame::Presence { status, text } => {
+                if text.as_ref().is_some_and(|t| t.len() > MAX_STATUS_TEXT) {
+                    return self.bad_frame(id, ErrorCode::BadRequest, "status text is too long");
+                }
+                self.me.status = status;
+                self.me.text = text;
+                self.put_presence().await;
+                let occupied: Vec<ChannelName> = self
+                    .subs
+                    .keys()
+                    .filter(|c| self.has_presence(c))
+                    .cloned()
+                    .collect();
+                for channel in occupied {
+                    self.edge
+                        .presence
+                        .put(self.occupancy_subject(&channel), self.me.occupancy())
+                        .await;
+                }
+                self.reply(ServerFrame::ok(id).encode());
+            }
+            ClientFrame::Who { ch } => self.on_who(id, ch),
             ClientFrame::History { ch, before, limit } => self.on_history(id, ch, before, limit),
             ClientFrame::Refresh { token } => match self.edge.verifier.verify(&token) {
                 Ok(fresh) if fresh.user == self.identity.user => {
@@ -501,7 +556,7 @@ impl Session {
                     self.reply(ServerFrame::ok(id).encode());
                     // The new token may grant less: subscriptions are re-authorized.
                     let held = self.subs.keys().map(ChannelName::base).collect();
-                    self.recheck(held);
+                    self.recheck(held).await;
                 }
                 Ok(_) => self.reply(err(
                     id,
@@ -544,7 +599,7 @@ impl Session {
         });
     }
 
-    fn on_sub(
+    async fn on_sub(
         &mut self,
         id: Option<u64>,
         ch: ChannelName,
@@ -566,7 +621,30 @@ impl Session {
             .policy
             .may_subscribe(&self.identity, &ch, &self.edge.members)
         {
+            if ch.namespace() == Namespace::Presence {
+                // Whether others may watch is the watched user's privacy setting, which
+                // the presence worker knows.
+                return self.ask_presence_privacy(id, ch, types, since);
+            }
             return self.forbidden(id, why);
+        }
+        self.admit_subscription(id, ch, types, since).await;
+    }
+
+    /// The checks after authorization: the per-connection limit, then subscribing.
+    async fn admit_subscription(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+    ) {
+        if self.subs.contains_key(&ch) {
+            return self.bad_frame(
+                id,
+                ErrorCode::BadRequest,
+                "already subscribed to this channel",
+            );
         }
         // `system:broadcast` is implicit and does not count toward the limit.
         let counted = self
@@ -577,12 +655,52 @@ impl Session {
         if counted >= self.edge.config.max_subscriptions {
             return self.rate_limited(id, "too many subscriptions on this connection");
         }
-        self.start_subscription(id, ch, types, since, true);
+        self.start_subscription(id, ch, types, since, true).await;
+    }
+
+    /// Asks the presence service whether this user may watch `presence:<target>`.
+    fn ask_presence_privacy(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+    ) {
+        let edge = self.edge.clone();
+        let user = self.identity.user.clone();
+        let done = self.done_tx.clone();
+        self.spawn(id, async move {
+            let method = RpcMethod::parse("presence.authorize").ok()?;
+            let params = RawJson::encode(&serde_json::json!({ "target": ch.id() })).ok()?;
+            match rpc::call(&edge, &user, &method, &params).await {
+                Ok(result) if result.decode::<PrivacyAnswer>().is_ok_and(|a| a.allowed) => {
+                    let _ = done.send(Done::Allowed {
+                        id,
+                        ch,
+                        types,
+                        since,
+                    });
+                    None
+                }
+                Ok(_) => Some(err(
+                    id,
+                    ErrorCode::Forbidden,
+                    "this user's presence is private",
+                )),
+                // No responder means no presence worker: the question cannot be answered.
+                Err((ErrorCode::NotFound, _)) => Some(err(
+                    id,
+                    ErrorCode::Unavailable,
+                    "the presence service is not running",
+                )),
+                Err((code, message)) => Some(err(id, code, message)),
+            }
+        });
     }
 
     /// Attaches to the channel now (so an `unsub` right after finds it) and finishes in a
     /// task: wait for the bridge, reply `ok`, replay, go live.
-    fn start_subscription(
+    async fn start_subscription(
         &mut self,
         id: Option<u64>,
         label: ChannelName,
@@ -591,6 +709,9 @@ impl Session {
         reply: bool,
     ) {
         let channel = subscribe::attach(&self.edge, &label);
+        if self.has_presence(&label) {
+            self.occupy(&label).await;
+        }
         let cancel = CancellationToken::new();
         self.subs.insert(
             label.clone(),
@@ -624,10 +745,13 @@ impl Session {
 
     /// Ends a subscription: backs out one still being set up, leaves the channel.
     /// Returns whether there was one.
-    fn unsubscribe(&mut self, label: &ChannelName) -> bool {
+    async fn unsubscribe(&mut self, label: &ChannelName) -> bool {
         let Some(entry) = self.subs.remove(label) else {
             return false;
         };
+        if self.has_presence(label) {
+            self.vacate(label).await;
+        }
         entry.cancel.cancel();
         // Detaching a subscription that never got added is harmless.
         self.edge.hub.detach(&entry.channel, self.control.id, label);
@@ -638,7 +762,7 @@ impl Session {
     }
 
     /// Re-authorizes subscriptions to channels whose membership changed.
-    fn recheck(&mut self, channels: Vec<ChannelName>) {
+    async fn recheck(&mut self, channels: Vec<ChannelName>) {
         let lost: Vec<ChannelName> = self
             .subs
             .keys()
@@ -652,7 +776,7 @@ impl Session {
             .cloned()
             .collect();
         for label in lost {
-            if self.unsubscribe(&label) {
+            if self.unsubscribe(&label).await {
                 let frame = ServerFrame::Unsubbed {
                     ch: label,
                     code: UnsubCode::Revoked,
@@ -660,6 +784,190 @@ impl Session {
                 self.reply(frame.encode());
             }
         }
+    }
+
+    /// Whether `channel`'s namespace has channel presence (`who`, join/leave).
+    fn has_presence(&self, channel: &ChannelName) -> bool {
+        self.edge.policy.rule(channel.namespace()).presence
+    }
+
+    fn occupancy_subject(&self, channel: &ChannelName) -> String {
+        occupancy_subject(&channel.base(), &self.identity.user, &self.session_id)
+    }
+
+    /// Writes this connection's entry in the `presence` bucket.
+    async fn put_presence(&self) {
+        let value = self
+            .me
+            .encode(&self.identity.user, &self.session_id, &self.edge.id);
+        self.edge
+            .presence
+            .put(
+                presence_subject(&self.identity.user, &self.session_id),
+                value,
+            )
+            .await;
+    }
+
+    /// Marks this connection present on `channel` and tells the channel (`join`).
+    async fn occupy(&self, channel: &ChannelName) {
+        self.edge
+            .presence
+            .put(self.occupancy_subject(channel), self.me.occupancy())
+            .await;
+        if self.me.status != PresenceStatus::Invisible {
+            self.send_signal(
+                channel,
+                SignalType::parse(JOIN).ok(),
+                RawJson::empty_object(),
+            )
+            .await;
+        }
+    }
+
+    /// The reverse of [`occupy`](Self::occupy) (`leave`).
+    async fn vacate(&self, channel: &ChannelName) {
+        self.edge
+            .presence
+            .delete(self.occupancy_subject(channel))
+            .await;
+        if self.me.status != PresenceStatus::Invisible {
+            self.send_signal(
+                channel,
+                SignalType::parse(LEAVE).ok(),
+                RawJson::empty_object(),
+            )
+            .await;
+        }
+    }
+
+    /// Publishes a signal from this connection; it will not come back to it.
+    async fn send_signal(
+        &self,
+        channel: &ChannelName,
+        ty: impl Into<Option<SignalType>>,
+        data: RawJson,
+    ) {
+        let Some(ty) = ty.into() else { return };
+        let signal = SignalMessage {
+            from: self.identity.user.to_string(),
+            ty,
+            data,
+        };
+        let Ok(payload) = serde_json::to_vec(&signal) else {
+            return;
+        };
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(RT_ORIGIN, self.edge.bridge.origin(self.control.id).as_str());
+        let subject = channel.base().subject(SubjectKind::Signal);
+        // Signals are lossy by design; a failed publish is only logged.
+        if let Err(e) = self
+            .edge
+            .nats
+            .publish_with_headers(subject, h, payload.into())
+            .await
+        {
+            tracing::debug!(error = %e, "signal publish failed");
+        }
+    }
+
+    /// Throttles `typing`: a repeat of the same state within the window is dropped.
+    fn typing_allowed(&mut self, channel: &ChannelName, data: &RawJson) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Typing {
+            typing: Option<bool>,
+        }
+        let typing = data
+            .decode::<Typing>()
+            .ok()
+            .and_then(|t| t.typing)
+            .unwrap_or(true);
+        let now = Instant::now();
+        if let Some((at, was)) = self.typing.get(channel)
+            && *was == typing
+            && now.duration_since(*at) < TYPING_WINDOW
+        {
+            return false;
+        }
+        self.typing.insert(channel.clone(), (now, typing));
+        true
+    }
+
+    /// A connection that ends while typing tells the others it stopped.
+    async fn stop_typing(&mut self) {
+        let typing: Vec<ChannelName> = self
+            .typing
+            .drain()
+            .filter(|(_, (_, typing))| *typing)
+            .map(|(channel, _)| channel)
+            .collect();
+        for channel in typing {
+            let data = RawJson::encode(&serde_json::json!({ "typing": false }))
+                .unwrap_or_else(|_| RawJson::null());
+            self.send_signal(&channel, SignalType::parse(TYPING).ok(), data)
+                .await;
+        }
+    }
+
+    /// `who`: every user with a connection subscribed to the channel now, on any edge.
+    fn on_who(&mut self, id: Option<u64>, ch: ChannelName) {
+        if let Err(why) = self
+            .edge
+            .policy
+            .may_subscribe(&self.identity, &ch, &self.edge.members)
+        {
+            return self.forbidden(id, why);
+        }
+        if !self.has_presence(&ch) {
+            return self.reply(err(
+                id,
+                ErrorCode::BadRequest,
+                "this channel has no presence",
+            ));
+        }
+        let edge = self.edge.clone();
+        self.spawn(id, async move {
+            let filter = occupancy_filter(&ch.base());
+            let entries = match edge.store.scan_bucket(OCCUPANCY_BUCKET, &filter).await {
+                Ok(entries) => entries,
+                Err(e) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
+            };
+            #[derive(serde::Deserialize)]
+            struct Occupant {
+                status: PresenceStatus,
+            }
+            let mut by_user: std::collections::BTreeMap<String, Vec<PresenceStatus>> =
+                Default::default();
+            for (key, value) in entries {
+                // <ns>.<id>.<user>.<conn>
+                let Some(user) = key.split('.').nth(2) else {
+                    continue;
+                };
+                let Ok(occupant) = serde_json::from_slice::<Occupant>(&value) else {
+                    continue;
+                };
+                by_user
+                    .entry(user.to_string())
+                    .or_default()
+                    .push(occupant.status);
+            }
+            let members = by_user
+                .into_iter()
+                .map(|(user, statuses)| Member {
+                    user,
+                    status: VisibleStatus::aggregate(statuses),
+                })
+                // Invisible everywhere looks offline, and offline users are not here.
+                .filter(|m| m.status != VisibleStatus::Offline)
+                .collect();
+            Some(
+                ServerFrame::Ok {
+                    id,
+                    reply: OkReply::Members { members },
+                }
+                .encode(),
+            )
+        });
     }
 
     fn on_pub(

@@ -271,6 +271,19 @@ impl Client {
         self.read(wait).await
     }
 
+    /// The first frame within 300 ms that is not a `join`/`leave` signal (channel
+    /// presence announces every subscriber), or `None`: "nothing more arrives".
+    pub async fn no_more_events(&mut self) -> Option<Value> {
+        while let Some(frame) = self.try_recv(Duration::from_millis(300)).await {
+            let presence =
+                frame["op"] == "sig" && (frame["type"] == "join" || frame["type"] == "leave");
+            if !presence {
+                return Some(frame);
+            }
+        }
+        None
+    }
+
     /// The next text frame from the socket itself.
     async fn read(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;

@@ -1,0 +1,239 @@
+//! Presence as the edge keeps it: connection entries in KV `presence`, channel occupancy,
+//! `who` across edges, join/leave signals, typing throttle and typing-stopped on close,
+//! and the privacy check on `presence:<user>` subscriptions.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::*;
+use switchboard_bus::store::Store;
+
+/// The live entries of KV `presence` for `user`.
+async fn presence_entries(stack: &Stack, user: &str) -> Vec<Value> {
+    Store::new(stack.client.clone())
+        .scan_bucket("presence", &format!("{user}.>"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, value)| serde_json::from_slice(&value).unwrap())
+        .collect()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_connection_has_a_presence_entry_until_it_closes() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let phone = edge.connect("u1").await;
+    let mut laptop = Client::open(
+        &format!("{}?device=laptop", edge.ws_url()),
+        Some(&token("u1", 600, &[])),
+    )
+    .await
+    .unwrap();
+    laptop.recv().await;
+    eventually("two entries", || async {
+        presence_entries(&stack, "u1").await.len() == 2
+    })
+    .await;
+    let reply = laptop
+        .request(json!({"op":"presence","status":"busy","text":"On site"}))
+        .await;
+    assert_eq!(reply["op"], "ok");
+    eventually("the new status", || async {
+        presence_entries(&stack, "u1")
+            .await
+            .iter()
+            .any(|e| e["status"] == "busy")
+    })
+    .await;
+    let entries = presence_entries(&stack, "u1").await;
+    let laptop_entry = entries.iter().find(|e| e["device"] == "laptop").unwrap();
+    assert_eq!(laptop_entry["status"], "busy");
+    assert_eq!(laptop_entry["text"], "On site");
+    assert_eq!(laptop_entry["user"], "u1");
+    let bad = laptop
+        .request(json!({"op":"presence","status":"sleeping"}))
+        .await;
+    assert_eq!(bad["code"], "bad_request");
+    drop(phone);
+    eventually("one entry after a close", || async {
+        presence_entries(&stack, "u1").await.len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_edge_leaves_entries_that_expire() {
+    let stack = Stack::start().await;
+    let mut edge = stack.edge(&[("SWITCHBOARD_HEARTBEAT_MS", "500")]);
+    let _client = edge.connect("u1").await;
+    eventually("an entry", || async {
+        presence_entries(&stack, "u1").await.len() == 1
+    })
+    .await;
+    let kv = stack.js.get_key_value("presence").await.unwrap();
+    let mut watch = kv.watch("u1.>").await.unwrap();
+    edge.process.kill();
+    let killed = Instant::now();
+    let marker = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an expiry marker")
+        .unwrap()
+        .unwrap();
+    assert_ne!(marker.operation, async_nats::jetstream::kv::Operation::Put);
+    // The TTL is two heartbeats (1 s): gone well within three TTL periods.
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert!(presence_entries(&stack, "u1").await.is_empty());
+}
+
+#[tokio::test]
+async fn who_lists_subscribers_across_edges_and_join_leave_signals_flow() {
+    let stack = Stack::start().await;
+    for user in ["u1", "u2", "u3"] {
+        stack.add_member("project:p1", user).await;
+    }
+    let edge_a = stack.edge(&[]);
+    let edge_b = stack.edge(&[]);
+    let mut alice = edge_a.connect("u1").await;
+    alice.sub(json!({"ch":"project:p1"})).await;
+    let mut bob = edge_b.connect("u2").await;
+    bob.request(json!({"op":"presence","status":"busy"})).await;
+    bob.sub(json!({"ch":"project:p1"})).await;
+    let join = alice.recv_where(|f| f["op"] == "sig").await;
+    assert_eq!(
+        join,
+        json!({"op":"sig","ch":"project:p1","from":"u2","type":"join","data":{}})
+    );
+    // An invisible user is subscribed but neither announced nor listed.
+    let mut carol = edge_b.connect("u3").await;
+    carol
+        .request(json!({"op":"presence","status":"invisible"}))
+        .await;
+    carol.sub(json!({"ch":"project:p1"})).await;
+    let who = alice.request(json!({"op":"who","ch":"project:p1"})).await;
+    assert_eq!(
+        who["members"],
+        json!([{"user":"u1","status":"online"},{"user":"u2","status":"busy"}])
+    );
+    bob.request(json!({"op":"unsub","ch":"project:p1"})).await;
+    let leave = alice.recv_where(|f| f["op"] == "sig").await;
+    assert_eq!(leave["type"], "leave");
+    assert_eq!(leave["from"], "u2");
+    let who = alice.request(json!({"op":"who","ch":"project:p1"})).await;
+    assert_eq!(who["members"], json!([{"user":"u1","status":"online"}]));
+    assert!(
+        alice.try_recv(Duration::from_millis(300)).await.is_none(),
+        "no signal for the invisible user"
+    );
+    // `who` needs the right to subscribe, and a namespace with presence.
+    let mut outsider = edge_a.connect("u9").await;
+    assert_eq!(
+        outsider
+            .request(json!({"op":"who","ch":"project:p1"}))
+            .await["code"],
+        "forbidden"
+    );
+    assert_eq!(
+        outsider.request(json!({"op":"who","ch":"domain:d"})).await["code"],
+        "bad_request"
+    );
+}
+
+#[tokio::test]
+async fn typing_is_throttled_and_stops_when_the_typist_drops() {
+    let stack = Stack::start().await;
+    for user in ["u1", "u2"] {
+        stack.add_member("conversation:c1", user).await;
+    }
+    let edge = stack.edge(&[]);
+    let mut typist = edge.connect("u1").await;
+    let mut reader = edge.connect("u2").await;
+    reader.sub(json!({"ch":"conversation:c1"})).await;
+    typist.sub(json!({"ch":"conversation:c1"})).await;
+    reader.recv_where(|f| f["type"] == "join").await;
+    for _ in 0..40 {
+        typist
+            .send(json!({"op":"sig","ch":"conversation:c1","type":"typing","data":{"typing":true}}))
+            .await;
+    }
+    let mut typing = 0;
+    while let Some(frame) = reader.try_recv(Duration::from_millis(400)).await {
+        typing += usize::from(frame["type"] == "typing");
+    }
+    assert!(
+        (1..=3).contains(&typing),
+        "40 typing frames became {typing} signals"
+    );
+    drop(typist);
+    let stopped = reader.recv_where(|f| f["type"] == "typing").await;
+    assert_eq!(stopped["data"], json!({"typing": false}));
+    assert_eq!(stopped["from"], "u1");
+}
+
+#[tokio::test]
+async fn watching_someone_elses_presence_asks_the_presence_service() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_RPC_TIMEOUT_MS", "500")]);
+    let mut requests = stack
+        .client
+        .subscribe("svc.presence.authorize")
+        .await
+        .unwrap();
+    let responder = stack.client.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let params: Value = serde_json::from_slice(&request.payload).unwrap();
+            let allowed = params["target"] == "public-user";
+            let reply = json!({"result": {"allowed": allowed}});
+            responder
+                .publish(request.reply.unwrap(), reply.to_string().into())
+                .await
+                .unwrap();
+        }
+    });
+    stack
+        .client
+        .request("svc.presence.authorize", r#"{"target":"x"}"#.into())
+        .await
+        .unwrap();
+    let mut client = edge.connect("u1").await;
+    assert_eq!(
+        client.sub(json!({"ch":"presence:public-user"})).await["op"],
+        "ok"
+    );
+    assert_eq!(
+        client.sub(json!({"ch":"presence:private-user"})).await["code"],
+        "forbidden"
+    );
+    assert_eq!(
+        client.sub(json!({"ch":"presence:u1"})).await["op"],
+        "ok",
+        "oneself, without asking"
+    );
+    let mut granted = edge
+        .connect_with(&token("u2", 600, &["presence:private-user"]))
+        .await;
+    assert_eq!(
+        granted.sub(json!({"ch":"presence:private-user"})).await["op"],
+        "ok",
+        "a token grant"
+    );
+}
