@@ -60,7 +60,20 @@ async fn a_slow_reader_is_closed_as_a_slow_consumer_and_resumes_without_loss() {
     let calm = publish_in_background(&stack, "domain:calm", 20, 64, Duration::from_millis(20));
     let calm = calm.await.unwrap();
     assert_eq!(evt_seqs(&healthy.events(20).await), calm);
-    let published = publishing.await.unwrap();
+    // The edge gives a socket that reads nothing a few seconds to take its `bye`: start
+    // reading as soon as the edge says it closed a slow consumer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http(&edge.addr, "GET", "/metrics", &[], "").await;
+        if metrics.contains("switchboard_edge_slow_consumer_closes_total 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slow consumer close"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (frames, code) = slow.until_closed().await;
     let bye = frames.iter().find(|f| f["op"] == "bye");
@@ -70,6 +83,7 @@ async fn a_slow_reader_is_closed_as_a_slow_consumer_and_resumes_without_loss() {
         "expected a slow_consumer bye"
     );
     assert_eq!(code, Some(4409));
+    let published = publishing.await.unwrap();
     let mut received = evt_seqs(&frames);
     assert!(
         received.len() < published.len(),
