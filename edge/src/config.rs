@@ -28,7 +28,8 @@ pub struct EdgeConfig {
     #[arg(long, env = "SWITCHBOARD_EDGE_ID")]
     pub edge_id: Option<String>,
 
-    /// JWT algorithm every token must use: HS256, HS384, HS512, RS256, ES256 or EdDSA.
+    /// JWT algorithm every token must use: HS256, HS384, HS512, RS256, RS384, RS512,
+    /// ES256, ES384 or EdDSA.
     #[arg(long, env = "SWITCHBOARD_JWT_ALG", default_value = "HS256")]
     pub jwt_alg: String,
 

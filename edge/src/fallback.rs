@@ -342,13 +342,10 @@ pub async fn poll(
     for channel in &opening.channels {
         if !cursor.seqs.contains_key(channel.as_str()) {
             let subject = channel.base().subject(SubjectKind::Durable);
-            let head = edge
-                .store
-                .last_at_or_before(&subject, None)
-                .await
-                .ok()
-                .flatten()
-                .map_or(0, |e| e.seq);
+            let head = match edge.store.last_at_or_before(&subject, None).await {
+                Ok(last) => last.map_or(0, |e| e.seq),
+                Err(e) => return error(ErrorCode::Unavailable, e.to_string()),
+            };
             cursor.seqs.insert(channel.to_string(), head);
         }
     }

@@ -215,58 +215,42 @@ async fn publish(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
     body: Bytes,
-) -> Response {
-    let (identity, _slot) = match authenticate(&edge, &headers, query.token.as_deref()) {
-        Ok(admitted) => admitted,
-        Err(refused) => return refused.into_response(),
-    };
+) -> Result<Response, HttpError> {
+    let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref())?;
+    let bad = |message: String| HttpError::new(ErrorCode::BadRequest, message);
     if identity.role != Role::Service {
-        return error(
+        return Err(HttpError::new(
             ErrorCode::Forbidden,
             "publishing needs a service token (role: service)",
-        );
+        ));
     }
-    let request: PublishRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(e) => return error(ErrorCode::BadRequest, format!("invalid body: {e}")),
-    };
-    let channel = match ChannelName::parse(&request.channel) {
-        Ok(channel) if channel.alias().is_none() => channel,
-        Ok(_) => {
-            return error(
-                ErrorCode::BadRequest,
-                "publish to the base channel, not an alias",
-            );
-        }
-        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
-    };
-    let ty = match EventType::parse(&request.ty) {
-        Ok(ty) => ty,
-        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
-    };
+    let request: PublishRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid body: {e}")))?;
+    let channel = ChannelName::parse(&request.channel).map_err(|e| bad(e.to_string()))?;
+    if channel.alias().is_some() {
+        return Err(bad("publish to the base channel, not an alias".into()));
+    }
+    let ty = EventType::parse(&request.ty).map_err(|e| bad(e.to_string()))?;
     let mut event = Envelope::new(ty, request.data);
     if let Some(id) = &request.id {
-        match EventId::parse(id) {
-            Ok(id) => event.id = id,
-            Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
-        }
+        event.id = EventId::parse(id).map_err(|e| bad(e.to_string()))?;
     }
     event.actor = request.actor;
     event.source = request.source.or_else(|| Some(identity.user.to_string()));
     event.subject = request.subject;
     event.metadata = request.metadata;
-    match edge.publisher.publish(&channel, &event).await {
-        Ok(published) => {
-            edge.metrics.count(&edge.metrics.published, 1);
-            Json(serde_json::json!({
-                "seq": published.seq,
-                "event_id": event.id,
-                "duplicate": published.duplicate,
-            }))
-            .into_response()
-        }
-        Err(e) => error(ErrorCode::Unavailable, e.to_string()),
-    }
+    let published = edge
+        .publisher
+        .publish(&channel, &event)
+        .await
+        .map_err(|e| HttpError::new(ErrorCode::Unavailable, e.to_string()))?;
+    edge.metrics.count(&edge.metrics.published, 1);
+    Ok(Json(serde_json::json!({
+        "seq": published.seq,
+        "event_id": event.id,
+        "duplicate": published.duplicate,
+    }))
+    .into_response())
 }
 
 /// `POST /v1/rpc/<method>`: the same calls as the `rpc` frame.
@@ -276,30 +260,20 @@ async fn call(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
     body: Bytes,
-) -> Response {
-    let (identity, _slot) = match authenticate(&edge, &headers, query.token.as_deref()) {
-        Ok(admitted) => admitted,
-        Err(refused) => return refused.into_response(),
-    };
-    let method = match RpcMethod::parse(&method) {
-        Ok(method) => method,
-        Err(e) => return error(ErrorCode::BadRequest, e.to_string()),
-    };
+) -> Result<Response, HttpError> {
+    let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref())?;
+    let bad = |message: String| HttpError::new(ErrorCode::BadRequest, message);
+    let method = RpcMethod::parse(&method).map_err(|e| bad(e.to_string()))?;
     let params = if body.iter().all(u8::is_ascii_whitespace) {
         RawJson::empty_object()
     } else {
-        match RawJson::from_slice(&body) {
-            Ok(params) => params,
-            Err(e) => return error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")),
-        }
+        RawJson::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
     };
-    match rpc::call(&edge, &identity.user, &method, &params).await {
-        Ok(result) => {
-            let body = format!("{{\"result\":{}}}", result.as_str());
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-        Err((code, message)) => error(code, message),
-    }
+    let result = rpc::call(&edge, &identity.user, &method, &params)
+        .await
+        .map_err(|(code, message)| HttpError::new(code, message))?;
+    let body = format!("{{\"result\":{}}}", result.as_str());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn ready(State(edge): State<Arc<Edge>>) -> Response {

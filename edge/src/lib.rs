@@ -97,7 +97,7 @@ impl Edge {
         // The id is part of KV keys (`<user>.<edge id>-<n>`): the channel id grammar.
         anyhow::ensure!(
             switchboard_schemas::UserId::parse(&id).is_ok(),
-            "SWITCHBOARD_EDGE_ID must be 1 to 100 characters of [A-Za-z0-9_-], got {id:?}"
+            "SWITCHBOARD_EDGE_ID must be 1 to 128 characters of [A-Za-z0-9_-], got {id:?}"
         );
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(metrics.clone()));

@@ -530,9 +530,29 @@ impl Session {
                 if text.as_ref().is_some_and(|t| t.len() > MAX_STATUS_TEXT) {
                     return self.bad_frame(id, ErrorCode::BadRequest, "status text is too long");
                 }
+                let was_visible = self.me.status != PresenceStatus::Invisible;
+                let visible = status != PresenceStatus::Invisible;
                 self.me.status = status;
                 self.me.text = text;
                 self.put_presence().await;
+                // Turning invisible looks like leaving to the channels, and back like joining.
+                if was_visible != visible {
+                    let kind = if visible { JOIN } else { LEAVE };
+                    let channels: Vec<ChannelName> = self
+                        .subs
+                        .keys()
+                        .filter(|c| self.has_presence(c))
+                        .cloned()
+                        .collect();
+                    for channel in channels {
+                        self.send_signal(
+                            &channel,
+                            SignalType::parse(kind).ok(),
+                            RawJson::empty_object(),
+                        )
+                        .await;
+                    }
+                }
                 let occupied: Vec<ChannelName> = self
                     .subs
                     .keys()
@@ -767,6 +787,9 @@ impl Session {
             .subs
             .keys()
             .filter(|label| channels.contains(&label.base()))
+            // Presence channels were allowed by the watched user's privacy, not by
+            // membership or the token: a membership change does not decide them.
+            .filter(|label| label.namespace() != Namespace::Presence)
             .filter(|label| {
                 self.edge
                     .policy

@@ -96,68 +96,45 @@ pub async fn subscribe(
             && filters.matches_any(event.ty.as_str());
         wanted.then(|| evt_frame(&label, seq, event))
     };
-    // The first pass depends on the form of `since`; later passes read forward.
-    let mut replayed = 0;
-    let first: Vec<_> = match start {
-        Start::Seq(from) => edge.store.forward(&durable, from, REPLAY_BATCH).await,
-        Start::Time(time) => {
+    let read = |from: u64| edge.store.forward(&durable, from, REPLAY_BATCH);
+    // The first pass depends on the form of `since`; later passes read forward from the
+    // last seq replayed. `last` reads back from the head, and everything after the head
+    // is in the catch-up buffer already.
+    let (mut batch, mut replayed) = match start {
+        Start::Seq(from) => (read(from).await, from - 1),
+        Start::Time(time) => (
             edge.store
                 .forward_from_time(&durable, &time, REPLAY_BATCH)
-                .await
-        }
-        Start::Last(n) => edge.store.newest(&durable, Some(head + 1), n).await,
-    }
-    .map_err(|e| e.to_string())?;
-    let mut batch = first;
-    let mut last_pass_full = batch.len() >= REPLAY_BATCH || matches!(start, Start::Last(_));
+                .await,
+            0,
+        ),
+        Start::Last(n) => (edge.store.newest(&durable, Some(head + 1), n).await, head),
+    };
     loop {
-        for stored in &batch {
-            if let Ok(event) = stored.envelope()
-                && let Some(frame) = send(stored.seq, &event)
+        let stored = batch.map_err(|e| e.to_string())?;
+        let full = stored.len() >= REPLAY_BATCH;
+        for event in &stored {
+            if let Ok(envelope) = event.envelope()
+                && let Some(frame) = send(event.seq, &envelope)
             {
                 if !mailbox.send(frame).await {
                     return Ok(());
                 }
                 edge.metrics.count(&edge.metrics.replayed, 1);
             }
-            replayed = stored.seq;
+            replayed = replayed.max(event.seq);
         }
         if cancel.is_cancelled() {
             return Ok(());
         }
-        if last_pass_full {
-            let from = if replayed == 0 {
-                head + 1
-            } else {
-                replayed + 1
-            };
-            batch = edge
-                .store
-                .forward(&durable, from, REPLAY_BATCH)
-                .await
-                .map_err(|e| e.to_string())?;
-            last_pass_full = batch.len() >= REPLAY_BATCH;
-            if !batch.is_empty() {
-                continue;
-            }
+        if full {
+            batch = read(replayed + 1).await;
+            continue;
         }
         // Caught up with the stream as of now: hand over to live delivery.
-        let replayed_to = replayed.max(if matches!(start, Start::Last(_)) {
-            head
-        } else {
-            0
-        });
-        match channel.catch_up(conn, &label, replayed_to) {
+        match channel.catch_up(conn, &label, replayed) {
             CatchUp::Live | CatchUp::Gone => return Ok(()),
-            CatchUp::ReplayFrom(from) => {
-                replayed = from - 1;
-                batch = edge
-                    .store
-                    .forward(&durable, from, REPLAY_BATCH)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                last_pass_full = batch.len() >= REPLAY_BATCH;
-            }
+            CatchUp::ReplayFrom(from) => batch = read(from).await,
             CatchUp::Send(frames, last) => {
                 for frame in frames {
                     if !mailbox.send(frame).await {
@@ -165,8 +142,7 @@ pub async fn subscribe(
                     }
                 }
                 replayed = last;
-                batch = Vec::new();
-                last_pass_full = false;
+                batch = Ok(Vec::new());
             }
         }
     }

@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::*;
 
@@ -260,28 +259,11 @@ async fn http_publish_needs_a_service_token_and_honours_event_ids() {
 async fn http_rpc_forwards_like_the_socket() {
     let stack = Stack::start().await;
     let edge = stack.edge(&[("SWITCHBOARD_RPC_TIMEOUT_MS", "500")]);
-    let mut requests = stack.client.subscribe("svc.test.echo").await.unwrap();
-    let responder = stack.client.clone();
-    tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let user = request
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Rt-User"))
-                .map(|v| v.as_str().to_string());
-            let reply = json!({"result": {"user": user}});
-            responder
-                .publish(request.reply.unwrap(), reply.to_string().into())
-                .await
-                .unwrap();
-        }
-    });
-    // The responder answers the test's own client before the edge is asked.
     stack
-        .client
-        .request("svc.test.echo", "{}".into())
-        .await
-        .unwrap();
+        .serve("svc.test.echo", "svc.test.echo", |_, user, _| {
+            Some(json!({"result": {"user": user}}))
+        })
+        .await;
     let auth = bearer(&token("u7", 600, &[]));
     let (status, body) = http(
         &edge.addr,

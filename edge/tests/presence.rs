@@ -192,28 +192,13 @@ async fn typing_is_throttled_and_stops_when_the_typist_drops() {
 async fn watching_someone_elses_presence_asks_the_presence_service() {
     let stack = Stack::start().await;
     let edge = stack.edge(&[("SWITCHBOARD_RPC_TIMEOUT_MS", "500")]);
-    let mut requests = stack
-        .client
-        .subscribe("svc.presence.authorize")
-        .await
-        .unwrap();
-    let responder = stack.client.clone();
-    tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let params: Value = serde_json::from_slice(&request.payload).unwrap();
-            let allowed = params["target"] == "public-user";
-            let reply = json!({"result": {"allowed": allowed}});
-            responder
-                .publish(request.reply.unwrap(), reply.to_string().into())
-                .await
-                .unwrap();
-        }
-    });
     stack
-        .client
-        .request("svc.presence.authorize", r#"{"target":"x"}"#.into())
-        .await
-        .unwrap();
+        .serve(
+            "svc.presence.authorize",
+            "svc.presence.authorize",
+            |_, _, params| Some(json!({"result": {"allowed": params["target"] == "public-user"}})),
+        )
+        .await;
     let mut client = edge.connect("u1").await;
     assert_eq!(
         client.sub(json!({"ch":"presence:public-user"})).await["op"],

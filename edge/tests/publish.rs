@@ -4,7 +4,6 @@ mod support;
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 use support::*;
 
@@ -187,35 +186,19 @@ async fn signals_reach_others_but_not_the_sender_and_are_never_stored() {
 async fn rpc_is_forwarded_with_the_authenticated_user() {
     let stack = Stack::start().await;
     let edge = stack.edge(&[("SWITCHBOARD_RPC_TIMEOUT_MS", "500")]);
-    let mut requests = stack.client.subscribe("svc.test.>").await.unwrap();
-    let responder = stack.client.clone();
-    tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            let user = request
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Rt-User"))
-                .map(|v| v.as_str().to_string());
-            let params: serde_json::Value = serde_json::from_slice(&request.payload).unwrap();
-            let reply = match request.subject.as_str() {
-                "svc.test.echo" => json!({"result": {"user": user, "params": params}}),
-                "svc.test.fail" => {
-                    json!({"error": {"code": "not_found", "message": "no such thing"}})
-                }
-                _ => continue,
-            };
-            responder
-                .publish(request.reply.unwrap(), reply.to_string().into())
-                .await
-                .unwrap();
-        }
-    });
-    // The responder answers the test's own client before the edge is asked.
     stack
-        .client
-        .request("svc.test.echo", "{}".into())
-        .await
-        .unwrap();
+        .serve(
+            "svc.test.>",
+            "svc.test.echo",
+            |subject, user, params| match subject {
+                "svc.test.echo" => Some(json!({"result": {"user": user, "params": params}})),
+                "svc.test.fail" => {
+                    Some(json!({"error": {"code": "not_found", "message": "no such thing"}}))
+                }
+                _ => None,
+            },
+        )
+        .await;
     let mut client = edge.connect("u1").await;
     let ok = client
         .request(json!({"op":"rpc","method":"test.echo","params":{"limit":20}}))

@@ -66,6 +66,43 @@ impl Stack {
             .seq
     }
 
+    /// Answers NATS requests on `subject` (wildcards allowed) like a worker service:
+    /// `answer(subject, Rt-User, params)` gives the reply body, or `None` for silence.
+    /// Returns once the service answers, so the edge never races its subscription.
+    pub async fn serve(
+        &self,
+        subject: &str,
+        probe: &str,
+        answer: impl Fn(&str, Option<String>, Value) -> Option<Value> + Send + 'static,
+    ) {
+        let mut requests = self.client.subscribe(subject.to_string()).await.unwrap();
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            while let Some(request) = futures_util::StreamExt::next(&mut requests).await {
+                let user = request
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Rt-User"))
+                    .map(|v| v.as_str().to_string());
+                let params = serde_json::from_slice(&request.payload).unwrap_or(Value::Null);
+                let (Some(reply), Some(inbox)) = (
+                    answer(request.subject.as_str(), user, params),
+                    request.reply,
+                ) else {
+                    continue;
+                };
+                client
+                    .publish(inbox, reply.to_string().into())
+                    .await
+                    .unwrap();
+            }
+        });
+        self.client
+            .request(probe.to_string(), "{}".into())
+            .await
+            .expect("the test service answers");
+    }
+
     /// Makes `user` a member of `channel` the way the membership worker does.
     pub async fn add_member(&self, channel: &str, user: &str) {
         let kv = self.js.get_key_value("members").await.unwrap();
