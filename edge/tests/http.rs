@@ -455,3 +455,53 @@ async fn origins_outside_the_allowed_list_are_refused() {
     .await;
     assert_eq!(status, 200, "no Origin: not a browser");
 }
+
+#[tokio::test]
+async fn subscribe_and_publish_rates_hold_per_connection_and_per_user() {
+    let stack = Stack::start().await;
+    stack.add_member("conversation:c1", "u1").await;
+    let edge = stack.edge(&[
+        ("SWITCHBOARD_SUB_PER_S", "2"),
+        ("SWITCHBOARD_PUB_PER_S", "1"),
+    ]);
+    // Per connection: a burst of three seconds' worth, then refusals.
+    let mut writer = edge.connect("u1").await;
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let frame =
+            json!({"op":"pub","ch":"conversation:c1","type":"message.new","data":{"text": i}});
+        answers.push(
+            writer.request(frame).await["op"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        answers.iter().filter(|a| *a == "ok").count(),
+        3,
+        "{answers:?}"
+    );
+
+    // Per user: five connections, each within its own burst of 6, share 4 x 6 = 24.
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(edge.connect("u2").await);
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for (c, client) in clients.iter_mut().enumerate() {
+        for s in 0..6 {
+            let reply = client.sub(json!({"ch": format!("domain:c{c}s{s}")})).await;
+            if reply["op"] == "ok" {
+                ok += 1;
+            } else if reply["code"] == "rate_limited" {
+                limited += 1;
+            }
+        }
+    }
+    assert!((24..=27).contains(&ok), "{ok} subscriptions allowed");
+    assert!(limited >= 3, "{limited} refused");
+    // Another user is unaffected.
+    let mut other = edge.connect("u3").await;
+    assert_eq!(other.sub(json!({"ch":"domain:free"})).await["op"], "ok");
+}
