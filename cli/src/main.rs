@@ -1,13 +1,27 @@
 //! `switchboard`: the operator's and backend developer's command.
 //!
 //! Each subcommand lives in its own module and talks to NATS (or PostgreSQL, for
-//! `migrate`) directly; the CLI embeds neither the edge nor a worker.
+//! `migrate` and `members`) directly; the CLI embeds neither the edge nor a worker.
+//!
+//! - `init`, `status`, `migrate`, `members`: set up and look after a deployment.
+//! - `publish`, `tail`, `replay`: put events on channels, follow them, read them back
+//!   (replay shares its ordered multi-channel reader, [`merge`], with tail).
+//! - `token`: development tokens for curl and the demo.
+//!
+//! Every failure ends with a non-zero exit and one line on stderr saying what to do.
+//! Nothing is colored, so there is nothing for `NO_COLOR` to turn off.
 
 mod init;
 mod members;
+mod merge;
 mod migrate;
 mod output;
+mod publish;
+mod replay;
 mod status;
+mod tail;
+mod token;
+mod when;
 
 use std::process::ExitCode;
 
@@ -17,7 +31,13 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "switchboard",
     version,
-    about = "Switchboard: real-time events over NATS JetStream"
+    about = "Switchboard: real-time events over NATS JetStream",
+    after_help = "Examples:
+  switchboard init
+  switchboard publish --channel project:p1 --type bid.new --data '{\"amount\":5000}'
+  switchboard tail project:p1 --last 10
+  switchboard replay --user u1 --since 2h > missed.jsonl
+  export TOKEN=$(switchboard token --sub u1 --ttl 1h)"
 )]
 struct Cli {
     /// NATS server URL(s), comma separated.
@@ -43,8 +63,11 @@ enum Command {
     ///
     /// Example: switchboard init --replicas 3
     Init(init::Args),
-    /// Show streams, consumers with their pending counts, and buckets.
-    Status,
+    /// Show streams, worker lag (consumer backlog), connected edges and their
+    /// connections, and buckets.
+    ///
+    /// Example: switchboard status --json
+    Status(status::Args),
     /// Apply the PostgreSQL migrations (idempotent).
     ///
     /// Example: switchboard migrate --database-url postgres://localhost/switchboard
@@ -53,7 +76,37 @@ enum Command {
     ///
     /// Example: switchboard members rebuild --database-url postgres://localhost/switchboard
     Members(members::Args),
+    /// Publish events: one from flags, or JSON lines from stdin; prints each seq.
+    ///
+    /// Example: switchboard publish --channel project:p1 --type bid.new --data '{"amount":5000}'
+    Publish(publish::Args),
+    /// Follow channels live (and their signals), optionally from a stored position.
+    ///
+    /// Example: switchboard tail project:p1 conversation:c1 --signals --last 10
+    Tail(tail::Args),
+    /// Read back stored events (by channel, user, seq or time window, type) as JSON
+    /// lines, or re-deliver them to a subject for a consumer that needs backfill.
+    ///
+    /// Example: switchboard replay --user u1 --since 2h --output missed.jsonl
+    Replay(replay::Args),
+    /// Mint a development token (HS256, SWITCHBOARD_JWT_SECRET); prints only the token.
+    ///
+    /// Example: curl -H "Authorization: Bearer $(switchboard token --sub u1)" ...
+    Token(token::Args),
 }
+
+/// An error that ends the command because the user interrupted it, not because it
+/// failed: exit code 130, as for any command stopped by Ctrl-C.
+#[derive(Debug)]
+pub struct Interrupted(pub String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -65,19 +118,40 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let nats = cli.nats_url.as_str();
     let result = match cli.command {
-        Command::Init(args) => init::run(&cli.nats_url, cli.json, args).await,
-        Command::Status => status::run(&cli.nats_url, cli.json).await,
+        Command::Init(args) => init::run(nats, cli.json, args).await,
+        Command::Status(args) => status::run(nats, cli.json, args).await,
         Command::Migrate(args) => migrate::run(cli.json, args).await,
-        Command::Members(args) => members::run(&cli.nats_url, cli.json, args).await,
+        Command::Members(args) => members::run(nats, cli.json, args).await,
+        Command::Publish(args) => publish::run(nats, cli.json, args).await,
+        Command::Tail(args) => tail::run(nats, cli.json, args).await,
+        Command::Replay(args) => replay::run(nats, cli.json, args).await,
+        Command::Token(args) => token::run(cli.json, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("switchboard: {error:#}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<Interrupted>().is_some() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Resolves on the first Ctrl-C (SIGINT) received from now on. Unlike
+/// `tokio::signal::ctrl_c()`, which starts listening when first polled, the listener is in
+/// place as soon as this returns, so an early Ctrl-C is never the default "die at once".
+fn on_interrupt() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context as _;
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
+    Ok(async move {
+        interrupts.recv().await;
+    })
 }
 
 /// Connects to NATS, failing fast with a message that says where it tried.

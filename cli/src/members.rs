@@ -143,7 +143,7 @@ async fn rebuild(nats_url: &str, args: &RebuildArgs) -> anyhow::Result<Report> {
         report.record(key.clone(), synced);
         wanted.insert(key);
     }
-    for key in written_keys(&js).await? {
+    for key in written_keys(&js, ">").await? {
         if wanted.contains(&key) {
             continue;
         }
@@ -223,11 +223,16 @@ async fn sync_key(
     Ok(Synced { existed, action })
 }
 
-/// Every key the bucket has a last message for, present or deleted, read page by page
-/// from the bucket stream's subject list (one request per 100,000 keys).
-async fn written_keys(js: &jetstream::Context) -> anyhow::Result<Vec<String>> {
+/// Every key matching `key_filter` (a subject filter over keys: `>` for all,
+/// `*.*.u1` for one user's) that the bucket has a last message for, present or deleted,
+/// read page by page from the bucket stream's subject list (one request per 100,000
+/// keys).
+pub(crate) async fn written_keys(
+    js: &jetstream::Context,
+    key_filter: &str,
+) -> anyhow::Result<Vec<String>> {
     let prefix = format!("$KV.{MEMBERS_BUCKET}.");
-    let filter = format!("{prefix}>");
+    let filter = format!("{prefix}{key_filter}");
     let mut keys = Vec::new();
     loop {
         let request = json!({ "offset": keys.len(), "subjects_filter": filter });

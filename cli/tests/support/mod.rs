@@ -1,0 +1,149 @@
+//! What the CLI tests share: a nats-server with the project's streams, the `switchboard`
+//! binary run as a user would, and events published the way backends publish them.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use switchboard_bus::definitions::Definitions;
+use switchboard_bus::{Encoding, Publisher};
+use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
+use switchboard_testkit::Nats;
+
+/// nats-server with the streams and buckets `switchboard init` creates.
+pub struct Bus {
+    pub nats: Nats,
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+}
+
+impl Bus {
+    pub async fn start() -> Bus {
+        let nats = Nats::start().expect("start nats-server");
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client.clone());
+        Definitions::builtin()
+            .apply(&js)
+            .await
+            .expect("apply definitions");
+        Bus { nats, client, js }
+    }
+
+    pub fn url(&self) -> String {
+        self.nats.url()
+    }
+
+    /// Publishes a new event (postcard, as Rust services do); returns its seq and envelope.
+    pub async fn publish(&self, channel: &str, ty: &str, data: Value) -> (u64, Envelope) {
+        self.publish_as(channel, ty, data, Encoding::Postcard).await
+    }
+
+    pub async fn publish_as(
+        &self,
+        channel: &str,
+        ty: &str,
+        data: Value,
+        encoding: Encoding,
+    ) -> (u64, Envelope) {
+        let event = Envelope::new(
+            EventType::parse(ty).unwrap(),
+            RawJson::encode(&data).unwrap(),
+        );
+        let published = Publisher::new(self.client.clone())
+            .publish_as(&ChannelName::parse(channel).unwrap(), &event, encoding)
+            .await
+            .expect("publish");
+        assert!(!published.duplicate);
+        (published.seq, event)
+    }
+
+    /// Makes `user` a member of `channel` as the membership worker does.
+    pub async fn add_member(&self, channel: &str, user: &str) {
+        let kv = self.js.get_key_value("members").await.unwrap();
+        kv.put(key(channel, user), r#"{"role":"member"}"#.into())
+            .await
+            .unwrap();
+    }
+
+    pub async fn remove_member(&self, channel: &str, user: &str) {
+        let kv = self.js.get_key_value("members").await.unwrap();
+        kv.delete(key(channel, user)).await.unwrap();
+    }
+
+    /// Messages stored by `stream` now.
+    pub async fn stored(&self, stream: &str) -> u64 {
+        let mut stream = self.js.get_stream(stream).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+}
+
+fn key(channel: &str, user: &str) -> String {
+    let (ns, id) = channel.split_once(':').unwrap();
+    format!("{ns}.{id}.{user}")
+}
+
+/// `switchboard <args>` against `nats_url`.
+pub fn switchboard(nats_url: &str, args: &[&str]) -> Output {
+    switchboard_with_stdin(nats_url, args, "")
+}
+
+pub fn switchboard_with_stdin(nats_url: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = command(nats_url, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run switchboard");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let output = child.wait_with_output().expect("wait for switchboard");
+    writer.join().unwrap();
+    output
+}
+
+pub fn command(nats_url: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
+        .args(args)
+        .env("SWITCHBOARD_NATS_URL", nats_url)
+        .env_remove("SWITCHBOARD_JWT_SECRET");
+    command
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "switchboard failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 output")
+}
+
+/// Each line of `text` as JSON.
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// The (seq, channel, envelope) of each replay line, checking that the envelope parses.
+pub fn replayed(text: &str) -> Vec<(u64, String, Envelope)> {
+    json_lines(text)
+        .into_iter()
+        .map(|line| {
+            let envelope = Envelope::from_json(line["event"].to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{e}: {line}"));
+            (
+                line["seq"].as_u64().unwrap(),
+                line["channel"].as_str().unwrap().to_string(),
+                envelope,
+            )
+        })
+        .collect()
+}
