@@ -27,5 +27,8 @@ pub const CMDS_STREAM: &str = "CMDS";
 pub const PRESENCE_BUCKET: &str = "presence";
 /// KV bucket of channel occupancy: which connection is subscribed to which channel.
 pub const OCCUPANCY_BUCKET: &str = "occupancy";
+/// Subject on which every edge answers who it is and how busy it is; `switchboard
+/// status` sends one request and gathers the answers.
+pub const EDGES_STATUS_SUBJECT: &str = "switchboard.edges.status";
 /// KV bucket of channel members.
 pub const MEMBERS_BUCKET: &str = "members";

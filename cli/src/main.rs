@@ -11,6 +11,7 @@
 //! Every failure ends with a non-zero exit and one line on stderr saying what to do.
 //! Nothing is colored, so there is nothing for `NO_COLOR` to turn off.
 
+mod bench;
 mod init;
 mod members;
 mod merge;
@@ -93,6 +94,10 @@ enum Command {
     ///
     /// Example: curl -H "Authorization: Bearer $(switchboard token --sub u1)" ...
     Token(token::Args),
+    /// Load generator: measure an edge with real sockets (release build; loopback).
+    ///
+    /// Example: switchboard bench fanout --subscribers 5000 --rate 10 --edge-pid $(pgrep -n switchboard-edge)
+    Bench(bench::Args),
 }
 
 /// An error that ends the command because the user interrupted it, not because it
@@ -128,6 +133,7 @@ async fn main() -> ExitCode {
         Command::Tail(args) => tail::run(nats, cli.json, args).await,
         Command::Replay(args) => replay::run(nats, cli.json, args).await,
         Command::Token(args) => token::run(cli.json, args),
+        Command::Bench(args) => bench::run(nats, cli.json, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use switchboard_bus::EDGES_STATUS_SUBJECT;
 use switchboard_bus::definitions::{self, Status};
 
 use crate::output;
 
-/// Where every edge answers status requests (the edge's `EDGES_STATUS_SUBJECT`).
-pub const EDGES_STATUS_SUBJECT: &str = "switchboard.edges.status";
 /// How long to gather edge answers.
 const EDGES_WAIT: Duration = Duration::from_millis(500);
 

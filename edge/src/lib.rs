@@ -213,17 +213,13 @@ impl Edge {
     }
 }
 
-/// Subject on which every edge answers who it is and how busy it is (`switchboard
-/// status` sends one request and gathers the answers).
-pub const EDGES_STATUS_SUBJECT: &str = "switchboard.edges.status";
-
 /// Answers status requests for as long as the edge lives.
 async fn announce(edge: std::sync::Weak<Edge>) {
     use futures_util::StreamExt;
     let Some(nats) = edge.upgrade().map(|e| e.nats.clone()) else {
         return;
     };
-    let Ok(mut requests) = nats.subscribe(EDGES_STATUS_SUBJECT).await else {
+    let Ok(mut requests) = nats.subscribe(switchboard_bus::EDGES_STATUS_SUBJECT).await else {
         tracing::warn!("cannot answer status requests");
         return;
     };

@@ -1,0 +1,770 @@
+//! `switchboard bench`: a load generator that speaks `switchboard.v1` over real sockets
+//! and publishes through NATS like a backend, to measure an edge the way users load it.
+//!
+//! Every scenario is bounded in connections and time, targets loopback addresses given
+//! on the command line, and reports deliveries per second, missing and duplicated events
+//! (both must be zero), latency percentiles from the publisher's timestamp, and the edge
+//! process's own CPU time and RSS read from `/proc/<edge pid>`.
+//!
+//! The generator keeps its per-delivery work small (no JSON parsing of event frames: it
+//! scans for the two numbers it needs) because on two cores it shares the machine with
+//! the edge it measures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::json;
+use switchboard_bus::Publisher;
+use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::output;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// The edge's WebSocket URL.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_EDGE_URL",
+        default_value = "ws://127.0.0.1:8080/v1/ws"
+    )]
+    edge_url: String,
+    /// HS256 secret to mint the clients' tokens with.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    secret: String,
+    /// The edge's process id, for its CPU time and RSS (`pgrep switchboard-edge`).
+    #[arg(long, env = "SWITCHBOARD_EDGE_PID")]
+    edge_pid: Option<u32>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Scenario {
+    /// C subscribers on one channel; a publisher at R events/s of S bytes for D seconds.
+    ///
+    /// Example: switchboard bench fanout --subscribers 5000 --rate 10 --size 256 --duration 10
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Many channels with few subscribers each (the chat-shaped load).
+    ///
+    /// Example: switchboard bench channels --channels 500 --per-channel 4 --rate 2000
+    Channels {
+        #[arg(long, default_value_t = 500)]
+        channels: usize,
+        #[arg(long, default_value_t = 4)]
+        per_channel: usize,
+        /// Events per second across all channels.
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Pairs in conversations sending `pub` to each other at a total rate; measures
+    /// send -> recipient and send -> `ok`.
+    ///
+    /// Example: switchboard bench chat --pairs 100 --rate 1000 --duration 10
+    Chat {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages per second across all pairs.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+    /// Opens C authenticated connections as fast as it can, each with `subs`
+    /// subscriptions, then holds them idle and reads the edge's RSS per connection.
+    ///
+    /// Example: switchboard bench connect --connections 2000 --subs 2
+    Connect {
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+        #[arg(long, default_value_t = 2)]
+        subs: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// A client misses N events, then resumes; how long until it has them all.
+    ///
+    /// Example: switchboard bench resume --missed 10000
+    Resume {
+        #[arg(long, default_value_t = 10_000)]
+        missed: u64,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+    },
+}
+
+/// What every scenario reports.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub parameters: serde_json::Value,
+    pub published: u64,
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    pub missing: u64,
+    pub duplicated: u64,
+    pub latency_ms: Latency,
+    /// Secondary latency (chat: send -> `ok`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_latency_ms: Option<Latency>,
+    pub edge_cpu_s: Option<f64>,
+    pub edge_cpu_us_per_delivery: Option<f64>,
+    pub edge_rss_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_kib_per_connection: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up_ms: Option<f64>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let bench = Bench::new(nats_url, &args).await?;
+    let report = match args.scenario {
+        Scenario::Fanout {
+            subscribers,
+            rate,
+            size,
+            duration,
+        } => {
+            let params = json!({"subscribers": subscribers, "rate": rate, "size": size, "duration": duration});
+            bench
+                .fanout("fanout", params, 1, subscribers, rate, size, duration)
+                .await?
+        }
+        Scenario::Channels {
+            channels,
+            per_channel,
+            rate,
+            size,
+            duration,
+        } => {
+            let params = json!({"channels": channels, "per_channel": per_channel, "rate": rate, "size": size, "duration": duration});
+            bench
+                .fanout(
+                    "channels",
+                    params,
+                    channels,
+                    per_channel,
+                    rate,
+                    size,
+                    duration,
+                )
+                .await?
+        }
+        Scenario::Chat {
+            pairs,
+            rate,
+            duration,
+        } => bench.chat(pairs, rate, duration).await?,
+        Scenario::Connect {
+            connections,
+            subs,
+            concurrency,
+        } => bench.connect(connections, subs, concurrency).await?,
+        Scenario::Resume { missed, size } => bench.resume(missed, size).await?,
+    };
+    if json {
+        return output::json(&report);
+    }
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    println!("scenario            {} {}", r.scenario, r.parameters);
+    println!("published           {}", r.published);
+    println!(
+        "deliveries          {} ({:.0}/s)",
+        r.deliveries, r.deliveries_per_s
+    );
+    println!("missing/duplicated  {}/{}", r.missing, r.duplicated);
+    let l = &r.latency_ms;
+    println!(
+        "latency ms          p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+        l.p50, l.p99, l.p999, l.max
+    );
+    if let Some(a) = &r.ack_latency_ms {
+        println!(
+            "ok latency ms       p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}",
+            a.p50, a.p99, a.p999, a.max
+        );
+    }
+    if let (Some(cpu), Some(per)) = (r.edge_cpu_s, r.edge_cpu_us_per_delivery) {
+        println!("edge cpu            {cpu:.2} s ({per:.2} µs per delivery)");
+    }
+    if let Some(rss) = r.edge_rss_kib {
+        println!("edge rss            {rss} KiB");
+    }
+    if let Some(c) = r.connections_per_s {
+        println!("connections/s       {c:.0}");
+    }
+    if let Some(k) = r.rss_kib_per_connection {
+        println!("rss per connection  {k:.2} KiB");
+    }
+    if let Some(ms) = r.catch_up_ms {
+        println!("catch-up            {ms:.1} ms");
+    }
+}
+
+/// Everything a scenario needs: where the edge is, how to mint tokens, a publisher.
+struct Bench {
+    url: String,
+    secret: String,
+    edge_pid: Option<u32>,
+    publisher: Publisher,
+    run_id: String,
+}
+
+/// CPU seconds (user + system) and RSS of a process, from /proc.
+fn process_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((ticks as f64 / per_second, rss))
+}
+
+/// Thousands of sockets need more descriptors than the default soft limit.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The number after `"<key>":` in a frame, without parsing the frame.
+fn scan_number(frame: &str, key: &str) -> Option<u64> {
+    let at = frame.find(key)? + key.len();
+    let digits: &str = &frame[at..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// One subscriber's tally.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    duplicated: u64,
+    last_seq: u64,
+}
+
+impl Bench {
+    async fn new(nats_url: &str, args: &Args) -> anyhow::Result<Bench> {
+        if args.secret.len() < 16 {
+            bail!("the JWT secret must be at least 16 bytes (SWITCHBOARD_JWT_SECRET)");
+        }
+        let client = crate::connect(nats_url).await?;
+        Ok(Bench {
+            url: args.edge_url.clone(),
+            secret: args.secret.clone(),
+            edge_pid: args.edge_pid,
+            publisher: Publisher::new(client),
+            run_id: format!("{:x}", unix_micros()),
+        })
+    }
+
+    fn token(&self, user: &str, channels: &[&str]) -> anyhow::Result<String> {
+        let claims =
+            json!({"sub": user, "exp": unix_micros() / 1_000_000 + 3600, "channels": channels});
+        Ok(jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes()),
+        )?)
+    }
+
+    /// Opens an authenticated socket (bearer on the upgrade) and reads its `welcome`.
+    async fn open(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
+        let mut request = self.url.as_str().into_client_request()?;
+        let token = self.token(user, channels)?;
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse()?);
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "switchboard.v1".parse()?);
+        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .with_context(|| format!("cannot connect to the edge at {}", self.url))?;
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) if text.contains("\"welcome\"") => Ok(socket),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// Sends `sub` for each channel and waits for every `ok`.
+    async fn subscribe(socket: &mut Socket, channels: &[String]) -> anyhow::Result<()> {
+        for (i, ch) in channels.iter().enumerate() {
+            let frame = json!({"op":"sub","id": i + 1,"ch": ch}).to_string();
+            socket.send(Message::Text(frame.into())).await?;
+        }
+        let mut oks = 0;
+        while oks < channels.len() {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) if text.contains("\"op\":\"ok\"") => oks += 1,
+                Some(Ok(Message::Text(text))) if text.contains("\"op\":\"err\"") => {
+                    bail!("subscription refused: {text}")
+                }
+                Some(Ok(_)) => {}
+                other => bail!("socket closed while subscribing: {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Option<(f64, u64)> {
+        self.edge_pid.and_then(process_usage)
+    }
+
+    /// `channels` channels with `per_channel` subscribers each; `rate` events/s in all.
+    #[allow(clippy::too_many_arguments)]
+    async fn fanout(
+        &self,
+        name: &str,
+        parameters: serde_json::Value,
+        channels: usize,
+        per_channel: usize,
+        rate: u64,
+        size: usize,
+        duration: u64,
+    ) -> anyhow::Result<Report> {
+        let names: Vec<String> = (0..channels)
+            .map(|c| format!("domain:bench-{}-{c}", self.run_id))
+            .collect();
+        let mut readers = Vec::new();
+        eprintln!("opening {} subscribers", channels * per_channel);
+        for (c, channel) in names.iter().enumerate() {
+            for s in 0..per_channel {
+                let mut socket = self.open(&format!("b{c}x{s}"), &[]).await?;
+                Self::subscribe(&mut socket, std::slice::from_ref(channel)).await?;
+                readers.push(spawn_reader(socket));
+            }
+        }
+        let total = rate * duration;
+        eprintln!("publishing {total} events over {duration} s");
+        let before = self.usage();
+        let started = Instant::now();
+        let published = self.publish_paced(&names, total, rate, size).await?;
+        // Let the last deliveries land.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = self.usage();
+        let elapsed = started.elapsed().as_secs_f64() - 2.0;
+        let mut report = Report {
+            scenario: name.to_string(),
+            parameters,
+            published: published.len() as u64,
+            ..Report::default()
+        };
+        let mut latency = Histogram::<u64>::new(3)?;
+        for (i, reader) in readers.into_iter().enumerate() {
+            let (tally, histogram) = reader.finish();
+            let expected = published
+                .iter()
+                .filter(|(c, _)| *c == i / per_channel)
+                .count() as u64;
+            report.deliveries += tally.received;
+            report.duplicated += tally.duplicated;
+            report.missing += expected.saturating_sub(tally.received - tally.duplicated);
+            latency.add(&histogram)?;
+        }
+        report.deliveries_per_s = report.deliveries as f64 / elapsed;
+        report.latency_ms = Latency::of(&latency);
+        self.fill_usage(&mut report, before, after);
+        report.seconds = elapsed;
+        Ok(report)
+    }
+
+    fn fill_usage(
+        &self,
+        report: &mut Report,
+        before: Option<(f64, u64)>,
+        after: Option<(f64, u64)>,
+    ) {
+        if let (Some((cpu0, _)), Some((cpu1, rss))) = (before, after) {
+            report.edge_cpu_s = Some(cpu1 - cpu0);
+            report.edge_rss_kib = Some(rss);
+            if report.deliveries > 0 {
+                report.edge_cpu_us_per_delivery =
+                    Some((cpu1 - cpu0) * 1e6 / report.deliveries as f64);
+            }
+        }
+    }
+
+    /// Publishes `total` events round-robin over `channels` at `rate` per second, with
+    /// the send time in `data.t`; returns (channel index, seq) of each.
+    async fn publish_paced(
+        &self,
+        channels: &[String],
+        total: u64,
+        rate: u64,
+        size: usize,
+    ) -> anyhow::Result<Vec<(usize, u64)>> {
+        let parsed: Vec<ChannelName> = channels
+            .iter()
+            .map(|c| ChannelName::parse(c))
+            .collect::<Result<_, _>>()?;
+        let pad = "x".repeat(size.saturating_sub(60));
+        let ty = EventType::parse("bench.tick")?;
+        let started = Instant::now();
+        let mut published = Vec::with_capacity(total as usize);
+        let mut inflight = futures_util::stream::FuturesOrdered::new();
+        for i in 0..total {
+            // Paced by schedule, not by sleeps per event: bursts catch up after a stall.
+            let due = started + Duration::from_secs_f64(i as f64 / rate.max(1) as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            let c = (i as usize) % parsed.len();
+            let data = RawJson::encode(&json!({"t": unix_micros(), "pad": pad}))?;
+            let event = Envelope::new(ty.clone(), data);
+            let publisher = self.publisher.clone();
+            let channel = parsed[c].clone();
+            inflight.push_back(async move {
+                publisher
+                    .publish(&channel, &event)
+                    .await
+                    .map(|p| (c, p.seq))
+            });
+            // A bounded window of unacknowledged publishes keeps the pace at high rates.
+            while inflight.len() >= 256 {
+                if let Some(done) = inflight.next().await {
+                    published.push(done?);
+                }
+            }
+            while let Some(done) = futures_util::FutureExt::now_or_never(inflight.next()).flatten()
+            {
+                published.push(done?);
+            }
+        }
+        while let Some(done) = inflight.next().await {
+            published.push(done?);
+        }
+        Ok(published)
+    }
+
+    async fn chat(&self, pairs: usize, rate: u64, duration: u64) -> anyhow::Result<Report> {
+        // A token grant instead of membership: the bench needs no workers.
+        let pattern = "conversation:*";
+        let mut senders = Vec::new();
+        let acked = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+        let mut readers = Vec::new();
+        for p in 0..pairs {
+            let channel = format!("conversation:bench-{}-{p}", self.run_id);
+            // Senders do not subscribe: their socket carries only their own `ok`s.
+            let a = self.open(&format!("a{p}"), &[pattern]).await?;
+            let mut b = self.open(&format!("b{p}"), &[pattern]).await?;
+            Self::subscribe(&mut b, std::slice::from_ref(&channel)).await?;
+            readers.push(spawn_reader(b));
+            senders.push((channel, a));
+        }
+        let total = rate * duration;
+        let before = self.usage();
+        let started = Instant::now();
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        let per_pair_rate = (rate as f64 / pairs as f64).max(0.001);
+        let per_pair = total / pairs as u64;
+        for (channel, socket) in senders {
+            let acked = acked.clone();
+            let sent = sent.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut write, mut read) = socket.split();
+                let acks = tokio::spawn(async move {
+                    while let Some(Ok(Message::Text(text))) = read.next().await {
+                        if let Some(t) = scan_number(&text, "\"id\":") {
+                            let _ = acked.lock().await.record(unix_micros().saturating_sub(t));
+                        }
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..per_pair {
+                    let due = start + Duration::from_secs_f64(i as f64 / per_pair_rate);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                    // The frame id is the send time, so the `ok` says how long it took.
+                    let t = unix_micros();
+                    let frame = json!({"op":"pub","id": t,"ch": channel,"type":"message.new",
+                                       "data":{"text":"hello","t": t}});
+                    if write
+                        .send(Message::Text(frame.to_string().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                acks.abort();
+            }));
+        }
+        for task in tasks {
+            task.await?;
+        }
+        let after = self.usage();
+        let elapsed = started.elapsed().as_secs_f64() - 2.0;
+        let mut report = Report {
+            scenario: "chat".into(),
+            parameters: json!({"pairs": pairs, "rate": rate, "duration": duration}),
+            published: sent.load(Ordering::Relaxed),
+            ..Report::default()
+        };
+        let mut delivered = Histogram::<u64>::new(3)?;
+        for reader in readers {
+            let (tally, histogram) = reader.finish();
+            report.deliveries += tally.received;
+            report.duplicated += tally.duplicated;
+            delivered.add(&histogram)?;
+        }
+        report.missing = report
+            .published
+            .saturating_sub(report.deliveries - report.duplicated);
+        report.deliveries_per_s = report.deliveries as f64 / elapsed;
+        report.latency_ms = Latency::of(&delivered);
+        report.ack_latency_ms = Some(Latency::of(&*acked.lock().await));
+        self.fill_usage(&mut report, before, after);
+        report.seconds = elapsed;
+        Ok(report)
+    }
+
+    async fn connect(
+        &self,
+        connections: usize,
+        subs: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Report> {
+        let Some((_, rss_before)) = self.usage() else {
+            bail!("connect needs --edge-pid to read the edge's memory");
+        };
+        let channels: Vec<Vec<String>> = (0..connections)
+            .map(|i| {
+                (0..subs)
+                    .map(|s| format!("domain:idle-{}-{}", self.run_id, (i * subs + s) % 997))
+                    .collect()
+            })
+            .collect();
+        let started = Instant::now();
+        let mut sockets = Vec::with_capacity(connections);
+        let mut opening = futures_util::stream::FuturesUnordered::new();
+        let mut next = 0;
+        while sockets.len() < connections {
+            while next < connections && opening.len() < concurrency {
+                let user = format!("c{next}");
+                let subs = channels[next].clone();
+                opening.push(async move {
+                    let mut socket = self.open(&user, &[]).await?;
+                    Self::subscribe(&mut socket, &subs).await?;
+                    Ok::<_, anyhow::Error>(socket)
+                });
+                next += 1;
+            }
+            if let Some(socket) = opening.next().await {
+                sockets.push(socket?);
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        // Idle for a moment so the edge's allocations settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (cpu, rss_after) = self.usage().unwrap_or_default();
+        let report = Report {
+            scenario: "connect".into(),
+            parameters: json!({"connections": connections, "subs": subs, "concurrency": concurrency}),
+            connections_per_s: Some(connections as f64 / elapsed),
+            rss_kib_per_connection: Some(
+                rss_after.saturating_sub(rss_before) as f64 / connections as f64,
+            ),
+            edge_rss_kib: Some(rss_after),
+            edge_cpu_s: Some(cpu),
+            seconds: elapsed,
+            ..Report::default()
+        };
+        drop(sockets);
+        Ok(report)
+    }
+
+    async fn resume(&self, missed: u64, size: usize) -> anyhow::Result<Report> {
+        let channel = format!("domain:resume-{}", self.run_id);
+        let mut socket = self.open("r1", &[]).await?;
+        let frame = json!({"op":"sub","id":1,"ch": channel}).to_string();
+        socket.send(Message::Text(frame.into())).await?;
+        let ok = loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) if text.contains("\"op\":\"ok\"") => break text,
+                Some(Ok(_)) => {}
+                other => bail!("no ok: {other:?}"),
+            }
+        };
+        let ok: serde_json::Value = serde_json::from_str(&ok)?;
+        let (seq, epoch) = (ok["seq"].as_u64().unwrap_or(0), ok["epoch"].clone());
+        drop(socket);
+        eprintln!("publishing {missed} events while the client is away");
+        let published = self
+            .publish_paced(std::slice::from_ref(&channel), missed, 1_000_000, size)
+            .await?;
+        let before = self.usage();
+        let started = Instant::now();
+        let mut socket = self.open("r1", &[]).await?;
+        let frame = json!({"op":"sub","id":2,"ch": channel,"since":{"seq": seq,"epoch": epoch}});
+        socket.send(Message::Text(frame.to_string().into())).await?;
+        let mut tally = Tally::default();
+        while tally.received < missed {
+            match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    if let Some(seq) = scan_number(&text, "\"seq\":")
+                        && text.starts_with("{\"op\":\"evt\"")
+                    {
+                        tally.count(seq);
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+        let catch_up = started.elapsed();
+        let after = self.usage();
+        let mut report = Report {
+            scenario: "resume".into(),
+            parameters: json!({"missed": missed, "size": size}),
+            published: published.len() as u64,
+            deliveries: tally.received,
+            duplicated: tally.duplicated,
+            missing: missed.saturating_sub(tally.received - tally.duplicated),
+            deliveries_per_s: tally.received as f64 / catch_up.as_secs_f64(),
+            catch_up_ms: Some(catch_up.as_secs_f64() * 1000.0),
+            seconds: catch_up.as_secs_f64(),
+            ..Report::default()
+        };
+        self.fill_usage(&mut report, before, after);
+        Ok(report)
+    }
+}
+
+impl Tally {
+    fn count(&mut self, seq: u64) {
+        self.received += 1;
+        if seq <= self.last_seq {
+            self.duplicated += 1;
+        } else {
+            self.last_seq = seq;
+        }
+    }
+}
+
+/// A task reading one subscriber's socket; its tally and latencies, merged at the end.
+struct Reader {
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<std::sync::Mutex<(Tally, Histogram<u64>)>>,
+}
+
+impl Reader {
+    /// Stops reading and returns what was seen.
+    fn finish(self) -> (Tally, Histogram<u64>) {
+        self.task.abort();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let empty = Histogram::<u64>::new(3).expect("a 3-digit histogram");
+        std::mem::replace(&mut *state, (Tally::default(), empty))
+    }
+}
+
+fn spawn_reader(mut socket: Socket) -> Reader {
+    let state = Arc::new(std::sync::Mutex::new((
+        Tally::default(),
+        Histogram::<u64>::new(3).expect("a 3-digit histogram"),
+    )));
+    let mine = state.clone();
+    let task = tokio::spawn(async move {
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            if !text.starts_with("{\"op\":\"evt\"") {
+                continue;
+            }
+            let (Some(seq), Some(t)) =
+                (scan_number(&text, "\"seq\":"), scan_number(&text, "\"t\":"))
+            else {
+                continue;
+            };
+            // Uncontended until the end: only this task takes the lock while it runs.
+            let mut state = mine.lock().unwrap_or_else(|e| e.into_inner());
+            state.0.count(seq);
+            let _ = state.1.record(unix_micros().saturating_sub(t));
+        }
+    });
+    Reader { task, state }
+}
