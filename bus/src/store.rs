@@ -205,7 +205,10 @@ impl Store {
         direct_get(&self.client, &self.api, &request)
             .await?
             .iter()
-            .map(|m| StoredEvent::from_message(m).ok_or(StoreError::MissingHeader(headers::NATS_SEQUENCE)))
+            .map(|m| {
+                StoredEvent::from_message(m)
+                    .ok_or(StoreError::MissingHeader(headers::NATS_SEQUENCE))
+            })
             .collect()
     }
 
@@ -232,7 +235,12 @@ impl Store {
                 })
             })
             .filter_map(|m| {
-                let subject = m.headers.as_ref()?.get("Nats-Subject")?.as_str().to_string();
+                let subject = m
+                    .headers
+                    .as_ref()?
+                    .get("Nats-Subject")?
+                    .as_str()
+                    .to_string();
                 let key = subject.strip_prefix(&prefix)?.to_string();
                 Some((key, m.payload))
             })
@@ -249,7 +257,10 @@ async fn direct_get(
 ) -> Result<Vec<async_nats::Message>, StoreError> {
     let nats = |e: &dyn std::fmt::Display| StoreError::Nats(e.to_string());
     let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await.map_err(|e| nats(&e))?;
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| nats(&e))?;
     client
         .publish_with_reply(api.to_string(), inbox, request.to_string().into())
         .await
