@@ -48,11 +48,13 @@ async fn migrations_apply_to_an_empty_database_twice() {
         tables,
         [
             "channel_members",
+            "notification_deliveries",
             "notification_preferences",
             "notifications",
             "outbox",
             "presence_last_seen",
             "presence_privacy",
+            "presence_state",
             "processed_events",
             "receipt_cursors"
         ]

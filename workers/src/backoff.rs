@@ -31,9 +31,16 @@ impl Backoff {
     }
 
     pub fn next_delay(&mut self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt).unwrap_or(u32::MAX);
-        let nominal = self.base.saturating_mul(factor).min(self.cap);
+        let delay = self.delay_at(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+
+    /// The delay before retry number `attempt` (0 for the first), without keeping count:
+    /// for retries whose count is stored elsewhere (a row's `attempts`).
+    pub fn delay_at(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
+        let nominal = self.base.saturating_mul(factor).min(self.cap);
         let half = nominal / 2;
         half + half.mul_f64(random_unit())
     }

@@ -44,6 +44,12 @@ pub struct WorkersConfig {
     /// Connections to PostgreSQL per process.
     #[arg(long, env = "SWITCHBOARD_WORKERS_DB_CONNECTIONS", default_value_t = 4)]
     pub db_connections: u32,
+
+    #[command(flatten)]
+    pub notifications: crate::notifications::NotificationsConfig,
+
+    #[command(flatten)]
+    pub outbox: crate::outbox::OutboxConfig,
 }
 
 impl WorkersConfig {
@@ -68,10 +74,27 @@ impl WorkersConfig {
 pub enum JobName {
     /// `member.*` and `conversation.participant_*` events -> PostgreSQL and KV `members`.
     Membership,
+    /// `cmd.receipts.*` commands -> cursors in PostgreSQL and `message.receipt` events;
+    /// serves `receipts.get`.
+    Receipts,
+    /// KV `presence` -> `user.presence` events and last-seen; serves
+    /// `presence.privacy.set|get` and `presence.authorize`.
+    Presence,
+    /// Domain events -> notifications, push and email by the rules; serves
+    /// `notifications.*`; expires old notifications.
+    Notifications,
+    /// `switchboard.outbox` rows -> events (one publishing copy at a time).
+    Outbox,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 1] = [JobName::Membership];
+    pub const ALL: [JobName; 5] = [
+        JobName::Membership,
+        JobName::Receipts,
+        JobName::Presence,
+        JobName::Notifications,
+        JobName::Outbox,
+    ];
 }
 
 impl std::fmt::Display for JobName {

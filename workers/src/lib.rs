@@ -6,9 +6,19 @@
 //!   `conversation.participant_added/removed` into `switchboard.channel_members` and the
 //!   KV bucket `members`, which the edges read to authorize subscriptions and to revoke
 //!   them when a member is removed.
-//!
-//! Receipts, presence, notifications and the outbox relay join as more modules beside
-//! `membership`, each a [`Job`](job::Job) and a [`JobName`].
+//! - [`notifications`]: domain events -> per-user notifications by configurable rules,
+//!   `user.notification` with the unread count, push and email for offline users, the
+//!   `svc.notifications.*` RPCs, and retention.
+//! - [`outbox`]: the relay that publishes the rows of `switchboard.outbox`, which
+//!   applications write with `switchboard.emit(...)` in their own transactions. Not a
+//!   JetStream consumer: copies elect one publisher with a PostgreSQL advisory lock.
+//! - [`receipts`]: keeps per-(conversation, user) delivered/read cursors from the edges'
+//!   `cmd.receipts.*` commands and publishes `message.receipt`; serves `receipts.get`.
+//! - [`presence`]: watches the KV bucket `presence` (one entry per live connection),
+//!   publishes `user.presence` when a user's aggregate changes and stores last-seen;
+//!   serves `presence.privacy.*` and `presence.authorize`. It has no durable consumer:
+//!   every copy watches the whole bucket and event ids derived from the bucket revision
+//!   make their publishes one event.
 //!
 //! # How they scale
 //!
@@ -36,11 +46,21 @@
 //! - [`config`]: the one configuration struct (flags and environment).
 //! - [`job`]: the [`Job`](job::Job) trait and the loop that runs one job.
 //! - [`membership`]: the membership job.
+//! - [`notifications`]: the notifications job.
+//! - [`outbox`]: the outbox relay.
+//! - [`receipts`]: the receipts job and `receipts.get`.
+//! - [`presence`]: the presence job and the presence privacy RPCs.
+//! - `responder`: serving `svc.<method>` request/reply RPCs.
 
 mod backoff;
 pub mod config;
 pub mod job;
 pub mod membership;
+pub mod notifications;
+pub mod outbox;
+pub mod presence;
+pub mod receipts;
+mod responder;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -66,6 +86,8 @@ pub enum WorkersError {
     Database(sqlx::Error),
     #[error("job {0} crashed")]
     JobCrashed(JobName),
+    #[error(transparent)]
+    NotificationRules(#[from] notifications::rules::RulesError),
 }
 
 /// Runs the configured jobs until `shutdown` fires and every job has finished the
@@ -101,6 +123,27 @@ pub async fn run(config: WorkersConfig, shutdown: CancellationToken) -> Result<(
                 Membership::new(db.clone(), js.clone()),
                 js,
                 settings,
+                shutdown,
+            )),
+            JobName::Receipts => jobs.spawn(receipts::run(
+                db.clone(),
+                client.clone(),
+                js,
+                settings,
+                shutdown,
+            )),
+            JobName::Presence => {
+                jobs.spawn(presence::run(db.clone(), client.clone(), js, shutdown))
+            }
+            JobName::Notifications => {
+                let service =
+                    notifications::Service::new(&config.notifications, db.clone(), client.clone())?;
+                jobs.spawn(service.run(settings, shutdown))
+            }
+            JobName::Outbox => jobs.spawn(outbox::run(
+                (*db.connect_options()).clone(),
+                switchboard_bus::Publisher::from_context(js),
+                config.outbox.clone(),
                 shutdown,
             )),
         };

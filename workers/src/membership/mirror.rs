@@ -156,7 +156,7 @@ async fn current(
     })
 }
 
-fn role_name(role: MemberRole) -> &'static str {
+pub(crate) fn role_name(role: MemberRole) -> &'static str {
     match role {
         MemberRole::Owner => "owner",
         MemberRole::Member => "member",

@@ -1,0 +1,661 @@
+//! The notifications job (DESIGN §5 path 7): domain events become per-user
+//! notifications, announced in the app and, for users who are offline, pushed or
+//! emailed.
+//!
+//! # What one event does
+//!
+//! The durable consumer `notifications` reads every stored event (`rt.>`) and sets
+//! aside, by their `Rt-Type` header, those no [rule](rules) is about. For the others:
+//!
+//! 1. The matching rule names the recipients: channel members by role (from the
+//!    membership mirror, `switchboard.channel_members`), users named in `data`, the
+//!    owner of a user channel, minus the actor if the rule says so. When the rule names
+//!    members, the job first waits until the membership job has handled every event up
+//!    to this one (its consumer's ack floor), so a `member.added` published just before
+//!    a `bid.new` counts.
+//! 2. Each recipient's preferences for the rule's category decide: `muted` creates
+//!    nothing; `in_app` stores a notification; `push` and `email` (never for `low`
+//!    priority) create deliveries, for users with no live connection in the `presence`
+//!    bucket at this moment.
+//! 3. One PostgreSQL transaction records the event in `switchboard.processed_events`,
+//!    stores the notifications, emits `user.notification` (with the user's new unread
+//!    count) to each `user:<id>` through the outbox, and inserts the deliveries. A
+//!    redelivered event finds itself in `processed_events` and changes nothing; the
+//!    `UNIQUE (event_id, user_id)` of notifications backs that up.
+//!
+//! # Beside the consumer
+//!
+//! - [`rpc`] serves `svc.notifications.list|read|preferences.get|preferences.set`.
+//! - [`sink`] hands deliveries to the webhook and the `notify.push.<user>` /
+//!   `notify.email.<user>` subjects, with retries.
+//! - retention: a periodic pass deleting notifications, deliveries and processed-event
+//!   marks older than the configured retention. Events older than the retention create
+//!   nothing, so a replay of the stream does not resurrect expired notifications.
+//!
+//! This job owns `switchboard.notifications`, `notification_preferences`,
+//! `notification_deliveries` and its rows of `processed_events`. It reads
+//! `channel_members` and the `presence` bucket. It publishes no event itself: its events
+//! are outbox rows, so the outbox relay must run somewhere for them to reach clients.
+
+pub mod http;
+pub mod preferences;
+pub mod presence;
+pub mod rpc;
+pub mod rules;
+pub mod sink;
+pub mod store;
+pub mod template;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use serde_json::Value;
+use sqlx::PgPool;
+use switchboard_bus::{EVENTS_STREAM, headers};
+use switchboard_schemas::event::types;
+use switchboard_schemas::shapes::{NotificationData, NotificationRef, Priority};
+use switchboard_schemas::{
+    ChannelName, Envelope, EventId, RawJson, SubjectKind, Timestamp, UserId,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{self, ConsumerSpec, Delivery, Job, JobError, Outcome};
+use crate::membership::Membership;
+use crate::membership::mirror::role_name;
+use crate::responder;
+use http::WebhookUrl;
+use preferences::Preferences;
+use presence::Presence;
+use rpc::{Rpc, user_channel};
+use rules::{MAX_RECIPIENTS, MemberFilter, Rule, Rules, RulesError};
+use sink::{Dispatcher, Outbound, SinkConfig};
+use store::{NewDelivery, NewNotification, StoreError};
+
+/// The notifications job's settings (flags and environment variables).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NotificationsConfig {
+    /// Notification rules (JSON). Without it, the rules shipped in
+    /// workers/rules/notifications.json (compiled in) apply.
+    #[arg(long, env = "SWITCHBOARD_NOTIFICATIONS_RULES")]
+    pub notifications_rules: Option<PathBuf>,
+
+    /// Days notifications are kept; older ones are deleted, and events older than this
+    /// notify nobody. 0 keeps them forever.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFICATIONS_RETENTION_DAYS",
+        default_value_t = 90
+    )]
+    pub notifications_retention_days: u32,
+
+    /// How often expired notifications are deleted.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFICATIONS_RETENTION_INTERVAL_MS",
+        default_value_t = 3_600_000
+    )]
+    pub notifications_retention_interval_ms: u64,
+
+    /// Wait for the membership job to have handled an event before choosing its
+    /// recipients, so a member added just before an event is notified of it.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFICATIONS_WAIT_FOR_MEMBERSHIP",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub notifications_wait_for_membership: bool,
+
+    /// Webhook receiving push and email as JSON POSTs (http:// only). None: no webhook.
+    #[arg(long, env = "SWITCHBOARD_NOTIFY_WEBHOOK_URL")]
+    pub notify_webhook_url: Option<WebhookUrl>,
+
+    /// How long one webhook request may take.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFY_WEBHOOK_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub notify_webhook_timeout_ms: u64,
+
+    /// Publish push and email on the NATS subjects notify.push.<user> and
+    /// notify.email.<user>.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFY_SUBJECTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub notify_subjects: bool,
+
+    /// Attempts per delivery before it is given up.
+    #[arg(long, env = "SWITCHBOARD_NOTIFY_MAX_ATTEMPTS", default_value_t = 10)]
+    pub notify_max_attempts: u32,
+
+    /// Delay before the first retry of a delivery; it doubles per attempt.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFY_RETRY_BASE_MS",
+        default_value_t = 1_000
+    )]
+    pub notify_retry_base_ms: u64,
+
+    /// Longest delay between two attempts of a delivery.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFY_RETRY_MAX_MS",
+        default_value_t = 300_000
+    )]
+    pub notify_retry_max_ms: u64,
+
+    /// How often due deliveries (retries, other copies' work) are looked for.
+    #[arg(long, env = "SWITCHBOARD_NOTIFY_POLL_MS", default_value_t = 1_000)]
+    pub notify_poll_ms: u64,
+}
+
+impl NotificationsConfig {
+    fn sinks(&self) -> SinkConfig {
+        SinkConfig {
+            webhook: self.notify_webhook_url.clone(),
+            webhook_timeout: Duration::from_millis(self.notify_webhook_timeout_ms.max(1)),
+            subjects: self.notify_subjects,
+            max_attempts: self.notify_max_attempts.max(1),
+            retry_base: Duration::from_millis(self.notify_retry_base_ms.max(1)),
+            retry_max: Duration::from_millis(self.notify_retry_max_ms.max(1)),
+            poll: Duration::from_millis(self.notify_poll_ms.max(10)),
+        }
+    }
+}
+
+/// Everything the notifications job runs: the consumer, the RPCs, the dispatcher and
+/// the retention pass.
+pub struct Service {
+    job: Notifications,
+    rpc: Rpc,
+    dispatcher: Dispatcher,
+    client: async_nats::Client,
+    retention_days: u32,
+    retention_interval: Duration,
+}
+
+impl Service {
+    /// Loads the rules; a bad rules file stops the worker here, at start-up.
+    pub fn new(
+        config: &NotificationsConfig,
+        db: PgPool,
+        client: async_nats::Client,
+    ) -> Result<Service, RulesError> {
+        let rules = Rules::load(config.notifications_rules.as_deref())?;
+        tracing::info!(
+            rules = rules.len(),
+            file = ?config.notifications_rules,
+            webhook = ?config.notify_webhook_url.as_ref().map(ToString::to_string),
+            subjects = config.notify_subjects,
+            "notification rules loaded"
+        );
+        let js = jetstream::new(client.clone());
+        let wake = Arc::new(Notify::new());
+        let sinks = config.sinks();
+        Ok(Service {
+            job: Notifications {
+                rules,
+                db: db.clone(),
+                js: js.clone(),
+                presence: Presence::new(client.clone()),
+                sinks: sinks.sinks(),
+                wake: wake.clone(),
+                retention_days: config.notifications_retention_days,
+                wait_for_membership: config.notifications_wait_for_membership,
+                membership_floor: AtomicU64::new(0),
+                membership_missing: AtomicBool::new(false),
+            },
+            rpc: Rpc::new(db.clone()),
+            dispatcher: Dispatcher::new(db, client.clone(), sinks, wake),
+            client,
+            retention_days: config.notifications_retention_days,
+            retention_interval: Duration::from_millis(
+                config.notifications_retention_interval_ms.max(10),
+            ),
+        })
+    }
+
+    pub async fn run(self, settings: job::Settings, shutdown: CancellationToken) {
+        let js = self.job.js.clone();
+        let db = self.job.db.clone();
+        tokio::join!(
+            job::run(self.job, js, settings, shutdown.clone()),
+            responder::serve(Arc::new(self.rpc), self.client.clone(), shutdown.clone()),
+            self.dispatcher.run(shutdown.clone()),
+            expire(db, self.retention_days, self.retention_interval, shutdown),
+        );
+    }
+}
+
+/// Deletes what is older than `days`, now and every `interval`, until shutdown.
+async fn expire(db: PgPool, days: u32, interval: Duration, shutdown: CancellationToken) {
+    if days == 0 {
+        return;
+    }
+    loop {
+        match store::expire(&db, days, 5_000).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, days, "expired old notifications"),
+            Err(error) => {
+                tracing::warn!(%error, "expiring old notifications failed; retrying later")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// The consumer side: one event at a time, see the module docs.
+pub struct Notifications {
+    rules: Rules,
+    db: PgPool,
+    js: jetstream::Context,
+    presence: Presence,
+    sinks: Vec<&'static str>,
+    wake: Arc<Notify>,
+    retention_days: u32,
+    wait_for_membership: bool,
+    /// The membership consumer's ack floor as last seen.
+    membership_floor: AtomicU64,
+    membership_missing: AtomicBool,
+}
+
+/// An event a rule applies to, read and checked.
+struct Event<'a> {
+    envelope: Envelope,
+    channel: ChannelName,
+    seq: u64,
+    rule: &'a Rule,
+    data: Value,
+}
+
+/// What storing one event produced.
+#[derive(Debug, Default)]
+struct Stored {
+    notifications: usize,
+    deliveries: usize,
+}
+
+/// How long the job waits in place for the membership mirror before it hands the event
+/// back to the retry loop.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(2);
+
+impl Job for Notifications {
+    const NAME: &'static str = "notifications";
+
+    fn consumer(&self) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: EVENTS_STREAM,
+            filter_subject: SubjectKind::Durable.wildcard(),
+            description: "notifications worker: domain events -> notifications, push and email",
+        }
+    }
+
+    async fn handle(&self, delivery: &Delivery<'_>) -> Result<Outcome, JobError> {
+        if delivery
+            .header(headers::RT_TYPE)
+            .is_some_and(|ty| !self.rules.wants_type(ty))
+        {
+            return Ok(Outcome::Ignored);
+        }
+        let Some(event) = self.read(delivery)? else {
+            return Ok(Outcome::Ignored);
+        };
+        if store::processed(&self.db, &event.envelope.id)
+            .await
+            .map_err(JobError::transient)?
+        {
+            return Ok(Outcome::Applied);
+        }
+        if event.rule.to.members.is_some() {
+            self.wait_for_membership(delivery.seq).await?;
+        }
+        let stored = self.notify(&event).await?;
+        tracing::debug!(
+            event_id = event.envelope.id.as_str(),
+            ty = event.envelope.ty.as_str(),
+            channel = %event.channel,
+            notifications = stored.notifications,
+            deliveries = stored.deliveries,
+            "event notified"
+        );
+        if stored.deliveries > 0 {
+            self.wake.notify_one();
+        }
+        Ok(Outcome::Applied)
+    }
+}
+
+impl Notifications {
+    /// The event in `delivery`, if a rule applies to it; poison if it is unreadable.
+    fn read<'a>(&'a self, delivery: &Delivery<'_>) -> Result<Option<Event<'a>>, JobError> {
+        let envelope = Envelope::decode(&delivery.message.payload, delivery.is_json())
+            .map_err(JobError::poison)?;
+        let ty = envelope.ty.as_str();
+        if let Some(header) = delivery.header(headers::RT_TYPE).filter(|h| *h != ty) {
+            return Err(JobError::poison(format!(
+                "Rt-Type header {header:?} disagrees with the envelope's type {ty:?}"
+            )));
+        }
+        let channel = match ChannelName::from_subject(&delivery.message.subject) {
+            Ok((SubjectKind::Durable, channel)) => channel,
+            Ok(_) => return Err(JobError::poison("not a durable event subject")),
+            Err(error) => return Err(JobError::poison(error)),
+        };
+        let Some(rule) = self.rules.find(ty, channel.namespace()) else {
+            return Ok(None);
+        };
+        if self.expired(&envelope.timestamp) {
+            tracing::debug!(
+                event_id = envelope.id.as_str(),
+                "event older than the notification retention: nobody notified"
+            );
+            return Ok(None);
+        }
+        // `data` is JSON by construction; only a tree deeper than serde_json's recursion
+        // limit fails to parse, and then templates see no fields.
+        let data = envelope.data.decode::<Value>().unwrap_or(Value::Null);
+        Ok(Some(Event {
+            envelope,
+            channel,
+            seq: delivery.seq,
+            rule,
+            data,
+        }))
+    }
+
+    fn expired(&self, timestamp: &Timestamp) -> bool {
+        if self.retention_days == 0 {
+            return false;
+        }
+        let age = Timestamp::now().unix_nanos() - timestamp.unix_nanos();
+        age > i128::from(self.retention_days) * 86_400 * 1_000_000_000
+    }
+
+    /// Returns once the membership job has handled every event up to `seq`.
+    async fn wait_for_membership(&self, seq: u64) -> Result<(), JobError> {
+        if !self.wait_for_membership || self.membership_floor.load(Ordering::Relaxed) >= seq {
+            return Ok(());
+        }
+        let deadline = Instant::now() + MEMBERSHIP_WAIT;
+        loop {
+            let stream = self
+                .js
+                .get_stream(EVENTS_STREAM)
+                .await
+                .map_err(JobError::transient)?;
+            match stream.consumer_info(Membership::NAME).await {
+                Ok(info) => {
+                    let floor = info.ack_floor.stream_sequence;
+                    self.membership_floor.fetch_max(floor, Ordering::Relaxed);
+                    if floor >= seq {
+                        return Ok(());
+                    }
+                }
+                Err(error) if is_consumer_not_found(&error) => {
+                    if !self.membership_missing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the membership consumer does not exist: recipients come from the membership mirror as it is (run the membership job)"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(error) => return Err(JobError::transient(error)),
+            }
+            if Instant::now() > deadline {
+                return Err(JobError::transient(format!(
+                    "the membership job has not yet handled stream sequence {seq}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Decides and stores what `event` produces.
+    async fn notify(&self, event: &Event<'_>) -> Result<Stored, JobError> {
+        let recipients = self.recipients(event).await.map_err(JobError::transient)?;
+        if recipients.is_empty() {
+            return Ok(Stored::default());
+        }
+        let rule = event.rule;
+        let preferences = store::preferences_for(&self.db, rule.category, &recipients)
+            .await
+            .map_err(JobError::transient)?;
+        let outbound = rule.priority != Priority::Low && !self.sinks.is_empty();
+        let may_leave: Vec<UserId> = recipients
+            .iter()
+            .filter(|user| {
+                let p = preferences.get(*user).copied().unwrap_or_default();
+                outbound && !p.muted && (p.push || p.email)
+            })
+            .cloned()
+            .collect();
+        let online = if may_leave.is_empty() {
+            HashSet::new()
+        } else {
+            self.presence
+                .online(&may_leave)
+                .await
+                .map_err(JobError::transient)?
+        };
+        let (title, message) = rule.render(&event.envelope, &event.channel, &event.data);
+        let decided = Decided {
+            event,
+            title: &title,
+            message: &message,
+            preferences: &preferences,
+            online: &online,
+            outbound,
+        };
+        self.store(&recipients, &decided)
+            .await
+            .map_err(JobError::transient)
+    }
+
+    async fn recipients(&self, event: &Event<'_>) -> Result<Vec<UserId>, StoreError> {
+        let to = &event.rule.to;
+        let mut users = BTreeSet::new();
+        if let Some(filter) = &to.members {
+            let roles = match filter {
+                MemberFilter::All => None,
+                MemberFilter::Roles(roles) => Some(roles.iter().copied().map(role_name).collect()),
+            };
+            users
+                .extend(store::members(&self.db, &event.channel, roles, MAX_RECIPIENTS + 1).await?);
+        }
+        users.extend(event.rule.direct_recipients(&event.channel, &event.data));
+        if to.except_actor
+            && let Some(actor) = &event.envelope.actor
+        {
+            users.retain(|user: &UserId| user.as_str() != actor.id);
+        }
+        if users.len() > MAX_RECIPIENTS {
+            tracing::warn!(
+                event_id = event.envelope.id.as_str(),
+                recipients = users.len(),
+                "more recipients than {MAX_RECIPIENTS}; the rest are not notified"
+            );
+        }
+        Ok(users.into_iter().take(MAX_RECIPIENTS).collect())
+    }
+
+    /// The transaction of step 3 in the module docs.
+    async fn store(
+        &self,
+        recipients: &[UserId],
+        decided: &Decided<'_, '_>,
+    ) -> Result<Stored, StoreError> {
+        let event = decided.event;
+        let rule = event.rule;
+        let mut stored = Stored::default();
+        let mut tx = self.db.begin().await?;
+        if !store::claim_event(&mut tx, &event.envelope.id).await? {
+            tx.rollback().await?;
+            return Ok(stored);
+        }
+        for user in recipients {
+            let preferences = decided.preferences.get(user).copied().unwrap_or_default();
+            if preferences.muted {
+                continue;
+            }
+            let mut in_app = None;
+            if preferences.in_app {
+                let id = new_notification_id();
+                store::lock_user(&mut tx, user).await?;
+                let new = NewNotification {
+                    id: &id,
+                    user,
+                    event_id: &event.envelope.id,
+                    category: rule.category,
+                    title: decided.title,
+                    message: decided.message,
+                    priority: rule.priority,
+                    ref_channel: &event.channel,
+                    ref_seq: event.seq,
+                };
+                if let Some(created_at) = store::insert_notification(&mut tx, &new).await? {
+                    let unread = store::unread(&mut tx, user).await?;
+                    let data = NotificationData {
+                        id: id.clone(),
+                        category: rule.category,
+                        title: decided.title.to_string(),
+                        message: decided.message.to_string(),
+                        priority: rule.priority,
+                        reference: event.reference(),
+                        unread,
+                        created_at,
+                    };
+                    let event_id = EventId::derive(&[types::USER_NOTIFICATION, &id]);
+                    let data =
+                        RawJson::encode(&data).map_err(|e| StoreError::Row(e.to_string()))?;
+                    store::emit(
+                        &mut tx,
+                        &user_channel(user),
+                        types::USER_NOTIFICATION,
+                        data.as_str(),
+                        Some(&event_id),
+                    )
+                    .await?;
+                    stored.notifications += 1;
+                    in_app = Some((id, created_at));
+                }
+            }
+            if decided.outbound && !decided.online.contains(user) {
+                stored.deliveries += self
+                    .store_deliveries(&mut tx, user, preferences, in_app, decided)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn store_deliveries(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        user: &UserId,
+        preferences: Preferences,
+        in_app: Option<(String, Timestamp)>,
+        decided: &Decided<'_, '_>,
+    ) -> Result<usize, StoreError> {
+        let event = decided.event;
+        let mut count = 0;
+        for (medium, wanted) in [
+            (sink::PUSH, preferences.push),
+            (sink::EMAIL, preferences.email),
+        ] {
+            if !wanted {
+                continue;
+            }
+            let outbound = Outbound {
+                key: format!("{}/{user}/{medium}", event.envelope.id),
+                medium,
+                user: user.to_string(),
+                notification_id: in_app.as_ref().map(|(id, _)| id.clone()),
+                category: event.rule.category,
+                priority: event.rule.priority,
+                title: decided.title.to_string(),
+                message: decided.message.to_string(),
+                reference: event.reference(),
+                event_id: event.envelope.id.to_string(),
+                event_type: event.envelope.ty.to_string(),
+                created_at: in_app.as_ref().map_or_else(Timestamp::now, |(_, at)| *at),
+            };
+            let payload =
+                serde_json::to_string(&outbound).map_err(|e| StoreError::Row(e.to_string()))?;
+            for sink in &self.sinks {
+                let new = NewDelivery {
+                    event_id: &event.envelope.id,
+                    user,
+                    medium,
+                    sink,
+                    payload: &payload,
+                };
+                store::insert_delivery(tx, &new).await?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl Event<'_> {
+    /// Where the event is stored: what a notification about it points at.
+    fn reference(&self) -> NotificationRef {
+        NotificationRef {
+            channel: self.channel.clone(),
+            seq: self.seq,
+        }
+    }
+}
+
+/// What was decided for an event before its transaction.
+struct Decided<'e, 'r> {
+    event: &'e Event<'r>,
+    title: &'e str,
+    message: &'e str,
+    preferences: &'e HashMap<UserId, Preferences>,
+    online: &'e HashSet<UserId>,
+    /// Whether the rule's notifications may leave at all (priority, configured sinks).
+    outbound: bool,
+}
+
+/// A fresh notification id: `ntf_` and 26 characters, time-ordered like event ids, so
+/// that ordering by id orders by creation.
+fn new_notification_id() -> String {
+    let event_id = EventId::generate();
+    format!("ntf_{}", &event_id.as_str()["evt_".len()..])
+}
+
+fn is_consumer_not_found(error: &jetstream::context::ConsumerInfoError) -> bool {
+    error.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_ids_are_time_ordered() {
+        let ids: Vec<String> = (0..100).map(|_| new_notification_id()).collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1]);
+        }
+        assert!(
+            ids[0].starts_with("ntf_0") && ids[0].len() == 30,
+            "{}",
+            ids[0]
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! Push and email on their way out: the outbound sinks and the dispatcher that feeds
+//! them from `switchboard.notification_deliveries`.
+//!
+//! Two sinks, each optional:
+//!
+//! - **webhook**: `POST <SWITCHBOARD_NOTIFY_WEBHOOK_URL>` with the [`Outbound`] JSON and
+//!   the header `Idempotency-Key`. A 2xx answer delivers; 408, 429, 5xx and network
+//!   errors are retried with capped exponential backoff and jitter; any other answer (a
+//!   4xx, a redirect) fails the delivery for good. The receiver should dedupe on the key:
+//!   a crash between its 2xx and the worker recording it sends the same key again.
+//! - **subject**: core NATS publish of the same JSON on `notify.push.<user>` or
+//!   `notify.email.<user>` (header `Nats-Msg-Id` = the key), flushed to the server, for
+//!   senders written against NATS. Nothing is stored unless an operator adds a stream
+//!   over `notify.>`, which then dedupes on the key.
+//!
+//! A delivery row exists once per (event, user, medium, sink), inserted with the
+//! notification it belongs to, so a redelivered event never sends twice. The dispatcher
+//! claims due rows with `FOR UPDATE SKIP LOCKED`, pushing `next_attempt_at` a lease
+//! ahead, so copies of the worker share the work without taking the same row, and a row
+//! claimed by a copy that died is retried when the lease runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures_util::future::join_all;
+use serde::Serialize;
+use sqlx::PgPool;
+use switchboard_bus::headers;
+use switchboard_schemas::Timestamp;
+use switchboard_schemas::shapes::{NotificationCategory, NotificationRef, Priority};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::http::{self, WebhookUrl};
+use crate::backoff::Backoff;
+
+pub const WEBHOOK: &str = "webhook";
+pub const SUBJECT: &str = "subject";
+pub const PUSH: &str = "push";
+pub const EMAIL: &str = "email";
+
+/// Deliveries claimed at once by one copy.
+const BATCH: i64 = 32;
+/// How long a claimed delivery is reserved beyond the webhook timeout.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// How long a subject publish may take to reach the server.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+const CLAIM: &str = "
+UPDATE switchboard.notification_deliveries AS d
+   SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+ WHERE d.id IN (
+    SELECT id FROM switchboard.notification_deliveries
+     WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
+     ORDER BY next_attempt_at, id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED)
+RETURNING d.id, d.user_id, d.medium, d.sink, d.payload::text, d.payload ->> 'key', d.attempts";
+
+const DELIVERED: &str = "
+UPDATE switchboard.notification_deliveries SET delivered_at = now(), last_error = NULL
+ WHERE id = $1";
+
+const RETRY: &str = "
+UPDATE switchboard.notification_deliveries
+   SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3
+ WHERE id = $1";
+
+const FAILED: &str = "
+UPDATE switchboard.notification_deliveries SET failed_at = now(), last_error = $2
+ WHERE id = $1";
+
+/// Where push and email go, and how hard to try.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub webhook: Option<WebhookUrl>,
+    pub webhook_timeout: Duration,
+    pub subjects: bool,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub poll: Duration,
+}
+
+impl SinkConfig {
+    /// The sinks a new delivery goes to.
+    pub fn sinks(&self) -> Vec<&'static str> {
+        let mut sinks = Vec::new();
+        if self.webhook.is_some() {
+            sinks.push(WEBHOOK);
+        }
+        if self.subjects {
+            sinks.push(SUBJECT);
+        }
+        sinks
+    }
+}
+
+/// What a sink receives for one push or email.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outbound {
+    /// `<event id>/<user>/<medium>`: the same on every attempt, for deduplication.
+    pub key: String,
+    /// `push` or `email`.
+    pub medium: &'static str,
+    pub user: String,
+    /// The in-app notification, if one was stored (`in_app` preference on).
+    pub notification_id: Option<String>,
+    pub category: NotificationCategory,
+    pub priority: Priority,
+    pub title: String,
+    pub message: String,
+    #[serde(rename = "ref")]
+    pub reference: NotificationRef,
+    pub event_id: String,
+    pub event_type: String,
+    pub created_at: Timestamp,
+}
+
+/// `id, user_id, medium, sink, payload, payload.key, attempts`.
+type ClaimedRow = (i64, String, String, String, String, Option<String>, i32);
+
+/// One claimed delivery.
+#[derive(Debug)]
+struct Claimed {
+    id: i64,
+    user: String,
+    medium: String,
+    sink: String,
+    payload: String,
+    key: String,
+    attempts: i32,
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Attempt {
+    Delivered,
+    Retry(String),
+    Failed(String),
+}
+
+/// Feeds due deliveries to the sinks until shutdown.
+pub struct Dispatcher {
+    db: PgPool,
+    client: async_nats::Client,
+    config: SinkConfig,
+    wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    /// `wake` is notified when new deliveries were committed, so they leave at once
+    /// instead of at the next poll.
+    pub fn new(
+        db: PgPool,
+        client: async_nats::Client,
+        config: SinkConfig,
+        wake: Arc<Notify>,
+    ) -> Dispatcher {
+        Dispatcher {
+            db,
+            client,
+            config,
+            wake,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::standard();
+        loop {
+            let delay = match self.dispatch_due().await {
+                Ok(claimed) if claimed as i64 == BATCH => {
+                    backoff.reset();
+                    continue;
+                }
+                Ok(_) => {
+                    backoff.reset();
+                    self.config.poll
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "notification deliveries unavailable; retrying");
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Claims a batch of due deliveries and attempts each; how many were claimed.
+    async fn dispatch_due(&self) -> Result<usize, sqlx::Error> {
+        let lease = self.config.webhook_timeout + LEASE_MARGIN;
+        let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM)
+            .bind(BATCH)
+            .bind(lease.as_secs_f64())
+            .fetch_all(&self.db)
+            .await?;
+        let claimed: Vec<Claimed> = rows
+            .into_iter()
+            .map(|(id, user, medium, sink, payload, key, attempts)| Claimed {
+                id,
+                user,
+                medium,
+                sink,
+                payload,
+                key: key.unwrap_or_default(),
+                attempts,
+            })
+            .collect();
+        let attempts = join_all(claimed.iter().map(|delivery| self.attempt(delivery))).await;
+        for (delivery, attempt) in claimed.iter().zip(attempts) {
+            self.record(delivery, attempt).await?;
+        }
+        Ok(claimed.len())
+    }
+
+    async fn attempt(&self, delivery: &Claimed) -> Attempt {
+        match delivery.sink.as_str() {
+            WEBHOOK => match &self.config.webhook {
+                Some(url) => self.post(url, delivery).await,
+                None => Attempt::Failed("no webhook is configured any more".into()),
+            },
+            SUBJECT => self.publish(delivery).await,
+            other => Attempt::Failed(format!("unknown sink {other:?}")),
+        }
+    }
+
+    async fn post(&self, url: &WebhookUrl, delivery: &Claimed) -> Attempt {
+        let headers = [("Idempotency-Key", delivery.key.as_str())];
+        let result = http::post_json(
+            url,
+            &headers,
+            delivery.payload.as_bytes(),
+            self.config.webhook_timeout,
+        )
+        .await;
+        match result {
+            Ok(status) if (200..300).contains(&status) => Attempt::Delivered,
+            Ok(status) if status == 408 || status == 429 || status >= 500 => {
+                Attempt::Retry(format!("webhook answered {status}"))
+            }
+            Ok(status) => Attempt::Failed(format!("webhook answered {status}")),
+            Err(error) => Attempt::Retry(format!("webhook: {error}")),
+        }
+    }
+
+    async fn publish(&self, delivery: &Claimed) -> Attempt {
+        let subject = format!("notify.{}.{}", delivery.medium, delivery.user);
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::MSG_ID, delivery.key.as_str());
+        headers.insert(headers::CONTENT_TYPE, headers::JSON);
+        let published = self
+            .client
+            .publish_with_headers(subject, headers, delivery.payload.clone().into())
+            .await;
+        if let Err(error) = published {
+            return Attempt::Retry(format!("NATS publish: {error}"));
+        }
+        match tokio::time::timeout(FLUSH_TIMEOUT, self.client.flush()).await {
+            Ok(Ok(())) => Attempt::Delivered,
+            Ok(Err(error)) => Attempt::Retry(format!("NATS flush: {error}")),
+            Err(_) => Attempt::Retry(format!("NATS flush took over {FLUSH_TIMEOUT:?}")),
+        }
+    }
+
+    async fn record(&self, delivery: &Claimed, attempt: Attempt) -> Result<(), sqlx::Error> {
+        let attempts = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
+        let attempt = match attempt {
+            Attempt::Retry(reason) if attempts >= self.config.max_attempts => {
+                Attempt::Failed(format!("{reason} (gave up after {attempts} attempts)"))
+            }
+            other => other,
+        };
+        match attempt {
+            Attempt::Delivered => {
+                tracing::debug!(
+                    id = delivery.id,
+                    sink = %delivery.sink,
+                    medium = %delivery.medium,
+                    user = %delivery.user,
+                    attempts,
+                    "notification delivered"
+                );
+                sqlx::query(DELIVERED)
+                    .bind(delivery.id)
+                    .execute(&self.db)
+                    .await?;
+            }
+            Attempt::Retry(reason) => {
+                let delay = Backoff::new(self.config.retry_base, self.config.retry_max)
+                    .delay_at(attempts.saturating_sub(1));
+                tracing::info!(id = delivery.id, sink = %delivery.sink, attempts, ?delay, %reason, "notification delivery will be retried");
+                sqlx::query(RETRY)
+                    .bind(delivery.id)
+                    .bind(delay.as_secs_f64())
+                    .bind(&reason)
+                    .execute(&self.db)
+                    .await?;
+            }
+            Attempt::Failed(reason) => {
+                tracing::warn!(id = delivery.id, sink = %delivery.sink, user = %delivery.user, attempts, %reason, "notification delivery failed for good");
+                sqlx::query(FAILED)
+                    .bind(delivery.id)
+                    .bind(&reason)
+                    .execute(&self.db)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_schemas::ChannelName;
+
+    use super::*;
+
+    #[test]
+    fn outbound_json_is_the_documented_shape() {
+        let outbound = Outbound {
+            key: "evt_1/u1/push".into(),
+            medium: PUSH,
+            user: "u1".into(),
+            notification_id: None,
+            category: NotificationCategory::Bid,
+            priority: Priority::High,
+            title: "New bid".into(),
+            message: "5000".into(),
+            reference: NotificationRef {
+                channel: ChannelName::parse("project:p1").unwrap(),
+                seq: 7,
+            },
+            event_id: "evt_1".into(),
+            event_type: "bid.new".into(),
+            created_at: Timestamp::parse("2026-11-22T14:30:00Z").unwrap(),
+        };
+        let json = serde_json::to_string(&outbound).unwrap();
+        assert_eq!(
+            json,
+            r#"{"key":"evt_1/u1/push","medium":"push","user":"u1","notificationId":null,"category":"bid","priority":"high","title":"New bid","message":"5000","ref":{"channel":"project:p1","seq":7},"eventId":"evt_1","eventType":"bid.new","createdAt":"2026-11-22T14:30:00Z"}"#
+        );
+    }
+}

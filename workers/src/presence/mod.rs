@@ -1,0 +1,52 @@
+//! The presence job: turns the edges' per-connection entries in the KV bucket `presence`
+//! into one `user.presence` event per change on `presence:<user>`, and answers who may
+//! watch it (DESIGN §5 path 6, §4.1).
+//!
+//! Unlike the other jobs it has no durable consumer: every copy watches the whole
+//! bucket, expiry markers included, so a user whose edge died still goes offline when
+//! their entries' TTL runs out.
+//!
+//! - [`entry`]: a bucket entry becomes a typed change to one connection.
+//! - [`board`]: connections per user, the aggregate others see, and the transitions
+//!   between it and what was last published (pure).
+//! - [`watcher`]: follows the bucket, publishes transitions with event ids derived from
+//!   the revision behind them, rebuilds after a restart without false transitions.
+//! - [`state`]: the last published summary per user and last-seen, in PostgreSQL.
+//! - [`privacy`]: `presence.privacy.set|get` and `presence.authorize`.
+//!
+//! It owns `switchboard.presence_state`, `switchboard.presence_last_seen` and
+//! `switchboard.presence_privacy`; it only reads the bucket (the edges own it) and
+//! `switchboard.channel_members`.
+
+pub mod board;
+pub mod entry;
+pub mod privacy;
+pub mod state;
+pub mod watcher;
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use privacy::{PrivacyService, Visibility};
+pub use watcher::Watcher;
+
+use crate::responder;
+use state::State;
+
+/// Runs the watcher and the privacy service until `shutdown` fires.
+pub async fn run(
+    db: PgPool,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    shutdown: CancellationToken,
+) {
+    let watcher = Watcher::new(js, State::new(db.clone()));
+    let privacy = Arc::new(PrivacyService::new(db));
+    tokio::join!(
+        watcher.run(&shutdown),
+        responder::serve(privacy, client, shutdown.clone()),
+    );
+}

@@ -1,0 +1,200 @@
+//! What the presence job keeps in PostgreSQL: the last summary published for each user
+//! (`switchboard.presence_state`, read back after a restart) and when each user was last
+//! seen (`switchboard.presence_last_seen`).
+//!
+//! # Why a crash loses no transition
+//!
+//! A transition is saved with its encoded event marked pending, then published, then
+//! marked done. A worker that starts publishes what is still pending before anything
+//! else; the event id makes a repeat of an event JetStream already stored a no-op. So
+//! the rows always describe what watchers were told, or are about to be told, and the
+//! comparison after a restart starts from the truth.
+//!
+//! Rows only move forward: a copy of the worker that lags behind another never writes
+//! an older state over a newer one.
+
+use sqlx::PgPool;
+use switchboard_schemas::{Timestamp, UserId, VisibleStatus};
+use time::OffsetDateTime;
+
+use super::board::{Published, Summary, Transition};
+
+const PRESENT: &str = "
+SELECT user_id, status, devices, text, revision FROM switchboard.presence_state
+ WHERE status <> 'offline'";
+
+const LAST_SEEN: &str = "
+SELECT (extract(epoch FROM last_seen) * 1000000)::bigint
+  FROM switchboard.presence_last_seen WHERE user_id = $1";
+
+const PENDING: &str = "
+SELECT user_id, revision, pending FROM switchboard.presence_state
+ WHERE pending IS NOT NULL";
+
+const SAVE_STATE: &str = "
+INSERT INTO switchboard.presence_state AS s (user_id, status, devices, text, revision, pending)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (user_id) DO UPDATE
+   SET status = EXCLUDED.status, devices = EXCLUDED.devices, text = EXCLUDED.text,
+       revision = EXCLUDED.revision, pending = EXCLUDED.pending, updated_at = now()
+ WHERE s.revision <= EXCLUDED.revision";
+
+const DONE: &str = "
+UPDATE switchboard.presence_state SET pending = NULL
+ WHERE user_id = $1 AND revision = $2";
+
+const SAVE_LAST_SEEN: &str = "
+INSERT INTO switchboard.presence_last_seen AS l (user_id, last_seen, status)
+VALUES ($1, timestamptz 'epoch' + $2::bigint * interval '1 microsecond', 'offline')
+ON CONFLICT (user_id) DO UPDATE
+   SET last_seen = EXCLUDED.last_seen, status = EXCLUDED.status
+ WHERE l.last_seen <= EXCLUDED.last_seen";
+
+const SAVE_STATUS: &str =
+    "UPDATE switchboard.presence_last_seen SET status = $2 WHERE user_id = $1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Reads and writes the presence tables.
+#[derive(Clone)]
+pub struct State {
+    db: PgPool,
+}
+
+impl State {
+    pub fn new(db: PgPool) -> State {
+        State { db }
+    }
+
+    /// Every user last published as present (not offline). Rows that are not valid
+    /// (written by hand) are skipped with a warning.
+    pub async fn present(&self) -> Result<Vec<(UserId, Published)>, StateError> {
+        let rows: Vec<(String, String, i32, Option<String>, i64)> =
+            sqlx::query_as(PRESENT).fetch_all(&self.db).await?;
+        let mut present = Vec::with_capacity(rows.len());
+        for (user, status, devices, text, revision) in rows {
+            let (Ok(id), Some(status)) = (UserId::parse(&user), parse_status(&status)) else {
+                tracing::warn!(user, status, "unreadable presence_state row skipped");
+                continue;
+            };
+            let summary = Summary {
+                status,
+                devices: u32::try_from(devices).unwrap_or(0),
+                text,
+            };
+            let revision = u64::try_from(revision).unwrap_or(0);
+            present.push((id, Published { summary, revision }));
+        }
+        Ok(present)
+    }
+
+    /// When `user` was last seen going offline, if ever.
+    pub async fn last_seen(&self, user: &UserId) -> Result<Option<Timestamp>, StateError> {
+        let micros: Option<Option<i64>> = sqlx::query_scalar(LAST_SEEN)
+            .bind(user.as_str())
+            .fetch_optional(&self.db)
+            .await?;
+        Ok(micros
+            .flatten()
+            .and_then(|micros| Timestamp::from_unix_nanos(i128::from(micros) * 1000).ok()))
+    }
+
+    /// Events saved but maybe not published: (user, revision, encoded envelope).
+    pub async fn pending(&self) -> Result<Vec<(String, i64, Vec<u8>)>, StateError> {
+        Ok(sqlx::query_as(PENDING).fetch_all(&self.db).await?)
+    }
+
+    /// Records a transition about to be published, with its encoded `event`: the user's
+    /// state and, going offline, last-seen.
+    pub async fn save(&self, transition: &Transition, event: &[u8]) -> Result<(), StateError> {
+        let summary = &transition.summary;
+        let status = status_name(summary.status);
+        let mut tx = self.db.begin().await?;
+        sqlx::query(SAVE_STATE)
+            .bind(transition.user.as_str())
+            .bind(status)
+            .bind(i32::try_from(summary.devices).unwrap_or(i32::MAX))
+            .bind(summary.text.as_deref())
+            .bind(bigint(transition.revision()))
+            .bind(event)
+            .execute(&mut *tx)
+            .await?;
+        if summary.is_offline() {
+            sqlx::query(SAVE_LAST_SEEN)
+                .bind(transition.user.as_str())
+                .bind(unix_micros(transition.at))
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query(SAVE_STATUS)
+                .bind(transition.user.as_str())
+                .bind(status)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notes that the event saved for `user` at `revision` is stored in JetStream.
+    pub async fn done(&self, user: &str, revision: i64) -> Result<(), StateError> {
+        sqlx::query(DONE)
+            .bind(user)
+            .bind(revision)
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Bucket revisions are stream sequences; they fit a bigint.
+pub fn bigint(revision: u64) -> i64 {
+    i64::try_from(revision).unwrap_or(i64::MAX)
+}
+
+/// Microseconds since the epoch: PostgreSQL's precision.
+pub fn unix_micros(instant: OffsetDateTime) -> i64 {
+    i64::try_from(instant.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+fn status_name(status: VisibleStatus) -> &'static str {
+    match status {
+        VisibleStatus::Online => "online",
+        VisibleStatus::Away => "away",
+        VisibleStatus::Busy => "busy",
+        VisibleStatus::Offline => "offline",
+    }
+}
+
+fn parse_status(name: &str) -> Option<VisibleStatus> {
+    [
+        VisibleStatus::Online,
+        VisibleStatus::Away,
+        VisibleStatus::Busy,
+        VisibleStatus::Offline,
+    ]
+    .into_iter()
+    .find(|status| status_name(*status) == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_are_the_json_ones() {
+        for name in ["online", "away", "busy", "offline"] {
+            let status = parse_status(name).unwrap();
+            assert_eq!(status_name(status), name);
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+        assert_eq!(parse_status("invisible"), None);
+    }
+}

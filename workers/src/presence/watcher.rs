@@ -1,0 +1,416 @@
+//! Following the `presence` bucket and publishing `user.presence` on change.
+//!
+//! # Start, restart, reconnect
+//!
+//! A worker that starts first publishes what a crash left pending ([`State`]). Then the
+//! watcher reads the bucket from the start (the last write of every key, markers
+//! included) without publishing anything, until it has caught up: an entry with nothing
+//! pending behind it, or a second with nothing delivered. Only then does it compare each
+//! user with what was last published ([`State::present`] after a restart) and publish
+//! the differences: a user still on the same devices gets nothing, a user whose entries
+//! were deleted or expired meanwhile gets their `offline`. From then on every write is
+//! compared as it arrives. If the watch fails, the board forgets its connections and
+//! the bucket is read again the same way, against what this process published.
+//!
+//! # One event per change, whatever the number of copies
+//!
+//! Every copy of the worker watches the whole bucket and sees the same writes in the
+//! same order, so each computes the same transitions; each event id is derived from
+//! (user, the revision that caused it) and JetStream stores the first copy's publish
+//! only. Each transition is saved in PostgreSQL as pending before it is published and
+//! marked done after ([`State`]), so the next start repairs a crash in between.
+//!
+//! A failure to publish or to write PostgreSQL is retried in place, with backoff, until
+//! it succeeds or the worker stops; later writes wait their turn in the watch.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use switchboard_bus::{PRESENCE_BUCKET, Publisher};
+use switchboard_schemas::event::types;
+use switchboard_schemas::shapes::PresenceData;
+use switchboard_schemas::{
+    Actor, ChannelName, Envelope, EventType, Namespace, RawJson, Timestamp, UserId,
+};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::board::{Board, Mark, Transition};
+use super::entry::{Change, Key};
+use super::state::{self, State};
+use crate::backoff::Backoff;
+
+/// With nothing delivered for this long, reading the bucket's history is over.
+const CAUGHT_UP_IDLE: Duration = Duration::from_secs(1);
+
+/// Why the watch has to be set up again.
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error("KV bucket {PRESENCE_BUCKET} unavailable (has `switchboard init` run?): {0}")]
+    Bucket(#[from] jetstream::context::KeyValueError),
+    #[error("cannot watch the bucket: {0}")]
+    Watch(#[from] kv::WatchError),
+    #[error("watch interrupted: {0}")]
+    Watcher(#[from] kv::WatcherError),
+    #[error("watch ended")]
+    Ended,
+}
+
+/// Whether to go on after a step; `Stop` once shutdown fired.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+pub struct Watcher {
+    js: jetstream::Context,
+    publisher: Publisher,
+    state: State,
+}
+
+impl Watcher {
+    pub fn new(js: jetstream::Context, state: State) -> Watcher {
+        Watcher {
+            publisher: Publisher::from_context(js.clone()),
+            js,
+            state,
+        }
+    }
+
+    /// Follows the bucket until `shutdown` fires.
+    pub async fn run(&self, shutdown: &CancellationToken) {
+        tracing::info!(job = "presence", "job started");
+        let pending = self
+            .retry(shutdown, "reading pending presence events", || {
+                self.state.pending()
+            })
+            .await;
+        let Some(pending) = pending else {
+            return;
+        };
+        for (user, revision, event) in pending {
+            if let Flow::Stop = self.finish(&user, revision, &event, shutdown).await {
+                return;
+            }
+        }
+        let Some(present) = self
+            .retry(shutdown, "reading presence_state", || self.state.present())
+            .await
+        else {
+            return;
+        };
+        tracing::info!(present = present.len(), "last published presence read");
+        let mut board = Board::new(present);
+        let mut backoff = Backoff::standard();
+        loop {
+            match self.follow(&mut board, &mut backoff, shutdown).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "presence watch unavailable; reading the bucket again");
+                }
+            }
+            board.forget_connections();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+        tracing::info!(job = "presence", "job stopped");
+    }
+
+    /// Reads the bucket from the start and follows it until shutdown (`Ok`) or until the
+    /// watch must be set up again (`Err`). Catching up resets `backoff`.
+    async fn follow(
+        &self,
+        board: &mut Board,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Result<(), WatchError> {
+        let bucket = self.js.get_key_value(PRESENCE_BUCKET).await?;
+        let empty = bucket.status().await.is_ok_and(|s| s.values() == 0);
+        let mut watch = bucket.watch_with_history(">").await?;
+        let mut caught_up = false;
+        if empty {
+            caught_up = true;
+            backoff.reset();
+            if let Flow::Stop = self.publish_due(board, shutdown).await {
+                return Ok(());
+            }
+        }
+        tracing::info!("watching the presence bucket");
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                next = tokio::time::timeout(CAUGHT_UP_IDLE, watch.next()) => next,
+            };
+            let entry = match next {
+                Err(_idle) if caught_up => continue,
+                Err(_idle) => {
+                    caught_up = true;
+                    backoff.reset();
+                    if let Flow::Stop = self.publish_due(board, shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(None) => return Err(WatchError::Ended),
+                Ok(Some(entry)) => entry?,
+            };
+            let Some(user) = observe(board, &entry) else {
+                continue;
+            };
+            let flow = if caught_up {
+                self.publish_for(board, &user, shutdown).await
+            } else if entry.delta == 0 {
+                caught_up = true;
+                backoff.reset();
+                self.publish_due(board, shutdown).await
+            } else {
+                Flow::Continue
+            };
+            if let Flow::Stop = flow {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Publishes what one user's change made due.
+    async fn publish_for(
+        &self,
+        board: &mut Board,
+        user: &UserId,
+        shutdown: &CancellationToken,
+    ) -> Flow {
+        if let Some(transition) = board.transition(user, OffsetDateTime::now_utc()) {
+            if let Flow::Stop = self.publish(&transition, shutdown).await {
+                return Flow::Stop;
+            }
+            board.published(&transition);
+        }
+        board.settle(user);
+        Flow::Continue
+    }
+
+    /// Publishes every transition due after reading the bucket from the start.
+    async fn publish_due(&self, board: &mut Board, shutdown: &CancellationToken) -> Flow {
+        let due = board.transitions(OffsetDateTime::now_utc());
+        tracing::info!(
+            transitions = due.len(),
+            "caught up with the presence bucket"
+        );
+        for transition in due {
+            if let Flow::Stop = self.publish(&transition, shutdown).await {
+                return Flow::Stop;
+            }
+            board.published(&transition);
+        }
+        board.settle_all();
+        Flow::Continue
+    }
+
+    /// Publishes one transition and records it, retrying until both are done.
+    async fn publish(&self, transition: &Transition, shutdown: &CancellationToken) -> Flow {
+        let user = &transition.user;
+        let last_seen = if transition.summary.is_offline() {
+            Some(timestamp(transition.at))
+        } else {
+            match self
+                .retry(shutdown, "reading last-seen", || self.state.last_seen(user))
+                .await
+            {
+                Some(last_seen) => last_seen,
+                None => return Flow::Stop,
+            }
+        };
+        let (_, event) = presence_event(transition, last_seen);
+        let encoded = event.to_postcard();
+        let saved = self
+            .retry(shutdown, "recording presence", || {
+                self.state.save(transition, &encoded)
+            })
+            .await;
+        if saved.is_none() {
+            return Flow::Stop;
+        }
+        tracing::debug!(
+            %user,
+            status = ?transition.summary.status,
+            devices = transition.summary.devices,
+            event_id = event.id.as_str(),
+            "publishing presence"
+        );
+        let revision = state::bigint(transition.revision());
+        self.finish(user.as_str(), revision, &encoded, shutdown)
+            .await
+    }
+
+    /// Publishes an event saved as pending for `user` at `revision`, then marks it done.
+    async fn finish(
+        &self,
+        user: &str,
+        revision: i64,
+        encoded: &[u8],
+        shutdown: &CancellationToken,
+    ) -> Flow {
+        let channel = ChannelName::new(Namespace::Presence, user);
+        match (channel, Envelope::from_postcard(encoded)) {
+            (Ok(channel), Ok(event)) => {
+                let published = self
+                    .retry(shutdown, "publishing user.presence", || {
+                        self.publisher.publish(&channel, &event)
+                    })
+                    .await;
+                if published.is_none() {
+                    return Flow::Stop;
+                }
+            }
+            (channel, event) => {
+                // Only a row edited by hand gets here; there is nothing to publish.
+                tracing::warn!(
+                    user,
+                    channel_ok = channel.is_ok(),
+                    event_ok = event.is_ok(),
+                    "unreadable pending presence event dropped"
+                );
+            }
+        }
+        let done = self
+            .retry(shutdown, "recording presence", || {
+                self.state.done(user, revision)
+            })
+            .await;
+        match done {
+            Some(()) => Flow::Continue,
+            None => Flow::Stop,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds (`Some`) or shutdown fires (`None`).
+    async fn retry<T, E, F, Fut>(
+        &self,
+        shutdown: &CancellationToken,
+        what: &str,
+        mut attempt: F,
+    ) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Backoff::standard();
+        loop {
+            match attempt().await {
+                Ok(value) => return Some(value),
+                Err(error) => tracing::warn!(%error, "{what} failed; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+}
+
+/// Applies one bucket entry to the board; the user it concerns, or `None` for a key
+/// that is no connection (skipped with a warning).
+fn observe(board: &mut Board, entry: &kv::Entry) -> Option<UserId> {
+    let key = match Key::parse(&entry.key) {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::warn!(%error, revision = entry.revision, "presence entry skipped");
+            return None;
+        }
+    };
+    let change = match entry.operation {
+        kv::Operation::Put => Change::live(&entry.key, &entry.value).unwrap_or_else(|error| {
+            // What the connection is cannot be known: it does not count.
+            tracing::warn!(%error, revision = entry.revision, "presence entry unreadable");
+            Change::Gone
+        }),
+        kv::Operation::Delete | kv::Operation::Purge => Change::Gone,
+    };
+    let user = key.user.clone();
+    let mark = Mark {
+        revision: entry.revision,
+        at: entry.created,
+    };
+    board.observe(key, change, mark);
+    Some(user)
+}
+
+/// `user.presence` on `presence:<user>` for a transition.
+pub fn presence_event(
+    transition: &Transition,
+    last_seen: Option<Timestamp>,
+) -> (ChannelName, Envelope) {
+    let user = &transition.user;
+    let channel = ChannelName::new(Namespace::Presence, user.as_str())
+        .expect("a user id is a valid channel id");
+    let summary = &transition.summary;
+    let data = PresenceData {
+        user: user.to_string(),
+        status: summary.status,
+        devices: summary.devices,
+        last_seen,
+        text: summary.text.clone(),
+    };
+    let mut event = Envelope::new(
+        EventType::parse(types::USER_PRESENCE).expect("user.presence is an event type"),
+        RawJson::encode(&data).expect("presence data serializes"),
+    );
+    event.id = transition.event_id();
+    event.timestamp = timestamp(transition.at);
+    event.actor = Some(Actor {
+        id: user.to_string(),
+        kind: "user".into(),
+    });
+    (channel, event)
+}
+
+fn timestamp(instant: OffsetDateTime) -> Timestamp {
+    Timestamp::from_offset_date_time(instant).unwrap_or_else(|_| Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_schemas::VisibleStatus;
+
+    use super::super::board::{Cause, Summary};
+    use super::*;
+
+    #[test]
+    fn events_carry_the_summary_and_a_derived_id() {
+        let at = OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap();
+        let transition = Transition {
+            user: UserId::parse("u1").unwrap(),
+            summary: Summary {
+                status: VisibleStatus::Busy,
+                devices: 2,
+                text: Some("On site".into()),
+            },
+            cause: Cause::Revision(42),
+            at,
+        };
+        let (channel, event) = presence_event(&transition, None);
+        assert_eq!(channel.as_str(), "presence:u1");
+        assert_eq!(event.ty.as_str(), "user.presence");
+        assert_eq!(event.id, transition.event_id());
+        assert_eq!(
+            event.data.as_str(),
+            r#"{"user":"u1","status":"busy","devices":2,"text":"On site"}"#
+        );
+        assert_eq!(event.timestamp.as_offset_date_time(), at);
+
+        let offline = Transition {
+            summary: Summary::offline(),
+            ..transition
+        };
+        let (_, event) = presence_event(&offline, Some(timestamp(at)));
+        assert_eq!(
+            event.data.as_str(),
+            r#"{"user":"u1","status":"offline","devices":0,"lastSeen":"2026-11-18T11:06:40Z"}"#
+        );
+    }
+}

@@ -1,0 +1,619 @@
+//! The presence worker as a process, against a real nats-server and PostgreSQL. No edge
+//! is needed: the tests write connection entries into the KV bucket `presence` exactly
+//! as edges do (`$KV.presence.<user>.<conn>` with a `Nats-TTL` header, deleted on clean
+//! close, left to expire when an edge dies) and read the `user.presence` events stored on
+//! `presence:<user>`, the rows in PostgreSQL and the answers of the privacy RPCs.
+
+use std::future::Future;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, message::PublishMessage};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use switchboard_bus::definitions::Definitions;
+use switchboard_bus::store::Store;
+use switchboard_bus::{PRESENCE_BUCKET, Publisher, headers};
+use switchboard_schemas::{Actor, ChannelName, Envelope, EventType, RawJson, Timestamp};
+use switchboard_testkit::{Nats, Postgres, Process};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+/// The TTL of entries that are not meant to expire during a test.
+const LONG_TTL: u64 = 120;
+
+struct Setup {
+    nats: Nats,
+    _pg: Postgres,
+    database_url: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    kv: kv::Store,
+    db: PgPool,
+    publisher: Publisher,
+    store: Store,
+}
+
+async fn setup() -> Setup {
+    let nats = Nats::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    Definitions::builtin().apply(&js).await.unwrap();
+    let kv = js.get_key_value(PRESENCE_BUCKET).await.unwrap();
+    let db = PgPool::connect(&database_url).await.unwrap();
+    Setup {
+        nats,
+        _pg: pg,
+        database_url,
+        js,
+        kv,
+        db,
+        publisher: Publisher::new(client.clone()),
+        store: Store::new(client.clone()),
+        client,
+    }
+}
+
+/// A `switchboard-workers` process running `jobs`, killed when dropped.
+fn worker(setup: &Setup, jobs: &str) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"));
+    command
+        .env("SWITCHBOARD_NATS_URL", setup.nats.url())
+        .env("DATABASE_URL", &setup.database_url)
+        .env("SWITCHBOARD_WORKERS", jobs)
+        .env("SWITCHBOARD_LOG", "switchboard_workers=debug,info");
+    Process::spawn(command).expect("start switchboard-workers")
+}
+
+/// SIGTERM, then the exit status.
+fn terminate(mut process: Process) -> std::process::ExitStatus {
+    let pid = process.pid().expect("worker running").to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    process
+        .wait_timeout(DEADLINE)
+        .expect("the worker stops after SIGTERM")
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes (or refreshes) a connection's entry as an edge does; its revision.
+async fn put(setup: &Setup, key: &str, status: &str, text: Option<&str>, ttl_secs: u64) -> u64 {
+    let (user, conn) = key.split_once('.').unwrap();
+    let value = json!({
+        "user": user,
+        "conn": conn,
+        "device": "d1",
+        "status": status,
+        "text": text,
+        "edge": "edge-test",
+        "at": 1_795_000_000_000u64,
+    });
+    let mut entry_headers = HeaderMap::new();
+    entry_headers.insert(headers::NATS_TTL, ttl_secs.to_string().as_str());
+    let message = PublishMessage::build()
+        .payload(value.to_string().into())
+        .headers(entry_headers);
+    // Retried while the client reconnects after a NATS restart.
+    eventually(&format!("{key} to be written"), || async {
+        let ack = setup
+            .js
+            .send_publish(format!("$KV.{PRESENCE_BUCKET}.{key}"), message.clone())
+            .await
+            .ok()?;
+        Some(ack.await.ok()?.sequence)
+    })
+    .await
+}
+
+/// A connection closed cleanly: its entry deleted.
+async fn close(setup: &Setup, key: &str) {
+    setup.kv.delete(key).await.unwrap();
+}
+
+/// The `data` of every `user.presence` stored on `presence:<user>`, oldest first.
+async fn events(setup: &Setup, user: &str) -> Vec<Value> {
+    let stored = setup
+        .store
+        .forward(&format!("rt.presence.{user}"), 1, 1000)
+        .await
+        .unwrap();
+    stored
+        .iter()
+        .map(|stored| {
+            let event = stored.envelope().unwrap();
+            assert_eq!(event.ty.as_str(), "user.presence");
+            assert_eq!(event.actor.unwrap().id, user);
+            let data: Value = serde_json::from_str(event.data.as_str()).unwrap();
+            assert_eq!(data["user"], user);
+            data
+        })
+        .collect()
+}
+
+/// Waits for the `count`th event on `presence:<user>` and returns it.
+async fn nth_event(setup: &Setup, user: &str, count: usize) -> Value {
+    eventually(&format!("event {count} on presence:{user}"), || async {
+        events(setup, user).await.get(count - 1).cloned()
+    })
+    .await
+}
+
+/// (status, devices, text) of an event.
+fn summary(data: &Value) -> (&str, u64, Option<&str>) {
+    (
+        data["status"].as_str().unwrap(),
+        data["devices"].as_u64().unwrap(),
+        data["text"].as_str(),
+    )
+}
+
+fn last_seen(data: &Value) -> Option<Timestamp> {
+    data.get("lastSeen")
+        .and_then(Value::as_str)
+        .map(|text| Timestamp::parse(text).unwrap())
+}
+
+/// (last_seen as unix microseconds, status) in `switchboard.presence_last_seen`.
+async fn last_seen_row(setup: &Setup, user: &str) -> Option<(i64, String)> {
+    sqlx::query_as(
+        "SELECT (extract(epoch FROM last_seen) * 1000000)::bigint, status
+           FROM switchboard.presence_last_seen WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_optional(&setup.db)
+    .await
+    .unwrap()
+}
+
+fn micros(timestamp: Timestamp) -> i64 {
+    (timestamp.unix_nanos() / 1000) as i64
+}
+
+/// Lets the workers settle, then checks `user` got exactly `count` events.
+async fn assert_no_more_events(setup: &Setup, user: &str, count: usize) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let all = events(setup, user).await;
+    assert_eq!(all.len(), count, "presence:{user}: {all:#?}");
+}
+
+/// Waits until a presence worker answers RPCs: it has started.
+async fn wait_for_worker(setup: &Setup) {
+    rpc(setup, Some("probe"), "presence.privacy.get", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_come_and_go_and_last_seen_is_stored() {
+    let setup = setup().await;
+    let worker = worker(&setup, "presence");
+
+    put(&setup, "u1.c1", "online", None, LONG_TTL).await;
+    let first = nth_event(&setup, "u1", 1).await;
+    assert_eq!(summary(&first), ("online", 1, None));
+    assert_eq!(last_seen(&first), None, "never seen before");
+
+    put(&setup, "u1.c2", "online", None, LONG_TTL).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 2).await),
+        ("online", 2, None)
+    );
+    // A refresh (the heartbeat rewriting the entry) is no change.
+    put(&setup, "u1.c1", "online", None, LONG_TTL).await;
+
+    close(&setup, "u1.c1").await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 3).await),
+        ("online", 1, None)
+    );
+    close(&setup, "u1.c2").await;
+    let offline = nth_event(&setup, "u1", 4).await;
+    assert_eq!(summary(&offline), ("offline", 0, None));
+    let seen = last_seen(&offline).expect("offline carries lastSeen");
+    let age = Timestamp::now().unix_nanos() - seen.unix_nanos();
+    assert!(
+        (0..10_000_000_000).contains(&age),
+        "lastSeen is recent: {seen}"
+    );
+    let (stored, status) = last_seen_row(&setup, "u1").await.expect("last-seen stored");
+    assert_eq!((stored, status.as_str()), (micros(seen), "offline"));
+    assert_no_more_events(&setup, "u1", 4).await;
+
+    // Back online: lastSeen is the stored one until the next time they leave.
+    put(&setup, "u1.c3", "online", None, LONG_TTL).await;
+    let back = nth_event(&setup, "u1", 5).await;
+    assert_eq!(summary(&back), ("online", 1, None));
+    assert_eq!(last_seen(&back).map(micros), Some(micros(seen)));
+
+    let status = terminate(worker);
+    assert!(
+        status.success(),
+        "SIGTERM stops the worker cleanly: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watch_survives_a_nats_restart() {
+    let mut setup = setup().await;
+    let _worker = worker(&setup, "presence");
+    put(&setup, "u1.c1", "online", None, LONG_TTL).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 1).await),
+        ("online", 1, None)
+    );
+
+    setup.nats.stop();
+    setup.nats.start_again().unwrap();
+    put(&setup, "u1.c2", "busy", None, LONG_TTL).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 2).await),
+        ("busy", 2, None)
+    );
+    close(&setup, "u1.c2").await;
+    close(&setup, "u1.c1").await;
+    let offline = nth_event(&setup, "u1", 4).await;
+    assert_eq!(summary(&offline), ("offline", 0, None));
+    assert_no_more_events(&setup, "u1", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_left_to_expire_goes_offline_within_three_ttls() {
+    let setup = setup().await;
+    let _worker = worker(&setup, "presence");
+    wait_for_worker(&setup).await;
+
+    let ttl = Duration::from_secs(2);
+    let written = Instant::now();
+    put(&setup, "u1.c1", "busy", Some("On site"), ttl.as_secs()).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 1).await),
+        ("busy", 1, Some("On site"))
+    );
+    // No refresh and no delete: the edge holding the connection died.
+    let offline = nth_event(&setup, "u1", 2).await;
+    let elapsed = written.elapsed();
+    assert_eq!(summary(&offline), ("offline", 0, None));
+    assert!(elapsed >= ttl, "not before the TTL ran out: {elapsed:?}");
+    assert!(elapsed <= ttl * 3, "offline within three TTLs: {elapsed:?}");
+    let seen = last_seen(&offline).unwrap();
+    assert_eq!(last_seen_row(&setup, "u1").await.unwrap().0, micros(seen));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_beats_online_beats_away_and_invisible_looks_offline() {
+    let setup = setup().await;
+    let _worker = worker(&setup, "presence");
+    wait_for_worker(&setup).await;
+
+    // Invisible alone: nothing to tell anyone.
+    put(&setup, "u1.c1", "invisible", Some("Hiding"), LONG_TTL).await;
+    put(&setup, "u1.c2", "away", None, LONG_TTL).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 1).await),
+        ("away", 1, None)
+    );
+    put(&setup, "u1.c3", "online", Some("On site"), LONG_TTL).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 2).await),
+        ("online", 2, Some("On site"))
+    );
+    put(&setup, "u1.c2", "busy", None, LONG_TTL).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 3).await),
+        ("busy", 2, Some("On site"))
+    );
+    put(&setup, "u1.c3", "invisible", Some("On site"), LONG_TTL).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u1", 4).await),
+        ("busy", 1, None)
+    );
+    put(&setup, "u1.c2", "invisible", None, LONG_TTL).await;
+    let hidden = nth_event(&setup, "u1", 5).await;
+    assert_eq!(summary(&hidden), ("offline", 0, None));
+    assert!(last_seen(&hidden).is_some());
+
+    // A user invisible on every device never appears.
+    put(&setup, "u2.c1", "invisible", None, LONG_TTL).await;
+    put(&setup, "u2.c2", "invisible", Some("x"), LONG_TTL).await;
+    close(&setup, "u2.c1").await;
+    assert_no_more_events(&setup, "u1", 5).await;
+    assert!(events(&setup, "u2").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_emits_no_false_transition_but_reports_who_left_meanwhile() {
+    let setup = setup().await;
+    let mut first = worker(&setup, "presence");
+    put(&setup, "stays.c1", "online", None, LONG_TTL).await;
+    put(&setup, "stays.c2", "online", Some("Hi"), LONG_TTL).await;
+    put(&setup, "closes.c1", "busy", Some("Call"), LONG_TTL).await;
+    eventually("everyone to be published", || async {
+        let stays = events(&setup, "stays").await;
+        let settled = stays
+            .last()
+            .is_some_and(|data| summary(data) == ("online", 2, Some("Hi")));
+        (settled && events(&setup, "closes").await.len() == 1).then_some(())
+    })
+    .await;
+    let stays_before = events(&setup, "stays").await.len();
+    // Its edge dies with the worker: nobody refreshes the entry.
+    put(&setup, "expires.c1", "away", None, 2).await;
+    nth_event(&setup, "expires", 1).await;
+    first.kill();
+    assert_eq!(events(&setup, "expires").await.len(), 1);
+
+    // While no worker watches: one user closes, one expires, one arrives, one refreshes.
+    close(&setup, "closes.c1").await;
+    put(&setup, "arrives.c1", "online", None, LONG_TTL).await;
+    put(&setup, "stays.c1", "online", None, LONG_TTL).await;
+    eventually("the entry to expire", || async {
+        setup
+            .kv
+            .entry("expires.c1")
+            .await
+            .unwrap()
+            .is_some_and(|entry| entry.operation == kv::Operation::Purge)
+            .then_some(())
+    })
+    .await;
+
+    let _second = worker(&setup, "presence");
+    assert_eq!(
+        summary(&nth_event(&setup, "closes", 2).await),
+        ("offline", 0, None)
+    );
+    assert_eq!(
+        summary(&nth_event(&setup, "expires", 2).await),
+        ("offline", 0, None)
+    );
+    assert_eq!(
+        summary(&nth_event(&setup, "arrives", 1).await),
+        ("online", 1, None)
+    );
+    assert!(last_seen_row(&setup, "closes").await.is_some());
+    assert!(last_seen_row(&setup, "expires").await.is_some());
+    assert_no_more_events(&setup, "stays", stays_before).await;
+
+    // And it follows the bucket from there.
+    close(&setup, "stays.c1").await;
+    let fewer = nth_event(&setup, "stays", stays_before + 1).await;
+    assert_eq!(summary(&fewer), ("online", 1, Some("Hi")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_saved_but_not_published_before_a_crash_is_published_at_start() {
+    let setup = setup().await;
+    // What a worker killed between saving a transition and publishing it leaves behind:
+    // the user's row with the event still pending. Their connection is gone since.
+    let data = json!({"user": "ghost", "status": "online", "devices": 1});
+    let mut event = Envelope::new(
+        EventType::parse("user.presence").unwrap(),
+        RawJson::from_string(data.to_string()).unwrap(),
+    );
+    event.actor = Some(Actor {
+        id: "ghost".into(),
+        kind: "user".into(),
+    });
+    sqlx::query(
+        "INSERT INTO switchboard.presence_state (user_id, status, devices, revision, pending)
+         VALUES ('ghost', 'online', 1, 1, $1)",
+    )
+    .bind(event.to_postcard())
+    .execute(&setup.db)
+    .await
+    .unwrap();
+
+    let _worker = worker(&setup, "presence");
+    let offline = nth_event(&setup, "ghost", 2).await;
+    let all = setup
+        .store
+        .forward("rt.presence.ghost", 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        all[0].envelope().unwrap().id,
+        event.id,
+        "the pending event, as saved"
+    );
+    // Watchers were told "online"; the bucket has nothing of the user: offline.
+    assert_eq!(summary(&offline), ("offline", 0, None));
+    let seen = last_seen(&offline).unwrap();
+    assert_eq!(
+        last_seen_row(&setup, "ghost").await.unwrap().0,
+        micros(seen)
+    );
+    let row: (String, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT status, pending FROM switchboard.presence_state WHERE user_id = 'ghost'",
+    )
+    .fetch_one(&setup.db)
+    .await
+    .unwrap();
+    assert_eq!(row, ("offline".to_string(), None));
+    assert_no_more_events(&setup, "ghost", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_publish_each_change_once() {
+    let setup = setup().await;
+    let _first = worker(&setup, "presence");
+    let _second = worker(&setup, "presence");
+    wait_for_worker(&setup).await;
+
+    put(&setup, "u1.c1", "online", None, LONG_TTL).await;
+    nth_event(&setup, "u1", 1).await;
+    put(&setup, "u1.c2", "away", None, LONG_TTL).await;
+    nth_event(&setup, "u1", 2).await;
+    close(&setup, "u1.c1").await;
+    nth_event(&setup, "u1", 3).await;
+    close(&setup, "u1.c2").await;
+    nth_event(&setup, "u1", 4).await;
+    assert_no_more_events(&setup, "u1", 4).await;
+    let all = events(&setup, "u1").await;
+    let summaries: Vec<_> = all.iter().map(summary).collect();
+    assert_eq!(
+        summaries,
+        [
+            ("online", 1, None),
+            ("online", 2, None),
+            ("away", 1, None),
+            ("offline", 0, None)
+        ]
+    );
+}
+
+/// Publishes a membership event on `channel`.
+async fn member(setup: &Setup, channel: &str, ty: &str, user: &str) {
+    let data = if ty.starts_with("member.") {
+        json!({"user": user, "role": "member"})
+    } else {
+        json!({"user": user})
+    };
+    let event = Envelope::new(
+        EventType::parse(ty).unwrap(),
+        RawJson::from_string(data.to_string()).unwrap(),
+    );
+    let channel = ChannelName::parse(channel).unwrap();
+    setup.publisher.publish(&channel, &event).await.unwrap();
+}
+
+/// Calls `svc.<method>` as `user`, as the edge forwards an `rpc` frame; retried until a
+/// worker answers.
+async fn rpc(setup: &Setup, user: Option<&str>, method: &str, params: Value) -> Value {
+    let mut request_headers = HeaderMap::new();
+    if let Some(user) = user {
+        request_headers.insert(headers::RT_USER, user);
+    }
+    eventually(&format!("an answer to {method}"), || async {
+        let reply = setup
+            .client
+            .request_with_headers(
+                format!("svc.{method}"),
+                request_headers.clone(),
+                params.to_string().into(),
+            )
+            .await
+            .ok()?;
+        Some(serde_json::from_slice(&reply.payload).unwrap())
+    })
+    .await
+}
+
+async fn allowed(setup: &Setup, watcher: &str, target: &str) -> bool {
+    let answer = rpc(
+        setup,
+        Some(watcher),
+        "presence.authorize",
+        json!({"target": target}),
+    )
+    .await;
+    answer["result"]["allowed"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("{answer}"))
+}
+
+async fn set_visibility(setup: &Setup, user: &str, visibility: &str) {
+    let answer = rpc(
+        setup,
+        Some(user),
+        "presence.privacy.set",
+        json!({"visibility": visibility}),
+    )
+    .await;
+    assert_eq!(answer, json!({"result": {"visibility": visibility}}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn privacy_decides_who_may_watch() {
+    let setup = setup().await;
+    let _worker = worker(&setup, "membership,presence");
+    member(
+        &setup,
+        "conversation:c1",
+        "conversation.participant_added",
+        "u1",
+    )
+    .await;
+    member(
+        &setup,
+        "conversation:c1",
+        "conversation.participant_added",
+        "chat",
+    )
+    .await;
+    member(&setup, "project:p1", "member.added", "u1").await;
+    member(&setup, "project:p1", "member.added", "bidder").await;
+    member(&setup, "group:g1", "member.added", "u1").await;
+    member(&setup, "group:g1", "member.added", "grouped").await;
+
+    let default = rpc(&setup, Some("u1"), "presence.privacy.get", json!({})).await;
+    assert_eq!(default, json!({"result": {"visibility": "contacts"}}));
+    eventually("memberships to be mirrored", || async {
+        (allowed(&setup, "chat", "u1").await && allowed(&setup, "bidder", "u1").await).then_some(())
+    })
+    .await;
+    assert!(
+        !allowed(&setup, "grouped", "u1").await,
+        "groups are not contacts"
+    );
+    assert!(!allowed(&setup, "stranger", "u1").await);
+    assert!(allowed(&setup, "u1", "u1").await);
+
+    set_visibility(&setup, "u1", "everyone").await;
+    let everyone = rpc(&setup, Some("u1"), "presence.privacy.get", json!({})).await;
+    assert_eq!(everyone, json!({"result": {"visibility": "everyone"}}));
+    assert!(allowed(&setup, "stranger", "u1").await);
+    assert!(allowed(&setup, "grouped", "u1").await);
+
+    set_visibility(&setup, "u1", "nobody").await;
+    assert!(!allowed(&setup, "chat", "u1").await);
+    assert!(!allowed(&setup, "bidder", "u1").await);
+    assert!(
+        allowed(&setup, "u1", "u1").await,
+        "a user may always watch themself"
+    );
+    // One user's setting says nothing about another's.
+    assert!(allowed(&setup, "u1", "chat").await);
+
+    set_visibility(&setup, "u1", "contacts").await;
+    assert!(allowed(&setup, "chat", "u1").await);
+    member(
+        &setup,
+        "conversation:c1",
+        "conversation.participant_removed",
+        "chat",
+    )
+    .await;
+    eventually("a removed participant to stop being a contact", || async {
+        (!allowed(&setup, "chat", "u1").await).then_some(())
+    })
+    .await;
+
+    for (method, params) in [
+        ("presence.privacy.set", json!({"visibility": "friends"})),
+        ("presence.privacy.set", json!({})),
+        ("presence.authorize", json!({"target": "a.b"})),
+        ("presence.authorize", json!({})),
+    ] {
+        let answer = rpc(&setup, Some("u1"), method, params.clone()).await;
+        assert_eq!(
+            answer["error"]["code"], "bad_request",
+            "{method} {params}: {answer}"
+        );
+    }
+    let anonymous = rpc(&setup, None, "presence.authorize", json!({"target": "u1"})).await;
+    assert_eq!(anonymous["error"]["code"], "unauthorized");
+}

@@ -1,0 +1,520 @@
+//! The receipts worker as a process, against a real nats-server and PostgreSQL: receipt
+//! commands go in on `cmd.receipts.<conversation id>` as an edge sends them, and the
+//! tests read the `message.receipt` events stored on the conversation, the cursors in
+//! `switchboard.receipt_cursors`, and the answers of `svc.receipts.get`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use switchboard_bus::definitions::Definitions;
+use switchboard_bus::store::Store;
+use switchboard_bus::{CMDS_STREAM, Publisher, headers};
+use switchboard_schemas::{Actor, ChannelName, Envelope, EventType, RawJson};
+use switchboard_testkit::{Nats, Postgres, Process};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Setup {
+    nats: Nats,
+    _pg: Postgres,
+    database_url: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    db: PgPool,
+    publisher: Publisher,
+    store: Store,
+}
+
+async fn setup() -> Setup {
+    let nats = Nats::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    Definitions::builtin().apply(&js).await.unwrap();
+    let db = PgPool::connect(&database_url).await.unwrap();
+    Setup {
+        nats,
+        _pg: pg,
+        database_url,
+        js,
+        db,
+        publisher: Publisher::new(client.clone()),
+        store: Store::new(client.clone()),
+        client,
+    }
+}
+
+/// A `switchboard-workers` process running `jobs`, killed when dropped.
+fn worker(setup: &Setup, jobs: &str) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"));
+    command
+        .env("SWITCHBOARD_NATS_URL", setup.nats.url())
+        .env("DATABASE_URL", &setup.database_url)
+        .env("SWITCHBOARD_WORKERS", jobs)
+        // Short, so what a killed worker had fetched comes back quickly.
+        .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")
+        .env("SWITCHBOARD_LOG", "switchboard_workers=debug,info");
+    Process::spawn(command).expect("start switchboard-workers")
+}
+
+/// SIGTERM, then the exit status.
+fn terminate(mut process: Process) -> std::process::ExitStatus {
+    let pid = process.pid().expect("worker running").to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    process
+        .wait_timeout(DEADLINE)
+        .expect("the worker stops after SIGTERM")
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes an event on `channel` as `actor`; its stream sequence.
+async fn publish(setup: &Setup, channel: &str, ty: &str, actor: &str, data: Value) -> u64 {
+    let mut event = Envelope::new(
+        EventType::parse(ty).unwrap(),
+        RawJson::from_string(data.to_string()).unwrap(),
+    );
+    event.actor = Some(Actor {
+        id: actor.into(),
+        kind: "user".into(),
+    });
+    let channel = ChannelName::parse(channel).unwrap();
+    setup.publisher.publish(&channel, &event).await.unwrap().seq
+}
+
+/// Sends a receipts command as an edge does: JSON on `cmd.receipts.<id>`, stored in CMDS.
+async fn command(setup: &Setup, conversation: &str, body: Value) {
+    let id = conversation.strip_prefix("conversation:").unwrap();
+    let message = PublishMessage::build().payload(body.to_string().into());
+    setup
+        .js
+        .send_publish(format!("cmd.receipts.{id}"), message)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// One stored `message.receipt`: (user, delivered, read), and its event id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct StoredReceipt {
+    user: String,
+    delivered: u64,
+    read: u64,
+    id: String,
+}
+
+async fn receipts(setup: &Setup, conversation: &str) -> Vec<StoredReceipt> {
+    let subject = ChannelName::parse(conversation)
+        .unwrap()
+        .subject(switchboard_schemas::SubjectKind::Durable);
+    let mut all = Vec::new();
+    let mut next = 1;
+    loop {
+        let batch = setup.store.forward(&subject, next, 1000).await.unwrap();
+        let Some(last) = batch.last() else {
+            return all;
+        };
+        next = last.seq + 1;
+        for stored in &batch {
+            let event = stored.envelope().unwrap();
+            if event.ty.as_str() != "message.receipt" {
+                continue;
+            }
+            assert_eq!(stored.ty.as_deref(), Some("message.receipt"));
+            let data: Value = serde_json::from_str(event.data.as_str()).unwrap();
+            let user = data["user"].as_str().unwrap().to_string();
+            let actor = event.actor.expect("receipts name their actor");
+            assert_eq!(
+                (actor.id.as_str(), actor.kind.as_str()),
+                (user.as_str(), "user")
+            );
+            all.push(StoredReceipt {
+                user,
+                delivered: data["delivered"].as_u64().unwrap(),
+                read: data["read"].as_u64().unwrap(),
+                id: event.id.to_string(),
+            });
+        }
+    }
+}
+
+async fn wait_for_receipts(setup: &Setup, conversation: &str, count: usize) -> Vec<StoredReceipt> {
+    eventually(&format!("{count} receipts on {conversation}"), || async {
+        let all = receipts(setup, conversation).await;
+        (all.len() >= count).then_some(all)
+    })
+    .await
+}
+
+fn pairs(receipts: &[StoredReceipt]) -> Vec<(&str, u64, u64)> {
+    receipts
+        .iter()
+        .map(|r| (r.user.as_str(), r.delivered, r.read))
+        .collect()
+}
+
+async fn cursors(setup: &Setup, conversation: &str, user: &str) -> Option<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT delivered, read FROM switchboard.receipt_cursors
+          WHERE conversation = $1 AND user_id = $2",
+    )
+    .bind(conversation)
+    .bind(user)
+    .fetch_optional(&setup.db)
+    .await
+    .unwrap()
+}
+
+/// Waits until every command sent so far has been taken off the work queue and acked.
+async fn wait_until_drained(setup: &Setup) {
+    eventually("the receipts commands to be consumed", || async {
+        let mut stream = setup.js.get_stream(CMDS_STREAM).await.ok()?;
+        let left = stream.info().await.ok()?.state.messages;
+        let info = stream.consumer_info("receipts").await.ok()?;
+        (left == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+}
+
+/// Calls `svc.<method>` as `user` (no `Rt-User` when `None`), as the edge forwards an
+/// `rpc` frame; retried until a worker answers.
+async fn rpc(setup: &Setup, user: Option<&str>, method: &str, params: Value) -> Value {
+    let mut request_headers = HeaderMap::new();
+    if let Some(user) = user {
+        request_headers.insert(headers::RT_USER, user);
+    }
+    eventually(&format!("an answer to {method}"), || async {
+        let reply = setup
+            .client
+            .request_with_headers(
+                format!("svc.{method}"),
+                request_headers.clone(),
+                params.to_string().into(),
+            )
+            .await
+            .ok()?;
+        Some(serde_json::from_slice(&reply.payload).unwrap())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sends_three_messages_and_b_acks_two_and_reads_one() {
+    let setup = setup().await;
+    let worker = worker(&setup, "receipts");
+    let conversation = "conversation:c1";
+    let mut seqs = Vec::new();
+    for text in ["one", "two", "three"] {
+        seqs.push(
+            publish(
+                &setup,
+                conversation,
+                "message.new",
+                "a",
+                json!({"text": text}),
+            )
+            .await,
+        );
+    }
+    let (s1, s2, s3) = (seqs[0], seqs[1], seqs[2]);
+
+    // B's devices ack the first two messages and read the first, one window at a time.
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "b", "delivered": s1}),
+    )
+    .await;
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "b", "delivered": s2}),
+    )
+    .await;
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "b", "read": s1}),
+    )
+    .await;
+    let stored = wait_for_receipts(&setup, conversation, 3).await;
+    assert_eq!(
+        pairs(&stored),
+        [("b", s1, 0), ("b", s2, 0), ("b", s2, s1)],
+        "A's devices see sent -> delivered -> read"
+    );
+
+    // Commands that move nothing (older, repeated, from another device lagging behind)
+    // publish nothing; the next real move does.
+    for body in [
+        json!({"conversation": conversation, "user": "b", "delivered": s1}),
+        json!({"conversation": conversation, "user": "b", "read": s1}),
+        json!({"conversation": conversation, "user": "b", "delivered": s2, "read": s1}),
+        json!({"conversation": conversation, "user": "b", "delivered": 0}),
+    ] {
+        command(&setup, conversation, body).await;
+    }
+    // Read implies delivered.
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "b", "read": s3}),
+    )
+    .await;
+    let stored = wait_for_receipts(&setup, conversation, 4).await;
+    assert_eq!(pairs(&stored)[3..], [("b", s3, s3)]);
+    wait_until_drained(&setup).await;
+    assert_eq!(
+        receipts(&setup, conversation).await.len(),
+        4,
+        "no receipt for a regression"
+    );
+    assert_eq!(
+        cursors(&setup, conversation, "b").await,
+        Some((s3 as i64, s3 as i64))
+    );
+
+    // Poison (not a conversation, wrong subject, bad user) is skipped, not retried.
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": "conversation:c2", "user": "b", "read": 9}),
+    )
+    .await;
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "a.b", "read": 9}),
+    )
+    .await;
+    command(&setup, conversation, json!({"nonsense": true})).await;
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "a", "read": s3}),
+    )
+    .await;
+    let stored = wait_for_receipts(&setup, conversation, 5).await;
+    assert_eq!(pairs(&stored)[4..], [("a", s3, s3)]);
+
+    let status = terminate(worker);
+    assert!(
+        status.success(),
+        "SIGTERM stops the worker cleanly: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_get_answers_participants_only() {
+    let setup = setup().await;
+    let _worker = worker(&setup, "membership,receipts");
+    let conversation = "conversation:c1";
+    for user in ["a", "b"] {
+        publish(
+            &setup,
+            conversation,
+            "conversation.participant_added",
+            "svc",
+            json!({"user": user}),
+        )
+        .await;
+    }
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "b", "delivered": 7, "read": 5}),
+    )
+    .await;
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "a", "read": 7}),
+    )
+    .await;
+    wait_for_receipts(&setup, conversation, 2).await;
+
+    let expected = json!({"result": {"cursors": [
+        {"user": "a", "delivered": 7, "read": 7},
+        {"user": "b", "delivered": 7, "read": 5},
+    ]}});
+    let params = json!({"channel": conversation});
+    eventually("a to be a participant", || async {
+        (rpc(&setup, Some("a"), "receipts.get", params.clone()).await == expected).then_some(())
+    })
+    .await;
+
+    let refused = rpc(&setup, Some("stranger"), "receipts.get", params.clone()).await;
+    assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
+    let empty = rpc(
+        &setup,
+        Some("a"),
+        "receipts.get",
+        json!({"channel": "conversation:c9"}),
+    )
+    .await;
+    assert_eq!(empty["error"]["code"], "forbidden", "{empty}");
+
+    for bad in [
+        json!({"channel": "project:p1"}),
+        json!({"channel": "conversation:a.b"}),
+        json!({"channel": 5}),
+        json!({}),
+    ] {
+        let answer = rpc(&setup, Some("a"), "receipts.get", bad.clone()).await;
+        assert_eq!(answer["error"]["code"], "bad_request", "{bad}: {answer}");
+    }
+    let anonymous = rpc(&setup, None, "receipts.get", params.clone()).await;
+    assert_eq!(anonymous["error"]["code"], "unauthorized", "{anonymous}");
+
+    // A participant removed loses access.
+    publish(
+        &setup,
+        conversation,
+        "conversation.participant_removed",
+        "svc",
+        json!({"user": "b"}),
+    )
+    .await;
+    eventually("b's access to end", || async {
+        let answer = rpc(&setup, Some("b"), "receipts.get", params.clone()).await;
+        (answer["error"]["code"] == "forbidden").then_some(())
+    })
+    .await;
+}
+
+/// A deterministic stream of commands over several conversations and users, cursors
+/// mostly rising with regressions mixed in, and the cursors they must end at.
+/// (conversation, command body) in the order sent.
+type Commands = Vec<(String, Value)>;
+/// (conversation, user) -> (delivered, read).
+type Finals = BTreeMap<(String, String), (u64, u64)>;
+
+fn history(count: usize) -> (Commands, Finals) {
+    let conversations = ["conversation:c1", "conversation:c2", "conversation:c3"];
+    let users = ["u1", "u2", "u3", "u4"];
+    let mut commands = Vec::new();
+    let mut finals = Finals::new();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..count {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let pick = (state >> 33) as usize;
+        let conversation = conversations[pick % conversations.len()];
+        let user = users[(pick / 3) % users.len()];
+        // Rising with i, but sometimes far behind (a lagging device).
+        let base = if (pick / 17).is_multiple_of(5) {
+            i / 4
+        } else {
+            i
+        } as u64
+            + 1;
+        let (delivered, read) = match (pick / 7) % 3 {
+            0 => (Some(base), None),
+            1 => (None, Some(base)),
+            _ => (Some(base + 2), Some(base)),
+        };
+        let mut body = json!({"conversation": conversation, "user": user});
+        if let Some(delivered) = delivered {
+            body["delivered"] = json!(delivered);
+        }
+        if let Some(read) = read {
+            body["read"] = json!(read);
+        }
+        let last = finals
+            .entry((conversation.to_string(), user.to_string()))
+            .or_default();
+        let read = read.unwrap_or(0);
+        *last = (
+            last.0.max(delivered.unwrap_or(0)).max(read),
+            last.1.max(read),
+        );
+        commands.push((conversation.to_string(), body));
+    }
+    (commands, finals)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
+    let setup = setup().await;
+    let total = 1500;
+    let (commands, finals) = history(total);
+    for (conversation, body) in &commands {
+        command(&setup, conversation, body.clone()).await;
+    }
+
+    let mut first = worker(&setup, "receipts");
+    eventually("the worker to be part-way through", || async {
+        let mut stream = setup.js.get_stream(CMDS_STREAM).await.ok()?;
+        let left = stream.info().await.ok()?.state.messages;
+        (left as usize <= total - 100).then_some(())
+    })
+    .await;
+    first.kill();
+    let mut stream = setup.js.get_stream(CMDS_STREAM).await.unwrap();
+    let left = stream.info().await.unwrap().state.messages;
+    assert!(
+        left > 0,
+        "the worker was killed before it had handled everything"
+    );
+
+    let _second = worker(&setup, "receipts");
+    wait_until_drained(&setup).await;
+
+    for ((conversation, user), (delivered, read)) in &finals {
+        assert_eq!(
+            cursors(&setup, conversation, user).await,
+            Some((*delivered as i64, *read as i64)),
+            "{conversation} {user}"
+        );
+    }
+    for conversation in ["conversation:c1", "conversation:c2", "conversation:c3"] {
+        let stored = receipts(&setup, conversation).await;
+        let ids: HashSet<&str> = stored.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids.len(),
+            stored.len(),
+            "{conversation}: an event stored twice"
+        );
+        let moves: HashSet<(&str, u64, u64)> = pairs(&stored).into_iter().collect();
+        assert_eq!(
+            moves.len(),
+            stored.len(),
+            "{conversation}: a move published twice"
+        );
+        for ((c, user), (delivered, read)) in &finals {
+            if c != conversation {
+                continue;
+            }
+            assert!(
+                moves.contains(&(user.as_str(), *delivered, *read)),
+                "{conversation} {user}: the final cursors were published"
+            );
+            for r in stored.iter().filter(|r| &r.user == user) {
+                assert!(r.delivered <= *delivered && r.read <= *read && r.read <= r.delivered);
+            }
+        }
+    }
+}
