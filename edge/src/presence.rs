@@ -20,6 +20,9 @@ use serde::Serialize;
 use switchboard_bus::{OCCUPANCY_BUCKET, PRESENCE_BUCKET, headers};
 use switchboard_schemas::{ChannelName, PresenceStatus};
 
+/// How long (seconds) a delete marker stays in the bucket.
+const DELETE_MARKER_TTL: &str = "300";
+
 /// The value of a `presence` entry (docs/protocol.md, "Presence").
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectionPresence<'a> {
@@ -90,6 +93,9 @@ impl Presence {
         }
         let mut h = async_nats::HeaderMap::new();
         h.insert("KV-Operation", "DEL");
+        // A delete marker is kept like any value: let it expire too, or every connection
+        // ever made would leave one behind. Watchers see it live; five minutes is plenty.
+        h.insert(headers::NATS_TTL, DELETE_MARKER_TTL);
         if let Err(e) = self
             .nats
             .publish_with_headers(subject, h, Bytes::new())

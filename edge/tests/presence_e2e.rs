@@ -1,0 +1,176 @@
+//! Presence and receipts end to end: real edges, a real `switchboard-workers` process
+//! (presence and receipts jobs), real NATS and PostgreSQL.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+use switchboard_testkit::{Postgres, Process, binary};
+
+fn workers(stack: &Stack, database_url: &str, jobs: &str) -> Process {
+    let mut cmd = Command::new(binary("switchboard-workers"));
+    cmd.env("SWITCHBOARD_NATS_URL", stack.nats.url())
+        .env("DATABASE_URL", database_url)
+        .env("SWITCHBOARD_WORKERS", jobs)
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(Stdio::null());
+    Process::spawn(cmd).expect("start switchboard-workers")
+}
+
+/// The next `user.presence` event's data.
+async fn presence(watcher: &mut Client) -> Value {
+    let event = watcher
+        .recv_where(|f| f["op"] == "evt" && f["event"]["type"] == "user.presence")
+        .await;
+    event["event"]["data"].clone()
+}
+
+#[tokio::test]
+async fn devices_come_and_go_and_a_killed_edge_makes_its_user_offline() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&stack, &database_url, "presence");
+    let heartbeat = [("SWITCHBOARD_HEARTBEAT_MS", "500")];
+    let mut edge_a = stack.edge(&heartbeat);
+    let edge_b = stack.edge(&heartbeat);
+    let mut watcher = edge_b
+        .connect_with(&token("w1", 600, &["presence:u1"]))
+        .await;
+    watcher.sub(json!({"ch":"presence:u1"})).await;
+
+    let phone = edge_a.connect("u1").await;
+    let online = presence(&mut watcher).await;
+    assert_eq!(
+        (online["status"].as_str(), online["devices"].as_u64()),
+        (Some("online"), Some(1))
+    );
+    let laptop = edge_a.connect("u1").await;
+    assert_eq!(presence(&mut watcher).await["devices"], 2);
+    drop(laptop);
+    let one = presence(&mut watcher).await;
+    assert_eq!(
+        (one["status"].as_str(), one["devices"].as_u64()),
+        (Some("online"), Some(1))
+    );
+
+    // SIGKILL: no clean close, only entries that stop being refreshed (TTL 1 s).
+    edge_a.process.kill();
+    let killed = Instant::now();
+    let offline = presence(&mut watcher).await;
+    assert_eq!(offline["status"], "offline");
+    assert!(offline["lastSeen"].is_string(), "{offline}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "offline after {:?}",
+        killed.elapsed()
+    );
+    // (The worker's own tests check that last-seen is stored in PostgreSQL.)
+    drop(phone);
+}
+
+#[tokio::test]
+async fn invisible_users_look_offline_and_privacy_is_enforced() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&stack, &database_url, "presence");
+    let edge = stack.edge(&[]);
+    let mut target = edge.connect("u1").await;
+    let mut stranger = edge.connect("u9").await;
+    // Contacts only (the default): a stranger may not watch.
+    assert_eq!(
+        stranger.sub(json!({"ch":"presence:u1"})).await["code"],
+        "forbidden"
+    );
+    target
+        .request(
+            json!({"op":"rpc","method":"presence.privacy.set","params":{"visibility":"everyone"}}),
+        )
+        .await;
+    assert_eq!(
+        stranger
+            .sub(json!({"ch":"presence:u1","since":{"last":1}}))
+            .await["op"],
+        "ok"
+    );
+    // `since.last: 1` gives the current state at once.
+    assert_eq!(presence(&mut stranger).await["status"], "online");
+    target
+        .request(json!({"op":"presence","status":"invisible"}))
+        .await;
+    let hidden = presence(&mut stranger).await;
+    assert_eq!(
+        hidden["status"], "offline",
+        "invisible looks offline: {hidden}"
+    );
+}
+
+#[tokio::test]
+async fn receipts_move_from_sent_to_delivered_to_read() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    // Participants come from events, through the membership worker, as in production.
+    let _workers = workers(&stack, &database_url, "membership,receipts");
+    for user in ["alice", "bob"] {
+        stack
+            .publish(
+                "conversation:c1",
+                "conversation.participant_added",
+                json!({"user": user}),
+            )
+            .await;
+    }
+    let edge = stack.edge(&[]);
+    let mut alice = edge.connect("alice").await;
+    let mut bob = edge.connect("bob").await;
+    assert_eq!(
+        alice.sub_member(json!({"ch":"conversation:c1"})).await["op"],
+        "ok"
+    );
+    assert_eq!(
+        bob.sub_member(json!({"ch":"conversation:c1"})).await["op"],
+        "ok"
+    );
+    let mut sent = Vec::new();
+    for text in ["one", "two", "three"] {
+        let ok = alice
+            .request(json!({"op":"pub","ch":"conversation:c1","type":"message.new","data":{"text": text}}))
+            .await;
+        sent.push(ok["seq"].as_u64().unwrap());
+    }
+    bob.send(json!({"op":"ack","ch":"conversation:c1","seq": sent[1]}))
+        .await;
+    bob.send(json!({"op":"read","ch":"conversation:c1","seq": sent[0]}))
+        .await;
+    let receipt = alice
+        .recv_where(|f| f["op"] == "evt" && f["event"]["type"] == "message.receipt")
+        .await;
+    assert_eq!(
+        receipt["event"]["data"],
+        json!({"user":"bob","delivered": sent[1],"read": sent[0]})
+    );
+    // A regressing cursor publishes nothing.
+    bob.send(json!({"op":"ack","ch":"conversation:c1","seq": sent[0]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    while let Some(frame) = alice.try_recv(Duration::from_millis(300)).await {
+        assert_ne!(frame["event"]["type"], "message.receipt", "{frame}");
+    }
+    let cursors = alice
+        .request(json!({"op":"rpc","method":"receipts.get","params":{"channel":"conversation:c1"}}))
+        .await;
+    assert_eq!(
+        cursors["result"]["cursors"],
+        json!([{"user":"bob","delivered": sent[1],"read": sent[0]}]),
+        "{cursors}"
+    );
+    assert_eq!(
+        cursors["result"]["cursors"],
+        json!([{"user":"bob","delivered": sent[1],"read": sent[0]}])
+    );
+}
