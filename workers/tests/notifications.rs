@@ -1,0 +1,717 @@
+//! The notifications job as a process, with the membership job and the outbox relay,
+//! against a real nats-server and PostgreSQL: domain events go in through the publishing
+//! API; the tests watch `switchboard.notifications`, the `user.notification` and
+//! `notification.read` events on `rt.user.<id>`, a webhook served by the test, the
+//! `notify.*` subjects, and the answers of `svc.notifications.*`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::PublishMessage;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use switchboard_bus::{PRESENCE_BUCKET, headers};
+use switchboard_schemas::{Actor, Envelope, Timestamp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use support::{
+    Setup, Worker, call, event, eventually, publish, rpc, setup, stored, wait_until_caught_up,
+};
+
+const JOBS: &str = "membership,notifications,outbox";
+
+fn bid(amount: u32) -> Envelope {
+    let mut envelope = event(
+        "bid.new",
+        json!({"bidId": format!("bid_{amount}"), "amount": amount}),
+    );
+    envelope.actor = Some(Actor {
+        id: "c9".into(),
+        kind: "contractor".into(),
+    });
+    envelope
+}
+
+async fn add_member(setup: &Setup, channel: &str, user: &str, role: &str) {
+    let added = event("member.added", json!({"user": user, "role": role}));
+    publish(setup, channel, &added).await;
+}
+
+/// Users notified of `event_id`, with how many notifications each has for it.
+async fn notified(setup: &Setup, event_id: &str) -> BTreeMap<String, i64> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT user_id, count(*) FROM switchboard.notifications WHERE event_id = $1 GROUP BY user_id",
+    )
+    .bind(event_id)
+    .fetch_all(&setup.db)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+/// The `data` of every event of type `ty` stored on `user:<user>`, in stream order.
+async fn user_events(setup: &Setup, user: &str, ty: &str) -> Vec<Value> {
+    stored(setup, &format!("rt.user.{user}"))
+        .await
+        .into_iter()
+        .filter(|(_, _, envelope)| envelope.ty.as_str() == ty)
+        .map(|(_, _, envelope)| envelope.data.decode().unwrap())
+        .collect()
+}
+
+async fn wait_for_user_events(setup: &Setup, user: &str, ty: &str, count: usize) -> Vec<Value> {
+    eventually(&format!("{count} {ty} on user:{user}"), || async {
+        let events = user_events(setup, user, ty).await;
+        (events.len() >= count).then_some(events)
+    })
+    .await
+}
+
+/// Waits until the outbox has published everything the workers emitted.
+async fn wait_for_outbox(setup: &Setup) {
+    eventually("the outbox to be drained", || async {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM switchboard.outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+        )
+        .fetch_one(&setup.db)
+        .await
+        .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
+}
+
+/// Marks `user` as connected, as an edge does with a key in the `presence` bucket.
+async fn connect(setup: &Setup, user: &str, connection: &str) {
+    let bucket = setup.js.get_key_value(PRESENCE_BUCKET).await.unwrap();
+    bucket
+        .put(
+            format!("{user}.{connection}"),
+            r#"{"status":"online"}"#.into(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn disconnect(setup: &Setup, user: &str, connection: &str) {
+    let bucket = setup.js.get_key_value(PRESENCE_BUCKET).await.unwrap();
+    bucket.delete(format!("{user}.{connection}")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bid_new_notifies_exactly_the_owners_once_across_a_kill_and_a_second_copy() {
+    let setup = setup().await;
+    let worker = Worker::start(&setup, JOBS, &[]);
+    add_member(&setup, "project:p1", "u1", "owner").await;
+    add_member(&setup, "project:p1", "u2", "owner").await;
+    add_member(&setup, "project:p1", "u3", "contractor").await;
+    add_member(&setup, "project:p1", "u4", "member").await;
+    add_member(&setup, "project:p2", "u5", "owner").await;
+
+    let bid = bid(5000);
+    let seq = publish(&setup, "project:p1", &bid).await;
+    let first = wait_for_user_events(&setup, "u1", "user.notification", 1).await;
+    assert_eq!(
+        first[0],
+        json!({
+            "id": first[0]["id"],
+            "category": "bid",
+            "title": "New bid",
+            "message": "c9 placed a bid of 5000 on p1",
+            "priority": "high",
+            "ref": {"channel": "project:p1", "seq": seq},
+            "unread": 1,
+            "createdAt": first[0]["createdAt"],
+        })
+    );
+    assert!(first[0]["id"].as_str().unwrap().starts_with("ntf_"));
+    wait_for_user_events(&setup, "u2", "user.notification", 1).await;
+    worker.kill().await;
+
+    // The same event stored a second time: a publisher without Nats-Msg-Id, or a retry
+    // after the duplicate window. And a replay of the whole stream, as after the
+    // consumer was deleted.
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::RT_TYPE, "bid.new");
+    let message = PublishMessage::build()
+        .payload(bid.to_postcard().into())
+        .headers(headers);
+    setup
+        .js
+        .send_publish("rt.project.p1", message)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let again = setup
+        .publisher
+        .publish(&support::channel("project:p1"), &bid)
+        .await
+        .unwrap();
+    assert!(again.duplicate, "the same Nats-Msg-Id is stored once");
+    let events = setup.js.get_stream("EVENTS").await.unwrap();
+    events.delete_consumer("notifications").await.unwrap();
+
+    let _worker = Worker::start(&setup, JOBS, &[]);
+    wait_until_caught_up(&setup, "notifications").await;
+    wait_for_outbox(&setup).await;
+
+    let expected = BTreeMap::from([("u1".to_string(), 1), ("u2".to_string(), 1)]);
+    assert_eq!(notified(&setup, bid.id.as_str()).await, expected);
+    for owner in ["u1", "u2"] {
+        let announced = user_events(&setup, owner, "user.notification").await;
+        assert_eq!(announced.len(), 1, "{owner}: {announced:?}");
+        assert_eq!(announced[0]["unread"], 1);
+        let list = call(&setup, "notifications.list", owner, json!({})).await;
+        assert_eq!(list["unread"], 1);
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    }
+    for other in ["u3", "u4", "u5", "c9"] {
+        assert!(
+            user_events(&setup, other, "user.notification")
+                .await
+                .is_empty(),
+            "{other}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_rules_choose_recipients_by_role_and_leave_out_the_actor() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, JOBS, &[]);
+    for user in ["u1", "u2", "u3"] {
+        let added = event("conversation.participant_added", json!({"user": user}));
+        publish(&setup, "conversation:c1", &added).await;
+    }
+    let mut message = event("message.new", json!({"text": "Can you start Monday?"}));
+    message.actor = Some(Actor {
+        id: "u1".into(),
+        kind: "user".into(),
+    });
+    publish(&setup, "conversation:c1", &message).await;
+
+    // A member added just before an event is among its recipients.
+    add_member(&setup, "job:j1", "u7", "owner").await;
+    add_member(&setup, "job:j1", "u8", "contractor").await;
+    let mut status = event("job.status", json!({"status": "started"}));
+    status.actor = Some(Actor {
+        id: "u8".into(),
+        kind: "contractor".into(),
+    });
+    publish(&setup, "job:j1", &status).await;
+    // No rule: nobody.
+    publish(
+        &setup,
+        "job:j1",
+        &event("project.update", json!({"title": "x"})),
+    )
+    .await;
+
+    wait_until_caught_up(&setup, "notifications").await;
+    let expected = BTreeMap::from([("u2".to_string(), 1), ("u3".to_string(), 1)]);
+    assert_eq!(notified(&setup, message.id.as_str()).await, expected);
+    let expected = BTreeMap::from([("u7".to_string(), 1)]);
+    assert_eq!(notified(&setup, status.id.as_str()).await, expected);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM switchboard.notifications")
+        .fetch_one(&setup.db)
+        .await
+        .unwrap();
+    assert_eq!(total, 3);
+
+    let announced = wait_for_user_events(&setup, "u2", "user.notification", 1).await;
+    assert_eq!(announced[0]["category"], "message");
+    assert_eq!(announced[0]["title"], "New message from u1");
+    assert_eq!(announced[0]["message"], "Can you start Monday?");
+    let announced = wait_for_user_events(&setup, "u7", "user.notification", 1).await;
+    assert_eq!(announced[0]["category"], "job");
+    assert_eq!(announced[0]["message"], "Job j1 is started");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_pages_and_read_syncs_the_unread_count_to_every_device() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, JOBS, &[]);
+    add_member(&setup, "project:p1", "u1", "owner").await;
+    for amount in [100, 200, 300] {
+        publish(&setup, "project:p1", &bid(amount)).await;
+    }
+    wait_for_user_events(&setup, "u1", "user.notification", 3).await;
+
+    let page = call(&setup, "notifications.list", "u1", json!({"limit": 2})).await;
+    assert_eq!(page["unread"], 3);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items[0]["message"].as_str().unwrap().contains("300"),
+        "newest first: {page}"
+    );
+    assert!(items[1]["message"].as_str().unwrap().contains("200"));
+    assert_eq!(items[0]["readAt"], Value::Null);
+    assert_eq!(page["next"], items[1]["id"]);
+    let rest = call(
+        &setup,
+        "notifications.list",
+        "u1",
+        json!({"limit": 2, "before": page["next"]}),
+    )
+    .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(
+        rest["items"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100")
+    );
+    assert_eq!(rest["next"], Value::Null);
+    let newest = items[0]["id"].as_str().unwrap().to_string();
+
+    // Reading one: the answer and the event every device of u1 receives say 2 unread.
+    let read = call(&setup, "notifications.read", "u1", json!({"ids": [newest]})).await;
+    assert_eq!(read, json!({"unread": 2}));
+    let synced = wait_for_user_events(&setup, "u1", "notification.read", 1).await;
+    assert_eq!(synced[0], json!({"ids": [newest], "unread": 2}));
+    let unread = call(
+        &setup,
+        "notifications.list",
+        "u1",
+        json!({"unread_only": true}),
+    )
+    .await;
+    assert_eq!(unread["items"].as_array().unwrap().len(), 2);
+    let all = call(&setup, "notifications.list", "u1", json!({})).await;
+    assert_ne!(all["items"][0]["readAt"], Value::Null);
+
+    // Reading everything; reading again changes nothing and announces nothing.
+    let read = call(&setup, "notifications.read", "u1", json!({"all": true})).await;
+    assert_eq!(read, json!({"unread": 0}));
+    let synced = wait_for_user_events(&setup, "u1", "notification.read", 2).await;
+    assert_eq!(synced[1]["unread"], 0);
+    assert_eq!(synced[1]["all"], true);
+    assert_eq!(synced[1]["ids"].as_array().unwrap().len(), 2);
+    let read = call(&setup, "notifications.read", "u1", json!({"all": true})).await;
+    assert_eq!(read, json!({"unread": 0}));
+    // Another user cannot read u1's notifications.
+    let other = call(&setup, "notifications.read", "u2", json!({"ids": [newest]})).await;
+    assert_eq!(other, json!({"unread": 0}));
+    wait_for_outbox(&setup).await;
+    assert_eq!(
+        user_events(&setup, "u1", "notification.read").await.len(),
+        2
+    );
+    assert!(
+        user_events(&setup, "u2", "notification.read")
+            .await
+            .is_empty()
+    );
+
+    // Refusals.
+    let anonymous = rpc(&setup, "notifications.list", None, json!({})).await;
+    assert_eq!(anonymous["error"]["code"], "unauthorized");
+    for (method, params) in [
+        ("notifications.read", json!({})),
+        ("notifications.read", json!({"ids": ["evt_1"]})),
+        ("notifications.list", json!({"before": "x"})),
+        ("notifications.list", json!({"limit": "ten"})),
+        (
+            "notifications.preferences.set",
+            json!({"categories": {"news": {}}}),
+        ),
+        (
+            "notifications.preferences.set",
+            json!({"categories": {"bid": {"sms": true}}}),
+        ),
+    ] {
+        let refused = rpc(&setup, method, Some("u1"), params.clone()).await;
+        assert_eq!(
+            refused["error"]["code"], "bad_request",
+            "{method} {params}: {refused}"
+        );
+    }
+}
+
+/// A webhook receiver: answers the given statuses in turn, then 200, and keeps every
+/// request's `Idempotency-Key` and JSON body.
+struct Webhook {
+    url: String,
+    requests: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Webhook {
+    async fn start(statuses: Vec<u16>) -> Webhook {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/push", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            let mut statuses = statuses.into_iter();
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let Some((key, body)) = read_request(&mut socket).await else {
+                    continue;
+                };
+                seen.lock().unwrap().push((key, body));
+                let status = statuses.next().unwrap_or(200);
+                let response = format!(
+                    "HTTP/1.1 {status} Whatever\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        Webhook { url, requests }
+    }
+
+    fn requests(&self) -> Vec<(String, Value)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Value)> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = socket.read(&mut buffer).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        received.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&received).to_string();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+                .map(str::to_string)
+        };
+        let length: usize = header("Content-Length")?.parse().ok()?;
+        if body.len() < length {
+            continue;
+        }
+        assert!(head.starts_with("POST /push HTTP/1.1"), "{head}");
+        return Some((header("Idempotency-Key")?, serde_json::from_str(body).ok()?));
+    }
+}
+
+/// (user, medium) of each request, sorted.
+fn deliveries(requests: &[(String, Value)]) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = requests
+        .iter()
+        .map(|(_, body)| {
+            (
+                body["user"].as_str().unwrap().to_string(),
+                body["medium"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_users_push_reaches_the_webhook_once_even_after_a_500() {
+    let setup = setup().await;
+    let webhook = Webhook::start(vec![500]).await;
+    let _worker = Worker::start(
+        &setup,
+        JOBS,
+        &[
+            ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", webhook.url.clone()),
+            ("SWITCHBOARD_NOTIFY_RETRY_BASE_MS", "300".into()),
+        ],
+    );
+    let mut subjects = setup.client.subscribe("notify.>").await.unwrap();
+    add_member(&setup, "project:p1", "u1", "owner").await;
+    add_member(&setup, "project:p1", "u2", "owner").await;
+    connect(&setup, "u2", "conn-a").await;
+    // Connected and gone again: offline.
+    connect(&setup, "u1", "conn-b").await;
+    disconnect(&setup, "u1", "conn-b").await;
+
+    let bid = bid(5000);
+    let seq = publish(&setup, "project:p1", &bid).await;
+    let requests = eventually("the webhook to be answered 200", || async {
+        let requests = webhook.requests();
+        (requests.len() >= 2).then_some(requests)
+    })
+    .await;
+    // A while longer, for any extra attempt to show up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requests = {
+        let later = webhook.requests();
+        assert_eq!(
+            later.len(),
+            requests.len(),
+            "no attempt after the 200: {later:?}"
+        );
+        later
+    };
+    let key = format!("{}/u1/push", bid.id);
+    assert_eq!(requests.len(), 2, "one 500, one 200: {requests:?}");
+    for (header, body) in &requests {
+        assert_eq!(header, &key);
+        assert_eq!(body["key"], key.as_str());
+    }
+    let body = &requests[1].1;
+    assert_eq!(body["user"], "u1");
+    assert_eq!(body["medium"], "push");
+    assert_eq!(body["category"], "bid");
+    assert_eq!(body["priority"], "high");
+    assert_eq!(body["title"], "New bid");
+    assert_eq!(body["eventId"], bid.id.as_str());
+    assert_eq!(body["ref"], json!({"channel": "project:p1", "seq": seq}));
+    assert!(body["notificationId"].as_str().unwrap().starts_with("ntf_"));
+
+    let (attempts, delivered): (i32, bool) = sqlx::query_as(
+        "SELECT attempts, delivered_at IS NOT NULL FROM switchboard.notification_deliveries
+          WHERE user_id = 'u1' AND sink = 'webhook'",
+    )
+    .fetch_one(&setup.db)
+    .await
+    .unwrap();
+    assert_eq!((attempts, delivered), (2, true));
+
+    // The same push on the subject for NATS-speaking senders, once; nothing for u2.
+    let message = tokio::time::timeout(Duration::from_secs(5), subjects.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.subject.as_str(), "notify.push.u1");
+    let payload: Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(payload["key"], key.as_str());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), subjects.next())
+            .await
+            .is_err(),
+        "one subject message only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preferences_and_mute_are_honoured() {
+    let setup = setup().await;
+    let webhook = Webhook::start(Vec::new()).await;
+    let _worker = Worker::start(
+        &setup,
+        JOBS,
+        &[("SWITCHBOARD_NOTIFY_WEBHOOK_URL", webhook.url.clone())],
+    );
+    let mut subjects = setup.client.subscribe("notify.>").await.unwrap();
+
+    let defaults = call(&setup, "notifications.preferences.get", "u1", json!({})).await;
+    let categories = defaults["categories"].as_object().unwrap();
+    assert_eq!(categories.len(), 6);
+    for (category, preferences) in categories {
+        assert_eq!(
+            preferences,
+            &json!({"in_app": true, "push": true, "email": false, "muted": false}),
+            "{category}"
+        );
+    }
+    let set = |user: &'static str, bid: Value| {
+        let setup = &setup;
+        async move {
+            call(
+                setup,
+                "notifications.preferences.set",
+                user,
+                json!({"categories": {"bid": bid}}),
+            )
+            .await
+        }
+    };
+    let muted = set("u1", json!({"muted": true})).await;
+    assert_eq!(
+        muted["categories"]["bid"],
+        json!({"in_app": true, "push": true, "email": false, "muted": true})
+    );
+    assert_eq!(muted["categories"]["job"]["muted"], false);
+    set("u2", json!({"in_app": false})).await;
+    set("u3", json!({"email": true})).await;
+    set("u3", json!({"push": true})).await;
+    let u3 = call(&setup, "notifications.preferences.get", "u3", json!({})).await;
+    assert_eq!(
+        u3["categories"]["bid"],
+        json!({"in_app": true, "push": true, "email": true, "muted": false}),
+        "a partial set keeps the other fields"
+    );
+    for user in ["u1", "u2", "u3", "u4"] {
+        add_member(&setup, "project:p1", user, "owner").await;
+    }
+    connect(&setup, "u4", "conn-1").await;
+
+    let bid = bid(700);
+    publish(&setup, "project:p1", &bid).await;
+    wait_until_caught_up(&setup, "notifications").await;
+    let expected = BTreeMap::from([("u3".to_string(), 1), ("u4".to_string(), 1)]);
+    assert_eq!(
+        notified(&setup, bid.id.as_str()).await,
+        expected,
+        "muted u1 and in-app-off u2 have no notification"
+    );
+    let expected = vec![
+        ("u2".to_string(), "push".to_string()),
+        ("u3".to_string(), "email".to_string()),
+        ("u3".to_string(), "push".to_string()),
+    ];
+    let requests = eventually("three webhook deliveries", || async {
+        let requests = webhook.requests();
+        (requests.len() >= 3).then_some(requests)
+    })
+    .await;
+    assert_eq!(deliveries(&requests), expected);
+    let u2 = requests
+        .iter()
+        .find(|(_, body)| body["user"] == "u2")
+        .unwrap();
+    assert_eq!(
+        u2.1["notificationId"],
+        Value::Null,
+        "no in-app notification for u2"
+    );
+
+    let mut published = Vec::new();
+    while published.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(5), subjects.next())
+            .await
+            .unwrap()
+            .unwrap();
+        published.push(message.subject.to_string());
+    }
+    published.sort();
+    assert_eq!(
+        published,
+        ["notify.email.u3", "notify.push.u2", "notify.push.u3"]
+    );
+    wait_for_outbox(&setup).await;
+    for (user, count) in [("u1", 0), ("u2", 0), ("u3", 1), ("u4", 1)] {
+        assert_eq!(
+            user_events(&setup, user, "user.notification").await.len(),
+            count,
+            "{user}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(deliveries(&webhook.requests()), expected, "each once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_notifications_expire_and_old_events_notify_nobody() {
+    let setup = setup().await;
+    for (id, age_days) in [("ntf_old", 40), ("ntf_recent", 10)] {
+        sqlx::query(
+            "INSERT INTO switchboard.notifications
+                    (id, user_id, event_id, category, title, message, ref_channel, ref_seq, created_at)
+             VALUES ($1, 'u1', $1, 'bid', 't', 'm', 'project:p1', 1, now() - make_interval(days => $2))",
+        )
+        .bind(id)
+        .bind(age_days)
+        .execute(&setup.db)
+        .await
+        .unwrap();
+    }
+    let _worker = Worker::start(
+        &setup,
+        JOBS,
+        &[
+            ("SWITCHBOARD_NOTIFICATIONS_RETENTION_DAYS", "30".into()),
+            (
+                "SWITCHBOARD_NOTIFICATIONS_RETENTION_INTERVAL_MS",
+                "200".into(),
+            ),
+        ],
+    );
+    add_member(&setup, "project:p1", "u1", "owner").await;
+    let mut old = bid(1);
+    old.timestamp =
+        Timestamp::from_unix_nanos(Timestamp::now().unix_nanos() - 31 * 86_400 * 1_000_000_000)
+            .unwrap();
+    publish(&setup, "project:p1", &old).await;
+    let fresh = bid(2);
+    publish(&setup, "project:p1", &fresh).await;
+
+    wait_until_caught_up(&setup, "notifications").await;
+    let remaining = eventually("the old notification to expire", || async {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT event_id FROM switchboard.notifications ORDER BY created_at",
+        )
+        .fetch_all(&setup.db)
+        .await
+        .unwrap();
+        (!ids.iter().any(|id| id == "ntf_old")).then_some(ids)
+    })
+    .await;
+    assert_eq!(remaining, ["ntf_recent", fresh.id.as_str()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_come_from_the_configured_file_and_a_bad_one_stops_the_worker() {
+    let setup = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"rules":[{"on":"bid.new","to":{},"category":"bid","title":"t","message":"m"}]}"#,
+    )
+    .unwrap();
+    let worker = Worker::start(
+        &setup,
+        JOBS,
+        &[("SWITCHBOARD_NOTIFICATIONS_RULES", bad.display().to_string())],
+    );
+    let status = worker.exit_status().await;
+    assert!(
+        !status.success(),
+        "a bad rules file stops the worker: {status}"
+    );
+
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"rules":[{"on":"project.*","to":{"data_users":["/watchers"]},"category":"project","priority":"low",
+            "title":"{data.title}","message":"{actor.id|Someone} changed {channel}"}]}"#,
+    )
+    .unwrap();
+    let webhook = Webhook::start(Vec::new()).await;
+    let _worker = Worker::start(
+        &setup,
+        JOBS,
+        &[
+            (
+                "SWITCHBOARD_NOTIFICATIONS_RULES",
+                rules.display().to_string(),
+            ),
+            ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", webhook.url.clone()),
+        ],
+    );
+    let update = event(
+        "project.update",
+        json!({"title": "Kitchen", "watchers": ["u1", "u2"]}),
+    );
+    publish(&setup, "project:p1", &update).await;
+    publish(&setup, "project:p1", &bid(5)).await;
+    let announced = wait_for_user_events(&setup, "u2", "user.notification", 1).await;
+    assert_eq!(announced[0]["title"], "Kitchen");
+    assert_eq!(announced[0]["message"], "Someone changed project:p1");
+    assert_eq!(announced[0]["priority"], "low");
+    wait_until_caught_up(&setup, "notifications").await;
+    let expected = BTreeMap::from([("u1".to_string(), 1), ("u2".to_string(), 1)]);
+    assert_eq!(notified(&setup, update.id.as_str()).await, expected);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM switchboard.notifications")
+        .fetch_one(&setup.db)
+        .await
+        .unwrap();
+    assert_eq!(total, 2, "bid.new has no rule in this file");
+    let deliveries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM switchboard.notification_deliveries")
+            .fetch_one(&setup.db)
+            .await
+            .unwrap();
+    assert_eq!(deliveries, 0, "low priority stays in-app");
+    assert!(webhook.requests().is_empty());
+}

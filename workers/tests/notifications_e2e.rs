@@ -1,0 +1,278 @@
+//! Notifications end to end, as users see them: a `switchboard-edge` process with two
+//! WebSocket connections (two devices) of the same user, and a `switchboard-workers`
+//! process running membership, notifications and the outbox relay. The edge keeps the
+//! `presence` bucket, so "online" here is a real connection, not a key the test wrote.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_bus::PRESENCE_BUCKET;
+use switchboard_testkit::{Process, binary, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use support::{Setup, Worker, event, eventually, publish, setup};
+
+const SECRET: &str = "notifications-e2e-secret-0123456789";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn edge(setup: &Setup) -> (Process, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut command = Command::new(binary("switchboard-edge"));
+    command
+        .env("SWITCHBOARD_NATS_URL", setup.nats.url())
+        .env("SWITCHBOARD_EDGE_ADDR", &addr)
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(Stdio::null());
+    (
+        Process::spawn(command).expect("start switchboard-edge"),
+        addr,
+    )
+}
+
+fn token(user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One device: a `switchboard.v1` connection.
+struct Device(Socket);
+
+impl Device {
+    /// Connects as `user` once the edge accepts connections.
+    async fn connect(addr: &str, user: &str) -> Device {
+        let socket = eventually("the edge to accept a connection", || async {
+            let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+            let headers = request.headers_mut();
+            headers.insert("Sec-WebSocket-Protocol", "switchboard.v1".parse().unwrap());
+            headers.insert(
+                "Authorization",
+                format!("Bearer {}", token(user)).parse().unwrap(),
+            );
+            tokio_tungstenite::connect_async(request).await.ok()
+        })
+        .await
+        .0;
+        let mut device = Device(socket);
+        assert_eq!(device.next().await["op"], "welcome");
+        device
+    }
+
+    async fn close(mut self) {
+        let _ = self.0.close(None).await;
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.0
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.0.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame within {WAIT:?}"))
+                .expect("the socket is open")
+                .unwrap();
+            if let Message::Text(text) = message {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+
+    /// The next frame that satisfies `wanted`, skipping the others.
+    async fn next_where(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let waiting = tokio::time::timeout(WAIT, async {
+            loop {
+                let frame = self.next().await;
+                if wanted(&frame) {
+                    return frame;
+                }
+            }
+        });
+        waiting
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+    }
+
+    async fn subscribe(&mut self, channel: &str) {
+        self.send(json!({"op": "sub", "id": 1, "ch": channel}))
+            .await;
+        let reply = self
+            .next_where(&format!("reply to sub {channel}"), |frame| frame["id"] == 1)
+            .await;
+        assert_eq!(reply["op"], "ok", "{reply}");
+    }
+
+    /// The `data` of the next `evt` of type `ty`.
+    async fn event(&mut self, ty: &str) -> Value {
+        let frame = self
+            .next_where(ty, |frame| {
+                frame["op"] == "evt" && frame["event"]["type"] == ty
+            })
+            .await;
+        frame["event"]["data"].clone()
+    }
+}
+
+/// Webhook receiver keeping the (user, medium) of each request, always answering 204.
+async fn webhook() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let requests = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            let mut buffer = [0u8; 4096];
+            let body: Value = loop {
+                let read = socket.read(&mut buffer).await.unwrap();
+                received.extend_from_slice(&buffer[..read]);
+                let text = String::from_utf8_lossy(&received).to_string();
+                if let Some((_, body)) = text.split_once("\r\n\r\n")
+                    && let Ok(body) = serde_json::from_str(body)
+                {
+                    break body;
+                }
+            };
+            let user = body["user"].as_str().unwrap().to_string();
+            let medium = body["medium"].as_str().unwrap().to_string();
+            requests.lock().unwrap().push((user, medium));
+            let _ = socket
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    (url, seen)
+}
+
+async fn online(setup: &Setup, user: &str) -> bool {
+    !setup
+        .store
+        .scan_bucket(PRESENCE_BUCKET, &format!("{user}.>"))
+        .await
+        .unwrap()
+        .is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_devices_see_the_notification_and_the_read_and_only_the_offline_owner_is_pushed() {
+    let setup = setup().await;
+    let (hook, pushed) = webhook().await;
+    let _worker = Worker::start(
+        &setup,
+        "membership,notifications,outbox",
+        &[("SWITCHBOARD_NOTIFY_WEBHOOK_URL", hook)],
+    );
+    let (_edge, addr) = edge(&setup);
+    for owner in ["u1", "u2"] {
+        let added = event("member.added", json!({"user": owner, "role": "owner"}));
+        publish(&setup, "project:p1", &added).await;
+    }
+
+    let mut phone = Device::connect(&addr, "u1").await;
+    let mut laptop = Device::connect(&addr, "u1").await;
+    phone.subscribe("user:u1:notifications").await;
+    laptop.subscribe("user:u1").await;
+    eventually("u1 to be online", || async {
+        online(&setup, "u1").await.then_some(())
+    })
+    .await;
+
+    let bid = event("bid.new", json!({"bidId": "bid_1", "amount": 5000}));
+    let sent = Instant::now();
+    publish(&setup, "project:p1", &bid).await;
+    for device in [&mut phone, &mut laptop] {
+        let notification = device.event("user.notification").await;
+        assert_eq!(notification["category"], "bid");
+        assert_eq!(notification["unread"], 1);
+    }
+    println!(
+        "bid.new -> user.notification on two devices in {:?}",
+        sent.elapsed()
+    );
+
+    // Read on the phone: both devices learn the new count.
+    phone
+        .send(
+            json!({"op": "rpc", "id": 7, "method": "notifications.read", "params": {"all": true}}),
+        )
+        .await;
+    let reply = phone
+        .next_where("reply to notifications.read", |frame| frame["id"] == 7)
+        .await;
+    assert_eq!(reply["result"], json!({"unread": 0}), "{reply}");
+    for device in [&mut phone, &mut laptop] {
+        let read = device.event("notification.read").await;
+        assert_eq!(read["unread"], 0);
+        assert_eq!(read["ids"].as_array().unwrap().len(), 1);
+    }
+    let listed = {
+        laptop
+            .send(json!({"op": "rpc", "id": 8, "method": "notifications.list", "params": {}}))
+            .await;
+        laptop
+            .next_where("reply to notifications.list", |frame| frame["id"] == 8)
+            .await
+    };
+    assert_eq!(listed["result"]["unread"], 0);
+    assert_eq!(listed["result"]["items"].as_array().unwrap().len(), 1);
+
+    // u2 was offline: pushed. u1 was online on two devices: not pushed.
+    eventually("the push for u2", || async {
+        (!pushed.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        *pushed.lock().unwrap(),
+        [("u2".to_string(), "push".to_string())]
+    );
+
+    // Both devices gone (a clean close deletes their presence entries): now u1 is pushed.
+    phone.close().await;
+    laptop.close().await;
+    eventually("u1 to be offline", || async {
+        (!online(&setup, "u1").await).then_some(())
+    })
+    .await;
+    let later = event("bid.new", json!({"bidId": "bid_2", "amount": 6000}));
+    publish(&setup, "project:p1", &later).await;
+    eventually("pushes for u1 and u2", || async {
+        (pushed.lock().unwrap().len() == 3).then_some(())
+    })
+    .await;
+    let mut all = pushed.lock().unwrap().clone();
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            ("u1".to_string(), "push".to_string()),
+            ("u2".to_string(), "push".to_string()),
+            ("u2".to_string(), "push".to_string()),
+        ]
+    );
+}
