@@ -87,6 +87,7 @@ impl FeedQuery {
 /// A fallback client's subscriptions, detached when dropped.
 struct Feed {
     edge: Arc<Edge>,
+    identity: Identity,
     control: Arc<ConnControl>,
     rx: mpsc::Receiver<Utf8Bytes>,
     subs: Vec<(ChannelName, Arc<Channel>, CancellationToken)>,
@@ -197,11 +198,45 @@ impl Feed {
             .gauge(&edge.metrics.subscriptions, subs.len() as i64);
         Feed {
             edge: edge.clone(),
+            identity: opening.identity,
             control,
             rx,
             subs,
             _slot: opening.slot,
         }
+    }
+}
+
+impl Feed {
+    /// Ends the subscriptions to `channels` this user may no longer read (a membership
+    /// change): the `unsubbed` event of the first one, if any.
+    fn revoke(&mut self, channels: &[ChannelName]) -> Option<Event> {
+        let mut revoked = None;
+        let (edge, identity, conn) = (&self.edge, &self.identity, self.control.id);
+        self.subs.retain(|(label, channel, cancel)| {
+            let lost = channels.contains(&label.base())
+                && label.namespace() != switchboard_schemas::Namespace::Presence
+                && edge
+                    .policy
+                    .may_subscribe(identity, label, &edge.members)
+                    .is_err();
+            if lost {
+                cancel.cancel();
+                edge.hub.detach(channel, conn, label);
+                edge.metrics.gauge(&edge.metrics.subscriptions, -1);
+                let frame = ServerFrame::Unsubbed {
+                    ch: label.clone(),
+                    code: switchboard_schemas::UnsubCode::Revoked,
+                };
+                revoked.get_or_insert_with(|| {
+                    Event::default()
+                        .event("unsubbed")
+                        .data(String::from_utf8_lossy(&frame.encode()))
+                });
+            }
+            !lost
+        });
+        revoked
     }
 }
 
@@ -261,6 +296,10 @@ pub async fn sse(
                 let code = feed.control.reason().unwrap_or(ByeCode::Draining);
                 return Some((Ok(bye(code)), None));
             }
+            channels = feed.control.rechecks() => match feed.revoke(&channels) {
+                Some(event) => event,
+                None => return Some((Ok(Event::default().comment("membership checked")), Some((feed, cursor)))),
+            },
             _ = feed.edge.draining.cancelled() => return Some((Ok(bye(ByeCode::Draining)), None)),
             _ = expiry => return Some((Ok(bye(ByeCode::TokenExpired)), None)),
         };

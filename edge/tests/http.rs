@@ -505,3 +505,22 @@ async fn subscribe_and_publish_rates_hold_per_connection_and_per_user() {
     let mut other = edge.connect("u3").await;
     assert_eq!(other.sub(json!({"ch":"domain:free"})).await["op"], "ok");
 }
+
+#[tokio::test]
+async fn an_sse_stream_loses_a_channel_when_its_membership_is_removed() {
+    let stack = Stack::start().await;
+    stack.add_member("project:p1", "u1").await;
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    let mut sse = SseStream::open(&edge.addr, "ch=project:p1", &[("Authorization", &auth)]).await;
+    assert_eq!(sse.next().await.0, "ok");
+    stack.remove_member("project:p1", "u1").await;
+    let (name, _, data) = tokio::time::timeout(Duration::from_secs(2), sse.next())
+        .await
+        .expect("revoked within a second or two");
+    assert_eq!(name, "unsubbed");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"op":"unsubbed","ch":"project:p1","code":"revoked"})
+    );
+}
