@@ -2,130 +2,20 @@
 //! go in through the publishing API, and the tests watch the row in
 //! `switchboard.channel_members` and the key in the KV bucket `members`.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv, message::PublishMessage};
+use async_nats::jetstream::{kv, message::PublishMessage};
 use futures_util::TryStreamExt;
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use switchboard_bus::definitions::Definitions;
-use switchboard_bus::{EVENTS_STREAM, Encoding, MEMBERS_BUCKET, Publisher, headers};
-use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
-use switchboard_testkit::{Nats, Postgres};
-use tokio::process::{Child, Command};
+use switchboard_bus::{EVENTS_STREAM, Encoding, headers};
 
-const DEADLINE: Duration = Duration::from_secs(15);
-
-/// One test's servers and clients.
-struct Setup {
-    nats: Nats,
-    pg: Postgres,
-    database_url: String,
-    js: jetstream::Context,
-    kv: kv::Store,
-    db: PgPool,
-    publisher: Publisher,
-}
-
-async fn setup() -> Setup {
-    let nats = Nats::start().unwrap();
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client.clone());
-    Definitions::builtin().apply(&js).await.unwrap();
-    let kv = js.get_key_value(MEMBERS_BUCKET).await.unwrap();
-    let db = PgPool::connect(&database_url).await.unwrap();
-    Setup {
-        nats,
-        pg,
-        database_url,
-        js,
-        kv,
-        db,
-        publisher: Publisher::new(client),
-    }
-}
-
-/// A `switchboard-workers` process, killed when dropped.
-struct Worker(Child);
-
-impl Worker {
-    fn start(setup: &Setup) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"))
-            .env("SWITCHBOARD_NATS_URL", setup.nats.url())
-            .env("DATABASE_URL", &setup.database_url)
-            .env("SWITCHBOARD_WORKERS", "membership")
-            // Short, so what a killed worker had fetched comes back quickly.
-            .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")
-            .env("SWITCHBOARD_LOG", "switchboard_workers=debug,info")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start switchboard-workers");
-        Worker(child)
-    }
-
-    async fn kill(mut self) {
-        self.0.kill().await.unwrap();
-    }
-
-    /// SIGTERM, then the exit status.
-    async fn terminate(mut self) -> ExitStatus {
-        let pid = self.0.id().expect("worker still running").to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        tokio::time::timeout(DEADLINE, self.0.wait())
-            .await
-            .expect("worker stops within the deadline after SIGTERM")
-            .unwrap()
-    }
-}
-
-/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn event(ty: &str, data: Value) -> Envelope {
-    Envelope::new(
-        EventType::parse(ty).unwrap(),
-        RawJson::from_string(data.to_string()).unwrap(),
-    )
-}
-
-fn channel(text: &str) -> ChannelName {
-    ChannelName::parse(text).unwrap()
-}
-
-/// Publishes an event and returns its stream sequence; retried while NATS reconnects
-/// (the event id makes a retry store it once).
-async fn publish(setup: &Setup, channel_name: &str, envelope: &Envelope) -> u64 {
-    let channel = channel(channel_name);
-    eventually("publish to succeed", || async {
-        setup.publisher.publish(&channel, envelope).await.ok()
-    })
-    .await
-    .seq
-}
+use support::{
+    Setup, Worker, channel, event, eventually, next_pick, publish, setup, wait_until_caught_up,
+};
 
 /// Publishes raw bytes on a subject with the given headers, as a non-Rust service might.
 async fn publish_raw(setup: &Setup, subject: &str, headers: HeaderMap, payload: Vec<u8>) -> u64 {
@@ -168,13 +58,20 @@ async fn rows(setup: &Setup) -> BTreeMap<(String, String), (String, bool)> {
 }
 
 async fn key(setup: &Setup, key: &str) -> Option<Value> {
-    let value = setup.kv.get(key).await.unwrap()?;
+    let value = setup.members.get(key).await.unwrap()?;
     Some(serde_json::from_slice(&value).unwrap())
 }
 
 /// Every present key of the bucket with its value.
 async fn bucket(setup: &Setup) -> BTreeMap<String, Value> {
-    let keys: Vec<String> = setup.kv.keys().await.unwrap().try_collect().await.unwrap();
+    let keys: Vec<String> = setup
+        .members
+        .keys()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     let mut all = BTreeMap::new();
     for name in keys {
         if let Some(value) = key(setup, &name).await {
@@ -191,21 +88,10 @@ async fn wait_for_key(setup: &Setup, name: &str, expected: Option<Value>) {
     .await;
 }
 
-/// Waits until the consumer has acked everything published so far.
-async fn wait_until_caught_up(setup: &Setup) {
-    eventually("the membership consumer to catch up", || async {
-        let mut stream = setup.js.get_stream(EVENTS_STREAM).await.ok()?;
-        let last = stream.info().await.ok()?.state.last_sequence;
-        let info = stream.consumer_info("membership").await.ok()?;
-        (info.ack_floor.stream_sequence >= last && info.num_ack_pending == 0).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn member_added_then_removed_is_mirrored_to_the_row_and_the_key() {
     let setup = setup().await;
-    let _worker = Worker::start(&setup);
+    let _worker = Worker::start(&setup, "membership", &[]);
 
     let added = event("member.added", json!({"user": "u1", "role": "owner"}));
     let added_seq = publish(&setup, "project:p1", &added).await;
@@ -221,7 +107,7 @@ async fn member_added_then_removed_is_mirrored_to_the_row_and_the_key() {
     let removed_seq = publish(&setup, "project:p1", &removed).await;
     wait_for_key(&setup, "project.p1.u1", None).await;
     // Edges watching the bucket see a delete, which is what revokes subscriptions.
-    let entry = setup.kv.entry("project.p1.u1").await.unwrap().unwrap();
+    let entry = setup.members.entry("project.p1.u1").await.unwrap().unwrap();
     assert_eq!(entry.operation, kv::Operation::Delete);
     let expected = (
         "viewer".into(),
@@ -235,7 +121,7 @@ async fn member_added_then_removed_is_mirrored_to_the_row_and_the_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn conversation_participants_are_members_with_role_member() {
     let setup = setup().await;
-    let _worker = Worker::start(&setup);
+    let _worker = Worker::start(&setup, "membership", &[]);
 
     // A JSON envelope, as a non-Rust backend publishes it.
     let added = event("conversation.participant_added", json!({"user": "u2"}));
@@ -268,7 +154,7 @@ async fn conversation_participants_are_members_with_role_member() {
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_messages_are_skipped_and_later_events_still_apply() {
     let setup = setup().await;
-    let _worker = Worker::start(&setup);
+    let _worker = Worker::start(&setup, "membership", &[]);
 
     let mut garbage = HeaderMap::new();
     garbage.insert(headers::RT_TYPE, "member.added");
@@ -315,7 +201,7 @@ async fn poison_messages_are_skipped_and_later_events_still_apply() {
     let good = event("member.added", json!({"user": "u9", "role": "contractor"}));
     publish(&setup, "project:p1", &good).await;
     wait_for_key(&setup, "project.p1.u9", Some(json!({"role": "contractor"}))).await;
-    wait_until_caught_up(&setup).await;
+    wait_until_caught_up(&setup, "membership").await;
 
     let all = rows(&setup).await;
     let expected = BTreeMap::from([(
@@ -364,10 +250,7 @@ async fn publish_history(setup: &Setup, count: usize) -> Model {
     let mut model = Model::default();
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     for i in 0..count {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let pick = (state >> 33) as usize;
+        let pick = next_pick(&mut state);
         let channel = channels[pick % channels.len()];
         let user = format!("u{}", (pick / 7) % 6);
         let adding = !(pick / 11).is_multiple_of(3);
@@ -408,7 +291,7 @@ async fn a_worker_killed_mid_stream_converges_after_restart() {
     let setup = setup().await;
     let model = publish_history(&setup, 400).await;
 
-    let worker = Worker::start(&setup);
+    let worker = Worker::start(&setup, "membership", &[]);
     eventually("the worker to be part-way through", || async {
         let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM switchboard.channel_members")
             .fetch_one(&setup.db)
@@ -419,16 +302,16 @@ async fn a_worker_killed_mid_stream_converges_after_restart() {
     .await;
     worker.kill().await;
 
-    let _worker = Worker::start(&setup);
+    let _worker = Worker::start(&setup, "membership", &[]);
     wait_for_model(&setup, &model).await;
-    wait_until_caught_up(&setup).await;
+    wait_until_caught_up(&setup, "membership").await;
     wait_for_model(&setup, &model).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replaying_the_whole_stream_changes_nothing_and_repairs_the_bucket() {
     let setup = setup().await;
-    let worker = Worker::start(&setup);
+    let worker = Worker::start(&setup, "membership", &[]);
     for (ty, data) in [
         ("member.added", json!({"user": "u1", "role": "owner"})),
         ("member.removed", json!({"user": "u1"})),
@@ -437,7 +320,7 @@ async fn replaying_the_whole_stream_changes_nothing_and_repairs_the_bucket() {
         publish(&setup, "project:p1", &event(ty, data)).await;
     }
     wait_for_key(&setup, "project.p1.u2", Some(json!({"role": "contractor"}))).await;
-    wait_until_caught_up(&setup).await;
+    wait_until_caught_up(&setup, "membership").await;
     let status = worker.terminate().await;
     assert!(
         status.success(),
@@ -450,19 +333,19 @@ async fn replaying_the_whole_stream_changes_nothing_and_repairs_the_bucket() {
 
     // The bucket drifts from the rows (as after a crash between commit and KV write, or
     // a purge by hand), and the consumer starts over from the first event.
-    setup.kv.purge("project.p1.u2").await.unwrap();
+    setup.members.purge("project.p1.u2").await.unwrap();
     setup
-        .kv
+        .members
         .put("project.p1.u1", r#"{"role":"owner"}"#.into())
         .await
         .unwrap();
     let stream = setup.js.get_stream(EVENTS_STREAM).await.unwrap();
     stream.delete_consumer("membership").await.unwrap();
 
-    let _worker = Worker::start(&setup);
+    let _worker = Worker::start(&setup, "membership", &[]);
     wait_for_key(&setup, "project.p1.u2", Some(json!({"role": "contractor"}))).await;
     wait_for_key(&setup, "project.p1.u1", None).await;
-    wait_until_caught_up(&setup).await;
+    wait_until_caught_up(&setup, "membership").await;
     let after = (
         row(&setup, "project:p1", "u1").await,
         row(&setup, "project:p1", "u2").await,
@@ -481,7 +364,7 @@ async fn replaying_the_whole_stream_changes_nothing_and_repairs_the_bucket() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_worker_survives_postgres_and_nats_restarts() {
     let mut setup = setup().await;
-    let _worker = Worker::start(&setup);
+    let _worker = Worker::start(&setup, "membership", &[]);
     publish(
         &setup,
         "project:p1",

@@ -14,13 +14,14 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::message::PublishMessage;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use switchboard_bus::{PRESENCE_BUCKET, headers};
+use switchboard_bus::headers;
 use switchboard_schemas::{Actor, Envelope, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use support::{
-    Setup, Worker, call, event, eventually, publish, rpc, setup, stored, wait_until_caught_up,
+    DEADLINE, Setup, Worker, call, event, eventually, publish, rpc, setup, stored,
+    wait_until_caught_up, wait_until_sent,
 };
 
 const JOBS: &str = "membership,notifications,outbox";
@@ -72,24 +73,10 @@ async fn wait_for_user_events(setup: &Setup, user: &str, ty: &str, count: usize)
     .await
 }
 
-/// Waits until the outbox has published everything the workers emitted.
-async fn wait_for_outbox(setup: &Setup) {
-    eventually("the outbox to be drained", || async {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM switchboard.outbox WHERE sent_at IS NULL AND failed_at IS NULL",
-        )
-        .fetch_one(&setup.db)
-        .await
-        .unwrap();
-        (pending == 0).then_some(())
-    })
-    .await;
-}
-
 /// Marks `user` as connected, as an edge does with a key in the `presence` bucket.
 async fn connect(setup: &Setup, user: &str, connection: &str) {
-    let bucket = setup.js.get_key_value(PRESENCE_BUCKET).await.unwrap();
-    bucket
+    setup
+        .presence
         .put(
             format!("{user}.{connection}"),
             r#"{"status":"online"}"#.into(),
@@ -99,8 +86,11 @@ async fn connect(setup: &Setup, user: &str, connection: &str) {
 }
 
 async fn disconnect(setup: &Setup, user: &str, connection: &str) {
-    let bucket = setup.js.get_key_value(PRESENCE_BUCKET).await.unwrap();
-    bucket.delete(format!("{user}.{connection}")).await.unwrap();
+    setup
+        .presence
+        .delete(format!("{user}.{connection}"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,7 +149,7 @@ async fn bid_new_notifies_exactly_the_owners_once_across_a_kill_and_a_second_cop
 
     let _worker = Worker::start(&setup, JOBS, &[]);
     wait_until_caught_up(&setup, "notifications").await;
-    wait_for_outbox(&setup).await;
+    wait_until_sent(&setup, DEADLINE).await;
 
     let expected = BTreeMap::from([("u1".to_string(), 1), ("u2".to_string(), 1)]);
     assert_eq!(notified(&setup, bid.id.as_str()).await, expected);
@@ -299,7 +289,7 @@ async fn list_pages_and_read_syncs_the_unread_count_to_every_device() {
     // Another user cannot read u1's notifications.
     let other = call(&setup, "notifications.read", "u2", json!({"ids": [newest]})).await;
     assert_eq!(other, json!({"unread": 0}));
-    wait_for_outbox(&setup).await;
+    wait_until_sent(&setup, DEADLINE).await;
     assert_eq!(
         user_events(&setup, "u1", "notification.read").await.len(),
         2
@@ -588,7 +578,7 @@ async fn preferences_and_mute_are_honoured() {
         published,
         ["notify.email.u3", "notify.push.u2", "notify.push.u3"]
     );
-    wait_for_outbox(&setup).await;
+    wait_until_sent(&setup, DEADLINE).await;
     for (user, count) in [("u1", 0), ("u2", 0), ("u3", 1), ("u4", 1)] {
         assert_eq!(
             user_events(&setup, user, "user.notification").await.len(),

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use switchboard_bus::EVENTS_STREAM;
 
-use support::{Setup, Worker, eventually, eventually_within, setup, stored, stream_messages};
+use support::{Setup, Worker, eventually, setup, stored, stream_messages, wait_until_sent};
 
 const EXAMPLE_TRIGGER: &str = include_str!("../sql/example_project_update_trigger.sql");
 
@@ -43,19 +43,6 @@ async fn rows(setup: &Setup, condition: &'static str) -> i64 {
         .fetch_one(&setup.db)
         .await
         .unwrap()
-}
-
-async fn wait_until_sent(setup: &Setup, deadline: Duration) {
-    eventually_within(deadline, "every outbox row to be sent", || async {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM switchboard.outbox WHERE sent_at IS NULL AND failed_at IS NULL",
-        )
-        .fetch_one(&setup.db)
-        .await
-        .unwrap();
-        (pending == 0).then_some(())
-    })
-    .await;
 }
 
 /// The event ids of the outbox, in `seq` order.

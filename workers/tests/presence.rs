@@ -4,93 +4,20 @@
 //! close, left to expire when an edge dies) and read the `user.presence` events stored on
 //! `presence:<user>`, the rows in PostgreSQL and the answers of the privacy RPCs.
 
-use std::future::Future;
-use std::process::Command;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv, message::PublishMessage};
+use async_nats::jetstream::{kv, message::PublishMessage};
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use switchboard_bus::definitions::Definitions;
-use switchboard_bus::store::Store;
-use switchboard_bus::{PRESENCE_BUCKET, Publisher, headers};
-use switchboard_schemas::{Actor, ChannelName, Envelope, EventType, RawJson, Timestamp};
-use switchboard_testkit::{Nats, Postgres, Process};
+use switchboard_bus::{PRESENCE_BUCKET, headers};
+use switchboard_schemas::{Actor, Timestamp};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+use support::{Setup, Worker, channel, event, eventually, rpc, setup, stored};
+
 /// The TTL of entries that are not meant to expire during a test.
 const LONG_TTL: u64 = 120;
-
-struct Setup {
-    nats: Nats,
-    _pg: Postgres,
-    database_url: String,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    kv: kv::Store,
-    db: PgPool,
-    publisher: Publisher,
-    store: Store,
-}
-
-async fn setup() -> Setup {
-    let nats = Nats::start().unwrap();
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client.clone());
-    Definitions::builtin().apply(&js).await.unwrap();
-    let kv = js.get_key_value(PRESENCE_BUCKET).await.unwrap();
-    let db = PgPool::connect(&database_url).await.unwrap();
-    Setup {
-        nats,
-        _pg: pg,
-        database_url,
-        js,
-        kv,
-        db,
-        publisher: Publisher::new(client.clone()),
-        store: Store::new(client.clone()),
-        client,
-    }
-}
-
-/// A `switchboard-workers` process running `jobs`, killed when dropped.
-fn worker(setup: &Setup, jobs: &str) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"));
-    command
-        .env("SWITCHBOARD_NATS_URL", setup.nats.url())
-        .env("DATABASE_URL", &setup.database_url)
-        .env("SWITCHBOARD_WORKERS", jobs)
-        .env("SWITCHBOARD_LOG", "switchboard_workers=debug,info");
-    Process::spawn(command).expect("start switchboard-workers")
-}
-
-/// SIGTERM, then the exit status.
-fn terminate(mut process: Process) -> std::process::ExitStatus {
-    let pid = process.pid().expect("worker running").to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(sent.success());
-    process
-        .wait_timeout(DEADLINE)
-        .expect("the worker stops after SIGTERM")
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Writes (or refreshes) a connection's entry as an edge does; its revision.
 async fn put(setup: &Setup, key: &str, status: &str, text: Option<&str>, ttl_secs: u64) -> u64 {
@@ -123,20 +50,15 @@ async fn put(setup: &Setup, key: &str, status: &str, text: Option<&str>, ttl_sec
 
 /// A connection closed cleanly: its entry deleted.
 async fn close(setup: &Setup, key: &str) {
-    setup.kv.delete(key).await.unwrap();
+    setup.presence.delete(key).await.unwrap();
 }
 
 /// The `data` of every `user.presence` stored on `presence:<user>`, oldest first.
 async fn events(setup: &Setup, user: &str) -> Vec<Value> {
-    let stored = setup
-        .store
-        .forward(&format!("rt.presence.{user}"), 1, 1000)
+    stored(setup, &format!("rt.presence.{user}"))
         .await
-        .unwrap();
-    stored
-        .iter()
-        .map(|stored| {
-            let event = stored.envelope().unwrap();
+        .into_iter()
+        .map(|(_, _, event)| {
             assert_eq!(event.ty.as_str(), "user.presence");
             assert_eq!(event.actor.unwrap().id, user);
             let data: Value = serde_json::from_str(event.data.as_str()).unwrap();
@@ -194,13 +116,13 @@ async fn assert_no_more_events(setup: &Setup, user: &str, count: usize) {
 
 /// Waits until a presence worker answers RPCs: it has started.
 async fn wait_for_worker(setup: &Setup) {
-    rpc(setup, Some("probe"), "presence.privacy.get", json!({})).await;
+    rpc(setup, "presence.privacy.get", Some("probe"), json!({})).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn devices_come_and_go_and_last_seen_is_stored() {
     let setup = setup().await;
-    let worker = worker(&setup, "presence");
+    let worker = Worker::start(&setup, "presence", &[]);
 
     put(&setup, "u1.c1", "online", None, LONG_TTL).await;
     let first = nth_event(&setup, "u1", 1).await;
@@ -239,7 +161,7 @@ async fn devices_come_and_go_and_last_seen_is_stored() {
     assert_eq!(summary(&back), ("online", 1, None));
     assert_eq!(last_seen(&back).map(micros), Some(micros(seen)));
 
-    let status = terminate(worker);
+    let status = worker.terminate().await;
     assert!(
         status.success(),
         "SIGTERM stops the worker cleanly: {status}"
@@ -249,7 +171,7 @@ async fn devices_come_and_go_and_last_seen_is_stored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_watch_survives_a_nats_restart() {
     let mut setup = setup().await;
-    let _worker = worker(&setup, "presence");
+    let _worker = Worker::start(&setup, "presence", &[]);
     put(&setup, "u1.c1", "online", None, LONG_TTL).await;
     assert_eq!(
         summary(&nth_event(&setup, "u1", 1).await),
@@ -273,7 +195,7 @@ async fn the_watch_survives_a_nats_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_entry_left_to_expire_goes_offline_within_three_ttls() {
     let setup = setup().await;
-    let _worker = worker(&setup, "presence");
+    let _worker = Worker::start(&setup, "presence", &[]);
     wait_for_worker(&setup).await;
 
     let ttl = Duration::from_secs(2);
@@ -296,7 +218,7 @@ async fn an_entry_left_to_expire_goes_offline_within_three_ttls() {
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_beats_online_beats_away_and_invisible_looks_offline() {
     let setup = setup().await;
-    let _worker = worker(&setup, "presence");
+    let _worker = Worker::start(&setup, "presence", &[]);
     wait_for_worker(&setup).await;
 
     // Invisible alone: nothing to tell anyone.
@@ -337,7 +259,7 @@ async fn busy_beats_online_beats_away_and_invisible_looks_offline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_emits_no_false_transition_but_reports_who_left_meanwhile() {
     let setup = setup().await;
-    let mut first = worker(&setup, "presence");
+    let first = Worker::start(&setup, "presence", &[]);
     put(&setup, "stays.c1", "online", None, LONG_TTL).await;
     put(&setup, "stays.c2", "online", Some("Hi"), LONG_TTL).await;
     put(&setup, "closes.c1", "busy", Some("Call"), LONG_TTL).await;
@@ -353,7 +275,7 @@ async fn a_restart_emits_no_false_transition_but_reports_who_left_meanwhile() {
     // Its edge dies with the worker: nobody refreshes the entry.
     put(&setup, "expires.c1", "away", None, 2).await;
     nth_event(&setup, "expires", 1).await;
-    first.kill();
+    first.kill().await;
     assert_eq!(events(&setup, "expires").await.len(), 1);
 
     // While no worker watches: one user closes, one expires, one arrives, one refreshes.
@@ -362,7 +284,7 @@ async fn a_restart_emits_no_false_transition_but_reports_who_left_meanwhile() {
     put(&setup, "stays.c1", "online", None, LONG_TTL).await;
     eventually("the entry to expire", || async {
         setup
-            .kv
+            .presence
             .entry("expires.c1")
             .await
             .unwrap()
@@ -371,7 +293,7 @@ async fn a_restart_emits_no_false_transition_but_reports_who_left_meanwhile() {
     })
     .await;
 
-    let _second = worker(&setup, "presence");
+    let _second = Worker::start(&setup, "presence", &[]);
     assert_eq!(
         summary(&nth_event(&setup, "closes", 2).await),
         ("offline", 0, None)
@@ -400,10 +322,7 @@ async fn an_event_saved_but_not_published_before_a_crash_is_published_at_start()
     // What a worker killed between saving a transition and publishing it leaves behind:
     // the user's row with the event still pending. Their connection is gone since.
     let data = json!({"user": "ghost", "status": "online", "devices": 1});
-    let mut event = Envelope::new(
-        EventType::parse("user.presence").unwrap(),
-        RawJson::from_string(data.to_string()).unwrap(),
-    );
+    let mut event = event("user.presence", data);
     event.actor = Some(Actor {
         id: "ghost".into(),
         kind: "user".into(),
@@ -417,7 +336,7 @@ async fn an_event_saved_but_not_published_before_a_crash_is_published_at_start()
     .await
     .unwrap();
 
-    let _worker = worker(&setup, "presence");
+    let _worker = Worker::start(&setup, "presence", &[]);
     let offline = nth_event(&setup, "ghost", 2).await;
     let all = setup
         .store
@@ -449,8 +368,8 @@ async fn an_event_saved_but_not_published_before_a_crash_is_published_at_start()
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_publish_each_change_once() {
     let setup = setup().await;
-    let _first = worker(&setup, "presence");
-    let _second = worker(&setup, "presence");
+    let _first = Worker::start(&setup, "presence", &[]);
+    let _second = Worker::start(&setup, "presence", &[]);
     wait_for_worker(&setup).await;
 
     put(&setup, "u1.c1", "online", None, LONG_TTL).await;
@@ -476,47 +395,24 @@ async fn two_workers_publish_each_change_once() {
 }
 
 /// Publishes a membership event on `channel`.
-async fn member(setup: &Setup, channel: &str, ty: &str, user: &str) {
+async fn member(setup: &Setup, channel_name: &str, ty: &str, user: &str) {
     let data = if ty.starts_with("member.") {
         json!({"user": user, "role": "member"})
     } else {
         json!({"user": user})
     };
-    let event = Envelope::new(
-        EventType::parse(ty).unwrap(),
-        RawJson::from_string(data.to_string()).unwrap(),
-    );
-    let channel = ChannelName::parse(channel).unwrap();
-    setup.publisher.publish(&channel, &event).await.unwrap();
-}
-
-/// Calls `svc.<method>` as `user`, as the edge forwards an `rpc` frame; retried until a
-/// worker answers.
-async fn rpc(setup: &Setup, user: Option<&str>, method: &str, params: Value) -> Value {
-    let mut request_headers = HeaderMap::new();
-    if let Some(user) = user {
-        request_headers.insert(headers::RT_USER, user);
-    }
-    eventually(&format!("an answer to {method}"), || async {
-        let reply = setup
-            .client
-            .request_with_headers(
-                format!("svc.{method}"),
-                request_headers.clone(),
-                params.to_string().into(),
-            )
-            .await
-            .ok()?;
-        Some(serde_json::from_slice(&reply.payload).unwrap())
-    })
-    .await
+    setup
+        .publisher
+        .publish(&channel(channel_name), &event(ty, data))
+        .await
+        .unwrap();
 }
 
 async fn allowed(setup: &Setup, watcher: &str, target: &str) -> bool {
     let answer = rpc(
         setup,
-        Some(watcher),
         "presence.authorize",
+        Some(watcher),
         json!({"target": target}),
     )
     .await;
@@ -528,8 +424,8 @@ async fn allowed(setup: &Setup, watcher: &str, target: &str) -> bool {
 async fn set_visibility(setup: &Setup, user: &str, visibility: &str) {
     let answer = rpc(
         setup,
-        Some(user),
         "presence.privacy.set",
+        Some(user),
         json!({"visibility": visibility}),
     )
     .await;
@@ -539,7 +435,7 @@ async fn set_visibility(setup: &Setup, user: &str, visibility: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn privacy_decides_who_may_watch() {
     let setup = setup().await;
-    let _worker = worker(&setup, "membership,presence");
+    let _worker = Worker::start(&setup, "membership,presence", &[]);
     member(
         &setup,
         "conversation:c1",
@@ -559,7 +455,7 @@ async fn privacy_decides_who_may_watch() {
     member(&setup, "group:g1", "member.added", "u1").await;
     member(&setup, "group:g1", "member.added", "grouped").await;
 
-    let default = rpc(&setup, Some("u1"), "presence.privacy.get", json!({})).await;
+    let default = rpc(&setup, "presence.privacy.get", Some("u1"), json!({})).await;
     assert_eq!(default, json!({"result": {"visibility": "contacts"}}));
     eventually("memberships to be mirrored", || async {
         (allowed(&setup, "chat", "u1").await && allowed(&setup, "bidder", "u1").await).then_some(())
@@ -573,7 +469,7 @@ async fn privacy_decides_who_may_watch() {
     assert!(allowed(&setup, "u1", "u1").await);
 
     set_visibility(&setup, "u1", "everyone").await;
-    let everyone = rpc(&setup, Some("u1"), "presence.privacy.get", json!({})).await;
+    let everyone = rpc(&setup, "presence.privacy.get", Some("u1"), json!({})).await;
     assert_eq!(everyone, json!({"result": {"visibility": "everyone"}}));
     assert!(allowed(&setup, "stranger", "u1").await);
     assert!(allowed(&setup, "grouped", "u1").await);
@@ -608,12 +504,12 @@ async fn privacy_decides_who_may_watch() {
         ("presence.authorize", json!({"target": "a.b"})),
         ("presence.authorize", json!({})),
     ] {
-        let answer = rpc(&setup, Some("u1"), method, params.clone()).await;
+        let answer = rpc(&setup, method, Some("u1"), params.clone()).await;
         assert_eq!(
             answer["error"]["code"], "bad_request",
             "{method} {params}: {answer}"
         );
     }
-    let anonymous = rpc(&setup, None, "presence.authorize", json!({"target": "u1"})).await;
+    let anonymous = rpc(&setup, "presence.authorize", None, json!({"target": "u1"})).await;
     assert_eq!(anonymous["error"]["code"], "unauthorized");
 }

@@ -4,102 +4,23 @@
 //! `switchboard.receipt_cursors`, and the answers of `svc.receipts.get`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod support;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::message::PublishMessage;
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use switchboard_bus::definitions::Definitions;
-use switchboard_bus::store::Store;
-use switchboard_bus::{CMDS_STREAM, Publisher, headers};
-use switchboard_schemas::{Actor, ChannelName, Envelope, EventType, RawJson};
-use switchboard_testkit::{Nats, Postgres, Process};
+use switchboard_bus::CMDS_STREAM;
+use switchboard_schemas::Actor;
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-struct Setup {
-    nats: Nats,
-    _pg: Postgres,
-    database_url: String,
-    client: async_nats::Client,
-    js: jetstream::Context,
-    db: PgPool,
-    publisher: Publisher,
-    store: Store,
-}
-
-async fn setup() -> Setup {
-    let nats = Nats::start().unwrap();
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client.clone());
-    Definitions::builtin().apply(&js).await.unwrap();
-    let db = PgPool::connect(&database_url).await.unwrap();
-    Setup {
-        nats,
-        _pg: pg,
-        database_url,
-        js,
-        db,
-        publisher: Publisher::new(client.clone()),
-        store: Store::new(client.clone()),
-        client,
-    }
-}
-
-/// A `switchboard-workers` process running `jobs`, killed when dropped.
-fn worker(setup: &Setup, jobs: &str) -> Process {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"));
-    command
-        .env("SWITCHBOARD_NATS_URL", setup.nats.url())
-        .env("DATABASE_URL", &setup.database_url)
-        .env("SWITCHBOARD_WORKERS", jobs)
-        // Short, so what a killed worker had fetched comes back quickly.
-        .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")
-        .env("SWITCHBOARD_LOG", "switchboard_workers=debug,info");
-    Process::spawn(command).expect("start switchboard-workers")
-}
-
-/// SIGTERM, then the exit status.
-fn terminate(mut process: Process) -> std::process::ExitStatus {
-    let pid = process.pid().expect("worker running").to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(sent.success());
-    process
-        .wait_timeout(DEADLINE)
-        .expect("the worker stops after SIGTERM")
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{Setup, Worker, channel, event, eventually, next_pick, rpc, setup, stored_events};
 
 /// Publishes an event on `channel` as `actor`; its stream sequence.
-async fn publish(setup: &Setup, channel: &str, ty: &str, actor: &str, data: Value) -> u64 {
-    let mut event = Envelope::new(
-        EventType::parse(ty).unwrap(),
-        RawJson::from_string(data.to_string()).unwrap(),
-    );
+async fn publish(setup: &Setup, channel_name: &str, ty: &str, actor: &str, data: Value) -> u64 {
+    let mut event = event(ty, data);
     event.actor = Some(Actor {
         id: actor.into(),
         kind: "user".into(),
     });
-    let channel = ChannelName::parse(channel).unwrap();
+    let channel = channel(channel_name);
     setup.publisher.publish(&channel, &event).await.unwrap().seq
 }
 
@@ -126,38 +47,29 @@ struct StoredReceipt {
 }
 
 async fn receipts(setup: &Setup, conversation: &str) -> Vec<StoredReceipt> {
-    let subject = ChannelName::parse(conversation)
-        .unwrap()
-        .subject(switchboard_schemas::SubjectKind::Durable);
+    let subject = channel(conversation).subject(switchboard_schemas::SubjectKind::Durable);
     let mut all = Vec::new();
-    let mut next = 1;
-    loop {
-        let batch = setup.store.forward(&subject, next, 1000).await.unwrap();
-        let Some(last) = batch.last() else {
-            return all;
-        };
-        next = last.seq + 1;
-        for stored in &batch {
-            let event = stored.envelope().unwrap();
-            if event.ty.as_str() != "message.receipt" {
-                continue;
-            }
-            assert_eq!(stored.ty.as_deref(), Some("message.receipt"));
-            let data: Value = serde_json::from_str(event.data.as_str()).unwrap();
-            let user = data["user"].as_str().unwrap().to_string();
-            let actor = event.actor.expect("receipts name their actor");
-            assert_eq!(
-                (actor.id.as_str(), actor.kind.as_str()),
-                (user.as_str(), "user")
-            );
-            all.push(StoredReceipt {
-                user,
-                delivered: data["delivered"].as_u64().unwrap(),
-                read: data["read"].as_u64().unwrap(),
-                id: event.id.to_string(),
-            });
+    for stored in stored_events(setup, &subject).await {
+        let event = stored.envelope().unwrap();
+        if event.ty.as_str() != "message.receipt" {
+            continue;
         }
+        assert_eq!(stored.ty.as_deref(), Some("message.receipt"));
+        let data: Value = serde_json::from_str(event.data.as_str()).unwrap();
+        let user = data["user"].as_str().unwrap().to_string();
+        let actor = event.actor.expect("receipts name their actor");
+        assert_eq!(
+            (actor.id.as_str(), actor.kind.as_str()),
+            (user.as_str(), "user")
+        );
+        all.push(StoredReceipt {
+            user,
+            delivered: data["delivered"].as_u64().unwrap(),
+            read: data["read"].as_u64().unwrap(),
+            id: event.id.to_string(),
+        });
     }
+    all
 }
 
 async fn wait_for_receipts(setup: &Setup, conversation: &str, count: usize) -> Vec<StoredReceipt> {
@@ -198,32 +110,10 @@ async fn wait_until_drained(setup: &Setup) {
     .await;
 }
 
-/// Calls `svc.<method>` as `user` (no `Rt-User` when `None`), as the edge forwards an
-/// `rpc` frame; retried until a worker answers.
-async fn rpc(setup: &Setup, user: Option<&str>, method: &str, params: Value) -> Value {
-    let mut request_headers = HeaderMap::new();
-    if let Some(user) = user {
-        request_headers.insert(headers::RT_USER, user);
-    }
-    eventually(&format!("an answer to {method}"), || async {
-        let reply = setup
-            .client
-            .request_with_headers(
-                format!("svc.{method}"),
-                request_headers.clone(),
-                params.to_string().into(),
-            )
-            .await
-            .ok()?;
-        Some(serde_json::from_slice(&reply.payload).unwrap())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sends_three_messages_and_b_acks_two_and_reads_one() {
     let setup = setup().await;
-    let worker = worker(&setup, "receipts");
+    let worker = Worker::start(&setup, "receipts", &[]);
     let conversation = "conversation:c1";
     let mut seqs = Vec::new();
     for text in ["one", "two", "three"] {
@@ -319,7 +209,7 @@ async fn a_sends_three_messages_and_b_acks_two_and_reads_one() {
     let stored = wait_for_receipts(&setup, conversation, 5).await;
     assert_eq!(pairs(&stored)[4..], [("a", s3, s3)]);
 
-    let status = terminate(worker);
+    let status = worker.terminate().await;
     assert!(
         status.success(),
         "SIGTERM stops the worker cleanly: {status}"
@@ -329,7 +219,7 @@ async fn a_sends_three_messages_and_b_acks_two_and_reads_one() {
 #[tokio::test(flavor = "multi_thread")]
 async fn receipts_get_answers_participants_only() {
     let setup = setup().await;
-    let _worker = worker(&setup, "membership,receipts");
+    let _worker = Worker::start(&setup, "membership,receipts", &[]);
     let conversation = "conversation:c1";
     for user in ["a", "b"] {
         publish(
@@ -361,16 +251,16 @@ async fn receipts_get_answers_participants_only() {
     ]}});
     let params = json!({"channel": conversation});
     eventually("a to be a participant", || async {
-        (rpc(&setup, Some("a"), "receipts.get", params.clone()).await == expected).then_some(())
+        (rpc(&setup, "receipts.get", Some("a"), params.clone()).await == expected).then_some(())
     })
     .await;
 
-    let refused = rpc(&setup, Some("stranger"), "receipts.get", params.clone()).await;
+    let refused = rpc(&setup, "receipts.get", Some("stranger"), params.clone()).await;
     assert_eq!(refused["error"]["code"], "forbidden", "{refused}");
     let empty = rpc(
         &setup,
-        Some("a"),
         "receipts.get",
+        Some("a"),
         json!({"channel": "conversation:c9"}),
     )
     .await;
@@ -382,10 +272,10 @@ async fn receipts_get_answers_participants_only() {
         json!({"channel": 5}),
         json!({}),
     ] {
-        let answer = rpc(&setup, Some("a"), "receipts.get", bad.clone()).await;
+        let answer = rpc(&setup, "receipts.get", Some("a"), bad.clone()).await;
         assert_eq!(answer["error"]["code"], "bad_request", "{bad}: {answer}");
     }
-    let anonymous = rpc(&setup, None, "receipts.get", params.clone()).await;
+    let anonymous = rpc(&setup, "receipts.get", None, params.clone()).await;
     assert_eq!(anonymous["error"]["code"], "unauthorized", "{anonymous}");
 
     // A participant removed loses access.
@@ -398,7 +288,7 @@ async fn receipts_get_answers_participants_only() {
     )
     .await;
     eventually("b's access to end", || async {
-        let answer = rpc(&setup, Some("b"), "receipts.get", params.clone()).await;
+        let answer = rpc(&setup, "receipts.get", Some("b"), params.clone()).await;
         (answer["error"]["code"] == "forbidden").then_some(())
     })
     .await;
@@ -418,10 +308,7 @@ fn history(count: usize) -> (Commands, Finals) {
     let mut finals = Finals::new();
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..count {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let pick = (state >> 33) as usize;
+        let pick = next_pick(&mut state);
         let conversation = conversations[pick % conversations.len()];
         let user = users[(pick / 3) % users.len()];
         // Rising with i, but sometimes far behind (a lagging device).
@@ -465,14 +352,14 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
         command(&setup, conversation, body.clone()).await;
     }
 
-    let mut first = worker(&setup, "receipts");
+    let first = Worker::start(&setup, "receipts", &[]);
     eventually("the worker to be part-way through", || async {
         let mut stream = setup.js.get_stream(CMDS_STREAM).await.ok()?;
         let left = stream.info().await.ok()?.state.messages;
         (left as usize <= total - 100).then_some(())
     })
     .await;
-    first.kill();
+    first.kill().await;
     let mut stream = setup.js.get_stream(CMDS_STREAM).await.unwrap();
     let left = stream.info().await.unwrap().state.messages;
     assert!(
@@ -480,7 +367,7 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
         "the worker was killed before it had handled everything"
     );
 
-    let _second = worker(&setup, "receipts");
+    let _second = Worker::start(&setup, "receipts", &[]);
     wait_until_drained(&setup).await;
 
     for ((conversation, user), (delivered, read)) in &finals {

@@ -1,5 +1,5 @@
-//! What the notifications and outbox tests share: real servers, worker processes, and
-//! ways to look at the stream and the database. Each test binary uses a part of it.
+//! What the workers tests share: real servers, worker processes, and ways to look at the
+//! stream, the buckets and the database. Each test binary uses a part of it.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -7,12 +7,12 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use serde_json::Value;
 use sqlx::PgPool;
 use switchboard_bus::definitions::Definitions;
-use switchboard_bus::store::Store;
-use switchboard_bus::{EVENTS_STREAM, Publisher};
+use switchboard_bus::store::{Store, StoredEvent};
+use switchboard_bus::{EVENTS_STREAM, MEMBERS_BUCKET, PRESENCE_BUCKET, Publisher};
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
 use switchboard_testkit::{Nats, Postgres};
 use tokio::process::{Child, Command};
@@ -29,6 +29,10 @@ pub struct Setup {
     pub db: PgPool,
     pub publisher: Publisher,
     pub store: Store,
+    /// The KV bucket `members`.
+    pub members: kv::Store,
+    /// The KV bucket `presence`.
+    pub presence: kv::Store,
 }
 
 pub async fn setup() -> Setup {
@@ -42,6 +46,8 @@ pub async fn setup() -> Setup {
         .unwrap();
     let js = jetstream::new(client.clone());
     Definitions::builtin().apply(&js).await.unwrap();
+    let members = js.get_key_value(MEMBERS_BUCKET).await.unwrap();
+    let presence = js.get_key_value(PRESENCE_BUCKET).await.unwrap();
     let db = PgPool::connect(&database_url).await.unwrap();
     Setup {
         nats,
@@ -52,6 +58,8 @@ pub async fn setup() -> Setup {
         client,
         js,
         db,
+        members,
+        presence,
     }
 }
 
@@ -134,6 +142,14 @@ where
     eventually_within(DEADLINE, what, check).await
 }
 
+/// The next number of a deterministic pseudo-random run (a 64-bit LCG) kept in `state`.
+pub fn next_pick(state: &mut u64) -> usize {
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    (*state >> 33) as usize
+}
+
 pub fn event(ty: &str, data: Value) -> Envelope {
     Envelope::new(
         EventType::parse(ty).unwrap(),
@@ -156,8 +172,8 @@ pub async fn publish(setup: &Setup, channel_name: &str, envelope: &Envelope) -> 
     .seq
 }
 
-/// Every event stored on subjects matching `filter`, in stream order.
-pub async fn stored(setup: &Setup, filter: &str) -> Vec<(u64, String, Envelope)> {
+/// Every message stored on subjects matching `filter`, in stream order.
+pub async fn stored_events(setup: &Setup, filter: &str) -> Vec<StoredEvent> {
     let mut all = Vec::new();
     let mut next = 1;
     loop {
@@ -166,17 +182,41 @@ pub async fn stored(setup: &Setup, filter: &str) -> Vec<(u64, String, Envelope)>
             return all;
         };
         next = last.seq + 1;
-        for event in batch {
-            let envelope = event.envelope().unwrap();
-            all.push((event.seq, event.subject.clone(), envelope));
-        }
+        all.extend(batch);
     }
+}
+
+/// Every event stored on subjects matching `filter`, in stream order.
+pub async fn stored(setup: &Setup, filter: &str) -> Vec<(u64, String, Envelope)> {
+    stored_events(setup, filter)
+        .await
+        .into_iter()
+        .map(|event| {
+            let envelope = event.envelope().unwrap();
+            (event.seq, event.subject, envelope)
+        })
+        .collect()
 }
 
 /// How many messages the EVENTS stream holds.
 pub async fn stream_messages(setup: &Setup) -> u64 {
     let mut stream = setup.js.get_stream(EVENTS_STREAM).await.unwrap();
     stream.info().await.unwrap().state.messages
+}
+
+/// Waits until every outbox row is sent (or has failed), failing the test after
+/// `deadline`.
+pub async fn wait_until_sent(setup: &Setup, deadline: Duration) {
+    eventually_within(deadline, "every outbox row to be sent", || async {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM switchboard.outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+        )
+        .fetch_one(&setup.db)
+        .await
+        .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
 }
 
 /// Waits until consumer `name` has acked everything stored so far.
