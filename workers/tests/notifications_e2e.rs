@@ -221,12 +221,25 @@ async fn two_devices_see_the_notification_and_the_read_and_only_the_offline_owne
             json!({"op": "rpc", "id": 7, "method": "notifications.read", "params": {"all": true}}),
         )
         .await;
-    let reply = phone
-        .next_where("reply to notifications.read", |frame| frame["id"] == 7)
-        .await;
+    // The reply and the `notification.read` event race each other to the phone.
+    let (mut reply, mut phone_read) = (None, None);
+    while reply.is_none() || phone_read.is_none() {
+        let frame = phone
+            .next_where(
+                "the reply to notifications.read and notification.read",
+                |f| f["id"] == 7 || f["event"]["type"] == "notification.read",
+            )
+            .await;
+        if frame["id"] == 7 {
+            reply = Some(frame);
+        } else {
+            phone_read = Some(frame["event"]["data"].clone());
+        }
+    }
+    let reply = reply.unwrap();
     assert_eq!(reply["result"], json!({"unread": 0}), "{reply}");
-    for device in [&mut phone, &mut laptop] {
-        let read = device.event("notification.read").await;
+    let laptop_read = laptop.event("notification.read").await;
+    for read in [phone_read.unwrap(), laptop_read] {
         assert_eq!(read["unread"], 0);
         assert_eq!(read["ids"].as_array().unwrap().len(), 1);
     }
