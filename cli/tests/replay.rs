@@ -373,6 +373,9 @@ async fn interrupted_replay_says_where_it_stopped_and_resuming_finishes_the_job(
         .status()
         .unwrap();
     assert!(status.success());
+    // The replay is blocked on the full pipe; let its runtime take the signal in before
+    // the pipe drains, or a fast machine may finish the whole replay first.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     lines.extend(rest.lines().map(|l| format!("{l}\n")));
