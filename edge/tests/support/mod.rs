@@ -356,10 +356,14 @@ impl Client {
     /// Subscribes, retrying while the answer is `forbidden`: a membership just written
     /// reaches the edge through a KV watch, a moment later.
     pub async fn sub_member(&mut self, frame: Value) -> Value {
-        let deadline = Instant::now() + WAIT;
+        self.sub_within(frame, Instant::now(), WAIT).await
+    }
+
+    /// Subscribes, retrying while `forbidden` until `limit` after `since`; the last answer.
+    pub async fn sub_within(&mut self, frame: Value, since: Instant, limit: Duration) -> Value {
         loop {
             let reply = self.sub(frame.clone()).await;
-            if reply["code"] != "forbidden" || Instant::now() > deadline {
+            if reply["code"] != "forbidden" || since.elapsed() > limit {
                 return reply;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
