@@ -16,6 +16,8 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -148,6 +150,19 @@ pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
     let (first, last) = window(&store, &args, position.first_seq, position.last_seq).await?;
 
     let interrupt = crate::on_interrupt()?;
+    // Output is written synchronously, so the replay's own task may sit in a write to a
+    // full pipe when Ctrl-C comes: another task takes the signal and raises a flag that
+    // the copy loop checks before every event.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    {
+        let (stop, stopped) = (stop.clone(), stopped.clone());
+        tokio::spawn(async move {
+            interrupt.await;
+            stop.store(true, Ordering::SeqCst);
+            stopped.notify_one();
+        });
+    }
     let mut sink = Sink::open(&args, json, js)?;
     let mut tally = Tally::default();
     let started = Instant::now();
@@ -159,10 +174,10 @@ pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
             filters: &filters,
             first,
         };
-        let copy = copy(&mut merged, selection, &mut sink, &mut tally, &bar);
+        let copy = copy(&mut merged, selection, &mut sink, &mut tally, &bar, &stop);
         tokio::select! {
             result = copy => Some(result),
-            () = interrupt => None,
+            () = stopped.notified() => None,
         }
     } else {
         Some(Ok(()))
@@ -304,6 +319,7 @@ async fn copy(
     sink: &mut Sink,
     tally: &mut Tally,
     bar: &ProgressBar,
+    stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     while let Some(item) = merged
@@ -311,6 +327,10 @@ async fn copy(
         .await
         .context("reading stored events failed")?
     {
+        if stop.load(Ordering::SeqCst) {
+            // Interrupted: wait here for the caller to take the interruption branch.
+            std::future::pending::<()>().await;
+        }
         let seq = item.event.seq;
         tally.read += 1;
         bar.set_position(seq - first + 1);
