@@ -32,3 +32,35 @@ pub const OCCUPANCY_BUCKET: &str = "occupancy";
 pub const EDGES_STATUS_SUBJECT: &str = "switchboard.edges.status";
 /// KV bucket of channel members.
 pub const MEMBERS_BUCKET: &str = "members";
+
+/// The servers a NATS URL setting names (`SWITCHBOARD_NATS_URL`, `--nats-url`): one URL,
+/// or a comma-separated list, the way a cluster's clients list its nodes
+/// (`nats://n1:4222,nats://n2:4222,nats://n3:4222`). Spaces around each are ignored.
+///
+/// Hand the result to `async_nats::connect` or `ConnectOptions::connect`: given the
+/// setting as one string, async-nats parses it as a single URL and a list fails with
+/// "invalid port number".
+pub fn nats_servers(setting: &str) -> Vec<&str> {
+    setting
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nats_servers;
+
+    #[test]
+    fn a_nats_url_setting_names_one_server_or_a_comma_separated_list() {
+        assert_eq!(
+            nats_servers("nats://127.0.0.1:4222"),
+            ["nats://127.0.0.1:4222"]
+        );
+        assert_eq!(
+            nats_servers("nats://n1:4222, nats://n2:4222,nats://n3:4222,"),
+            ["nats://n1:4222", "nats://n2:4222", "nats://n3:4222"]
+        );
+    }
+}

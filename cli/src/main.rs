@@ -165,7 +165,7 @@ async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
     use anyhow::Context as _;
     async_nats::ConnectOptions::new()
         .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(url)
+        .connect(switchboard_bus::nats_servers(url))
         .await
         .with_context(|| {
             format!("cannot connect to NATS at {url} (set --nats-url or SWITCHBOARD_NATS_URL)")

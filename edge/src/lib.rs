@@ -111,7 +111,7 @@ impl Edge {
                     let _ = events_tx.send(event);
                 }
             })
-            .connect(&config.nats_url)
+            .connect(switchboard_bus::nats_servers(&config.nats_url))
             .await
             .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
         let store = Store::new(nats.clone());

@@ -98,7 +98,7 @@ pub async fn run(config: WorkersConfig, shutdown: CancellationToken) -> Result<(
     let client = async_nats::ConnectOptions::new()
         .name("switchboard-workers")
         .retry_on_initial_connect()
-        .connect(&config.nats_url)
+        .connect(switchboard_bus::nats_servers(&config.nats_url))
         .await
         .map_err(|source| WorkersError::Nats {
             url: config.nats_url.clone(),

@@ -158,6 +158,23 @@ impl Edge {
         panic!("edge at {} not ready within {WAIT:?}", self.addr);
     }
 
+    /// The value of a counter or gauge on `/metrics` (the sum over its labels), if the edge
+    /// answers and exports it.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (200, body) = http_get(&self.addr, "/metrics")? else {
+            return None;
+        };
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
     }
@@ -321,6 +338,27 @@ impl Client {
         None
     }
 
+    /// The next text frame within `wait`, telling a quiet socket from one that is gone
+    /// (closed, reset, or its edge killed).
+    pub async fn next_or_closed(&mut self, wait: Duration) -> Next {
+        if let Some(frame) = self.held.pop_front() {
+            return Next::Frame(frame);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let Ok(message) = tokio::time::timeout_at(deadline, self.socket.next()).await else {
+                return Next::Quiet;
+            };
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Next::Frame(serde_json::from_str(&text).unwrap());
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Next::Closed,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// The next text frame from the socket itself.
     async fn read(&mut self, wait: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + wait;
@@ -399,6 +437,16 @@ impl Client {
             }
         }
     }
+}
+
+/// What [`Client::next_or_closed`] read.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Value),
+    /// Nothing arrived in time; the socket is still open.
+    Quiet,
+    /// The socket is gone.
+    Closed,
 }
 
 /// The seqs of `evt` frames.
