@@ -107,6 +107,30 @@ pub struct EdgeConfig {
     )]
     pub max_unauthenticated: usize,
 
+    /// Time a connection has to send a complete request head (request line and headers),
+    /// counted from when it opens and again from each response on a kept-alive
+    /// connection; then it is closed.
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// Longest request head (request line and headers), in bytes, at least 8192; longer
+    /// ones are refused with HTTP 431.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_REQUEST_HEAD_BYTES",
+        default_value_t = 16 * 1024
+    )]
+    pub max_request_head_bytes: usize,
+
+    /// Connections speaking plain HTTP at once: those not yet upgraded to a WebSocket,
+    /// SSE streams, long polls and other requests. More are answered HTTP 503 and closed.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_HTTP_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_http_connections: usize,
+
     /// Browser origins allowed to connect (comma separated); empty allows any. Requests
     /// without an `Origin` header (servers, native apps) are always allowed.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -137,6 +161,10 @@ pub struct EdgeConfig {
 impl EdgeConfig {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
     }
 
     pub fn hello_timeout(&self) -> Duration {

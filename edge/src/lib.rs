@@ -15,6 +15,8 @@
 //! - [`auth`], [`policy`], [`members`]: tokens, the namespace rules, and the membership
 //!   copy kept fresh from the `members` KV bucket.
 //! - [`http`]: the axum router: `/v1/ws`, health, readiness.
+//! - [`server`]: accepts connections and serves the router over HTTP/1, with the
+//!   limits that hold before a request is read (header timeout, connection cap).
 //!
 //! The edge never talks to PostgreSQL: what it needs from workers it asks over NATS.
 
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod policy;
 pub mod presence;
 pub mod rpc;
+pub mod server;
 pub mod session;
 pub mod subscribe;
 
@@ -250,13 +253,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let stop_accepting = CancellationToken::new();
     let router = http::router(edge.clone());
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server::run(
+        edge.clone(),
+        listener,
+        router,
+        stop_accepting.clone(),
+    ));
     shutdown.await;
     tracing::info!("draining");
     stop_accepting.cancel();
     edge.drain().await;
-    server.await??;
+    server.await?;
     Ok(())
 }

@@ -35,6 +35,10 @@ const LATENCY_BUCKETS: [f64; 12] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub connections: AtomicI64,
+    /// Connections speaking plain HTTP (not upgraded to a WebSocket).
+    pub http_connections: AtomicI64,
+    pub http_refused: AtomicU64,
+    pub header_timeouts: AtomicU64,
     pub subscriptions: AtomicI64,
     frames_in: [AtomicU64; OPS.len()],
     pub frames_out: AtomicU64,
@@ -117,6 +121,12 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "switchboard_edge_http_connections",
+            "Connections speaking plain HTTP: before a WebSocket upgrade, SSE, long polls, other requests.",
+            self.http_connections.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
             "switchboard_edge_subscriptions",
             "Live subscriptions across all sessions.",
             self.subscriptions.load(Ordering::Relaxed),
@@ -189,6 +199,16 @@ impl Metrics {
                 "switchboard_edge_nats_reconnects_total",
                 "Reconnections to NATS.",
                 &self.nats_reconnects,
+            ),
+            (
+                "switchboard_edge_http_refused_total",
+                "Connections answered 503 because SWITCHBOARD_MAX_HTTP_CONNECTIONS were open.",
+                &self.http_refused,
+            ),
+            (
+                "switchboard_edge_header_timeouts_total",
+                "Connections closed because a request head was not complete within SWITCHBOARD_HEADER_TIMEOUT_MS.",
+                &self.header_timeouts,
             ),
             (
                 "switchboard_edge_published_total",

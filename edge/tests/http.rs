@@ -381,6 +381,11 @@ async fn per_user_connections_and_unauthenticated_sockets_are_limited() {
     let (frames, code) = pending.until_closed().await;
     assert_eq!(frames[0]["code"], "rate_limited");
     assert_eq!(code, Some(4408));
+    println!(
+        "connection caps: a user's 3rd socket (cap 2) refused 429, another user served; a 2nd \
+         socket waiting for hello (cap 1) refused 429; hello over the user cap: rate_limited, \
+         close 4408"
+    );
 }
 
 #[tokio::test]

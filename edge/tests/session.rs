@@ -213,6 +213,7 @@ async fn frames_over_the_limit_are_too_large_and_over_the_hard_cap_close_1009() 
     client.send_text(huge).await;
     let (_, code) = client.until_closed().await;
     assert_eq!(code, Some(1009));
+    println!("oversized frame: 70 KiB -> too_large, socket kept; 1 MiB + 10 bytes -> close 1009");
 }
 
 #[tokio::test]
@@ -249,6 +250,11 @@ async fn malformed_and_binary_frames_are_bad_requests_and_the_tenth_ends_the_ses
         &json!({"op":"bye","code":"protocol_error","reconnect":true})
     );
     assert_eq!(code, Some(4400));
+    println!(
+        "malformed frames: {} malformed text frames answered bad_request (id echoed when \
+         readable), a binary frame the 10th bad one: bye protocol_error, close 4400",
+        cases.len() + 1
+    );
 }
 
 #[tokio::test]
@@ -279,6 +285,10 @@ async fn a_frame_flood_is_rate_limited_then_ended_with_4408() {
         &json!({"op":"bye","code":"rate_limited","reconnect":true})
     );
     assert_eq!(code, Some(4408));
+    println!(
+        "frame flood on one socket: 300 pings -> {pongs} pongs, {limited} rate_limited, bye \
+         rate_limited, close 4408"
+    );
 }
 
 #[tokio::test]
@@ -300,5 +310,8 @@ async fn the_101st_subscription_is_rate_limited_and_broadcast_does_not_count() {
     assert_eq!(
         client.sub(json!({"ch":"domain:one-more"})).await["op"],
         "ok"
+    );
+    println!(
+        "subscription cap: 100 subscriptions ok, the 101st rate_limited, room again after an unsub"
     );
 }

@@ -113,6 +113,11 @@ async fn hs256_tokens_that_are_wrong_in_any_way_are_refused() {
     .await;
     refused(&edge, "", "empty").await;
     refused(&edge, "a.b", "malformed").await;
+    println!(
+        "token forgery: 14 tokens refused 401 before any socket (alg none, tampered payload, \
+         expired, nbf ahead, wrong or missing issuer, wrong audience, no sub, no exp, invalid \
+         sub, another key, HS512, empty, malformed); the genuine one accepted"
+    );
 }
 
 #[tokio::test]
@@ -172,6 +177,10 @@ async fn rs256_edge_accepts_its_key_and_refuses_hs256_signed_with_the_public_key
         "HS256 on an RS256 edge",
     )
     .await;
+    println!(
+        "algorithm confusion: an RS256 edge accepts its key and refuses (401) HS256 signed \
+         with its public key and HS256 with a shared secret"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,150 @@
+//! Accepting connections: the HTTP/1 server under the router, and the limits that hold
+//! before any request has been read.
+//!
+//! `axum::serve` gives a connection all the time it wants to send its request and takes
+//! as many connections as the kernel hands over: a peer that opens sockets and sends its
+//! request head a byte at a time, or never, holds them (and their buffers) for good. Here:
+//!
+//! - a request head must be complete within `SWITCHBOARD_HEADER_TIMEOUT_MS` of the
+//!   connection opening, and again of each response on a kept-alive connection;
+//! - it may be at most `SWITCHBOARD_MAX_REQUEST_HEAD_BYTES` long (HTTP 431 beyond), which
+//!   also bounds the buffer a connection holds while its head arrives;
+//! - at most `SWITCHBOARD_MAX_HTTP_CONNECTIONS` connections speak plain HTTP at once:
+//!   those before their WebSocket upgrade, SSE streams, long polls and other requests. An
+//!   upgraded socket leaves the count at the upgrade, when hyper hands it to the session.
+//!   A connection beyond the limit gets HTTP 503 and is closed at once, so a flood costs
+//!   a file descriptor for an instant only.
+//!
+//! Shutdown: when `stop` is cancelled the listener closes, every HTTP connection is
+//! asked to finish its current response and close, and [`run`] returns once all have.
+//! Upgraded sockets are not this module's: the edge drains its sessions itself.
+
+use std::io;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::Edge;
+
+/// hyper's smallest allowed connection buffer.
+const MIN_HEAD_BYTES: usize = 8 * 1024;
+
+/// The whole answer to a connection beyond the limit; it goes out without reading the
+/// request, so it must not depend on it.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+connection: close\r\n\
+content-length: 79\r\n\
+\r\n\
+{\"code\":\"unavailable\",\"message\":\"this edge has too many open HTTP connections\"}";
+
+/// Serves `router` on `listener` until `stop` is cancelled.
+pub async fn run(edge: Arc<Edge>, listener: TcpListener, router: Router, stop: CancellationToken) {
+    let config = &edge.config;
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout())
+        .max_buf_size(config.max_request_head_bytes.max(MIN_HEAD_BYTES));
+    let permits = Arc::new(Semaphore::new(config.max_http_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            edge.metrics.count(&edge.metrics.http_refused, 1);
+            refuse(stream);
+            continue;
+        };
+        // Frames are small and written whole: Nagle's algorithm would hold one back until
+        // the client's (delayed) ACK of the previous one, up to 40 ms on Linux.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let connection = http
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router.clone()),
+            )
+            .with_upgrades();
+        let edge = edge.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            edge.metrics.gauge(&edge.metrics.http_connections, 1);
+            let mut connection = pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if ended.is_err_and(|e| e.is_timeout()) {
+                edge.metrics.count(&edge.metrics.header_timeouts, 1);
+            }
+            edge.metrics.gauge(&edge.metrics.http_connections, -1);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Answers 503 and closes, without waiting on the peer: whatever of the request already
+/// arrived is read first, so that closing does not reset the connection under the answer.
+fn refuse(stream: TcpStream) {
+    let mut scratch = [0u8; 4096];
+    for _ in 0..4 {
+        match stream.try_read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(REFUSAL);
+}
+
+/// Connection-level failures concern one peer; anything else (out of file descriptors,
+/// most likely) pauses accepting briefly rather than spinning.
+async fn accept_failed(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::REFUSAL;
+
+    #[test]
+    fn the_refusal_declares_its_body_length() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], "unavailable");
+    }
+}
