@@ -38,11 +38,14 @@ impl Timestamp {
     }
 
     pub fn from_offset_date_time(instant: OffsetDateTime) -> Result<Timestamp, EventFieldError> {
-        let utc = instant.to_offset(UtcOffset::UTC);
-        if (0..=9999).contains(&utc.year()) {
-            Ok(Timestamp(utc))
-        } else {
-            Err(EventFieldError::Timestamp(format!("year {}", utc.year())))
+        // Not `to_offset`, which panics when the instant in UTC is beyond the time
+        // crate's years: `9999-12-31T23:59:59-15:00` is in year 10000 (found by fuzzing).
+        match instant.checked_to_offset(UtcOffset::UTC) {
+            Some(utc) if (0..=9999).contains(&utc.year()) => Ok(Timestamp(utc)),
+            Some(utc) => Err(EventFieldError::Timestamp(format!("year {}", utc.year()))),
+            None => Err(EventFieldError::Timestamp(format!(
+                "{instant}, beyond year 9999 in UTC"
+            ))),
         }
     }
 
@@ -117,6 +120,32 @@ mod tests {
         assert!(Timestamp::from_unix_nanos(year_10000 - 1).is_ok());
         assert!(Timestamp::from_unix_nanos(-62_167_219_200 * 1_000_000_000).is_ok());
         assert!(Timestamp::from_unix_nanos(-62_167_219_200 * 1_000_000_000 - 1).is_err());
+    }
+
+    #[test]
+    fn refuses_offsets_that_leave_the_years_it_can_write() {
+        // Found by fuzzing: these used to panic in the time crate.
+        for text in [
+            "9999-12-31T23:59:59-15:00",
+            "9999-12-31T23:59:59.999999999-00:01",
+            "9999-12-31T00:01:00-23:59",
+            "0000-01-01T00:00:00+00:01",
+            "0000-01-01T23:58:59+23:59",
+        ] {
+            assert!(Timestamp::parse(text).is_err(), "{text}");
+        }
+        assert_eq!(
+            Timestamp::parse("9999-12-31T23:59:59+15:00")
+                .unwrap()
+                .to_string(),
+            "9999-12-31T08:59:59Z"
+        );
+        assert_eq!(
+            Timestamp::parse("0000-01-01T00:00:00-00:01")
+                .unwrap()
+                .to_string(),
+            "0000-01-01T00:01:00Z"
+        );
     }
 
     #[test]

@@ -327,19 +327,30 @@ const NON_NEGATIVE: &str = "a non-negative integer";
 const STRING: &str = "a string";
 
 impl Request {
-    /// Decodes one client text frame. Never panics, whatever the input.
+    /// Decodes one client text frame: UTF-8 JSON text, refused whole when any byte of
+    /// it is not UTF-8. Never panics, whatever the input.
     pub fn decode(text: &[u8]) -> Result<Request, FrameError> {
         let error = |id, kind| FrameError { id, kind };
+        // serde_json checks UTF-8 only in the strings it reads, not in those it skips
+        // (unknown fields), and a frame must be UTF-8 as a whole. Checked here, once,
+        // serde_json then reads `&str` without checking again.
+        let text = std::str::from_utf8(text).map_err(|utf8| {
+            error(
+                None,
+                FrameErrorKind::Json(format!("invalid UTF-8 at byte {}", utf8.valid_up_to())),
+            )
+        })?;
         // A JSON array would otherwise decode positionally into the struct.
-        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(
-                match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
-                    Ok(_) => error(None, FrameErrorKind::NotAnObject),
-                    Err(json) => error(None, FrameErrorKind::Json(json.to_string())),
-                },
-            );
+        if !text
+            .trim_start_matches(|c: char| c.is_ascii_whitespace())
+            .starts_with('{')
+        {
+            return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => error(None, FrameErrorKind::NotAnObject),
+                Err(json) => error(None, FrameErrorKind::Json(json.to_string())),
+            });
         }
-        let fields: RawFields<'_> = serde_json::from_slice(text)
+        let fields: RawFields<'_> = serde_json::from_str(text)
             .map_err(|json| error(None, FrameErrorKind::Json(json.to_string())))?;
         let id = optional(fields.id, "id", NON_NEGATIVE).map_err(|kind| error(None, kind))?;
         let frame = fields.into_frame().map_err(|kind| error(id, kind))?;
@@ -874,6 +885,14 @@ mod tests {
     fn refuses_invalid_utf8() {
         let error = Request::decode(b"{\"op\":\"hello\",\"token\":\"\xff\"}").unwrap_err();
         assert!(matches!(error.kind, FrameErrorKind::Json(_)), "{error}");
+        // Found by fuzzing: serde_json skips unknown fields without checking UTF-8.
+        let error = Request::decode(b"{\"op\":\"ping\",\"id\":3,\"x\":{\"\x9b\":1}}").unwrap_err();
+        assert_eq!(error.id, None);
+        assert_eq!(
+            error.to_string(),
+            "frame is not valid JSON: invalid UTF-8 at byte 26"
+        );
+        assert!(Request::decode(b"[\"\xff\"]").is_err());
         assert!(Request::decode(b"{\"op\":\"pub\",\"ch\":\"conversation:c1\",\"type\":\"message.new\",\"data\":\"\xc3\"}").is_err());
     }
 

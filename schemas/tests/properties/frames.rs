@@ -170,3 +170,26 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Found by fuzzing (fuzz/, target `client_frame`): serde_json checks UTF-8 only in
+    /// the strings it reads, so a byte that is not UTF-8 inside an unknown field used to
+    /// decode. A frame must be UTF-8 as a whole (docs/protocol.md, frame rules).
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_anywhere(
+        id in any::<u64>(),
+        frame in client_frame(),
+        bad in prop::sample::select(vec![0x80u8, 0x9b, 0xc3, 0xed, 0xf8, 0xff]),
+        in_key in any::<bool>(),
+    ) {
+        let encoded = Request { id: Some(id), frame }.encode();
+        let unknown = if in_key { "{\"x\u{1}\":0}" } else { "\"x\u{1}\"" };
+        let text = format!("{},\"future\":{unknown}}}", &encoded[..encoded.len() - 1]);
+        let valid = text.replace('\u{1}', "");
+        prop_assert!(Request::decode(valid.as_bytes()).is_ok(), "{}", valid);
+        let bytes: Vec<u8> = text.bytes().map(|b| if b == 1 { bad } else { b }).collect();
+        let error = Request::decode(&bytes).unwrap_err();
+        prop_assert!(matches!(error.kind, FrameErrorKind::Json(_)), "{}", error);
+        prop_assert_eq!(error.id, None);
+    }
+}

@@ -5,3 +5,4 @@ mod channels;
 mod envelope;
 mod frames;
 mod strategies;
+mod timestamps;
