@@ -290,12 +290,16 @@ impl<J: Job> Runner<J> {
             delivered,
             subject = %message.subject
         );
+        if delivered > 1 {
+            tracing::debug!(parent: &span, "delivered again");
+        }
         let delivery = Delivery {
             seq,
             delivered,
             message: &message.message,
         };
         let mut backoff = Backoff::standard();
+        let mut attempt: u32 = 0;
         loop {
             match self.job.handle(&delivery).instrument(span.clone()).await {
                 Ok(Outcome::Applied) => {
@@ -310,10 +314,20 @@ impl<J: Job> Runner<J> {
                 }
                 Err(JobError::Transient(error)) => {
                     Counts::bump(&self.counts.retries);
-                    tracing::warn!(parent: &span, seq, %error, "handling failed; retrying");
+                    attempt += 1;
+                    let delay = backoff.next_delay();
+                    // The attempt number and the delay say, in the log, that the wait grows.
+                    tracing::warn!(
+                        parent: &span,
+                        seq,
+                        attempt,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        %error,
+                        "handling failed; retrying"
+                    );
                     // Keeps JetStream from delivering it to another copy meanwhile.
                     let _ = message.ack_with(AckKind::Progress).await;
-                    if self.pause(backoff.next_delay()).await {
+                    if self.pause(delay).await {
                         continue;
                     }
                     let _ = message.ack_with(AckKind::Nak(None)).await;

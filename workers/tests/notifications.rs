@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -169,6 +169,12 @@ async fn bid_new_notifies_exactly_the_owners_once_across_a_kill_and_a_second_cop
             "{other}"
         );
     }
+    println!(
+        "notifications across a kill, a second store of the event and a replay: 1 bid.new \
+         stored twice and replayed from the start by a second worker; owners u1 and u2 \
+         have 1 notification, 1 user.notification (unread 1) and list 1 unread each; \
+         u3, u4, u5 and the actor c9 have none"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -704,4 +710,364 @@ async fn rules_come_from_the_configured_file_and_a_bad_one_stops_the_worker() {
             .unwrap();
     assert_eq!(deliveries, 0, "low priority stays in-app");
     assert!(webhook.requests().is_empty());
+}
+
+// Chaos: PostgreSQL restarts and a worker killed mid-burst, with a few hundred events
+// that each notify two users.
+
+const PROJECTS: usize = 4;
+const CONVERSATIONS: usize = 4;
+
+/// The two owners of `project:p<project>`.
+fn owners(project: usize) -> [String; 2] {
+    [format!("p{project}o1"), format!("p{project}o2")]
+}
+
+/// The three participants of `conversation:c<conversation>`.
+fn participants(conversation: usize) -> [String; 3] {
+    [1, 2, 3].map(|n| format!("c{conversation}u{n}"))
+}
+
+/// Four projects with two owners and a contractor each, four conversations of three.
+async fn cast(setup: &Setup) {
+    for project in 1..=PROJECTS {
+        let channel = format!("project:p{project}");
+        for owner in owners(project) {
+            add_member(setup, &channel, &owner, "owner").await;
+        }
+        add_member(setup, &channel, &format!("p{project}c"), "contractor").await;
+    }
+    for conversation in 1..=CONVERSATIONS {
+        let channel = format!("conversation:c{conversation}");
+        for user in participants(conversation) {
+            let added = event("conversation.participant_added", json!({"user": user}));
+            publish(setup, &channel, &added).await;
+        }
+    }
+}
+
+/// One event of a burst, where it is published, and whom it must notify.
+struct Planned {
+    channel: String,
+    event: Envelope,
+    recipients: Vec<String>,
+}
+
+/// `count` events taking turns: `bid.new` on a project (its two owners are notified,
+/// not the contractor) and `message.new` in a conversation (the two participants who did
+/// not send it).
+fn burst(count: usize) -> Vec<Planned> {
+    (0..count)
+        .map(|i| {
+            let turn = i / 2;
+            if i % 2 == 0 {
+                let project = turn % PROJECTS + 1;
+                Planned {
+                    channel: format!("project:p{project}"),
+                    event: bid(i as u32),
+                    recipients: owners(project).to_vec(),
+                }
+            } else {
+                let conversation = turn % CONVERSATIONS + 1;
+                let users = participants(conversation);
+                let sender = users[turn % users.len()].clone();
+                let mut message = event("message.new", json!({"text": format!("message {i}")}));
+                message.actor = Some(Actor {
+                    id: sender.clone(),
+                    kind: "user".into(),
+                });
+                Planned {
+                    channel: format!("conversation:c{conversation}"),
+                    event: message,
+                    recipients: users.into_iter().filter(|u| *u != sender).collect(),
+                }
+            }
+        })
+        .collect()
+}
+
+async fn publish_all(setup: &Setup, planned: &[Planned]) {
+    for planned in planned {
+        publish(setup, &planned.channel, &planned.event).await;
+    }
+}
+
+async fn notification_rows(setup: &Setup) -> Option<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM switchboard.notifications")
+        .fetch_one(&setup.db)
+        .await
+        .ok()
+}
+
+/// Waits until the notifications consumer has acked every stored event and the outbox
+/// has sent every row: then every notification there will be exists and is announced.
+async fn wait_until_settled(setup: &Setup) {
+    support::eventually_within(
+        Duration::from_secs(40),
+        "every event notified and every notification announced",
+        || async {
+            let mut stream = setup.js.get_stream("EVENTS").await.ok()?;
+            let last = stream.info().await.ok()?.state.last_sequence;
+            let info = stream.consumer_info("notifications").await.ok()?;
+            if info.ack_floor.stream_sequence < last || info.num_ack_pending > 0 {
+                return None;
+            }
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM switchboard.outbox WHERE sent_at IS NULL AND failed_at IS NULL",
+            )
+            .fetch_one(&setup.db)
+            .await
+            .ok()?;
+            (pending == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// What PostgreSQL and the stream hold after a burst, against what the burst must
+/// produce: one notification per (event, recipient), each announced once by a
+/// `user.notification` on `user:<recipient>`, unread counts 1, 2, ... per user.
+#[derive(Debug, Default)]
+struct Audit {
+    events: usize,
+    expected: usize,
+    rows: usize,
+    missing: usize,
+    duplicated: usize,
+    unexpected: usize,
+    announced: usize,
+    announced_twice: usize,
+    unannounced: usize,
+    announced_unknown: usize,
+    users: usize,
+    wrong_unread: Vec<String>,
+    deliveries: usize,
+    distinct_deliveries: usize,
+}
+
+async fn audit(setup: &Setup, planned: &[Planned]) -> Audit {
+    let expected: BTreeSet<(String, String)> = planned
+        .iter()
+        .flat_map(|p| {
+            p.recipients
+                .iter()
+                .map(|user| (p.event.id.to_string(), user.clone()))
+        })
+        .collect();
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, event_id, user_id FROM switchboard.notifications")
+            .fetch_all(&setup.db)
+            .await
+            .unwrap();
+    let mut per_pair: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut per_user: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, event_id, user) in &rows {
+        *per_pair
+            .entry((event_id.clone(), user.clone()))
+            .or_default() += 1;
+        *per_user.entry(user.clone()).or_default() += 1;
+    }
+
+    // ntf id -> (user channel it was published on, unread it announced), per stored event.
+    let mut announcements: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+    for (_, subject, envelope) in stored(setup, "rt.user.>").await {
+        if envelope.ty.as_str() != "user.notification" {
+            continue;
+        }
+        let data: Value = envelope.data.decode().unwrap();
+        let user = subject.strip_prefix("rt.user.").unwrap().to_string();
+        announcements
+            .entry(data["id"].as_str().unwrap().to_string())
+            .or_default()
+            .push((user, data["unread"].as_u64().unwrap()));
+    }
+    let row_ids: BTreeMap<&str, &str> = rows
+        .iter()
+        .map(|(id, _, user)| (id.as_str(), user.as_str()))
+        .collect();
+    let mut unread: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (id, seen) in &announcements {
+        for (user, count) in seen {
+            assert_eq!(
+                row_ids.get(id.as_str()).copied(),
+                Some(user.as_str()),
+                "{id} announced to its owner"
+            );
+            unread.entry(user.clone()).or_default().push(*count);
+        }
+    }
+    // Nobody reads during the test, so a user's announcements count 1, 2, ... n; and
+    // notifications.list says n.
+    let mut wrong_unread = Vec::new();
+    for (user, count) in &per_user {
+        let mut announced = unread.remove(user).unwrap_or_default();
+        announced.sort_unstable();
+        let listed = call(setup, "notifications.list", user, json!({"limit": 1})).await;
+        if announced != (1..=*count as u64).collect::<Vec<_>>() || listed["unread"] != *count {
+            wrong_unread.push(format!(
+                "{user}: {count} rows, listed unread {}, announced {announced:?}",
+                listed["unread"]
+            ));
+        }
+    }
+    let (deliveries, distinct_deliveries): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (event_id, user_id, medium, sink))
+           FROM switchboard.notification_deliveries",
+    )
+    .fetch_one(&setup.db)
+    .await
+    .unwrap();
+
+    Audit {
+        events: planned.len(),
+        expected: expected.len(),
+        rows: rows.len(),
+        missing: expected
+            .iter()
+            .filter(|pair| !per_pair.contains_key(*pair))
+            .count(),
+        duplicated: per_pair.values().map(|n| n - 1).sum(),
+        unexpected: per_pair.keys().filter(|p| !expected.contains(*p)).count(),
+        announced: announcements.values().map(Vec::len).sum(),
+        announced_twice: announcements.values().map(|a| a.len() - 1).sum(),
+        unannounced: row_ids
+            .keys()
+            .filter(|id| !announcements.contains_key(**id))
+            .count(),
+        announced_unknown: announcements
+            .keys()
+            .filter(|id| !row_ids.contains_key(id.as_str()))
+            .count(),
+        users: per_user.len(),
+        wrong_unread,
+        deliveries: deliveries as usize,
+        distinct_deliveries: distinct_deliveries as usize,
+    }
+}
+
+impl std::fmt::Display for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} events, {} notifications expected, {} rows, {} missing, {} duplicated, \
+             {} unexpected, {} user.notification events ({} twice, {} rows never announced), \
+             unread counts right for {} of {} users, {} push deliveries ({} distinct)",
+            self.events,
+            self.expected,
+            self.rows,
+            self.missing,
+            self.duplicated,
+            self.unexpected,
+            self.announced,
+            self.announced_twice,
+            self.unannounced,
+            self.users - self.wrong_unread.len(),
+            self.users,
+            self.deliveries,
+            self.distinct_deliveries,
+        )
+    }
+}
+
+impl Audit {
+    /// Every notification once, announced once, counted right; one push each (every
+    /// recipient is offline and pushes are on by default).
+    fn assert_exact(&self) {
+        assert_eq!(
+            (self.rows, self.missing, self.duplicated, self.unexpected),
+            (self.expected, 0, 0, 0),
+            "notification rows: {self}"
+        );
+        assert_eq!(
+            (
+                self.announced,
+                self.announced_twice,
+                self.unannounced,
+                self.announced_unknown
+            ),
+            (self.expected, 0, 0, 0),
+            "user.notification events: {self}"
+        );
+        assert!(self.wrong_unread.is_empty(), "{:#?}", self.wrong_unread);
+        assert_eq!(
+            (self.deliveries, self.distinct_deliveries),
+            (self.expected, self.expected),
+            "push deliveries: {self}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_across_a_postgres_restart_are_each_stored_and_announced_once() {
+    let mut setup = setup().await;
+    let (mut worker, log) = Worker::start_logged(&setup, JOBS, &[]);
+    cast(&setup).await;
+    let planned = burst(400);
+    let (before, rest) = planned.split_at(100);
+    let (during, after) = rest.split_at(200);
+
+    publish_all(&setup, before).await;
+    eventually("the first notifications", || async {
+        (notification_rows(&setup).await? >= 20).then_some(())
+    })
+    .await;
+    setup.pg.stop();
+    // Events keep coming while PostgreSQL is away: JetStream keeps them.
+    publish_all(&setup, during).await;
+    // Two failed attempts on one event: the first fails at once or when the pool gives
+    // up waiting for a connection (5 s), the second after that again; longer than the
+    // ack wait (2 s), so JetStream redelivers what the worker holds meanwhile.
+    let retries = log
+        .wait_for_retries("notifications", 2, Duration::from_secs(25))
+        .await;
+    let backoff = support::assert_backoff(&retries);
+    assert!(
+        worker.is_running(),
+        "the worker waits PostgreSQL out instead of exiting"
+    );
+    setup.pg.start_again().unwrap();
+    publish_all(&setup, after).await;
+
+    wait_until_settled(&setup).await;
+    assert!(worker.is_running(), "the worker is still running");
+    let redelivered = log.redelivered("notifications").len();
+    let audit = audit(&setup, &planned).await;
+    println!(
+        "notifications across a PostgreSQL restart: {audit}; the worker logged {backoff} \
+         while PostgreSQL was down, kept running, and was handed {redelivered} messages again"
+    );
+    audit.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_burst_notifies_and_announces_each_once() {
+    let setup = setup().await;
+    cast(&setup).await;
+    let planned = burst(400);
+    publish_all(&setup, &planned).await;
+
+    let first = Worker::start(&setup, JOBS, &[]);
+    eventually("the worker to be part-way through the burst", || async {
+        (notification_rows(&setup).await? >= 100).then_some(())
+    })
+    .await;
+    first.kill().await;
+    let at_kill = notification_rows(&setup).await.unwrap();
+    let expected = planned.len() * 2;
+    assert!(
+        (at_kill as usize) < expected,
+        "the worker was killed before it had notified everyone ({at_kill} rows)"
+    );
+
+    let (_second, log) = Worker::start_logged(&setup, JOBS, &[]);
+    wait_until_settled(&setup).await;
+    let redelivered = log.redelivered("notifications").len();
+    let already = log.count("already notified");
+    let audit = audit(&setup, &planned).await;
+    println!(
+        "notifications with a worker killed mid-burst: killed at {at_kill} rows; {audit}; \
+         the second worker was handed {redelivered} messages again, {already} of them \
+         found already notified"
+    );
+    audit.assert_exact();
 }

@@ -3,8 +3,10 @@
 //! tests read the `message.receipt` events stored on the conversation, the cursors in
 //! `switchboard.receipt_cursors`, and the answers of `svc.receipts.get`.
 
-use std::collections::{BTreeMap, HashSet};
 mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
 use serde_json::{Value, json};
@@ -377,8 +379,10 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
             "{conversation} {user}"
         );
     }
+    let mut published = 0;
     for conversation in ["conversation:c1", "conversation:c2", "conversation:c3"] {
         let stored = receipts(&setup, conversation).await;
+        published += stored.len();
         let ids: HashSet<&str> = stored.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(
             ids.len(),
@@ -404,4 +408,131 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
             }
         }
     }
+    println!(
+        "receipts with a worker killed mid-stream: {total} commands, killed with {left} \
+         unhandled; cursors right for {} of {} (conversation, user) pairs; {published} \
+         message.receipt events, 0 stored twice, 0 moves published twice, every final \
+         move published, none beyond it",
+        finals.len(),
+        finals.len()
+    );
+}
+
+/// The `message.receipt` moves that `commands`, applied one at a time in order, publish:
+/// per (conversation, user), the (delivered, read) pairs in order.
+fn moves(commands: &Commands) -> BTreeMap<(String, String), Vec<(u64, u64)>> {
+    let mut cursors: Finals = Finals::new();
+    let mut moves: BTreeMap<(String, String), Vec<(u64, u64)>> = BTreeMap::new();
+    for (conversation, body) in commands {
+        let user = body["user"].as_str().unwrap().to_string();
+        let read = body["read"].as_u64().unwrap_or(0);
+        let delivered = body["delivered"].as_u64().unwrap_or(0).max(read);
+        if delivered == 0 {
+            continue;
+        }
+        let key = (conversation.clone(), user);
+        let now = cursors.entry(key.clone()).or_default();
+        let next = (now.0.max(delivered), now.1.max(read));
+        if next != *now {
+            *now = next;
+            moves.entry(key).or_default().push(next);
+        }
+    }
+    moves
+}
+
+async fn send(setup: &Setup, commands: &[(String, Value)]) {
+    for (conversation, body) in commands {
+        command(setup, conversation, body.clone()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_across_a_postgres_restart_are_each_published_once_in_order() {
+    let mut setup = setup().await;
+    let (mut worker, log) = Worker::start_logged(&setup, "receipts", &[]);
+    let total = 600;
+    let (commands, finals) = history(total);
+    let expected = moves(&commands);
+    let (before, rest) = commands.split_at(200);
+    let (during, after) = rest.split_at(200);
+
+    send(&setup, before).await;
+    eventually("the worker to be part-way through", || async {
+        let mut stream = setup.js.get_stream(CMDS_STREAM).await.ok()?;
+        let left = stream.info().await.ok()?.state.messages;
+        (left as usize <= before.len() - 50).then_some(())
+    })
+    .await;
+    setup.pg.stop();
+    // Commands keep coming while PostgreSQL is away: the work queue keeps them.
+    send(&setup, during).await;
+    let retries = log
+        .wait_for_retries("receipts", 2, Duration::from_secs(25))
+        .await;
+    let backoff = support::assert_backoff(&retries);
+    assert!(
+        worker.is_running(),
+        "the worker waits PostgreSQL out instead of exiting"
+    );
+    setup.pg.start_again().unwrap();
+    send(&setup, after).await;
+    wait_until_drained(&setup).await;
+    assert!(worker.is_running(), "the worker is still running");
+
+    // Per (conversation, user), the events in stream order against the moves in order.
+    let mut published: BTreeMap<(String, String), Vec<(u64, u64)>> = BTreeMap::new();
+    let mut events = 0;
+    let mut ids = HashSet::new();
+    for conversation in ["conversation:c1", "conversation:c2", "conversation:c3"] {
+        for receipt in receipts(&setup, conversation).await {
+            events += 1;
+            ids.insert(receipt.id);
+            published
+                .entry((conversation.to_string(), receipt.user))
+                .or_default()
+                .push((receipt.delivered, receipt.read));
+        }
+    }
+    let expected_count: usize = expected.values().map(Vec::len).sum();
+    let (mut missing, mut unexpected, mut duplicated, mut regressions) = (0, 0, 0, 0);
+    for key in expected
+        .keys()
+        .chain(published.keys())
+        .collect::<BTreeSet<_>>()
+    {
+        let want: BTreeSet<&(u64, u64)> = expected.get(key).into_iter().flatten().collect();
+        let got = published.get(key).cloned().unwrap_or_default();
+        let distinct: BTreeSet<&(u64, u64)> = got.iter().collect();
+        missing += want.difference(&distinct).count();
+        unexpected += distinct.difference(&want).count();
+        duplicated += got.len() - distinct.len();
+        regressions += got
+            .windows(2)
+            .filter(|pair| pair[1].0 < pair[0].0 || pair[1].1 < pair[0].1)
+            .count();
+    }
+    let mut right_cursors = 0;
+    for ((conversation, user), (delivered, read)) in &finals {
+        if cursors(&setup, conversation, user).await == Some((*delivered as i64, *read as i64)) {
+            right_cursors += 1;
+        }
+    }
+    let redelivered = log.redelivered("receipts").len();
+    println!(
+        "receipts across a PostgreSQL restart: {total} commands, {expected_count} moves \
+         expected, {events} message.receipt events ({} distinct ids), {missing} missing, \
+         {duplicated} duplicated, {unexpected} unexpected, {regressions} going backwards; \
+         cursors right for {right_cursors} of {} (conversation, user) pairs; the worker \
+         logged {backoff} while PostgreSQL was down, kept running, and was handed \
+         {redelivered} commands again",
+        ids.len(),
+        finals.len()
+    );
+    assert_eq!(
+        published, expected,
+        "each move published once, in order, per user"
+    );
+    assert_eq!(ids.len(), events, "an event id stored twice");
+    assert_eq!(right_cursors, finals.len(), "cursors");
 }

@@ -316,6 +316,10 @@ impl Job for Notifications {
             .await
             .map_err(JobError::transient)?
         {
+            tracing::debug!(
+                event_id = event.envelope.id.as_str(),
+                "already notified; this delivery changes nothing"
+            );
             return Ok(Outcome::Applied);
         }
         if event.rule.to.members.is_some() {

@@ -2,8 +2,10 @@
 //! stream, the buckets and the database. Each test binary uses a part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -15,6 +17,7 @@ use switchboard_bus::store::{Store, StoredEvent};
 use switchboard_bus::{EVENTS_STREAM, MEMBERS_BUCKET, PRESENCE_BUCKET, Publisher};
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
 use switchboard_testkit::{Nats, Postgres};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -64,10 +67,39 @@ pub async fn setup() -> Setup {
 }
 
 /// A `switchboard-workers` process running `jobs`, killed when dropped.
-pub struct Worker(Child);
+pub struct Worker {
+    child: Child,
+}
 
 impl Worker {
     pub fn start(setup: &Setup, jobs: &str, env: &[(&str, String)]) -> Worker {
+        Worker {
+            child: Worker::command(setup, jobs, env)
+                .spawn()
+                .expect("start switchboard-workers"),
+        }
+    }
+
+    /// Like [`Worker::start`], and the test reads the worker's log as it is written. The
+    /// lines are echoed to the test's output too, as an inherited stdout would show them.
+    pub fn start_logged(setup: &Setup, jobs: &str, env: &[(&str, String)]) -> (Worker, Log) {
+        let mut command = Worker::command(setup, jobs, env);
+        command.env("NO_COLOR", "1").stdout(Stdio::piped());
+        let mut child = command.spawn().expect("start switchboard-workers");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let log = Log::default();
+        let lines = log.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                println!("{line}");
+                lines.0.lock().unwrap().push(line);
+            }
+        });
+        (Worker { child }, log)
+    }
+
+    fn command(setup: &Setup, jobs: &str, env: &[(&str, String)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"));
         command
             .env("SWITCHBOARD_NATS_URL", setup.nats.url())
@@ -83,18 +115,23 @@ impl Worker {
         for (name, value) in env {
             command.env(name, value);
         }
-        Worker(command.spawn().expect("start switchboard-workers"))
+        command
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL, as a crash would.
     pub async fn kill(mut self) {
-        self.0.kill().await.unwrap();
+        self.child.kill().await.unwrap();
     }
 
     /// SIGTERM, then the exit status.
     pub async fn terminate(mut self) -> ExitStatus {
         self.signal_term();
-        tokio::time::timeout(DEADLINE, self.0.wait())
+        tokio::time::timeout(DEADLINE, self.child.wait())
             .await
             .expect("worker stops within the deadline after SIGTERM")
             .unwrap()
@@ -102,20 +139,130 @@ impl Worker {
 
     /// Waits for the process to exit by itself.
     pub async fn exit_status(mut self) -> ExitStatus {
-        tokio::time::timeout(DEADLINE, self.0.wait())
+        tokio::time::timeout(DEADLINE, self.child.wait())
             .await
             .expect("worker exits within the deadline")
             .unwrap()
     }
 
     fn signal_term(&self) {
-        let pid = self.0.id().expect("worker still running").to_string();
+        let pid = self.child.id().expect("worker still running").to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
         assert!(sent.success());
     }
+}
+
+/// What a worker started with [`Worker::start_logged`] has written to its log so far.
+#[derive(Debug, Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+/// One "handling failed; retrying" line of a job's log: the message retried in place,
+/// which attempt failed, and how long the job waits before the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub seq: u64,
+    pub attempt: u32,
+    pub retry_in_ms: u64,
+}
+
+impl Log {
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        let lines = self.0.lock().unwrap();
+        lines.iter().filter(|line| line.contains(needle)).count()
+    }
+
+    /// The stream sequences of the messages job `job` logged something about while
+    /// handling a second (or later) delivery of them.
+    pub fn redelivered(&self, job: &str) -> BTreeSet<u64> {
+        let lines = self.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|line| field(line, "job") == Some(job))
+            .filter(|line| field(line, "delivered").and_then(|d| d.parse::<u64>().ok()) > Some(1))
+            .filter_map(|line| field(line, "seq")?.parse().ok())
+            .collect()
+    }
+
+    /// The retries job `job` has logged so far, in order.
+    pub fn retries(&self, job: &str) -> Vec<Retry> {
+        let lines = self.0.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|line| {
+                let (context, fields) = line.split_once("handling failed; retrying")?;
+                let named = field(context, "job")? == job;
+                named.then_some(())?;
+                Some(Retry {
+                    seq: field(fields, "seq")?.parse().ok()?,
+                    attempt: field(fields, "attempt")?.parse().ok()?,
+                    retry_in_ms: field(fields, "retry_in_ms")?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until job `job` has logged at least `count` retries of one message; those.
+    pub async fn wait_for_retries(
+        &self,
+        job: &str,
+        count: usize,
+        deadline: Duration,
+    ) -> Vec<Retry> {
+        eventually_within(
+            deadline,
+            &format!("{job} to log {count} retries of one message"),
+            || async {
+                let retries = self.retries(job);
+                let last = retries.last()?.seq;
+                let same: Vec<Retry> = retries.into_iter().filter(|r| r.seq == last).collect();
+                (same.len() >= count).then_some(same)
+            },
+        )
+        .await
+    }
+}
+
+/// The value of `key=value` in a log line's fields (quotes removed).
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let prefix = format!("{key}=");
+    text.split(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        .find_map(|token| token.strip_prefix(&prefix))
+        .map(|value| value.trim_matches('"'))
+}
+
+/// Asserts that `retries` of one message show a growing wait: attempts counted up, and
+/// each delay at least the one before (equal jitter keeps them non-decreasing below
+/// the cap); a one-line description of them for the test's summary.
+pub fn assert_backoff(retries: &[Retry]) -> String {
+    assert!(!retries.is_empty(), "no retry was logged");
+    for retry in retries {
+        assert!(retry.attempt >= 1, "attempts are counted: {retries:?}");
+        assert!(retry.retry_in_ms >= 50, "no hot retry loop: {retries:?}");
+    }
+    for pair in retries.windows(2) {
+        assert!(pair[1].attempt > pair[0].attempt, "{retries:?}");
+        // From the 7th attempt the nominal wait is capped (5 s) and jitter may shorten it.
+        if pair[1].attempt <= 6 {
+            assert!(
+                pair[1].retry_in_ms >= pair[0].retry_in_ms,
+                "the wait between retries grows: {retries:?}"
+            );
+        }
+    }
+    let delays: Vec<String> = retries
+        .iter()
+        .map(|r| format!("{}ms", r.retry_in_ms))
+        .collect();
+    format!(
+        "{} retries of seq {} with waits {}",
+        retries.len(),
+        retries[0].seq,
+        delays.join(", ")
+    )
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
