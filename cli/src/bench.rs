@@ -357,7 +357,8 @@ impl Bench {
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "switchboard.v1".parse()?);
-        let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        // No Nagle: a client's small `pub` frames must not wait for the edge's ACKs.
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .with_context(|| format!("cannot connect to the edge at {}", self.url))?;
         match socket.next().await {

@@ -187,9 +187,13 @@ async fn websocket(
         .protocols(["switchboard.v1"])
         .max_message_size(hard)
         .max_frame_size(hard)
-        // tungstenite's default buffers are 128 KiB each; idle sockets need little.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        // tungstenite's default buffers are 128 KiB each; idle sockets need little. The
+        // read buffer is zeroed up to this size on every poll of the socket, which the
+        // session does on every wake-up, delivery or not: client frames are small, so
+        // keep it small. The write buffer is a threshold, not an allocation: frames fed
+        // in one batch collect up to it and leave in one write instead of one each.
+        .read_buffer_size(session::READ_BUFFER)
+        .write_buffer_size(session::WRITE_BUFFER)
         .on_upgrade(move |socket| sessions.track_future(session::run(edge, socket, admitted)))
 }
 

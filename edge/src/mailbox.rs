@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::Utf8Bytes;
 use switchboard_schemas::{ByeCode, ChannelName};
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::metrics::Metrics;
 
@@ -73,8 +73,10 @@ impl ConnControl {
         *self.reason.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub async fn ended(&self) {
-        self.ending.cancelled().await
+    /// Ready once the session is asked to end, and ready again each time it is polled
+    /// after that, so one future serves a session's whole loop.
+    pub fn ended(&self) -> WaitForCancellationFuture<'_> {
+        self.ending.cancelled()
     }
 }
 
