@@ -42,8 +42,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use switchboard_bus::Publisher;
+use futures_util::StreamExt as _;
 use switchboard_bus::store::{Store, StreamPosition};
+use switchboard_bus::{EVENTS_STREAM, Publisher};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -176,6 +177,26 @@ impl Edge {
                 }
             }
         });
+        // A stream leader that dies between storing an event and republishing it leaves
+        // a stored event no one forwarded live; the new leader does not forward it
+        // either. Channels re-read the stream when a new leader is elected, so such an
+        // event is late by an election, not until the channel's next event.
+        let leader_elected = edge
+            .nats
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{EVENTS_STREAM}"
+            ))
+            .await
+            .context("subscribing to the EVENTS stream's leader advisories")?;
+        let weak = Arc::downgrade(&edge);
+        tokio::spawn(async move {
+            let mut leader_elected = leader_elected;
+            while leader_elected.next().await.is_some() {
+                let Some(edge) = weak.upgrade() else { break };
+                tracing::info!("EVENTS has a new leader: re-syncing channels from the stream");
+                edge.hub.resync_all();
+            }
+        });
         let weak = Arc::downgrade(&edge);
         tokio::spawn(async move {
             loop {
@@ -218,7 +239,6 @@ impl Edge {
 
 /// Answers status requests for as long as the edge lives.
 async fn announce(edge: std::sync::Weak<Edge>) {
-    use futures_util::StreamExt;
     let Some(nats) = edge.upgrade().map(|e| e.nats.clone()) else {
         return;
     };

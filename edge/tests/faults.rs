@@ -46,3 +46,55 @@ async fn a_nats_restart_loses_no_event_for_subscribed_clients() {
     let mut late = edge.connect("u2").await;
     assert_eq!(late.sub(json!({"ch":"domain:r2"})).await["op"], "ok");
 }
+
+#[tokio::test]
+async fn events_stored_but_never_forwarded_arrive_when_the_stream_gets_a_new_leader() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = edge.connect("u1").await;
+    client.sub(json!({"ch":"domain:l"})).await;
+
+    // A leader that stores events and dies before republishing them looks, from the
+    // edge, like a stream that republishes nothing for a while, then a new leader.
+    let mut config = stack
+        .js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    let republish = config.republish.take();
+    stack.js.update_stream(&config).await.unwrap();
+    let mut stored = Vec::new();
+    for n in 0..3 {
+        stored.push(
+            stack
+                .publish("domain:l", "project.update", json!({"n": n}))
+                .await,
+        );
+    }
+    assert!(client.no_more_events().await.is_none());
+    config.republish = republish;
+    stack.js.update_stream(&config).await.unwrap();
+
+    // No further event on the channel: only the election tells the edge to look.
+    stack
+        .client
+        .publish(
+            "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.EVENTS",
+            r#"{"type":"io.nats.jetstream.advisory.v1.stream_leader_elected","stream":"EVENTS"}"#
+                .into(),
+        )
+        .await
+        .unwrap();
+    let received = seqs(&client.events(stored.len()).await);
+    assert_eq!(received, stored);
+    assert!(client.no_more_events().await.is_none());
+    println!(
+        "new stream leader: {} events stored but never forwarded live, {} received after the \
+         election, 0 missing, 0 duplicated",
+        stored.len(),
+        received.len()
+    );
+}
