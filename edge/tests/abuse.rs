@@ -114,6 +114,8 @@ async fn metric_until(edge: &Edge, name: &str, limit: Duration, wanted: impl Fn(
 // The bystander: one well-behaved client, subscribed throughout.
 
 const BYSTANDER_CH: &str = "domain:bystander";
+/// Events the bystander is sent at least, one every 50 ms.
+const BYSTANDER_MIN_EVENTS: usize = 10;
 
 /// A subscribed client and a backend publishing to it every 50 ms until [`finish`].
 struct Bystander {
@@ -163,7 +165,7 @@ impl Bystander {
             worst <= PROMPT,
             "a bystander event took {worst:?} (limit {PROMPT:?})"
         );
-        assert!(sent.len() >= 5, "too few events to tell: {}", sent.len());
+
         format!(
             "bystander got {}/{} events, slowest {} ms",
             received.len(),
@@ -179,8 +181,10 @@ async fn publish_until(nats: async_nats::Client, stop: CancellationToken) -> Vec
     let mut sent = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
+        // However quickly the abuse is dealt with, the bystander sees enough events to
+        // tell whether it was served throughout.
         tokio::select! {
-            _ = stop.cancelled() => return sent,
+            _ = stop.cancelled(), if sent.len() >= BYSTANDER_MIN_EVENTS => return sent,
             _ = tick.tick() => {}
         }
         let event = Envelope::new(
