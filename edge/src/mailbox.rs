@@ -25,8 +25,46 @@ pub struct ConnControl {
     ending: CancellationToken,
     reason: Mutex<Option<ByeCode>>,
     /// Channels whose membership changed: the session re-checks its right to them.
-    recheck: Mutex<Vec<ChannelName>>,
-    recheck_poke: Notify,
+    recheck: Inbox<ChannelName>,
+}
+
+/// Messages for a session's own task, taken all at once. Unlike a channel it allocates
+/// nothing while empty, which is what it is almost always: an idle connection must cost
+/// as little memory as possible.
+#[derive(Debug)]
+pub struct Inbox<T> {
+    items: Mutex<Vec<T>>,
+    poke: Notify,
+}
+
+impl<T> Default for Inbox<T> {
+    fn default() -> Self {
+        Inbox {
+            items: Mutex::new(Vec::new()),
+            poke: Notify::new(),
+        }
+    }
+}
+
+impl<T> Inbox<T> {
+    pub fn push(&self, item: T) {
+        self.items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(item);
+        self.poke.notify_one();
+    }
+
+    /// Waits for and takes everything pushed so far, oldest first.
+    pub async fn take(&self) -> Vec<T> {
+        loop {
+            let taken = std::mem::take(&mut *self.items.lock().unwrap_or_else(|e| e.into_inner()));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.poke.notified().await;
+        }
+    }
 }
 
 impl ConnControl {
@@ -36,30 +74,18 @@ impl ConnControl {
             user,
             ending: CancellationToken::new(),
             reason: Mutex::new(None),
-            recheck: Mutex::new(Vec::new()),
-            recheck_poke: Notify::new(),
+            recheck: Inbox::default(),
         }
     }
 
     /// Asks the session to re-authorize its subscriptions to `channel` (a base channel).
     pub fn recheck(&self, channel: ChannelName) {
-        self.recheck
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(channel);
-        self.recheck_poke.notify_one();
+        self.recheck.push(channel);
     }
 
     /// Waits for and takes the channels to re-check.
     pub async fn rechecks(&self) -> Vec<ChannelName> {
-        loop {
-            let taken =
-                std::mem::take(&mut *self.recheck.lock().unwrap_or_else(|e| e.into_inner()));
-            if !taken.is_empty() {
-                return taken;
-            }
-            self.recheck_poke.notified().await;
-        }
+        self.recheck.take().await
     }
 
     /// Asks the session to say `bye` with `code` and close. The first reason wins.

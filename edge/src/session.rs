@@ -34,7 +34,7 @@ use crate::auth::Identity;
 use crate::bridge::RT_ORIGIN;
 use crate::hub::{Channel, Subscription};
 use crate::limits::{Limits, Op, PendingSlot, TokenBucket, UserSlot};
-use crate::mailbox::{ConnControl, Mailbox, text};
+use crate::mailbox::{ConnControl, Inbox, Mailbox, text};
 use crate::presence::{ConnState, occupancy_filter, occupancy_subject, presence_subject};
 use crate::{rpc, subscribe};
 
@@ -101,7 +101,6 @@ pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
         control.clone(),
         edge.metrics.clone(),
     );
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut session = Session {
         edge: edge.clone(),
         identity,
@@ -110,7 +109,7 @@ pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
         control,
         subs: HashMap::new(),
         tasks: JoinSet::new(),
-        done_tx,
+        done: Arc::default(),
         limits: Limits::new(&edge.config),
         receipts: HashMap::new(),
         receipts_due: None,
@@ -123,7 +122,7 @@ pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
         typing: HashMap::new(),
     };
     edge.metrics.gauge(&edge.metrics.connections, 1);
-    session.run(socket, outgoing, done_rx).await;
+    session.run(socket, outgoing).await;
     edge.metrics.gauge(&edge.metrics.connections, -1);
 }
 
@@ -292,7 +291,8 @@ struct Session {
     /// By the channel as the client spelled it; `system:broadcast` is kept here too.
     subs: HashMap<ChannelName, SubEntry>,
     tasks: JoinSet<()>,
-    done_tx: mpsc::UnboundedSender<Done>,
+    /// What the session's own tasks report back.
+    done: Arc<Inbox<Done>>,
     limits: Limits,
     /// Pending receipt cursors per conversation: (delivered, read).
     receipts: HashMap<ChannelName, (u64, u64)>,
@@ -310,12 +310,7 @@ enum Flow {
 }
 
 impl Session {
-    async fn run(
-        &mut self,
-        mut socket: WebSocket,
-        mut outgoing: mpsc::Receiver<Utf8Bytes>,
-        mut done: mpsc::UnboundedReceiver<Done>,
-    ) {
+    async fn run(&mut self, mut socket: WebSocket, mut outgoing: mpsc::Receiver<Utf8Bytes>) {
         let heartbeat = self.edge.config.heartbeat();
         let welcome = ServerFrame::Welcome {
             user: self.identity.user.to_string(),
@@ -323,8 +318,10 @@ impl Session {
             heartbeat_ms: self.edge.config.heartbeat_ms,
         };
         self.mailbox.push_event(text(welcome.encode()));
-        self.put_presence().await;
-        self.subscribe_implicit().await;
+        // Rare work is boxed: the states of an inline `.await` are part of the session's
+        // future, which every idle connection holds for its whole life.
+        Box::pin(self.put_presence()).await;
+        Box::pin(self.subscribe_implicit()).await;
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut last_heard = Instant::now();
@@ -345,6 +342,9 @@ impl Session {
         tokio::pin!(ended);
         let rechecks = control.rechecks();
         tokio::pin!(rechecks);
+        let inbox = self.done.clone();
+        let done = inbox.take();
+        tokio::pin!(done);
         let drained = draining.cancelled();
         tokio::pin!(drained);
         loop {
@@ -389,17 +389,22 @@ impl Session {
                         _ = &mut ended => {}
                     }
                 }
-                Some(done) = done.recv() => match done {
-                    Done::SubFailed(label) => {
-                        self.unsubscribe(&label).await;
+                reports = &mut done => {
+                    done.set(inbox.take());
+                    for report in reports {
+                        match report {
+                            Done::SubFailed(label) => {
+                                Box::pin(self.unsubscribe(&label)).await;
+                            }
+                            Done::Allowed { id, ch, types, since } => {
+                                Box::pin(self.admit_subscription(id, ch, types, since)).await;
+                            }
+                        }
                     }
-                    Done::Allowed { id, ch, types, since } => {
-                        self.admit_subscription(id, ch, types, since).await;
-                    }
-                },
+                }
                 labels = &mut rechecks => {
                     rechecks.set(control.rechecks());
-                    self.recheck(labels).await;
+                    Box::pin(self.recheck(labels)).await;
                 }
                 incoming = socket.recv() => {
                     let message = match incoming {
@@ -411,7 +416,7 @@ impl Session {
                         _ => break,
                     };
                     last_heard = Instant::now();
-                    match self.on_message(message).await {
+                    match Box::pin(self.on_message(message)).await {
                         Flow::Continue => {}
                         Flow::End => {
                             close(&mut socket, CLOSE_TOO_BIG, "frame too large").await;
@@ -441,6 +446,11 @@ impl Session {
                 Some(_) = self.tasks.join_next() => {}
             }
         }
+        Box::pin(self.leave()).await;
+    }
+
+    /// Whatever the session holds outside itself, given back as it ends.
+    async fn leave(&mut self) {
         self.flush_receipts();
         let labels: Vec<ChannelName> = self.subs.keys().cloned().collect();
         for label in labels {
@@ -720,13 +730,13 @@ impl Session {
     ) {
         let edge = self.edge.clone();
         let user = self.identity.user.clone();
-        let done = self.done_tx.clone();
+        let done = self.done.clone();
         self.spawn(id, async move {
             let method = RpcMethod::parse("presence.authorize").ok()?;
             let params = RawJson::encode(&serde_json::json!({ "target": ch.id() })).ok()?;
             match rpc::call(&edge, &user, &method, &params).await {
                 Ok(result) if result.decode::<PrivacyAnswer>().is_ok_and(|a| a.allowed) => {
-                    let _ = done.send(Done::Allowed {
+                    done.push(Done::Allowed {
                         id,
                         ch,
                         types,
@@ -780,7 +790,7 @@ impl Session {
             mailbox: self.mailbox.clone(),
         };
         let edge = self.edge.clone();
-        let done = self.done_tx.clone();
+        let done = self.done.clone();
         self.tasks.spawn(async move {
             let label = subscription.label.clone();
             let mailbox = subscription.mailbox.clone();
@@ -790,7 +800,7 @@ impl Session {
                 if reply {
                     mailbox.send(text(err(id, ErrorCode::Unavailable, e))).await;
                 }
-                let _ = done.send(Done::SubFailed(label));
+                done.push(Done::SubFailed(label));
             }
         });
     }

@@ -98,3 +98,29 @@ async fn events_stored_but_never_forwarded_arrive_when_the_stream_gets_a_new_lea
         received.len()
     );
 }
+
+#[tokio::test]
+async fn an_edge_stopped_while_nats_is_down_still_exits() {
+    let mut stack = Stack::start().await;
+    let mut edge = stack.edge(&[]);
+    let mut clients = Vec::new();
+    for n in 0..3 {
+        let mut client = edge.connect(&format!("u{n}")).await;
+        client.sub(json!({"ch":"domain:d"})).await;
+        clients.push(client);
+    }
+    stack.nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    edge.process.signal(libc::SIGTERM);
+    // Drain grace is 2 s in tests: sessions, then presence deletes, each bounded by it.
+    let status = edge.process.wait_timeout(Duration::from_secs(15));
+    assert!(
+        status.is_some(),
+        "the edge did not exit within 15 s of SIGTERM while NATS was down"
+    );
+    println!(
+        "SIGTERM during a NATS outage: 3 clients, the edge exited in {:.1} s",
+        asked.elapsed().as_secs_f64()
+    );
+}
