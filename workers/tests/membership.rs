@@ -81,10 +81,32 @@ async fn bucket(setup: &Setup) -> BTreeMap<String, Value> {
     all
 }
 
+/// Waits for the key `<ns>.<id>.<user>` to be `expected`, and for the row to agree with
+/// it: the worker writes the key before it commits the row (both under the row's lock),
+/// so a key alone does not say the row is visible yet.
 async fn wait_for_key(setup: &Setup, name: &str, expected: Option<Value>) {
-    eventually(&format!("key {name} to be {expected:?}"), || async {
-        (key(setup, name).await == expected).then_some(())
-    })
+    let mut parts = name.splitn(3, '.');
+    let (ns, id, user) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let channel = format!("{ns}:{id}");
+    let role = expected
+        .as_ref()
+        .map(|v| v["role"].as_str().unwrap().to_string());
+    eventually(
+        &format!("key {name} and its row to be {expected:?}"),
+        || async {
+            let row = row(setup, &channel, user).await;
+            let row_agrees = match (&role, row) {
+                (Some(role), Some((r, active, _, _))) => active && r == *role,
+                (Some(_), None) => false,
+                (None, row) => row.is_none_or(|(_, active, _, _)| !active),
+            };
+            (row_agrees && key(setup, name).await == expected).then_some(())
+        },
+    )
     .await;
 }
 
