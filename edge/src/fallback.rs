@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use switchboard_schemas::{
     ByeCode, ChannelName, ErrorCode, ResumeFrom, ServerFrame, SubjectKind, TypeFilters,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
@@ -30,7 +29,7 @@ use crate::auth::Identity;
 use crate::http::{HttpError, authenticate, error};
 use crate::hub::{Channel, Subscription};
 use crate::limits::UserSlot;
-use crate::mailbox::{ConnControl, Mailbox};
+use crate::mailbox::{ConnControl, Mailbox, Outgoing};
 use crate::subscribe;
 use axum::extract::ws::Utf8Bytes;
 
@@ -89,7 +88,7 @@ struct Feed {
     edge: Arc<Edge>,
     identity: Identity,
     control: Arc<ConnControl>,
-    rx: mpsc::Receiver<Utf8Bytes>,
+    rx: Outgoing,
     subs: Vec<(ChannelName, Arc<Channel>, CancellationToken)>,
     _slot: UserSlot,
 }
@@ -389,7 +388,7 @@ pub async fn poll(
         }
     }
     opening.cursor = Some(cursor.clone());
-    let mut feed = Feed::open(&edge, opening, false);
+    let feed = Feed::open(&edge, opening, false);
     let mut events: Vec<Utf8Bytes> = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     // Wait for the first event, then take whatever else is already there.

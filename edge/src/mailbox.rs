@@ -5,11 +5,14 @@
 //! event; the client resumes from its last seq and loses nothing. Signals are lossy by
 //! design and are dropped first, once the queue is half full.
 
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
 use switchboard_schemas::{ByeCode, ChannelName};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::metrics::Metrics;
@@ -106,12 +109,79 @@ impl ConnControl {
     }
 }
 
-/// The sending half of a session's queue of encoded frames.
-#[derive(Debug, Clone)]
+/// The sending half of a session's queue of encoded frames; cloned into every
+/// subscription of the session.
+#[derive(Debug)]
 pub struct Mailbox {
-    tx: mpsc::Sender<Utf8Bytes>,
+    queue: Arc<Queue>,
     pub control: Arc<ConnControl>,
     metrics: Arc<Metrics>,
+}
+
+/// The receiving half: only the session (or a fallback feed) reads it.
+#[derive(Debug)]
+pub struct Outgoing {
+    queue: Arc<Queue>,
+}
+
+/// A bounded queue of frames under one lock, taken a batch at a time. Cheaper than a
+/// channel on both counts that matter here: a batch of frames leaves the queue under
+/// one lock instead of one atomic pop each, and an empty queue holds no memory beyond
+/// its (small, reused) buffer, where a channel keeps a block of 32 slots per session.
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<QueueState>,
+    capacity: usize,
+    /// Mailboxes alive; the reader sees the end of the queue when the last one goes.
+    senders: AtomicUsize,
+    /// Wakes senders waiting for room ([`Mailbox::send`]).
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    frames: VecDeque<Utf8Bytes>,
+    /// The reader, when it waits for frames.
+    reader: Option<Waker>,
+    /// A sender waits for room: the next take wakes it.
+    wanting_room: bool,
+    /// The reader is gone: nothing more is queued.
+    closed: bool,
+}
+
+/// Why a frame was not queued; the frame comes back.
+enum Refused {
+    Full(Utf8Bytes),
+    Closed,
+}
+
+/// Buffer capacity a queue keeps after a burst; beyond it, memory goes back once the
+/// queue is empty again, so a connection that once lagged does not hold its peak.
+const KEPT_CAPACITY: usize = 256;
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `frame` if fewer than `limit` frames wait, waking the reader.
+    fn push(&self, frame: Utf8Bytes, limit: usize, want_room: bool) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Refused::Closed);
+        }
+        if state.frames.len() >= limit {
+            state.wanting_room |= want_room;
+            return Err(Refused::Full(frame));
+        }
+        state.frames.push_back(frame);
+        let reader = state.reader.take();
+        drop(state);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+        Ok(())
+    }
 }
 
 impl Mailbox {
@@ -119,15 +189,20 @@ impl Mailbox {
         capacity: usize,
         control: Arc<ConnControl>,
         metrics: Arc<Metrics>,
-    ) -> (Mailbox, mpsc::Receiver<Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(capacity.max(2));
+    ) -> (Mailbox, Outgoing) {
+        let queue = Arc::new(Queue {
+            state: Mutex::default(),
+            capacity: capacity.max(2),
+            senders: AtomicUsize::new(1),
+            room: Notify::new(),
+        });
         (
             Mailbox {
-                tx,
+                queue: queue.clone(),
                 control,
                 metrics,
             },
-            rx,
+            Outgoing { queue },
         )
     }
 
@@ -138,9 +213,9 @@ impl Mailbox {
     /// Queues an event frame without waiting. A full queue ends the session as a slow
     /// consumer; returns whether the frame was queued.
     pub fn push_event(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(frame) {
+        match self.queue.push(frame, self.queue.capacity, false) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full(_)) => {
                 tracing::debug!(conn = self.control.id, "send queue full: slow consumer");
                 if self.control.reason().is_none() {
                     self.metrics.count(&self.metrics.slow_consumers, 1);
@@ -148,20 +223,123 @@ impl Mailbox {
                 self.control.end(ByeCode::SlowConsumer);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 
     /// Queues a signal if the queue is less than half full; signals are lossy.
     pub fn push_signal(&self, frame: Utf8Bytes) {
-        if self.tx.capacity() * 2 > self.tx.max_capacity() {
-            let _ = self.tx.try_send(frame);
-        }
+        let _ = self.queue.push(frame, self.queue.capacity / 2, false);
     }
 
     /// Queues a reply or a replayed event, waiting for room. False once the session is gone.
-    pub async fn send(&self, frame: Utf8Bytes) -> bool {
-        self.tx.send(frame).await.is_ok()
+    pub async fn send(&self, mut frame: Utf8Bytes) -> bool {
+        loop {
+            // Registered before the check, so a take in between still wakes this one.
+            let room = self.queue.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.queue.push(frame, self.queue.capacity, true) {
+                Ok(()) => return true,
+                Err(Refused::Closed) => return false,
+                Err(Refused::Full(refused)) => frame = refused,
+            }
+            room.await;
+        }
+    }
+}
+
+impl Clone for Mailbox {
+    fn clone(&self) -> Mailbox {
+        self.queue.senders.fetch_add(1, Ordering::Relaxed);
+        Mailbox {
+            queue: self.queue.clone(),
+            control: self.control.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        if self.queue.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let reader = self.queue.lock().reader.take();
+            if let Some(reader) = reader {
+                reader.wake();
+            }
+        }
+    }
+}
+
+impl Outgoing {
+    /// Waits until frames are queued (true) or every mailbox is gone with nothing left
+    /// to read (false). Cancel-safe: it takes nothing.
+    pub async fn ready(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut state = self.queue.lock();
+            if !state.frames.is_empty() {
+                return Poll::Ready(true);
+            }
+            if self.queue.senders.load(Ordering::Acquire) == 0 {
+                return Poll::Ready(false);
+            }
+            match &mut state.reader {
+                Some(waker) => waker.clone_from(cx.waker()),
+                none => *none = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Moves up to `max` queued frames, oldest first, into `into`; returns how many.
+    pub fn take(&self, into: &mut VecDeque<Utf8Bytes>, max: usize) -> usize {
+        let mut state = self.queue.lock();
+        let n = state.frames.len().min(max);
+        into.extend(state.frames.drain(..n));
+        if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
+            state.frames.shrink_to(KEPT_CAPACITY);
+        }
+        let wanting_room = std::mem::take(&mut state.wanting_room);
+        drop(state);
+        if wanting_room && n > 0 {
+            self.queue.room.notify_waiters();
+        }
+        n
+    }
+
+    /// The next frame; `None` once every mailbox is gone and the queue is empty.
+    pub async fn recv(&self) -> Option<Utf8Bytes> {
+        loop {
+            if let Some(frame) = self.pop() {
+                return Some(frame);
+            }
+            if !self.ready().await {
+                return None;
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<Utf8Bytes> {
+        let mut state = self.queue.lock();
+        let frame = state.frames.pop_front();
+        let wanting_room = frame.is_some() && std::mem::take(&mut state.wanting_room);
+        drop(state);
+        if wanting_room {
+            self.queue.room.notify_waiters();
+        }
+        frame
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        let mut state = self.queue.lock();
+        state.closed = true;
+        let frames = std::mem::take(&mut state.frames);
+        drop(state);
+        drop(frames);
+        self.queue.room.notify_waiters();
     }
 }
 
@@ -169,4 +347,106 @@ impl Mailbox {
 /// the check never fails; it runs once per frame, not once per receiving socket.
 pub fn text(frame: bytes::Bytes) -> Utf8Bytes {
     Utf8Bytes::try_from(frame).unwrap_or_else(|_| Utf8Bytes::from_static("{}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn mailbox(capacity: usize) -> (Mailbox, Outgoing) {
+        let control = Arc::new(ConnControl::new(1, Arc::from("u1")));
+        Mailbox::new(capacity, control, Arc::default())
+    }
+
+    fn frame(n: usize) -> Utf8Bytes {
+        Utf8Bytes::from(n.to_string())
+    }
+
+    fn texts(frames: &VecDeque<Utf8Bytes>) -> Vec<String> {
+        frames.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn frames_leave_in_order_in_batches_and_a_full_queue_is_a_slow_consumer() {
+        let (mailbox, outgoing) = mailbox(4);
+        for n in 0..4 {
+            assert!(mailbox.push_event(frame(n)));
+        }
+        assert!(!mailbox.push_event(frame(4)), "a fifth frame does not fit");
+        assert_eq!(mailbox.control.reason(), Some(ByeCode::SlowConsumer));
+
+        assert!(outgoing.ready().await);
+        let mut batch = VecDeque::new();
+        assert_eq!(outgoing.take(&mut batch, 3), 3);
+        assert_eq!(texts(&batch), ["0", "1", "2"]);
+        assert_eq!(outgoing.take(&mut batch, 3), 1);
+        assert_eq!(texts(&batch), ["0", "1", "2", "3"]);
+        assert_eq!(outgoing.take(&mut batch, 3), 0);
+    }
+
+    #[tokio::test]
+    async fn signals_are_dropped_once_the_queue_is_half_full() {
+        let (mailbox, outgoing) = mailbox(4);
+        mailbox.push_signal(frame(0));
+        mailbox.push_signal(frame(1));
+        mailbox.push_signal(frame(2));
+        let mut batch = VecDeque::new();
+        outgoing.take(&mut batch, usize::MAX);
+        assert_eq!(texts(&batch), ["0", "1"]);
+        assert_eq!(
+            mailbox.control.reason(),
+            None,
+            "a dropped signal ends nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reader_is_woken_by_a_push_from_another_task() {
+        let (mailbox, outgoing) = mailbox(4);
+        let pusher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            mailbox.push_event(frame(7));
+            mailbox
+        });
+        assert!(outgoing.ready().await);
+        assert_eq!(outgoing.recv().await.as_deref(), Some("7"));
+        drop(pusher.await.unwrap());
+        assert_eq!(outgoing.recv().await, None, "no mailbox is left");
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_and_gives_up_when_the_reader_is_gone() {
+        let (mailbox, outgoing) = mailbox(2);
+        assert!(mailbox.send(frame(0)).await);
+        assert!(mailbox.send(frame(1)).await);
+        let waiting = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.send(frame(2)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the queue is full: send waits");
+        let mut batch = VecDeque::new();
+        outgoing.take(&mut batch, 1);
+        assert!(waiting.await.unwrap(), "room was made");
+        outgoing.take(&mut batch, usize::MAX);
+        assert_eq!(texts(&batch), ["0", "1", "2"]);
+
+        assert!(mailbox.send(frame(3)).await);
+        assert!(mailbox.send(frame(4)).await);
+        let stuck = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.send(frame(5)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(outgoing);
+        assert!(!stuck.await.unwrap(), "the session is gone");
+        assert!(!mailbox.push_event(frame(6)));
+        assert_eq!(
+            mailbox.control.reason(),
+            None,
+            "a closed queue is no slow consumer"
+        );
+    }
 }

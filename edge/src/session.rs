@@ -9,7 +9,7 @@
 //! Writes are coalesced: every frame already queued is fed to the socket before one
 //! flush, which is what keeps busy sockets cheap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,6 @@ use switchboard_schemas::{
     Namespace, PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind, TypeFilters,
     UnsubCode, VisibleStatus,
 };
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +33,7 @@ use crate::auth::Identity;
 use crate::bridge::RT_ORIGIN;
 use crate::hub::{Channel, Subscription};
 use crate::limits::{Limits, Op, PendingSlot, TokenBucket, UserSlot};
-use crate::mailbox::{ConnControl, Inbox, Mailbox, text};
+use crate::mailbox::{ConnControl, Inbox, Mailbox, Outgoing, text};
 use crate::presence::{ConnState, occupancy_filter, occupancy_subject, presence_subject};
 use crate::{rpc, subscribe};
 
@@ -44,7 +43,7 @@ const CLOSE_NORMAL: u16 = 1000;
 /// Requests of one session waiting on NATS at once; more are `rate_limited`.
 const MAX_IN_FLIGHT: usize = 32;
 /// Frames fed to the socket before one flush.
-const WRITE_BATCH: u64 = 128;
+const WRITE_BATCH: usize = 128;
 /// Bytes read from the socket at once; a larger client frame takes several reads.
 pub const READ_BUFFER: usize = 1024;
 /// Bytes of fed frames that tungstenite collects before writing to the socket; the
@@ -70,60 +69,70 @@ const RECEIPT_WINDOW: Duration = Duration::from_millis(200);
 
 /// Runs a session on an upgraded socket. `identity` is set when the upgrade carried a
 /// valid token; otherwise the client has `hello_timeout` to send `hello`.
-pub async fn run(edge: Arc<Edge>, mut socket: WebSocket, admitted: Admitted) {
-    let (identity, slot, device) = match admitted {
-        Admitted::Authenticated(identity, slot, device) => (identity, slot, device),
-        Admitted::Pending(pending) => {
-            let Some((identity, device)) = await_hello(&edge, &mut socket).await else {
-                return;
-            };
-            drop(pending);
-            let Some(slot) = edge.users.admit(&identity.user) else {
-                send_now(
-                    &mut socket,
-                    err(
-                        None,
-                        ErrorCode::RateLimited,
-                        "too many connections for this user",
-                    ),
-                )
-                .await;
-                say_bye(&mut socket, ByeCode::RateLimited).await;
-                return;
-            };
-            (identity, slot, device)
-        }
-    };
-    let conn = edge.next_conn();
-    let control = Arc::new(ConnControl::new(conn, identity.user.clone()));
-    let (mailbox, outgoing) = Mailbox::new(
-        edge.config.send_queue,
-        control.clone(),
-        edge.metrics.clone(),
-    );
-    let mut session = Session {
-        edge: edge.clone(),
-        identity,
-        slot,
-        mailbox,
-        control,
-        subs: HashMap::new(),
-        tasks: JoinSet::new(),
-        done: Arc::default(),
-        limits: Limits::new(&edge.config),
-        receipts: HashMap::new(),
-        receipts_due: None,
-        session_id: format!("{}-{conn}", edge.id),
-        me: ConnState {
-            status: PresenceStatus::Online,
-            text: None,
-            device,
-        },
-        typing: HashMap::new(),
-    };
-    edge.metrics.gauge(&edge.metrics.connections, 1);
-    session.run(socket, outgoing).await;
-    edge.metrics.gauge(&edge.metrics.connections, -1);
+///
+/// A block rather than an `async fn`: an `async fn` keeps a second copy of its arguments
+/// (the socket alone is 368 bytes) for the whole life of the session.
+#[allow(clippy::manual_async_fn)]
+pub fn run(
+    edge: Arc<Edge>,
+    mut socket: WebSocket,
+    admitted: Admitted,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let (identity, slot, device) = match admitted {
+            Admitted::Authenticated(identity, slot, device) => (identity, slot, device),
+            Admitted::Pending(pending) => {
+                let Some((identity, device)) = await_hello(&edge, &mut socket).await else {
+                    return;
+                };
+                drop(pending);
+                let Some(slot) = edge.users.admit(&identity.user) else {
+                    send_now(
+                        &mut socket,
+                        err(
+                            None,
+                            ErrorCode::RateLimited,
+                            "too many connections for this user",
+                        ),
+                    )
+                    .await;
+                    say_bye(&mut socket, ByeCode::RateLimited).await;
+                    return;
+                };
+                (identity, slot, device)
+            }
+        };
+        let conn = edge.next_conn();
+        let control = Arc::new(ConnControl::new(conn, identity.user.clone()));
+        let (mailbox, outgoing) = Mailbox::new(
+            edge.config.send_queue,
+            control.clone(),
+            edge.metrics.clone(),
+        );
+        let mut session = Session {
+            edge: edge.clone(),
+            identity,
+            slot,
+            mailbox,
+            control,
+            subs: HashMap::new(),
+            tasks: JoinSet::new(),
+            done: Arc::default(),
+            limits: Limits::new(&edge.config),
+            receipts: HashMap::new(),
+            receipts_due: None,
+            session_id: format!("{}-{conn}", edge.id),
+            me: ConnState {
+                status: PresenceStatus::Online,
+                text: None,
+                device,
+            },
+            typing: HashMap::new(),
+        };
+        edge.metrics.gauge(&edge.metrics.connections, 1);
+        session.run(&mut socket, &outgoing).await;
+        edge.metrics.gauge(&edge.metrics.connections, -1);
+    }
 }
 
 /// How a socket got past the upgrade.
@@ -310,14 +319,9 @@ enum Flow {
 }
 
 impl Session {
-    async fn run(&mut self, mut socket: WebSocket, mut outgoing: mpsc::Receiver<Utf8Bytes>) {
+    async fn run(&mut self, socket: &mut WebSocket, outgoing: &Outgoing) {
         let heartbeat = self.edge.config.heartbeat();
-        let welcome = ServerFrame::Welcome {
-            user: self.identity.user.to_string(),
-            session: self.session_id.clone(),
-            heartbeat_ms: self.edge.config.heartbeat_ms,
-        };
-        self.mailbox.push_event(text(welcome.encode()));
+        self.welcome();
         // Rare work is boxed: the states of an inline `.await` are part of the session's
         // future, which every idle connection holds for its whole life.
         Box::pin(self.put_presence()).await;
@@ -347,6 +351,8 @@ impl Session {
         tokio::pin!(done);
         let drained = draining.cancelled();
         tokio::pin!(drained);
+        // Frames taken from the queue and not yet written.
+        let mut batch = VecDeque::new();
         loop {
             if self.receipts_due != armed {
                 armed = self.receipts_due;
@@ -362,25 +368,27 @@ impl Session {
                         // Whatever was queued before the end still goes out first, except
                         // for a slow consumer, whose queue is the problem.
                         if code != ByeCode::SlowConsumer {
-                            while let Ok(frame) = outgoing.try_recv() {
+                            outgoing.take(&mut batch, usize::MAX);
+                            while let Some(frame) = batch.pop_front() {
                                 let _ = socket.feed(Message::Text(frame)).await;
                             }
                         }
-                        say_bye(&mut socket, code).await;
+                        say_bye(socket, code).await;
                     };
                     // A peer that reads nothing must not hold the session open.
-                    let _ = tokio::time::timeout(LAST_WORDS, last_words).await;
+                    let _ = Box::pin(tokio::time::timeout(LAST_WORDS, last_words)).await;
                     break;
                 }
                 _ = &mut drained, if !drain_sent => {
                     drain_sent = true;
                     self.control.end(ByeCode::Draining);
                 }
-                Some(first) = outgoing.recv() => {
+                true = outgoing.ready() => {
+                    outgoing.take(&mut batch, WRITE_BATCH);
                     // A socket that stops reading blocks this write; meanwhile the hub
                     // may end the session as a slow consumer, which must win.
                     tokio::select! {
-                        written = write_batch(&mut socket, first, &mut outgoing) => match written {
+                        written = write_batch(socket, &mut batch) => match written {
                             Ok(frames) => self.edge.metrics.count(&self.edge.metrics.frames_out, frames),
                             Err(_) => break,
                         },
@@ -410,7 +418,7 @@ impl Session {
                     let message = match incoming {
                         Some(Ok(message)) => message,
                         Some(Err(e)) if is_too_big(&e) => {
-                            close(&mut socket, CLOSE_TOO_BIG, "frame too large").await;
+                            Box::pin(close(socket, CLOSE_TOO_BIG, "frame too large")).await;
                             break;
                         }
                         _ => break,
@@ -419,7 +427,7 @@ impl Session {
                     match Box::pin(self.on_message(message)).await {
                         Flow::Continue => {}
                         Flow::End => {
-                            close(&mut socket, CLOSE_TOO_BIG, "frame too large").await;
+                            Box::pin(close(socket, CLOSE_TOO_BIG, "frame too large")).await;
                             break;
                         }
                     }
@@ -430,11 +438,12 @@ impl Session {
                 }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > heartbeat * 2 {
-                        let _ = tokio::time::timeout(LAST_WORDS, close(&mut socket, CLOSE_NORMAL, "heartbeat timeout")).await;
+                        let closing = close(socket, CLOSE_NORMAL, "heartbeat timeout");
+                        let _ = Box::pin(tokio::time::timeout(LAST_WORDS, closing)).await;
                         break;
                     }
                     let ping = tokio::time::timeout(heartbeat, socket.send(Message::Ping(Bytes::new())));
-                    if !matches!(ping.await, Ok(Ok(()))) {
+                    if !matches!(Box::pin(ping).await, Ok(Ok(()))) {
                         break;
                     }
                 }
@@ -861,6 +870,15 @@ impl Session {
     }
 
     /// Writes this connection's entry in the `presence` bucket.
+    fn welcome(&self) {
+        let welcome = ServerFrame::Welcome {
+            user: self.identity.user.to_string(),
+            session: self.session_id.clone(),
+            heartbeat_ms: self.edge.config.heartbeat_ms,
+        };
+        self.mailbox.push_event(text(welcome.encode()));
+    }
+
     async fn put_presence(&self) {
         let value = self
             .me
@@ -1219,20 +1237,19 @@ impl Session {
     }
 }
 
-/// Feeds `first` and whatever else is queued, then flushes once; how many frames.
+/// Writes the frames of `batch` in one go (one flush, so usually one write); a frame
+/// stays in `batch` until it is handed to the socket.
 async fn write_batch(
     socket: &mut WebSocket,
-    first: Utf8Bytes,
-    outgoing: &mut mpsc::Receiver<Utf8Bytes>,
+    batch: &mut VecDeque<Utf8Bytes>,
 ) -> Result<u64, axum::Error> {
-    socket.feed(Message::Text(first)).await?;
-    let mut frames = 1;
-    while frames < WRITE_BATCH {
-        match outgoing.try_recv() {
-            Ok(frame) => socket.feed(Message::Text(frame)).await?,
-            Err(_) => break,
+    let mut frames = 0;
+    while !batch.is_empty() {
+        std::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).await?;
+        if let Some(frame) = batch.pop_front() {
+            socket.start_send_unpin(Message::Text(frame))?;
+            frames += 1;
         }
-        frames += 1;
     }
     socket.flush().await?;
     Ok(frames)
