@@ -88,7 +88,9 @@ impl Bridge {
                 .map_or(0, |e| e.seq);
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((live, signals, head))
         };
-        let (mut live, mut signals, head) = match subscribed.await {
+        // Everything awaited here but the subscriptions themselves is boxed: the task lives
+        // as long as its channel, so the size of its future is memory per channel.
+        let (mut live, mut signals, head) = match Box::pin(subscribed).await {
             Ok(parts) => parts,
             Err(e) => {
                 tracing::warn!(channel = %channel.name, error = %e, "cannot bridge channel");
@@ -101,9 +103,9 @@ impl Bridge {
         loop {
             tokio::select! {
                 _ = channel.stop.cancelled() => break,
-                _ = channel.resync.notified() => self.repair(&channel, None).await,
+                _ = channel.resync.notified() => Box::pin(self.repair(&channel, None)).await,
                 message = live.next() => match message {
-                    Some(message) => self.on_live(&channel, &message).await,
+                    Some(message) => Box::pin(self.on_live(&channel, &message)).await,
                     None => break,
                 },
                 message = signals.next() => match message {
