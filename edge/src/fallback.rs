@@ -150,6 +150,7 @@ impl Feed {
         let control = Arc::new(ConnControl::new(
             edge.next_conn(),
             opening.identity.user.clone(),
+            &edge.draining,
         ));
         let (mailbox, rx) = Mailbox::new(
             edge.config.send_queue,

@@ -153,10 +153,18 @@ impl Hub {
     /// Removes one subscription; drops the channel when it was the last.
     pub fn detach(&self, channel: &Arc<Channel>, conn: ConnId, label: &ChannelName) {
         let mut channels = self.lock();
-        channel
-            .state()
-            .subscribers
-            .retain(|s| !(s.sub.mailbox.conn() == conn && &s.sub.label == label));
+        {
+            // Order among subscribers means nothing, so the last one fills the hole: a
+            // mass disconnect from a big channel costs a scan per leaver, not a shift.
+            let mut state = channel.state();
+            let subscribers = &mut state.subscribers;
+            if let Some(at) = subscribers
+                .iter()
+                .position(|s| s.sub.mailbox.conn() == conn && &s.sub.label == label)
+            {
+                subscribers.swap_remove(at);
+            }
+        }
         Self::release_if_idle(&mut channels, channel);
     }
 

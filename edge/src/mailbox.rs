@@ -71,11 +71,14 @@ impl<T> Inbox<T> {
 }
 
 impl ConnControl {
-    pub fn new(id: ConnId, user: Arc<str>) -> ConnControl {
+    /// A connection that also ends, as `draining`, when `edge_draining` is cancelled. One
+    /// token per session to watch instead of two: the edge-wide token is shared by every
+    /// session, and polling it on every turn made its lock a point of contention.
+    pub fn new(id: ConnId, user: Arc<str>, edge_draining: &CancellationToken) -> ConnControl {
         ConnControl {
             id,
             user,
-            ending: CancellationToken::new(),
+            ending: edge_draining.child_token(),
             reason: Mutex::new(None),
             recheck: Inbox::default(),
         }
@@ -98,8 +101,11 @@ impl ConnControl {
         self.ending.cancel();
     }
 
+    /// Why the session is asked to end; `draining` when the edge is, and nothing else was
+    /// said first.
     pub fn reason(&self) -> Option<ByeCode> {
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
+        let reason = *self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        reason.or_else(|| self.ending.is_cancelled().then_some(ByeCode::Draining))
     }
 
     /// Ready once the session is asked to end, and ready again each time it is polled
@@ -356,7 +362,11 @@ mod tests {
     use super::*;
 
     fn mailbox(capacity: usize) -> (Mailbox, Outgoing) {
-        let control = Arc::new(ConnControl::new(1, Arc::from("u1")));
+        let control = Arc::new(ConnControl::new(
+            1,
+            Arc::from("u1"),
+            &CancellationToken::new(),
+        ));
         Mailbox::new(capacity, control, Arc::default())
     }
 

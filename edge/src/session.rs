@@ -103,7 +103,11 @@ pub fn run(
             }
         };
         let conn = edge.next_conn();
-        let control = Arc::new(ConnControl::new(conn, identity.user.clone()));
+        let control = Arc::new(ConnControl::new(
+            conn,
+            identity.user.clone(),
+            &edge.draining,
+        ));
         let (mailbox, outgoing) = Mailbox::new(
             edge.config.send_queue,
             control.clone(),
@@ -337,8 +341,6 @@ impl Session {
         let receipts_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(receipts_timer);
         let mut armed: Option<tokio::time::Instant> = None;
-        let draining = self.edge.draining.clone();
-        let mut drain_sent = false;
         // Futures that live across turns of the loop are made once: re-creating them on
         // every frame written is measurable at hundreds of thousands of deliveries/s.
         let control = self.control.clone();
@@ -349,8 +351,6 @@ impl Session {
         let inbox = self.done.clone();
         let done = inbox.take();
         tokio::pin!(done);
-        let drained = draining.cancelled();
-        tokio::pin!(drained);
         // Frames taken from the queue and not yet written.
         let mut batch = VecDeque::new();
         loop {
@@ -378,10 +378,6 @@ impl Session {
                     // A peer that reads nothing must not hold the session open.
                     let _ = Box::pin(tokio::time::timeout(LAST_WORDS, last_words)).await;
                     break;
-                }
-                _ = &mut drained, if !drain_sent => {
-                    drain_sent = true;
-                    self.control.end(ByeCode::Draining);
                 }
                 true = outgoing.ready() => {
                     outgoing.take(&mut batch, WRITE_BATCH);
