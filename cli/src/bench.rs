@@ -1,8 +1,9 @@
 //! `switchboard bench`: a load generator that speaks `switchboard.v1` over real sockets
 //! and publishes through NATS like a backend, to measure an edge the way users load it.
 //!
-//! Every scenario is bounded in connections and time, targets loopback addresses given
-//! on the command line, and reports deliveries per second, missing and duplicated events
+//! Every scenario is bounded in connections, events and time (the `MAX_*` constants
+//! below; sizes outside them are refused before anything connects), targets only
+//! loopback addresses (others are refused), and reports deliveries per second, missing and duplicated events
 //! (both must be zero), latency percentiles from the publisher's timestamp, and the edge
 //! process's own CPU time and RSS read from `/proc/<edge pid>`.
 //!
@@ -10,6 +11,8 @@
 //! scans for the two numbers it needs) because on two cores it shares the machine with
 //! the edge it measures.
 
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::output;
@@ -165,6 +169,9 @@ impl Latency {
 }
 
 pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
+    loopback_only("the edge URL", &args.edge_url)?;
+    loopback_only("the NATS URL", nats_url)?;
+    args.scenario.check()?;
     raise_fd_limit();
     let bench = Bench::new(nats_url, &args).await?;
     let report = match args.scenario {
@@ -281,6 +288,115 @@ fn process_usage(pid: u32) -> Option<(f64, u64)> {
         .parse()
         .ok()?;
     Some((ticks as f64 / per_second, rss))
+}
+
+/// Sockets one run may open in all: each costs a descriptor here and one in the edge.
+const MAX_SOCKETS: u64 = 50_000;
+/// Events one run may publish in all (the generator remembers each one's seq).
+const MAX_EVENTS: u64 = 10_000_000;
+/// Longest run, in seconds.
+const MAX_DURATION: u64 = 600;
+/// Largest event: its frame must stay under the edge's 64 KiB frame limit.
+const MAX_SIZE: u64 = 60 * 1024;
+
+impl Scenario {
+    /// Refuses sizes the generator cannot honour or that no edge measurement needs, before
+    /// anything connects.
+    fn check(&self) -> anyhow::Result<()> {
+        match *self {
+            Scenario::Fanout {
+                subscribers,
+                rate,
+                size,
+                duration,
+            } => {
+                within("--subscribers", subscribers as u64, 1..=MAX_SOCKETS)?;
+                paced(rate, duration)?;
+                within("--size", size as u64, 1..=MAX_SIZE)
+            }
+            Scenario::Channels {
+                channels,
+                per_channel,
+                rate,
+                size,
+                duration,
+            } => {
+                within("--channels", channels as u64, 1..=MAX_SOCKETS)?;
+                within("--per-channel", per_channel as u64, 1..=MAX_SOCKETS)?;
+                within(
+                    "--channels x --per-channel",
+                    (channels as u64).saturating_mul(per_channel as u64),
+                    1..=MAX_SOCKETS,
+                )?;
+                paced(rate, duration)?;
+                within("--size", size as u64, 1..=MAX_SIZE)
+            }
+            Scenario::Chat {
+                pairs,
+                rate,
+                duration,
+            } => {
+                within("--pairs", pairs as u64, 1..=MAX_SOCKETS / 2)?;
+                paced(rate, duration)
+            }
+            Scenario::Connect {
+                connections,
+                subs,
+                concurrency,
+            } => {
+                within("--connections", connections as u64, 1..=MAX_SOCKETS)?;
+                // The edge's own cap on subscriptions per connection.
+                within("--subs", subs as u64, 0..=100)?;
+                within("--concurrency", concurrency as u64, 1..=1024)
+            }
+            Scenario::Resume { missed, size } => {
+                within("--missed", missed, 1..=1_000_000)?;
+                within("--size", size as u64, 1..=MAX_SIZE)
+            }
+        }
+    }
+}
+
+fn paced(rate: u64, duration: u64) -> anyhow::Result<()> {
+    within("--rate", rate, 1..=1_000_000)?;
+    within("--duration", duration, 1..=MAX_DURATION)?;
+    within(
+        "--rate x --duration",
+        rate.saturating_mul(duration),
+        1..=MAX_EVENTS,
+    )
+}
+
+fn within(name: &str, value: u64, range: RangeInclusive<u64>) -> anyhow::Result<()> {
+    if !range.contains(&value) {
+        bail!(
+            "{name} must be between {} and {}, not {value}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a target off this machine: the generator measures an edge on loopback; it is
+/// not a tool for loading other hosts. `url` may be a comma-separated list (NATS).
+fn loopback_only(what: &str, url: &str) -> anyhow::Result<()> {
+    for one in url.split(',').map(str::trim) {
+        let uri: Uri = one
+            .parse()
+            .with_context(|| format!("{what} {one:?} is not a URL"))?;
+        let host = uri.host().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let local = host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !local {
+            bail!(
+                "{what} {one} is not a loopback address: switchboard bench only loads an edge \
+                 on this machine"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Thousands of sockets need more descriptors than the default soft limit.
@@ -768,4 +884,86 @@ fn spawn_reader(mut socket: Socket) -> Reader {
         }
     });
     Reader { task, state }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        for url in [
+            "ws://127.0.0.1:8080/v1/ws",
+            "ws://localhost:8080/v1/ws",
+            "ws://[::1]:8080/v1/ws",
+            "nats://127.0.0.2:4222",
+            "nats://127.0.0.1:4222, nats://127.0.0.1:4223",
+            "127.0.0.1:4222",
+        ] {
+            assert!(loopback_only("the URL", url).is_ok(), "{url}");
+        }
+        for url in [
+            "ws://10.0.0.5:8080/v1/ws",
+            "wss://edge.example.com/v1/ws",
+            "ws://127.0.0.1.example.com/v1/ws",
+            "nats://127.0.0.1:4222,nats://192.168.1.9:4222",
+            "ws://:8080/",
+        ] {
+            let error = loopback_only("the URL", url).unwrap_err().to_string();
+            assert!(
+                error.contains("not a loopback address") || error.contains("not a URL"),
+                "{url}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_outside_the_bounds_are_refused_with_the_flag_named() {
+        let fanout = |subscribers, rate, size, duration| Scenario::Fanout {
+            subscribers,
+            rate,
+            size,
+            duration,
+        };
+        assert!(fanout(5000, 30, 256, 10).check().is_ok());
+        for (scenario, flag) in [
+            (fanout(0, 10, 256, 10), "--subscribers"),
+            (fanout(50_001, 10, 256, 10), "--subscribers"),
+            (fanout(10, 0, 256, 10), "--rate"),
+            (fanout(10, 10, 256, 601), "--duration"),
+            (fanout(10, 1_000_000, 256, 11), "--rate x --duration"),
+            (fanout(10, 10, 70_000, 10), "--size"),
+            (
+                Scenario::Channels {
+                    channels: 1000,
+                    per_channel: 100,
+                    rate: 10,
+                    size: 256,
+                    duration: 10,
+                },
+                "--channels x --per-channel",
+            ),
+            (
+                Scenario::Connect {
+                    connections: 10,
+                    subs: 101,
+                    concurrency: 8,
+                },
+                "--subs",
+            ),
+            (
+                Scenario::Resume {
+                    missed: 0,
+                    size: 256,
+                },
+                "--missed",
+            ),
+        ] {
+            let error = scenario.check().unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("{flag} must be between")),
+                "{error}"
+            );
+        }
+    }
 }

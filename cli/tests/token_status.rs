@@ -13,7 +13,7 @@ use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
-use support::{Bus, command, ok, switchboard};
+use support::{Bus, command, http_status, ok, request, start_edge, switchboard};
 use switchboard_schemas::shapes::{Claims, Role};
 use switchboard_testkit::{Process, binary, free_port};
 
@@ -97,53 +97,6 @@ fn token_carries_the_claims_asked_for_and_prints_only_the_token() {
     }
 }
 
-/// A `switchboard-edge` process on a free port.
-fn start_edge(nats_url: &str) -> (Process, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(binary("switchboard-edge"));
-    cmd.env("SWITCHBOARD_NATS_URL", nats_url)
-        .env("SWITCHBOARD_EDGE_ADDR", &addr)
-        .env("SWITCHBOARD_JWT_SECRET", SECRET)
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    let process = Process::spawn(cmd).expect("spawn switchboard-edge");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if http_status(&mut request(&addr, "/readyz")) == Some(200) {
-            return (process, addr);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("edge at {addr} not ready");
-}
-
-/// Sends a GET and returns the open connection.
-fn request(addr: &str, path: &str) -> Option<TcpStream> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .ok()?;
-    Some(stream)
-}
-
-/// The status code of the response on `stream`, reading only its first line.
-fn http_status(stream: &mut Option<TcpStream>) -> Option<u16> {
-    let stream = stream.as_mut()?;
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n") && stream.read(&mut byte).ok()? == 1 {
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head)
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 async fn status(bus: &Bus) -> Value {
     let url = bus.url();
     let output = tokio::task::spawn_blocking(move || switchboard(&url, &["status", "--json"]))
@@ -176,7 +129,7 @@ async fn status_shows_worker_lag_and_connected_edges_with_their_connections() {
     let mut batch = job.fetch().max_messages(1).messages().await.unwrap();
     let _unacked = batch.next().await.unwrap().unwrap();
 
-    let (_edge, addr) = start_edge(&bus.url());
+    let (_edge, addr) = start_edge(&bus.url(), SECRET);
     // The edge accepts a minted token (it refuses one signed with another secret), and
     // the open SSE stream is a connection.
     let good = token(&["--sub", "u1"], SECRET);

@@ -2,14 +2,16 @@
 //! binary run as a user would, and events published the way backends publish them.
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard_bus::definitions::Definitions;
 use switchboard_bus::{Encoding, Publisher};
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
-use switchboard_testkit::Nats;
+use switchboard_testkit::{Nats, Process, binary, free_port};
 
 /// nats-server with the streams and buckets `switchboard init` creates.
 pub struct Bus {
@@ -146,4 +148,51 @@ pub fn replayed(text: &str) -> Vec<(u64, String, Envelope)> {
             )
         })
         .collect()
+}
+
+/// A `switchboard-edge` process on a free port.
+pub fn start_edge(nats_url: &str, secret: &str) -> (Process, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(binary("switchboard-edge"));
+    cmd.env("SWITCHBOARD_NATS_URL", nats_url)
+        .env("SWITCHBOARD_EDGE_ADDR", &addr)
+        .env("SWITCHBOARD_JWT_SECRET", secret)
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(Stdio::null());
+    let process = Process::spawn(cmd).expect("spawn switchboard-edge");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if http_status(&mut request(&addr, "/readyz")) == Some(200) {
+            return (process, addr);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("edge at {addr} not ready");
+}
+
+/// Sends a GET and returns the open connection.
+pub fn request(addr: &str, path: &str) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .ok()?;
+    Some(stream)
+}
+
+/// The status code of the response on `stream`, reading only its first line.
+pub fn http_status(stream: &mut Option<TcpStream>) -> Option<u16> {
+    let stream = stream.as_mut()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n") && stream.read(&mut byte).ok()? == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head)
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
 }

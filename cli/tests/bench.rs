@@ -1,0 +1,162 @@
+//! `switchboard bench` as a user runs it: bad input is refused before anything connects,
+//! and each scenario, at a small size, runs against a real nats-server and a real
+//! `switchboard-edge` and accounts for every event it published.
+
+mod support;
+
+use std::process::Output;
+
+use serde_json::Value;
+use support::{Bus, command, ok, start_edge};
+
+const SECRET: &str = "bench-test-secret-0123456789";
+
+fn bench(nats_url: &str, edge: Option<(&str, u32)>, args: &[&str]) -> Output {
+    let mut cmd = command(nats_url, &[&["--json", "bench"], args].concat());
+    cmd.env("SWITCHBOARD_JWT_SECRET", SECRET);
+    if let Some((addr, pid)) = edge {
+        cmd.env("SWITCHBOARD_EDGE_URL", format!("ws://{addr}/v1/ws"))
+            .env("SWITCHBOARD_EDGE_PID", pid.to_string());
+    }
+    cmd.output().expect("run switchboard bench")
+}
+
+fn refused(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "bench ran but should have refused"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_targets_and_sizes_are_refused_before_anything_connects() {
+    // Nothing listens on port 1: a refusal must come from the checks, not a connection.
+    let nats = "nats://127.0.0.1:1";
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--edge-url", "ws://203.0.113.7:8080/v1/ws", "resume"],
+            "the edge URL ws://203.0.113.7:8080/v1/ws is not a loopback address",
+        ),
+        (
+            &["--edge-url", "wss://edge.example.com/v1/ws", "resume"],
+            "is not a loopback address",
+        ),
+        (
+            &["fanout", "--subscribers", "0"],
+            "--subscribers must be between 1 and 50000, not 0",
+        ),
+        (
+            &["fanout", "--duration", "3600"],
+            "--duration must be between 1 and 600, not 3600",
+        ),
+        (
+            &["connect", "--subs", "500"],
+            "--subs must be between 0 and 100, not 500",
+        ),
+        (&["resume", "--size", "100000"], "--size must be between"),
+    ];
+    for (args, expected) in cases {
+        let error = refused(&bench(nats, None, args));
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+    let error = refused(&bench("nats://10.1.2.3:4222", None, &["resume"]));
+    assert!(error.contains("the NATS URL nats://10.1.2.3:4222 is not a loopback address"));
+}
+
+fn report(output: &Output) -> Value {
+    serde_json::from_str(&ok(output)).expect("a JSON report")
+}
+
+fn number(report: &Value, field: &str) -> f64 {
+    report[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_scenario_accounts_for_every_event_against_a_real_edge() {
+    let bus = Bus::start().await;
+    let url = bus.url();
+    let (edge, addr) = start_edge(&url, SECRET);
+    let target = Some((addr.as_str(), edge.pid().expect("the edge's pid")));
+    let run = |args: &'static [&'static str]| {
+        let url = url.clone();
+        let addr = addr.clone();
+        let pid = target.unwrap().1;
+        tokio::task::spawn_blocking(move || report(&bench(&url, Some((&addr, pid)), args)))
+    };
+
+    let fanout = run(&[
+        "fanout",
+        "--subscribers",
+        "20",
+        "--rate",
+        "50",
+        "--size",
+        "128",
+        "--duration",
+        "1",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(number(&fanout, "published"), 50.0);
+    assert_eq!(number(&fanout, "deliveries"), 1000.0, "{fanout}");
+    assert_eq!(
+        (number(&fanout, "missing"), number(&fanout, "duplicated")),
+        (0.0, 0.0)
+    );
+    assert!(number(&fanout, "edge_cpu_s") > 0.0, "{fanout}");
+    assert!(
+        fanout["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{fanout}"
+    );
+
+    let channels = run(&[
+        "channels",
+        "--channels",
+        "5",
+        "--per-channel",
+        "3",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(number(&channels, "deliveries"), 150.0, "{channels}");
+    assert_eq!(number(&channels, "missing"), 0.0);
+
+    let chat = run(&["chat", "--pairs", "4", "--rate", "40", "--duration", "1"])
+        .await
+        .unwrap();
+    assert_eq!(number(&chat, "published"), 40.0, "{chat}");
+    assert_eq!(number(&chat, "deliveries"), 40.0, "{chat}");
+    assert_eq!(number(&chat, "missing"), 0.0);
+    assert!(
+        chat["ack_latency_ms"]["p50"].as_f64().unwrap() > 0.0,
+        "{chat}"
+    );
+
+    let connect = run(&["connect", "--connections", "40", "--subs", "2"])
+        .await
+        .unwrap();
+    assert!(number(&connect, "connections_per_s") > 0.0, "{connect}");
+    assert!(number(&connect, "edge_rss_kib") > 0.0, "{connect}");
+
+    let resume = run(&["resume", "--missed", "300"]).await.unwrap();
+    assert_eq!(number(&resume, "deliveries"), 300.0, "{resume}");
+    assert_eq!(
+        (number(&resume, "missing"), number(&resume, "duplicated")),
+        (0.0, 0.0)
+    );
+    println!(
+        "bench scenarios: fanout {} deliveries, channels {}, chat {}, connect {:.0}/s, resume {} (all 0 missing, 0 duplicated)",
+        number(&fanout, "deliveries"),
+        number(&channels, "deliveries"),
+        number(&chat, "deliveries"),
+        number(&connect, "connections_per_s"),
+        number(&resume, "deliveries"),
+    );
+}
