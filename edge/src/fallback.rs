@@ -389,7 +389,7 @@ pub async fn poll(
         }
     }
     opening.cursor = Some(cursor.clone());
-    let feed = Feed::open(&edge, opening, false);
+    let mut feed = Feed::open(&edge, opening, false);
     let mut events: Vec<Utf8Bytes> = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     // Wait for the first event, then take whatever else is already there.
@@ -399,6 +399,11 @@ pub async fn poll(
                 frame = feed.rx.recv() => frame,
                 _ = tokio::time::sleep_until(deadline) => None,
                 _ = feed.control.ended() => None,
+                // A lost membership ends the wait: the next poll is refused.
+                channels = feed.control.rechecks() => match feed.revoke(&channels) {
+                    Some(_) => None,
+                    None => continue,
+                },
             }
         } else {
             tokio::time::timeout(Duration::from_millis(20), feed.rx.recv())
