@@ -263,8 +263,7 @@ fn print_report(r: &Report) {
 
 /// Everything a scenario needs: where the edge is, how to mint tokens, a publisher.
 struct Bench {
-    url: String,
-    secret: String,
+    dialer: Arc<Dialer>,
     edge_pid: Option<u32>,
     publisher: Publisher,
     run_id: String,
@@ -438,21 +437,13 @@ struct Tally {
     last_seq: u64,
 }
 
-impl Bench {
-    async fn new(nats_url: &str, args: &Args) -> anyhow::Result<Bench> {
-        if args.secret.len() < 16 {
-            bail!("the JWT secret must be at least 16 bytes (SWITCHBOARD_JWT_SECRET)");
-        }
-        let client = crate::connect(nats_url).await?;
-        Ok(Bench {
-            url: args.edge_url.clone(),
-            secret: args.secret.clone(),
-            edge_pid: args.edge_pid,
-            publisher: Publisher::new(client),
-            run_id: format!("{:x}", unix_micros()),
-        })
-    }
+/// What opening a client socket needs; shared by the tasks that open them at once.
+struct Dialer {
+    url: String,
+    secret: String,
+}
 
+impl Dialer {
     fn token(&self, user: &str, channels: &[&str]) -> anyhow::Result<String> {
         let claims =
             json!({"sub": user, "exp": unix_micros() / 1_000_000 + 3600, "channels": channels});
@@ -481,6 +472,28 @@ impl Bench {
             Some(Ok(Message::Text(text))) if text.contains("\"welcome\"") => Ok(socket),
             other => bail!("expected welcome, got {other:?}"),
         }
+    }
+}
+
+impl Bench {
+    async fn new(nats_url: &str, args: &Args) -> anyhow::Result<Bench> {
+        if args.secret.len() < 16 {
+            bail!("the JWT secret must be at least 16 bytes (SWITCHBOARD_JWT_SECRET)");
+        }
+        let client = crate::connect(nats_url).await?;
+        Ok(Bench {
+            dialer: Arc::new(Dialer {
+                url: args.edge_url.clone(),
+                secret: args.secret.clone(),
+            }),
+            edge_pid: args.edge_pid,
+            publisher: Publisher::new(client),
+            run_id: format!("{:x}", unix_micros()),
+        })
+    }
+
+    async fn open(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
+        self.dialer.open(user, channels).await
     }
 
     /// Sends `sub` for each channel and waits for every `ok`.
@@ -737,21 +750,24 @@ impl Bench {
             .collect();
         let started = Instant::now();
         let mut sockets = Vec::with_capacity(connections);
-        let mut opening = futures_util::stream::FuturesUnordered::new();
+        // Each socket is opened by a task of its own, so the generator's handshakes and
+        // token minting spread over every core instead of one.
+        let mut opening = tokio::task::JoinSet::new();
         let mut next = 0;
         while sockets.len() < connections {
             while next < connections && opening.len() < concurrency {
                 let user = format!("c{next}");
                 let subs = channels[next].clone();
-                opening.push(async move {
-                    let mut socket = self.open(&user, &[]).await?;
+                let dialer = self.dialer.clone();
+                opening.spawn(async move {
+                    let mut socket = dialer.open(&user, &[]).await?;
                     Self::subscribe(&mut socket, &subs).await?;
                     Ok::<_, anyhow::Error>(socket)
                 });
                 next += 1;
             }
-            if let Some(socket) = opening.next().await {
-                sockets.push(socket?);
+            if let Some(opened) = opening.join_next().await {
+                sockets.push(opened??);
             }
         }
         let elapsed = started.elapsed().as_secs_f64();

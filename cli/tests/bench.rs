@@ -79,11 +79,10 @@ async fn every_scenario_accounts_for_every_event_against_a_real_edge() {
     let bus = Bus::start().await;
     let url = bus.url();
     let (edge, addr) = start_edge(&url, SECRET);
-    let target = Some((addr.as_str(), edge.pid().expect("the edge's pid")));
+    let pid = edge.pid().expect("the edge's pid");
     let run = |args: &'static [&'static str]| {
         let url = url.clone();
         let addr = addr.clone();
-        let pid = target.unwrap().1;
         tokio::task::spawn_blocking(move || report(&bench(&url, Some((&addr, pid)), args)))
     };
 

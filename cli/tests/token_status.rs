@@ -4,18 +4,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use async_nats::jetstream::consumer;
 use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 use support::{Bus, command, http_status, ok, request, start_edge, switchboard};
 use switchboard_schemas::shapes::{Claims, Role};
-use switchboard_testkit::{Process, binary, free_port};
 
 const SECRET: &str = "cli-test-secret-0123456789";
 
