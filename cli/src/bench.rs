@@ -3,8 +3,8 @@
 //!
 //! Every scenario is bounded in connections, events and time (the `MAX_*` constants
 //! below; sizes outside them are refused before anything connects), targets only
-//! loopback addresses (others are refused), and reports deliveries per second, missing and duplicated events
-//! (both must be zero), latency percentiles from the publisher's timestamp, and the edge
+//! loopback addresses (others are refused), and reports deliveries per second, missing
+//! and duplicated events (both must be zero), latency percentiles from the publisher's timestamp, and the edge
 //! process's own CPU time and RSS read from `/proc/<edge pid>`.
 //!
 //! The generator keeps its per-delivery work small (no JSON parsing of event frames: it
@@ -169,8 +169,7 @@ impl Latency {
 }
 
 pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
-    loopback_only("the edge URL", &args.edge_url)?;
-    loopback_only("the NATS URL", nats_url)?;
+    loopback_targets(&args.edge_url, nats_url)?;
     args.scenario.check()?;
     raise_fd_limit();
     let bench = Bench::new(nats_url, &args).await?;
@@ -310,8 +309,7 @@ impl Scenario {
                 duration,
             } => {
                 within("--subscribers", subscribers as u64, 1..=MAX_SOCKETS)?;
-                paced(rate, duration)?;
-                within("--size", size as u64, 1..=MAX_SIZE)
+                paced(rate, duration, size)
             }
             Scenario::Channels {
                 channels,
@@ -327,8 +325,7 @@ impl Scenario {
                     (channels as u64).saturating_mul(per_channel as u64),
                     1..=MAX_SOCKETS,
                 )?;
-                paced(rate, duration)?;
-                within("--size", size as u64, 1..=MAX_SIZE)
+                paced(rate, duration, size)
             }
             Scenario::Chat {
                 pairs,
@@ -336,7 +333,7 @@ impl Scenario {
                 duration,
             } => {
                 within("--pairs", pairs as u64, 1..=MAX_SOCKETS / 2)?;
-                paced(rate, duration)
+                paced(rate, duration, 1)
             }
             Scenario::Connect {
                 connections,
@@ -356,14 +353,16 @@ impl Scenario {
     }
 }
 
-fn paced(rate: u64, duration: u64) -> anyhow::Result<()> {
+/// The bounds of a publisher paced at `rate` events of `size` bytes for `duration` s.
+fn paced(rate: u64, duration: u64, size: usize) -> anyhow::Result<()> {
     within("--rate", rate, 1..=1_000_000)?;
     within("--duration", duration, 1..=MAX_DURATION)?;
     within(
         "--rate x --duration",
         rate.saturating_mul(duration),
         1..=MAX_EVENTS,
-    )
+    )?;
+    within("--size", size as u64, 1..=MAX_SIZE)
 }
 
 fn within(name: &str, value: u64, range: RangeInclusive<u64>) -> anyhow::Result<()> {
@@ -377,23 +376,28 @@ fn within(name: &str, value: u64, range: RangeInclusive<u64>) -> anyhow::Result<
     Ok(())
 }
 
-/// Refuses a target off this machine: the generator measures an edge on loopback; it is
-/// not a tool for loading other hosts. `url` may be a comma-separated list (NATS).
+/// Refuses targets off this machine: the generator measures an edge on loopback; it is
+/// not a tool for loading other hosts. The NATS setting may list several servers.
+fn loopback_targets(edge_url: &str, nats_url: &str) -> anyhow::Result<()> {
+    loopback_only("the edge URL", edge_url)?;
+    switchboard_bus::nats_servers(nats_url)
+        .into_iter()
+        .try_for_each(|url| loopback_only("the NATS URL", url))
+}
+
 fn loopback_only(what: &str, url: &str) -> anyhow::Result<()> {
-    for one in url.split(',').map(str::trim) {
-        let uri: Uri = one
-            .parse()
-            .with_context(|| format!("{what} {one:?} is not a URL"))?;
-        let host = uri.host().unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let local = host.eq_ignore_ascii_case("localhost")
-            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        if !local {
-            bail!(
-                "{what} {one} is not a loopback address: switchboard bench only loads an edge \
-                 on this machine"
-            );
-        }
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("{what} {url:?} is not a URL"))?;
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !local {
+        bail!(
+            "{what} {url} is not a loopback address: switchboard bench only loads an edge on \
+             this machine"
+        );
     }
     Ok(())
 }
@@ -908,27 +912,34 @@ mod tests {
 
     #[test]
     fn only_loopback_targets_are_accepted() {
-        for url in [
-            "ws://127.0.0.1:8080/v1/ws",
-            "ws://localhost:8080/v1/ws",
-            "ws://[::1]:8080/v1/ws",
-            "nats://127.0.0.2:4222",
-            "nats://127.0.0.1:4222, nats://127.0.0.1:4223",
-            "127.0.0.1:4222",
+        let edge = "ws://127.0.0.1:8080/v1/ws";
+        let nats = "nats://127.0.0.1:4222";
+        for (edge_url, nats_url) in [
+            (edge, nats),
+            ("ws://localhost:8080/v1/ws", nats),
+            ("ws://[::1]:8080/v1/ws", nats),
+            (edge, "nats://127.0.0.2:4222"),
+            (edge, "nats://127.0.0.1:4222, nats://127.0.0.1:4223"),
+            (edge, "127.0.0.1:4222"),
         ] {
-            assert!(loopback_only("the URL", url).is_ok(), "{url}");
+            assert!(
+                loopback_targets(edge_url, nats_url).is_ok(),
+                "{edge_url} {nats_url}"
+            );
         }
-        for url in [
-            "ws://10.0.0.5:8080/v1/ws",
-            "wss://edge.example.com/v1/ws",
-            "ws://127.0.0.1.example.com/v1/ws",
-            "nats://127.0.0.1:4222,nats://192.168.1.9:4222",
-            "ws://:8080/",
+        for (edge_url, nats_url) in [
+            ("ws://10.0.0.5:8080/v1/ws", nats),
+            ("wss://edge.example.com/v1/ws", nats),
+            ("ws://127.0.0.1.example.com/v1/ws", nats),
+            (edge, "nats://127.0.0.1:4222,nats://192.168.1.9:4222"),
+            ("ws://:8080/", nats),
         ] {
-            let error = loopback_only("the URL", url).unwrap_err().to_string();
+            let error = loopback_targets(edge_url, nats_url)
+                .unwrap_err()
+                .to_string();
             assert!(
                 error.contains("not a loopback address") || error.contains("not a URL"),
-                "{url}: {error}"
+                "{edge_url} {nats_url}: {error}"
             );
         }
     }

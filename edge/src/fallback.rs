@@ -300,7 +300,6 @@ pub async fn sse(
                 Some(event) => event,
                 None => return Some((Ok(Event::default().comment("membership checked")), Some((feed, cursor)))),
             },
-            _ = feed.edge.draining.cancelled() => return Some((Ok(bye(ByeCode::Draining)), None)),
             _ = expiry => return Some((Ok(bye(ByeCode::TokenExpired)), None)),
         };
         Some((Ok::<_, Infallible>(event), Some((feed, cursor))))

@@ -278,63 +278,65 @@ impl Drop for Mailbox {
 }
 
 impl Outgoing {
-    /// Waits until frames are queued (true) or every mailbox is gone with nothing left
-    /// to read (false). Cancel-safe: it takes nothing.
-    pub async fn ready(&self) -> bool {
-        std::future::poll_fn(|cx| {
-            let mut state = self.queue.lock();
-            if !state.frames.is_empty() {
-                return Poll::Ready(true);
-            }
-            if self.queue.senders.load(Ordering::Acquire) == 0 {
-                return Poll::Ready(false);
-            }
-            match &mut state.reader {
-                Some(waker) => waker.clone_from(cx.waker()),
-                none => *none = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+    /// Waits until frames are queued, then moves up to `max` of them, oldest first, into
+    /// `into`: true, or false once every mailbox is gone and nothing is left. Cancel-safe:
+    /// frames move only in the poll that completes it.
+    pub async fn take(&self, into: &mut VecDeque<Utf8Bytes>, max: usize) -> bool {
+        std::future::poll_fn(|cx| self.poll_drain(cx, max, |frame| into.push_back(frame))).await
     }
 
-    /// Moves up to `max` queued frames, oldest first, into `into`; returns how many.
-    pub fn take(&self, into: &mut VecDeque<Utf8Bytes>, max: usize) -> usize {
-        let mut state = self.queue.lock();
-        let n = state.frames.len().min(max);
-        into.extend(state.frames.drain(..n));
-        if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
-            state.frames.shrink_to(KEPT_CAPACITY);
-        }
-        let wanting_room = std::mem::take(&mut state.wanting_room);
-        drop(state);
-        if wanting_room && n > 0 {
-            self.queue.room.notify_waiters();
-        }
-        n
+    /// Moves whatever is queued now, without waiting.
+    pub fn take_now(&self, into: &mut VecDeque<Utf8Bytes>) {
+        self.drain(self.queue.lock(), usize::MAX, |frame| into.push_back(frame));
     }
 
     /// The next frame; `None` once every mailbox is gone and the queue is empty.
     pub async fn recv(&self) -> Option<Utf8Bytes> {
-        loop {
-            if let Some(frame) = self.pop() {
-                return Some(frame);
-            }
-            if !self.ready().await {
-                return None;
-            }
-        }
+        let mut next = None;
+        let open =
+            std::future::poll_fn(|cx| self.poll_drain(cx, 1, |frame| next = Some(frame))).await;
+        open.then_some(next).flatten()
     }
 
-    fn pop(&self) -> Option<Utf8Bytes> {
+    fn poll_drain(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        max: usize,
+        sink: impl FnMut(Utf8Bytes),
+    ) -> Poll<bool> {
         let mut state = self.queue.lock();
-        let frame = state.frames.pop_front();
-        let wanting_room = frame.is_some() && std::mem::take(&mut state.wanting_room);
+        if !state.frames.is_empty() {
+            self.drain(state, max, sink);
+            return Poll::Ready(true);
+        }
+        if self.queue.senders.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(false);
+        }
+        match &mut state.reader {
+            Some(waker) => waker.clone_from(cx.waker()),
+            none => *none = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Hands up to `max` frames to `sink`, gives back a burst's buffer, and wakes the
+    /// senders waiting for room.
+    fn drain(
+        &self,
+        mut state: MutexGuard<'_, QueueState>,
+        max: usize,
+        sink: impl FnMut(Utf8Bytes),
+    ) {
+        let n = state.frames.len().min(max);
+        state.frames.drain(..n).for_each(sink);
+        if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
+            state.frames.shrink_to(KEPT_CAPACITY);
+        }
+        let wanting_room = n > 0 && std::mem::take(&mut state.wanting_room);
         drop(state);
         if wanting_room {
             self.queue.room.notify_waiters();
         }
-        frame
     }
 }
 
@@ -387,13 +389,13 @@ mod tests {
         assert!(!mailbox.push_event(frame(4)), "a fifth frame does not fit");
         assert_eq!(mailbox.control.reason(), Some(ByeCode::SlowConsumer));
 
-        assert!(outgoing.ready().await);
         let mut batch = VecDeque::new();
-        assert_eq!(outgoing.take(&mut batch, 3), 3);
+        assert!(outgoing.take(&mut batch, 3).await);
         assert_eq!(texts(&batch), ["0", "1", "2"]);
-        assert_eq!(outgoing.take(&mut batch, 3), 1);
+        assert!(outgoing.take(&mut batch, 3).await);
         assert_eq!(texts(&batch), ["0", "1", "2", "3"]);
-        assert_eq!(outgoing.take(&mut batch, 3), 0);
+        outgoing.take_now(&mut batch);
+        assert_eq!(batch.len(), 4, "nothing is left");
     }
 
     #[tokio::test]
@@ -403,7 +405,7 @@ mod tests {
         mailbox.push_signal(frame(1));
         mailbox.push_signal(frame(2));
         let mut batch = VecDeque::new();
-        outgoing.take(&mut batch, usize::MAX);
+        outgoing.take_now(&mut batch);
         assert_eq!(texts(&batch), ["0", "1"]);
         assert_eq!(
             mailbox.control.reason(),
@@ -420,7 +422,6 @@ mod tests {
             mailbox.push_event(frame(7));
             mailbox
         });
-        assert!(outgoing.ready().await);
         assert_eq!(outgoing.recv().await.as_deref(), Some("7"));
         drop(pusher.await.unwrap());
         assert_eq!(outgoing.recv().await, None, "no mailbox is left");
@@ -438,9 +439,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "the queue is full: send waits");
         let mut batch = VecDeque::new();
-        outgoing.take(&mut batch, 1);
+        assert!(outgoing.take(&mut batch, 1).await);
         assert!(waiting.await.unwrap(), "room was made");
-        outgoing.take(&mut batch, usize::MAX);
+        outgoing.take_now(&mut batch);
         assert_eq!(texts(&batch), ["0", "1", "2"]);
 
         assert!(mailbox.send(frame(3)).await);

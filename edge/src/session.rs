@@ -368,10 +368,8 @@ impl Session {
                         // Whatever was queued before the end still goes out first, except
                         // for a slow consumer, whose queue is the problem.
                         if code != ByeCode::SlowConsumer {
-                            outgoing.take(&mut batch, usize::MAX);
-                            while let Some(frame) = batch.pop_front() {
-                                let _ = socket.feed(Message::Text(frame)).await;
-                            }
+                            outgoing.take_now(&mut batch);
+                            let _ = write_batch(socket, &mut batch).await;
                         }
                         say_bye(socket, code).await;
                     };
@@ -379,8 +377,7 @@ impl Session {
                     let _ = Box::pin(tokio::time::timeout(LAST_WORDS, last_words)).await;
                     break;
                 }
-                true = outgoing.ready() => {
-                    outgoing.take(&mut batch, WRITE_BATCH);
+                true = outgoing.take(&mut batch, WRITE_BATCH) => {
                     // A socket that stops reading blocks this write; meanwhile the hub
                     // may end the session as a slow consumer, which must win.
                     tokio::select! {
@@ -865,7 +862,7 @@ impl Session {
         occupancy_subject(&channel.base(), &self.identity.user, &self.session_id)
     }
 
-    /// Writes this connection's entry in the `presence` bucket.
+    /// Queues `welcome`, the first frame of every session.
     fn welcome(&self) {
         let welcome = ServerFrame::Welcome {
             user: self.identity.user.to_string(),
@@ -875,6 +872,7 @@ impl Session {
         self.mailbox.push_event(text(welcome.encode()));
     }
 
+    /// Writes this connection's entry in the `presence` bucket.
     async fn put_presence(&self) {
         let value = self
             .me

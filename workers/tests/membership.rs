@@ -12,6 +12,7 @@ use async_nats::jetstream::{kv, message::PublishMessage};
 use futures_util::TryStreamExt;
 use serde_json::{Value, json};
 use switchboard_bus::{EVENTS_STREAM, Encoding, headers};
+use switchboard_schemas::Membership;
 
 use support::{
     Setup, Worker, channel, event, eventually, next_pick, publish, setup, wait_until_caught_up,
@@ -85,20 +86,15 @@ async fn bucket(setup: &Setup) -> BTreeMap<String, Value> {
 /// it: the worker writes the key before it commits the row (both under the row's lock),
 /// so a key alone does not say the row is visible yet.
 async fn wait_for_key(setup: &Setup, name: &str, expected: Option<Value>) {
-    let mut parts = name.splitn(3, '.');
-    let (ns, id, user) = (
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-        parts.next().unwrap(),
-    );
-    let channel = format!("{ns}:{id}");
+    let member = Membership::from_key(name).expect("a members key");
+    let (channel, user) = (member.channel.as_str(), member.user.as_str());
     let role = expected
         .as_ref()
         .map(|v| v["role"].as_str().unwrap().to_string());
     eventually(
         &format!("key {name} and its row to be {expected:?}"),
         || async {
-            let row = row(setup, &channel, user).await;
+            let row = row(setup, channel, user).await;
             let row_agrees = match (&role, row) {
                 (Some(role), Some((r, active, _, _))) => active && r == *role,
                 (Some(_), None) => false,
