@@ -12,11 +12,13 @@
 //! Non-Rust services need none of this: they publish a JSON envelope on `rt.<ns>.<id>`
 //! with the headers listed in `docs/protocol.md`.
 
+pub mod connect;
 pub mod definitions;
 pub mod headers;
 mod publish;
 pub mod store;
 
+pub use connect::{NatsOptions, Role, RoleKeys};
 pub use publish::{Encoding, PublishError, Published, Publisher};
 
 /// Name of the stream holding every durable event.

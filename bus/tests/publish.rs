@@ -11,7 +11,7 @@ use switchboard_testkit::Nats;
 
 async fn stack() -> (Nats, async_nats::Client, jetstream::Context) {
     let nats = Nats::start().unwrap();
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = nats.connect(switchboard_bus::Role::Admin).await.unwrap();
     let js = jetstream::new(client.clone());
     Definitions::builtin().apply(&js).await.unwrap();
     (nats, client, js)

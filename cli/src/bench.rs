@@ -168,11 +168,11 @@ impl Latency {
     }
 }
 
-pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
-    loopback_targets(&args.edge_url, nats_url)?;
+pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<()> {
+    loopback_targets(&args.edge_url, &nats.options.url)?;
     args.scenario.check()?;
     raise_fd_limit();
-    let bench = Bench::new(nats_url, &args).await?;
+    let bench = Bench::new(nats, &args).await?;
     let report = match args.scenario {
         Scenario::Fanout {
             subscribers,
@@ -480,11 +480,11 @@ impl Dialer {
 }
 
 impl Bench {
-    async fn new(nats_url: &str, args: &Args) -> anyhow::Result<Bench> {
-        if args.secret.len() < 16 {
-            bail!("the JWT secret must be at least 16 bytes (SWITCHBOARD_JWT_SECRET)");
+    async fn new(nats: &crate::Nats, args: &Args) -> anyhow::Result<Bench> {
+        if args.secret.len() < 32 {
+            bail!("the JWT secret must be at least 32 bytes (SWITCHBOARD_JWT_SECRET)");
         }
-        let client = crate::connect(nats_url).await?;
+        let client = nats.connect().await?;
         Ok(Bench {
             dialer: Arc::new(Dialer {
                 url: args.edge_url.clone(),

@@ -16,7 +16,7 @@ pub struct Args {
     replicas: Option<usize>,
 }
 
-pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<()> {
     let mut definitions = match &args.definitions {
         Some(dir) => Definitions::from_dir(dir)?,
         None => Definitions::builtin(),
@@ -28,7 +28,7 @@ pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
         );
         definitions = definitions.with_replicas(replicas);
     }
-    let client = crate::connect(nats_url).await?;
+    let client = nats.connect().await?;
     let js = async_nats::jetstream::new(client);
     let report = definitions.apply(&js).await?;
     if json {

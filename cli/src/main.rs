@@ -13,6 +13,7 @@
 
 mod bench;
 mod init;
+mod keys;
 mod members;
 mod merge;
 mod migrate;
@@ -27,6 +28,7 @@ mod when;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use switchboard_bus::{NatsOptions, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,14 +43,14 @@ use clap::{Parser, Subcommand};
   export TOKEN=$(switchboard token --sub u1 --ttl 1h)"
 )]
 struct Cli {
-    /// NATS server URL(s), comma separated.
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHBOARD_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
+    /// How to reach NATS: URL, credentials, TLS.
+    #[command(flatten)]
+    nats: NatsOptions,
+
+    /// The NATS role the seed or creds belong to (`admin` for operators; `service` for a
+    /// backend's key): it decides the inbox prefix replies come to.
+    #[arg(long, global = true, env = "SWITCHBOARD_NATS_ROLE", default_value = "admin", value_parser = parse_role)]
+    nats_role: Role,
 
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
@@ -90,6 +92,11 @@ enum Command {
     ///
     /// Example: switchboard replay --user u1 --since 2h --output missed.jsonl
     Replay(replay::Args),
+    /// Make the NATS role seeds once (mode 0600) and print the public keys the server's
+    /// authorization reads (`SWITCHBOARD_NATS_<ROLE>_PUBKEY=...`).
+    ///
+    /// Example: switchboard keys --dir .data/nats-keys > .data/nats-pubkeys.env
+    Keys(keys::Args),
     /// Mint a development token (HS256, SWITCHBOARD_JWT_SECRET); prints only the token.
     ///
     /// Example: curl -H "Authorization: Bearer $(switchboard token --sub u1)" ...
@@ -127,7 +134,10 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let nats = cli.nats_url.as_str();
+    let nats = &Nats {
+        options: cli.nats,
+        role: cli.nats_role,
+    };
     let result = match cli.command {
         Command::Init(args) => init::run(nats, cli.json, args).await,
         Command::Status(args) => status::run(nats, cli.json, args).await,
@@ -136,6 +146,7 @@ async fn main() -> ExitCode {
         Command::Publish(args) => publish::run(nats, cli.json, args).await,
         Command::Tail(args) => tail::run(nats, cli.json, args).await,
         Command::Replay(args) => replay::run(nats, cli.json, args).await,
+        Command::Keys(args) => keys::run(cli.json, args),
         Command::Token(args) => token::run(cli.json, args),
         Command::Bench(args) => bench::run(nats, cli.json, args).await,
     };
@@ -164,14 +175,35 @@ fn on_interrupt() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Connects to NATS, failing fast with a message that says where it tried.
-async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    use anyhow::Context as _;
-    async_nats::ConnectOptions::new()
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connect(switchboard_bus::nats_servers(url))
-        .await
-        .with_context(|| {
-            format!("cannot connect to NATS at {url} (set --nats-url or SWITCHBOARD_NATS_URL)")
-        })
+/// How the command reaches NATS: the connection settings and the role they belong to.
+#[derive(Debug)]
+pub struct Nats {
+    pub options: NatsOptions,
+    pub role: Role,
+}
+
+impl Nats {
+    /// Connects, failing fast with a message that says where it tried (without any
+    /// password the URL holds).
+    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        use anyhow::Context as _;
+        let url = self.options.redacted_url();
+        self.options
+            .connect_options(self.role, "switchboard")
+            .await?
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .connect(self.options.servers())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to NATS at {url} as {} (set --nats-url or SWITCHBOARD_NATS_URL, \
+                     and --nats-nkey or SWITCHBOARD_NATS_NKEY)",
+                    self.role
+                )
+            })
+    }
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    Role::parse(name).ok_or_else(|| format!("unknown role {name:?} (edge, workers, service, admin)"))
 }

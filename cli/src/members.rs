@@ -56,10 +56,10 @@ struct RebuildArgs {
     database_url: String,
 }
 
-pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<()> {
     match args.command {
         Action::Rebuild(rebuild_args) => {
-            let report = rebuild(nats_url, &rebuild_args).await?;
+            let report = rebuild(nats, &rebuild_args).await?;
             print(&report, json)
         }
     }
@@ -115,11 +115,11 @@ impl Report {
     }
 }
 
-async fn rebuild(nats_url: &str, args: &RebuildArgs) -> anyhow::Result<Report> {
+async fn rebuild(nats: &crate::Nats, args: &RebuildArgs) -> anyhow::Result<Report> {
     let mut db = PgConnection::connect(&args.database_url)
         .await
         .context("cannot connect to PostgreSQL (set --database-url or DATABASE_URL)")?;
-    let js = jetstream::new(crate::connect(nats_url).await?);
+    let js = jetstream::new(nats.connect().await?);
     let bucket = js.get_key_value(MEMBERS_BUCKET).await.with_context(|| {
         format!("cannot open KV bucket {MEMBERS_BUCKET} (has `switchboard init` run?)")
     })?;

@@ -187,12 +187,12 @@ impl Outcome {
     }
 }
 
-pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<()> {
     let encoding = match args.encoding {
         EncodingArg::Postcard => Encoding::Postcard,
         EncodingArg::Json => Encoding::Json,
     };
-    let publisher = Publisher::new(crate::connect(nats_url).await?);
+    let publisher = Publisher::new(nats.connect().await?);
     if args.stdin {
         return publish_lines(&publisher, encoding, json).await;
     }

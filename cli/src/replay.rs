@@ -129,11 +129,11 @@ pub fn parse_subject(text: &str) -> Result<String, String> {
     }
 }
 
-pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<()> {
     if let (Some(from), Some(to)) = (args.from_seq, args.to_seq) {
         anyhow::ensure!(from <= to, "--from-seq {from} is after --to-seq {to}");
     }
-    let client = crate::connect(nats_url).await?;
+    let client = nats.connect().await?;
     let js = jetstream::new(client.clone());
     let store = Store::new(client);
     let position = store

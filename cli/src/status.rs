@@ -70,8 +70,8 @@ struct Report {
     connections: i64,
 }
 
-pub async fn run(nats_url: &str, json: bool, _args: Args) -> anyhow::Result<()> {
-    let client = crate::connect(nats_url).await?;
+pub async fn run(nats: &crate::Nats, json: bool, _args: Args) -> anyhow::Result<()> {
+    let client = nats.connect().await?;
     let js = async_nats::jetstream::new(client.clone());
     let status = definitions::status(&js).await?;
     let workers = status

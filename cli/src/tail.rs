@@ -71,10 +71,10 @@ enum Incoming {
     Signal(usize, async_nats::Message),
 }
 
-pub async fn run(nats_url: &str, json: bool, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<()> {
     let interrupt = crate::on_interrupt()?;
     tokio::pin!(interrupt);
-    let client = crate::connect(nats_url).await?;
+    let client = nats.connect().await?;
     let store = Store::new(client.clone());
     let sources = merge::group(args.channels.clone());
     let subscribing = |subject: &str| format!("cannot subscribe to {subject}");

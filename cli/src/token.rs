@@ -14,7 +14,7 @@ use switchboard_schemas::{ChannelPattern, UserId};
 use crate::{output, when};
 
 /// The edge refuses shorter HS256 secrets.
-const MIN_SECRET_LEN: usize = 16;
+const MIN_SECRET_LEN: usize = 32;
 
 const EXAMPLES: &str = r#"Examples:
   switchboard token --sub u1
@@ -54,7 +54,7 @@ pub struct Args {
     /// SWITCHBOARD_JWT_AUDIENCE is set.
     #[arg(long, value_name = "AUDIENCE")]
     aud: Vec<String>,
-    /// The HS256 secret shared with the edge, at least 16 bytes.
+    /// The HS256 secret shared with the edge, at least 32 bytes.
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     secret: Option<String>,
 }

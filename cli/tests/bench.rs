@@ -9,16 +9,22 @@ use std::process::Output;
 use serde_json::Value;
 use support::{Bus, command, ok, start_edge};
 
-const SECRET: &str = "bench-test-secret-0123456789";
+/// Made afresh per test process: the edge refuses secrets the repository holds.
+static SECRET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
 
-fn bench(nats_url: &str, edge: Option<(&str, u32)>, args: &[&str]) -> Output {
-    let mut cmd = command(nats_url, &[&["--json", "bench"], args].concat());
-    cmd.env("SWITCHBOARD_JWT_SECRET", SECRET);
+fn bench(nats: &[(String, String)], edge: Option<(&str, u32)>, args: &[&str]) -> Output {
+    let mut cmd = command(nats, &[&["--json", "bench"], args].concat());
+    cmd.env("SWITCHBOARD_JWT_SECRET", &*SECRET);
     if let Some((addr, pid)) = edge {
         cmd.env("SWITCHBOARD_EDGE_URL", format!("ws://{addr}/v1/ws"))
             .env("SWITCHBOARD_EDGE_PID", pid.to_string());
     }
     cmd.output().expect("run switchboard bench")
+}
+
+fn url_only(url: &str) -> Vec<(String, String)> {
+    vec![("SWITCHBOARD_NATS_URL".into(), url.into())]
 }
 
 fn refused(output: &Output) -> String {
@@ -32,7 +38,7 @@ fn refused(output: &Output) -> String {
 #[test]
 fn bad_targets_and_sizes_are_refused_before_anything_connects() {
     // Nothing listens on port 1: a refusal must come from the checks, not a connection.
-    let nats = "nats://127.0.0.1:1";
+    let nats = &url_only("nats://127.0.0.1:1");
     let cases: [(&[&str], &str); 6] = [
         (
             &["--edge-url", "ws://203.0.113.7:8080/v1/ws", "resume"],
@@ -60,7 +66,7 @@ fn bad_targets_and_sizes_are_refused_before_anything_connects() {
         let error = refused(&bench(nats, None, args));
         assert!(error.contains(expected), "{args:?}: {error}");
     }
-    let error = refused(&bench("nats://10.1.2.3:4222", None, &["resume"]));
+    let error = refused(&bench(&url_only("nats://10.1.2.3:4222"), None, &["resume"]));
     assert!(error.contains("the NATS URL nats://10.1.2.3:4222 is not a loopback address"));
 }
 
@@ -77,8 +83,8 @@ fn number(report: &Value, field: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_scenario_accounts_for_every_event_against_a_real_edge() {
     let bus = Bus::start().await;
-    let url = bus.url();
-    let (edge, addr) = start_edge(&url, SECRET);
+    let url = bus.admin_env();
+    let (edge, addr) = start_edge(&bus.nats, &SECRET);
     let pid = edge.pid().expect("the edge's pid");
     let run = |args: &'static [&'static str]| {
         let url = url.clone();

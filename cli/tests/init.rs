@@ -3,12 +3,13 @@
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use switchboard_bus::Role;
 use switchboard_testkit::{Nats, workspace_root};
 
 fn switchboard(nats: &Nats, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(args)
-        .env("SWITCHBOARD_NATS_URL", nats.url())
+        .envs(nats.env(Role::Admin))
         .env_remove("SWITCHBOARD_DEFINITIONS")
         .output()
         .expect("run switchboard")
@@ -116,11 +117,11 @@ fn init_creates_then_changes_nothing_then_updates_drift() {
 #[test]
 fn init_reports_a_clear_error_without_nats() {
     let nats = Nats::start().unwrap();
-    let url = nats.url();
+    let env = nats.env(Role::Admin);
     drop(nats);
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["init"])
-        .env("SWITCHBOARD_NATS_URL", &url)
+        .envs(env)
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -5,14 +5,14 @@ use std::process::{Command, Output};
 use async_nats::jetstream::{self, kv};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use switchboard_bus::MEMBERS_BUCKET;
+use switchboard_bus::{MEMBERS_BUCKET, Role};
 use switchboard_bus::definitions::Definitions;
 use switchboard_testkit::{Nats, Postgres, free_port};
 
-fn switchboard(nats_url: &str, database_url: &str, args: &[&str]) -> Output {
+fn switchboard(nats: &Nats, database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(args)
-        .env("SWITCHBOARD_NATS_URL", nats_url)
+        .envs(nats.env(Role::Admin))
         .env("DATABASE_URL", database_url)
         .output()
         .expect("run switchboard")
@@ -36,7 +36,7 @@ fn counts(report: &Value) -> [u64; 5] {
 }
 
 async fn bucket(nats: &Nats) -> kv::Store {
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let js = jetstream::new(nats.connect(Role::Admin).await.unwrap());
     Definitions::builtin().apply(&js).await.unwrap();
     js.get_key_value(MEMBERS_BUCKET).await.unwrap()
 }
@@ -99,7 +99,7 @@ async fn members_rebuild_restores_lost_keys_and_removes_strays() {
     kv.delete("project.p9.u9").await.unwrap();
 
     let first = report(&switchboard(
-        &nats.url(),
+        &nats,
         &database_url,
         &["members", "rebuild", "--json"],
     ));
@@ -146,7 +146,7 @@ async fn members_rebuild_restores_lost_keys_and_removes_strays() {
     }
 
     // A second run finds nothing to do; the human form says so.
-    let again = switchboard(&nats.url(), &database_url, &["members", "rebuild"]);
+    let again = switchboard(&nats, &database_url, &["members", "rebuild"]);
     assert!(again.status.success());
     let text = String::from_utf8_lossy(&again.stdout);
     assert!(
@@ -171,12 +171,12 @@ async fn members_rebuild_says_what_is_missing() {
     };
     let rebuild = ["members", "rebuild"];
 
-    let no_bucket = stderr(switchboard(&nats.url(), &migrated, &rebuild));
+    let no_bucket = stderr(switchboard(&nats, &migrated, &rebuild));
     assert!(no_bucket.contains("switchboard init"), "{no_bucket}");
 
     bucket(&nats).await;
-    let no_db = stderr(switchboard(&nats.url(), &nowhere, &rebuild));
+    let no_db = stderr(switchboard(&nats, &nowhere, &rebuild));
     assert!(no_db.contains("cannot connect to PostgreSQL"), "{no_db}");
-    let no_table = stderr(switchboard(&nats.url(), &unmigrated, &rebuild));
+    let no_table = stderr(switchboard(&nats, &unmigrated, &rebuild));
     assert!(no_table.contains("switchboard migrate"), "{no_table}");
 }

@@ -23,12 +23,12 @@ async fn publishing_a_file_twice_stores_each_event_once() {
         }
     }
     let first = json_lines(&ok(&switchboard_with_stdin(
-        &bus.url(),
+        &bus.admin_env(),
         &["publish", "--stdin", "--json"],
         &file,
     )));
     let second = json_lines(&ok(&switchboard_with_stdin(
-        &bus.url(),
+        &bus.admin_env(),
         &["publish", "--stdin", "--json"],
         &file,
     )));
@@ -44,7 +44,7 @@ async fn publishing_a_file_twice_stores_each_event_once() {
 
     // What replay writes publishes back as it was, ids kept: nothing new is stored.
     let replay = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &[
             "replay",
             "-c",
@@ -57,7 +57,7 @@ async fn publishing_a_file_twice_stores_each_event_once() {
     ));
     assert_eq!(replayed(&replay).len(), 50);
     let again = json_lines(&ok(&switchboard_with_stdin(
-        &bus.url(),
+        &bus.admin_env(),
         &["publish", "--stdin", "--json"],
         &replay,
     )));
@@ -69,7 +69,7 @@ async fn publishing_a_file_twice_stores_each_event_once() {
 async fn lines_without_an_id_get_one_and_it_is_printed() {
     let bus = Bus::start().await;
     let out = ok(&switchboard_with_stdin(
-        &bus.url(),
+        &bus.admin_env(),
         &["publish", "--stdin"],
         "{\"channel\":\"project:p1\",\"type\":\"bid.new\",\"data\":{\"a\":1}}\n",
     ));
@@ -78,7 +78,7 @@ async fn lines_without_an_id_get_one_and_it_is_printed() {
     assert_eq!(&words[..4], ["line", "1:", "seq", "1"], "{out}");
     assert!(words[4].starts_with("evt_"), "{out}");
     let stored = replayed(&ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &["replay", "-c", "project:p1"],
     )));
     assert_eq!(stored[0].2.id.as_str(), words[4]);
@@ -95,7 +95,7 @@ async fn a_bad_line_stops_the_file_and_names_its_number() {
         r#"{"channel":"project:p1","type":"bid.new","id":"evt_l4"}"#,
     ]
     .join("\n");
-    let output = switchboard_with_stdin(&bus.url(), &["publish", "--stdin"], &file);
+    let output = switchboard_with_stdin(&bus.admin_env(), &["publish", "--stdin"], &file);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -140,15 +140,15 @@ async fn one_event_from_flags() {
         "project_789",
         "--json",
     ];
-    let first: Value = serde_json::from_str(&ok(&switchboard(&bus.url(), &args))).unwrap();
+    let first: Value = serde_json::from_str(&ok(&switchboard(&bus.admin_env(), &args))).unwrap();
     assert_eq!(first["seq"], 1);
     assert_eq!(first["duplicate"], false);
-    let second: Value = serde_json::from_str(&ok(&switchboard(&bus.url(), &args))).unwrap();
+    let second: Value = serde_json::from_str(&ok(&switchboard(&bus.admin_env(), &args))).unwrap();
     assert_eq!(second["seq"], 1);
     assert_eq!(second["duplicate"], true);
 
     let json_encoded = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &[
             "publish",
             "-c",
@@ -162,7 +162,7 @@ async fn one_event_from_flags() {
     assert!(json_encoded.starts_with("seq 2 evt_"), "{json_encoded}");
 
     let stored = replayed(&ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &["replay", "-c", "project:p1"],
     )));
     let event = &stored[0].2;
@@ -196,7 +196,7 @@ async fn one_event_from_flags() {
         ),
         (&["publish", "-t", "bid.new"][..], "--channel"),
     ] {
-        let output = switchboard(&bus.url(), args);
+        let output = switchboard(&bus.admin_env(), args);
         assert!(!output.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");

@@ -54,7 +54,7 @@ async fn replay_by_channel_returns_exactly_their_events_in_seq_order() {
     let all: Vec<_> = mine.iter().map(|(s, c, e)| (*s, *c, e)).collect();
 
     let out = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &[
             "replay",
             "--channel",
@@ -72,7 +72,7 @@ async fn replay_by_channel_returns_exactly_their_events_in_seq_order() {
         .cloned()
         .collect();
     let out = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &[
             "replay",
             "-c",
@@ -91,7 +91,7 @@ async fn replay_by_channel_returns_exactly_their_events_in_seq_order() {
         .cloned()
         .collect();
     let out = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &[
             "replay",
             "-c",
@@ -111,7 +111,7 @@ async fn replay_by_channel_returns_exactly_their_events_in_seq_order() {
     let file = dir.path().join("p1.jsonl");
     let file = file.to_str().unwrap();
     ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &[
             "replay",
             "-c",
@@ -123,7 +123,7 @@ async fn replay_by_channel_returns_exactly_their_events_in_seq_order() {
         ],
     ));
     ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &[
             "replay",
             "-c",
@@ -170,13 +170,13 @@ async fn replay_by_user_reads_their_channel_and_their_memberships() {
             }
         }
     }
-    let out = ok(&switchboard(&bus.url(), &["replay", "--user", "u1"]));
+    let out = ok(&switchboard(&bus.admin_env(), &["replay", "--user", "u1"]));
     assert_eq!(replayed(&out), expected_events);
 
     // A user and an alias of their channel: the alias spelling shows only its types.
     let (seq, note) = bus.publish("user:u2", "user.notification", json!({})).await;
     let out = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &["replay", "--channel", "user:u2:notifications"],
     ));
     assert_eq!(
@@ -213,7 +213,7 @@ async fn replay_by_time_window_takes_events_stored_inside_it() {
     }
 
     let out = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &[
             "replay",
             "-c",
@@ -228,12 +228,12 @@ async fn replay_by_time_window_takes_events_stored_inside_it() {
 
     // Durations count back from now: the last hour is everything, a future start nothing.
     let out = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &["replay", "-c", "project:p1", "--since", "1h"],
     ));
     assert_eq!(replayed(&out).len(), 15);
     let out = ok(&switchboard(
-        &bus.url(),
+        &bus.admin_env(),
         &["replay", "-c", "project:p1", "--until", "1h"],
     ));
     assert_eq!(out, "");
@@ -272,7 +272,7 @@ async fn backfill_to_a_subject_twice_delivers_each_event_once() {
         "backfill.notifications",
     ];
 
-    let dry = switchboard(&bus.url(), &[&args[..], &["--dry-run"]].concat());
+    let dry = switchboard(&bus.admin_env(), &[&args[..], &["--dry-run"]].concat());
     let listed = ok(&dry);
     assert_eq!(listed.lines().count(), selected.len());
     assert!(
@@ -281,8 +281,8 @@ async fn backfill_to_a_subject_twice_delivers_each_event_once() {
     );
     assert_eq!(bus.stored("BACKFILL").await, 0, "a dry run sends nothing");
 
-    ok(&switchboard(&bus.url(), &args));
-    let second = switchboard(&bus.url(), &args);
+    ok(&switchboard(&bus.admin_env(), &args));
+    let second = switchboard(&bus.admin_env(), &args);
     ok(&second);
     assert!(
         String::from_utf8_lossy(&second.stderr).contains("20 were already stored"),
@@ -354,7 +354,7 @@ async fn interrupted_replay_says_where_it_stopped_and_resuming_finishes_the_job(
         ack.await.unwrap();
     }
 
-    let mut child = command(&bus.url(), &["replay", "--channel", "project:p1"])
+    let mut child = command(&bus.admin_env(), &["replay", "--channel", "project:p1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -411,7 +411,7 @@ async fn interrupted_replay_says_where_it_stopped_and_resuming_finishes_the_job(
 
     let words: Vec<&str> = hint.split_whitespace().collect();
     assert_eq!(&words[..2], ["switchboard", "replay"]);
-    let second_part = replayed(&ok(&switchboard(&bus.url(), &words[1..])));
+    let second_part = replayed(&ok(&switchboard(&bus.admin_env(), &words[1..])));
     let seqs: Vec<u64> = first_part
         .iter()
         .chain(&second_part)
@@ -454,7 +454,7 @@ async fn replay_failures_say_what_to_do() {
         ),
     ];
     for (args, expected) in cases {
-        let output = switchboard(&bus.url(), args);
+        let output = switchboard(&bus.admin_env(), args);
         assert!(!output.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");

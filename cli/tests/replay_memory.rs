@@ -74,7 +74,7 @@ fn replay(bus: &Bus, extra: &[&str]) -> Value {
         extra,
     ]
     .concat();
-    let output = switchboard(&bus.url(), &args);
+    let output = switchboard(&bus.admin_env(), &args);
     ok(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let last = stderr.lines().last().unwrap_or_default();

@@ -19,7 +19,7 @@ struct Tail {
 
 impl Tail {
     fn start(bus: &Bus, args: &[&str]) -> Tail {
-        let mut child = command(&bus.url(), &[&["tail"], args].concat())
+        let mut child = command(&bus.admin_env(), &[&["tail"], args].concat())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -166,7 +166,7 @@ async fn tail_prints_one_readable_line_per_event() {
         .publish("project:p1", "bid.new", json!({ "amount": 5000 }))
         .await;
     let output = command(
-        &bus.url(),
+        &bus.admin_env(),
         &["tail", "project:p1", "--from-seq", "1", "--count", "1"],
     )
     .stdout(Stdio::piped())

@@ -11,10 +11,12 @@ use serde_json::{Value, json};
 use support::{Bus, command, http_status, ok, request, start_edge, switchboard};
 use switchboard_schemas::shapes::{Claims, Role};
 
-const SECRET: &str = "cli-test-secret-0123456789";
+/// Made afresh per test process: the edge refuses secrets the repository holds.
+static SECRET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
 
 fn token(args: &[&str], secret: &str) -> String {
-    let output = command("nats://127.0.0.1:1", &[&["token"], args].concat())
+    let output = command(&[], &[&["token"], args].concat())
         .env("SWITCHBOARD_JWT_SECRET", secret)
         .output()
         .unwrap();
@@ -40,7 +42,7 @@ fn token_carries_the_claims_asked_for_and_prints_only_the_token() {
             "--aud",
             "switchboard",
         ],
-        SECRET,
+        &SECRET,
     );
     assert_eq!(minted.lines().count(), 1);
     let mut validation = Validation::new(Algorithm::HS256);
@@ -67,20 +69,20 @@ fn token_carries_the_claims_asked_for_and_prints_only_the_token() {
 
     for (args, secret, expected) in [
         (&["--sub", "u1"][..], None, "set SWITCHBOARD_JWT_SECRET"),
-        (&["--sub", "u1"][..], Some("short"), "at least 16"),
-        (&["--sub", "a.b"][..], Some(SECRET), "invalid user id"),
+        (&["--sub", "u1"][..], Some("short"), "at least 32"),
+        (&["--sub", "a.b"][..], Some(SECRET.as_str()), "invalid user id"),
         (
             &["--sub", "u1", "--ttl", "soon"][..],
-            Some(SECRET),
+            Some(SECRET.as_str()),
             "invalid duration",
         ),
         (
             &["--sub", "u1", "--channels", "project:a.b"][..],
-            Some(SECRET),
+            Some(SECRET.as_str()),
             "invalid channel pattern",
         ),
     ] {
-        let mut cmd = command("nats://127.0.0.1:1", &[&["token"], args].concat());
+        let mut cmd = command(&[], &[&["token"], args].concat());
         if let Some(secret) = secret {
             cmd.env("SWITCHBOARD_JWT_SECRET", secret);
         }
@@ -92,7 +94,7 @@ fn token_carries_the_claims_asked_for_and_prints_only_the_token() {
 }
 
 async fn status(bus: &Bus) -> Value {
-    let url = bus.url();
+    let url = bus.admin_env();
     let output = tokio::task::spawn_blocking(move || switchboard(&url, &["status", "--json"]))
         .await
         .unwrap();
@@ -123,11 +125,11 @@ async fn status_shows_worker_lag_and_connected_edges_with_their_connections() {
     let mut batch = job.fetch().max_messages(1).messages().await.unwrap();
     let _unacked = batch.next().await.unwrap().unwrap();
 
-    let (_edge, addr) = start_edge(&bus.url(), SECRET);
+    let (_edge, addr) = start_edge(&bus.nats, &SECRET);
     // The edge accepts a minted token (it refuses one signed with another secret), and
     // the open SSE stream is a connection.
-    let good = token(&["--sub", "u1"], SECRET);
-    let bad = token(&["--sub", "u1"], "another-secret-0123456789");
+    let good = token(&["--sub", "u1"], &SECRET);
+    let bad = token(&["--sub", "u1"], &switchboard_testkit::fresh_secret());
     assert_eq!(
         http_status(&mut request(
             &addr,
@@ -158,7 +160,7 @@ async fn status_shows_worker_lag_and_connected_edges_with_their_connections() {
             .any(|s| s["name"] == "EVENTS")
     );
 
-    let url = bus.url();
+    let url = bus.admin_env();
     let table = tokio::task::spawn_blocking(move || ok(&switchboard(&url, &["status"])))
         .await
         .unwrap();

@@ -101,9 +101,13 @@ async fn a_nats_restart_under_a_running_publisher_loses_no_acknowledged_event() 
         followers.push(follower.spawn(last.clone()));
     }
 
-    let backend = async_nats::ConnectOptions::new()
+    let service = stack.nats.options(Role::Service);
+    let backend = service
+        .connect_options(Role::Service, "backend")
+        .await
+        .unwrap()
         .retry_on_initial_connect()
-        .connect(stack.nats.url())
+        .connect(service.servers())
         .await
         .expect("connect the publisher");
     let (publisher, mut progress) =
@@ -159,9 +163,8 @@ async fn a_cluster_node_killed_under_load_loses_no_acknowledged_event() {
     const EVENTS: usize = 400;
     const EDGE_ID: &str = "chaos-edge";
     let mut cluster = tokio::task::block_in_place(NatsCluster::start).expect("start the cluster");
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(switchboard_bus::nats_servers(&cluster.url()))
+    let client = cluster
+        .connect(Role::Admin)
         .await
         .expect("connect to the cluster");
     let js = jetstream::new(client.clone());
@@ -178,8 +181,8 @@ async fn a_cluster_node_killed_under_load_loses_no_acknowledged_event() {
 
     let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
     let database_url = pg.database().await.unwrap();
-    let _workers = membership_worker(&cluster.url(), &database_url);
-    let edge = Edge::start(&cluster.url(), &[("SWITCHBOARD_EDGE_ID", EDGE_ID)]);
+    let _workers = membership_worker(&cluster.env(Role::Workers), &database_url);
+    let edge = Edge::start(&cluster.env(Role::Edge), &[("SWITCHBOARD_EDGE_ID", EDGE_ID)]);
     let publisher = Publisher::from_context(
         jetstream::ContextBuilder::new()
             .timeout(ATTEMPT)
@@ -199,9 +202,13 @@ async fn a_cluster_node_killed_under_load_loses_no_acknowledged_event() {
         let follower = Follower::join(&edge, user, CHANNEL, None).await;
         followers.push(follower.spawn(last.clone()));
     }
-    let backend = async_nats::ConnectOptions::new()
+    let service = cluster.options(Role::Service);
+    let backend = service
+        .connect_options(Role::Service, "backend")
+        .await
+        .unwrap()
         .retry_on_initial_connect()
-        .connect(switchboard_bus::nats_servers(&cluster.url()))
+        .connect(service.servers())
         .await
         .expect("connect the publisher");
     let (feeder, mut progress) =
@@ -607,9 +614,9 @@ fn check_delivery(seen: &[Seen], feed: &Feed) -> Tally {
 
 // --- the cluster ----------------------------------------------------------------------
 
-fn membership_worker(nats_url: &str, database_url: &str) -> Process {
+fn membership_worker(nats: &[(String, String)], database_url: &str) -> Process {
     let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.env("SWITCHBOARD_NATS_URL", nats_url)
+    cmd.envs(nats.iter().cloned())
         .env("DATABASE_URL", database_url)
         .env("SWITCHBOARD_WORKERS", "membership")
         .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")

@@ -24,7 +24,7 @@ async fn a_nats_restart_loses_no_event_for_subscribed_clients() {
     stack.nats.start_again().unwrap();
     // A fresh backend connection publishes at once, racing the edge's own reconnect:
     // whichever wins, every event must reach the client exactly once.
-    let backend = async_nats::connect(stack.nats.url()).await.unwrap();
+    let backend = stack.nats.connect(Role::Service).await.unwrap();
     stack.client = backend;
     let mut published = Vec::new();
     for n in 1..=20 {

@@ -13,7 +13,7 @@ use switchboard_testkit::{Postgres, Process, binary};
 
 fn worker(stack: &Stack, database_url: &str) -> Process {
     let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.env("SWITCHBOARD_NATS_URL", stack.nats.url())
+    cmd.envs(stack.nats.env(Role::Workers))
         .env("DATABASE_URL", database_url)
         .env("SWITCHBOARD_WORKERS", "membership")
         .env("SWITCHBOARD_LOG", "warn")

@@ -12,7 +12,7 @@ use switchboard_testkit::{Postgres, Process, binary};
 
 fn workers(stack: &Stack, database_url: &str, jobs: &str) -> Process {
     let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.env("SWITCHBOARD_NATS_URL", stack.nats.url())
+    cmd.envs(stack.nats.env(Role::Workers))
         .env("DATABASE_URL", database_url)
         .env("SWITCHBOARD_WORKERS", jobs)
         .env("SWITCHBOARD_LOG", "warn")

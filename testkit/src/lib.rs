@@ -31,3 +31,14 @@ mod process;
 pub use nats::{Nats, NatsCluster};
 pub use postgres::Postgres;
 pub use process::{Process, binary, free_port, workspace_root};
+
+/// A JWT secret made afresh for each call: 64 hex characters that no file of the
+/// repository holds, as the edge requires (docs/operations.md, "Token keys").
+pub fn fresh_secret() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    // Each RandomState is seeded from the OS's randomness (then incremented per
+    // instance): unpredictable enough for a test's secret, with no dependency.
+    (0..4u8)
+        .map(|i| format!("{:016x}", RandomState::new().hash_one(i)))
+        .collect()
+}

@@ -8,13 +8,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use switchboard_bus::{NatsOptions, Role, RoleKeys};
 use tempfile::TempDir;
 
 use crate::process::{Guarded, free_port, spawn, wait_for_log, which, workspace_root};
 
 const READY: &str = "Server is ready";
 
-/// One nats-server with JetStream, its store in a temporary directory.
+/// The project's role permissions (compiled in): every server a test starts runs them,
+/// so the whole suite runs with authorization on, as deployments do.
+const AUTH_CONF: &str = include_str!("../../nats/auth.conf");
+
+/// One nats-server with JetStream, its store in a temporary directory, with the
+/// project's authorization (`nats/auth.conf`): anonymous connections are refused, and
+/// each role has a seed in the directory ([`Nats::options`], [`Nats::connect`]).
 ///
 /// [`Nats::stop`] and [`Nats::start_again`] restart it on the same port with the same store,
 /// for tests of what survives a NATS restart.
@@ -24,27 +31,133 @@ pub struct Nats {
     config: PathBuf,
     log: PathBuf,
     child: Guarded,
+    access: Access,
     dir: TempDir,
+}
+
+/// What a client needs to get in: the role seeds and, with TLS, the CA.
+#[derive(Debug, Clone)]
+struct Access {
+    keys: RoleKeys,
+    /// The public keys nats-server reads from its environment (`nats/auth.conf`).
+    server_env: Vec<(String, String)>,
+    /// The directory made by `scripts/nats-certs`, when the server requires TLS.
+    certs: Option<PathBuf>,
+}
+
+impl Access {
+    fn create(dir: &Path, tls: bool) -> Result<Access> {
+        let keys = RoleKeys::new(dir.join("keys"));
+        let server_env = keys
+            .ensure_all()?
+            .into_iter()
+            .map(|(role, public)| (role.public_key_variable(), public))
+            .collect();
+        std::fs::write(dir.join("auth.conf"), AUTH_CONF)?;
+        let certs = if tls {
+            let certs = dir.join("certs");
+            make_certificates(&certs)?;
+            Some(certs)
+        } else {
+            None
+        };
+        Ok(Access {
+            keys,
+            server_env,
+            certs,
+        })
+    }
+
+    fn options(&self, url: String, role: Role) -> NatsOptions {
+        let mut options = NatsOptions::url(url);
+        options.nkey = Some(self.keys.seed_path(role));
+        options.tls_ca = self.certs.as_ref().map(|c| c.join("ca.pem"));
+        options
+    }
+
+    /// The server's `tls` block, when it requires TLS.
+    fn tls_block(&self) -> String {
+        match &self.certs {
+            Some(certs) => format!(
+                "tls {{\n  cert_file: \"{0}/server.pem\"\n  key_file: \"{0}/server-key.pem\"\n  ca_file: \"{0}/ca.pem\"\n  timeout: 2\n}}\n",
+                certs.display()
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+/// Runs the project's `scripts/nats-certs`: the tests use the command operators are told
+/// to use.
+fn make_certificates(dir: &Path) -> Result<()> {
+    let script = workspace_root().join("scripts/nats-certs");
+    let output = Command::new(&script)
+        .arg(dir)
+        .arg("nats-1")
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "scripts/nats-certs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Environment handing a process the role seed and, with TLS, the CA: the variables the
+/// binaries read (`SWITCHBOARD_NATS_*`).
+fn client_env(options: &NatsOptions) -> Vec<(String, String)> {
+    let mut env = vec![("SWITCHBOARD_NATS_URL".to_string(), options.url.clone())];
+    if let Some(nkey) = &options.nkey {
+        env.push(("SWITCHBOARD_NATS_NKEY".into(), nkey.display().to_string()));
+    }
+    if let Some(ca) = &options.tls_ca {
+        env.push(("SWITCHBOARD_NATS_TLS_CA".into(), ca.display().to_string()));
+    }
+    env
+}
+
+async fn connect_with(options: NatsOptions, role: Role) -> Result<async_nats::Client> {
+    let client = options
+        .connect_options(role, format!("test ({role})"))
+        .await?
+        .connect(options.servers())
+        .await
+        .with_context(|| format!("connecting to {} as {role}", options.url))?;
+    Ok(client)
 }
 
 impl Nats {
     /// Starts a single JetStream node on a free port.
     pub fn start() -> Result<Nats> {
+        Nats::start_with(false)
+    }
+
+    /// Starts a single node that accepts TLS clients only, with a CA made for it by
+    /// `scripts/nats-certs`; [`Nats::options`] and [`Nats::env`] carry the CA.
+    pub fn start_tls() -> Result<Nats> {
+        Nats::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Nats> {
         let mut last_error = None;
         // The free port may be taken between choosing and binding it: choose again.
         for _ in 0..3 {
             let dir = tempfile::Builder::new().prefix("sb-nats-").tempdir()?;
+            let access = Access::create(dir.path(), tls)?;
             let port = free_port();
             let config = dir.path().join("nats.conf");
-            std::fs::write(&config, single_node_config(port, dir.path()))?;
+            std::fs::write(&config, single_node_config(port, dir.path(), &access))?;
             let log = dir.path().join("nats.log");
-            match launch(&config, &log) {
+            match launch(&config, &log, &access.server_env) {
                 Ok(child) => {
                     return Ok(Nats {
                         port,
                         config,
                         log,
                         child,
+                        access,
                         dir,
                     });
                 }
@@ -54,9 +167,45 @@ impl Nats {
         Err(last_error.unwrap_or_else(|| anyhow!("nats-server did not start")))
     }
 
-    /// `nats://127.0.0.1:<port>`
+    /// `nats://127.0.0.1:<port>` (`tls://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.access.certs.is_some() {
+            "tls"
+        } else {
+            "nats"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// How `role` connects: the URL, its seed file and, with TLS, the CA.
+    pub fn options(&self, role: Role) -> NatsOptions {
+        self.access.options(self.url(), role)
+    }
+
+    /// The `SWITCHBOARD_NATS_*` variables that make a Switchboard binary connect as `role`.
+    pub fn env(&self, role: Role) -> Vec<(String, String)> {
+        client_env(&self.options(role))
+    }
+
+    /// A client connected as `role`.
+    pub async fn connect(&self, role: Role) -> Result<async_nats::Client> {
+        connect_with(self.options(role), role).await
+    }
+
+    /// The directory of the CA and certificates, for a TLS server.
+    pub fn certs_dir(&self) -> Option<&Path> {
+        self.access.certs.as_deref()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The permission violations the server logged so far: what a role tried and was
+    /// refused (one line each).
+    pub fn violations(&self) -> Vec<String> {
+        violations(&self.log())
     }
 
     /// The server's process id, while it runs.
@@ -72,7 +221,7 @@ impl Nats {
     /// Starts the server again on the same port and store.
     pub fn start_again(&mut self) -> Result<()> {
         self.child.kill();
-        self.child = launch(&self.config, &self.log)?;
+        self.child = launch(&self.config, &self.log, &self.access.server_env)?;
         Ok(())
     }
 
@@ -80,6 +229,23 @@ impl Nats {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+impl Drop for Nats {
+    /// Shows what the server refused, so a process that needs a permission its role lacks
+    /// is named in the test's output (the temporary directory goes with the handle).
+    fn drop(&mut self) {
+        for line in self.violations() {
+            eprintln!("nats-server refused: {line}");
+        }
+    }
+}
+
+fn violations(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("Violation"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Three nats-server nodes in one JetStream cluster, for R3 streams.
@@ -94,6 +260,7 @@ impl Nats {
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<Node>,
+    access: Access,
     _dir: TempDir,
 }
 
@@ -146,6 +313,9 @@ impl NatsCluster {
         let dir = tempfile::Builder::new()
             .prefix("sb-nats-cluster-")
             .tempdir()?;
+        // The shipped node configs require TLS on client and route connections.
+        let access = Access::create(dir.path(), true)?;
+        let certs = access.certs.clone().context("cluster certificates")?;
         let ports: Vec<NodePorts> = (0..CLUSTER_CONFIGS.len())
             .map(|_| NodePorts {
                 client: free_port(),
@@ -157,7 +327,7 @@ impl NatsCluster {
         for (i, template) in CLUSTER_CONFIGS.iter().enumerate() {
             let node_dir = dir.path().join(format!("n{}", i + 1));
             std::fs::create_dir_all(&node_dir)?;
-            let text = cluster_node_config(template, i, &ports, &node_dir.join("jetstream"))
+            let text = cluster_node_config(template, i, &ports, &node_dir.join("jetstream"), &certs)
                 .with_context(|| format!("nats/cluster/n{}.conf", i + 1))?;
             let name = server_name(&text)
                 .with_context(|| format!("nats/cluster/n{}.conf names no server", i + 1))?;
@@ -165,7 +335,7 @@ impl NatsCluster {
             std::fs::write(&config, text)?;
             let log = node_dir.join("nats.log");
             // Nodes already started are killed when `nodes` drops on an error.
-            let child = launch(&config, &log)?;
+            let child = launch(&config, &log, &access.server_env)?;
             nodes.push(Node {
                 name,
                 port: ports[i].client,
@@ -175,16 +345,40 @@ impl NatsCluster {
                 child,
             });
         }
-        Ok(NatsCluster { nodes, _dir: dir })
+        Ok(NatsCluster {
+            nodes,
+            access,
+            _dir: dir,
+        })
     }
 
     /// A URL listing every node, for clients that fail over.
     pub fn url(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .map(|n| format!("tls://127.0.0.1:{}", n.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// How `role` connects to every node: the URL list, its seed file and the CA.
+    pub fn options(&self, role: Role) -> NatsOptions {
+        self.access.options(self.url(), role)
+    }
+
+    /// The `SWITCHBOARD_NATS_*` variables that make a Switchboard binary connect as `role`.
+    pub fn env(&self, role: Role) -> Vec<(String, String)> {
+        client_env(&self.options(role))
+    }
+
+    /// A client connected as `role`, failing over between the nodes.
+    pub async fn connect(&self, role: Role) -> Result<async_nats::Client> {
+        connect_with(self.options(role), role).await
+    }
+
+    /// How `role` connects to one node only.
+    pub fn node_options(&self, index: usize, role: Role) -> NatsOptions {
+        self.access.options(self.node_url(index), role)
     }
 
     /// Number of nodes.
@@ -199,7 +393,7 @@ impl NatsCluster {
 
     /// The URL of one node.
     pub fn node_url(&self, index: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[index].port)
+        format!("tls://127.0.0.1:{}", self.nodes[index].port)
     }
 
     /// The `server_name` of one node (`n1`, `n2`, `n3`), as JetStream reports leaders.
@@ -227,7 +421,7 @@ impl NatsCluster {
     pub fn start_node(&mut self, index: usize) -> Result<()> {
         let node = &mut self.nodes[index];
         node.child.kill();
-        node.child = launch(&node.config, &node.log)?;
+        node.child = launch(&node.config, &node.log, &self.access.server_env)?;
         Ok(())
     }
 
@@ -253,13 +447,15 @@ impl NatsCluster {
     }
 }
 
-/// One node's config: `template` (a `nats/cluster/n<i>.conf`) with its listeners, routes
-/// and store moved. Each replaced text must occur exactly once.
+/// One node's config: `template` (a `nats/cluster/n<i>.conf`) with its listeners, routes,
+/// store and certificates moved. Each replaced text must occur exactly once, but for the
+/// certificate directory, named by every `tls` block.
 fn cluster_node_config(
     template: &str,
     index: usize,
     ports: &[NodePorts],
     store: &Path,
+    certs: &Path,
 ) -> Result<String> {
     let own = ports[index];
     let mut text = template.to_string();
@@ -293,7 +489,10 @@ fn cluster_node_config(
             &format!("nats-route://127.0.0.1:{}", peer_ports.route),
         )?;
     }
-    Ok(text)
+    if !text.contains("\"/certs/") {
+        bail!("expected the certificates under /certs/");
+    }
+    Ok(text.replace("\"/certs/", &format!("\"{}/", certs.display())))
 }
 
 /// The value of `server_name:` in a config.
@@ -316,17 +515,18 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn single_node_config(port: u16, dir: &Path) -> String {
+fn single_node_config(port: u16, dir: &Path, access: &Access) -> String {
     format!(
-        "listen: 127.0.0.1:{port}\nmax_payload: 1MB\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
+        "listen: 127.0.0.1:{port}\nmax_payload: 1MB\ninclude \"auth.conf\"\n{}jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
+        access.tls_block(),
         dir.join("jetstream").display()
     )
 }
 
-fn launch(config: &Path, log: &Path) -> Result<Guarded> {
+fn launch(config: &Path, log: &Path, env: &[(String, String)]) -> Result<Guarded> {
     let binary = nats_server_binary()?;
     let mut cmd = Command::new(&binary);
-    cmd.arg("-c").arg(config);
+    cmd.arg("-c").arg(config).envs(env.iter().cloned());
     let log_file = File::options().create(true).append(true).open(log)?;
     // A restarted server appends to the same log; readiness is judged on what follows.
     let already = std::fs::metadata(log)?.len() as usize;

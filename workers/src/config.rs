@@ -10,13 +10,9 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "switchboard-workers", version, about, long_about = None)]
 pub struct WorkersConfig {
-    /// NATS server URL(s), comma separated.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
+    /// How to reach NATS (as the `workers` role): URL, credentials, TLS.
+    #[command(flatten)]
+    pub nats: switchboard_bus::NatsOptions,
 
     /// PostgreSQL URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

@@ -67,6 +67,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use sqlx::postgres::PgPoolOptions;
+use switchboard_bus::Role;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +83,8 @@ pub enum WorkersError {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error(transparent)]
+    NatsSetup(#[from] switchboard_bus::connect::ConnectSetupError),
     #[error("invalid PostgreSQL URL (DATABASE_URL): {0}")]
     Database(sqlx::Error),
     #[error("job {0} crashed")]
@@ -95,13 +98,15 @@ pub enum WorkersError {
 ///
 /// Neither NATS nor PostgreSQL needs to be up when this starts: jobs wait for them.
 pub async fn run(config: WorkersConfig, shutdown: CancellationToken) -> Result<(), WorkersError> {
-    let client = async_nats::ConnectOptions::new()
-        .name("switchboard-workers")
+    let client = config
+        .nats
+        .connect_options(Role::Workers, "switchboard-workers")
+        .await?
         .retry_on_initial_connect()
-        .connect(switchboard_bus::nats_servers(&config.nats_url))
+        .connect(config.nats.servers())
         .await
         .map_err(|source| WorkersError::Nats {
-            url: config.nats_url.clone(),
+            url: config.nats.redacted_url(),
             source,
         })?;
     let db = PgPoolOptions::new()

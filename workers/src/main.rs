@@ -18,7 +18,7 @@ async fn main() -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let jobs: Vec<String> = config.jobs().iter().map(ToString::to_string).collect();
-    tracing::info!(jobs = %jobs.join(","), nats = %config.nats_url, "workers starting");
+    tracing::info!(jobs = %jobs.join(","), nats = %config.nats.redacted_url(), "workers starting");
     match switchboard_workers::run(config, shutdown).await {
         Ok(()) => {
             tracing::info!("workers stopped");

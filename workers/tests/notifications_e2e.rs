@@ -20,16 +20,18 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use support::{Setup, Worker, event, eventually, publish, setup};
 
-const SECRET: &str = "notifications-e2e-secret-0123456789";
+/// Made afresh per test process: the edge refuses secrets the repository holds.
+static SECRET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
 const WAIT: Duration = Duration::from_secs(20);
 
 fn edge(setup: &Setup) -> (Process, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut command = Command::new(binary("switchboard-edge"));
     command
-        .env("SWITCHBOARD_NATS_URL", setup.nats.url())
+        .envs(setup.nats.env(support::Role::Edge))
         .env("SWITCHBOARD_EDGE_ADDR", &addr)
-        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .env("SWITCHBOARD_JWT_SECRET", &*SECRET)
         .env("SWITCHBOARD_LOG", "warn")
         .stdin(Stdio::null());
     (

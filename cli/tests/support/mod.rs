@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard_bus::definitions::Definitions;
+pub use switchboard_bus::Role;
 use switchboard_bus::{Encoding, Publisher};
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
 use switchboard_testkit::{Nats, Process, binary, free_port};
@@ -23,7 +24,7 @@ pub struct Bus {
 impl Bus {
     pub async fn start() -> Bus {
         let nats = Nats::start().expect("start nats-server");
-        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let client = nats.connect(Role::Admin).await.expect("connect");
         let js = async_nats::jetstream::new(client.clone());
         Definitions::builtin()
             .apply(&js)
@@ -32,8 +33,10 @@ impl Bus {
         Bus { nats, client, js }
     }
 
-    pub fn url(&self) -> String {
-        self.nats.url()
+    /// The variables that let the `switchboard` command reach this NATS as an operator
+    /// (the `admin` role).
+    pub fn admin_env(&self) -> Vec<(String, String)> {
+        self.nats.env(Role::Admin)
     }
 
     /// Publishes a new event (postcard, as Rust services do); returns its seq and envelope.
@@ -85,13 +88,13 @@ fn key(channel: &str, user: &str) -> String {
     format!("{ns}.{id}.{user}")
 }
 
-/// `switchboard <args>` against `nats_url`.
-pub fn switchboard(nats_url: &str, args: &[&str]) -> Output {
-    switchboard_with_stdin(nats_url, args, "")
+/// `switchboard <args>` with the NATS settings `nats` (e.g. [`Bus::admin_env`]).
+pub fn switchboard(nats: &[(String, String)], args: &[&str]) -> Output {
+    switchboard_with_stdin(nats, args, "")
 }
 
-pub fn switchboard_with_stdin(nats_url: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = command(nats_url, args)
+pub fn switchboard_with_stdin(nats: &[(String, String)], args: &[&str], stdin: &str) -> Output {
+    let mut child = command(nats, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -107,11 +110,11 @@ pub fn switchboard_with_stdin(nats_url: &str, args: &[&str], stdin: &str) -> Out
     output
 }
 
-pub fn command(nats_url: &str, args: &[&str]) -> Command {
+pub fn command(nats: &[(String, String)], args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
     command
         .args(args)
-        .env("SWITCHBOARD_NATS_URL", nats_url)
+        .envs(nats.iter().cloned())
         .env_remove("SWITCHBOARD_JWT_SECRET");
     command
 }
@@ -151,10 +154,10 @@ pub fn replayed(text: &str) -> Vec<(u64, String, Envelope)> {
 }
 
 /// A `switchboard-edge` process on a free port.
-pub fn start_edge(nats_url: &str, secret: &str) -> (Process, String) {
+pub fn start_edge(nats: &Nats, secret: &str) -> (Process, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(binary("switchboard-edge"));
-    cmd.env("SWITCHBOARD_NATS_URL", nats_url)
+    cmd.envs(nats.env(Role::Edge))
         .env("SWITCHBOARD_EDGE_ADDR", &addr)
         .env("SWITCHBOARD_JWT_SECRET", secret)
         .env("SWITCHBOARD_LOG", "warn")

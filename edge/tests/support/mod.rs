@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use switchboard_bus::Publisher;
+pub use switchboard_bus::Role;
 use switchboard_bus::definitions::Definitions;
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
 use switchboard_testkit::{Nats, Process, free_port};
@@ -20,10 +21,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "test-secret-0123456789abcdef";
+/// The edges' HS256 secret: made afresh for every test process, so it is no value the
+/// repository holds (the edge refuses those; docs/operations.md, "Token keys").
+pub static SECRET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
 const WAIT: Duration = Duration::from_secs(10);
 
-/// nats-server with streams and buckets, and a NATS client for the test's own use.
+/// nats-server with streams and buckets, and a NATS client for the test's own use,
+/// connected as the `admin` role (tests set up state no other role may).
 pub struct Stack {
     pub nats: Nats,
     pub client: async_nats::Client,
@@ -33,9 +38,7 @@ pub struct Stack {
 impl Stack {
     pub async fn start() -> Stack {
         let nats = Nats::start().expect("start nats-server");
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("connect to NATS");
+        let client = nats.connect(Role::Admin).await.expect("connect to NATS");
         let js = async_nats::jetstream::new(client.clone());
         Definitions::builtin()
             .apply(&js)
@@ -46,7 +49,7 @@ impl Stack {
 
     /// Starts an edge process with test-friendly settings plus `env`.
     pub fn edge(&self, env: &[(&str, &str)]) -> Edge {
-        Edge::start(&self.nats.url(), env)
+        Edge::start(&self.nats.env(Role::Edge), env)
     }
 
     /// Publishes an event as a backend would; returns its seq.
@@ -129,12 +132,13 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn start(nats_url: &str, env: &[(&str, &str)]) -> Edge {
+    /// `nats` is how the edge reaches NATS (`Nats::env(Role::Edge)`).
+    pub fn start(nats: &[(String, String)], env: &[(&str, &str)]) -> Edge {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard-edge"));
-        cmd.env("SWITCHBOARD_NATS_URL", nats_url)
+        cmd.envs(nats.iter().cloned())
             .env("SWITCHBOARD_EDGE_ADDR", &addr)
-            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env("SWITCHBOARD_JWT_SECRET", &*SECRET)
             .env("SWITCHBOARD_LOG", "warn")
             .env("SWITCHBOARD_DRAIN_GRACE_MS", "2000")
             .stdin(Stdio::null());

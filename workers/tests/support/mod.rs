@@ -14,6 +14,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use switchboard_bus::definitions::Definitions;
 use switchboard_bus::store::{Store, StoredEvent};
+pub use switchboard_bus::Role;
 use switchboard_bus::{EVENTS_STREAM, MEMBERS_BUCKET, PRESENCE_BUCKET, Publisher};
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
 use switchboard_testkit::{Nats, Postgres};
@@ -42,11 +43,8 @@ pub async fn setup() -> Setup {
     let nats = Nats::start().unwrap();
     let pg = Postgres::start().unwrap();
     let database_url = pg.database().await.unwrap();
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(nats.url())
-        .await
-        .unwrap();
+    // Admin: tests set up streams and buckets and look at everything.
+    let client = nats.connect(Role::Admin).await.unwrap();
     let js = jetstream::new(client.clone());
     Definitions::builtin().apply(&js).await.unwrap();
     let members = js.get_key_value(MEMBERS_BUCKET).await.unwrap();
@@ -102,7 +100,7 @@ impl Worker {
     fn command(setup: &Setup, jobs: &str, env: &[(&str, String)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"));
         command
-            .env("SWITCHBOARD_NATS_URL", setup.nats.url())
+            .envs(setup.nats.env(Role::Workers))
             .env("DATABASE_URL", &setup.database_url)
             .env("SWITCHBOARD_WORKERS", jobs)
             // Short, so what a killed worker had fetched comes back quickly.
