@@ -70,3 +70,21 @@ for port in (preferred, 0):
         s.close()
 PY
 }
+
+# nginx from Debian's packages, for the test of the TLS proxy setup in
+# docs/operations.md (edge/tests/tls.rs runs deploy/nginx/switchboard.conf).
+ensure_nginx() {
+  if [ -n "${SWITCHBOARD_NGINX:-}" ] && [ -x "$SWITCHBOARD_NGINX" ]; then
+    return
+  fi
+  if [ ! -x /usr/sbin/nginx ]; then
+    log "installing nginx from Debian's packages"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null \
+      || die "could not install nginx (apt-get install nginx)"
+  fi
+  [ -x /usr/sbin/nginx ] || die "nginx not found at /usr/sbin/nginx after install"
+  export SWITCHBOARD_NGINX=/usr/sbin/nginx
+}

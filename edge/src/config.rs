@@ -131,6 +131,16 @@ pub struct EdgeConfig {
     )]
     pub max_http_connections: usize,
 
+    /// PEM certificate chain (leaf first): with `SWITCHBOARD_TLS_KEY`, the edge serves
+    /// HTTPS and WSS itself (TLS 1.3) and puts replaced files in service within seconds.
+    /// Unset: plain HTTP, for use behind a TLS-terminating proxy.
+    #[arg(long = "tls-cert", env = "SWITCHBOARD_TLS_CERT")]
+    pub listener_tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `SWITCHBOARD_TLS_CERT`.
+    #[arg(long = "tls-key", env = "SWITCHBOARD_TLS_KEY")]
+    pub listener_tls_key: Option<PathBuf>,
+
     /// Browser origins allowed to connect (comma separated); empty allows any. Requests
     /// without an `Origin` header (servers, native apps) are always allowed.
     #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]

@@ -17,6 +17,8 @@
 //! - [`http`]: the axum router: `/v1/ws`, health, readiness.
 //! - [`server`]: accepts connections and serves the router over HTTP/1, with the
 //!   limits that hold before a request is read (header timeout, connection cap).
+//! - [`tls`]: the certificate and key when the edge serves HTTPS and WSS itself, and
+//!   their replacement without a restart.
 //!
 //! The edge never talks to PostgreSQL: what it needs from workers it asks over NATS.
 
@@ -36,6 +38,7 @@ pub mod rpc;
 pub mod server;
 pub mod session;
 pub mod subscribe;
+pub mod tls;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -272,10 +275,12 @@ async fn announce(edge: std::sync::Weak<Edge>) {
     }
 }
 
-/// Serves the edge on `listener` until `shutdown` resolves, then drains.
+/// Serves the edge on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves, then drains.
 pub async fn serve(
     edge: Arc<Edge>,
     listener: tokio::net::TcpListener,
+    tls: Option<tls::Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stop_accepting = CancellationToken::new();
@@ -284,6 +289,7 @@ pub async fn serve(
         edge.clone(),
         listener,
         router,
+        tls,
         stop_accepting.clone(),
     ));
     shutdown.await;

@@ -12,12 +12,15 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // Before listening: a certificate that does not load is a deployment error to fix.
+    let tls = switchboard_edge::tls::Tls::from_config(&config)?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     let edge = switchboard_edge::Edge::start(config).await?;
-    tracing::info!(addr = %listener.local_addr()?, edge = %edge.id, "edge ready");
-    switchboard_edge::serve(edge, listener, shutdown_signal()).await
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %listener.local_addr()?, scheme, edge = %edge.id, "edge ready");
+    switchboard_edge::serve(edge, listener, tls, shutdown_signal()).await
 }
 
 /// Resolves on SIGTERM or SIGINT: both start a drain.

@@ -15,6 +15,13 @@
 //!   A connection beyond the limit gets HTTP 503 and is closed at once, so a flood costs
 //!   a file descriptor for an instant only.
 //!
+//! With TLS ([`crate::tls`]) the same limits hold from the first byte: a connection is
+//! counted from its accept, through its handshake, and the handshake must finish within
+//! the header timeout (which then starts again for the request head). The handshake runs
+//! in the connection's own task, never in the accept loop. A plain connection is served
+//! on the bare `TcpStream`, as without TLS: the two kinds are separate tasks, so a plain
+//! one carries no room for a TLS session.
+//!
 //! Shutdown: when `stop` is cancelled the listener closes, every HTTP connection is
 //! asked to finish its current response and close, and [`run`] returns once all have.
 //! Upgraded sockets are not this module's: the edge drains its sessions itself.
@@ -28,12 +35,15 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Edge;
+use crate::tls::Tls;
 
 /// hyper's smallest allowed connection buffer.
 const MIN_HEAD_BYTES: usize = 8 * 1024;
@@ -47,13 +57,25 @@ content-length: 79\r\n\
 \r\n\
 {\"code\":\"unavailable\",\"message\":\"this edge has too many open HTTP connections\"}";
 
-/// Serves `router` on `listener` until `stop` is cancelled.
-pub async fn run(edge: Arc<Edge>, listener: TcpListener, router: Router, stop: CancellationToken) {
+/// Serves `router` on `listener` until `stop` is cancelled; over TLS when `tls` is given.
+pub async fn run(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Tls>,
+    stop: CancellationToken,
+) {
     let config = &edge.config;
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout())
         .max_buf_size(config.max_request_head_bytes.max(MIN_HEAD_BYTES));
+    let http = Arc::new(http);
+    let acceptor = tls.map(|tls| {
+        let tls = Arc::new(tls);
+        tokio::spawn(tls.clone().watch(stop.clone()));
+        tls.acceptor()
+    });
     let permits = Arc::new(Semaphore::new(config.max_http_connections));
     let connections = TaskTracker::new();
     loop {
@@ -69,7 +91,7 @@ pub async fn run(edge: Arc<Edge>, listener: TcpListener, router: Router, stop: C
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             edge.metrics.count(&edge.metrics.http_refused, 1);
-            refuse(stream);
+            refuse(stream, acceptor.is_none());
             continue;
         };
         // Frames are small and written whole: Nagle's algorithm would hold one back until
@@ -77,39 +99,110 @@ pub async fn run(edge: Arc<Edge>, listener: TcpListener, router: Router, stop: C
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let connection = http
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(router.clone()),
-            )
-            .with_upgrades();
-        let edge = edge.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            edge.metrics.gauge(&edge.metrics.http_connections, 1);
-            let mut connection = pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if ended.is_err_and(|e| e.is_timeout()) {
-                edge.metrics.count(&edge.metrics.header_timeouts, 1);
+        let slot = Slot::take(edge.clone(), permit);
+        let (http, router, stop) = (http.clone(), router.clone(), stop.clone());
+        match &acceptor {
+            None => connections.spawn(serve(slot, http, stream, router, stop)),
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                connections.spawn(async move {
+                    if let Some(stream) = handshake(&slot, acceptor, stream, &stop).await {
+                        serve(slot, http, stream, router, stop).await;
+                    }
+                })
             }
-            edge.metrics.gauge(&edge.metrics.http_connections, -1);
-            drop(permit);
-        });
+        };
     }
     drop(listener);
     connections.close();
     connections.wait().await;
 }
 
+/// A connection's place under the cap, held from its accept until hyper lets go of it
+/// (closed, or upgraded to a WebSocket).
+struct Slot {
+    edge: Arc<Edge>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn take(edge: Arc<Edge>, permit: OwnedSemaphorePermit) -> Slot {
+        edge.metrics.gauge(&edge.metrics.http_connections, 1);
+        Slot {
+            edge,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.edge
+            .metrics
+            .gauge(&self.edge.metrics.http_connections, -1);
+    }
+}
+
+/// The TLS handshake, within the header timeout: a peer that never finishes it is a
+/// slow loris like one that never finishes its request head, and is counted as one.
+async fn handshake(
+    slot: &Slot,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    stop: &CancellationToken,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let metrics = &slot.edge.metrics;
+    let timeout = slot.edge.config.header_timeout();
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        done = tokio::time::timeout(timeout, acceptor.accept(stream)) => match done {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                metrics.count(&metrics.header_timeouts, 1);
+                None
+            }
+        },
+    }
+}
+
+/// Serves HTTP/1 on one connection until it closes, is upgraded, or `stop` asks it to
+/// finish its current response.
+async fn serve<S>(
+    slot: Slot,
+    http: Arc<http1::Builder>,
+    stream: S,
+    router: Router,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let connection = http
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
+        .with_upgrades();
+    let mut connection = pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if ended.is_err_and(|e| e.is_timeout()) {
+        slot.edge
+            .metrics
+            .count(&slot.edge.metrics.header_timeouts, 1);
+    }
+}
+
 /// Answers 503 and closes, without waiting on the peer: whatever of the request already
 /// arrived is read first, so that closing does not reset the connection under the answer.
-fn refuse(stream: TcpStream) {
+/// Over TLS the refusal is the close alone: a 503 would need a handshake first, the very
+/// work a flood must not cost.
+fn refuse(stream: TcpStream, answer: bool) {
     let mut scratch = [0u8; 4096];
     for _ in 0..4 {
         match stream.try_read(&mut scratch) {
@@ -117,7 +210,9 @@ fn refuse(stream: TcpStream) {
             _ => break,
         }
     }
-    let _ = stream.try_write(REFUSAL);
+    if answer {
+        let _ = stream.try_write(REFUSAL);
+    }
 }
 
 /// Connection-level failures concern one peer; anything else (out of file descriptors,
