@@ -28,12 +28,14 @@ pub struct EdgeConfig {
     #[arg(long, env = "SWITCHBOARD_EDGE_ID")]
     pub edge_id: Option<String>,
 
-    /// JWT algorithm every token must use: HS256, HS384, HS512, RS256, RS384, RS512,
-    /// ES256, ES384 or EdDSA.
+    /// Algorithm of the fixed key (SWITCHBOARD_JWT_SECRET or SWITCHBOARD_JWT_PUBLIC_KEY),
+    /// which every token checked with it must use: HS256, HS384, HS512, RS256, RS384,
+    /// RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA.
     #[arg(long, env = "SWITCHBOARD_JWT_ALG", default_value = "HS256")]
     pub jwt_alg: String,
 
-    /// Shared secret for HS* algorithms.
+    /// Shared secret for HS* algorithms: at least 32 random bytes, and no value printed in
+    /// Switchboard's own files (the edge refuses to start otherwise).
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
@@ -52,6 +54,28 @@ pub struct EdgeConfig {
     /// Clock leeway for `exp` and `nbf`, in seconds.
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY_S", default_value_t = 5)]
     pub jwt_leeway_s: u64,
+
+    /// JSON Web Key Set to check tokens against, by URL (https; plain http only to a
+    /// loopback address). A token is checked with the key its `kid` names; an unknown
+    /// `kid` refetches the set (at most once per 30 s). A fixed key, when also set,
+    /// serves tokens without `kid`.
+    /// (Its value is not shown here: a URL may carry a credential.)
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_URL", hide_env_values = true)]
+    pub jwt_jwks_url: Option<String>,
+
+    /// JSON Web Key Set to check tokens against, from a file (re-read like the URL; set
+    /// one of the two).
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// Seconds between re-reads of the key set; a failed read keeps the last good set.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_JWT_JWKS_REFRESH_S",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub jwt_jwks_refresh_s: u64,
 
     /// WebSocket ping interval; a peer silent for twice this long is closed. The presence
     /// TTL follows it.

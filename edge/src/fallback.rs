@@ -101,8 +101,12 @@ struct Opening {
     cursor: Option<Cursor>,
 }
 
-fn open_request(edge: &Edge, headers: &HeaderMap, query: &FeedQuery) -> Result<Opening, HttpError> {
-    let (identity, slot) = authenticate(edge, headers, query.token.as_deref())?;
+async fn open_request(
+    edge: &Edge,
+    headers: &HeaderMap,
+    query: &FeedQuery,
+) -> Result<Opening, HttpError> {
+    let (identity, slot) = authenticate(edge, headers, query.token.as_deref()).await?;
     if query.channels.is_empty() {
         return Err(HttpError::new(
             ErrorCode::BadRequest,
@@ -268,7 +272,7 @@ pub async fn sse(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Response {
     let query = FeedQuery::from_pairs(pairs);
-    let opening = match open_request(&edge, &headers, &query) {
+    let opening = match open_request(&edge, &headers, &query).await {
         Ok(opening) => opening,
         Err(refused) => return refused.into_response(),
     };
@@ -350,7 +354,7 @@ pub async fn poll(
         Some(Ok(s)) => Duration::from_secs(s).min(MAX_WAIT),
         Some(Err(_)) => return error(ErrorCode::BadRequest, "wait is a number of seconds"),
     };
-    let opening = match open_request(&edge, &headers, &query) {
+    let opening = match open_request(&edge, &headers, &query).await {
         Ok(opening) => opening,
         Err(refused) => return refused.into_response(),
     };

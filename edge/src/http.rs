@@ -118,7 +118,7 @@ pub fn check_origin(edge: &Edge, headers: &HeaderMap) -> Result<(), HttpError> {
 }
 
 /// Authenticates a plain HTTP request and takes a connection slot for its user.
-pub fn authenticate(
+pub async fn authenticate(
     edge: &Edge,
     headers: &HeaderMap,
     query_token: Option<&str>,
@@ -138,7 +138,7 @@ pub fn authenticate(
             return Err(HttpError::new(ErrorCode::Unauthorized, why));
         }
     };
-    let identity = edge.verifier.verify(token).map_err(|e| {
+    let identity = edge.verifier.verify(token).await.map_err(|e| {
         edge.metrics.auth_failure(e.reason());
         HttpError::new(ErrorCode::Unauthorized, e.to_string())
     })?;
@@ -165,7 +165,7 @@ async fn websocket(
     }
     // A token on the upgrade is checked before any socket exists.
     let admitted = match token(&headers, query.token.as_deref()) {
-        Ok(Some(_)) => match authenticate(&edge, &headers, query.token.as_deref()) {
+        Ok(Some(_)) => match authenticate(&edge, &headers, query.token.as_deref()).await {
             Ok((identity, slot)) => {
                 let device = query.device.filter(|d| session::valid_device(d));
                 Admitted::Authenticated(identity, slot, device)
@@ -220,7 +220,7 @@ async fn publish(
     Query(query): Query<TokenQuery>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref())?;
+    let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref()).await?;
     let bad = |message: String| HttpError::new(ErrorCode::BadRequest, message);
     if identity.role != Role::Service {
         return Err(HttpError::new(
@@ -265,7 +265,7 @@ async fn call(
     Query(query): Query<TokenQuery>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref())?;
+    let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref()).await?;
     let bad = |message: String| HttpError::new(ErrorCode::BadRequest, message);
     let method = RpcMethod::parse(&method).map_err(|e| bad(e.to_string()))?;
     let params = if body.iter().all(u8::is_ascii_whitespace) {

@@ -12,8 +12,8 @@
 //!   encoded once, into each subscriber's bounded [`mailbox`].
 //! - [`bridge`]: one task per channel in use, holding its NATS subscriptions (live
 //!   events and signals), repairing gaps from the stream.
-//! - [`auth`], [`policy`], [`members`]: tokens, the namespace rules, and the membership
-//!   copy kept fresh from the `members` KV bucket.
+//! - [`auth`], [`jwks`], [`policy`], [`members`]: tokens and their keys, the namespace
+//!   rules, and the membership copy kept fresh from the `members` KV bucket.
 //! - [`http`]: the axum router: `/v1/ws`, health, readiness.
 //! - [`server`]: accepts connections and serves the router over HTTP/1, with the
 //!   limits that hold before a request is read (header timeout, connection cap).
@@ -28,6 +28,7 @@ pub mod config;
 pub mod fallback;
 pub mod http;
 pub mod hub;
+pub mod jwks;
 pub mod limits;
 pub mod mailbox;
 pub mod members;
@@ -91,7 +92,7 @@ pub struct Edge {
 impl Edge {
     /// Connects to NATS, loads membership, and returns the shared state.
     pub async fn start(config: EdgeConfig) -> anyhow::Result<Arc<Edge>> {
-        let verifier = Verifier::from_config(&config)?;
+        let verifier = Verifier::start(&config).await?;
         let policy = match std::env::var_os("SWITCHBOARD_POLICY_FILE") {
             Some(path) => Policy::from_file(path.as_ref())?,
             None => Policy::default(),

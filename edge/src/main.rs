@@ -1,11 +1,18 @@
 //! `switchboard-edge`: see the crate docs of `switchboard_edge`.
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use switchboard_edge::config::EdgeConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = EdgeConfig::parse();
+    // A weak or missing token key stops the edge (status 2) before it listens or
+    // connects anywhere; logging starts after, so the check's notes are not shown twice.
+    if let Err(e) = switchboard_edge::auth::Verifier::from_config(&config) {
+        EdgeConfig::command()
+            .error(clap::error::ErrorKind::ValueValidation, e)
+            .exit();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")

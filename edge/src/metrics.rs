@@ -15,7 +15,7 @@ pub const OPS: [&str; 14] = [
 ];
 
 /// Reasons counted by `switchboard_edge_auth_failures_total{reason}`.
-pub const AUTH_REASONS: [&str; 9] = [
+pub const AUTH_REASONS: [&str; 10] = [
     "missing",
     "expired",
     "not_yet_valid",
@@ -24,6 +24,7 @@ pub const AUTH_REASONS: [&str; 9] = [
     "wrong_issuer",
     "wrong_audience",
     "malformed",
+    "unknown_key",
     "hello_timeout",
 ];
 

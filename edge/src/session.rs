@@ -187,7 +187,7 @@ async fn await_hello(edge: &Edge, socket: &mut WebSocket) -> Option<(Identity, O
                 Ok(Request {
                     frame: ClientFrame::Hello { token, device },
                     id,
-                }) => match edge.verifier.verify(&token) {
+                }) => match edge.verifier.verify(&token).await {
                     Ok(identity) => return Some((identity, device.filter(|d| valid_device(d)))),
                     Err(e) => {
                         edge.metrics.auth_failure(e.reason());
@@ -613,7 +613,7 @@ impl Session {
             }
             ClientFrame::Who { ch } => self.on_who(id, ch),
             ClientFrame::History { ch, before, limit } => self.on_history(id, ch, before, limit),
-            ClientFrame::Refresh { token } => match self.edge.verifier.verify(&token) {
+            ClientFrame::Refresh { token } => match self.edge.verifier.verify(&token).await {
                 Ok(fresh) if fresh.user == self.identity.user => {
                     self.limits.refreshed_exp = Some(fresh.exp);
                     self.identity = fresh;
