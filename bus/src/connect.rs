@@ -78,7 +78,10 @@ pub enum ConnectSetupError {
         source: std::io::Error,
     },
     #[error("{path} ({setting}) does not hold a valid NKey user seed")]
-    BadSeed { path: PathBuf, setting: &'static str },
+    BadSeed {
+        path: PathBuf,
+        setting: &'static str,
+    },
     #[error("cannot read the credentials file {path} (SWITCHBOARD_NATS_CREDS): {source}")]
     Creds {
         path: PathBuf,
@@ -127,7 +130,11 @@ pub struct NatsOptions {
     pub tls_ca: Option<PathBuf>,
 
     /// PEM client certificate, for servers that verify clients (with --nats-tls-key).
-    #[arg(long = "nats-tls-cert", env = "SWITCHBOARD_NATS_TLS_CERT", global = true)]
+    #[arg(
+        long = "nats-tls-cert",
+        env = "SWITCHBOARD_NATS_TLS_CERT",
+        global = true
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of the client certificate.
@@ -167,13 +174,12 @@ impl NatsOptions {
             options = options.nkey(read_seed(path, "SWITCHBOARD_NATS_NKEY")?);
         }
         if let Some(path) = &self.creds {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|source| ConnectSetupError::Creds {
+            options = options.credentials_file(path).await.map_err(|source| {
+                ConnectSetupError::Creds {
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
         }
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);

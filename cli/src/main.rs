@@ -205,5 +205,6 @@ impl Nats {
 }
 
 fn parse_role(name: &str) -> Result<Role, String> {
-    Role::parse(name).ok_or_else(|| format!("unknown role {name:?} (edge, workers, service, admin)"))
+    Role::parse(name)
+        .ok_or_else(|| format!("unknown role {name:?} (edge, workers, service, admin)"))
 }

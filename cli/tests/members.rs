@@ -5,8 +5,8 @@ use std::process::{Command, Output};
 use async_nats::jetstream::{self, kv};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use switchboard_bus::{MEMBERS_BUCKET, Role};
 use switchboard_bus::definitions::Definitions;
+use switchboard_bus::{MEMBERS_BUCKET, Role};
 use switchboard_testkit::{Nats, Postgres, free_port};
 
 fn switchboard(nats: &Nats, database_url: &str, args: &[&str]) -> Output {

@@ -70,7 +70,11 @@ fn token_carries_the_claims_asked_for_and_prints_only_the_token() {
     for (args, secret, expected) in [
         (&["--sub", "u1"][..], None, "set SWITCHBOARD_JWT_SECRET"),
         (&["--sub", "u1"][..], Some("short"), "at least 32"),
-        (&["--sub", "a.b"][..], Some(SECRET.as_str()), "invalid user id"),
+        (
+            &["--sub", "a.b"][..],
+            Some(SECRET.as_str()),
+            "invalid user id",
+        ),
         (
             &["--sub", "u1", "--ttl", "soon"][..],
             Some(SECRET.as_str()),

@@ -182,7 +182,10 @@ async fn a_cluster_node_killed_under_load_loses_no_acknowledged_event() {
     let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
     let database_url = pg.database().await.unwrap();
     let _workers = membership_worker(&cluster.env(Role::Workers), &database_url);
-    let edge = Edge::start(&cluster.env(Role::Edge), &[("SWITCHBOARD_EDGE_ID", EDGE_ID)]);
+    let edge = Edge::start(
+        &cluster.env(Role::Edge),
+        &[("SWITCHBOARD_EDGE_ID", EDGE_ID)],
+    );
     let publisher = Publisher::from_context(
         jetstream::ContextBuilder::new()
             .timeout(ATTEMPT)

@@ -327,8 +327,9 @@ impl NatsCluster {
         for (i, template) in CLUSTER_CONFIGS.iter().enumerate() {
             let node_dir = dir.path().join(format!("n{}", i + 1));
             std::fs::create_dir_all(&node_dir)?;
-            let text = cluster_node_config(template, i, &ports, &node_dir.join("jetstream"), &certs)
-                .with_context(|| format!("nats/cluster/n{}.conf", i + 1))?;
+            let text =
+                cluster_node_config(template, i, &ports, &node_dir.join("jetstream"), &certs)
+                    .with_context(|| format!("nats/cluster/n{}.conf", i + 1))?;
             let name = server_name(&text)
                 .with_context(|| format!("nats/cluster/n{}.conf names no server", i + 1))?;
             let config = node_dir.join("nats.conf");

@@ -8,8 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard_bus::definitions::Definitions;
 pub use switchboard_bus::Role;
+use switchboard_bus::definitions::Definitions;
 use switchboard_bus::{Encoding, Publisher};
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
 use switchboard_testkit::{Nats, Process, binary, free_port};

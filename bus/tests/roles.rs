@@ -1,0 +1,466 @@
+//! The NATS roles of `nats/auth.conf` against a real nats-server: for each role, every
+//! subject family is tried, and what the role may do takes effect while what it may not
+//! has no effect at all (nothing stored, delivered, answered or written to a bucket).
+//! The effect is always observed by an admin client, never by the role itself.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, HeaderMap};
+use futures_util::StreamExt;
+use switchboard_bus::Role;
+use switchboard_bus::definitions::Definitions;
+use switchboard_testkit::Nats;
+
+/// How long an effect may take to show. Refusals are silent on the wire (the server
+/// answers the offender with an -ERR it does not wait for), so each refused case costs
+/// this much.
+const WAIT: Duration = Duration::from_millis(600);
+/// One attempt of a case that is tried again until [`WAIT`] is up.
+const TRY: Duration = Duration::from_millis(100);
+
+/// Sends with `send` until `subscription` receives something or [`WAIT`] has passed.
+async fn receives_while<F, Fut, E>(subscription: &mut async_nats::Subscriber, send: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        let _ = send().await;
+        if let Ok(Some(_)) = tokio::time::timeout(TRY, subscription.next()).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// Runs `attempt` until it succeeds or [`WAIT`] has passed.
+async fn repeatedly<F, Fut>(mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::time::timeout(TRY, attempt()).await.unwrap_or(false) {
+            return true;
+        }
+    }
+    false
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    RtPublish,
+    LivePublish,
+    LiveSubscribe,
+    SigPublish,
+    CmdPublish,
+    ServeAppMethod,
+    ServeSwitchboardMethod,
+    ServeInternal,
+    RequestAppMethod,
+    NotifySubscribe,
+    MembersWrite,
+    PresenceWrite,
+    OccupancyWrite,
+    EventsRead,
+    PresenceRead,
+    StreamCreate,
+    StreamPurge,
+    StreamDelete,
+}
+
+use Family::*;
+
+/// Each family, and whether edge, workers, service, admin may use it (docs/operations.md,
+/// "NATS roles").
+const TABLE: [(Family, [bool; 4]); 18] = [
+    (RtPublish, [true, true, true, true]),
+    (LivePublish, [false, false, false, true]),
+    (LiveSubscribe, [true, false, false, true]),
+    (SigPublish, [true, true, true, true]),
+    (CmdPublish, [true, false, false, true]),
+    (ServeAppMethod, [false, false, true, true]),
+    (ServeSwitchboardMethod, [false, true, false, true]),
+    (ServeInternal, [false, true, false, true]),
+    (RequestAppMethod, [true, false, false, true]),
+    (NotifySubscribe, [false, false, true, true]),
+    (MembersWrite, [false, true, false, true]),
+    (PresenceWrite, [true, false, false, true]),
+    (OccupancyWrite, [true, false, false, true]),
+    (EventsRead, [true, true, true, true]),
+    (PresenceRead, [true, true, true, true]),
+    (StreamCreate, [false, false, false, true]),
+    (StreamPurge, [false, false, false, true]),
+    (StreamDelete, [false, false, false, true]),
+];
+
+struct Bench {
+    nats: Nats,
+    admin: Client,
+    admin_js: jetstream::Context,
+}
+
+impl Bench {
+    async fn start() -> Bench {
+        let nats = Nats::start().unwrap();
+        let admin = nats.connect(Role::Admin).await.unwrap();
+        let admin_js = jetstream::new(admin.clone());
+        Definitions::builtin().apply(&admin_js).await.unwrap();
+        admin_js
+            .create_stream(stream::Config {
+                name: "SCRATCH".into(),
+                subjects: vec!["scratch.>".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        admin.publish("scratch.a", "x".into()).await.unwrap();
+        admin.flush().await.unwrap();
+        Bench {
+            nats,
+            admin,
+            admin_js,
+        }
+    }
+
+    /// Whether `actor` achieved what `family` stands for, as the admin sees it.
+    async fn try_family(&self, actor: &Client, family: Family) -> bool {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(WAIT)
+            .build(actor.clone());
+        let unique = format!("x{}", self.admin.new_inbox().replace('.', "_"));
+        match family {
+            RtPublish => {
+                let subject = format!("rt.project.{unique}");
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", unique.as_str());
+                headers.insert("Rt-Type", "bid.new");
+                headers.insert("Content-Type", "application/json");
+                let _ = async {
+                    js.publish_with_headers(subject.clone(), headers, "{}".into())
+                        .await?
+                        .await
+                }
+                .await;
+                self.stored_on("EVENTS", &subject).await
+            }
+            LivePublish => {
+                let subject = format!("live.project.{unique}");
+                self.admin_receives(&subject, || actor.publish(subject.clone(), "forged".into()))
+                    .await
+            }
+            SigPublish => {
+                let subject = format!("sig.project.{unique}");
+                self.admin_receives(&subject, || actor.publish(subject.clone(), "{}".into()))
+                    .await
+            }
+            CmdPublish => {
+                let subject = format!("cmd.receipts.{unique}");
+                let _ = actor.publish(subject.clone(), "{}".into()).await;
+                let _ = actor.flush().await;
+                tokio::time::sleep(WAIT).await;
+                self.stored_on("CMDS", &subject).await
+            }
+            LiveSubscribe => {
+                self.actor_receives(actor, &format!("live.project.{unique}"))
+                    .await
+            }
+            NotifySubscribe => {
+                self.actor_receives(actor, &format!("notify.{unique}.push"))
+                    .await
+            }
+            ServeAppMethod => {
+                self.actor_answers(actor, &format!("svc.quotes.{unique}"))
+                    .await
+            }
+            ServeSwitchboardMethod => self.actor_answers(actor, "svc.notifications.list").await,
+            ServeInternal => self.actor_answers(actor, "int.archive.read").await,
+            RequestAppMethod => {
+                let subject = format!("svc.quotes.{unique}");
+                let mut requests = self.admin.subscribe(subject.clone()).await.unwrap();
+                self.admin.flush().await.unwrap();
+                receives_while(&mut requests, || {
+                    actor.publish_with_reply(subject.clone(), actor.new_inbox(), "{}".into())
+                })
+                .await
+            }
+            MembersWrite => self.bucket_write(&js, "members", &unique).await,
+            PresenceWrite => self.bucket_write(&js, "presence", &unique).await,
+            OccupancyWrite => self.bucket_write(&js, "occupancy", &unique).await,
+            EventsRead => {
+                let subject = format!("rt.project.{unique}");
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", unique.as_str());
+                headers.insert("Rt-Type", "bid.new");
+                headers.insert("Content-Type", "application/json");
+                self.admin_js
+                    .publish_with_headers(subject.clone(), headers, "{}".into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                let read = async {
+                    js.get_stream_no_info("EVENTS")
+                        .await
+                        .map_err(anyhow_free)?
+                        .direct_get_last_for_subject(subject)
+                        .await
+                        .map_err(anyhow_free)
+                };
+                read.await.is_ok()
+            }
+            PresenceRead => {
+                let key = format!("u1.{unique}");
+                let admin_kv = self.admin_js.get_key_value("presence").await.unwrap();
+                admin_kv.put(&key, "online".into()).await.unwrap();
+                let read = async {
+                    let kv = js.get_key_value("presence").await.map_err(anyhow_free)?;
+                    kv.get(&key).await.map_err(anyhow_free)
+                };
+                matches!(read.await, Ok(Some(_)))
+            }
+            StreamCreate => {
+                let name = format!("NEW_{unique}");
+                let _ = js
+                    .create_stream(stream::Config {
+                        name: name.clone(),
+                        subjects: vec![format!("new.{unique}")],
+                        ..Default::default()
+                    })
+                    .await;
+                self.admin_js.get_stream(&name).await.is_ok()
+            }
+            StreamPurge => {
+                self.admin_js
+                    .publish("scratch.a", "x".into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                let _ = async {
+                    js.get_stream_no_info("SCRATCH")
+                        .await
+                        .map_err(anyhow_free)?
+                        .purge()
+                        .await
+                        .map_err(anyhow_free)
+                }
+                .await;
+                self.messages("SCRATCH").await == Some(0)
+            }
+            StreamDelete => {
+                let _ = js.delete_stream("SCRATCH").await;
+                let gone = self.messages("SCRATCH").await.is_none();
+                if gone {
+                    self.admin_js
+                        .create_stream(stream::Config {
+                            name: "SCRATCH".into(),
+                            subjects: vec!["scratch.>".into()],
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                }
+                gone
+            }
+        }
+    }
+
+    /// Whether the stream holds a message on `subject`.
+    async fn stored_on(&self, stream: &str, subject: &str) -> bool {
+        let stream = self.admin_js.get_stream(stream).await.unwrap();
+        stream
+            .get_last_raw_message_by_subject(subject)
+            .await
+            .is_ok()
+    }
+
+    async fn messages(&self, stream: &str) -> Option<u64> {
+        let mut stream = self.admin_js.get_stream(stream).await.ok()?;
+        Some(stream.info().await.ok()?.state.messages)
+    }
+
+    /// Whether an admin subscribed to `subject` receives what `send` publishes (sent
+    /// again until it arrives or time is up: the subscription and the publish travel on
+    /// different connections).
+    async fn admin_receives<F, Fut, E>(&self, subject: &str, send: F) -> bool
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let mut seen = self.admin.subscribe(subject.to_string()).await.unwrap();
+        self.admin.flush().await.unwrap();
+        receives_while(&mut seen, send).await
+    }
+
+    /// Whether `actor`, subscribed to `subject`, receives what an admin publishes there.
+    async fn actor_receives(&self, actor: &Client, subject: &str) -> bool {
+        let Ok(mut subscription) = actor.subscribe(subject.to_string()).await else {
+            return false;
+        };
+        let _ = actor.flush().await;
+        receives_while(&mut subscription, || {
+            self.admin.publish(subject.to_string(), "x".into())
+        })
+        .await
+    }
+
+    /// Whether `actor`, serving `subject` in a queue group, answers an admin's request.
+    async fn actor_answers(&self, actor: &Client, subject: &str) -> bool {
+        let Ok(mut requests) = actor
+            .queue_subscribe(subject.to_string(), "roles-test".into())
+            .await
+        else {
+            return false;
+        };
+        let _ = actor.flush().await;
+        let answerer = actor.clone();
+        let serving = tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                if let Some(reply) = request.reply {
+                    let _ = answerer.publish(reply, "answered".into()).await;
+                    let _ = answerer.flush().await;
+                }
+            }
+        });
+        // The actor's subscription reaches the server on its own connection: until it
+        // does, a request finds no responder. Ask again until one answers or time is up.
+        let answered = repeatedly(|| async {
+            matches!(
+                self.admin.request(subject.to_string(), "{}".into()).await,
+                Ok(message) if message.payload.as_ref() == b"answered"
+            )
+        })
+        .await;
+        serving.abort();
+        answered
+    }
+
+    /// Whether `actor`'s write to `bucket` lands.
+    async fn bucket_write(&self, js: &jetstream::Context, bucket: &str, unique: &str) -> bool {
+        let key = format!("u1.{unique}");
+        let _ = async {
+            js.get_key_value(bucket)
+                .await
+                .map_err(anyhow_free)?
+                .put(&key, "forged".into())
+                .await
+                .map_err(anyhow_free)
+        }
+        .await;
+        let admin_kv = self.admin_js.get_key_value(bucket).await.unwrap();
+        admin_kv.get(&key).await.unwrap().is_some()
+    }
+}
+
+/// Any error as a string: the cases only care whether an attempt worked.
+fn anyhow_free(error: impl std::fmt::Display) -> String {
+    error.to_string()
+}
+
+async fn check_role(role: Role) {
+    let bench = Bench::start().await;
+    let actor = bench.nats.connect(role).await.unwrap();
+    let column = Role::ALL.iter().position(|r| *r == role).unwrap();
+    let mut wrong = Vec::new();
+    for (family, allowed) in TABLE {
+        let worked = bench.try_family(&actor, family).await;
+        if worked != allowed[column] {
+            wrong.push(format!(
+                "{family:?}: {}",
+                if worked {
+                    "worked but must be refused"
+                } else {
+                    "refused but must work"
+                }
+            ));
+        }
+    }
+    println!(
+        "role {role}: {} subject families tried, {} as expected",
+        TABLE.len(),
+        TABLE.len() - wrong.len()
+    );
+    assert!(wrong.is_empty(), "role {role}:\n{}", wrong.join("\n"));
+    let refused = TABLE.iter().filter(|(_, allowed)| !allowed[column]).count();
+    if refused > 0 {
+        assert!(
+            !bench.nats.violations().is_empty(),
+            "the server logged no refusal for role {role}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_edge_role_may_do_only_what_the_edge_does() {
+    check_role(Role::Edge).await;
+}
+
+#[tokio::test]
+async fn the_workers_role_may_do_only_what_the_workers_do() {
+    check_role(Role::Workers).await;
+}
+
+#[tokio::test]
+async fn the_service_role_publishes_and_serves_its_own_methods_only() {
+    check_role(Role::Service).await;
+}
+
+#[tokio::test]
+async fn the_admin_role_may_do_everything() {
+    check_role(Role::Admin).await;
+}
+
+#[tokio::test]
+async fn anonymous_and_unknown_clients_are_refused() {
+    let nats = Nats::start().unwrap();
+    let anonymous = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.url())
+        .await;
+    assert!(anonymous.is_err(), "an anonymous client got in");
+
+    // A well-formed seed the server does not know.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = switchboard_bus::RoleKeys::new(dir.path());
+    stranger.ensure(Role::Admin).unwrap();
+    let mut options = nats.options(Role::Admin);
+    options.nkey = Some(stranger.seed_path(Role::Admin));
+    let unknown = options
+        .connect_options(Role::Admin, "stranger")
+        .await
+        .unwrap()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(options.servers())
+        .await;
+    assert!(unknown.is_err(), "a client with an unknown key got in");
+}
+
+/// Roles receive replies only under their own prefix: a role cannot subscribe to
+/// another's inbox to read its replies.
+#[tokio::test]
+async fn no_role_reads_another_roles_replies() {
+    let nats = Nats::start().unwrap();
+    let admin = nats.connect(Role::Admin).await.unwrap();
+    for role in [Role::Edge, Role::Workers, Role::Service] {
+        let actor = nats.connect(role).await.unwrap();
+        for other in [Role::Edge, Role::Workers, Role::Service] {
+            if other == role {
+                continue;
+            }
+            let inbox = format!("{}.spy", other.inbox_prefix());
+            let mut spy = actor.subscribe(inbox.clone()).await.unwrap();
+            actor.flush().await.unwrap();
+            admin.publish(inbox, "reply".into()).await.unwrap();
+            admin.flush().await.unwrap();
+            let got = tokio::time::timeout(WAIT, spy.next()).await;
+            assert!(
+                !matches!(got, Ok(Some(_))),
+                "{role} read a reply meant for {other}"
+            );
+        }
+    }
+}
