@@ -16,13 +16,9 @@ pub struct EdgeConfig {
     #[arg(long, env = "SWITCHBOARD_EDGE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
 
-    /// NATS server URL(s), comma separated.
-    #[arg(
-        long,
-        env = "SWITCHBOARD_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: String,
+    /// How to reach NATS (as the `edge` role): URL, credentials, TLS.
+    #[command(flatten)]
+    pub nats: switchboard_bus::NatsOptions,
 
     /// This edge's id in logs, presence entries and `switchboard status` (default: random).
     #[arg(long, env = "SWITCHBOARD_EDGE_ID")]

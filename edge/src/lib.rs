@@ -48,7 +48,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use switchboard_bus::store::{Store, StreamPosition};
-use switchboard_bus::{EVENTS_STREAM, Publisher};
+use switchboard_bus::{EVENTS_STREAM, Publisher, Role};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -110,8 +110,10 @@ impl Edge {
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(metrics.clone()));
         let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-        let nats = async_nats::ConnectOptions::new()
-            .name(format!("switchboard-edge {id}"))
+        let nats = config
+            .nats
+            .connect_options(Role::Edge, format!("switchboard-edge {id}"))
+            .await?
             .retry_on_initial_connect()
             .event_callback(move |event| {
                 let events_tx = events_tx.clone();
@@ -119,9 +121,9 @@ impl Edge {
                     let _ = events_tx.send(event);
                 }
             })
-            .connect(switchboard_bus::nats_servers(&config.nats_url))
+            .connect(config.nats.servers())
             .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+            .with_context(|| format!("connecting to NATS at {}", config.nats.redacted_url()))?;
         let store = Store::new(nats.clone());
         let position = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
