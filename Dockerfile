@@ -11,10 +11,12 @@ RUN cargo build --release --locked \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates openssl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 switchboard
 COPY --from=build /out/ /usr/local/bin/
+# Makes the certificates of a TLS NATS cluster (docs/operations.md, "TLS to NATS").
+COPY scripts/nats-certs /usr/local/bin/switchboard-nats-certs
 USER switchboard
 ENV SWITCHBOARD_EDGE_ADDR=0.0.0.0:8080
 EXPOSE 8080

@@ -71,30 +71,30 @@ impl std::fmt::Display for Role {
 /// Why a connection could not be set up. Never carries a seed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectSetupError {
-    #[error("cannot read the NKey seed file {path} ({setting}): {source}")]
+    #[error("cannot read the NKey seed file {path} ({setting}): {error}")]
     ReadSeed {
         path: PathBuf,
         setting: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} ({setting}) does not hold a valid NKey user seed")]
     BadSeed {
         path: PathBuf,
         setting: &'static str,
     },
-    #[error("cannot read the credentials file {path} (SWITCHBOARD_NATS_CREDS): {source}")]
+    #[error("cannot read the credentials file {path} (SWITCHBOARD_NATS_CREDS): {error}")]
     Creds {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "set both SWITCHBOARD_NATS_TLS_CERT and SWITCHBOARD_NATS_TLS_KEY for a client certificate, or neither"
     )]
     HalfClientCertificate,
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
     WriteSeed {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -174,12 +174,14 @@ impl NatsOptions {
             options = options.nkey(read_seed(path, "SWITCHBOARD_NATS_NKEY")?);
         }
         if let Some(path) = &self.creds {
-            options = options.credentials_file(path).await.map_err(|source| {
-                ConnectSetupError::Creds {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|error| ConnectSetupError::Creds {
+                        path: path.clone(),
+                        error,
+                    })?;
         }
         if let Some(ca) = &self.tls_ca {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
@@ -230,10 +232,10 @@ pub fn redact_url(url: &str) -> String {
 /// Reads a seed file and checks that it holds a user seed; the seed itself appears in
 /// no error.
 fn read_seed(path: &Path, setting: &'static str) -> Result<String, ConnectSetupError> {
-    let text = fs::read_to_string(path).map_err(|source| ConnectSetupError::ReadSeed {
+    let text = fs::read_to_string(path).map_err(|error| ConnectSetupError::ReadSeed {
         path: path.to_path_buf(),
         setting,
-        source,
+        error,
     })?;
     // A seed file may hold comments or a creds-style armour: take the seed line.
     let seed = text
@@ -292,9 +294,9 @@ impl RoleKeys {
 
 fn write_new_seed(dir: &Path, path: &Path) -> Result<(), ConnectSetupError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let write_error = |source| ConnectSetupError::WriteSeed {
+    let write_error = |error| ConnectSetupError::WriteSeed {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     fs::DirBuilder::new()
         .recursive(true)

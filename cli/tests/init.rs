@@ -117,7 +117,15 @@ fn init_creates_then_changes_nothing_then_updates_drift() {
 #[test]
 fn init_reports_a_clear_error_without_nats() {
     let nats = Nats::start().unwrap();
-    let env = nats.env(Role::Admin);
+    // The seed outlives the server: the refusal is about the address, not the key.
+    let seed = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(nats.options(Role::Admin).nkey.unwrap(), seed.path()).unwrap();
+    let mut env = nats.env(Role::Admin);
+    env.retain(|(name, _)| name != "SWITCHBOARD_NATS_NKEY");
+    env.push((
+        "SWITCHBOARD_NATS_NKEY".into(),
+        seed.path().display().to_string(),
+    ));
     drop(nats);
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["init"])
