@@ -37,7 +37,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
-        let nats = Nats::start().expect("start nats-server");
+        Stack::on(Nats::start().expect("start nats-server")).await
+    }
+
+    /// The stack on a given nats-server (e.g. `Nats::start_tls()`).
+    pub async fn on(nats: Nats) -> Stack {
         let client = nats.connect(Role::Admin).await.expect("connect to NATS");
         let js = async_nats::jetstream::new(client.clone());
         Definitions::builtin()
