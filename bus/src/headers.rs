@@ -6,6 +6,9 @@ pub const MSG_ID: &str = "Nats-Msg-Id";
 pub const RT_TYPE: &str = "Rt-Type";
 /// The authenticated user on an RPC request; set by the edge, never by a client.
 pub const RT_USER: &str = "Rt-User";
+/// The caller's role on an RPC request (`user` or `service`, the token's `role`); set by
+/// the edge, never by a client. Absent means `user`.
+pub const RT_ROLE: &str = "Rt-Role";
 /// Present with `application/json` when the payload is a JSON envelope, absent for postcard.
 pub const CONTENT_TYPE: &str = "Content-Type";
 pub const JSON: &str = "application/json";

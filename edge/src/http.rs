@@ -273,7 +273,7 @@ async fn call(
     } else {
         RawJson::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
     };
-    let result = rpc::call(&edge, &identity.user, &method, &params)
+    let result = rpc::call(&edge, &identity, &method, &params)
         .await
         .map_err(|(code, message)| HttpError::new(code, message))?;
     let body = format!("{{\"result\":{}}}", result.as_str());

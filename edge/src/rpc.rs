@@ -1,31 +1,71 @@
-//! Calls to worker services: `rpc` frames and `POST /v1/rpc/<method>` alike.
+//! Calls to worker services: `rpc` frames and `POST /v1/rpc/<method>` alike, and the
+//! edge's own internal requests.
 //!
 //! A call is a NATS request to `svc.<method>` carrying the authenticated user in header
-//! `Rt-User` (set here, never taken from the client). The service answers
-//! `{"result": <json>}` or `{"error": {"code": "<protocol code>", "message": "..."}}`.
+//! `Rt-User` and the token's role (`user` or `service`) in `Rt-Role`, both set here and
+//! never taken from the client; service-only methods refuse users (docs/protocol.md
+//! §10.4). What the edge itself asks the workers (may this user watch that user's
+//! presence?) goes to `int.<method>`, a subject no `rpc` can name: a client's method
+//! always lands under `svc.`. The service answers `{"result": <json>}` or
+//! `{"error": {"code": "<protocol code>", "message": "..."}}`.
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use switchboard_bus::headers;
 use switchboard_schemas::frame::RpcMethod;
+use switchboard_schemas::shapes::Role;
 use switchboard_schemas::{ErrorCode, RawJson};
 
 use crate::Edge;
+use crate::auth::Identity;
 
-/// Calls `method` as `user`; the service's result, or the error for the client.
+/// Calls `method` as the token's holder; the service's result, or the error for the
+/// client.
 pub async fn call(
     edge: &Edge,
-    user: &str,
+    caller: &Identity,
     method: &RpcMethod,
+    params: &RawJson,
+) -> Result<RawJson, (ErrorCode, String)> {
+    let role = match caller.role {
+        Role::User => "user",
+        Role::Service => "service",
+    };
+    request(
+        edge,
+        method.subject(),
+        &caller.user,
+        role,
+        method.as_str(),
+        params,
+    )
+    .await
+}
+
+/// Asks the workers' internal method `int.<method>` on behalf of `user`.
+pub async fn ask_internal(
+    edge: &Edge,
+    user: &str,
+    method: &str,
+    params: &RawJson,
+) -> Result<RawJson, (ErrorCode, String)> {
+    request(edge, format!("int.{method}"), user, "user", method, params).await
+}
+
+async fn request(
+    edge: &Edge,
+    subject: String,
+    user: &str,
+    role: &str,
+    method: &str,
     params: &RawJson,
 ) -> Result<RawJson, (ErrorCode, String)> {
     let mut h = async_nats::HeaderMap::new();
     h.insert(headers::RT_USER, user);
-    let request = edge.nats.request_with_headers(
-        method.subject(),
-        h,
-        Bytes::copy_from_slice(params.as_bytes()),
-    );
+    h.insert(headers::RT_ROLE, role);
+    let request =
+        edge.nats
+            .request_with_headers(subject, h, Bytes::copy_from_slice(params.as_bytes()));
     let late = || {
         (
             ErrorCode::Unavailable,
@@ -36,10 +76,9 @@ pub async fn call(
         Err(_) => return Err(late()),
         Ok(Err(e)) => {
             return Err(match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => (
-                    ErrorCode::NotFound,
-                    format!("unknown method {}", method.as_str()),
-                ),
+                async_nats::RequestErrorKind::NoResponders => {
+                    (ErrorCode::NotFound, format!("unknown method {method}"))
+                }
                 async_nats::RequestErrorKind::TimedOut => late(),
                 _ => (ErrorCode::Unavailable, e.to_string()),
             });

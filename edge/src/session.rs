@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use switchboard_bus::OCCUPANCY_BUCKET;
 use switchboard_schemas::event::types;
-use switchboard_schemas::frame::{Member, OkReply, RpcMethod, SignalType};
+use switchboard_schemas::frame::{Member, OkReply, SignalType};
 use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
 use switchboard_schemas::{
     Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType, EvtFrame,
@@ -631,9 +631,9 @@ impl Session {
             },
             ClientFrame::Rpc { method, params } => {
                 let edge = self.edge.clone();
-                let user = self.identity.user.clone();
+                let caller = self.identity.clone();
                 self.spawn(id, async move {
-                    Some(match rpc::call(&edge, &user, &method, &params).await {
+                    Some(match rpc::call(&edge, &caller, &method, &params).await {
                         Ok(result) => ServerFrame::Ok {
                             id,
                             reply: OkReply::Rpc { result },
@@ -734,9 +734,8 @@ impl Session {
         let user = self.identity.user.clone();
         let done = self.done.clone();
         self.spawn(id, async move {
-            let method = RpcMethod::parse("presence.authorize").ok()?;
             let params = RawJson::encode(&serde_json::json!({ "target": ch.id() })).ok()?;
-            match rpc::call(&edge, &user, &method, &params).await {
+            match rpc::ask_internal(&edge, &user, "presence.authorize", &params).await {
                 Ok(result) if result.decode::<PrivacyAnswer>().is_ok_and(|a| a.allowed) => {
                     done.push(Done::Allowed {
                         id,

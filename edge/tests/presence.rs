@@ -194,8 +194,8 @@ async fn watching_someone_elses_presence_asks_the_presence_service() {
     let edge = stack.edge(&[("SWITCHBOARD_RPC_TIMEOUT_MS", "500")]);
     stack
         .serve(
-            "svc.presence.authorize",
-            "svc.presence.authorize",
+            "int.presence.authorize",
+            "int.presence.authorize",
             |_, _, params| Some(json!({"result": {"allowed": params["target"] == "public-user"}})),
         )
         .await;

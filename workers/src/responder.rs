@@ -1,5 +1,6 @@
 //! Answering the RPCs the edge forwards: `svc.<method>` request/reply on core NATS
-//! (docs/protocol.md §10.4).
+//! (docs/protocol.md §10.4), and the internal requests of Switchboard's own processes on
+//! `int.<method>`, which no client's `rpc` can reach.
 //!
 //! A [`Service`] says which methods it answers and what one call returns; [`serve`] owns
 //! everything around that:
@@ -8,7 +9,11 @@
 //!   service's name), so NATS hands each request to one of them.
 //! - **Caller.** The `Rt-User` header (set by the edge, never by the client) becomes a
 //!   [`UserId`] before the service sees the request; without one the call is refused
-//!   with `unauthorized`.
+//!   with `unauthorized`. `Rt-Role` (also the edge's) says whether a user or a backend
+//!   service calls: a [`Access::ServiceOnly`] method refuses users with `forbidden`.
+//! - **Reach.** Public and service-only methods listen on `svc.<method>`, internal ones
+//!   on `int.<method>`: NATS permissions let only Switchboard's roles publish there
+//!   (docs/operations.md, "NATS roles"), and the edge relays `rpc` to `svc.` only.
 //! - **Answers.** `{"result": ...}` or `{"error": {"code", "message"}}`, where `code` is
 //!   one of the protocol's error codes.
 //! - **Bounds.** At most [`IN_FLIGHT`] calls at once per service and process; the next
@@ -43,11 +48,68 @@ pub trait Service: Send + Sync + 'static {
     /// The queue group, and the service's name in logs.
     const NAME: &'static str;
 
-    /// The methods answered, without the `svc.` prefix (`receipts.get`).
-    fn methods(&self) -> &'static [&'static str];
+    /// The methods answered, each with who may call it.
+    fn methods(&self) -> &'static [Method];
 
     /// Answers one call of `method` (one of [`Service::methods`]).
     fn call(&self, method: &str, call: Call) -> impl Future<Output = Reply> + Send;
+}
+
+/// One method of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Method {
+    /// The name clients use, without a subject prefix (`receipts.get`).
+    pub name: &'static str,
+    pub access: Access,
+}
+
+/// Who may call a method (docs/protocol.md §10.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any user, acting as themself; backends too.
+    Public,
+    /// Backends only (a token with `role: service`); users get `forbidden`.
+    ServiceOnly,
+    /// Switchboard's own processes, on `int.<name>`: never reachable through `rpc`.
+    Internal,
+}
+
+impl Method {
+    pub const fn public(name: &'static str) -> Method {
+        Method {
+            name,
+            access: Access::Public,
+        }
+    }
+
+    pub const fn service_only(name: &'static str) -> Method {
+        Method {
+            name,
+            access: Access::ServiceOnly,
+        }
+    }
+
+    pub const fn internal(name: &'static str) -> Method {
+        Method {
+            name,
+            access: Access::Internal,
+        }
+    }
+
+    /// Where the method listens.
+    pub fn subject(&self) -> String {
+        match self.access {
+            Access::Public | Access::ServiceOnly => format!("svc.{}", self.name),
+            Access::Internal => format!("int.{}", self.name),
+        }
+    }
+}
+
+/// Who calls, as the edge authenticated them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerRole {
+    User,
+    Service,
 }
 
 /// One authenticated call.
@@ -126,7 +188,8 @@ pub async fn serve<S: Service>(
             }
         };
         backoff.reset();
-        tracing::info!(service = S::NAME, methods = ?service.methods(), "serving");
+        let names: Vec<String> = service.methods().iter().map(Method::subject).collect();
+        tracing::info!(service = S::NAME, methods = ?names, "serving");
         loop {
             let request = tokio::select! {
                 biased;
@@ -165,8 +228,11 @@ async fn subscribe<S: Service>(
 ) -> Result<SelectAll<async_nats::Subscriber>, async_nats::SubscribeError> {
     let mut all = SelectAll::new();
     for method in service.methods() {
-        let subject = format!("svc.{method}");
-        all.push(client.queue_subscribe(subject, S::NAME.into()).await?);
+        all.push(
+            client
+                .queue_subscribe(method.subject(), S::NAME.into())
+                .await?,
+        );
     }
     Ok(all)
 }
@@ -181,24 +247,29 @@ async fn answer<S: Service>(
         tracing::debug!(subject = %request.subject, "request without a reply subject ignored");
         return;
     };
-    let method = request
-        .subject
-        .strip_prefix("svc.")
-        .and_then(|method| service.methods().iter().find(|known| **known == method))
-        .copied();
+    let method = service
+        .methods()
+        .iter()
+        .find(|known| known.subject() == request.subject.as_str());
     let reply = match (method, caller(&request)) {
         (None, _) => Err(RpcError::new(ErrorCode::NotFound, "no such method")),
         (_, Err(error)) => Err(error),
+        (Some(method), Ok((_, CallerRole::User))) if method.access == Access::ServiceOnly => {
+            Err(RpcError::new(
+                ErrorCode::Forbidden,
+                format!("{} is for backend services only", method.name),
+            ))
+        }
         (Some(_), Ok(_)) if request.payload.len() > MAX_PARAMS => Err(RpcError::new(
             ErrorCode::TooLarge,
             format!("params above {MAX_PARAMS} bytes"),
         )),
-        (Some(method), Ok(caller)) => {
+        (Some(method), Ok((caller, _))) => {
             let call = Call {
                 caller,
                 params: request.payload.clone(),
             };
-            service.call(method, call).await
+            service.call(method.name, call).await
         }
     };
     if let Err(error) = client.publish(reply_to, encode(reply)).await {
@@ -206,14 +277,24 @@ async fn answer<S: Service>(
     }
 }
 
-fn caller(request: &async_nats::Message) -> Result<UserId, RpcError> {
-    let header = request
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(headers::RT_USER))
-        .map(|value| value.as_str())
+fn caller(request: &async_nats::Message) -> Result<(UserId, CallerRole), RpcError> {
+    let header = |name| {
+        request
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|value| value.as_str())
+    };
+    let user = header(headers::RT_USER)
         .ok_or_else(|| RpcError::new(ErrorCode::Unauthorized, "no authenticated user"))?;
-    UserId::parse(header).map_err(|_| RpcError::new(ErrorCode::Unauthorized, "invalid Rt-User"))
+    let user = UserId::parse(user)
+        .map_err(|_| RpcError::new(ErrorCode::Unauthorized, "invalid Rt-User"))?;
+    // Anything but an explicit `service` is a user: the narrower right.
+    let role = match header(headers::RT_ROLE) {
+        Some("service") => CallerRole::Service,
+        _ => CallerRole::User,
+    };
+    Ok((user, role))
 }
 
 fn encode(reply: Reply) -> Bytes {
@@ -239,6 +320,19 @@ mod tests {
         assert_eq!(
             &refused[..],
             br#"{"error":{"code":"forbidden","message":"not a participant"}}"#
+        );
+    }
+
+    #[test]
+    fn internal_methods_listen_outside_the_rpc_subjects() {
+        assert_eq!(Method::public("receipts.get").subject(), "svc.receipts.get");
+        assert_eq!(
+            Method::service_only("contacts.set").subject(),
+            "svc.contacts.set"
+        );
+        assert_eq!(
+            Method::internal("presence.authorize").subject(),
+            "int.presence.authorize"
         );
     }
 

@@ -41,6 +41,11 @@ fn edge(setup: &Setup) -> (Process, String) {
 }
 
 fn token(user: &str) -> String {
+    token_as(user, "user")
+}
+
+/// A token with claim `role` (`user` or `service`).
+fn token_as(user: &str, role: &str) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -48,7 +53,7 @@ fn token(user: &str) -> String {
         + 3600;
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "exp": exp}),
+        &json!({"sub": user, "exp": exp, "role": role}),
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
@@ -171,6 +176,24 @@ async fn webhook() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
     (url, seen)
 }
 
+/// `POST /v1/rpc/<method>` with `token`: (status, body).
+async fn http_rpc(addr: &str, token: &str, method: &str, params: Value) -> (u16, Value) {
+    let body = params.to_string();
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1/rpc/{method} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let (_, body) = text.split_once("\r\n\r\n").unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 async fn online(setup: &Setup, user: &str) -> bool {
     !setup
         .store
@@ -290,4 +313,98 @@ async fn two_devices_see_the_notification_and_the_read_and_only_the_offline_owne
             ("u2".to_string(), "push".to_string()),
         ]
     );
+}
+
+/// Who may call what: a service-only method refuses user tokens on both transports and
+/// serves backends; what the edge asks the workers internally (`int.>`) is out of every
+/// `rpc`'s reach, whatever name the client sends.
+#[tokio::test(flavor = "multi_thread")]
+async fn service_only_methods_refuse_users_and_no_rpc_reaches_internal_methods() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "notifications,presence", &[]);
+    let (_edge, addr) = edge(&setup);
+    let mut device = Device::connect(&addr, "u1").await;
+    let set = json!({"user": "u1", "email": "ann@example.com"});
+
+    // A user, over the socket and over HTTP.
+    // Retried while the worker has not subscribed yet (`not_found`).
+    let deadline = Instant::now() + WAIT;
+    let answer = loop {
+        device
+            .send(json!({"op": "rpc", "id": 7, "method": "contacts.set", "params": set}))
+            .await;
+        let reply = device.next_where("rpc reply", |f| f["id"] == 7).await;
+        if reply["code"] != "not_found" || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(answer["code"], "forbidden", "{answer}");
+    let (status, body) = http_rpc(&addr, &token("u1"), "contacts.set", set.clone()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT email FROM switchboard.contacts WHERE user_id = 'u1'")
+            .fetch_optional(&setup.db)
+            .await
+            .unwrap();
+    assert_eq!(stored, None, "a refused call changed nothing");
+
+    // A backend service.
+    let service = token_as("billing", "service");
+    let (status, body) = http_rpc(&addr, &service, "contacts.set", set).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["result"],
+        json!({"user": "u1", "email": "ann@example.com"})
+    );
+    let (status, body) = http_rpc(&addr, &service, "contacts.get", json!({"user": "u1"})).await;
+    assert_eq!(
+        (status, &body["result"]["email"]),
+        (200, &json!("ann@example.com"))
+    );
+    let (status, body) = http_rpc(
+        &addr,
+        &service,
+        "contacts.set",
+        json!({"user": "u1", "email": "not an address"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+
+    // The presence check the edge makes is internal: no rpc name reaches it.
+    for (id, method) in [(8, "presence.authorize"), (9, "int.presence.authorize")] {
+        device
+            .send(json!({"op": "rpc", "id": id, "method": method, "params": {"target": "u2"}}))
+            .await;
+        let reply = device.next_where("rpc reply", |f| f["id"] == id).await;
+        assert_eq!(reply["code"], "not_found", "{method}: {reply}");
+    }
+    // ... while the edge itself still gets its answers there: u2 is private to u1 until
+    // u2 opens up to everyone.
+    device
+        .send(json!({"op": "sub", "id": 10, "ch": "presence:u2"}))
+        .await;
+    let reply = device.next_where("sub reply", |f| f["id"] == 10).await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    let (status, body) = http_rpc(
+        &addr,
+        &token("u2"),
+        "presence.privacy.set",
+        json!({"visibility": "everyone"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    device
+        .send(json!({"op": "sub", "id": 11, "ch": "presence:u2"}))
+        .await;
+    let reply = device.next_where("sub reply", |f| f["id"] == 11).await;
+    assert_eq!(reply["op"], "ok", "{reply}");
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use switchboard_bus::{PRESENCE_BUCKET, headers};
 use switchboard_schemas::{Actor, Timestamp};
 
-use support::{Setup, Worker, channel, event, eventually, rpc, setup, stored};
+use support::{Setup, Worker, channel, event, eventually, request, rpc, setup, stored};
 
 /// The TTL of entries that are not meant to expire during a test.
 const LONG_TTL: u64 = 120;
@@ -408,14 +408,14 @@ async fn member(setup: &Setup, channel_name: &str, ty: &str, user: &str) {
         .unwrap();
 }
 
+async fn authorize(setup: &Setup, watcher: Option<&str>, params: Value) -> Value {
+    let headers: Vec<_> = watcher.map(|user| ("Rt-User", user)).into_iter().collect();
+    request(setup, "int.presence.authorize", &headers, params).await
+}
+
+/// Asks `int.presence.authorize` as the edge does before a `presence:` subscription.
 async fn allowed(setup: &Setup, watcher: &str, target: &str) -> bool {
-    let answer = rpc(
-        setup,
-        "presence.authorize",
-        Some(watcher),
-        json!({"target": target}),
-    )
-    .await;
+    let answer = authorize(setup, Some(watcher), json!({"target": target})).await;
     answer["result"]["allowed"]
         .as_bool()
         .unwrap_or_else(|| panic!("{answer}"))
@@ -501,8 +501,6 @@ async fn privacy_decides_who_may_watch() {
     for (method, params) in [
         ("presence.privacy.set", json!({"visibility": "friends"})),
         ("presence.privacy.set", json!({})),
-        ("presence.authorize", json!({"target": "a.b"})),
-        ("presence.authorize", json!({})),
     ] {
         let answer = rpc(&setup, method, Some("u1"), params.clone()).await;
         assert_eq!(
@@ -510,6 +508,10 @@ async fn privacy_decides_who_may_watch() {
             "{method} {params}: {answer}"
         );
     }
-    let anonymous = rpc(&setup, "presence.authorize", None, json!({"target": "u1"})).await;
+    for params in [json!({"target": "a.b"}), json!({})] {
+        let answer = authorize(&setup, Some("u1"), params.clone()).await;
+        assert_eq!(answer["error"]["code"], "bad_request", "{params}: {answer}");
+    }
+    let anonymous = authorize(&setup, None, json!({"target": "u1"})).await;
     assert_eq!(anonymous["error"]["code"], "unauthorized");
 }

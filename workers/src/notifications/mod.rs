@@ -26,6 +26,7 @@
 //! # Beside the consumer
 //!
 //! - [`rpc`] serves `svc.notifications.list|read|preferences.get|preferences.set`.
+//! - [`contacts`] serves the service-only `svc.contacts.set|get`: users' email addresses.
 //! - [`sink`] hands deliveries to the webhook and the `notify.push.<user>` /
 //!   `notify.email.<user>` subjects, with retries.
 //! - retention: a periodic pass deleting notifications, deliveries and processed-event
@@ -33,10 +34,11 @@
 //!   nothing, so a replay of the stream does not resurrect expired notifications.
 //!
 //! This job owns `switchboard.notifications`, `notification_preferences`,
-//! `notification_deliveries` and its rows of `processed_events`. It reads
+//! `notification_deliveries`, `contacts` and its rows of `processed_events`. It reads
 //! `channel_members` and the `presence` bucket. It publishes no event itself: its events
 //! are outbox rows, so the outbox relay must run somewhere for them to reach clients.
 
+pub mod contacts;
 pub mod http;
 pub mod preferences;
 pub mod presence;
@@ -68,6 +70,7 @@ use crate::job::{self, ConsumerSpec, Delivery, Job, JobError, Outcome};
 use crate::membership::Membership;
 use crate::membership::mirror::role_name;
 use crate::responder;
+use contacts::Contacts;
 use http::WebhookUrl;
 use preferences::Preferences;
 use presence::Presence;
@@ -230,6 +233,11 @@ impl Service {
         tokio::join!(
             job::run(self.job, js, settings, shutdown.clone()),
             responder::serve(Arc::new(self.rpc), self.client.clone(), shutdown.clone()),
+            responder::serve(
+                Arc::new(Contacts::new(db.clone())),
+                self.client.clone(),
+                shutdown.clone()
+            ),
             self.dispatcher.run(shutdown.clone()),
             expire(db, self.retention_days, self.retention_interval, shutdown),
         );

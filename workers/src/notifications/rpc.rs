@@ -22,7 +22,7 @@ use switchboard_schemas::{ChannelName, ErrorCode, Namespace, Timestamp, UserId};
 
 use super::preferences::{AllPreferences, SetPreferences};
 use super::store::{self, ReadTarget, StoreError, StoredNotification};
-use crate::responder::{Call, Reply, RpcError, Service};
+use crate::responder::{Call, Method, Reply, RpcError, Service};
 
 /// `list` page size: default and maximum.
 const DEFAULT_LIMIT: u32 = 20;
@@ -93,8 +93,14 @@ pub struct Rpc {
 impl Service for Rpc {
     const NAME: &'static str = "notifications";
 
-    fn methods(&self) -> &'static [&'static str] {
-        &[LIST, READ, PREFERENCES_GET, PREFERENCES_SET]
+    fn methods(&self) -> &'static [Method] {
+        const METHODS: &[Method] = &[
+            Method::public(LIST),
+            Method::public(READ),
+            Method::public(PREFERENCES_GET),
+            Method::public(PREFERENCES_SET),
+        ];
+        METHODS
     }
 
     async fn call(&self, method: &str, call: Call) -> Reply {

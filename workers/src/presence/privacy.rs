@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use switchboard_schemas::{ErrorCode, UserId};
 
-use crate::responder::{Call, Reply, RpcError, Service};
+use crate::responder::{Call, Method, Reply, RpcError, Service};
 
 const GET: &str = "SELECT visibility FROM switchboard.presence_privacy WHERE user_id = $1";
 
@@ -84,7 +84,7 @@ fn rule(watcher: &UserId, target: &UserId, visibility: Visibility) -> Rule {
     }
 }
 
-/// `svc.presence.privacy.set|get`, `svc.presence.authorize`.
+/// `svc.presence.privacy.set|get`, `int.presence.authorize`.
 pub struct PrivacyService {
     db: PgPool,
 }
@@ -147,12 +147,14 @@ impl PrivacyService {
 impl Service for PrivacyService {
     const NAME: &'static str = "presence";
 
-    fn methods(&self) -> &'static [&'static str] {
-        &[
-            "presence.privacy.set",
-            "presence.privacy.get",
-            "presence.authorize",
-        ]
+    fn methods(&self) -> &'static [Method] {
+        const METHODS: &[Method] = &[
+            Method::public("presence.privacy.set"),
+            Method::public("presence.privacy.get"),
+            // Asked by the edge before a `presence:<user>` subscription, never by clients.
+            Method::internal("presence.authorize"),
+        ];
+        METHODS
     }
 
     async fn call(&self, method: &str, call: Call) -> Reply {

@@ -30,7 +30,7 @@ pub use command::Receipt;
 pub use ledger::{Cursors, Ledger};
 
 use crate::job::{self, ConsumerSpec, Delivery, Job, JobError, Outcome, Settings};
-use crate::responder::{self, Call, Reply, RpcError, Service};
+use crate::responder::{self, Call, Method, Reply, RpcError, Service};
 
 /// Runs the consumer and the `receipts.get` service until `shutdown` fires.
 pub async fn run(
@@ -106,8 +106,9 @@ struct GetParams {
 impl Service for ReceiptsService {
     const NAME: &'static str = "receipts";
 
-    fn methods(&self) -> &'static [&'static str] {
-        &["receipts.get"]
+    fn methods(&self) -> &'static [Method] {
+        const METHODS: &[Method] = &[Method::public("receipts.get")];
+        METHODS
     }
 
     async fn call(&self, method: &str, call: Call) -> Reply {

@@ -375,17 +375,29 @@ pub async fn wait_until_caught_up(setup: &Setup, name: &str) {
     .await;
 }
 
-/// Calls `svc.<method>` as the edge does, with `Rt-User: user`; the reply as JSON.
-/// Retried while nobody serves the method yet.
+/// Calls `svc.<method>` as the edge does for a user's `rpc`, with `Rt-User: user`; the
+/// reply as JSON. Retried while nobody serves the method yet.
 pub async fn rpc(setup: &Setup, method: &str, user: Option<&str>, params: Value) -> Value {
-    eventually(&format!("an answer to {method}"), || async {
-        let mut headers = HeaderMap::new();
-        if let Some(user) = user {
-            headers.insert("Rt-User", user);
+    let headers: Vec<_> = user.map(|user| ("Rt-User", user)).into_iter().collect();
+    request(setup, &format!("svc.{method}"), &headers, params).await
+}
+
+/// A request on `subject` with `headers` (e.g. `Rt-User`, `Rt-Role`, as the edge sets
+/// them); the reply as JSON. Retried while nobody serves the subject yet.
+pub async fn request(
+    setup: &Setup,
+    subject: &str,
+    headers: &[(&str, &str)],
+    params: Value,
+) -> Value {
+    eventually(&format!("an answer on {subject}"), || async {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
         }
         let reply = setup
             .client
-            .request_with_headers(format!("svc.{method}"), headers, params.to_string().into())
+            .request_with_headers(subject.to_string(), map, params.to_string().into())
             .await
             .ok()?;
         Some(serde_json::from_slice(&reply.payload).unwrap())
