@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { createServer } from 'node:net';
 import WebSocket from 'ws';
 import { Switchboard, memoryStorage } from '../../dist/index.js';
@@ -17,7 +18,7 @@ export function stack() {
       if (at > 0) env[line.slice(0, at)] = line.slice(at + 1);
     }
   }
-  for (const key of ['SWITCHBOARD_EDGE_URL', 'SWITCHBOARD_JWT_SECRET', 'SWITCHBOARD_NATS_URL']) {
+  for (const key of ['SWITCHBOARD_EDGE_URL', 'SWITCHBOARD_JWT_SECRET', 'SWITCHBOARD_NATS_URL', 'SWITCHBOARD_NATS_SERVICE_NKEY']) {
     if (!env[key]) throw new Error(`${key} is not set: run these tests with scripts/test-js (it starts the stack)`);
   }
   const wsUrl = env.SWITCHBOARD_EDGE_URL;
@@ -26,6 +27,9 @@ export function stack() {
     httpUrl: wsUrl.replace(/^ws/, 'http').replace(/\/v1\/ws$/, ''),
     secret: env.SWITCHBOARD_JWT_SECRET,
     natsUrl: env.SWITCHBOARD_NATS_URL,
+    // NATS refuses anonymous clients: an extra edge connects as the edge role, whose seed
+    // scripts/up keeps beside the service seed stack.env names.
+    edgeNkey: join(dirname(env.SWITCHBOARD_NATS_SERVICE_NKEY), 'edge.nk'),
     edgeBin: env.SWITCHBOARD_EDGE_BIN,
   };
 }
@@ -167,12 +171,13 @@ export function freePort() {
  * stops everything when its edge exits). Resolves once it answers /readyz.
  */
 export async function startEdge({ port, webDir } = {}) {
-  const { edgeBin, natsUrl, secret } = stack();
+  const { edgeBin, natsUrl, edgeNkey, secret } = stack();
   if (!edgeBin) throw new Error('SWITCHBOARD_EDGE_BIN is not set: run these tests with scripts/test-js');
   port ??= await freePort();
   const env = {
     ...process.env,
     SWITCHBOARD_NATS_URL: natsUrl,
+    SWITCHBOARD_NATS_NKEY: edgeNkey,
     SWITCHBOARD_JWT_SECRET: secret,
     SWITCHBOARD_EDGE_ADDR: `127.0.0.1:${port}`,
     SWITCHBOARD_DRAIN_GRACE_MS: '2000',
