@@ -107,6 +107,7 @@ pub struct NatsOptions {
         long = "nats-url",
         env = "SWITCHBOARD_NATS_URL",
         default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true,
         global = true
     )]
     pub url: String,
@@ -211,22 +212,26 @@ impl NatsOptions {
     }
 }
 
-/// `scheme://user:secret@host` -> `scheme://user:***@host`; token-only userinfo
-/// (`scheme://secret@host`) is replaced whole. Other URLs come back unchanged.
+/// A URL fit for logs and errors: `scheme://user:secret@host/path?query` becomes
+/// `scheme://user:***@host/path?***`. Token-only userinfo (`scheme://secret@host`) is
+/// replaced whole, and a query, which may carry a token or `password=`, is hidden.
 pub fn redact_url(url: &str) -> String {
+    let (url, hidden_query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?***"),
+        None => (url, ""),
+    };
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return format!("{url}{hidden_query}");
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_end = rest.find(['/', '#']).unwrap_or(rest.len());
     let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_string();
+        return format!("{url}{hidden_query}");
     };
-    let userinfo = &rest[..at];
-    let redacted = match userinfo.split_once(':') {
+    let redacted = match rest[..at].split_once(':') {
         Some((user, _)) => format!("{user}:***"),
         None => "***".to_string(),
     };
-    format!("{scheme}://{redacted}{}", &rest[at..])
+    format!("{scheme}://{redacted}{}{hidden_query}", &rest[at..])
 }
 
 /// Reads a seed file and checks that it holds a user seed; the seed itself appears in
@@ -334,8 +339,12 @@ mod tests {
         assert_eq!(redact_url("nats://s3cr3t@n1:4222"), "nats://***@n1:4222");
         assert_eq!(redact_url("tls://n1:4222"), "tls://n1:4222");
         assert_eq!(
-            redact_url("postgres://u:p@db/x?sslmode=require"),
-            "postgres://u:***@db/x?sslmode=require"
+            redact_url("postgres://u:p@db/x?sslmode=require&password=p"),
+            "postgres://u:***@db/x?***"
+        );
+        assert_eq!(
+            redact_url("http://hook.example/push?token=t"),
+            "http://hook.example/push?***"
         );
         assert_eq!(redact_url("nats://n1:4222/a@b"), "nats://n1:4222/a@b");
     }

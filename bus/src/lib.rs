@@ -15,6 +15,7 @@
 pub mod connect;
 pub mod definitions;
 pub mod headers;
+pub mod logging;
 mod publish;
 pub mod store;
 

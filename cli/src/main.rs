@@ -127,13 +127,7 @@ impl std::error::Error for Interrupted {}
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    switchboard_bus::logging::init("warn", switchboard_bus::logging::LogTo::Stderr);
     let nats = &Nats {
         options: cli.nats,
         role: cli.nats_role,

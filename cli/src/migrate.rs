@@ -8,7 +8,7 @@ use crate::output;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// PostgreSQL URL.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
 }
 

@@ -13,12 +13,7 @@ async fn main() -> anyhow::Result<()> {
             .error(clap::error::ErrorKind::ValueValidation, e)
             .exit();
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    switchboard_bus::logging::init("info", switchboard_bus::logging::LogTo::Stdout);
     // Before listening: a certificate that does not load is a deployment error to fix.
     let tls = switchboard_edge::tls::Tls::from_config(&config)?;
     let listener = tokio::net::TcpListener::bind(config.addr)

@@ -9,12 +9,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = WorkersConfig::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    switchboard_bus::logging::init("info", switchboard_bus::logging::LogTo::Stdout);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let jobs: Vec<String> = config.jobs().iter().map(ToString::to_string).collect();

@@ -38,7 +38,7 @@ impl FromStr for WebhookUrl {
 
     fn from_str(text: &str) -> Result<WebhookUrl, UrlError> {
         let error = |reason| UrlError {
-            url: text.to_string(),
+            url: switchboard_bus::connect::redact_url(text),
             reason,
         };
         let rest = text.strip_prefix("http://").ok_or_else(|| {
@@ -89,9 +89,41 @@ impl FromStr for WebhookUrl {
     }
 }
 
+/// Reads `--notify-webhook-url` for clap. A refusal names the setting and the reason with
+/// the URL redacted: clap's own message for a bad value would repeat the value whole, and
+/// the value may hold a credential.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookUrlParser;
+
+impl clap::builder::TypedValueParser for WebhookUrlParser {
+    type Value = WebhookUrl;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<WebhookUrl, clap::Error> {
+        use clap::error::ErrorKind;
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                ErrorKind::InvalidUtf8,
+                "SWITCHBOARD_NOTIFY_WEBHOOK_URL is not UTF-8\n",
+            )
+        })?;
+        text.parse().map_err(|error: UrlError| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("SWITCHBOARD_NOTIFY_WEBHOOK_URL: {error}\n"),
+            )
+        })
+    }
+}
+
+/// Shown without its query, which may carry the receiver's token.
 impl fmt::Display for WebhookUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&switchboard_bus::connect::redact_url(&self.text))
     }
 }
 
@@ -213,8 +245,11 @@ mod tests {
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 9000));
         assert_eq!(
             full.to_string(),
-            "http://127.0.0.1:8081/push/v1?token=abc#frag"
+            "http://127.0.0.1:8081/push/v1?***",
+            "shown without the query's token"
         );
+        let refused = "http://user:pw@h/".parse::<WebhookUrl>().unwrap_err();
+        assert!(!refused.to_string().contains("pw"), "{refused}");
         for bad in [
             "https://hooks.example.com/push",
             "ftp://x",

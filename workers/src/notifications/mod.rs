@@ -115,7 +115,12 @@ pub struct NotificationsConfig {
     pub notifications_wait_for_membership: bool,
 
     /// Webhook receiving push and email as JSON POSTs (http:// only). None: no webhook.
-    #[arg(long, env = "SWITCHBOARD_NOTIFY_WEBHOOK_URL")]
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFY_WEBHOOK_URL",
+        hide_env_values = true,
+        value_parser = http::WebhookUrlParser
+    )]
     pub notify_webhook_url: Option<WebhookUrl>,
 
     /// How long one webhook request may take.
