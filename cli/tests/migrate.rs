@@ -48,6 +48,7 @@ async fn migrations_apply_to_an_empty_database_twice() {
         tables,
         [
             "channel_members",
+            "contacts",
             "notification_deliveries",
             "notification_preferences",
             "notifications",
