@@ -1,4 +1,4 @@
-import type { ErrorCode } from './protocol.js';
+import type { ErrorCode } from './types.js';
 
 /**
  * An error of the SDK: a server `err` frame (`code` is one of the protocol's codes), or

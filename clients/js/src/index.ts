@@ -1,27 +1,17 @@
 /**
  * `@switchboard/client`: the TypeScript SDK of Switchboard's `switchboard.v1` protocol,
- * for browsers (no dependencies) and Node 20 (pass `WebSocket` from the `ws` package).
+ * for browsers (no dependencies), Node 20 (pass `WebSocket` from the `ws` package) and
+ * React Native (pass `storage`; nothing needs the DOM).
  */
 
-export { Switchboard, httpBase } from './client.js';
-export type {
-  ConnectionState,
-  GapInfo,
-  HistoryPage,
-  ReceiptUpdate,
-  StateChange,
-  SubscribeOptions,
-  SwitchboardOptions,
-  TokenProvider,
-  TokenReason,
-} from './client.js';
+export { Switchboard, type ClientEvents } from './client.js';
 export { SwitchboardError } from './errors.js';
-export { OutgoingMessage, type MessageStatus } from './outbox.js';
-export { Typing, type TypingOptions } from './typing.js';
+export { OutgoingMessage } from './outbox.js';
+export { Typing } from './typing.js';
 export { Presence } from './presence.js';
-export { Notifications, type NotificationList } from './notifications.js';
-export { memoryStorage, defaultStorage, type StorageAdapter } from './storage.js';
+export { Notifications } from './notifications.js';
+export { Inbox, type InboxState } from './inbox.js';
+export { memoryStorage, defaultStorage } from './storage.js';
 export { SseParser, type SseMessage } from './sse.js';
-export type { WebSocketConstructor, WebSocketLike } from './links.js';
-export { backoffDelay, typeMatches, typesMatch, tokenClaims, type BackoffOptions } from './util.js';
-export type * from './protocol.js';
+export { backoffDelay, httpBase, typeMatches, typesMatch, tokenClaims } from './util.js';
+export type * from './types.js';

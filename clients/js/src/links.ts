@@ -1,24 +1,14 @@
 /**
- * Links: one physical connection to one edge, WebSocket or SSE. A link only moves frames
- * and reports how it ended; the client decides everything else (auth, resume, retry).
- * After `close()` a link calls nothing back.
+ * Links: one physical connection to one edge, WebSocket or SSE. A link owns its transport
+ * (the socket, or the `fetch` stream with its URL, headers and cursor) and reports frames
+ * and how it ended; the connection decides everything else (auth, resume, retry). After
+ * `close()` a link calls nothing back.
  */
 
-import type { ClientFrame, ServerFrame } from './protocol.js';
 import { SseParser } from './sse.js';
-
-/** The part of the WHATWG `WebSocket` the SDK uses (browsers, and `ws` in Node). */
-export interface WebSocketLike {
-  readonly readyState: number;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-}
-
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+import type { ClientFrame, ServerFrame, Transport, WebSocketConstructor, WebSocketLike } from './types.js';
+import { SwitchboardError } from './errors.js';
+import { httpBase, tokenClaims, utf8 } from './util.js';
 
 export interface LinkEnd {
   /** Whether the link was ever open (the socket opened / the stream answered 200). */
@@ -33,22 +23,24 @@ export interface LinkEnd {
 }
 
 export interface LinkHandlers {
+  /** The link is open. A WebSocket link still needs `hello`; an SSE link is authenticated. */
   open(): void;
-  frame(frame: ServerFrame, sseId?: string): void;
+  frame(frame: ServerFrame): void;
   end(end: LinkEnd): void;
 }
 
 export interface Link {
-  readonly kind: 'websocket' | 'sse';
+  readonly kind: Transport;
   readonly url: string;
+  /** Sends a frame (WebSocket only; an SSE link carries nothing upstream). */
   send(frame: ClientFrame): void;
   close(): void;
 }
 
 function decode(data: unknown): string | undefined {
   if (typeof data === 'string') return data;
-  if (data instanceof ArrayBuffer) return new TextDecoder().decode(data);
-  if (ArrayBuffer.isView(data)) return new TextDecoder().decode(data);
+  if (data instanceof ArrayBuffer) return utf8(new Uint8Array(data));
+  if (ArrayBuffer.isView(data)) return utf8(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
   return undefined;
 }
 
@@ -114,23 +106,47 @@ export class WebSocketLink implements Link {
   }
 }
 
-/** Receive-only link: `GET /v1/sse?ch=...` read with `fetch`. */
+export interface SseLinkOptions {
+  /** The edge's WebSocket URL; the stream is `GET /v1/sse` on the same host. */
+  wsUrl: string;
+  token: string;
+  channels: string[];
+  /** The opaque cursor of the previous stream (`Last-Event-ID`), if any. */
+  cursor: string | undefined;
+  fetch: typeof fetch;
+}
+
+/**
+ * Receive-only link: `GET /v1/sse?ch=...` read with `fetch`, so the token travels in
+ * `Authorization` and the cursor in `Last-Event-ID` (an `EventSource` can send neither).
+ * It keeps the stream's latest cursor, and calls `POST /v1/rpc/<method>` for RPCs, since
+ * nothing travels upstream on the stream (docs/protocol.md, HTTP fallbacks).
+ */
 export class SseLink implements Link {
   readonly kind = 'sse';
-  private abort = new AbortController();
+  readonly url: string;
+  /** The latest event id of the stream: where the next stream resumes. */
+  cursor: string | undefined;
+  /** The user the token names (the stream has no `welcome`). */
+  readonly user: string | undefined;
+  private readonly abort = new AbortController();
+  private readonly base: string;
   private done = false;
 
   constructor(
-    readonly url: string,
-    headers: Record<string, string>,
-    fetchImpl: typeof fetch,
+    private readonly options: SseLinkOptions,
     private readonly handlers: LinkHandlers,
   ) {
-    void this.run(fetchImpl, headers);
+    this.base = httpBase(options.wsUrl);
+    const channels = options.channels.length > 0 ? options.channels : ['system:broadcast'];
+    this.url = `${this.base}/v1/sse?${channels.map((ch) => `ch=${encodeURIComponent(ch)}`).join('&')}`;
+    this.cursor = options.cursor;
+    this.user = tokenClaims(options.token)?.sub;
+    void this.run();
   }
 
   send(): void {
-    // Nothing travels upstream on SSE; the client never calls this in SSE mode.
+    // Nothing travels upstream on SSE; the connection never calls this in SSE mode.
   }
 
   close(): void {
@@ -138,14 +154,24 @@ export class SseLink implements Link {
     this.abort.abort();
   }
 
-  private async run(fetchImpl: typeof fetch, headers: Record<string, string>): Promise<void> {
+  /** `POST /v1/rpc/<method>` with this stream's token. */
+  async rpc<R>(method: string, params: unknown): Promise<R> {
+    const response = await this.options.fetch(`${this.base}/v1/rpc/${encodeURIComponent(method)}`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${this.options.token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify(params ?? {}),
+    });
+    const body = (await response.json().catch(() => ({}))) as { result?: R; code?: string; message?: string };
+    if (!response.ok) throw new SwitchboardError((body.code ?? 'internal') as never, body.message ?? `HTTP ${response.status}`);
+    return body.result as R;
+  }
+
+  private async run(): Promise<void> {
     let opened = false;
+    const headers: Record<string, string> = { Accept: 'text/event-stream', Authorization: `Bearer ${this.options.token}` };
+    if (this.cursor) headers['Last-Event-ID'] = this.cursor;
     try {
-      const response = await fetchImpl(this.url, {
-        headers: { Accept: 'text/event-stream', ...headers },
-        signal: this.abort.signal,
-        cache: 'no-store',
-      });
+      const response = await this.options.fetch(this.url, { headers, signal: this.abort.signal, cache: 'no-store' });
       if (!response.ok || !response.body) {
         let errorCode: string | undefined;
         let message: string | undefined;
@@ -170,7 +196,8 @@ export class SseLink implements Link {
         if (done || this.done) break;
         for (const message of parser.push(decoder.decode(value, { stream: true }))) {
           const frame = parse(message.data);
-          if (frame && !this.done) this.handlers.frame(frame, message.id);
+          if (message.id) this.cursor = message.id;
+          if (frame && !this.done) this.handlers.frame(frame);
         }
       }
       this.finish({ opened });

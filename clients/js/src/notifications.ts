@@ -4,14 +4,15 @@
  * `user:<me>:notifications` (every device of the user sees the same count).
  */
 
-import type { Switchboard } from './client.js';
 import { Emitter } from './emitter.js';
-import type { ChannelEvent, NotificationData } from './protocol.js';
+import type { ChannelEvent, NotificationData, NotificationList, SubscribeOptions } from './types.js';
 
-export interface NotificationList {
-  items: NotificationData[];
-  unread: number;
-  next: string | null;
+/** What notifications need from the client. */
+export interface NotificationsHost {
+  rpc<R>(method: string, params: unknown): Promise<R>;
+  subscribe(ch: string, options: SubscribeOptions, handler: (event: ChannelEvent) => void): () => void;
+  /** Calls `listener` with the user once known (at once if it is). */
+  whenUser(listener: (user: string) => void): void;
 }
 
 export interface NotificationEvents {
@@ -29,18 +30,21 @@ export class Notifications extends Emitter<NotificationEvents> {
   private events = 0;
   private readonly readyWaiters: Array<() => void> = [];
 
-  constructor(private readonly client: Switchboard) {
+  constructor(private readonly host: NotificationsHost) {
     super();
   }
 
   /** A page of notifications, newest first (`before`: the `next` of the previous page). */
   async list(params: { limit?: number; before?: string; unreadOnly?: boolean } = {}): Promise<NotificationList> {
+    if (params.limit !== undefined && (!Number.isInteger(params.limit) || params.limit < 1)) {
+      throw new TypeError(`notifications.list: limit must be a positive integer, not ${String(params.limit)}`);
+    }
     const wire: Record<string, unknown> = {};
     if (params.limit !== undefined) wire.limit = params.limit;
     if (params.before !== undefined) wire.before = params.before;
     if (params.unreadOnly !== undefined) wire.unread_only = params.unreadOnly;
     const mark = this.events;
-    const result = await this.client.rpc<NotificationList>('notifications.list', wire);
+    const result = await this.host.rpc<NotificationList>('notifications.list', wire);
     // An event that arrived meanwhile carries a newer count than this answer.
     if (typeof result?.unread === 'number' && mark === this.events) this.setUnread(result.unread);
     return result;
@@ -48,20 +52,23 @@ export class Notifications extends Emitter<NotificationEvents> {
 
   /** Marks notifications read (`'all'` for every one); resolves with the new unread count. */
   async markRead(ids: string[] | 'all'): Promise<number> {
+    if (ids !== 'all' && (!Array.isArray(ids) || ids.some((id) => typeof id !== 'string'))) {
+      throw new TypeError("notifications.markRead takes an array of notification ids or 'all'");
+    }
     const params = ids === 'all' ? { all: true } : { ids };
     const mark = this.events;
-    const result = await this.client.rpc<{ unread: number }>('notifications.read', params);
+    const result = await this.host.rpc<{ unread: number }>('notifications.read', params);
     if (typeof result?.unread === 'number' && mark === this.events) this.setUnread(result.unread);
     return result.unread;
   }
 
   /** Notification preferences per category. */
   preferences(): Promise<{ categories: Record<string, Record<string, boolean>> }> {
-    return this.client.rpc('notifications.preferences.get', {});
+    return this.host.rpc('notifications.preferences.get', {});
   }
 
   setPreferences(categories: Record<string, Record<string, boolean>>): Promise<unknown> {
-    return this.client.rpc('notifications.preferences.set', { categories });
+    return this.host.rpc('notifications.preferences.set', { categories });
   }
 
   /** Resolves once the live stream of the user's notifications is subscribed (starts it if needed). */
@@ -95,7 +102,7 @@ export class Notifications extends Emitter<NotificationEvents> {
     if (this.watching) return;
     this.watching = true;
     const start = (user: string): void => {
-      this.client.subscribe(
+      this.host.subscribe(
         `user:${user}:notifications`,
         {
           // The latest stored count primes the bell; the service's answer then wins.
@@ -110,8 +117,7 @@ export class Notifications extends Emitter<NotificationEvents> {
         (event) => this.onEvent(event),
       );
     };
-    if (this.client.user) start(this.client.user);
-    else this.client.once('welcome', ({ user }) => start(user));
+    this.host.whenUser(start);
   }
 
   private onEvent(event: ChannelEvent): void {

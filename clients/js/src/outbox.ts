@@ -8,10 +8,8 @@
 
 import { Emitter } from './emitter.js';
 import { SwitchboardError } from './errors.js';
-import type { StorageAdapter } from './storage.js';
+import type { MessageStatus, StorageAdapter } from './types.js';
 import { backoffDelay, randomKey } from './util.js';
-
-export type MessageStatus = 'sending' | 'sent' | 'delivered' | 'read' | 'failed';
 
 const RANK: Record<MessageStatus, number> = { sending: 0, sent: 1, delivered: 2, read: 3, failed: -1 };
 
@@ -112,6 +110,7 @@ export class Outbox {
     private readonly host: OutboxHost,
     private readonly storage: StorageAdapter,
     private readonly storageKey: string,
+    private readonly random: () => number,
   ) {
     this.ready = this.load();
   }
@@ -144,7 +143,7 @@ export class Outbox {
   add<D>(ch: string, type: string, data: D, key: string | undefined, user: string | undefined): OutgoingMessage<D> {
     const existing = key ? this.queue.find((m) => m.key === key) : undefined;
     if (existing) return existing as OutgoingMessage<D>;
-    const message = new OutgoingMessage<D>(key ?? randomKey(), ch, type, data, new Date().toISOString(), user, this);
+    const message = new OutgoingMessage<D>(key ?? randomKey(this.random), ch, type, data, new Date().toISOString(), user, this);
     this.queue.push(message);
     this.host.added(message);
     void this.persist();
@@ -197,7 +196,7 @@ export class Outbox {
           const err = error instanceof SwitchboardError ? error : new SwitchboardError('internal', String(error));
           if (err.retryable) {
             // Wait and try again; a new connection kicks the queue sooner.
-            const delay = backoffDelay(this.attempt++, { initialMs: 1000, maxMs: 30_000 });
+            const delay = backoffDelay(this.attempt++, { initialMs: 1000, maxMs: 30_000 }, this.random);
             if (this.retryTimer) clearTimeout(this.retryTimer);
             this.retryTimer = setTimeout(() => this.kick(), delay);
             return;

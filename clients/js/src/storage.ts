@@ -1,12 +1,4 @@
-/**
- * Where the SDK keeps what must survive a page reload (the offline publish queue).
- * Methods may be synchronous or return promises (e.g. IndexedDB, AsyncStorage).
- */
-export interface StorageAdapter {
-  getItem(key: string): string | null | Promise<string | null>;
-  setItem(key: string, value: string): void | Promise<void>;
-  removeItem(key: string): void | Promise<void>;
-}
+import type { StorageAdapter } from './types.js';
 
 /** Keeps everything in memory: what survives is the process, not a reload. */
 export function memoryStorage(): StorageAdapter {
@@ -22,10 +14,13 @@ export function memoryStorage(): StorageAdapter {
   };
 }
 
-/** The browser's `localStorage` when there is one (and it works), else memory. */
+/**
+ * The browser's `localStorage` when there is one (and it works), else memory. React Native
+ * has neither: pass an adapter over AsyncStorage as the `storage` option.
+ */
 export function defaultStorage(): StorageAdapter {
   try {
-    const local = (globalThis as { localStorage?: Storage }).localStorage;
+    const local = (globalThis as { localStorage?: StorageAdapter & { setItem(k: string, v: string): void } }).localStorage;
     if (local) {
       const probe = '__switchboard_probe__';
       local.setItem(probe, '1');

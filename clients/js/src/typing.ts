@@ -6,18 +6,9 @@
  */
 
 import { Emitter } from './emitter.js';
-import type { Signal } from './protocol.js';
+import type { Signal, TypingOptions } from './types.js';
 
-export interface TypingOptions {
-  /** Send `typing: true` at most this often while typing. Default 2,000 ms. */
-  throttleMs?: number;
-  /** Send `typing: false` after this long without a keystroke. Default 4,000 ms. */
-  idleMs?: number;
-  /** Forget another user's indicator this long after their last signal. Default 6,000 ms. */
-  expireMs?: number;
-}
-
-interface TypingHost {
+export interface TypingHost {
   send(typing: boolean): boolean;
   me(): string | undefined;
 }
