@@ -26,6 +26,26 @@ async fn publish(setup: &Setup, channel_name: &str, ty: &str, actor: &str, data:
     setup.publisher.publish(&channel, &event).await.unwrap().seq
 }
 
+/// Makes the last stored seq of each of `conversations` at least `seq`: filler events
+/// elsewhere, then one message on each. Cursors are clamped to the conversation's last
+/// seq, so tests that send cursors out of thin air need a conversation that long.
+async fn fill(setup: &Setup, conversations: &[&str], seq: u64) {
+    let mut last = 0;
+    while last < seq {
+        last = publish(setup, "project:filler", "bid.new", "svc", json!({})).await;
+    }
+    for conversation in conversations {
+        publish(
+            setup,
+            conversation,
+            "message.new",
+            "a",
+            json!({"text": "hi"}),
+        )
+        .await;
+    }
+}
+
 /// Sends a receipts command as an edge does: JSON on `cmd.receipts.<id>`, stored in CMDS.
 async fn command(setup: &Setup, conversation: &str, body: Value) {
     let id = conversation.strip_prefix("conversation:").unwrap();
@@ -219,6 +239,79 @@ async fn a_sends_three_messages_and_b_acks_two_and_reads_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cursors_past_the_conversations_last_seq_are_clamped_to_it() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "receipts", &[]);
+    let conversation = "conversation:c1";
+    let mut last = 0;
+    for text in ["one", "two", "three"] {
+        last = publish(
+            &setup,
+            conversation,
+            "message.new",
+            "a",
+            json!({"text": text}),
+        )
+        .await;
+    }
+    // Other channels' events raise the stream's sequence, not this conversation's.
+    let elsewhere = publish(&setup, "conversation:c2", "message.new", "a", json!({})).await;
+    assert!(elsewhere > last);
+
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "b", "read": 1000}),
+    )
+    .await;
+    let stored = wait_for_receipts(&setup, conversation, 1).await;
+    assert_eq!(
+        pairs(&stored),
+        [("b", last, last)],
+        "read clamped, and delivered"
+    );
+    assert_eq!(
+        cursors(&setup, conversation, "b").await,
+        Some((last as i64, last as i64))
+    );
+
+    // The conversation grows (the receipt itself is stored on it too); a cursor as far
+    // as a bigint goes stops at the new end.
+    let newest = publish(
+        &setup,
+        conversation,
+        "message.new",
+        "a",
+        json!({"text": "four"}),
+    )
+    .await;
+    command(
+        &setup,
+        conversation,
+        json!({"conversation": conversation, "user": "b", "delivered": i64::MAX}),
+    )
+    .await;
+    let stored = wait_for_receipts(&setup, conversation, 2).await;
+    assert_eq!(pairs(&stored)[1..], [("b", newest, last)]);
+    assert_eq!(
+        cursors(&setup, conversation, "b").await,
+        Some((newest as i64, last as i64))
+    );
+
+    // Nothing stored on a conversation: nothing to acknowledge, no row, no event.
+    command(
+        &setup,
+        "conversation:c9",
+        json!({"conversation": "conversation:c9", "user": "b", "read": 5}),
+    )
+    .await;
+    wait_until_drained(&setup).await;
+    assert_eq!(cursors(&setup, "conversation:c9", "b").await, None);
+    assert!(receipts(&setup, "conversation:c9").await.is_empty());
+    assert_eq!(receipts(&setup, conversation).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn receipts_get_answers_participants_only() {
     let setup = setup().await;
     let _worker = Worker::start(&setup, "membership,receipts", &[]);
@@ -233,6 +326,7 @@ async fn receipts_get_answers_participants_only() {
         )
         .await;
     }
+    fill(&setup, &[conversation], 7).await;
     command(
         &setup,
         conversation,
@@ -303,8 +397,11 @@ type Commands = Vec<(String, Value)>;
 /// (conversation, user) -> (delivered, read).
 type Finals = BTreeMap<(String, String), (u64, u64)>;
 
+const CONVERSATIONS: [&str; 3] = ["conversation:c1", "conversation:c2", "conversation:c3"];
+
+/// Its cursors reach at most `count + 3`.
 fn history(count: usize) -> (Commands, Finals) {
-    let conversations = ["conversation:c1", "conversation:c2", "conversation:c3"];
+    let conversations = CONVERSATIONS;
     let users = ["u1", "u2", "u3", "u4"];
     let mut commands = Vec::new();
     let mut finals = Finals::new();
@@ -350,6 +447,7 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
     let setup = setup().await;
     let total = 1500;
     let (commands, finals) = history(total);
+    fill(&setup, &CONVERSATIONS, total as u64 + 3).await;
     for (conversation, body) in &commands {
         command(&setup, conversation, body.clone()).await;
     }
@@ -380,7 +478,7 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() {
         );
     }
     let mut published = 0;
-    for conversation in ["conversation:c1", "conversation:c2", "conversation:c3"] {
+    for conversation in CONVERSATIONS {
         let stored = receipts(&setup, conversation).await;
         published += stored.len();
         let ids: HashSet<&str> = stored.iter().map(|r| r.id.as_str()).collect();
@@ -454,6 +552,7 @@ async fn receipts_across_a_postgres_restart_are_each_published_once_in_order() {
     let total = 600;
     let (commands, finals) = history(total);
     let expected = moves(&commands);
+    fill(&setup, &CONVERSATIONS, total as u64 + 3).await;
     let (before, rest) = commands.split_at(200);
     let (during, after) = rest.split_at(200);
 
@@ -484,7 +583,7 @@ async fn receipts_across_a_postgres_restart_are_each_published_once_in_order() {
     let mut published: BTreeMap<(String, String), Vec<(u64, u64)>> = BTreeMap::new();
     let mut events = 0;
     let mut ids = HashSet::new();
-    for conversation in ["conversation:c1", "conversation:c2", "conversation:c3"] {
+    for conversation in CONVERSATIONS {
         for receipt in receipts(&setup, conversation).await {
             events += 1;
             ids.insert(receipt.id);

@@ -69,6 +69,23 @@ impl Receipt {
     }
 }
 
+impl Receipt {
+    /// The receipt with both cursors lowered to `last`, the conversation's last stored
+    /// seq: a cursor never points past what the conversation holds (docs/protocol.md
+    /// §4.6). `None` when nothing is left to move (an empty conversation).
+    pub fn clamped(self, last: u64) -> Option<Receipt> {
+        let delivered = self.delivered.min(last);
+        if delivered == 0 {
+            return None;
+        }
+        Some(Receipt {
+            delivered,
+            read: self.read.min(last),
+            ..self
+        })
+    }
+}
+
 fn command_subject(conversation: &ChannelName) -> String {
     format!("cmd.receipts.{}", conversation.id())
 }
@@ -114,6 +131,22 @@ mod tests {
             r#"{"conversation":"conversation:c1","user":"u2","delivered":0}"#,
         );
         assert!(nothing.unwrap().is_none());
+    }
+
+    #[test]
+    fn cursors_past_the_last_seq_are_clamped_to_it() {
+        let receipt = read(
+            "cmd.receipts.c1",
+            r#"{"conversation":"conversation:c1","user":"u2","delivered":9,"read":7}"#,
+        )
+        .unwrap()
+        .unwrap();
+        let pair = |r: Option<Receipt>| r.map(|r| (r.delivered, r.read));
+        assert_eq!(pair(receipt.clone().clamped(20)), Some((9, 7)));
+        assert_eq!(pair(receipt.clone().clamped(9)), Some((9, 7)));
+        assert_eq!(pair(receipt.clone().clamped(8)), Some((8, 7)));
+        assert_eq!(pair(receipt.clone().clamped(3)), Some((3, 3)));
+        assert_eq!(pair(receipt.clamped(0)), None, "an empty conversation");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //!
 //! # Why nothing is lost or published twice
 //!
-//! One PostgreSQL transaction per command:
+//! One PostgreSQL transaction per command, after one read of the stream:
 //!
+//! 0. read the conversation's last stored seq (a direct get of the last message on
+//!    `rt.conversation.<id>`) and clamp the command's cursors to it: a cursor never
+//!    points past the conversation (docs/protocol.md §4.6), whatever a client claims;
 //! 1. raise the (conversation, user) row to the maximum of what it holds and what the
 //!    command says, only if that moves a cursor (the upsert's `WHERE`); the row stays
 //!    locked until commit, so a second copy of the worker handling the same user waits;
@@ -17,13 +20,21 @@
 //! redelivery recomputes the same pair and the same event id. A crash after the commit
 //! leaves a row that the redelivered command no longer moves: no second event. A
 //! command older than the row (regressing) moves nothing and publishes nothing.
+//!
+//! The clamp is the one input that can differ on a redelivery (the conversation may
+//! have grown meanwhile). Then the redelivery publishes the larger pair under its own
+//! id: one more forward move, never a repeat or a step back, and never past a stored
+//! message.
 
 use async_nats::jetstream;
 use sqlx::PgPool;
+use switchboard_bus::store::{Store, StoreError};
 use switchboard_bus::{PublishError, Publisher};
 use switchboard_schemas::event::types;
 use switchboard_schemas::shapes::ReceiptData;
-use switchboard_schemas::{Actor, ChannelName, Envelope, EventId, EventType, RawJson, UserId};
+use switchboard_schemas::{
+    Actor, ChannelName, Envelope, EventId, EventType, RawJson, SubjectKind, UserId,
+};
 
 use super::command::Receipt;
 
@@ -52,6 +63,8 @@ pub enum LedgerError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error("reading the conversation's last seq: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A user's two cursors on a conversation.
@@ -65,19 +78,31 @@ pub struct Cursors {
 pub struct Ledger {
     db: PgPool,
     publisher: Publisher,
+    store: Store,
 }
 
 impl Ledger {
-    pub fn new(db: PgPool, js: jetstream::Context) -> Ledger {
+    pub fn new(db: PgPool, client: async_nats::Client, js: jetstream::Context) -> Ledger {
         Ledger {
             db,
             publisher: Publisher::from_context(js),
+            store: Store::new(client),
         }
     }
 
-    /// Applies `receipt`; the new cursors if it moved one (and the event was stored),
-    /// `None` if it moved nothing. See the module docs for the order of steps.
+    /// Applies `receipt`, clamped to the conversation's last seq; the new cursors if it
+    /// moved one (and the event was stored), `None` if it moved nothing. See the module
+    /// docs for the order of steps.
     pub async fn apply(&self, receipt: &Receipt) -> Result<Option<Cursors>, LedgerError> {
+        let last = self.last_seq(&receipt.conversation).await?;
+        let Some(receipt) = receipt.clone().clamped(last) else {
+            tracing::debug!(
+                conversation = %receipt.conversation,
+                user = %receipt.user,
+                "receipt for a conversation with no stored event ignored"
+            );
+            return Ok(None);
+        };
         let mut tx = self.db.begin().await?;
         let moved: Option<(i64, i64)> = sqlx::query_as(ADVANCE)
             .bind(receipt.conversation.as_str())
@@ -99,6 +124,14 @@ impl Ledger {
             .await?;
         tx.commit().await?;
         Ok(Some(cursors))
+    }
+
+    /// The seq of the newest event stored on `conversation` (messages, membership events
+    /// and receipts alike), 0 if it holds none.
+    async fn last_seq(&self, conversation: &ChannelName) -> Result<u64, StoreError> {
+        let subject = conversation.subject(SubjectKind::Durable);
+        let last = self.store.last_at_or_before(&subject, None).await?;
+        Ok(last.map_or(0, |event| event.seq))
     }
 
     /// Every participant's cursors on `conversation`, by user id.

@@ -4,14 +4,16 @@
 //! - **Commands.** Edges coalesce their clients' `ack`/`read` frames and send one JSON
 //!   command per conversation on `cmd.receipts.<conversation id>` (stream `CMDS`, a work
 //!   queue). This job is the durable consumer of those subjects: [`command`] makes each
-//!   one a typed [`Receipt`], [`ledger`] raises the cursors in PostgreSQL and publishes
-//!   `message.receipt` (`{"user","delivered","read"}`, actor the user) on the
-//!   conversation when one moved, idempotently.
+//!   one a typed [`Receipt`], [`ledger`] clamps it to the conversation's last stored seq,
+//!   raises the cursors in PostgreSQL and publishes `message.receipt`
+//!   (`{"user","delivered","read"}`, actor the user) on the conversation when one moved,
+//!   idempotently.
 //! - **RPC `receipts.get`.** `{"channel":"conversation:c1"}` -> every participant's
 //!   cursors, for clients that start cold; only an active participant may ask.
 //!
 //! It owns `switchboard.receipt_cursors`; it reads `switchboard.channel_members` (the
-//! membership job's mirror) and writes nothing else.
+//! membership job's mirror) and the last event of each conversation in `EVENTS`, and
+//! writes nothing else.
 
 pub mod command;
 pub mod ledger;
@@ -40,7 +42,7 @@ pub async fn run(
     settings: Settings,
     shutdown: CancellationToken,
 ) {
-    let ledger = Arc::new(Ledger::new(db, js.clone()));
+    let ledger = Arc::new(Ledger::new(db, client.clone(), js.clone()));
     let service = Arc::new(ReceiptsService {
         ledger: ledger.clone(),
     });
