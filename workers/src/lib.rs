@@ -90,7 +90,7 @@ pub enum WorkersError {
     #[error("job {0} crashed")]
     JobCrashed(JobName),
     #[error(transparent)]
-    NotificationRules(#[from] notifications::rules::RulesError),
+    Notifications(#[from] notifications::SetupError),
 }
 
 /// Runs the configured jobs until `shutdown` fires and every job has finished the

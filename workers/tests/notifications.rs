@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,9 +16,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchboard_bus::headers;
 use switchboard_schemas::{Actor, Envelope, Timestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
+use support::http::Receiver;
 use support::{
     DEADLINE, Setup, Worker, call, event, eventually, publish, rpc, setup, stored,
     wait_until_caught_up, wait_until_sent,
@@ -331,68 +330,85 @@ async fn list_pages_and_read_syncs_the_unread_count_to_every_device() {
     }
 }
 
+/// The signing secret the tests' webhooks check.
+const WEBHOOK_SECRET: &str = "whsec_c3dpdGNoYm9hcmQtdGVzdC13ZWJob29rLWtleQ==";
+
 /// A webhook receiver: answers the given statuses in turn, then 200, and keeps every
-/// request's `Idempotency-Key` and JSON body.
+/// request's `Idempotency-Key` and JSON body. Every request's Standard Webhooks
+/// signature is checked as it is read.
 struct Webhook {
     url: String,
-    requests: Arc<Mutex<Vec<(String, Value)>>>,
+    receiver: Receiver,
 }
 
 impl Webhook {
     async fn start(statuses: Vec<u16>) -> Webhook {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/push", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        tokio::spawn(async move {
-            let mut statuses = statuses.into_iter();
-            loop {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let Some((key, body)) = read_request(&mut socket).await else {
-                    continue;
-                };
-                seen.lock().unwrap().push((key, body));
-                let status = statuses.next().unwrap_or(200);
-                let response = format!(
-                    "HTTP/1.1 {status} Whatever\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            }
-        });
-        Webhook { url, requests }
+        let statuses = Mutex::new(statuses.into_iter());
+        let receiver =
+            Receiver::start(move |_| statuses.lock().unwrap().next().unwrap_or(200)).await;
+        Webhook {
+            url: format!("{}/push", receiver.base),
+            receiver,
+        }
+    }
+
+    /// The worker's settings for this webhook.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", self.url.clone()),
+            ("SWITCHBOARD_NOTIFY_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+        ]
     }
 
     fn requests(&self) -> Vec<(String, Value)> {
-        self.requests.lock().unwrap().clone()
+        self.receiver
+            .requests()
+            .iter()
+            .map(|request| {
+                assert_eq!(
+                    (request.method.as_str(), request.path.as_str()),
+                    ("POST", "/push")
+                );
+                assert_signed(request, WEBHOOK_SECRET);
+                (
+                    request.header("Idempotency-Key").unwrap().to_string(),
+                    request.json(),
+                )
+            })
+            .collect()
     }
 }
 
-async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Value)> {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        let read = socket.read(&mut buffer).await.ok()?;
-        if read == 0 {
-            return None;
-        }
-        received.extend_from_slice(&buffer[..read]);
-        let text = String::from_utf8_lossy(&received).to_string();
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let header = |name: &str| {
-            head.lines()
-                .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-                .map(str::to_string)
-        };
-        let length: usize = header("Content-Length")?.parse().ok()?;
-        if body.len() < length {
-            continue;
-        }
-        assert!(head.starts_with("POST /push HTTP/1.1"), "{head}");
-        return Some((header("Idempotency-Key")?, serde_json::from_str(body).ok()?));
-    }
+/// Checks a request's Standard Webhooks headers the way a receiver would: the signature
+/// over `<webhook-id>.<webhook-timestamp>.<body>` with the secret's key, and a timestamp
+/// within five minutes of now.
+fn assert_signed(request: &support::http::Request, secret: &str) {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let key = engine
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let id = request.header("webhook-id").expect("webhook-id");
+    let timestamp = request
+        .header("webhook-timestamp")
+        .expect("webhook-timestamp");
+    let age = Timestamp::now().unix_nanos() / 1_000_000_000 - timestamp.parse::<i128>().unwrap();
+    assert!(age.abs() < 300, "timestamp {timestamp} is {age} s off");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&request.body);
+    let expected = format!("v1,{}", engine.encode(mac.finalize().into_bytes()));
+    let signatures = request
+        .header("webhook-signature")
+        .expect("webhook-signature");
+    assert!(
+        signatures.split(' ').any(|s| s == expected),
+        "signature {signatures} is not {expected}"
+    );
 }
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// (user, medium) of each request, sorted.
 fn deliveries(requests: &[(String, Value)]) -> Vec<(String, String)> {
@@ -417,9 +433,10 @@ async fn an_offline_users_push_reaches_the_webhook_once_even_after_a_500() {
         &setup,
         JOBS,
         &[
-            ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", webhook.url.clone()),
-            ("SWITCHBOARD_NOTIFY_RETRY_BASE_MS", "300".into()),
-        ],
+            webhook.env(),
+            vec![("SWITCHBOARD_NOTIFY_RETRY_BASE_MS", "300".into())],
+        ]
+        .concat(),
     );
     let mut subjects = setup.client.subscribe("notify.>").await.unwrap();
     add_member(&setup, "project:p1", "u1", "owner").await;
@@ -429,8 +446,23 @@ async fn an_offline_users_push_reaches_the_webhook_once_even_after_a_500() {
     connect(&setup, "u1", "conn-b").await;
     disconnect(&setup, "u1", "conn-b").await;
 
+    // Stored with a trace context, as the edge stores a traced publish.
     let bid = bid(5000);
-    let seq = publish(&setup, "project:p1", &bid).await;
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::RT_TYPE, "bid.new");
+    headers.insert(headers::MSG_ID, bid.id.as_str());
+    headers.insert("traceparent", TRACEPARENT);
+    let message = PublishMessage::build()
+        .payload(bid.to_postcard().into())
+        .headers(headers);
+    let seq = setup
+        .js
+        .send_publish("rt.project.p1", message)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
     let requests = eventually("the webhook to be answered 200", || async {
         let requests = webhook.requests();
         (requests.len() >= 2).then_some(requests)
@@ -449,6 +481,15 @@ async fn an_offline_users_push_reaches_the_webhook_once_even_after_a_500() {
     };
     let key = format!("{}/u1/push", bid.id);
     assert_eq!(requests.len(), 2, "one 500, one 200: {requests:?}");
+    for request in webhook.receiver.requests() {
+        assert_eq!(request.header("traceparent"), Some(TRACEPARENT));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+    }
+    assert_eq!(
+        webhook.receiver.connections(),
+        1,
+        "the retry reuses the connection"
+    );
     for (header, body) in &requests {
         assert_eq!(header, &key);
         assert_eq!(body["key"], key.as_str());
@@ -489,14 +530,124 @@ async fn an_offline_users_push_reaches_the_webhook_once_even_after_a_500() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn preferences_and_mute_are_honoured() {
+async fn an_https_webhook_with_its_own_ca_is_signed_and_bad_webhook_settings_stop_the_worker() {
     let setup = setup().await;
-    let webhook = Webhook::start(Vec::new()).await;
+    let ca = support::http::TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let receiver = Receiver::start_tls(&ca, |_| 204).await;
+    let url = format!("{}/push?token=receiver-token", receiver.base);
     let _worker = Worker::start(
         &setup,
         JOBS,
-        &[("SWITCHBOARD_NOTIFY_WEBHOOK_URL", webhook.url.clone())],
+        &[
+            ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", url.clone()),
+            ("SWITCHBOARD_NOTIFY_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+            (
+                "SWITCHBOARD_NOTIFY_WEBHOOK_CA",
+                ca_file.display().to_string(),
+            ),
+        ],
     );
+    add_member(&setup, "project:p1", "u1", "owner").await;
+    let bid = bid(42);
+    publish(&setup, "project:p1", &bid).await;
+    let request = eventually("the https webhook to be called", || async {
+        receiver.requests().into_iter().next()
+    })
+    .await;
+    assert_eq!(request.path, "/push?token=receiver-token");
+    assert_signed(&request, WEBHOOK_SECRET);
+    assert_eq!(
+        request.header("webhook-id"),
+        Some(format!("{}/u1/push", bid.id).as_str())
+    );
+    assert_eq!(request.json()["user"], "u1");
+    assert_eq!(
+        request.header("traceparent"),
+        None,
+        "the event carried none"
+    );
+
+    // Settings that cannot work stop the worker with a reason, without the value.
+    let secret_value = "whsec_dG9vc2hvcnQ=";
+    for (env, reason, hidden) in [
+        (
+            vec![(
+                "SWITCHBOARD_NOTIFY_WEBHOOK_SECRET",
+                secret_value.to_string(),
+            )],
+            "SWITCHBOARD_NOTIFY_WEBHOOK_SECRET",
+            secret_value,
+        ),
+        (
+            vec![(
+                "SWITCHBOARD_NOTIFY_WEBHOOK_SECRET",
+                "hunter2-not-a-secret".to_string(),
+            )],
+            "must start with whsec_",
+            "hunter2",
+        ),
+        (
+            vec![(
+                "SWITCHBOARD_NOTIFY_WEBHOOK_URL",
+                "https://hook:pw-123@127.0.0.1/push".to_string(),
+            )],
+            "credentials in the URL are not supported",
+            "pw-123",
+        ),
+        (
+            vec![
+                ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", url.clone()),
+                (
+                    "SWITCHBOARD_NOTIFY_WEBHOOK_CA",
+                    "/nonexistent/ca.pem".to_string(),
+                ),
+            ],
+            "cannot read SWITCHBOARD_NOTIFY_WEBHOOK_CA /nonexistent/ca.pem",
+            "receiver-token",
+        ),
+        (
+            vec![
+                ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", url.clone()),
+                (
+                    "SWITCHBOARD_NOTIFY_WEBHOOK_CA",
+                    dir.path().join("missing").display().to_string(),
+                ),
+            ],
+            "SWITCHBOARD_NOTIFY_WEBHOOK_CA",
+            "receiver-token",
+        ),
+    ] {
+        let (status, said) = Worker::refused(&setup, JOBS, &env).await;
+        assert!(!status.success(), "{env:?} is refused");
+        assert!(said.contains(reason), "{reason:?} in {said}");
+        assert!(!said.contains(hidden), "{hidden:?} is not shown: {said}");
+    }
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let (status, said) = Worker::refused(
+        &setup,
+        JOBS,
+        &[
+            ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", url),
+            (
+                "SWITCHBOARD_NOTIFY_WEBHOOK_CA",
+                not_pem.display().to_string(),
+            ),
+        ],
+    )
+    .await;
+    assert!(!status.success());
+    assert!(said.contains("holds no PEM certificate"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preferences_and_mute_are_honoured() {
+    let setup = setup().await;
+    let webhook = Webhook::start(Vec::new()).await;
+    let _worker = Worker::start(&setup, JOBS, &webhook.env());
     let mut subjects = setup.client.subscribe("notify.>").await.unwrap();
 
     let defaults = call(&setup, "notifications.preferences.get", "u1", json!({})).await;

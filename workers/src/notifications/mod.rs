@@ -39,7 +39,6 @@
 //! are outbox rows, so the outbox relay must run somewhere for them to reach clients.
 
 pub mod contacts;
-pub mod http;
 pub mod preferences;
 pub mod presence;
 pub mod rpc;
@@ -47,6 +46,7 @@ pub mod rules;
 pub mod sink;
 pub mod store;
 pub mod template;
+pub mod webhook;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -71,13 +71,13 @@ use crate::membership::Membership;
 use crate::membership::mirror::role_name;
 use crate::responder;
 use contacts::Contacts;
-use http::WebhookUrl;
 use preferences::Preferences;
 use presence::Presence;
 use rpc::{Rpc, user_channel};
 use rules::{MAX_RECIPIENTS, MemberFilter, Rule, Rules, RulesError};
 use sink::{Dispatcher, Outbound, SinkConfig};
 use store::{NewDelivery, NewNotification, StoreError};
+use webhook::{Webhook, WebhookError, WebhookSecret, WebhookUrl};
 
 /// The notifications job's settings (flags and environment variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -114,14 +114,29 @@ pub struct NotificationsConfig {
     )]
     pub notifications_wait_for_membership: bool,
 
-    /// Webhook receiving push and email as JSON POSTs (http:// only). None: no webhook.
+    /// Webhook receiving push and email as signed JSON POSTs (http:// or https://).
+    /// None: no webhook.
     #[arg(
         long,
         env = "SWITCHBOARD_NOTIFY_WEBHOOK_URL",
         hide_env_values = true,
-        value_parser = http::WebhookUrlParser
+        value_parser = webhook::url_parser()
     )]
     pub notify_webhook_url: Option<WebhookUrl>,
+
+    /// Standard Webhooks signing secret, `whsec_<base64 key>`. Without it requests are
+    /// not signed (a warning at start).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_NOTIFY_WEBHOOK_SECRET",
+        hide_env_values = true,
+        value_parser = webhook::secret_parser()
+    )]
+    pub notify_webhook_secret: Option<WebhookSecret>,
+
+    /// PEM file of CA certificates trusted for an https webhook besides the system's.
+    #[arg(long, env = "SWITCHBOARD_NOTIFY_WEBHOOK_CA")]
+    pub notify_webhook_ca: Option<PathBuf>,
 
     /// How long one webhook request may take.
     #[arg(
@@ -166,17 +181,44 @@ pub struct NotificationsConfig {
     pub notify_poll_ms: u64,
 }
 
+/// Why the notifications job could not start: a setting to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+}
+
 impl NotificationsConfig {
-    fn sinks(&self) -> SinkConfig {
-        SinkConfig {
-            webhook: self.notify_webhook_url.clone(),
-            webhook_timeout: Duration::from_millis(self.notify_webhook_timeout_ms.max(1)),
+    fn sinks(&self) -> Result<SinkConfig, SetupError> {
+        let timeout = Duration::from_millis(self.notify_webhook_timeout_ms.max(1));
+        let webhook = match &self.notify_webhook_url {
+            Some(url) => {
+                let webhook = Webhook::new(
+                    url.clone(),
+                    self.notify_webhook_secret.clone(),
+                    self.notify_webhook_ca.as_deref(),
+                    timeout,
+                )?;
+                if !webhook.signed() {
+                    tracing::warn!(
+                        "SWITCHBOARD_NOTIFY_WEBHOOK_SECRET is not set: webhook requests are not signed, so the receiver cannot tell them from anyone else's"
+                    );
+                }
+                Some(webhook)
+            }
+            None => None,
+        };
+        Ok(SinkConfig {
+            webhook,
+            webhook_timeout: timeout,
             subjects: self.notify_subjects,
             max_attempts: self.notify_max_attempts.max(1),
             retry_base: Duration::from_millis(self.notify_retry_base_ms.max(1)),
             retry_max: Duration::from_millis(self.notify_retry_max_ms.max(1)),
             poll: Duration::from_millis(self.notify_poll_ms.max(10)),
-        }
+        })
     }
 }
 
@@ -192,12 +234,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// Loads the rules; a bad rules file stops the worker here, at start-up.
+    /// Loads the rules and sets up the sinks; a bad rules file or sink setting stops the
+    /// worker here, at start-up.
     pub fn new(
         config: &NotificationsConfig,
         db: PgPool,
         client: async_nats::Client,
-    ) -> Result<Service, RulesError> {
+    ) -> Result<Service, SetupError> {
         let rules = Rules::load(config.notifications_rules.as_deref())?;
         tracing::info!(
             rules = rules.len(),
@@ -208,7 +251,7 @@ impl Service {
         );
         let js = jetstream::new(client.clone());
         let wake = Arc::new(Notify::new());
-        let sinks = config.sinks();
+        let sinks = config.sinks()?;
         Ok(Service {
             job: Notifications {
                 rules,
@@ -291,6 +334,8 @@ struct Event<'a> {
     seq: u64,
     rule: &'a Rule,
     data: Value,
+    /// The event's W3C trace context, passed on to the requests it causes.
+    traceparent: Option<String>,
 }
 
 /// What storing one event produced.
@@ -383,12 +428,17 @@ impl Notifications {
         // `data` is JSON by construction; only a tree deeper than serde_json's recursion
         // limit fails to parse, and then templates see no fields.
         let data = envelope.data.decode::<Value>().unwrap_or(Value::Null);
+        let traceparent = delivery
+            .header(webhook::TRACEPARENT)
+            .filter(|t| webhook::valid_traceparent(t))
+            .map(str::to_string);
         Ok(Some(Event {
             envelope,
             channel,
             seq: delivery.seq,
             rule,
             data,
+            traceparent,
         }))
     }
 
@@ -618,6 +668,7 @@ impl Notifications {
                     medium,
                     sink,
                     payload: &payload,
+                    traceparent: event.traceparent.as_deref(),
                 };
                 store::insert_delivery(tx, &new).await?;
                 count += 1;

@@ -3,8 +3,9 @@
 //!
 //! Two sinks, each optional:
 //!
-//! - **webhook**: `POST <SWITCHBOARD_NOTIFY_WEBHOOK_URL>` with the [`Outbound`] JSON and
-//!   the header `Idempotency-Key`. A 2xx answer delivers; 408, 429, 5xx and network
+//! - **webhook**: `POST <SWITCHBOARD_NOTIFY_WEBHOOK_URL>` with the [`Outbound`] JSON,
+//!   signed ([`super::webhook`]), with the headers `Idempotency-Key` and `webhook-id`
+//!   (both the key) and the event's `traceparent`. A 2xx answer delivers; 408, 429, 5xx and network
 //!   errors are retried with capped exponential backoff and jitter; any other answer (a
 //!   4xx, a redirect) fails the delivery for good. The receiver should dedupe on the key:
 //!   a crash between its 2xx and the worker recording it sends the same key again.
@@ -32,7 +33,7 @@ use switchboard_schemas::shapes::{NotificationCategory, NotificationRef, Priorit
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{self, WebhookUrl};
+use super::webhook::Webhook;
 use crate::backoff::Backoff;
 
 pub const WEBHOOK: &str = "webhook";
@@ -56,7 +57,8 @@ UPDATE switchboard.notification_deliveries AS d
      ORDER BY next_attempt_at, id
      LIMIT $1
        FOR UPDATE SKIP LOCKED)
-RETURNING d.id, d.user_id, d.medium, d.sink, d.payload::text, d.payload ->> 'key', d.attempts";
+RETURNING d.id, d.user_id, d.medium, d.sink, d.payload::text, d.payload ->> 'key', d.attempts,
+          d.traceparent";
 
 const DELIVERED: &str = "
 UPDATE switchboard.notification_deliveries SET delivered_at = now(), last_error = NULL
@@ -74,7 +76,7 @@ UPDATE switchboard.notification_deliveries SET failed_at = now(), last_error = $
 /// Where push and email go, and how hard to try.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
-    pub webhook: Option<WebhookUrl>,
+    pub webhook: Option<Webhook>,
     pub webhook_timeout: Duration,
     pub subjects: bool,
     pub max_attempts: u32,
@@ -119,8 +121,17 @@ pub struct Outbound {
     pub created_at: Timestamp,
 }
 
-/// `id, user_id, medium, sink, payload, payload.key, attempts`.
-type ClaimedRow = (i64, String, String, String, String, Option<String>, i32);
+/// `id, user_id, medium, sink, payload, payload.key, attempts, traceparent`.
+type ClaimedRow = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i32,
+    Option<String>,
+);
 
 /// One claimed delivery.
 #[derive(Debug)]
@@ -132,6 +143,7 @@ struct Claimed {
     payload: String,
     key: String,
     attempts: i32,
+    traceparent: Option<String>,
 }
 
 /// What one attempt came to.
@@ -203,15 +215,18 @@ impl Dispatcher {
             .await?;
         let claimed: Vec<Claimed> = rows
             .into_iter()
-            .map(|(id, user, medium, sink, payload, key, attempts)| Claimed {
-                id,
-                user,
-                medium,
-                sink,
-                payload,
-                key: key.unwrap_or_default(),
-                attempts,
-            })
+            .map(
+                |(id, user, medium, sink, payload, key, attempts, traceparent)| Claimed {
+                    id,
+                    user,
+                    medium,
+                    sink,
+                    payload,
+                    key: key.unwrap_or_default(),
+                    attempts,
+                    traceparent,
+                },
+            )
             .collect();
         let attempts = join_all(claimed.iter().map(|delivery| self.attempt(delivery))).await;
         for (delivery, attempt) in claimed.iter().zip(attempts) {
@@ -223,7 +238,7 @@ impl Dispatcher {
     async fn attempt(&self, delivery: &Claimed) -> Attempt {
         match delivery.sink.as_str() {
             WEBHOOK => match &self.config.webhook {
-                Some(url) => self.post(url, delivery).await,
+                Some(webhook) => self.post(webhook, delivery).await,
                 None => Attempt::Failed("no webhook is configured any more".into()),
             },
             SUBJECT => self.publish(delivery).await,
@@ -231,22 +246,21 @@ impl Dispatcher {
         }
     }
 
-    async fn post(&self, url: &WebhookUrl, delivery: &Claimed) -> Attempt {
-        let headers = [("Idempotency-Key", delivery.key.as_str())];
-        let result = http::post_json(
-            url,
-            &headers,
-            delivery.payload.as_bytes(),
-            self.config.webhook_timeout,
-        )
-        .await;
+    async fn post(&self, webhook: &Webhook, delivery: &Claimed) -> Attempt {
+        let result = webhook
+            .post(
+                &delivery.key,
+                delivery.payload.as_bytes(),
+                delivery.traceparent.as_deref(),
+            )
+            .await;
         match result {
             Ok(status) if (200..300).contains(&status) => Attempt::Delivered,
             Ok(status) if status == 408 || status == 429 || status >= 500 => {
                 Attempt::Retry(format!("webhook answered {status}"))
             }
             Ok(status) => Attempt::Failed(format!("webhook answered {status}")),
-            Err(error) => Attempt::Retry(format!("webhook: {error}")),
+            Err(error) => Attempt::Retry(error.to_string()),
         }
     }
 

@@ -65,8 +65,9 @@ const UNREAD: &str =
 const EMIT: &str = "SELECT switchboard.emit($1, $2, $3::jsonb, NULL, $4)";
 
 const INSERT_DELIVERY: &str = "
-INSERT INTO switchboard.notification_deliveries (event_id, user_id, medium, sink, payload)
-VALUES ($1, $2, $3, $4, $5::jsonb)
+INSERT INTO switchboard.notification_deliveries
+       (event_id, user_id, medium, sink, payload, traceparent)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6)
 ON CONFLICT DO NOTHING";
 
 const LIST: &str = "
@@ -311,6 +312,7 @@ pub struct NewDelivery<'a> {
     pub medium: &'static str,
     pub sink: &'static str,
     pub payload: &'a str,
+    pub traceparent: Option<&'a str>,
 }
 
 pub async fn insert_delivery(
@@ -323,6 +325,7 @@ pub async fn insert_delivery(
         .bind(new.medium)
         .bind(new.sink)
         .bind(new.payload)
+        .bind(new.traceparent)
         .execute(conn)
         .await?;
     Ok(())

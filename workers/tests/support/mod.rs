@@ -2,6 +2,8 @@
 //! stream, the buckets and the database. Each test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::process::{ExitStatus, Stdio};
@@ -114,6 +116,30 @@ impl Worker {
             command.env(name, value);
         }
         command
+    }
+
+    /// Runs a worker that is expected to stop by itself (a refused setting): its exit
+    /// status and everything it wrote to stdout and stderr.
+    pub async fn refused(
+        setup: &Setup,
+        jobs: &str,
+        env: &[(&str, String)],
+    ) -> (ExitStatus, String) {
+        let mut command = Worker::command(setup, jobs, env);
+        command
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let output = tokio::time::timeout(DEADLINE, command.output())
+            .await
+            .expect("the worker stops by itself")
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status, text)
     }
 
     /// Whether the process is still running (it has not exited or crashed).

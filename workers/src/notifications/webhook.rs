@@ -1,0 +1,424 @@
+//! The webhook sink's HTTP side: the URL and signing secret settings, and one signed
+//! `POST` per attempt through a pooled reqwest client (docs/operations.md §4).
+//!
+//! Requests are signed per the Standard Webhooks spec so that a receiver can tell them
+//! from anyone else's: `webhook-id` (the delivery's key, the same on every attempt),
+//! `webhook-timestamp` (unix seconds of this attempt) and `webhook-signature:
+//! v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`. The timestamp is signed
+//! with each attempt so a receiver may refuse old replays.
+//!
+//! This module owns no table and decides no retry: it says what the receiver answered,
+//! and the dispatcher ([`super::sink`]) decides. Nothing here shows the URL's
+//! credentials or query (they may carry the receiver's token) or the secret.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use switchboard_bus::connect::redact_url;
+
+/// How long an idle connection to the receiver is kept for the next request.
+const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+/// Idle connections kept per receiver host.
+const IDLE_PER_HOST: usize = 8;
+/// The longest wait for a TCP (and TLS) connection, within the request timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Secrets shorter than this are refused: an HMAC key guessable by brute force is none.
+const MIN_SECRET_BYTES: usize = 16;
+
+/// The W3C trace context header passed on from the event (docs/protocol.md §10.4).
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A checked `http://` or `https://` URL without credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl(reqwest::Url);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid webhook URL {url}: {reason}")]
+pub struct UrlError {
+    /// Redacted: never the credentials or the query.
+    url: String,
+    reason: &'static str,
+}
+
+impl FromStr for WebhookUrl {
+    type Err = UrlError;
+
+    fn from_str(text: &str) -> Result<WebhookUrl, UrlError> {
+        let error = |reason| UrlError {
+            url: redact_url(text),
+            reason,
+        };
+        if text.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(error("it contains spaces or control characters"));
+        }
+        let url = reqwest::Url::parse(text).map_err(|_| error("not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(error("only http:// and https:// are supported"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(error("no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(error(
+                "credentials in the URL are not supported; the receiver checks the signature \
+                 (SWITCHBOARD_NOTIFY_WEBHOOK_SECRET)",
+            ));
+        }
+        Ok(WebhookUrl(url))
+    }
+}
+
+/// Shown without its query, which may carry the receiver's token.
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(self.0.as_str()))
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookUrl({self})")
+    }
+}
+
+/// The Standard Webhooks signing key, from `whsec_<base64 key>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(Vec<u8>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("it must start with whsec_")]
+    Prefix,
+    #[error("the part after whsec_ is not base64")]
+    Base64,
+    #[error("the key is shorter than {MIN_SECRET_BYTES} bytes")]
+    TooShort,
+}
+
+impl FromStr for WebhookSecret {
+    type Err = SecretError;
+
+    fn from_str(text: &str) -> Result<WebhookSecret, SecretError> {
+        let encoded = text
+            .trim()
+            .strip_prefix("whsec_")
+            .ok_or(SecretError::Prefix)?;
+        let key = STANDARD.decode(encoded).map_err(|_| SecretError::Base64)?;
+        if key.len() < MIN_SECRET_BYTES {
+            return Err(SecretError::TooShort);
+        }
+        Ok(WebhookSecret(key))
+    }
+}
+
+/// Never the key.
+impl fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookSecret(***)")
+    }
+}
+
+impl WebhookSecret {
+    /// `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`.
+    pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
+        // Any key length is valid for HMAC; `new_from_slice` cannot fail here.
+        let mut mac = <Hmac<Sha256>>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// A clap value parser whose refusal names the setting and the reason, never the value:
+/// clap's own message would repeat the value whole, and it may be a credential.
+#[derive(Clone, Copy)]
+pub struct SecretParser<T> {
+    setting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> SecretParser<T> {
+    pub const fn new(setting: &'static str, parse: fn(&str) -> Result<T, String>) -> Self {
+        SecretParser { setting, parse }
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        use clap::error::ErrorKind;
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                ErrorKind::InvalidUtf8,
+                format!("{} is not UTF-8\n", self.setting),
+            )
+        })?;
+        (self.parse)(text).map_err(|reason| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("{}: {reason}\n", self.setting),
+            )
+        })
+    }
+}
+
+/// `--notify-webhook-url`: the URL redacted in a refusal.
+pub fn url_parser() -> SecretParser<WebhookUrl> {
+    SecretParser::new("SWITCHBOARD_NOTIFY_WEBHOOK_URL", |text| {
+        text.parse().map_err(|e: UrlError| e.to_string())
+    })
+}
+
+/// `--notify-webhook-secret`: a refusal says why, never what.
+pub fn secret_parser() -> SecretParser<WebhookSecret> {
+    SecretParser::new("SWITCHBOARD_NOTIFY_WEBHOOK_SECRET", |text| {
+        text.parse()
+            .map_err(|e: SecretError| format!("not a Standard Webhooks secret: {e}"))
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("cannot read SWITCHBOARD_NOTIFY_WEBHOOK_CA {path}: {error}")]
+    ReadCa { path: String, error: String },
+    #[error("SWITCHBOARD_NOTIFY_WEBHOOK_CA {path} holds no PEM certificate: {error}")]
+    BadCa { path: String, error: String },
+    #[error("cannot set up the webhook's HTTP client: {0}")]
+    Client(String),
+    #[error("webhook request failed: {0}")]
+    Request(String),
+}
+
+/// The receiver, signing key and connection pool.
+#[derive(Clone)]
+pub struct Webhook {
+    url: WebhookUrl,
+    secret: Option<WebhookSecret>,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url)
+            .field("signed", &self.secret.is_some())
+            .finish()
+    }
+}
+
+impl Webhook {
+    /// A client for `url` trusting the system's roots and, when given, the CA
+    /// certificates in the PEM file `ca`; each request takes at most `timeout`.
+    pub fn new(
+        url: WebhookUrl,
+        secret: Option<WebhookSecret>,
+        ca: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Webhook, WebhookError> {
+        // reqwest is built without a bundled provider and uses the process default; ring
+        // is the provider async-nats's rustls already brings. An error means one is
+        // installed already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            .pool_idle_timeout(IDLE_CONNECTION)
+            .pool_max_idle_per_host(IDLE_PER_HOST)
+            // A redirect is an answer (failed for good), not a new target to sign for.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("switchboard-workers/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca {
+            let pem = std::fs::read(path).map_err(|e| WebhookError::ReadCa {
+                path: path.display().to_string(),
+                error: e.to_string(),
+            })?;
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| WebhookError::BadCa {
+                    path: path.display().to_string(),
+                    error: error_chain(&e),
+                })?;
+            if certificates.is_empty() {
+                return Err(WebhookError::BadCa {
+                    path: path.display().to_string(),
+                    error: "no certificate found".into(),
+                });
+            }
+            builder = builder.tls_certs_merge(certificates);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| WebhookError::Client(error_chain(&e)))?;
+        Ok(Webhook {
+            url,
+            secret,
+            client,
+        })
+    }
+
+    pub fn url(&self) -> &WebhookUrl {
+        &self.url
+    }
+
+    pub fn signed(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Posts `body` (JSON) as message `id`; the receiver's status code.
+    pub async fn post(
+        &self,
+        id: &str,
+        body: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<u16, WebhookError> {
+        let mut request = self
+            .client
+            .post(self.url.0.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", id)
+            .header("webhook-id", id);
+        if let Some(secret) = &self.secret {
+            let timestamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            request = request
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", secret.sign(id, timestamp, body));
+        }
+        if let Some(traceparent) = traceparent.filter(|t| valid_traceparent(t)) {
+            request = request.header(TRACEPARENT, traceparent);
+        }
+        let response = request
+            .body(body.to_vec())
+            .send()
+            .await
+            // reqwest's message names the URL, query included: leave it out.
+            .map_err(|e| WebhookError::Request(error_chain(&e.without_url())))?;
+        Ok(response.status().as_u16())
+    }
+}
+
+/// `version-traceid-parentid-flags`, lowercase hex (W3C Trace Context): anything else
+/// in the header is not passed on.
+pub fn valid_traceparent(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_http_or_https_without_credentials_and_shown_redacted() {
+        for good in [
+            "http://hooks.local",
+            "https://hooks.example.com/push?token=abc",
+            "http://[::1]:9000/hook",
+            "http://127.0.0.1:8081/push/v1",
+        ] {
+            assert!(good.parse::<WebhookUrl>().is_ok(), "{good}");
+        }
+        let url: WebhookUrl = "https://h.example/push?token=abc".parse().unwrap();
+        assert_eq!(url.to_string(), "https://h.example/push?***");
+        assert!(!format!("{url:?}").contains("abc"));
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://h:port/",
+            "http://user:pw@h/",
+            "https://token@h/",
+            "http://h/a b",
+            "hooks.local",
+        ] {
+            let error = bad.parse::<WebhookUrl>().unwrap_err().to_string();
+            assert!(
+                !error.contains("pw") && !error.contains("token@"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_whsec_base64_and_never_shown() {
+        let secret: WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
+        assert_eq!(format!("{secret:?}"), "WebhookSecret(***)");
+        assert_eq!(
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<WebhookSecret>(),
+            Err(SecretError::Prefix)
+        );
+        assert_eq!(
+            "whsec_not*base64".parse::<WebhookSecret>(),
+            Err(SecretError::Base64)
+        );
+        assert_eq!(
+            "whsec_c2hvcnQ=".parse::<WebhookSecret>(),
+            Err(SecretError::TooShort)
+        );
+    }
+
+    /// The example of the Standard Webhooks reference libraries.
+    #[test]
+    fn signatures_match_the_standard_webhooks_reference() {
+        let secret: WebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
+        let signature = secret.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1_614_265_330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn only_well_formed_traceparents_pass() {
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx: y",
+        ] {
+            assert!(!valid_traceparent(bad), "{bad:?}");
+        }
+    }
+}
