@@ -269,3 +269,57 @@ test('typing: throttled while typing, stopped after a pause; others expire', asy
   const sigs = edge.frames.filter((f) => f.op === 'sig').map((f) => f.data.typing);
   assert.deepEqual(sigs, [true, false]);
 });
+
+test('automatic away: in the background with no input for idleAfterMs, away; activity, online again; busy is left alone', async (t) => {
+  const edge = await fakeEdge();
+  t.after(() => edge.close());
+  const sb = newClient({ url: edge.url, token: token(), idleAfterMs: 150 });
+  t.after(() => sb.destroy());
+  await sb.connect();
+  const statuses = () => edge.frames.filter((f) => f.op === 'presence').map((f) => f.status);
+  sb.setAppState('background');
+  await sleep(80);
+  sb.reportActivity(); // input while in the background starts the countdown again
+  await sleep(100);
+  assert.deepEqual(statuses(), []);
+  await until(() => statuses().length === 1, 'away');
+  assert.equal(sb.presence.status, 'away');
+  sb.setAppState('active');
+  await until(() => statuses().length === 2, 'online again');
+  assert.deepEqual(statuses(), ['away', 'online']);
+  await sb.presence.setStatus('busy');
+  sb.setAppState('background');
+  await sleep(300);
+  assert.deepEqual(statuses(), ['away', 'online', 'busy'], 'a chosen busy is not replaced by away');
+  assert.throws(() => sb.setAppState('asleep'), /"background" or "active"/);
+  assert.throws(() => newClient({ url: edge.url, token: token(), idleAfterMs: -1 }), /idleAfterMs must be a number/);
+});
+
+test('bad arguments are clear errors', async () => {
+  assert.throws(() => newClient({ url: 'http://x/v1/ws', token: 't' }), /not a WebSocket URL/);
+  assert.throws(() => newClient({ url: [], token: 't' }), /at least one url/);
+  assert.throws(() => newClient({ url: 'ws://x/v1/ws', token: 5 }), /token must be a JWT string or a function/);
+  assert.throws(() => newClient({ url: 'ws://x/v1/ws', token: 't', random: 3 }), /random must be a function/);
+  const sb = newClient({ url: 'ws://127.0.0.1:9/v1/ws', token: 't' });
+  assert.throws(() => sb.subscribe('', () => undefined), /channel name/);
+  assert.throws(() => sb.subscribe('project:p1', { types: 'bid.*' }, () => undefined), /types must be an array/);
+  assert.throws(() => sb.publish('conversation:c1', '', {}), /event type/);
+  assert.throws(() => sb.ack('conversation:c1', -1), /non-negative integer/);
+  assert.throws(() => sb.signal('conversation:c1', ''), /channel and a type/);
+  await assert.rejects(sb.rpc('not a method'), /is not a method name/);
+  await assert.rejects(sb.presence.setStatus('sleeping'), /presence status must be one of/);
+  await assert.rejects(sb.presence.setPrivacy('friends'), /presence privacy must be one of/);
+  assert.throws(() => sb.presence.watch(''), /needs a user id/);
+  await assert.rejects(async () => sb.notifications.list({ limit: 0 }), /limit must be a positive integer/);
+  assert.throws(() => sb.inbox.mute('project:p1'), /conversation channel/);
+  sb.destroy();
+});
+
+test('injected randomness drives idempotency keys and backoff', async () => {
+  let calls = 0;
+  const sb = newClient({ url: 'ws://127.0.0.1:9/v1/ws', token: token(), random: () => (calls++, 0.5) });
+  const message = sb.publish('conversation:c1', 'message.new', { text: 'x' });
+  assert.equal(message.key, 'k-' + '80'.repeat(12));
+  assert.ok(calls >= 12);
+  sb.destroy();
+});
