@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{kv, message::PublishMessage};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchboard_bus::{PRESENCE_BUCKET, headers};
 use switchboard_schemas::{Actor, Timestamp};
@@ -514,4 +515,304 @@ async fn privacy_decides_who_may_watch() {
     }
     let anonymous = authorize(&setup, None, json!({"target": "u1"})).await;
     assert_eq!(anonymous["error"]["code"], "unauthorized");
+}
+
+/// `presence.get` as `user`: the whole reply.
+async fn presence_get(setup: &Setup, user: Option<&str>, params: Value) -> Value {
+    rpc(setup, "presence.get", user, params).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_get_answers_for_the_users_the_caller_may_see() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "membership,presence", &[]);
+    for user in ["u1", "pal", "hermit", "ghost", "gone", "fresh"] {
+        member(
+            &setup,
+            "conversation:c1",
+            "conversation.participant_added",
+            user,
+        )
+        .await;
+    }
+    member(&setup, "project:p1", "member.added", "u1").await;
+    member(&setup, "project:p1", "member.added", "bidder").await;
+    wait_for_worker(&setup).await;
+    set_visibility(&setup, "open", "everyone").await;
+    set_visibility(&setup, "hermit", "nobody").await;
+
+    put(&setup, "pal.c1", "online", Some("At desk"), LONG_TTL).await;
+    put(&setup, "pal.c2", "away", None, LONG_TTL).await;
+    put(&setup, "bidder.c1", "busy", None, LONG_TTL).await;
+    put(&setup, "open.c1", "away", Some("Lunch"), LONG_TTL).await;
+    put(&setup, "hermit.c1", "online", None, LONG_TTL).await;
+    put(&setup, "stranger.c1", "online", None, LONG_TTL).await;
+    put(&setup, "ghost.c1", "invisible", Some("hidden"), LONG_TTL).await;
+    put(&setup, "gone.c1", "online", None, LONG_TTL).await;
+    nth_event(&setup, "gone", 1).await;
+    close(&setup, "gone.c1").await;
+    let gone = nth_event(&setup, "gone", 2).await;
+    // As stored: PostgreSQL keeps microseconds, the event may say more.
+    let gone_seen = Timestamp::from_unix_nanos(
+        i128::from(micros(last_seen(&gone).expect("offline has lastSeen"))) * 1000,
+    )
+    .unwrap()
+    .to_string();
+    assert_eq!(
+        summary(&nth_event(&setup, "pal", 2).await),
+        ("online", 2, Some("At desk"))
+    );
+    for user in ["bidder", "open", "hermit", "stranger"] {
+        nth_event(&setup, user, 1).await;
+    }
+
+    let asked = json!({"users": [
+        "pal", "bidder", "open", "hermit", "stranger", "ghost", "gone", "u1", "fresh", "pal",
+        "nobody-knows"
+    ]});
+    // Asked in that order, answered in that order, each once; `hermit` (nobody),
+    // `stranger` and `nobody-knows` (no shared channel) are left out, indistinguishable.
+    let expected = json!({"result": {"presence": [
+        {"user": "pal", "status": "online", "devices": 2, "text": "At desk"},
+        {"user": "bidder", "status": "busy", "devices": 1},
+        {"user": "open", "status": "away", "devices": 1, "text": "Lunch"},
+        {"user": "ghost", "status": "offline", "devices": 0},
+        {"user": "gone", "status": "offline", "devices": 0, "lastSeen": gone_seen},
+        {"user": "u1", "status": "offline", "devices": 0},
+        {"user": "fresh", "status": "offline", "devices": 0},
+    ]}});
+    eventually("memberships to be mirrored", || async {
+        let answer = presence_get(&setup, Some("u1"), asked.clone()).await;
+        (answer == expected).then_some(())
+    })
+    .await;
+    // A user back online after being seen offline: lastSeen says when that was.
+    put(&setup, "gone.c2", "online", None, LONG_TTL).await;
+    nth_event(&setup, "gone", 3).await;
+    let back = presence_get(&setup, Some("u1"), json!({"users": ["gone"]})).await;
+    assert_eq!(
+        back,
+        json!({"result": {"presence": [
+            {"user": "gone", "status": "online", "devices": 1, "lastSeen": gone_seen}
+        ]}})
+    );
+    // What a stranger sees: only those who show themselves to everyone, and themself.
+    let stranger = presence_get(&setup, Some("stranger"), asked.clone()).await;
+    assert_eq!(
+        stranger,
+        json!({"result": {"presence": [
+            {"user": "open", "status": "away", "devices": 1, "text": "Lunch"},
+            {"user": "stranger", "status": "online", "devices": 1},
+        ]}}),
+        "{asked}"
+    );
+    let nothing = presence_get(&setup, Some("u1"), json!({"users": []})).await;
+    assert_eq!(nothing, json!({"result": {"presence": []}}));
+
+    let too_many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let hundred: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+    let full = presence_get(&setup, Some("u1"), json!({ "users": hundred })).await;
+    assert!(
+        full["result"]["presence"].is_array(),
+        "100 users is fine: {full}"
+    );
+    let long = presence_get(&setup, Some("u1"), json!({ "users": too_many })).await;
+    assert_eq!(long["error"]["code"], "bad_request", "{long}");
+    assert!(
+        long["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100"),
+        "{long}"
+    );
+    for params in [
+        json!({"users": ["pal", "a.b"]}),
+        json!({"users": [""]}),
+        json!({"users": [7]}),
+        json!({"users": "pal"}),
+        json!({}),
+    ] {
+        let answer = presence_get(&setup, Some("u1"), params.clone()).await;
+        assert_eq!(answer["error"]["code"], "bad_request", "{params}: {answer}");
+    }
+    let anonymous = presence_get(&setup, None, json!({"users": ["pal"]})).await;
+    assert_eq!(anonymous["error"]["code"], "unauthorized");
+}
+
+/// `int.presence.visible` as the edge asks it: from the edge's role, for `watcher`.
+async fn visible(edge: &async_nats::Client, watcher: Option<&str>, params: Value) -> Value {
+    let mut map = HeaderMap::new();
+    if let Some(watcher) = watcher {
+        map.insert("Rt-User", watcher);
+    }
+    eventually("an answer on int.presence.visible", || async {
+        let reply = edge
+            .request_with_headers(
+                "int.presence.visible",
+                map.clone(),
+                params.to_string().into(),
+            )
+            .await
+            .ok()?;
+        Some(serde_json::from_slice(&reply.payload).unwrap())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_visible_filters_a_whole_list_for_the_edge() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "membership,presence", &[]);
+    let edge = setup.nats.connect(support::Role::Edge).await.unwrap();
+    for user in ["u1", "pal", "hermit"] {
+        member(
+            &setup,
+            "conversation:c1",
+            "conversation.participant_added",
+            user,
+        )
+        .await;
+    }
+    member(&setup, "group:g1", "member.added", "u1").await;
+    member(&setup, "group:g1", "member.added", "grouped").await;
+    wait_for_worker(&setup).await;
+    set_visibility(&setup, "open", "everyone").await;
+    set_visibility(&setup, "hermit", "nobody").await;
+
+    // A `who` list of 1000: strangers, with the few the watcher may see among them.
+    let mut users: Vec<String> = (0..995).map(|i| format!("s{i}")).collect();
+    for (at, user) in [
+        (0, "hermit"),
+        (10, "pal"),
+        (500, "open"),
+        (700, "u1"),
+        (990, "grouped"),
+    ] {
+        users.insert(at, user.to_string());
+    }
+    assert_eq!(users.len(), 1000);
+    let expected = json!({"result": {"visible": ["pal", "open", "u1"]}});
+    eventually("memberships to be mirrored", || async {
+        let answer = visible(&edge, Some("u1"), json!({ "users": users })).await;
+        (answer == expected).then_some(())
+    })
+    .await;
+    let start = Instant::now();
+    let answer = visible(&edge, Some("u1"), json!({ "users": users })).await;
+    println!(
+        "int.presence.visible: 1000 users filtered in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(answer, expected);
+    let alone = visible(
+        &edge,
+        Some("grouped"),
+        json!({"users": ["u1", "open", "grouped"]}),
+    )
+    .await;
+    assert_eq!(alone, json!({"result": {"visible": ["open", "grouped"]}}));
+    let empty = visible(&edge, Some("u1"), json!({"users": []})).await;
+    assert_eq!(empty, json!({"result": {"visible": []}}));
+
+    users.push("one-too-many".into());
+    for params in [
+        json!({ "users": users }),
+        json!({"users": ["pal", "a.b"]}),
+        json!({"users": [null]}),
+        json!({"users": {}}),
+        json!({}),
+    ] {
+        let answer = visible(&edge, Some("u1"), params.clone()).await;
+        assert_eq!(answer["error"]["code"], "bad_request", "{answer}");
+    }
+    let anonymous = visible(&edge, None, json!({"users": ["pal"]})).await;
+    assert_eq!(anonymous["error"]["code"], "unauthorized");
+    // Internal: no `rpc` reaches it, since the edge relays to `svc.` only.
+    let relayed = setup
+        .client
+        .request(
+            "svc.presence.visible",
+            json!({"users": ["pal"]}).to_string().into(),
+        )
+        .await;
+    assert!(relayed.is_err(), "nothing serves svc.presence.visible");
+}
+
+/// The next notice on `int.privacy.>`: (subject, body).
+async fn next_change(changes: &mut async_nats::Subscriber) -> (String, Value) {
+    let message = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("a privacy change within 5 s")
+        .unwrap();
+    let body: Value = serde_json::from_slice(&message.payload).unwrap();
+    (message.subject.to_string(), body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_privacy_change_is_announced_to_the_edges_after_it_is_stored() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "membership,presence", &[]);
+    member(
+        &setup,
+        "conversation:c1",
+        "conversation.participant_added",
+        "u1",
+    )
+    .await;
+    member(
+        &setup,
+        "conversation:c1",
+        "conversation.participant_added",
+        "pal",
+    )
+    .await;
+    wait_for_worker(&setup).await;
+    // As an edge listens: its own role, every user.
+    let edge = setup.nats.connect(support::Role::Edge).await.unwrap();
+    let mut changes = edge.subscribe("int.privacy.>").await.unwrap();
+    edge.flush().await.unwrap();
+
+    // The first choice of the default changes nothing: no notice. The next message is
+    // the real change, so none came in between (one publisher, one subscription: order
+    // is kept).
+    set_visibility(&setup, "u1", "contacts").await;
+    set_visibility(&setup, "u1", "nobody").await;
+    let (subject, body) = next_change(&mut changes).await;
+    assert_eq!(subject, "int.privacy.u1");
+    assert_eq!(body, json!({"user": "u1", "visibility": "nobody"}));
+    // Stored before announced: an edge re-checking at once sees the new setting.
+    assert!(!allowed(&setup, "pal", "u1").await);
+
+    // Repeats are no-ops; every real change is announced, for whoever changed.
+    set_visibility(&setup, "u1", "nobody").await;
+    set_visibility(&setup, "pal", "everyone").await;
+    set_visibility(&setup, "u1", "contacts").await;
+    assert_eq!(
+        next_change(&mut changes).await,
+        (
+            "int.privacy.pal".to_string(),
+            json!({"user": "pal", "visibility": "everyone"})
+        )
+    );
+    assert_eq!(
+        next_change(&mut changes).await,
+        (
+            "int.privacy.u1".to_string(),
+            json!({"user": "u1", "visibility": "contacts"})
+        )
+    );
+    // A refused change stores and announces nothing.
+    let refused = rpc(
+        &setup,
+        "presence.privacy.set",
+        Some("u1"),
+        json!({"visibility": "friends"}),
+    )
+    .await;
+    assert_eq!(refused["error"]["code"], "bad_request");
+    set_visibility(&setup, "u1", "everyone").await;
+    assert_eq!(
+        next_change(&mut changes).await.1,
+        json!({"user": "u1", "visibility": "everyone"})
+    );
 }

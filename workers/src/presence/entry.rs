@@ -1,7 +1,7 @@
 //! Reading an entry of the KV bucket `presence` as a typed [`Change`] to one
 //! connection, or refusing it with the reason.
 //!
-//! The edges write one entry per live connection (DESIGN §5 path 6): key
+//! The edges write one entry per live connection (docs/protocol.md §9.1): key
 //! `<user>.<conn>`, value
 //! `{"user","conn","device","status","text","edge","at"}`, refreshed with a per-message
 //! TTL and deleted on clean close. An expired entry reaches watchers as a purge marker.

@@ -1,6 +1,6 @@
 //! The presence job: turns the edges' per-connection entries in the KV bucket `presence`
 //! into one `user.presence` event per change on `presence:<user>`, and answers who may
-//! watch it (DESIGN §5 path 6, §4.1).
+//! see it (docs/protocol.md §9).
 //!
 //! Unlike the other jobs it has no durable consumer: every copy watches the whole
 //! bucket, expiry markers included, so a user whose edge died still goes offline when
@@ -12,7 +12,10 @@
 //! - [`watcher`]: follows the bucket, publishes transitions with event ids derived from
 //!   the revision behind them, rebuilds after a restart without false transitions.
 //! - [`state`]: the last published summary per user and last-seen, in PostgreSQL.
-//! - [`privacy`]: `presence.privacy.set|get` and `presence.authorize`.
+//! - [`privacy`]: each user's setting and the one rule of who may see whom.
+//! - [`service`]: the RPCs (`presence.privacy.set|get`, `presence.get`, and the edge's
+//!   internal `presence.authorize` and `presence.visible`), and the `int.privacy.<user>`
+//!   notice of a changed setting.
 //!
 //! It owns `switchboard.presence_state`, `switchboard.presence_last_seen` and
 //! `switchboard.presence_privacy`; it only reads the bucket (the edges own it) and
@@ -21,6 +24,7 @@
 pub mod board;
 pub mod entry;
 pub mod privacy;
+pub mod service;
 pub mod state;
 pub mod watcher;
 
@@ -30,23 +34,29 @@ use async_nats::jetstream;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-pub use privacy::{PrivacyService, Visibility};
+pub use privacy::{Privacy, Visibility};
+pub use service::PresenceService;
 pub use watcher::Watcher;
 
 use crate::responder;
 use state::State;
 
-/// Runs the watcher and the privacy service until `shutdown` fires.
+/// Runs the watcher and the RPC service until `shutdown` fires.
 pub async fn run(
     db: PgPool,
     client: async_nats::Client,
     js: jetstream::Context,
     shutdown: CancellationToken,
 ) {
-    let watcher = Watcher::new(js, State::new(db.clone()));
-    let privacy = Arc::new(PrivacyService::new(db));
+    let state = State::new(db.clone());
+    let watcher = Watcher::new(js, state.clone());
+    let service = Arc::new(PresenceService::new(
+        Privacy::new(db),
+        state,
+        client.clone(),
+    ));
     tokio::join!(
         watcher.run(&shutdown),
-        responder::serve(privacy, client, shutdown.clone()),
+        responder::serve(service, client, shutdown.clone()),
     );
 }

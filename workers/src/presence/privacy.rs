@@ -1,44 +1,61 @@
-//! Who may watch a user's presence: the `presence.privacy.*` and `presence.authorize`
-//! RPCs (DESIGN §4.1).
+//! Who may see a user's presence: each user's setting in `switchboard.presence_privacy`
+//! and the one rule that reads it (docs/protocol.md §9).
 //!
-//! - `presence.privacy.set` `{"visibility":"everyone|contacts|nobody"}` and
-//!   `presence.privacy.get` -> `{"visibility":...}`, for the caller.
-//! - `presence.authorize` `{"target":"u2"}` -> `{"allowed":bool}`: whether the caller may
-//!   watch `presence:<target>`. Always for oneself; otherwise by the target's setting:
-//!   `everyone`; `contacts` (the default) when both are active members of one
-//!   `conversation:` or `project:` channel; `nobody` never. The edge asks this when a
-//!   client subscribes to `presence:<target>` without a token grant for it.
+//! A watcher may always see themself; anyone else by the target's setting: `everyone`;
+//! `contacts` (the default, also for users who never chose) when both are active
+//! members of one `conversation:` or `project:` channel; `nobody` never. The rule is one
+//! SQL statement over a whole list of targets, so `presence.authorize` (one target),
+//! `presence.visible` (an edge's `who` list) and `presence.get` (a contact list) answer
+//! alike, each in one round trip.
 //!
 //! It owns `switchboard.presence_privacy` and reads `switchboard.channel_members`.
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use switchboard_schemas::{ErrorCode, UserId};
-
-use crate::responder::{Call, Method, Reply, RpcError, Service};
+use switchboard_schemas::UserId;
 
 const GET: &str = "SELECT visibility FROM switchboard.presence_privacy WHERE user_id = $1";
+
+/// The current setting, locked until the transaction that changes it commits, so two
+/// concurrent changes each see what the other left.
+const GET_FOR_UPDATE: &str =
+    "SELECT visibility FROM switchboard.presence_privacy WHERE user_id = $1 FOR UPDATE";
 
 const SET: &str = "
 INSERT INTO switchboard.presence_privacy (user_id, visibility) VALUES ($1, $2)
 ON CONFLICT (user_id) DO UPDATE SET visibility = EXCLUDED.visibility";
 
-/// Whether two users are both active in one conversation or project. Starts from the
-/// watcher's memberships (index `channel_members_by_user`), then looks up the target in
-/// each by primary key.
-const CONTACTS: &str = "
-SELECT EXISTS (
-    SELECT 1 FROM switchboard.channel_members mine
+/// Which of the targets `$2` (in their order) the watcher `$1` may see. The watcher's
+/// contacts among the targets are found once: from the watcher's memberships (index
+/// `channel_members_by_user`), each target looked up by primary key. A target without a
+/// row has the default, `contacts`.
+const VISIBLE: &str = "
+WITH asked AS (
+    SELECT user_id, ord FROM unnest($2::text[]) WITH ORDINALITY AS a (user_id, ord)
+), contacts AS (
+    SELECT DISTINCT theirs.user_id
+      FROM switchboard.channel_members mine
       JOIN switchboard.channel_members theirs
-        ON theirs.channel = mine.channel AND theirs.user_id = $2 AND theirs.active
+        ON theirs.channel = mine.channel AND theirs.active
+       AND theirs.user_id = ANY ($2::text[])
      WHERE mine.user_id = $1 AND mine.active
-       AND (mine.channel LIKE 'conversation:%' OR mine.channel LIKE 'project:%'))";
+       AND (mine.channel LIKE 'conversation:%' OR mine.channel LIKE 'project:%')
+)
+SELECT a.user_id
+  FROM asked a
+  LEFT JOIN switchboard.presence_privacy p ON p.user_id = a.user_id
+ WHERE a.user_id = $1
+    OR coalesce(p.visibility, 'contacts') = 'everyone'
+    OR (coalesce(p.visibility, 'contacts') = 'contacts'
+        AND a.user_id IN (SELECT user_id FROM contacts))
+ ORDER BY a.ord";
 
 /// A user's presence privacy setting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     Everyone,
+    /// The default: [`VISIBLE`] says the same for users without a row.
     #[default]
     Contacts,
     Nobody,
@@ -64,47 +81,19 @@ impl Visibility {
     }
 }
 
-/// The answer of `presence.authorize`, before any query: decided by the setting alone,
-/// or depending on shared membership.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rule {
-    Allow,
-    Deny,
-    IfContacts,
-}
-
-fn rule(watcher: &UserId, target: &UserId, visibility: Visibility) -> Rule {
-    if watcher == target {
-        return Rule::Allow;
-    }
-    match visibility {
-        Visibility::Everyone => Rule::Allow,
-        Visibility::Contacts => Rule::IfContacts,
-        Visibility::Nobody => Rule::Deny,
-    }
-}
-
-/// `svc.presence.privacy.set|get`, `int.presence.authorize`.
-pub struct PrivacyService {
+/// Reads and changes privacy settings; decides who may see whom.
+#[derive(Clone)]
+pub struct Privacy {
     db: PgPool,
 }
 
-#[derive(Deserialize)]
-struct SetParams {
-    visibility: Visibility,
-}
-
-#[derive(Deserialize)]
-struct AuthorizeParams {
-    target: String,
-}
-
-impl PrivacyService {
-    pub fn new(db: PgPool) -> PrivacyService {
-        PrivacyService { db }
+impl Privacy {
+    pub fn new(db: PgPool) -> Privacy {
+        Privacy { db }
     }
 
-    async fn visibility(&self, user: &UserId) -> Result<Visibility, sqlx::Error> {
+    /// `user`'s setting (the default when they never chose).
+    pub async fn visibility(&self, user: &UserId) -> Result<Visibility, sqlx::Error> {
         let stored: Option<String> = sqlx::query_scalar(GET)
             .bind(user.as_str())
             .fetch_optional(&self.db)
@@ -115,73 +104,54 @@ impl PrivacyService {
             .unwrap_or_default())
     }
 
-    async fn set(&self, user: &UserId, visibility: Visibility) -> Result<(), sqlx::Error> {
+    /// Stores `user`'s setting; whether it changed what others may see (choosing the
+    /// default for the first time changes nothing). Committed when this returns.
+    pub async fn set(&self, user: &UserId, visibility: Visibility) -> Result<bool, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let before: Option<String> = sqlx::query_scalar(GET_FOR_UPDATE)
+            .bind(user.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let before = before
+            .as_deref()
+            .and_then(Visibility::parse)
+            .unwrap_or_default();
+        // Written even when equal: the row records an explicit choice.
         sqlx::query(SET)
             .bind(user.as_str())
             .bind(visibility.as_str())
-            .execute(&self.db)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(before != visibility)
     }
 
-    async fn allowed(&self, watcher: &UserId, target: &UserId) -> Result<bool, sqlx::Error> {
-        let visibility = if watcher == target {
-            Visibility::default()
-        } else {
-            self.visibility(target).await?
-        };
-        match rule(watcher, target, visibility) {
-            Rule::Allow => Ok(true),
-            Rule::Deny => Ok(false),
-            Rule::IfContacts => {
-                sqlx::query_scalar(CONTACTS)
-                    .bind(watcher.as_str())
-                    .bind(target.as_str())
-                    .fetch_one(&self.db)
-                    .await
-            }
+    /// The users among `targets` that `watcher` may see, in the order given.
+    pub async fn visible(
+        &self,
+        watcher: &UserId,
+        targets: &[UserId],
+    ) -> Result<Vec<UserId>, sqlx::Error> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
         }
-    }
-}
-
-impl Service for PrivacyService {
-    const NAME: &'static str = "presence";
-
-    fn methods(&self) -> &'static [Method] {
-        const METHODS: &[Method] = &[
-            Method::public("presence.privacy.set"),
-            Method::public("presence.privacy.get"),
-            // Asked by the edge before a `presence:<user>` subscription, never by clients.
-            Method::internal("presence.authorize"),
-        ];
-        METHODS
+        let ids: Vec<&str> = targets.iter().map(UserId::as_str).collect();
+        let rows: Vec<String> = sqlx::query_scalar(VISIBLE)
+            .bind(watcher.as_str())
+            .bind(&ids)
+            .fetch_all(&self.db)
+            .await?;
+        // The rows are targets, already valid ids; anything else would be a bug upstream.
+        Ok(rows
+            .iter()
+            .filter_map(|id| UserId::parse(id).ok())
+            .collect())
     }
 
-    async fn call(&self, method: &str, call: Call) -> Reply {
-        let unavailable = |e| RpcError::unavailable(method, e);
-        match method {
-            "presence.privacy.set" => {
-                let params: SetParams = call.params()?;
-                self.set(&call.caller, params.visibility)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(serde_json::json!({ "visibility": params.visibility }))
-            }
-            "presence.privacy.get" => {
-                let visibility = self.visibility(&call.caller).await.map_err(unavailable)?;
-                Ok(serde_json::json!({ "visibility": visibility }))
-            }
-            _ => {
-                let params: AuthorizeParams = call.params()?;
-                let target = UserId::parse(&params.target)
-                    .map_err(|e| RpcError::new(ErrorCode::BadRequest, e.to_string()))?;
-                let allowed = self
-                    .allowed(&call.caller, &target)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(serde_json::json!({ "allowed": allowed }))
-            }
-        }
+    /// Whether `watcher` may see `target`.
+    pub async fn allowed(&self, watcher: &UserId, target: &UserId) -> Result<bool, sqlx::Error> {
+        let visible = self.visible(watcher, std::slice::from_ref(target)).await?;
+        Ok(!visible.is_empty())
     }
 }
 
@@ -190,12 +160,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_setting_decides_unless_watching_oneself() {
-        let (u1, u2) = (UserId::parse("u1").unwrap(), UserId::parse("u2").unwrap());
-        assert_eq!(rule(&u1, &u1, Visibility::Nobody), Rule::Allow);
-        assert_eq!(rule(&u1, &u2, Visibility::Everyone), Rule::Allow);
-        assert_eq!(rule(&u1, &u2, Visibility::Contacts), Rule::IfContacts);
-        assert_eq!(rule(&u1, &u2, Visibility::Nobody), Rule::Deny);
+    fn settings_have_their_json_names_and_contacts_is_the_default() {
         assert_eq!(Visibility::default(), Visibility::Contacts);
         for v in [
             Visibility::Everyone,
@@ -208,6 +173,7 @@ mod tests {
                 format!("\"{}\"", v.as_str())
             );
         }
-        assert!(serde_json::from_str::<SetParams>(r#"{"visibility":"friends"}"#).is_err());
+        assert_eq!(Visibility::parse("friends"), None);
+        assert!(serde_json::from_str::<Visibility>(r#""friends""#).is_err());
     }
 }

@@ -14,6 +14,7 @@
 //! an older state over a newer one.
 
 use sqlx::PgPool;
+use switchboard_schemas::shapes::PresenceData;
 use switchboard_schemas::{Timestamp, UserId, VisibleStatus};
 use time::OffsetDateTime;
 
@@ -26,6 +27,15 @@ SELECT user_id, status, devices, text, revision FROM switchboard.presence_state
 const LAST_SEEN: &str = "
 SELECT (extract(epoch FROM last_seen) * 1000000)::bigint
   FROM switchboard.presence_last_seen WHERE user_id = $1";
+
+/// Summaries of the users `$1`, in their order; a user never seen has no rows.
+const SUMMARIES: &str = "
+SELECT a.user_id, s.status, s.devices, s.text,
+       (extract(epoch FROM l.last_seen) * 1000000)::bigint
+  FROM unnest($1::text[]) WITH ORDINALITY AS a (user_id, ord)
+  LEFT JOIN switchboard.presence_state s ON s.user_id = a.user_id
+  LEFT JOIN switchboard.presence_last_seen l ON l.user_id = a.user_id
+ ORDER BY a.ord";
 
 const PENDING: &str = "
 SELECT user_id, revision, pending FROM switchboard.presence_state
@@ -98,9 +108,50 @@ impl State {
             .bind(user.as_str())
             .fetch_optional(&self.db)
             .await?;
-        Ok(micros
-            .flatten()
-            .and_then(|micros| Timestamp::from_unix_nanos(i128::from(micros) * 1000).ok()))
+        Ok(micros.flatten().and_then(timestamp_from_micros))
+    }
+
+    /// What `users` look like to others now, in the order given, in the shape of
+    /// `user.presence` data: a user with no row is `offline` (never seen, or invisible
+    /// everywhere since their first connection), `lastSeen` is when they last went
+    /// offline.
+    pub async fn summaries(&self, users: &[UserId]) -> Result<Vec<PresenceData>, StateError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        type Row = (
+            String,
+            Option<String>,
+            Option<i32>,
+            Option<String>,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(SUMMARIES)
+            .bind(&ids)
+            .fetch_all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, status, devices, text, last_seen)| {
+                let status = status
+                    .as_deref()
+                    .and_then(parse_status)
+                    .unwrap_or(VisibleStatus::Offline);
+                // An offline user shows no device and no text, whatever a row says.
+                let present = status != VisibleStatus::Offline;
+                PresenceData {
+                    user,
+                    status,
+                    devices: devices
+                        .filter(|_| present)
+                        .and_then(|d| u32::try_from(d).ok())
+                        .unwrap_or(0),
+                    last_seen: last_seen.and_then(timestamp_from_micros),
+                    text: text.filter(|_| present),
+                }
+            })
+            .collect())
     }
 
     /// Events saved but maybe not published: (user, revision, encoded envelope).
@@ -154,6 +205,10 @@ impl State {
 /// Bucket revisions are stream sequences; they fit a bigint.
 pub fn bigint(revision: u64) -> i64 {
     i64::try_from(revision).unwrap_or(i64::MAX)
+}
+
+fn timestamp_from_micros(micros: i64) -> Option<Timestamp> {
+    Timestamp::from_unix_nanos(i128::from(micros) * 1000).ok()
 }
 
 /// Microseconds since the epoch: PostgreSQL's precision.

@@ -1,5 +1,5 @@
 //! The receipts job: keeps each participant's delivered/read cursors on a conversation
-//! and tells the conversation when they move (DESIGN §5 path 5).
+//! and tells the conversation when they move (docs/protocol.md §10.5).
 //!
 //! - **Commands.** Edges coalesce their clients' `ack`/`read` frames and send one JSON
 //!   command per conversation on `cmd.receipts.<conversation id>` (stream `CMDS`, a work
