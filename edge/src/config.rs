@@ -161,9 +161,11 @@ pub struct EdgeConfig {
     #[arg(long = "tls-key", env = "SWITCHBOARD_TLS_KEY")]
     pub listener_tls_key: Option<PathBuf>,
 
-    /// Browser origins allowed to connect (comma separated); empty allows any. Requests
-    /// without an `Origin` header (servers, native apps) are always allowed.
-    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// Browser origins allowed to connect (comma separated, each `scheme://host[:port]`);
+    /// empty allows any to open a WebSocket. The origins listed also get CORS answers on
+    /// `/v1/sse`, `/v1/poll`, `/v1/rpc/*` and `/v1/publish`. Requests without an `Origin`
+    /// header (servers, native apps) are always allowed.
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
     pub allowed_origins: Vec<String>,
 
     /// Development mode: serve the demo app of this directory at `/` (scripts/up sets it
@@ -215,4 +217,26 @@ impl EdgeConfig {
     pub fn drain_grace(&self) -> Duration {
         Duration::from_millis(self.drain_grace_ms)
     }
+}
+
+/// An origin as browsers send it in `Origin`: `http(s)://host[:port]`, nothing after the
+/// host (a path or a trailing `/` would never match, so it is refused, not ignored).
+fn parse_origin(value: &str) -> Result<String, String> {
+    let origin = value.trim();
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!("{origin:?} is not an origin: it must start with https:// or http://")
+        })?;
+    let valid_host = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if !valid_host {
+        return Err(format!(
+            "{origin:?} is not an origin: after the scheme only host[:port] may follow (no path, no trailing /)"
+        ));
+    }
+    Ok(origin.to_string())
 }

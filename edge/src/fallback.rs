@@ -18,19 +18,20 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchboard_schemas::{
     ByeCode, ChannelName, ErrorCode, ResumeFrom, ServerFrame, SubjectKind, TypeFilters,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
+use crate::admission::authenticate;
 use crate::auth::Identity;
-use crate::http::{HttpError, authenticate, error};
-use crate::hub::{Channel, Subscription};
+use crate::hub::Subscription;
+use crate::lifecycle::{self, Access, Subscriptions};
 use crate::limits::UserSlot;
 use crate::mailbox::{ConnControl, Mailbox, Outgoing};
-use crate::subscribe;
+use crate::refusal::Refusal;
 use axum::extract::ws::Utf8Bytes;
 
 /// Longest a poll may wait for events.
@@ -83,13 +84,13 @@ impl FeedQuery {
     }
 }
 
-/// A fallback client's subscriptions, detached when dropped.
+/// A fallback client's subscriptions, ended when dropped.
 struct Feed {
     edge: Arc<Edge>,
     identity: Identity,
     control: Arc<ConnControl>,
     rx: Outgoing,
-    subs: Vec<(ChannelName, Arc<Channel>, CancellationToken)>,
+    subs: Subscriptions,
     _slot: UserSlot,
 }
 
@@ -105,24 +106,37 @@ async fn open_request(
     edge: &Edge,
     headers: &HeaderMap,
     query: &FeedQuery,
-) -> Result<Opening, HttpError> {
+) -> Result<Opening, Refusal> {
     let (identity, slot) = authenticate(edge, headers, query.token.as_deref()).await?;
     if query.channels.is_empty() {
-        return Err(HttpError::new(
+        return Err(Refusal::new(
             ErrorCode::BadRequest,
             "name at least one channel: ?ch=<channel>",
         ));
     }
     if query.channels.len() > edge.config.max_subscriptions {
-        return Err(HttpError::new(ErrorCode::RateLimited, "too many channels"));
+        return Err(Refusal::new(ErrorCode::RateLimited, "too many channels"));
     }
     let mut channels = Vec::new();
     for raw in &query.channels {
         let channel = ChannelName::parse(raw)
-            .map_err(|e| HttpError::new(ErrorCode::BadRequest, e.to_string()))?;
-        edge.policy
-            .may_subscribe(&identity, &channel, &edge.members)
-            .map_err(|why| HttpError::new(ErrorCode::Forbidden, format!("{channel}: {why}")))?;
+            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        match lifecycle::authorize(edge, &identity, &channel) {
+            Access::Allowed => {}
+            Access::AskPrivacy => {
+                if !lifecycle::may_watch(edge, &identity.user, channel.id()).await? {
+                    return Err(Refusal::forbidden(format!(
+                        "{channel}: this user's presence is private"
+                    )));
+                }
+            }
+            Access::Refused(refusal) => {
+                return Err(Refusal::new(
+                    refusal.code,
+                    format!("{channel}: {}", refusal.message),
+                ));
+            }
+        }
         if !channels.contains(&channel) {
             channels.push(channel);
         }
@@ -133,7 +147,7 @@ async fn open_request(
         .map(str::to_string);
     let cursor = match last_event_id.or_else(|| query.cursor.clone()) {
         Some(text) => Some(Cursor::decode(&text).ok_or_else(|| {
-            HttpError::new(
+            Refusal::new(
                 ErrorCode::BadRequest,
                 "the cursor is not one this edge gave",
             )
@@ -161,7 +175,7 @@ impl Feed {
             control.clone(),
             edge.metrics.clone(),
         );
-        let mut subs = Vec::new();
+        let mut subs = Subscriptions::default();
         for label in opening.channels {
             let since = opening.cursor.as_ref().and_then(|c| {
                 c.seqs.get(label.as_str()).map(|seq| ResumeFrom::Seq {
@@ -169,37 +183,21 @@ impl Feed {
                     epoch: c.epoch.clone(),
                 })
             });
-            let channel = subscribe::attach(edge, &label);
-            let cancel = CancellationToken::new();
             let subscription = Subscription {
                 user: opening.identity.user.clone(),
-                label: label.clone(),
+                label,
                 filters: TypeFilters::all(),
                 mailbox: mailbox.clone(),
             };
-            let (task_edge, task_channel, task_cancel) =
-                (edge.clone(), channel.clone(), cancel.clone());
+            let work = subs.begin(edge, subscription, None, since, reply);
             let failed = control.clone();
             tokio::spawn(async move {
-                let outcome = subscribe::subscribe(
-                    &task_edge,
-                    task_channel,
-                    subscription,
-                    None,
-                    since,
-                    reply,
-                    task_cancel,
-                )
-                .await;
-                if outcome.is_err() {
+                if work.await.is_err() {
                     failed.end(ByeCode::Draining);
                 }
             });
-            subs.push((label, channel, cancel));
         }
         edge.metrics.gauge(&edge.metrics.connections, 1);
-        edge.metrics
-            .gauge(&edge.metrics.subscriptions, subs.len() as i64);
         Feed {
             edge: edge.clone(),
             identity: opening.identity,
@@ -212,48 +210,37 @@ impl Feed {
 }
 
 impl Feed {
-    /// Ends the subscriptions to `channels` this user may no longer read (a membership
-    /// change): the `unsubbed` event of the first one, if any.
-    fn revoke(&mut self, channels: &[ChannelName]) -> Option<Event> {
-        let mut revoked = None;
-        let (edge, identity, conn) = (&self.edge, &self.identity, self.control.id);
-        self.subs.retain(|(label, channel, cancel)| {
-            let lost = channels.contains(&label.base())
-                && label.namespace() != switchboard_schemas::Namespace::Presence
-                && edge
-                    .policy
-                    .may_subscribe(identity, label, &edge.members)
-                    .is_err();
-            if lost {
-                cancel.cancel();
-                edge.hub.detach(channel, conn, label);
-                edge.metrics.gauge(&edge.metrics.subscriptions, -1);
-                let frame = ServerFrame::Unsubbed {
-                    ch: label.clone(),
-                    code: switchboard_schemas::UnsubCode::Revoked,
-                };
-                revoked.get_or_insert_with(|| {
-                    Event::default()
-                        .event("unsubbed")
-                        .data(String::from_utf8_lossy(&frame.encode()))
-                });
+    /// Re-authorizes the subscriptions to `channels` (changed membership, a watched
+    /// user's privacy) and ends those the user may no longer read: the `unsubbed`
+    /// frame of each.
+    async fn revoke(&mut self, channels: &[ChannelName]) -> Vec<Bytes> {
+        let outcome = lifecycle::recheck(&self.edge, &self.identity, self.subs.labels(), channels);
+        let mut lost = outcome.revoke;
+        for label in outcome.ask_privacy {
+            // Unanswered, the watch stays: an outage is not a privacy change.
+            if let Ok(false) =
+                lifecycle::may_watch(&self.edge, &self.identity.user, label.id()).await
+            {
+                lost.push(label);
             }
-            !lost
-        });
-        revoked
+        }
+        lost.into_iter()
+            .filter(|label| self.subs.end(&self.edge, self.control.id, label))
+            .map(|label| {
+                ServerFrame::Unsubbed {
+                    ch: label,
+                    code: switchboard_schemas::UnsubCode::Revoked,
+                }
+                .encode()
+            })
+            .collect()
     }
 }
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        for (label, channel, cancel) in &self.subs {
-            cancel.cancel();
-            self.edge.hub.detach(channel, self.control.id, label);
-        }
+        self.subs.end_all(&self.edge, self.control.id);
         self.edge.metrics.gauge(&self.edge.metrics.connections, -1);
-        self.edge
-            .metrics
-            .gauge(&self.edge.metrics.subscriptions, -(self.subs.len() as i64));
     }
 }
 
@@ -300,8 +287,8 @@ pub async fn sse(
                 let code = feed.control.reason().unwrap_or(ByeCode::Draining);
                 return Some((Ok(bye(code)), None));
             }
-            channels = feed.control.rechecks() => match feed.revoke(&channels) {
-                Some(event) => event,
+            channels = feed.control.rechecks() => match feed.revoke(&channels).await.first() {
+                Some(frame) => Event::default().event("unsubbed").data(String::from_utf8_lossy(frame)),
                 None => return Some((Ok(Event::default().comment("membership checked")), Some((feed, cursor)))),
             },
             _ = expiry => return Some((Ok(bye(ByeCode::TokenExpired)), None)),
@@ -352,7 +339,10 @@ pub async fn poll(
     let wait = match query.wait.as_deref().map(str::parse::<u64>) {
         None => Duration::from_secs(25),
         Some(Ok(s)) => Duration::from_secs(s).min(MAX_WAIT),
-        Some(Err(_)) => return error(ErrorCode::BadRequest, "wait is a number of seconds"),
+        Some(Err(_)) => {
+            return Refusal::new(ErrorCode::BadRequest, "wait is a number of seconds")
+                .into_response();
+        }
     };
     let opening = match open_request(&edge, &headers, &query).await {
         Ok(opening) => opening,
@@ -372,7 +362,9 @@ pub async fn poll(
                 let subject = channel.base().subject(SubjectKind::Durable);
                 let head = match edge.store.last_at_or_before(&subject, None).await {
                     Ok(last) => last.map_or(0, |e| e.seq),
-                    Err(e) => return error(ErrorCode::Unavailable, e.to_string()),
+                    Err(e) => {
+                        return Refusal::new(ErrorCode::Unavailable, e.to_string()).into_response();
+                    }
                 };
                 cursor.seqs.insert(channel.to_string(), head);
             }
@@ -386,7 +378,9 @@ pub async fn poll(
             let subject = channel.base().subject(SubjectKind::Durable);
             let head = match edge.store.last_at_or_before(&subject, None).await {
                 Ok(last) => last.map_or(0, |e| e.seq),
-                Err(e) => return error(ErrorCode::Unavailable, e.to_string()),
+                Err(e) => {
+                    return Refusal::new(ErrorCode::Unavailable, e.to_string()).into_response();
+                }
             };
             cursor.seqs.insert(channel.to_string(), head);
         }
@@ -403,7 +397,7 @@ pub async fn poll(
                 _ = tokio::time::sleep_until(deadline) => None,
                 _ = feed.control.ended() => None,
                 // A lost membership ends the wait: the next poll is refused.
-                channels = feed.control.rechecks() => match feed.revoke(&channels) {
+                channels = feed.control.rechecks() => match feed.revoke(&channels).await.first() {
                     Some(_) => None,
                     None => continue,
                 },

@@ -6,10 +6,11 @@
 //! with the JSON body `{"code": "...", "message": "..."}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,10 +20,11 @@ use switchboard_schemas::shapes::Role;
 use switchboard_schemas::{
     Actor, ChannelName, Envelope, ErrorCode, EventId, EventType, Metadata, RawJson,
 };
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Edge;
-use crate::auth::Identity;
-use crate::limits::UserSlot;
+use crate::admission::{TokenQuery, authenticate, check_origin, token};
+use crate::refusal::Refusal;
 use crate::session::{self, Admitted};
 use crate::{fallback, rpc};
 
@@ -36,116 +38,40 @@ pub fn router(edge: Arc<Edge>) -> Router {
             .route("/web/{*path}", get(demo)),
         None => Router::new(),
     };
-    router
-        .route("/v1/ws", get(websocket))
+    // The part of the API a page on another origin may call: CORS answers there only.
+    let cross_origin = Router::new()
         .route("/v1/sse", get(fallback::sse))
         .route("/v1/poll", get(fallback::poll))
         .route("/v1/publish", post(publish))
         .route("/v1/rpc/{method}", post(call))
+        .layer(cors(&edge.config.allowed_origins));
+    router
+        .merge(cross_origin)
+        .route("/v1/ws", get(websocket))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(edge)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct TokenQuery {
-    token: Option<String>,
-    device: Option<String>,
-}
-
-/// A refusal before any stream starts: an HTTP status and the JSON body of
-/// docs/protocol.md, `{"code": "...", "message": "..."}`.
-#[derive(Debug)]
-pub struct HttpError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl HttpError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> HttpError {
-        HttpError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
-        (status, Json(body)).into_response()
-    }
-}
-
-/// [`HttpError`] as a response, for handlers.
-pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
-    HttpError::new(code, message).into_response()
-}
-
-/// The token of an HTTP request: `Authorization: Bearer`, else `?token=`. An
-/// `Authorization` header that is not a bearer token is an error, not an absence.
-pub fn token<'a>(
-    headers: &'a HeaderMap,
-    query_token: Option<&'a str>,
-) -> Result<Option<&'a str>, &'static str> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(query_token);
-    };
-    let bearer = value.to_str().ok().and_then(|v| {
-        let (scheme, token) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
-    match bearer {
-        Some(token) if !token.is_empty() => Ok(Some(token)),
-        _ => Err("the Authorization header must be `Bearer <token>`"),
-    }
-}
-
-/// Refuses a browser request from an origin not in `SWITCHBOARD_ALLOWED_ORIGINS`.
-pub fn check_origin(edge: &Edge, headers: &HeaderMap) -> Result<(), HttpError> {
-    let allowed = &edge.config.allowed_origins;
-    if allowed.is_empty() {
-        return Ok(());
-    }
-    match headers.get(header::ORIGIN).map(|o| o.to_str()) {
-        None => Ok(()),
-        Some(Ok(origin)) if allowed.iter().any(|a| a == origin) => Ok(()),
-        Some(_) => Err(HttpError::new(ErrorCode::Forbidden, "origin not allowed")),
-    }
-}
-
-/// Authenticates a plain HTTP request and takes a connection slot for its user.
-pub async fn authenticate(
-    edge: &Edge,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<(Identity, UserSlot), HttpError> {
-    check_origin(edge, headers)?;
-    let token = match token(headers, query_token) {
-        Ok(Some(token)) => token,
-        Ok(None) => {
-            edge.metrics.auth_failure("missing");
-            return Err(HttpError::new(
-                ErrorCode::Unauthorized,
-                "a token is required",
-            ));
-        }
-        Err(why) => {
-            edge.metrics.auth_failure("malformed");
-            return Err(HttpError::new(ErrorCode::Unauthorized, why));
-        }
-    };
-    let identity = edge.verifier.verify(token).await.map_err(|e| {
-        edge.metrics.auth_failure(e.reason());
-        HttpError::new(ErrorCode::Unauthorized, e.to_string())
-    })?;
-    let slot = edge.users.admit(&identity.user).ok_or_else(|| {
-        HttpError::new(ErrorCode::RateLimited, "too many connections for this user")
-    })?;
-    Ok((identity, slot))
+/// CORS for the HTTP API (docs/protocol.md, "HTTP fallbacks and APIs"): a preflight or a
+/// request from an origin in `SWITCHBOARD_ALLOWED_ORIGINS` gets the CORS headers; any
+/// other origin gets none, and the handlers refuse it. An empty list (which lets any
+/// origin open a WebSocket) gives no page on another origin the HTTP API: reading it
+/// cross-origin needs the origin named. The WebSocket needs no CORS.
+fn cors(origins: &[String]) -> CorsLayer {
+    // The configuration checked each origin at start-up (config.rs, `parse_origin`).
+    let origins = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("traceparent"),
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn websocket(
@@ -155,10 +81,11 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if edge.draining.is_cancelled() {
-        return error(
+        return Refusal::new(
             ErrorCode::Unavailable,
             "this edge is draining; connect to another",
-        );
+        )
+        .into_response();
     }
     if let Err(refused) = check_origin(&edge, &headers) {
         return refused.into_response();
@@ -174,11 +101,14 @@ async fn websocket(
         },
         Ok(None) => match edge.users.admit_unauthenticated() {
             Some(pending) => Admitted::Pending(pending),
-            None => return error(ErrorCode::RateLimited, "too many unauthenticated sockets"),
+            None => {
+                return Refusal::new(ErrorCode::RateLimited, "too many unauthenticated sockets")
+                    .into_response();
+            }
         },
         Err(why) => {
             edge.metrics.auth_failure("malformed");
-            return error(ErrorCode::Unauthorized, why);
+            return Refusal::new(ErrorCode::Unauthorized, why).into_response();
         }
     };
     let hard = edge.config.hard_frame_bytes;
@@ -219,11 +149,11 @@ async fn publish(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
     body: Bytes,
-) -> Result<Response, HttpError> {
+) -> Result<Response, Refusal> {
     let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref()).await?;
-    let bad = |message: String| HttpError::new(ErrorCode::BadRequest, message);
+    let bad = |message: String| Refusal::new(ErrorCode::BadRequest, message);
     if identity.role != Role::Service {
-        return Err(HttpError::new(
+        return Err(Refusal::new(
             ErrorCode::Forbidden,
             "publishing needs a service token (role: service)",
         ));
@@ -247,7 +177,7 @@ async fn publish(
         .publisher
         .publish(&channel, &event)
         .await
-        .map_err(|e| HttpError::new(ErrorCode::Unavailable, e.to_string()))?;
+        .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
     edge.metrics.count(&edge.metrics.published, 1);
     Ok(Json(serde_json::json!({
         "seq": published.seq,
@@ -264,18 +194,16 @@ async fn call(
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
     body: Bytes,
-) -> Result<Response, HttpError> {
+) -> Result<Response, Refusal> {
     let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref()).await?;
-    let bad = |message: String| HttpError::new(ErrorCode::BadRequest, message);
+    let bad = |message: String| Refusal::new(ErrorCode::BadRequest, message);
     let method = RpcMethod::parse(&method).map_err(|e| bad(e.to_string()))?;
     let params = if body.iter().all(u8::is_ascii_whitespace) {
         RawJson::empty_object()
     } else {
         RawJson::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
     };
-    let result = rpc::call(&edge, &identity, &method, &params)
-        .await
-        .map_err(|(code, message)| HttpError::new(code, message))?;
+    let result = rpc::call(&edge, &identity, &method, &params).await?;
     let body = format!("{{\"result\":{}}}", result.as_str());
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -295,14 +223,14 @@ async fn ready(State(edge): State<Arc<Edge>>) -> Response {
 /// Development mode only: a file of the demo app. Paths are confined to the directory.
 async fn demo(State(edge): State<Arc<Edge>>, Path(path): Path<String>) -> Response {
     let Some(root) = edge.config.web_dir() else {
-        return error(ErrorCode::NotFound, "no demo app on this edge");
+        return Refusal::new(ErrorCode::NotFound, "no demo app on this edge").into_response();
     };
     let safe = !path.is_empty()
         && path
             .split('/')
             .all(|part| !part.is_empty() && part != ".." && !part.starts_with('.'));
     if !safe {
-        return error(ErrorCode::NotFound, "no such file");
+        return Refusal::new(ErrorCode::NotFound, "no such file").into_response();
     }
     let file = root.join(&path);
     let content_type = match file.extension().and_then(|e| e.to_str()) {
@@ -316,7 +244,7 @@ async fn demo(State(edge): State<Arc<Edge>>, Path(path): Path<String>) -> Respon
     };
     match tokio::fs::read(&file).await {
         Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
-        Err(_) => error(ErrorCode::NotFound, "no such file"),
+        Err(_) => Refusal::new(ErrorCode::NotFound, "no such file").into_response(),
     }
 }
 

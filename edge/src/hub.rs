@@ -410,6 +410,19 @@ impl Channel {
         sessions
     }
 
+    /// Every session subscribed here: after a change that concerns the whole channel
+    /// (the watched user's privacy) each re-checks its right to stay.
+    pub fn sessions(&self) -> Vec<Arc<ConnControl>> {
+        let state = self.state();
+        let mut sessions: Vec<Arc<ConnControl>> = Vec::new();
+        for s in &state.subscribers {
+            if !sessions.iter().any(|c| c.id == s.sub.mailbox.conn()) {
+                sessions.push(s.sub.mailbox.control.clone());
+            }
+        }
+        sessions
+    }
+
     /// Number of local subscriptions.
     pub fn subscribers(&self) -> usize {
         self.state().subscribers.len()

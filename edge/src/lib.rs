@@ -14,7 +14,13 @@
 //!   events and signals), repairing gaps from the stream.
 //! - [`auth`], [`jwks`], [`policy`], [`members`]: tokens and their keys, the namespace
 //!   rules, and the membership copy kept fresh from the `members` KV bucket.
-//! - [`http`]: the axum router: `/v1/ws`, health, readiness.
+//! - [`lifecycle`]: one subscription lifecycle (start, re-check, revoke, teardown) for
+//!   the socket, SSE and long polling; [`subscribe`] replays and hands over to live
+//!   delivery without a gap or a duplicate.
+//! - [`refusal`]: the one refusal type, rendered as an `err` frame or an HTTP error.
+//! - [`admission`]: who gets in over HTTP: origin, token, the user's connection slots.
+//! - [`http`]: the axum router: `/v1/ws`, health, readiness; [`fallback`]: SSE and long
+//!   polling; [`rpc`]: calls to worker services.
 //! - [`server`]: accepts connections and serves the router over HTTP/1, with the
 //!   limits that hold before a request is read (header timeout, connection cap).
 //! - [`tls`]: the certificate and key when the edge serves HTTPS and WSS itself, and
@@ -22,6 +28,7 @@
 //!
 //! The edge never talks to PostgreSQL: what it needs from workers it asks over NATS.
 
+pub mod admission;
 pub mod auth;
 pub mod bridge;
 pub mod config;
@@ -29,12 +36,14 @@ pub mod fallback;
 pub mod http;
 pub mod hub;
 pub mod jwks;
+pub mod lifecycle;
 pub mod limits;
 pub mod mailbox;
 pub mod members;
 pub mod metrics;
 pub mod policy;
 pub mod presence;
+pub mod refusal;
 pub mod rpc;
 pub mod server;
 pub mod session;
@@ -49,6 +58,7 @@ use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use switchboard_bus::store::{Store, StreamPosition};
 use switchboard_bus::{EVENTS_STREAM, Publisher, Role};
+use switchboard_schemas::ChannelName;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -194,6 +204,32 @@ impl Edge {
             ))
             .await
             .context("subscribing to the EVENTS stream's leader advisories")?;
+        // A watched user's privacy change: every watcher on this edge re-checks
+        // (docs/protocol.md, section 9.4).
+        let privacy = edge
+            .nats
+            .subscribe("int.privacy.>")
+            .await
+            .context("subscribing to privacy changes")?;
+        let weak = Arc::downgrade(&edge);
+        tokio::spawn(async move {
+            let mut privacy = privacy;
+            while let Some(change) = privacy.next().await {
+                let Some(edge) = weak.upgrade() else { break };
+                let target = change
+                    .subject
+                    .strip_prefix("int.privacy.")
+                    .unwrap_or_default();
+                let Ok(watched) = ChannelName::parse(&format!("presence:{target}")) else {
+                    continue;
+                };
+                if let Some(channel) = edge.hub.get(&watched) {
+                    for session in channel.sessions() {
+                        session.recheck(watched.clone());
+                    }
+                }
+            }
+        });
         let weak = Arc::downgrade(&edge);
         tokio::spawn(async move {
             let mut leader_elected = leader_elected;

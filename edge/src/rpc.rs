@@ -18,6 +18,7 @@ use switchboard_schemas::{ErrorCode, RawJson};
 
 use crate::Edge;
 use crate::auth::Identity;
+use crate::refusal::Refusal;
 
 /// Calls `method` as the token's holder; the service's result, or the error for the
 /// client.
@@ -26,7 +27,7 @@ pub async fn call(
     caller: &Identity,
     method: &RpcMethod,
     params: &RawJson,
-) -> Result<RawJson, (ErrorCode, String)> {
+) -> Result<RawJson, Refusal> {
     let role = match caller.role {
         Role::User => "user",
         Role::Service => "service",
@@ -48,7 +49,7 @@ pub async fn ask_internal(
     user: &str,
     method: &str,
     params: &RawJson,
-) -> Result<RawJson, (ErrorCode, String)> {
+) -> Result<RawJson, Refusal> {
     request(edge, format!("int.{method}"), user, "user", method, params).await
 }
 
@@ -59,28 +60,23 @@ async fn request(
     role: &str,
     method: &str,
     params: &RawJson,
-) -> Result<RawJson, (ErrorCode, String)> {
+) -> Result<RawJson, Refusal> {
     let mut h = async_nats::HeaderMap::new();
     h.insert(headers::RT_USER, user);
     h.insert(headers::RT_ROLE, role);
     let request =
         edge.nats
             .request_with_headers(subject, h, Bytes::copy_from_slice(params.as_bytes()));
-    let late = || {
-        (
-            ErrorCode::Unavailable,
-            "the service did not answer in time".to_string(),
-        )
-    };
+    let late = || Refusal::unavailable("the service did not answer in time");
     let reply = match tokio::time::timeout(edge.config.rpc_timeout(), request).await {
         Err(_) => return Err(late()),
         Ok(Err(e)) => {
             return Err(match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => {
-                    (ErrorCode::NotFound, format!("unknown method {method}"))
+                    Refusal::new(ErrorCode::NotFound, format!("unknown method {method}"))
                 }
                 async_nats::RequestErrorKind::TimedOut => late(),
-                _ => (ErrorCode::Unavailable, e.to_string()),
+                _ => Refusal::unavailable(e),
             });
         }
         Ok(Ok(reply)) => reply,
@@ -89,7 +85,7 @@ async fn request(
 }
 
 /// Reads a service's answer; anything but the two documented shapes is `internal`.
-fn read_reply(payload: &[u8]) -> Result<RawJson, (ErrorCode, String)> {
+fn read_reply(payload: &[u8]) -> Result<RawJson, Refusal> {
     #[derive(Deserialize)]
     struct Reply {
         // Present but `null` is a result too: hence the double option.
@@ -106,14 +102,14 @@ fn read_reply(payload: &[u8]) -> Result<RawJson, (ErrorCode, String)> {
         Deserialize::deserialize(d).map(Some)
     }
     match serde_json::from_slice::<Reply>(payload) {
-        Ok(Reply { error: Some(e), .. }) => Err((e.code, e.message)),
+        Ok(Reply { error: Some(e), .. }) => Err(Refusal::new(e.code, e.message)),
         Ok(Reply {
             result: Some(result),
             ..
         }) => Ok(result.unwrap_or_else(RawJson::null)),
-        _ => Err((
+        _ => Err(Refusal::new(
             ErrorCode::Internal,
-            "the service sent an unreadable answer".to_string(),
+            "the service sent an unreadable answer",
         )),
     }
 }

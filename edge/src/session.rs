@@ -22,20 +22,21 @@ use switchboard_schemas::frame::{Member, OkReply, SignalType};
 use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
 use switchboard_schemas::{
     Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType, EvtFrame,
-    Namespace, PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind, TypeFilters,
-    UnsubCode, VisibleStatus,
+    PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind, TypeFilters, UnsubCode,
+    VisibleStatus,
 };
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
 use crate::auth::Identity;
 use crate::bridge::RT_ORIGIN;
-use crate::hub::{Channel, Subscription};
+use crate::hub::Subscription;
+use crate::lifecycle::{self, Access, Subscriptions};
 use crate::limits::{Limits, Op, PendingSlot, TokenBucket, UserSlot};
 use crate::mailbox::{ConnControl, Inbox, Mailbox, Outgoing, text};
 use crate::presence::{ConnState, occupancy_filter, occupancy_subject, presence_subject};
-use crate::{rpc, subscribe};
+use crate::refusal::Refusal;
+use crate::rpc;
 
 /// Close codes of docs/protocol.md besides those of `bye`.
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -119,7 +120,7 @@ pub fn run(
             slot,
             mailbox,
             control,
-            subs: HashMap::new(),
+            subs: Subscriptions::default(),
             tasks: JoinSet::new(),
             done: Arc::default(),
             limits: Limits::new(&edge.config),
@@ -266,14 +267,6 @@ fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
     ServerFrame::error(id, code, message).encode()
 }
 
-/// One subscription as the session keeps it.
-#[derive(Debug)]
-struct SubEntry {
-    channel: Arc<Channel>,
-    /// Cancelled on unsubscribe, so a subscribe still in flight backs out.
-    cancel: CancellationToken,
-}
-
 /// Something a request task tells the session.
 #[derive(Debug)]
 enum Done {
@@ -286,12 +279,8 @@ enum Done {
         types: TypeFilters,
         since: Option<ResumeFrom>,
     },
-}
-
-/// The presence service's answer to `presence.authorize`.
-#[derive(serde::Deserialize)]
-struct PrivacyAnswer {
-    allowed: bool,
+    /// A presence watch the presence service no longer allows: end it.
+    Revoke(ChannelName),
 }
 
 struct Session {
@@ -302,7 +291,7 @@ struct Session {
     mailbox: Mailbox,
     control: Arc<ConnControl>,
     /// By the channel as the client spelled it; `system:broadcast` is kept here too.
-    subs: HashMap<ChannelName, SubEntry>,
+    subs: Subscriptions,
     tasks: JoinSet<()>,
     /// What the session's own tasks report back.
     done: Arc<Inbox<Done>>,
@@ -400,6 +389,7 @@ impl Session {
                             Done::Allowed { id, ch, types, since } => {
                                 Box::pin(self.admit_subscription(id, ch, types, since)).await;
                             }
+                            Done::Revoke(label) => Box::pin(self.revoke(label)).await,
                         }
                     }
                 }
@@ -454,7 +444,7 @@ impl Session {
     /// Whatever the session holds outside itself, given back as it ends.
     async fn leave(&mut self) {
         self.flush_receipts();
-        let labels: Vec<ChannelName> = self.subs.keys().cloned().collect();
+        let labels: Vec<ChannelName> = self.subs.labels().cloned().collect();
         for label in labels {
             self.unsubscribe(&label).await;
         }
@@ -584,7 +574,7 @@ impl Session {
                     let kind = if visible { JOIN } else { LEAVE };
                     let channels: Vec<ChannelName> = self
                         .subs
-                        .keys()
+                        .labels()
                         .filter(|c| self.has_presence(c))
                         .cloned()
                         .collect();
@@ -599,7 +589,7 @@ impl Session {
                 }
                 let occupied: Vec<ChannelName> = self
                     .subs
-                    .keys()
+                    .labels()
                     .filter(|c| self.has_presence(c))
                     .cloned()
                     .collect();
@@ -619,7 +609,7 @@ impl Session {
                     self.identity = fresh;
                     self.reply(ServerFrame::ok(id).encode());
                     // The new token may grant less: subscriptions are re-authorized.
-                    let held = self.subs.keys().map(ChannelName::base).collect();
+                    let held = self.subs.labels().map(ChannelName::base).collect();
                     self.recheck(held).await;
                 }
                 Ok(_) => self.reply(err(
@@ -639,7 +629,7 @@ impl Session {
                             reply: OkReply::Rpc { result },
                         }
                         .encode(),
-                        Err((code, message)) => err(id, code, message),
+                        Err(refusal) => refusal.frame(id),
                     })
                 });
             }
@@ -673,26 +663,18 @@ impl Session {
         if !self.limits.take(Op::Sub, &self.slot) {
             return self.rate_limited(id, "too many subscribe requests");
         }
-        if self.subs.contains_key(&ch) {
+        if self.subs.contains(&ch) {
             return self.bad_frame(
                 id,
                 ErrorCode::BadRequest,
                 "already subscribed to this channel",
             );
         }
-        if let Err(why) = self
-            .edge
-            .policy
-            .may_subscribe(&self.identity, &ch, &self.edge.members)
-        {
-            if ch.namespace() == Namespace::Presence {
-                // Whether others may watch is the watched user's privacy setting, which
-                // the presence worker knows.
-                return self.ask_presence_privacy(id, ch, types, since);
-            }
-            return self.forbidden(id, why);
+        match lifecycle::authorize(&self.edge, &self.identity, &ch) {
+            Access::Allowed => self.admit_subscription(id, ch, types, since).await,
+            Access::AskPrivacy => self.ask_presence_privacy(id, ch, types, since),
+            Access::Refused(refusal) => self.reply(refusal.frame(id)),
         }
-        self.admit_subscription(id, ch, types, since).await;
     }
 
     /// The checks after authorization: the per-connection limit, then subscribing.
@@ -703,20 +685,14 @@ impl Session {
         types: TypeFilters,
         since: Option<ResumeFrom>,
     ) {
-        if self.subs.contains_key(&ch) {
+        if self.subs.contains(&ch) {
             return self.bad_frame(
                 id,
                 ErrorCode::BadRequest,
                 "already subscribed to this channel",
             );
         }
-        // `system:broadcast` is implicit and does not count toward the limit.
-        let counted = self
-            .subs
-            .keys()
-            .filter(|c| **c != ChannelName::system_broadcast())
-            .count();
-        if counted >= self.edge.config.max_subscriptions {
+        if self.subs.counted() >= self.edge.config.max_subscriptions {
             return self.rate_limited(id, "too many subscriptions on this connection");
         }
         self.start_subscription(id, ch, types, since, true).await;
@@ -734,9 +710,8 @@ impl Session {
         let user = self.identity.user.clone();
         let done = self.done.clone();
         self.spawn(id, async move {
-            let params = RawJson::encode(&serde_json::json!({ "target": ch.id() })).ok()?;
-            match rpc::ask_internal(&edge, &user, "presence.authorize", &params).await {
-                Ok(result) if result.decode::<PrivacyAnswer>().is_ok_and(|a| a.allowed) => {
+            match lifecycle::may_watch(&edge, &user, ch.id()).await {
+                Ok(true) => {
                     done.push(Done::Allowed {
                         id,
                         ch,
@@ -745,18 +720,8 @@ impl Session {
                     });
                     None
                 }
-                Ok(_) => Some(err(
-                    id,
-                    ErrorCode::Forbidden,
-                    "this user's presence is private",
-                )),
-                // No responder means no presence worker: the question cannot be answered.
-                Err((ErrorCode::NotFound, _)) => Some(err(
-                    id,
-                    ErrorCode::Unavailable,
-                    "the presence service is not running",
-                )),
-                Err((code, message)) => Some(err(id, code, message)),
+                Ok(false) => Some(Refusal::forbidden("this user's presence is private").frame(id)),
+                Err(refusal) => Some(refusal.frame(id)),
             }
         });
     }
@@ -771,35 +736,22 @@ impl Session {
         since: Option<ResumeFrom>,
         reply: bool,
     ) {
-        let channel = subscribe::attach(&self.edge, &label);
         if self.has_presence(&label) {
             self.occupy(&label).await;
         }
-        let cancel = CancellationToken::new();
-        self.subs.insert(
-            label.clone(),
-            SubEntry {
-                channel: channel.clone(),
-                cancel: cancel.clone(),
-            },
-        );
-        self.edge.metrics.gauge(&self.edge.metrics.subscriptions, 1);
         let subscription = Subscription {
             user: self.identity.user.clone(),
-            label,
+            label: label.clone(),
             filters: types,
             mailbox: self.mailbox.clone(),
         };
-        let edge = self.edge.clone();
+        let work = self.subs.begin(&self.edge, subscription, id, since, reply);
+        let mailbox = self.mailbox.clone();
         let done = self.done.clone();
         self.tasks.spawn(async move {
-            let label = subscription.label.clone();
-            let mailbox = subscription.mailbox.clone();
-            if let Err(e) =
-                subscribe::subscribe(&edge, channel, subscription, id, since, reply, cancel).await
-            {
+            if let Err(refusal) = work.await {
                 if reply {
-                    mailbox.send(text(err(id, ErrorCode::Unavailable, e))).await;
+                    mailbox.send(text(refusal.frame(id))).await;
                 }
                 done.push(Done::SubFailed(label));
             }
@@ -809,46 +761,51 @@ impl Session {
     /// Ends a subscription: backs out one still being set up, leaves the channel.
     /// Returns whether there was one.
     async fn unsubscribe(&mut self, label: &ChannelName) -> bool {
-        let Some(entry) = self.subs.remove(label) else {
+        if !self.subs.contains(label) {
             return false;
-        };
+        }
         if self.has_presence(label) {
             self.vacate(label).await;
         }
-        entry.cancel.cancel();
-        // Detaching a subscription that never got added is harmless.
-        self.edge.hub.detach(&entry.channel, self.control.id, label);
-        self.edge
-            .metrics
-            .gauge(&self.edge.metrics.subscriptions, -1);
-        true
+        self.subs.end(&self.edge, self.control.id, label)
     }
 
-    /// Re-authorizes subscriptions to channels whose membership changed.
+    /// Ends a subscription the client may no longer hold and tells it so.
+    async fn revoke(&mut self, label: ChannelName) {
+        if self.unsubscribe(&label).await {
+            let frame = ServerFrame::Unsubbed {
+                ch: label,
+                code: UnsubCode::Revoked,
+            };
+            self.reply(frame.encode());
+        }
+    }
+
+    /// Re-authorizes the subscriptions to `channels` (changed membership, a refresh, a
+    /// watched user's privacy): what the rules refuse ends now, presence watches are
+    /// asked of the presence service again.
     async fn recheck(&mut self, channels: Vec<ChannelName>) {
-        let lost: Vec<ChannelName> = self
-            .subs
-            .keys()
-            .filter(|label| channels.contains(&label.base()))
-            // Presence channels were allowed by the watched user's privacy, not by
-            // membership or the token: a membership change does not decide them.
-            .filter(|label| label.namespace() != Namespace::Presence)
-            .filter(|label| {
-                self.edge
-                    .policy
-                    .may_subscribe(&self.identity, label, &self.edge.members)
-                    .is_err()
-            })
-            .cloned()
-            .collect();
-        for label in lost {
-            if self.unsubscribe(&label).await {
-                let frame = ServerFrame::Unsubbed {
-                    ch: label,
-                    code: UnsubCode::Revoked,
-                };
-                self.reply(frame.encode());
-            }
+        let outcome = lifecycle::recheck(&self.edge, &self.identity, self.subs.labels(), &channels);
+        for label in outcome.revoke {
+            self.revoke(label).await;
+        }
+        for label in outcome.ask_privacy {
+            let (edge, user, done) = (
+                self.edge.clone(),
+                self.identity.user.clone(),
+                self.done.clone(),
+            );
+            self.tasks.spawn(async move {
+                match lifecycle::may_watch(&edge, &user, label.id()).await {
+                    Ok(true) => {}
+                    Ok(false) => done.push(Done::Revoke(label)),
+                    // Unanswered, the watch stays: it was allowed, and an outage of the
+                    // presence service must not look like a privacy change.
+                    Err(refusal) => {
+                        tracing::warn!(%refusal, %label, "presence watch not re-checked");
+                    }
+                }
+            });
         }
     }
 

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Edge;
 use crate::hub::{CatchUp, Channel, Subscription, evt_frame};
 use crate::mailbox::text;
+use crate::refusal::Refusal;
 
 /// Stored events read per request while replaying.
 const REPLAY_BATCH: usize = 256;
@@ -40,10 +41,10 @@ pub async fn subscribe(
     since: Option<ResumeFrom>,
     reply: bool,
     cancel: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     if let Err(why) = channel.ready().await {
         edge.hub.abandon(&channel);
-        return Err(format!("channel unavailable: {why}"));
+        return Err(Refusal::unavailable(format!("channel unavailable: {why}")));
     }
     // A resume by seq needs the stream's range as it is now, not as last cached.
     let position = match &since {
@@ -111,7 +112,7 @@ pub async fn subscribe(
         Start::Last(n) => (edge.store.newest(&durable, Some(head + 1), n).await, head),
     };
     loop {
-        let stored = batch.map_err(|e| e.to_string())?;
+        let stored = batch.map_err(Refusal::unavailable)?;
         let full = stored.len() >= REPLAY_BATCH;
         for event in &stored {
             if let Ok(envelope) = event.envelope()

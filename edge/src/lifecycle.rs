@@ -1,0 +1,296 @@
+//! One subscription lifecycle for every transport: WebSocket sessions, SSE streams and
+//! long polls start, re-check, revoke and tear down their subscriptions here, so the
+//! three cannot drift apart (docs/protocol.md, sections 3, 6 and 9.4).
+//!
+//! - **Start.** [`authorize`] decides by the namespace rules, the token's grants and the
+//!   membership copy; a `presence:<user>` the rules do not allow is the watched user's
+//!   call, asked of the presence service ([`may_watch`]). [`Subscriptions::begin`] then
+//!   attaches to the channel at once (an `unsub` right after finds it) and returns the
+//!   work that replays and goes live ([`crate::subscribe`]).
+//! - **Re-check.** When channels change (a membership change, a `refresh`, a watched
+//!   user's privacy change) [`recheck`] says which subscriptions end at once and which
+//!   presence watches must be asked again. Pure: no NATS, unit-tested below.
+//! - **Revoke and teardown.** [`Subscriptions::end`] backs out a subscription still
+//!   being set up and leaves the channel; the transport tells its client `unsubbed`
+//!   `revoked` in its own form.
+//!
+//! What a WebSocket session adds around this (occupancy, `join`/`leave`) stays in the
+//! session: SSE and polls have no channel presence.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use switchboard_schemas::{ChannelName, ErrorCode, Namespace, RawJson, ResumeFrom};
+use tokio_util::sync::CancellationToken;
+
+use crate::Edge;
+use crate::auth::Identity;
+use crate::hub::{Channel, Subscription};
+use crate::members::Members;
+use crate::policy::Policy;
+use crate::refusal::Refusal;
+use crate::{rpc, subscribe};
+
+/// Whether a subscription may start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// A `presence:<user>` watch: the watched user's privacy setting decides.
+    AskPrivacy,
+    Refused(Refusal),
+}
+
+/// Decides a new subscription to `label` by the rules, the token and the members.
+pub fn authorize(edge: &Edge, identity: &Identity, label: &ChannelName) -> Access {
+    access(&edge.policy, &edge.members, identity, label)
+}
+
+fn access(policy: &Policy, members: &Members, identity: &Identity, label: &ChannelName) -> Access {
+    match policy.may_subscribe(identity, label, members) {
+        Ok(()) => Access::Allowed,
+        Err(_) if label.namespace() == Namespace::Presence => Access::AskPrivacy,
+        Err(why) => Access::Refused(Refusal::forbidden(why)),
+    }
+}
+
+/// Asks the presence service (on `int.presence.authorize`, out of every client's reach)
+/// whether `user` may watch `target`'s presence.
+pub async fn may_watch(edge: &Edge, user: &str, target: &str) -> Result<bool, Refusal> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        allowed: bool,
+    }
+    let params = RawJson::encode(&serde_json::json!({ "target": target }))
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+    match rpc::ask_internal(edge, user, "presence.authorize", &params).await {
+        Ok(result) => Ok(result.decode::<Answer>().is_ok_and(|a| a.allowed)),
+        // No responder means no presence worker: the question cannot be answered.
+        Err(refusal) if refusal.code == ErrorCode::NotFound => {
+            Err(Refusal::unavailable("the presence service is not running"))
+        }
+        Err(refusal) => Err(refusal),
+    }
+}
+
+/// What a re-check decided for the subscriptions held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recheck {
+    /// Subscriptions that end now (`unsubbed` `revoked`).
+    pub revoke: Vec<ChannelName>,
+    /// Presence watches the rules no longer allow: the presence service decides again,
+    /// and a `false` revokes them.
+    pub ask_privacy: Vec<ChannelName>,
+}
+
+/// Re-authorizes the subscriptions in `held` whose base channel is in `changed`.
+/// A `refresh` passes every held base channel: the new token may grant less.
+pub fn recheck<'a>(
+    edge: &Edge,
+    identity: &Identity,
+    held: impl IntoIterator<Item = &'a ChannelName>,
+    changed: &[ChannelName],
+) -> Recheck {
+    decide(&edge.policy, &edge.members, identity, held, changed)
+}
+
+fn decide<'a>(
+    policy: &Policy,
+    members: &Members,
+    identity: &Identity,
+    held: impl IntoIterator<Item = &'a ChannelName>,
+    changed: &[ChannelName],
+) -> Recheck {
+    let mut outcome = Recheck::default();
+    for label in held {
+        if !changed.contains(&label.base()) {
+            continue;
+        }
+        match access(policy, members, identity, label) {
+            Access::Allowed => {}
+            Access::AskPrivacy => outcome.ask_privacy.push(label.clone()),
+            Access::Refused(_) => outcome.revoke.push(label.clone()),
+        }
+    }
+    outcome
+}
+
+/// One subscription as a connection holds it.
+#[derive(Debug)]
+struct Held {
+    channel: Arc<Channel>,
+    /// Cancelled on unsubscribe, so a subscribe still in flight backs out.
+    cancel: CancellationToken,
+}
+
+/// A connection's subscriptions, by the channel as the client spelled it.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    held: HashMap<ChannelName, Held>,
+}
+
+impl Subscriptions {
+    pub fn contains(&self, label: &ChannelName) -> bool {
+        self.held.contains_key(label)
+    }
+
+    pub fn labels(&self) -> impl Iterator<Item = &ChannelName> {
+        self.held.keys()
+    }
+
+    /// Subscriptions that count toward the per-connection limit: `system:broadcast` is
+    /// implicit and does not.
+    pub fn counted(&self) -> usize {
+        self.held
+            .keys()
+            .filter(|label| **label != ChannelName::system_broadcast())
+            .count()
+    }
+
+    /// Attaches `subscription` to its channel now and returns the work that finishes
+    /// it: wait for the bridge, reply `ok` (when `reply`), replay what `since` asks for,
+    /// hand over to live delivery. The caller runs it in a task of its own.
+    pub fn begin(
+        &mut self,
+        edge: &Arc<Edge>,
+        subscription: Subscription,
+        id: Option<u64>,
+        since: Option<ResumeFrom>,
+        reply: bool,
+    ) -> impl Future<Output = Result<(), Refusal>> + Send + 'static {
+        let channel = subscribe::attach(edge, &subscription.label);
+        let cancel = CancellationToken::new();
+        self.held.insert(
+            subscription.label.clone(),
+            Held {
+                channel: channel.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        edge.metrics.gauge(&edge.metrics.subscriptions, 1);
+        let edge = edge.clone();
+        async move { subscribe::subscribe(&edge, channel, subscription, id, since, reply, cancel).await }
+    }
+
+    /// Ends a subscription: backs out one still being set up, leaves the channel.
+    /// Returns whether there was one.
+    pub fn end(&mut self, edge: &Edge, conn: u64, label: &ChannelName) -> bool {
+        let Some(held) = self.held.remove(label) else {
+            return false;
+        };
+        held.cancel.cancel();
+        // Detaching a subscription that never got added is harmless.
+        edge.hub.detach(&held.channel, conn, label);
+        edge.metrics.gauge(&edge.metrics.subscriptions, -1);
+        true
+    }
+
+    /// Ends every subscription, as the connection goes.
+    pub fn end_all(&mut self, edge: &Edge, conn: u64) {
+        let labels: Vec<ChannelName> = self.held.keys().cloned().collect();
+        for label in labels {
+            self.end(edge, conn, &label);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_schemas::ChannelPattern;
+    use switchboard_schemas::shapes::Role;
+
+    fn identity(user: &str, grants: &[&str]) -> Identity {
+        Identity {
+            user: user.into(),
+            role: Role::User,
+            grants: grants
+                .iter()
+                .map(|g| ChannelPattern::parse(g).unwrap())
+                .collect(),
+            exp: i64::MAX,
+        }
+    }
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_start_is_allowed_refused_or_left_to_the_watched_users_privacy() {
+        let (policy, members) = (Policy::default(), Members::default());
+        let u1 = identity("u1", &["project:p1"]);
+        assert_eq!(
+            access(&policy, &members, &u1, &ch("project:p1")),
+            Access::Allowed
+        );
+        assert_eq!(
+            access(&policy, &members, &u1, &ch("user:u1")),
+            Access::Allowed
+        );
+        assert!(matches!(
+            access(&policy, &members, &u1, &ch("project:p2")),
+            Access::Refused(Refusal {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        ));
+        assert!(matches!(
+            access(&policy, &members, &u1, &ch("user:u2")),
+            Access::Refused(_)
+        ));
+        assert_eq!(
+            access(&policy, &members, &u1, &ch("presence:u1")),
+            Access::Allowed
+        );
+        assert_eq!(
+            access(&policy, &members, &u1, &ch("presence:u2")),
+            Access::AskPrivacy
+        );
+    }
+
+    #[test]
+    fn a_recheck_touches_only_the_changed_channels() {
+        let (policy, members) = (Policy::default(), Members::default());
+        // The token no longer grants project:p1 nor presence:u2.
+        let u1 = identity("u1", &[]);
+        let held = [
+            ch("project:p1"),
+            ch("project:p2"),
+            ch("user:u1:notifications"),
+            ch("presence:u2"),
+        ];
+        let membership = decide(&policy, &members, &u1, &held, &[ch("project:p1")]);
+        assert_eq!(
+            membership,
+            Recheck {
+                revoke: vec![ch("project:p1")],
+                ask_privacy: vec![],
+            }
+        );
+        // A refresh re-checks everything held: aliases by their base channel, presence
+        // watches by the watched user's privacy.
+        let all: Vec<ChannelName> = held.iter().map(ChannelName::base).collect();
+        let refresh = decide(&policy, &members, &u1, &held, &all);
+        assert_eq!(refresh.revoke, [ch("project:p1"), ch("project:p2")]);
+        assert_eq!(refresh.ask_privacy, [ch("presence:u2")]);
+        // A privacy change of u2 concerns the watches of u2 only.
+        let privacy = decide(&policy, &members, &u1, &held, &[ch("presence:u2")]);
+        assert_eq!(privacy.ask_privacy, [ch("presence:u2")]);
+        assert!(privacy.revoke.is_empty());
+    }
+
+    #[test]
+    fn a_grant_keeps_a_subscription_through_a_recheck() {
+        let (policy, members) = (Policy::default(), Members::default());
+        let u1 = identity("u1", &["project:*", "presence:u2"]);
+        let held = [ch("project:p1"), ch("presence:u2")];
+        let refresh = decide(
+            &policy,
+            &members,
+            &u1,
+            &held,
+            &[ch("project:p1"), ch("presence:u2")],
+        );
+        assert_eq!(refresh, Recheck::default());
+    }
+}
