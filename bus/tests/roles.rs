@@ -60,6 +60,8 @@ enum Family {
     ServeAppMethod,
     ServeSwitchboardMethod,
     ServeInternal,
+    PrivacyChangePublish,
+    PrivacyChangeSubscribe,
     RequestAppMethod,
     NotifySubscribe,
     MembersWrite,
@@ -76,7 +78,7 @@ use Family::*;
 
 /// Each family, and whether edge, workers, service, admin may use it (docs/operations.md,
 /// "NATS roles").
-const TABLE: [(Family, [bool; 4]); 18] = [
+const TABLE: [(Family, [bool; 4]); 20] = [
     (RtPublish, [true, true, true, true]),
     (LivePublish, [false, false, false, true]),
     (LiveSubscribe, [true, false, false, true]),
@@ -85,6 +87,8 @@ const TABLE: [(Family, [bool; 4]); 18] = [
     (ServeAppMethod, [false, false, true, true]),
     (ServeSwitchboardMethod, [false, true, false, true]),
     (ServeInternal, [false, true, false, true]),
+    (PrivacyChangePublish, [true, true, false, true]),
+    (PrivacyChangeSubscribe, [true, true, false, true]),
     (RequestAppMethod, [true, false, false, true]),
     (NotifySubscribe, [false, false, true, true]),
     (MembersWrite, [false, true, false, true]),
@@ -178,6 +182,15 @@ impl Bench {
             }
             ServeSwitchboardMethod => self.actor_answers(actor, "svc.notifications.list").await,
             ServeInternal => self.actor_answers(actor, "int.archive.read").await,
+            PrivacyChangePublish => {
+                let subject = format!("int.privacy.{unique}");
+                self.admin_receives(&subject, || actor.publish(subject.clone(), "{}".into()))
+                    .await
+            }
+            PrivacyChangeSubscribe => {
+                self.actor_receives(actor, &format!("int.privacy.{unique}"))
+                    .await
+            }
             RequestAppMethod => {
                 let subject = format!("svc.quotes.{unique}");
                 let mut requests = self.admin.subscribe(subject.clone()).await.unwrap();
