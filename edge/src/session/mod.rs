@@ -1,0 +1,479 @@
+//! One WebSocket session: authentication, client frames in, replies and events out.
+//!
+//! A single task owns the socket. It waits on the socket, on the session's mailbox
+//! (replies and events queued by the hub and by request tasks), on the heartbeat, on the
+//! token's expiry, and on requests from outside to end or re-check. Work that waits on
+//! NATS (publishing, replay, history, rpc) runs in tasks of its own and answers through
+//! the mailbox, so a slow request never holds up delivery.
+//!
+//! Writes are coalesced: every frame already queued is fed to the socket before one
+//! flush, which is what keeps busy sockets cheap.
+
+mod dispatch;
+mod handshake;
+mod presence;
+mod publish;
+mod queries;
+mod receipts;
+mod subscriptions;
+
+pub use handshake::valid_device;
+use handshake::{await_hello, close, say_bye, send_now};
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use switchboard_bus::OCCUPANCY_BUCKET;
+use switchboard_schemas::event::types;
+use switchboard_schemas::frame::{Member, OkReply, RpcMethod, SignalType};
+use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
+use switchboard_schemas::{
+    Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType, EvtFrame,
+    PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind, TypeFilters, UnsubCode,
+    VisibleStatus,
+};
+use tokio::task::JoinSet;
+
+use crate::Edge;
+use crate::auth::Identity;
+use crate::bridge::RT_ORIGIN;
+use crate::hub::Subscription;
+use crate::lifecycle::{self, Access, Subscriptions};
+use crate::limits::{Limits, Op, PendingSlot, TokenBucket, UserSlot};
+use crate::mailbox::{ConnControl, Inbox, Mailbox, Outgoing, text};
+use crate::presence::{ConnState, occupancy_filter, occupancy_subject, presence_subject};
+use crate::refusal::Refusal;
+use crate::rpc;
+
+/// Close codes of docs/protocol.md besides those of `bye`.
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_NORMAL: u16 = 1000;
+/// Requests of one session waiting on NATS at once; more are `rate_limited`.
+const MAX_IN_FLIGHT: usize = 32;
+/// Frames fed to the socket before one flush.
+const WRITE_BATCH: usize = 128;
+/// Bytes read from the socket at once; a larger client frame takes several reads.
+pub const READ_BUFFER: usize = 1024;
+/// Bytes of fed frames that tungstenite collects before writing to the socket; the
+/// flush at the end of a batch writes the rest. A batch of small frames thus costs one
+/// `send` instead of one per frame.
+pub const WRITE_BUFFER: usize = 16 * 1024;
+const HISTORY_DEFAULT: u32 = 50;
+const HISTORY_MAX: u32 = 100;
+/// How long the final `bye` and close may take before the socket is simply dropped.
+const LAST_WORDS: Duration = Duration::from_secs(3);
+/// How long to wait for the client's answer to our close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+/// Signal types the edge itself sends or throttles.
+const TYPING: &str = "typing";
+const JOIN: &str = "join";
+const LEAVE: &str = "leave";
+/// A repeated `typing` with the same state inside this window is dropped.
+const TYPING_WINDOW: Duration = Duration::from_millis(500);
+/// Longest presence status text.
+const MAX_STATUS_TEXT: usize = 256;
+/// Receipts are coalesced for at most this long before they go to the workers.
+const RECEIPT_WINDOW: Duration = Duration::from_millis(200);
+
+/// Runs a session on an upgraded socket. `identity` is set when the upgrade carried a
+/// valid token; otherwise the client has `hello_timeout` to send `hello`.
+///
+/// A block rather than an `async fn`: an `async fn` keeps a second copy of its arguments
+/// (the socket alone is 368 bytes) for the whole life of the session.
+#[allow(clippy::manual_async_fn)]
+pub fn run(
+    edge: Arc<Edge>,
+    mut socket: WebSocket,
+    admitted: Admitted,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let (identity, slot, device) = match admitted {
+            Admitted::Authenticated(identity, slot, device) => (identity, slot, device),
+            Admitted::Pending(pending) => {
+                let Some((identity, device)) = await_hello(&edge, &mut socket).await else {
+                    return;
+                };
+                drop(pending);
+                let Some(slot) = edge.users.admit(&identity.user) else {
+                    send_now(
+                        &mut socket,
+                        err(
+                            None,
+                            ErrorCode::RateLimited,
+                            "too many connections for this user",
+                        ),
+                    )
+                    .await;
+                    say_bye(&mut socket, ByeCode::RateLimited).await;
+                    return;
+                };
+                (identity, slot, device)
+            }
+        };
+        let conn = edge.next_conn();
+        let control = Arc::new(ConnControl::new(
+            conn,
+            identity.user.clone(),
+            &edge.draining,
+        ));
+        let (mailbox, outgoing) = Mailbox::new(
+            edge.config.send_queue,
+            control.clone(),
+            edge.metrics.clone(),
+        );
+        let mut session = Session {
+            edge: edge.clone(),
+            identity,
+            slot,
+            mailbox,
+            control,
+            subs: Subscriptions::default(),
+            tasks: JoinSet::new(),
+            done: Arc::default(),
+            limits: Limits::new(&edge.config),
+            receipts: HashMap::new(),
+            receipts_due: None,
+            session_id: format!("{}-{conn}", edge.id),
+            me: ConnState {
+                status: PresenceStatus::Online,
+                text: None,
+                device,
+            },
+            typing: HashMap::new(),
+        };
+        edge.metrics.gauge(&edge.metrics.connections, 1);
+        session.run(&mut socket, &outgoing).await;
+        edge.metrics.gauge(&edge.metrics.connections, -1);
+    }
+}
+
+/// How a socket got past the upgrade.
+#[derive(Debug)]
+pub enum Admitted {
+    /// With a valid token on the upgrade, a place among its user's connections, and the
+    /// device named in `?device=`, if any.
+    Authenticated(Identity, UserSlot, Option<String>),
+    /// Without a token: it has `hello_timeout` to send `hello`.
+    Pending(PendingSlot),
+}
+
+fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
+    ServerFrame::error(id, code, message).encode()
+}
+
+/// Something a request task tells the session.
+#[derive(Debug)]
+enum Done {
+    /// The subscription could not be set up; forget it.
+    SubFailed(ChannelName),
+    /// A subscription the presence service allowed: go on with it.
+    Allowed {
+        id: Option<u64>,
+        ch: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+    },
+    /// A presence watch the presence service no longer allows: end it.
+    Revoke(ChannelName),
+}
+
+struct Session {
+    edge: Arc<Edge>,
+    identity: Identity,
+    /// This connection's place among its user's connections on this edge.
+    slot: UserSlot,
+    mailbox: Mailbox,
+    control: Arc<ConnControl>,
+    /// By the channel as the client spelled it; `system:broadcast` is kept here too.
+    subs: Subscriptions,
+    tasks: JoinSet<()>,
+    /// What the session's own tasks report back.
+    done: Arc<Inbox<Done>>,
+    limits: Limits,
+    /// Pending receipt cursors per conversation: (delivered, read).
+    receipts: HashMap<ChannelName, (u64, u64)>,
+    receipts_due: Option<tokio::time::Instant>,
+    session_id: String,
+    /// This connection's presence (status, text, device).
+    me: ConnState,
+    /// Per channel, when this connection last sent `typing` and whether it was typing.
+    typing: HashMap<ChannelName, (Instant, bool)>,
+}
+
+enum Flow {
+    Continue,
+    End,
+}
+
+impl Session {
+    async fn run(&mut self, socket: &mut WebSocket, outgoing: &Outgoing) {
+        let heartbeat = self.edge.config.heartbeat();
+        self.welcome();
+        // Rare work is boxed: the states of an inline `.await` are part of the session's
+        // future, which every idle connection holds for its whole life.
+        Box::pin(self.put_presence()).await;
+        Box::pin(self.subscribe_implicit()).await;
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        let mut last_heard = Instant::now();
+        let leeway = Duration::from_secs(self.edge.config.jwt_leeway_s);
+        let expiry = tokio::time::sleep_until(expiry_instant(self.identity.exp, leeway));
+        tokio::pin!(expiry);
+        let mut expired = false;
+        // The receipts timer is armed only while cursors wait; `armed` is its deadline.
+        let receipts_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(receipts_timer);
+        let mut armed: Option<tokio::time::Instant> = None;
+        // Futures that live across turns of the loop are made once: re-creating them on
+        // every frame written is measurable at hundreds of thousands of deliveries/s.
+        let control = self.control.clone();
+        let ended = control.ended();
+        tokio::pin!(ended);
+        let rechecks = control.rechecks();
+        tokio::pin!(rechecks);
+        let inbox = self.done.clone();
+        let done = inbox.take();
+        tokio::pin!(done);
+        // Frames taken from the queue and not yet written.
+        let mut batch = VecDeque::new();
+        loop {
+            if self.receipts_due != armed {
+                armed = self.receipts_due;
+                if let Some(due) = armed {
+                    receipts_timer.as_mut().reset(due);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = &mut ended => {
+                    let code = self.control.reason().unwrap_or(ByeCode::ProtocolError);
+                    let last_words = async {
+                        // Whatever was queued before the end still goes out first, except
+                        // for a slow consumer, whose queue is the problem.
+                        if code != ByeCode::SlowConsumer {
+                            outgoing.take_now(&mut batch);
+                            let _ = write_batch(socket, &mut batch).await;
+                        }
+                        say_bye(socket, code).await;
+                    };
+                    // A peer that reads nothing must not hold the session open.
+                    let _ = Box::pin(tokio::time::timeout(LAST_WORDS, last_words)).await;
+                    break;
+                }
+                true = outgoing.take(&mut batch, WRITE_BATCH) => {
+                    // A socket that stops reading blocks this write; meanwhile the hub
+                    // may end the session as a slow consumer, which must win.
+                    tokio::select! {
+                        written = write_batch(socket, &mut batch) => match written {
+                            Ok(frames) => self.edge.metrics.count(&self.edge.metrics.frames_out, frames),
+                            Err(_) => break,
+                        },
+                        // A cancellation future stays ready once cancelled: the outer
+                        // select sees it again on the next turn.
+                        _ = &mut ended => {}
+                    }
+                }
+                reports = &mut done => {
+                    done.set(inbox.take());
+                    for report in reports {
+                        match report {
+                            Done::SubFailed(label) => {
+                                Box::pin(self.unsubscribe(&label)).await;
+                            }
+                            Done::Allowed { id, ch, types, since } => {
+                                Box::pin(self.admit_subscription(id, ch, types, since)).await;
+                            }
+                            Done::Revoke(label) => Box::pin(self.revoke(label)).await,
+                        }
+                    }
+                }
+                labels = &mut rechecks => {
+                    rechecks.set(control.rechecks());
+                    Box::pin(self.recheck(labels)).await;
+                }
+                incoming = socket.recv() => {
+                    let message = match incoming {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) if is_too_big(&e) => {
+                            Box::pin(close(socket, CLOSE_TOO_BIG, "frame too large")).await;
+                            break;
+                        }
+                        _ => break,
+                    };
+                    last_heard = Instant::now();
+                    match Box::pin(self.on_message(message)).await {
+                        Flow::Continue => {}
+                        Flow::End => {
+                            Box::pin(close(socket, CLOSE_TOO_BIG, "frame too large")).await;
+                            break;
+                        }
+                    }
+                    if let Some(new_exp) = self.limits.refreshed_exp.take() {
+                        expiry.as_mut().reset(expiry_instant(new_exp, leeway));
+                        expired = false;
+                    }
+                }
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > heartbeat * 2 {
+                        let closing = close(socket, CLOSE_NORMAL, "heartbeat timeout");
+                        let _ = Box::pin(tokio::time::timeout(LAST_WORDS, closing)).await;
+                        break;
+                    }
+                    let ping = tokio::time::timeout(heartbeat, socket.send(Message::Ping(Bytes::new())));
+                    if !matches!(Box::pin(ping).await, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+                _ = &mut expiry, if !expired => {
+                    expired = true;
+                    self.control.end(ByeCode::TokenExpired);
+                }
+                _ = &mut receipts_timer, if armed.is_some() => self.flush_receipts(),
+                Some(_) = self.tasks.join_next() => {}
+            }
+        }
+        Box::pin(self.leave()).await;
+    }
+
+    /// Whatever the session holds outside itself, given back as it ends.
+    async fn leave(&mut self) {
+        self.flush_receipts();
+        let labels: Vec<ChannelName> = self.subs.labels().cloned().collect();
+        for label in labels {
+            self.unsubscribe(&label).await;
+        }
+        self.stop_typing().await;
+        self.edge
+            .presence
+            .delete(presence_subject(&self.identity.user, &self.session_id))
+            .await;
+        self.tasks.abort_all();
+    }
+
+    async fn on_message(&mut self, message: Message) -> Flow {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                self.bad_frame(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported",
+                );
+                return Flow::Continue;
+            }
+            _ => return Flow::Continue,
+        };
+        if text.len() > self.edge.config.hard_frame_bytes {
+            return Flow::End;
+        }
+        if text.len() > self.edge.config.max_frame_bytes {
+            self.bad_frame(None, ErrorCode::TooLarge, "frame larger than the limit");
+            return Flow::Continue;
+        }
+        let request = match Request::decode(text.as_bytes()) {
+            Ok(request) => request,
+            Err(e) => {
+                self.edge.metrics.frame_in("invalid");
+                self.bad_frame(e.id, e.code(), e.to_string());
+                return Flow::Continue;
+            }
+        };
+        self.edge.metrics.frame_in(request.frame.op());
+        if !self.limits.frames.take() {
+            self.rate_limited(request.id, "too many frames");
+            return Flow::Continue;
+        }
+        self.on_request(request).await;
+        Flow::Continue
+    }
+
+    /// Answers a refused frame and counts it toward the protocol-error limit.
+    fn bad_frame(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+        let id = if code == ErrorCode::TooLarge {
+            None
+        } else {
+            id
+        };
+        self.reply(err(id, code, message));
+        if self.limits.bad_frames.hit() {
+            self.control.end(ByeCode::ProtocolError);
+        }
+    }
+
+    fn rate_limited(&mut self, id: Option<u64>, message: &str) {
+        self.edge.metrics.count(&self.edge.metrics.rate_limited, 1);
+        self.reply(err(id, ErrorCode::RateLimited, message));
+        if self.limits.rate_limited.hit() {
+            self.control.end(ByeCode::RateLimited);
+        }
+    }
+
+    fn reply(&self, frame: Bytes) {
+        self.mailbox.push_event(text(frame));
+    }
+
+    fn forbidden(&self, id: Option<u64>, why: impl std::fmt::Display) {
+        self.reply(err(id, ErrorCode::Forbidden, why.to_string()));
+    }
+
+    /// Runs `work` in its own task; what it returns is queued as the reply.
+    fn spawn(
+        &mut self,
+        id: Option<u64>,
+        work: impl std::future::Future<Output = Option<Bytes>> + Send + 'static,
+    ) {
+        if self.tasks.len() >= MAX_IN_FLIGHT {
+            return self.rate_limited(id, "too many requests in flight");
+        }
+        let mailbox = self.mailbox.clone();
+        self.tasks.spawn(async move {
+            if let Some(frame) = work.await {
+                mailbox.send(text(frame)).await;
+            }
+        });
+    }
+
+    /// Queues `welcome`, the first frame of every session.
+    fn welcome(&self) {
+        let welcome = ServerFrame::Welcome {
+            user: self.identity.user.to_string(),
+            session: self.session_id.clone(),
+            heartbeat_ms: self.edge.config.heartbeat_ms,
+        };
+        self.mailbox.push_event(text(welcome.encode()));
+    }
+}
+
+/// Writes the frames of `batch` in one go (one flush, so usually one write); a frame
+/// stays in `batch` until it is handed to the socket.
+async fn write_batch(
+    socket: &mut WebSocket,
+    batch: &mut VecDeque<Utf8Bytes>,
+) -> Result<u64, axum::Error> {
+    let mut frames = 0;
+    while !batch.is_empty() {
+        std::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).await?;
+        if let Some(frame) = batch.pop_front() {
+            socket.start_send_unpin(Message::Text(frame))?;
+            frames += 1;
+        }
+    }
+    socket.flush().await?;
+    Ok(frames)
+}
+
+/// True when the socket refused a frame above the hard cap (tungstenite's capacity error).
+fn is_too_big(error: &axum::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long")
+}
+
+fn expiry_instant(exp: i64, leeway: Duration) -> tokio::time::Instant {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let left = Duration::from_secs(exp.saturating_sub(now).max(0) as u64) + leeway;
+    tokio::time::Instant::now() + left
+}

@@ -1,0 +1,133 @@
+//! `pub`: client messages (`message.new`, `.edited`, `.deleted`), authorized, given an
+//! id derived from the client's key, and stored through JetStream before `ok`
+//! (docs/protocol.md, section 4.4).
+
+use super::*;
+
+impl Session {
+    pub(super) fn on_pub(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        ty: EventType,
+        data: switchboard_schemas::RawJson,
+        key: Option<String>,
+    ) {
+        if !self.limits.take(Op::Pub, &self.slot) {
+            return self.rate_limited(id, "too many publishes");
+        }
+        if let Err(why) = self
+            .edge
+            .policy
+            .may_publish(&self.identity, &ch, &ty, &self.edge.members)
+        {
+            return self.forbidden(id, why);
+        }
+        let edits = ty.as_str() != types::MESSAGE_NEW;
+        let target = match message_target(&data, edits) {
+            Ok(target) => target,
+            Err(why) => return self.bad_frame(id, ErrorCode::BadRequest, why),
+        };
+        let user = self.identity.user.clone();
+        let event_id = match &key {
+            Some(key) if key.is_empty() || key.len() > 128 => {
+                return self.bad_frame(
+                    id,
+                    ErrorCode::BadRequest,
+                    "key must be 1 to 128 characters",
+                );
+            }
+            Some(key) => EventId::derive(&[&user, ch.as_str(), key]),
+            None => EventId::generate(),
+        };
+        let edge = self.edge.clone();
+        self.spawn(id, async move {
+            if let Some(seq) = target {
+                match original_sender(&edge, &ch, seq).await {
+                    Ok(Some(sender)) if sender == *user => {}
+                    Ok(Some(_)) => {
+                        return Some(err(
+                            id,
+                            ErrorCode::Forbidden,
+                            "only the original sender may edit or delete a message",
+                        ));
+                    }
+                    Ok(None) => {
+                        return Some(err(
+                            id,
+                            ErrorCode::NotFound,
+                            format!("no message with seq {seq} on {ch}"),
+                        ));
+                    }
+                    Err(e) => return Some(err(id, ErrorCode::Unavailable, e)),
+                }
+            }
+            let mut event = Envelope::new(ty, data);
+            event.id = event_id;
+            event.actor = Some(Actor {
+                id: user.to_string(),
+                kind: "user".into(),
+            });
+            event.source = Some("switchboard-edge".into());
+            match edge.publisher.publish(&ch, &event).await {
+                Ok(published) => Some({
+                    edge.metrics.count(&edge.metrics.published, 1);
+                    ServerFrame::Ok {
+                        id,
+                        reply: OkReply::Published {
+                            seq: published.seq,
+                            event_id: event.id,
+                        },
+                    }
+                    .encode()
+                }),
+                Err(e) => Some(err(id, ErrorCode::Unavailable, e.to_string())),
+            }
+        });
+    }
+}
+
+/// For `message.edited` / `message.deleted`: the seq of the original message in `data`.
+pub(super) fn message_target(
+    data: &switchboard_schemas::RawJson,
+    edits: bool,
+) -> Result<Option<u64>, &'static str> {
+    #[derive(serde::Deserialize)]
+    struct Target {
+        seq: Option<u64>,
+    }
+    if !data.as_str().trim_start().starts_with('{') {
+        return Err("message data must be a JSON object");
+    }
+    let target: Target = data
+        .decode()
+        .map_err(|_| "message data.seq must be a sequence number")?;
+    if !edits {
+        return Ok(None);
+    }
+    target
+        .seq
+        .map(Some)
+        .ok_or("message.edited and message.deleted need data.seq, the original's seq")
+}
+
+/// The sender of the `message.new` stored at `seq` on `ch`; `None` if there is none.
+pub(super) async fn original_sender(
+    edge: &Edge,
+    ch: &ChannelName,
+    seq: u64,
+) -> Result<Option<String>, String> {
+    let Some(stored) = edge.store.get(seq).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    if stored.subject != ch.subject(SubjectKind::Durable) {
+        return Ok(None);
+    }
+    let Ok(event) = stored.envelope() else {
+        return Ok(None);
+    };
+    if event.ty.as_str() != types::MESSAGE_NEW {
+        return Ok(None);
+    }
+    Ok(event.actor.map(|a| a.id))
+}

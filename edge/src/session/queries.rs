@@ -1,0 +1,129 @@
+//! Questions the session answers from elsewhere: `who` (the `occupancy` bucket),
+//! `history` (the stream) and `rpc` (worker services), each in a task of its own
+//! (docs/protocol.md, sections 4.7, 4.10 and 4.12).
+
+use super::*;
+
+impl Session {
+    /// `rpc`: a call to a worker service, answered through the mailbox.
+    pub(super) fn on_rpc(&mut self, id: Option<u64>, method: RpcMethod, params: RawJson) {
+        let edge = self.edge.clone();
+        let caller = self.identity.clone();
+        self.spawn(id, async move {
+            Some(match rpc::call(&edge, &caller, &method, &params).await {
+                Ok(result) => ServerFrame::Ok {
+                    id,
+                    reply: OkReply::Rpc { result },
+                }
+                .encode(),
+                Err(refusal) => refusal.frame(id),
+            })
+        });
+    }
+
+    /// `who`: every user with a connection subscribed to the channel now, on any edge.
+    pub(super) fn on_who(&mut self, id: Option<u64>, ch: ChannelName) {
+        if let Err(why) = self
+            .edge
+            .policy
+            .may_subscribe(&self.identity, &ch, &self.edge.members)
+        {
+            return self.forbidden(id, why);
+        }
+        if !self.has_presence(&ch) {
+            return self.reply(err(
+                id,
+                ErrorCode::BadRequest,
+                "this channel has no presence",
+            ));
+        }
+        let edge = self.edge.clone();
+        self.spawn(id, async move {
+            let filter = occupancy_filter(&ch.base());
+            let entries = match edge.store.scan_bucket(OCCUPANCY_BUCKET, &filter).await {
+                Ok(entries) => entries,
+                Err(e) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
+            };
+            #[derive(serde::Deserialize)]
+            struct Occupant {
+                status: PresenceStatus,
+            }
+            let mut by_user: std::collections::BTreeMap<String, Vec<PresenceStatus>> =
+                Default::default();
+            for (key, value) in entries {
+                // <ns>.<id>.<user>.<conn>
+                let Some(user) = key.split('.').nth(2) else {
+                    continue;
+                };
+                let Ok(occupant) = serde_json::from_slice::<Occupant>(&value) else {
+                    continue;
+                };
+                by_user
+                    .entry(user.to_string())
+                    .or_default()
+                    .push(occupant.status);
+            }
+            let members = by_user
+                .into_iter()
+                .map(|(user, statuses)| Member {
+                    user,
+                    status: VisibleStatus::aggregate(statuses),
+                })
+                // Invisible everywhere looks offline, and offline users are not here.
+                .filter(|m| m.status != VisibleStatus::Offline)
+                .collect();
+            Some(
+                ServerFrame::Ok {
+                    id,
+                    reply: OkReply::Members { members },
+                }
+                .encode(),
+            )
+        });
+    }
+
+    pub(super) fn on_history(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) {
+        if let Err(why) = self
+            .edge
+            .policy
+            .may_subscribe(&self.identity, &ch, &self.edge.members)
+        {
+            return self.forbidden(id, why);
+        }
+        let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX) as usize;
+        let edge = self.edge.clone();
+        self.spawn(id, async move {
+            let subject = ch.base().subject(SubjectKind::Durable);
+            let stored = match edge.store.newest(&subject, before, limit).await {
+                Ok(stored) => stored,
+                Err(e) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
+            };
+            let events = stored
+                .into_iter()
+                .filter_map(|s| {
+                    let event = s.envelope().ok()?;
+                    ch.alias()
+                        .is_none_or(|a| a.admits(event.ty.as_str()))
+                        .then(|| EvtFrame {
+                            ch: ch.clone(),
+                            seq: s.seq,
+                            event,
+                        })
+                })
+                .collect();
+            Some(
+                ServerFrame::Ok {
+                    id,
+                    reply: OkReply::History { events },
+                }
+                .encode(),
+            )
+        });
+    }
+}

@@ -1,0 +1,170 @@
+//! `sub` and `unsub` for the socket: limits and occupancy around the subscription
+//! lifecycle every transport shares ([`crate::lifecycle`]): start, presence watches the
+//! presence service decides, revocation after a re-check.
+
+use super::*;
+
+impl Session {
+    /// Every connection receives `system:broadcast` without asking.
+    pub(super) async fn subscribe_implicit(&mut self) {
+        let label = ChannelName::system_broadcast();
+        self.start_subscription(None, label, TypeFilters::all(), None, false)
+            .await;
+    }
+
+    pub(super) async fn on_sub(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+    ) {
+        if !self.limits.take(Op::Sub, &self.slot) {
+            return self.rate_limited(id, "too many subscribe requests");
+        }
+        if self.subs.contains(&ch) {
+            return self.bad_frame(
+                id,
+                ErrorCode::BadRequest,
+                "already subscribed to this channel",
+            );
+        }
+        match lifecycle::authorize(&self.edge, &self.identity, &ch) {
+            Access::Allowed => self.admit_subscription(id, ch, types, since).await,
+            Access::AskPrivacy => self.ask_presence_privacy(id, ch, types, since),
+            Access::Refused(refusal) => self.reply(refusal.frame(id)),
+        }
+    }
+
+    /// The checks after authorization: the per-connection limit, then subscribing.
+    pub(super) async fn admit_subscription(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+    ) {
+        if self.subs.contains(&ch) {
+            return self.bad_frame(
+                id,
+                ErrorCode::BadRequest,
+                "already subscribed to this channel",
+            );
+        }
+        if self.subs.counted() >= self.edge.config.max_subscriptions {
+            return self.rate_limited(id, "too many subscriptions on this connection");
+        }
+        self.start_subscription(id, ch, types, since, true).await;
+    }
+
+    /// Asks the presence service whether this user may watch `presence:<target>`.
+    pub(super) fn ask_presence_privacy(
+        &mut self,
+        id: Option<u64>,
+        ch: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+    ) {
+        let edge = self.edge.clone();
+        let user = self.identity.user.clone();
+        let done = self.done.clone();
+        self.spawn(id, async move {
+            match lifecycle::may_watch(&edge, &user, ch.id()).await {
+                Ok(true) => {
+                    done.push(Done::Allowed {
+                        id,
+                        ch,
+                        types,
+                        since,
+                    });
+                    None
+                }
+                Ok(false) => Some(Refusal::forbidden("this user's presence is private").frame(id)),
+                Err(refusal) => Some(refusal.frame(id)),
+            }
+        });
+    }
+
+    /// Attaches to the channel now (so an `unsub` right after finds it) and finishes in a
+    /// task: wait for the bridge, reply `ok`, replay, go live.
+    pub(super) async fn start_subscription(
+        &mut self,
+        id: Option<u64>,
+        label: ChannelName,
+        types: TypeFilters,
+        since: Option<ResumeFrom>,
+        reply: bool,
+    ) {
+        if self.has_presence(&label) {
+            self.occupy(&label).await;
+        }
+        let subscription = Subscription {
+            user: self.identity.user.clone(),
+            label: label.clone(),
+            filters: types,
+            mailbox: self.mailbox.clone(),
+        };
+        let work = self.subs.begin(&self.edge, subscription, id, since, reply);
+        let mailbox = self.mailbox.clone();
+        let done = self.done.clone();
+        self.tasks.spawn(async move {
+            if let Err(refusal) = work.await {
+                if reply {
+                    mailbox.send(text(refusal.frame(id))).await;
+                }
+                done.push(Done::SubFailed(label));
+            }
+        });
+    }
+
+    /// Ends a subscription: backs out one still being set up, leaves the channel.
+    /// Returns whether there was one.
+    pub(super) async fn unsubscribe(&mut self, label: &ChannelName) -> bool {
+        if !self.subs.contains(label) {
+            return false;
+        }
+        if self.has_presence(label) {
+            self.vacate(label).await;
+        }
+        self.subs.end(&self.edge, self.control.id, label)
+    }
+
+    /// Ends a subscription the client may no longer hold and tells it so.
+    pub(super) async fn revoke(&mut self, label: ChannelName) {
+        if self.unsubscribe(&label).await {
+            let frame = ServerFrame::Unsubbed {
+                ch: label,
+                code: UnsubCode::Revoked,
+            };
+            self.reply(frame.encode());
+        }
+    }
+
+    /// Re-authorizes the subscriptions to `channels` (changed membership, a refresh, a
+    /// watched user's privacy): what the rules refuse ends now, presence watches are
+    /// asked of the presence service again.
+    pub(super) async fn recheck(&mut self, channels: Vec<ChannelName>) {
+        let outcome = lifecycle::recheck(&self.edge, &self.identity, self.subs.labels(), &channels);
+        for label in outcome.revoke {
+            self.revoke(label).await;
+        }
+        for label in outcome.ask_privacy {
+            let (edge, user, done) = (
+                self.edge.clone(),
+                self.identity.user.clone(),
+                self.done.clone(),
+            );
+            self.tasks.spawn(async move {
+                match lifecycle::may_watch(&edge, &user, label.id()).await {
+                    Ok(true) => {}
+                    Ok(false) => done.push(Done::Revoke(label)),
+                    // Unanswered, the watch stays: it was allowed, and an outage of the
+                    // presence service must not look like a privacy change.
+                    Err(refusal) => {
+                        tracing::warn!(%refusal, %label, "presence watch not re-checked");
+                    }
+                }
+            });
+        }
+    }
+}
