@@ -23,6 +23,7 @@ mod replay;
 mod status;
 mod tail;
 mod token;
+mod vapid;
 mod when;
 
 use std::process::ExitCode;
@@ -101,6 +102,11 @@ enum Command {
     ///
     /// Example: curl -H "Authorization: Bearer $(switchboard token --sub u1)" ...
     Token(token::Args),
+    /// Make a VAPID key pair for Web Push; prints SWITCHBOARD_VAPID_PRIVATE_KEY=... and
+    /// SWITCHBOARD_VAPID_PUBLIC_KEY=....
+    ///
+    /// Example: switchboard vapid >> /etc/switchboard/workers.env
+    Vapid(vapid::Args),
     /// Load generator: measure an edge with real sockets (release build; loopback).
     ///
     /// The edge and NATS URLs must be loopback addresses. A run opens at most 50,000
@@ -142,6 +148,7 @@ async fn main() -> ExitCode {
         Command::Replay(args) => replay::run(nats, cli.json, args).await,
         Command::Keys(args) => keys::run(cli.json, args),
         Command::Token(args) => token::run(cli.json, args),
+        Command::Vapid(args) => vapid::run(cli.json, args),
         Command::Bench(args) => bench::run(nats, cli.json, args).await,
     };
     match result {

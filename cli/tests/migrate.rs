@@ -57,6 +57,7 @@ async fn migrations_apply_to_an_empty_database_twice() {
             "presence_privacy",
             "presence_state",
             "processed_events",
+            "push_subscriptions",
             "receipt_cursors"
         ]
     );

@@ -41,12 +41,14 @@
 pub mod contacts;
 pub mod preferences;
 pub mod presence;
+pub mod push;
 pub mod rpc;
 pub mod rules;
 pub mod sink;
 pub mod store;
 pub mod template;
 pub mod webhook;
+pub mod webpush;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -78,6 +80,7 @@ use rules::{MAX_RECIPIENTS, MemberFilter, Rule, Rules, RulesError};
 use sink::{Dispatcher, Outbound, SinkConfig};
 use store::{NewDelivery, NewNotification, StoreError};
 use webhook::{Webhook, WebhookError, WebhookSecret, WebhookUrl};
+use webpush::{EndpointHosts, PushError, Vapid, VapidError, WebPush};
 
 /// The notifications job's settings (flags and environment variables).
 #[derive(Debug, Clone, clap::Args)]
@@ -138,6 +141,33 @@ pub struct NotificationsConfig {
     #[arg(long, env = "SWITCHBOARD_NOTIFY_WEBHOOK_CA")]
     pub notify_webhook_ca: Option<PathBuf>,
 
+    /// VAPID private key for Web Push: P-256 in PEM (PKCS#8 or SEC1) or base64url raw
+    /// 32 bytes (`switchboard vapid` makes a pair). None: no Web Push.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_VAPID_PRIVATE_KEY",
+        hide_env_values = true,
+        value_parser = webhook::SecretParser::new("SWITCHBOARD_VAPID_PRIVATE_KEY", |text| Ok(webhook::Hidden(text.to_string())))
+    )]
+    pub vapid_private_key: Option<webhook::Hidden>,
+
+    /// Contact push services can reach the operator at: `mailto:` or `https:` URL.
+    #[arg(long, env = "SWITCHBOARD_VAPID_SUBJECT")]
+    pub vapid_subject: Option<String>,
+
+    /// Hosts push subscriptions' endpoints may be on: comma-separated names or
+    /// `.suffix`es. The default is the browser vendors' push services.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PUSH_ENDPOINT_HOSTS",
+        default_value = webpush::DEFAULT_ENDPOINT_HOSTS
+    )]
+    pub push_endpoint_hosts: String,
+
+    /// How long a push service keeps an undelivered push (the TTL header), in seconds.
+    #[arg(long, env = "SWITCHBOARD_PUSH_TTL_S", default_value_t = 86_400)]
+    pub push_ttl_s: u64,
+
     /// How long one webhook request may take.
     #[arg(
         long,
@@ -188,6 +218,10 @@ pub enum SetupError {
     Rules(#[from] RulesError),
     #[error(transparent)]
     Webhook(#[from] WebhookError),
+    #[error(transparent)]
+    Vapid(#[from] VapidError),
+    #[error("cannot set up Web Push: {0}")]
+    WebPush(#[from] PushError),
 }
 
 impl NotificationsConfig {
@@ -210,8 +244,22 @@ impl NotificationsConfig {
             }
             None => None,
         };
+        let webpush = match &self.vapid_private_key {
+            Some(key) => {
+                let subject = self.vapid_subject.as_deref().ok_or(VapidError::NoSubject)?;
+                let vapid = Vapid::new(&key.0, subject)?;
+                Some(Arc::new(WebPush::new(
+                    vapid,
+                    Duration::from_secs(self.push_ttl_s),
+                    timeout,
+                )?))
+            }
+            None => None,
+        };
         Ok(SinkConfig {
             webhook,
+            webpush,
+            push_hosts: EndpointHosts::parse(&self.push_endpoint_hosts),
             webhook_timeout: timeout,
             subjects: self.notify_subjects,
             max_attempts: self.notify_max_attempts.max(1),
@@ -227,6 +275,7 @@ impl NotificationsConfig {
 pub struct Service {
     job: Notifications,
     rpc: Rpc,
+    push: push::Push,
     dispatcher: Dispatcher,
     client: async_nats::Client,
     retention_days: u32,
@@ -247,6 +296,7 @@ impl Service {
             file = ?config.notifications_rules,
             webhook = ?config.notify_webhook_url.as_ref().map(ToString::to_string),
             subjects = config.notify_subjects,
+            web_push = config.vapid_private_key.is_some(),
             "notification rules loaded"
         );
         let js = jetstream::new(client.clone());
@@ -266,6 +316,7 @@ impl Service {
                 membership_missing: AtomicBool::new(false),
             },
             rpc: Rpc::new(db.clone()),
+            push: push::Push::new(db.clone(), sinks.webpush.clone(), sinks.push_hosts.clone()),
             dispatcher: Dispatcher::new(db, client.clone(), sinks, wake),
             client,
             retention_days: config.notifications_retention_days,
@@ -286,6 +337,7 @@ impl Service {
                 self.client.clone(),
                 shutdown.clone()
             ),
+            responder::serve(Arc::new(self.push), self.client.clone(), shutdown.clone()),
             self.dispatcher.run(shutdown.clone()),
             expire(db, self.retention_days, self.retention_interval, shutdown),
         );
@@ -615,7 +667,11 @@ impl Notifications {
                     )
                     .await?;
                     stored.notifications += 1;
-                    in_app = Some((id, created_at));
+                    in_app = Some(InApp {
+                        id,
+                        created_at,
+                        unread,
+                    });
                 }
             }
             if decided.outbound && !decided.online.contains(user) {
@@ -633,7 +689,7 @@ impl Notifications {
         tx: &mut sqlx::PgConnection,
         user: &UserId,
         preferences: Preferences,
-        in_app: Option<(String, Timestamp)>,
+        in_app: Option<InApp>,
         decided: &Decided<'_, '_>,
     ) -> Result<usize, StoreError> {
         let event = decided.event;
@@ -649,7 +705,7 @@ impl Notifications {
                 key: format!("{}/{user}/{medium}", event.envelope.id),
                 medium,
                 user: user.to_string(),
-                notification_id: in_app.as_ref().map(|(id, _)| id.clone()),
+                notification_id: in_app.as_ref().map(|n| n.id.clone()),
                 category: event.rule.category,
                 priority: event.rule.priority,
                 title: decided.title.to_string(),
@@ -657,21 +713,36 @@ impl Notifications {
                 reference: event.reference(),
                 event_id: event.envelope.id.to_string(),
                 event_type: event.envelope.ty.to_string(),
-                created_at: in_app.as_ref().map_or_else(Timestamp::now, |(_, at)| *at),
+                created_at: in_app
+                    .as_ref()
+                    .map_or_else(Timestamp::now, |n| n.created_at),
+                unread: in_app.as_ref().map(|n| n.unread),
             };
             let payload =
                 serde_json::to_string(&outbound).map_err(|e| StoreError::Row(e.to_string()))?;
             for sink in &self.sinks {
-                let new = NewDelivery {
-                    event_id: &event.envelope.id,
-                    user,
-                    medium,
-                    sink,
-                    payload: &payload,
-                    traceparent: event.traceparent.as_deref(),
+                // Web Push goes to each of the user's devices, one row each.
+                let targets = if *sink == sink::WEBPUSH {
+                    if medium != sink::PUSH {
+                        continue;
+                    }
+                    store::push_targets(tx, user).await?
+                } else {
+                    vec![String::new()]
                 };
-                store::insert_delivery(tx, &new).await?;
-                count += 1;
+                for target in &targets {
+                    let new = NewDelivery {
+                        event_id: &event.envelope.id,
+                        user,
+                        medium,
+                        sink,
+                        target,
+                        payload: &payload,
+                        traceparent: event.traceparent.as_deref(),
+                    };
+                    store::insert_delivery(tx, &new).await?;
+                    count += 1;
+                }
             }
         }
         Ok(count)
@@ -686,6 +757,14 @@ impl Event<'_> {
             seq: self.seq,
         }
     }
+}
+
+/// The in-app notification a push or email is about.
+struct InApp {
+    id: String,
+    created_at: Timestamp,
+    /// The user's unread count with it.
+    unread: u64,
 }
 
 /// What was decided for an event before its transaction.

@@ -14,7 +14,13 @@
 //!   senders written against NATS. Nothing is stored unless an operator adds a stream
 //!   over `notify.>`, which then dedupes on the key.
 //!
-//! A delivery row exists once per (event, user, medium, sink), inserted with the
+//! - **webpush**: the push, encrypted, to each of the user's Web Push subscriptions
+//!   ([`super::webpush`]), one row per subscription. The payload is the notification
+//!   JSON of `user.notification`. 2xx delivers; 404 and 410 delete the subscription
+//!   (the browser dropped it) and end the row; 408, 429, 5xx and network errors retry;
+//!   other answers fail the row for good.
+//!
+//! A delivery row exists once per (event, user, medium, sink, device), inserted with the
 //! notification it belongs to, so a redelivered event never sends twice. The dispatcher
 //! claims due rows with `FOR UPDATE SKIP LOCKED`, pushing `next_attempt_at` a lease
 //! ahead, so copies of the worker share the work without taking the same row, and a row
@@ -34,10 +40,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::webhook::Webhook;
+use super::webpush::{EndpointHosts, Subscription, WebPush};
 use crate::backoff::Backoff;
 
 pub const WEBHOOK: &str = "webhook";
 pub const SUBJECT: &str = "subject";
+pub const WEBPUSH: &str = "webpush";
 pub const PUSH: &str = "push";
 pub const EMAIL: &str = "email";
 
@@ -58,7 +66,7 @@ UPDATE switchboard.notification_deliveries AS d
      LIMIT $1
        FOR UPDATE SKIP LOCKED)
 RETURNING d.id, d.user_id, d.medium, d.sink, d.payload::text, d.payload ->> 'key', d.attempts,
-          d.traceparent";
+          d.traceparent, d.target";
 
 const DELIVERED: &str = "
 UPDATE switchboard.notification_deliveries SET delivered_at = now(), last_error = NULL
@@ -77,6 +85,8 @@ UPDATE switchboard.notification_deliveries SET failed_at = now(), last_error = $
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
     pub webhook: Option<Webhook>,
+    pub webpush: Option<Arc<WebPush>>,
+    pub push_hosts: EndpointHosts,
     pub webhook_timeout: Duration,
     pub subjects: bool,
     pub max_attempts: u32,
@@ -94,6 +104,9 @@ impl SinkConfig {
         }
         if self.subjects {
             sinks.push(SUBJECT);
+        }
+        if self.webpush.is_some() {
+            sinks.push(WEBPUSH);
         }
         sinks
     }
@@ -119,6 +132,25 @@ pub struct Outbound {
     pub event_id: String,
     pub event_type: String,
     pub created_at: Timestamp,
+    /// The user's unread count with the in-app notification (`null` without one).
+    pub unread: Option<u64>,
+}
+
+/// The notification JSON of `user.notification` (docs/protocol.md), what a Web Push
+/// service worker receives.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PushPayload {
+    #[serde(alias = "notificationId")]
+    id: Option<String>,
+    category: NotificationCategory,
+    title: String,
+    message: String,
+    priority: Priority,
+    #[serde(rename = "ref")]
+    reference: NotificationRef,
+    unread: Option<u64>,
+    created_at: Timestamp,
 }
 
 /// `id, user_id, medium, sink, payload, payload.key, attempts, traceparent`.
@@ -131,6 +163,7 @@ type ClaimedRow = (
     Option<String>,
     i32,
     Option<String>,
+    String,
 );
 
 /// One claimed delivery.
@@ -144,6 +177,7 @@ struct Claimed {
     key: String,
     attempts: i32,
     traceparent: Option<String>,
+    target: String,
 }
 
 /// What one attempt came to.
@@ -216,7 +250,7 @@ impl Dispatcher {
         let claimed: Vec<Claimed> = rows
             .into_iter()
             .map(
-                |(id, user, medium, sink, payload, key, attempts, traceparent)| Claimed {
+                |(id, user, medium, sink, payload, key, attempts, traceparent, target)| Claimed {
                     id,
                     user,
                     medium,
@@ -225,6 +259,7 @@ impl Dispatcher {
                     key: key.unwrap_or_default(),
                     attempts,
                     traceparent,
+                    target,
                 },
             )
             .collect();
@@ -242,6 +277,10 @@ impl Dispatcher {
                 None => Attempt::Failed("no webhook is configured any more".into()),
             },
             SUBJECT => self.publish(delivery).await,
+            WEBPUSH => match &self.config.webpush {
+                Some(webpush) => self.push(webpush, delivery).await,
+                None => Attempt::Failed("Web Push is not configured any more".into()),
+            },
             other => Attempt::Failed(format!("unknown sink {other:?}")),
         }
     }
@@ -260,6 +299,69 @@ impl Dispatcher {
                 Attempt::Retry(format!("webhook answered {status}"))
             }
             Ok(status) => Attempt::Failed(format!("webhook answered {status}")),
+            Err(error) => Attempt::Retry(error.to_string()),
+        }
+    }
+
+    async fn push(&self, webpush: &WebPush, delivery: &Claimed) -> Attempt {
+        let Ok(subscription_id) = delivery.target.parse::<i64>() else {
+            return Attempt::Failed("no subscription id".into());
+        };
+        let row: Option<(String, String, String)> = match sqlx::query_as(
+            "SELECT endpoint, p256dh, auth FROM switchboard.push_subscriptions WHERE id = $1",
+        )
+        .bind(subscription_id)
+        .fetch_optional(&self.db)
+        .await
+        {
+            Ok(row) => row,
+            Err(error) => return Attempt::Retry(format!("reading the subscription: {error}")),
+        };
+        let Some((endpoint, p256dh, auth)) = row else {
+            return Attempt::Failed("the device unsubscribed".into());
+        };
+        // Checked again: the allowed hosts may have changed since it was subscribed.
+        let subscription =
+            match Subscription::parse(&endpoint, &p256dh, &auth, &self.config.push_hosts) {
+                Ok(subscription) => subscription,
+                Err(error) => return Attempt::Failed(format!("subscription unusable: {error}")),
+            };
+        // The stored Outbound JSON, read as the fields the notification JSON has.
+        let payload: PushPayload = match serde_json::from_str(&delivery.payload) {
+            Ok(payload) => payload,
+            Err(error) => return Attempt::Failed(format!("unreadable delivery: {error}")),
+        };
+        let Ok(body) = serde_json::to_vec(&payload) else {
+            return Attempt::Failed("unserializable payload".into());
+        };
+        let sent = webpush
+            .send(
+                &subscription,
+                &body,
+                payload.priority,
+                delivery.traceparent.as_deref(),
+            )
+            .await;
+        match sent {
+            Ok(status) if (200..300).contains(&status) => Attempt::Delivered,
+            Ok(status @ (404 | 410)) => {
+                let removed =
+                    sqlx::query("DELETE FROM switchboard.push_subscriptions WHERE id = $1")
+                        .bind(subscription_id)
+                        .execute(&self.db)
+                        .await;
+                if let Err(error) = removed {
+                    return Attempt::Retry(format!("removing the expired subscription: {error}"));
+                }
+                tracing::info!(user = %delivery.user, status, "push service dropped the subscription; removed");
+                Attempt::Failed(format!(
+                    "push service answered {status}: subscription removed"
+                ))
+            }
+            Ok(status) if status == 408 || status == 429 || status >= 500 => {
+                Attempt::Retry(format!("push service answered {status}"))
+            }
+            Ok(status) => Attempt::Failed(format!("push service answered {status}")),
             Err(error) => Attempt::Retry(error.to_string()),
         }
     }
@@ -354,11 +456,12 @@ mod tests {
             event_id: "evt_1".into(),
             event_type: "bid.new".into(),
             created_at: Timestamp::parse("2026-11-22T14:30:00Z").unwrap(),
+            unread: Some(3),
         };
         let json = serde_json::to_string(&outbound).unwrap();
         assert_eq!(
             json,
-            r#"{"key":"evt_1/u1/push","medium":"push","user":"u1","notificationId":null,"category":"bid","priority":"high","title":"New bid","message":"5000","ref":{"channel":"project:p1","seq":7},"eventId":"evt_1","eventType":"bid.new","createdAt":"2026-11-22T14:30:00Z"}"#
+            r#"{"key":"evt_1/u1/push","medium":"push","user":"u1","notificationId":null,"category":"bid","priority":"high","title":"New bid","message":"5000","ref":{"channel":"project:p1","seq":7},"eventId":"evt_1","eventType":"bid.new","createdAt":"2026-11-22T14:30:00Z","unread":3}"#
         );
     }
 }

@@ -66,8 +66,8 @@ const EMIT: &str = "SELECT switchboard.emit($1, $2, $3::jsonb, NULL, $4)";
 
 const INSERT_DELIVERY: &str = "
 INSERT INTO switchboard.notification_deliveries
-       (event_id, user_id, medium, sink, payload, traceparent)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6)
+       (event_id, user_id, medium, sink, payload, traceparent, target)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
 ON CONFLICT DO NOTHING";
 
 const LIST: &str = "
@@ -311,6 +311,8 @@ pub struct NewDelivery<'a> {
     pub user: &'a UserId,
     pub medium: &'static str,
     pub sink: &'static str,
+    /// The device, for sinks that send to each (Web Push: the subscription id); else ''.
+    pub target: &'a str,
     pub payload: &'a str,
     pub traceparent: Option<&'a str>,
 }
@@ -326,9 +328,23 @@ pub async fn insert_delivery(
         .bind(new.sink)
         .bind(new.payload)
         .bind(new.traceparent)
+        .bind(new.target)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The ids of `user`'s Web Push subscriptions, as delivery targets.
+pub async fn push_targets(
+    conn: &mut PgConnection,
+    user: &UserId,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id::text FROM switchboard.push_subscriptions WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(user.as_str())
+    .fetch_all(conn)
+    .await?)
 }
 
 /// One stored notification, as `list` reads it.

@@ -138,6 +138,16 @@ impl WebhookSecret {
     }
 }
 
+/// A secret setting's text, never shown (`Debug` prints `***`).
+#[derive(Clone)]
+pub struct Hidden(pub String);
+
+impl fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// A clap value parser whose refusal names the setting and the reason, never the value:
 /// clap's own message would repeat the value whole, and it may be a credential.
 #[derive(Clone, Copy)]

@@ -289,6 +289,71 @@ pub fn assert_backoff(retries: &[Retry]) -> String {
     )
 }
 
+/// The Python with the sinks' test peers (http-ece, py-vapid, aiosmtpd): scripts/lib.sh's
+/// `ensure_sink_test_peers` installs them into the project's .venv and exports
+/// `SWITCHBOARD_TEST_PYTHON`.
+pub fn python() -> std::path::PathBuf {
+    match std::env::var_os("SWITCHBOARD_TEST_PYTHON") {
+        Some(path) => path.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
+    }
+}
+
+/// A Python test peer from workers/tests/peers, killed when dropped; the test reads the
+/// JSON lines it prints.
+pub struct Peer {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+}
+
+impl Peer {
+    pub fn start(script: &str, args: &[&str]) -> Peer {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/peers")
+            .join(script);
+        let mut child = Command::new(python())
+            .arg(path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a Python test peer (scripts/lib.sh ensure_sink_test_peers)");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (sender, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                println!("peer: {line}");
+                if let Ok(value) = serde_json::from_str(&line) {
+                    let _ = sender.send(value);
+                }
+            }
+        });
+        Peer { child, lines }
+    }
+
+    /// The next line, failing the test after `DEADLINE`.
+    pub async fn next(&mut self) -> Value {
+        tokio::time::timeout(DEADLINE, self.lines.recv())
+            .await
+            .expect("the peer reports within the deadline")
+            .expect("the peer is running")
+    }
+
+    /// The next line if one comes within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        tokio::time::timeout(wait, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `deadline`.
 pub async fn eventually_within<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
