@@ -89,16 +89,15 @@ ensure_nginx() {
   export SWITCHBOARD_NGINX=/usr/sbin/nginx
 }
 
-# Python test peers for the notification sinks, in the project's venv: http-ece and
-# py-vapid decrypt Web Push payloads and check VAPID tokens as a push service would;
-# aiosmtpd is the SMTP server the email tests send to (workers/tests/delivery.rs).
+# Python test peers for the notification sinks, in the project's venv: http-ece (with
+# the cryptography package it brings) decrypts Web Push payloads and checks VAPID tokens
+# as a push service would (workers/tests/peers/push_service.py).
 ensure_sink_test_peers() {
   ensure_nats_server
-  if ! "$VENV/bin/python" -c 'import http_ece, py_vapid, aiosmtpd' 2>/dev/null; then
-    log "installing http-ece, py-vapid and aiosmtpd (PyPI) into .venv"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-      'http-ece>=1.2,<2' 'py-vapid>=1.9,<2' 'aiosmtpd>=1.4,<2' \
-      || die "pip install http-ece py-vapid aiosmtpd failed"
+  if ! "$VENV/bin/python" -c 'import http_ece, cryptography' 2>/dev/null; then
+    log "installing http-ece (PyPI) into .venv"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check 'http-ece>=1.2,<2' \
+      || die "pip install http-ece failed"
   fi
   export SWITCHBOARD_TEST_PYTHON="$VENV/bin/python"
 }

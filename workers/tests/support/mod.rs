@@ -289,7 +289,7 @@ pub fn assert_backoff(retries: &[Retry]) -> String {
     )
 }
 
-/// The Python with the sinks' test peers (http-ece, py-vapid, aiosmtpd): scripts/lib.sh's
+/// The Python with the sinks' test peers (http-ece): scripts/lib.sh's
 /// `ensure_sink_test_peers` installs them into the project's .venv and exports
 /// `SWITCHBOARD_TEST_PYTHON`.
 pub fn python() -> std::path::PathBuf {
