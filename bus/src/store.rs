@@ -177,6 +177,14 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut events = Vec::with_capacity(count);
         let mut up_to = before.map(|b| b.saturating_sub(1));
+        // A `before` past the newest event pages from the newest (docs/protocol.md,
+        // section 4.7); JetStream answers nothing to an `up_to_seq` past the stream's end.
+        if let Some(limit) = up_to
+            && let Some(newest) = self.last_at_or_before(subject, None).await?
+            && limit >= newest.seq
+        {
+            up_to = None;
+        }
         while events.len() < count {
             match self.last_at_or_before(subject, up_to).await? {
                 Some(event) => {

@@ -32,6 +32,7 @@ use crate::lifecycle::{self, Access, Subscriptions};
 use crate::limits::UserSlot;
 use crate::mailbox::{ConnControl, Mailbox, Outgoing};
 use crate::refusal::Refusal;
+use crate::subscribe;
 use axum::extract::ws::Utf8Bytes;
 
 /// Longest a poll may wait for events.
@@ -371,6 +372,18 @@ pub async fn poll(
             return poll_answer(&[], &cursor, recovered);
         }
     };
+    // Judged per channel, as for a socket's `since` (docs/protocol.md, section 6).
+    let mut recovered = recovered;
+    let first_seq = edge.position().first_seq;
+    for channel in &opening.channels {
+        if let Some(seq) = cursor.seqs.get(channel.as_str()) {
+            let durable = channel.base().subject(SubjectKind::Durable);
+            match subscribe::continuous(&edge, &durable, *seq, first_seq).await {
+                Ok(kept) => recovered &= kept,
+                Err(refusal) => return refusal.into_response(),
+            }
+        }
+    }
     // Channels new to the cursor start at their head, like a fresh subscription.
     let mut opening = opening;
     for channel in &opening.channels {

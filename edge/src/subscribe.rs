@@ -58,13 +58,10 @@ pub async fn subscribe(
     let durable = channel.name.subject(SubjectKind::Durable);
     let (start, recovered) = match &since {
         None => (None, true),
-        Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => {
-            // Events past `seq` may have aged out of the stream: then say so.
-            (
-                Some(Start::Seq(seq + 1)),
-                position.first_seq <= seq + 1 || position.first_seq <= 1,
-            )
-        }
+        Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => (
+            Some(Start::Seq(seq + 1)),
+            continuous(edge, &durable, *seq, position.first_seq).await?,
+        ),
         Some(ResumeFrom::Seq { .. }) => (None, false),
         Some(ResumeFrom::Time(time)) => (Some(Start::Time(*time)), true),
         Some(ResumeFrom::Last(n)) => (Some(Start::Last((*n).min(MAX_LAST) as usize)), true),
@@ -147,6 +144,30 @@ pub async fn subscribe(
             }
         }
     }
+}
+
+/// Whether the stream still holds every event of the channel after `since` (docs/protocol.md,
+/// section 6: `recovered`), judged per channel: a channel loses events by the stream's
+/// age limit, by its own cap (`max_msgs_per_subject`) or by a purge, and all of them drop
+/// a channel's oldest events first. So while the channel still holds an event at or
+/// before `since`, nothing after it is gone. When it holds none, what followed `since`
+/// may be gone too: not recovered. A client that saw the channel empty (`since` 0) has
+/// lost something only if the stream ever dropped anything.
+pub async fn continuous(
+    edge: &Edge,
+    durable: &str,
+    since: u64,
+    stream_first_seq: u64,
+) -> Result<bool, Refusal> {
+    if since == 0 {
+        return Ok(stream_first_seq <= 1);
+    }
+    let kept = edge
+        .store
+        .last_at_or_before(durable, Some(since))
+        .await
+        .map_err(Refusal::unavailable)?;
+    Ok(kept.is_some())
 }
 
 /// Where a replay starts.

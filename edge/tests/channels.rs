@@ -440,6 +440,17 @@ async fn history_pages_back_in_ascending_order_and_clamps_the_limit() {
         .request(json!({"op":"history","ch":"domain:h","limit": 500}))
         .await;
     assert_eq!(clamped["events"].as_array().unwrap().len(), 100);
+    // `before` above the channel's last seq answers as if it were absent.
+    for past_the_end in [stored[119] + 1, stored[119] + 1_000_000, u64::MAX / 2] {
+        let latest = client
+            .request(json!({"op":"history","ch":"domain:h","before": past_the_end,"limit": 5}))
+            .await;
+        assert_eq!(
+            seqs(latest["events"].as_array().unwrap()),
+            stored[115..],
+            "before {past_the_end}: {latest}"
+        );
+    }
     let first = &before["events"][0];
     assert_eq!(first["op"], "evt");
     assert_eq!(first["ch"], "domain:h");

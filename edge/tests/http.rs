@@ -580,3 +580,75 @@ async fn a_waiting_long_poll_ends_when_its_membership_is_removed() {
     let (status, _) = http(&edge.addr, "GET", &path, &[("Authorization", &auth)], "").await;
     assert_eq!(status, 403, "the next poll is refused");
 }
+
+/// Continuity is judged per channel (docs/protocol.md, section 6): a channel whose
+/// oldest events were purged says `recovered: false` on the socket and in a poll, while
+/// the stream's own first seq has not moved, and delivery starts at its oldest stored
+/// event; a channel that kept its history resumes as `recovered: true`.
+#[tokio::test]
+async fn a_channel_purged_past_a_resume_point_says_not_recovered_on_every_transport() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    // The stream's first event stays: its first seq never moves.
+    let kept = stack
+        .publish("domain:kept", "project.update", json!({}))
+        .await;
+    let mut stored = Vec::new();
+    for i in 0..2 {
+        stored.push(
+            stack
+                .publish("domain:cut", "project.update", json!({"i": i}))
+                .await,
+        );
+    }
+    let (_, body) = http(
+        &edge.addr,
+        "GET",
+        "/v1/poll?ch=domain:cut",
+        &[("Authorization", &auth)],
+        "",
+    )
+    .await;
+    let cursor = serde_json::from_str::<Value>(&body).unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for i in 2..6 {
+        stored.push(
+            stack
+                .publish("domain:cut", "project.update", json!({"i": i}))
+                .await,
+        );
+    }
+    let mut events = stack.js.get_stream("EVENTS").await.unwrap();
+    events
+        .purge()
+        .filter("rt.domain.cut")
+        .keep(2)
+        .await
+        .unwrap();
+    assert_eq!(events.info().await.unwrap().state.first_sequence, kept);
+
+    let mut client = edge.connect("u1").await;
+    let epoch = client.sub(json!({"ch":"domain:kept"})).await["epoch"].clone();
+    client
+        .request(json!({"op":"unsub","ch":"domain:kept"}))
+        .await;
+    let resumed = client
+        .sub(json!({"ch":"domain:cut","since":{"seq": stored[1], "epoch": epoch}}))
+        .await;
+    assert_eq!(resumed["recovered"], false, "{resumed}");
+    assert_eq!(seqs(&client.events(2).await), stored[4..]);
+    let intact = client
+        .sub(json!({"ch":"domain:kept","since":{"seq": kept, "epoch": epoch}}))
+        .await;
+    assert_eq!(intact["recovered"], true, "{intact}");
+
+    let path = format!("/v1/poll?ch=domain:cut&cursor={cursor}&wait=2");
+    let (status, body) = http(&edge.addr, "GET", &path, &[("Authorization", &auth)], "").await;
+    assert_eq!(status, 200, "{body}");
+    let poll: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(poll["recovered"], false, "{poll}");
+    assert_eq!(seqs(poll["events"].as_array().unwrap()), stored[4..]);
+}
