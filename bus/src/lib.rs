@@ -8,12 +8,15 @@
 //!   applied idempotently by `switchboard init`, and the status report of
 //!   `switchboard status`.
 //! - [`headers`]: the header names that cross process boundaries.
+//! - [`exposition`] and [`logging`]: the metrics registry and the log set-up every binary
+//!   shares (docs/operations.md §7).
 //!
 //! Non-Rust services need none of this: they publish a JSON envelope on `rt.<ns>.<id>`
 //! with the headers listed in `docs/protocol.md`.
 
 pub mod connect;
 pub mod definitions;
+pub mod exposition;
 pub mod headers;
 pub mod logging;
 mod publish;

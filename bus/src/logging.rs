@@ -4,6 +4,11 @@
 //! says, async-nats logs nothing below `info`: at `debug` it prints each server address it
 //! tries whole, password included, and no secret may reach a log
 //! (docs/operations.md, "NATS roles").
+//!
+//! `SWITCHBOARD_LOG_FORMAT` picks the line format (docs/operations.md §7): `text` (the
+//! default) for people, `json` for log pipelines: one JSON object per line with
+//! `timestamp`, `level`, `target` and `message` at the top level, then the event's own
+//! fields, and the fields of the span it happened in under `span`.
 
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
@@ -18,18 +23,71 @@ pub enum LogTo {
     Stderr,
 }
 
-/// Installs the global subscriber: `SWITCHBOARD_LOG`, else `default` (e.g. `info`).
+/// How each log line is written (`SWITCHBOARD_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// Reads a `SWITCHBOARD_LOG_FORMAT` value; `None` for anything but `text` or `json`.
+    pub fn parse(value: &str) -> Option<LogFormat> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// Installs the global subscriber: `SWITCHBOARD_LOG`, else `default` (e.g. `info`), in
+/// the format `SWITCHBOARD_LOG_FORMAT` names.
 pub fn init(default: &str, to: LogTo) {
     let writer = match to {
         LogTo::Stdout => BoxMakeWriter::new(std::io::stdout),
         LogTo::Stderr => BoxMakeWriter::new(std::io::stderr),
     };
+    let setting = std::env::var("SWITCHBOARD_LOG_FORMAT").unwrap_or_default();
+    let format = LogFormat::parse(&setting);
     let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| default.into());
-    tracing_subscriber::registry()
+    let registry = tracing_subscriber::registry()
         .with(filter)
         .with(filter_fn(|event| {
             !(event.target().starts_with("async_nats") && *event.level() > Level::INFO)
-        }))
-        .with(tracing_subscriber::fmt::layer().with_writer(writer))
-        .init();
+        }));
+    match format {
+        Some(LogFormat::Json) => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            )
+            .init(),
+        Some(LogFormat::Text) | None => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .init(),
+    }
+    if format.is_none() {
+        tracing::warn!(
+            value = %setting,
+            "SWITCHBOARD_LOG_FORMAT must be text or json; writing text"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogFormat;
+
+    #[test]
+    fn the_log_format_is_text_unless_json_is_asked_for() {
+        assert_eq!(LogFormat::parse(""), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse("text"), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse(" JSON "), Some(LogFormat::Json));
+        assert_eq!(LogFormat::parse("logfmt"), None);
+    }
 }

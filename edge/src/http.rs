@@ -18,14 +18,14 @@ use serde::Deserialize;
 use switchboard_schemas::frame::RpcMethod;
 use switchboard_schemas::shapes::Role;
 use switchboard_schemas::{
-    Actor, ChannelName, Envelope, ErrorCode, EventId, EventType, Metadata, RawJson,
+    Actor, ChannelName, Envelope, ErrorCode, EventId, EventType, InitialPresence, Metadata, RawJson,
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Edge;
 use crate::admission::{TokenQuery, authenticate, check_origin, token};
 use crate::refusal::Refusal;
-use crate::session::{self, Admitted};
+use crate::session::{self, Admitted, Declared};
 use crate::{fallback, rpc};
 
 pub fn router(edge: Arc<Edge>) -> Router {
@@ -90,17 +90,21 @@ async fn websocket(
     if let Err(refused) = check_origin(&edge, &headers) {
         return refused.into_response();
     }
+    let presence = match query.presence() {
+        Ok(status) => status.map(|status| InitialPresence { status, text: None }),
+        Err(refused) => return refused.into_response(),
+    };
     // A token on the upgrade is checked before any socket exists.
     let admitted = match token(&headers, query.token.as_deref()) {
         Ok(Some(_)) => match authenticate(&edge, &headers, query.token.as_deref()).await {
-            Ok((identity, slot)) => {
-                let device = query.device.filter(|d| session::valid_device(d));
-                Admitted::Authenticated(identity, slot, device)
-            }
+            Ok((identity, slot)) => match Declared::new(query.device.clone(), presence) {
+                Ok(declared) => Admitted::Authenticated(identity, slot, declared),
+                Err(refused) => return refused.into_response(),
+            },
             Err(refused) => return refused.into_response(),
         },
         Ok(None) => match edge.users.admit_unauthenticated() {
-            Some(pending) => Admitted::Pending(pending),
+            Some(pending) => Admitted::Pending(pending, presence),
             None => {
                 return Refusal::new(ErrorCode::RateLimited, "too many unauthenticated sockets")
                     .into_response();
@@ -250,7 +254,10 @@ async fn demo(State(edge): State<Arc<Edge>>, Path(path): Path<String>) -> Respon
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            switchboard_bus::exposition::CONTENT_TYPE,
+        )],
         edge.metrics.render(edge.hub.len()),
     )
         .into_response()

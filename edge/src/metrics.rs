@@ -1,12 +1,22 @@
-//! The counters an operator asks about, exposed at `GET /metrics` in Prometheus text form.
+//! The counters an operator asks about, exposed at `GET /metrics` in Prometheus text form
+//! (docs/operations.md §7).
 //!
-//! Every label set is fixed and small (client ops, auth failure reasons), so the registry
-//! is plain atomics in one struct owned by the [`Edge`](crate::Edge): no global state, and
-//! the hot path pays one relaxed atomic add.
+//! The registry is a [`switchboard_bus::exposition::Exposition`] owned by this struct, in
+//! turn owned by the [`Edge`](crate::Edge): no global state. Every label set is fixed and
+//! small (client ops, auth failure reasons), so each series' handle is registered once,
+//! here, and kept: the hot path (a delivery, a frame) pays one relaxed atomic add through
+//! the handle and never looks a metric up by name.
+//!
+//! The three gauges of open things stay plain atomics, copied into the registry when
+//! scraped: `switchboard status` reads them too (the edge's status answer), and the
+//! registry's gauges cannot be read back.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use switchboard_bus::exposition::Exposition;
 
 /// Client frame ops counted by `switchboard_edge_frames_in_total{op}`.
 pub const OPS: [&str; 14] = [
@@ -28,58 +38,185 @@ pub const AUTH_REASONS: [&str; 10] = [
     "hello_timeout",
 ];
 
-/// Upper bounds (seconds) of the latency histogram's buckets.
+const FANOUT_LATENCY: &str = "switchboard_edge_fanout_latency_seconds";
+
+/// Upper bounds (seconds) of the fan-out latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub connections: AtomicI64,
     /// Connections speaking plain HTTP (not upgraded to a WebSocket).
     pub http_connections: AtomicI64,
-    pub http_refused: AtomicU64,
-    pub header_timeouts: AtomicU64,
+    pub http_refused: Counter,
+    pub header_timeouts: Counter,
     pub subscriptions: AtomicI64,
-    frames_in: [AtomicU64; OPS.len()],
-    pub frames_out: AtomicU64,
-    pub deliveries: AtomicU64,
-    pub slow_consumers: AtomicU64,
-    auth_failures: [AtomicU64; AUTH_REASONS.len()],
-    pub rate_limited: AtomicU64,
-    pub replayed: AtomicU64,
-    pub repaired: AtomicU64,
-    pub undecodable: AtomicU64,
-    pub nats_reconnects: AtomicU64,
-    pub published: AtomicU64,
+    frames_in: [Counter; OPS.len()],
+    pub frames_out: Counter,
+    pub deliveries: Counter,
+    pub slow_consumers: Counter,
+    auth_failures: [Counter; AUTH_REASONS.len()],
+    pub rate_limited: Counter,
+    pub replayed: Counter,
+    pub repaired: Counter,
+    pub undecodable: Counter,
+    pub nats_reconnects: Counter,
+    pub published: Counter,
     latency: Histogram,
+    /// Copies of the atomics above and of the hub's channel count, set when scraped.
+    sampled: Sampled,
+    exposition: Arc<Exposition>,
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+#[derive(Debug)]
+struct Sampled {
+    connections: Gauge,
+    http_connections: Gauge,
+    subscriptions: Gauge,
+    channels: Gauge,
 }
 
-fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let exposition = Arc::new(Exposition::local(
+            "edge",
+            &[(FANOUT_LATENCY, &LATENCY_BUCKETS)],
+        ));
+        exposition.with(|| Metrics::register(exposition.clone()))
+    }
 }
 
 impl Metrics {
+    /// Describes every series and registers its handle; runs with `exposition` as the
+    /// recorder.
+    fn register(exposition: Arc<Exposition>) -> Metrics {
+        use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+        let gauges = [
+            (
+                "switchboard_edge_connections",
+                "Open authenticated WebSocket, SSE and long-poll sessions.",
+            ),
+            (
+                "switchboard_edge_http_connections",
+                "Connections speaking plain HTTP: before a WebSocket upgrade, SSE, long polls, other requests.",
+            ),
+            (
+                "switchboard_edge_subscriptions",
+                "Live subscriptions across all sessions.",
+            ),
+            (
+                "switchboard_edge_channels",
+                "Channels this edge holds a NATS subscription for.",
+            ),
+        ];
+        for (name, help) in gauges {
+            describe_gauge!(name, help);
+        }
+        let counters = [
+            (
+                "switchboard_edge_frames_in_total",
+                "Client frames received, by op.",
+            ),
+            (
+                "switchboard_edge_auth_failures_total",
+                "Refused tokens, by reason.",
+            ),
+            (
+                "switchboard_edge_frames_out_total",
+                "Frames written to sockets.",
+            ),
+            (
+                "switchboard_edge_deliveries_total",
+                "Events queued for a subscriber.",
+            ),
+            (
+                "switchboard_edge_slow_consumer_closes_total",
+                "Sessions closed because their queue was full.",
+            ),
+            (
+                "switchboard_edge_rate_limited_total",
+                "Frames answered rate_limited.",
+            ),
+            (
+                "switchboard_edge_replayed_events_total",
+                "Stored events replayed to resuming subscribers.",
+            ),
+            (
+                "switchboard_edge_repaired_events_total",
+                "Events read back from the stream after a gap on the live path.",
+            ),
+            (
+                "switchboard_edge_undecodable_messages_total",
+                "Messages from NATS that could not be decoded and were skipped.",
+            ),
+            (
+                "switchboard_edge_nats_reconnects_total",
+                "Reconnections to NATS.",
+            ),
+            (
+                "switchboard_edge_http_refused_total",
+                "Connections answered 503 because SWITCHBOARD_MAX_HTTP_CONNECTIONS were open.",
+            ),
+            (
+                "switchboard_edge_header_timeouts_total",
+                "Connections closed because a request head was not complete within SWITCHBOARD_HEADER_TIMEOUT_MS.",
+            ),
+            (
+                "switchboard_edge_published_total",
+                "Events published by clients and the HTTP API.",
+            ),
+        ];
+        for (name, help) in counters {
+            describe_counter!(name, help);
+        }
+        describe_histogram!(
+            FANOUT_LATENCY,
+            "Time from JetStream storing an event to its frame being queued for sockets."
+        );
+        Metrics {
+            connections: AtomicI64::new(0),
+            http_connections: AtomicI64::new(0),
+            subscriptions: AtomicI64::new(0),
+            http_refused: counter!("switchboard_edge_http_refused_total"),
+            header_timeouts: counter!("switchboard_edge_header_timeouts_total"),
+            frames_in: OPS.map(|op| counter!("switchboard_edge_frames_in_total", "op" => op)),
+            frames_out: counter!("switchboard_edge_frames_out_total"),
+            deliveries: counter!("switchboard_edge_deliveries_total"),
+            slow_consumers: counter!("switchboard_edge_slow_consumer_closes_total"),
+            auth_failures: AUTH_REASONS
+                .map(|reason| counter!("switchboard_edge_auth_failures_total", "reason" => reason)),
+            rate_limited: counter!("switchboard_edge_rate_limited_total"),
+            replayed: counter!("switchboard_edge_replayed_events_total"),
+            repaired: counter!("switchboard_edge_repaired_events_total"),
+            undecodable: counter!("switchboard_edge_undecodable_messages_total"),
+            nats_reconnects: counter!("switchboard_edge_nats_reconnects_total"),
+            published: counter!("switchboard_edge_published_total"),
+            latency: metrics::histogram!(FANOUT_LATENCY),
+            sampled: Sampled {
+                connections: gauge!("switchboard_edge_connections"),
+                http_connections: gauge!("switchboard_edge_http_connections"),
+                subscriptions: gauge!("switchboard_edge_subscriptions"),
+                channels: gauge!("switchboard_edge_channels"),
+            },
+            exposition,
+        }
+    }
+
     pub fn frame_in(&self, op: &str) {
         let index = OPS.iter().position(|o| *o == op).unwrap_or(OPS.len() - 1);
-        add(&self.frames_in[index], 1);
+        self.frames_in[index].increment(1);
     }
 
     pub fn auth_failure(&self, reason: &str) {
         if let Some(index) = AUTH_REASONS.iter().position(|r| *r == reason) {
-            add(&self.auth_failures[index], 1);
+            self.auth_failures[index].increment(1);
         }
     }
 
-    pub fn count(&self, counter: &AtomicU64, n: u64) {
-        add(counter, n);
+    pub fn count(&self, counter: &Counter, n: u64) {
+        counter.increment(n);
     }
 
     pub fn gauge(&self, gauge: &AtomicI64, delta: i64) {
@@ -88,153 +225,71 @@ impl Metrics {
 
     /// Records how long an event took from being stored to being queued for sockets.
     pub fn observe_latency(&self, latency: Duration) {
-        let seconds = latency.as_secs_f64();
-        for (bucket, bound) in self.latency.buckets.iter().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
-                add(bucket, 1);
-            }
-        }
-        add(&self.latency.count, 1);
-        add(&self.latency.sum_micros, latency.as_micros() as u64);
+        self.latency.record(latency.as_secs_f64());
     }
 
     /// The Prometheus text exposition; `channels` is the number of channels held now.
     pub fn render(&self, channels: usize) -> String {
-        let mut out = String::with_capacity(4096);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        gauge(
-            &mut out,
-            "switchboard_edge_connections",
-            "Open authenticated WebSocket, SSE and long-poll sessions.",
-            self.connections.load(Ordering::Relaxed),
+        let load = |gauge: &AtomicI64| gauge.load(Ordering::Relaxed) as f64;
+        let sampled = &self.sampled;
+        sampled.connections.set(load(&self.connections));
+        sampled.http_connections.set(load(&self.http_connections));
+        sampled.subscriptions.set(load(&self.subscriptions));
+        sampled.channels.set(channels as f64);
+        self.exposition.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_series_is_there_from_the_start_and_moves_through_its_handle() {
+        let metrics = Metrics::default();
+        let before = metrics.render(0);
+        assert_eq!(value(&before, "switchboard_edge_connections"), Some(0.0));
+        assert_eq!(
+            value(
+                &before,
+                "switchboard_edge_auth_failures_total{reason=\"expired\"}"
+            ),
+            Some(0.0)
         );
-        gauge(
-            &mut out,
-            "switchboard_edge_http_connections",
-            "Connections speaking plain HTTP: before a WebSocket upgrade, SSE, long polls, other requests.",
-            self.http_connections.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "switchboard_edge_subscriptions",
-            "Live subscriptions across all sessions.",
-            self.subscriptions.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "switchboard_edge_channels",
-            "Channels this edge holds a NATS subscription for.",
-            channels as i64,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP switchboard_edge_frames_in_total Client frames received, by op.\n# TYPE switchboard_edge_frames_in_total counter"
-        );
-        for (op, value) in OPS.iter().zip(&self.frames_in) {
-            let _ = writeln!(
-                out,
-                "switchboard_edge_frames_in_total{{op=\"{op}\"}} {}",
-                load(value)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP switchboard_edge_auth_failures_total Refused tokens, by reason.\n# TYPE switchboard_edge_auth_failures_total counter"
-        );
-        for (reason, value) in AUTH_REASONS.iter().zip(&self.auth_failures) {
-            let _ = writeln!(
-                out,
-                "switchboard_edge_auth_failures_total{{reason=\"{reason}\"}} {}",
-                load(value)
-            );
-        }
-        for (name, help, value) in [
+        metrics.gauge(&metrics.connections, 1);
+        metrics.count(&metrics.deliveries, 3);
+        metrics.frame_in("sub");
+        metrics.frame_in("bogus");
+        metrics.auth_failure("expired");
+        metrics.observe_latency(Duration::from_millis(3));
+        let after = metrics.render(2);
+        for (series, expected) in [
+            ("switchboard_edge_connections", 1.0),
+            ("switchboard_edge_channels", 2.0),
+            ("switchboard_edge_deliveries_total", 3.0),
+            ("switchboard_edge_frames_in_total{op=\"sub\"}", 1.0),
+            ("switchboard_edge_frames_in_total{op=\"invalid\"}", 1.0),
             (
-                "switchboard_edge_frames_out_total",
-                "Frames written to sockets.",
-                &self.frames_out,
+                "switchboard_edge_auth_failures_total{reason=\"expired\"}",
+                1.0,
             ),
             (
-                "switchboard_edge_deliveries_total",
-                "Events queued for a subscriber.",
-                &self.deliveries,
+                "switchboard_edge_fanout_latency_seconds_bucket{le=\"0.005\"}",
+                1.0,
             ),
-            (
-                "switchboard_edge_slow_consumer_closes_total",
-                "Sessions closed because their queue was full.",
-                &self.slow_consumers,
-            ),
-            (
-                "switchboard_edge_rate_limited_total",
-                "Frames answered rate_limited.",
-                &self.rate_limited,
-            ),
-            (
-                "switchboard_edge_replayed_events_total",
-                "Stored events replayed to resuming subscribers.",
-                &self.replayed,
-            ),
-            (
-                "switchboard_edge_repaired_events_total",
-                "Events read back from the stream after a gap on the live path.",
-                &self.repaired,
-            ),
-            (
-                "switchboard_edge_undecodable_messages_total",
-                "Messages from NATS that could not be decoded and were skipped.",
-                &self.undecodable,
-            ),
-            (
-                "switchboard_edge_nats_reconnects_total",
-                "Reconnections to NATS.",
-                &self.nats_reconnects,
-            ),
-            (
-                "switchboard_edge_http_refused_total",
-                "Connections answered 503 because SWITCHBOARD_MAX_HTTP_CONNECTIONS were open.",
-                &self.http_refused,
-            ),
-            (
-                "switchboard_edge_header_timeouts_total",
-                "Connections closed because a request head was not complete within SWITCHBOARD_HEADER_TIMEOUT_MS.",
-                &self.header_timeouts,
-            ),
-            (
-                "switchboard_edge_published_total",
-                "Events published by clients and the HTTP API.",
-                &self.published,
-            ),
+            ("switchboard_edge_fanout_latency_seconds_count", 1.0),
         ] {
-            counter(&mut out, name, help, load(value));
+            assert_eq!(
+                value(&after, series),
+                Some(expected),
+                "{series} in\n{after}"
+            );
         }
-        let name = "switchboard_edge_fanout_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from JetStream storing an event to its frame being queued for sockets.\n# TYPE {name} histogram"
-        );
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.latency.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", load(bucket));
-        }
-        let count = load(&self.latency.count);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            load(&self.latency.sum_micros) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-        out
+        assert!(after.contains("switchboard_build_info{binary=\"edge\""));
     }
 }
