@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderMap, header};
 use serde::Deserialize;
-use switchboard_schemas::ErrorCode;
+use switchboard_schemas::{ErrorCode, PresenceStatus};
 
 use crate::Edge;
 use crate::auth::Identity;
@@ -17,6 +17,22 @@ use crate::refusal::Refusal;
 pub struct TokenQuery {
     pub token: Option<String>,
     pub device: Option<String>,
+    /// The connection's initial status (`online`, `away`, `busy`, `invisible`).
+    pub presence: Option<String>,
+}
+
+impl TokenQuery {
+    /// `?presence=` as a status; a value that is none is refused, not ignored.
+    pub fn presence(&self) -> Result<Option<PresenceStatus>, Refusal> {
+        self.presence
+            .as_deref()
+            .map(|text| {
+                PresenceStatus::parse(text).ok_or_else(|| {
+                    Refusal::bad_request("presence must be one of online, away, busy, invisible")
+                })
+            })
+            .transpose()
+    }
 }
 
 /// The token of an HTTP request: `Authorization: Bearer`, else `?token=`. An

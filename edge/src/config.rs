@@ -181,6 +181,10 @@ pub struct EdgeConfig {
     #[arg(long, env = "SWITCHBOARD_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 
+    /// Bytes of frames queued for one socket before it counts as a slow consumer.
+    #[arg(long, env = "SWITCHBOARD_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub send_queue_bytes: usize,
+
     /// How long an `rpc` waits for the worker's answer.
     #[arg(long, env = "SWITCHBOARD_RPC_TIMEOUT_MS", default_value_t = 5_000)]
     pub rpc_timeout_ms: u64,

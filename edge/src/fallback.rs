@@ -21,7 +21,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchboard_schemas::{
-    ByeCode, ChannelName, ErrorCode, ResumeFrom, ServerFrame, SubjectKind, TypeFilters,
+    ByeCode, ChannelName, ErrorCode, PresenceStatus, ResumeFrom, ServerFrame, SubjectKind,
+    TypeFilters,
 };
 
 use crate::Edge;
@@ -67,6 +68,9 @@ struct FeedQuery {
     token: Option<String>,
     cursor: Option<String>,
     wait: Option<String>,
+    /// Accepted and checked like the socket's; SSE and polls write no presence entry,
+    /// so they are never shown online, whatever they declare.
+    presence: Option<String>,
 }
 
 impl FeedQuery {
@@ -78,6 +82,7 @@ impl FeedQuery {
                 "token" => query.token = Some(value),
                 "cursor" => query.cursor = Some(value),
                 "wait" => query.wait = Some(value),
+                "presence" => query.presence = Some(value),
                 _ => {}
             }
         }
@@ -109,6 +114,13 @@ async fn open_request(
     query: &FeedQuery,
 ) -> Result<Opening, Refusal> {
     let (identity, slot) = authenticate(edge, headers, query.token.as_deref()).await?;
+    if let Some(status) = &query.presence
+        && PresenceStatus::parse(status).is_none()
+    {
+        return Err(Refusal::bad_request(
+            "presence must be one of online, away, busy, invisible",
+        ));
+    }
     if query.channels.is_empty() {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
@@ -173,6 +185,7 @@ impl Feed {
         ));
         let (mailbox, rx) = Mailbox::new(
             edge.config.send_queue,
+            edge.config.send_queue_bytes,
             control.clone(),
             edge.metrics.clone(),
         );

@@ -138,6 +138,9 @@ pub struct Outgoing {
 struct Queue {
     state: Mutex<QueueState>,
     capacity: usize,
+    /// Bytes of frames that may wait (docs/protocol.md, section 8): a few large events
+    /// cost as much memory as many small ones.
+    max_bytes: usize,
     /// Mailboxes alive; the reader sees the end of the queue when the last one goes.
     senders: AtomicUsize,
     /// Wakes senders waiting for room ([`Mailbox::send`]).
@@ -147,6 +150,8 @@ struct Queue {
 #[derive(Debug, Default)]
 struct QueueState {
     frames: VecDeque<Utf8Bytes>,
+    /// Bytes of `frames`.
+    bytes: usize,
     /// The reader, when it waits for frames.
     reader: Option<Waker>,
     /// A sender waits for room: the next take wakes it.
@@ -170,16 +175,26 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `frame` if fewer than `limit` frames wait, waking the reader.
-    fn push(&self, frame: Utf8Bytes, limit: usize, want_room: bool) -> Result<(), Refused> {
+    /// Queues `frame` if fewer than `limit` frames and `byte_limit` bytes would wait,
+    /// waking the reader. A frame larger than the byte limit still goes into an empty
+    /// queue: it is within the frame size limit, and must be deliverable.
+    fn push(
+        &self,
+        frame: Utf8Bytes,
+        limit: usize,
+        byte_limit: usize,
+        want_room: bool,
+    ) -> Result<(), Refused> {
         let mut state = self.lock();
         if state.closed {
             return Err(Refused::Closed);
         }
-        if state.frames.len() >= limit {
+        let too_many_bytes = !state.frames.is_empty() && state.bytes + frame.len() > byte_limit;
+        if state.frames.len() >= limit || too_many_bytes {
             state.wanting_room |= want_room;
             return Err(Refused::Full(frame));
         }
+        state.bytes += frame.len();
         state.frames.push_back(frame);
         let reader = state.reader.take();
         drop(state);
@@ -191,14 +206,17 @@ impl Queue {
 }
 
 impl Mailbox {
+    /// A queue for `capacity` frames of at most `max_bytes` in all.
     pub fn new(
         capacity: usize,
+        max_bytes: usize,
         control: Arc<ConnControl>,
         metrics: Arc<Metrics>,
     ) -> (Mailbox, Outgoing) {
         let queue = Arc::new(Queue {
             state: Mutex::default(),
             capacity: capacity.max(2),
+            max_bytes: max_bytes.max(2),
             senders: AtomicUsize::new(1),
             room: Notify::new(),
         });
@@ -219,7 +237,10 @@ impl Mailbox {
     /// Queues an event frame without waiting. A full queue ends the session as a slow
     /// consumer; returns whether the frame was queued.
     pub fn push_event(&self, frame: Utf8Bytes) -> bool {
-        match self.queue.push(frame, self.queue.capacity, false) {
+        match self
+            .queue
+            .push(frame, self.queue.capacity, self.queue.max_bytes, false)
+        {
             Ok(()) => true,
             Err(Refused::Full(_)) => {
                 tracing::debug!(conn = self.control.id, "send queue full: slow consumer");
@@ -235,7 +256,12 @@ impl Mailbox {
 
     /// Queues a signal if the queue is less than half full; signals are lossy.
     pub fn push_signal(&self, frame: Utf8Bytes) {
-        let _ = self.queue.push(frame, self.queue.capacity / 2, false);
+        let _ = self.queue.push(
+            frame,
+            self.queue.capacity / 2,
+            self.queue.max_bytes / 2,
+            false,
+        );
     }
 
     /// Queues a reply or a replayed event, waiting for room. False once the session is gone.
@@ -245,7 +271,10 @@ impl Mailbox {
             let room = self.queue.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.queue.push(frame, self.queue.capacity, true) {
+            match self
+                .queue
+                .push(frame, self.queue.capacity, self.queue.max_bytes, true)
+            {
                 Ok(()) => return true,
                 Err(Refused::Closed) => return false,
                 Err(Refused::Full(refused)) => frame = refused,
@@ -328,6 +357,8 @@ impl Outgoing {
         sink: impl FnMut(Utf8Bytes),
     ) {
         let n = state.frames.len().min(max);
+        let taken: usize = state.frames.iter().take(n).map(|f| f.len()).sum();
+        state.bytes -= taken;
         state.frames.drain(..n).for_each(sink);
         if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
             state.frames.shrink_to(KEPT_CAPACITY);
@@ -345,6 +376,7 @@ impl Drop for Outgoing {
         let mut state = self.queue.lock();
         state.closed = true;
         let frames = std::mem::take(&mut state.frames);
+        state.bytes = 0;
         drop(state);
         drop(frames);
         self.queue.room.notify_waiters();
@@ -369,7 +401,7 @@ mod tests {
             Arc::from("u1"),
             &CancellationToken::new(),
         ));
-        Mailbox::new(capacity, control, Arc::default())
+        Mailbox::new(capacity, usize::MAX, control, Arc::default())
     }
 
     fn frame(n: usize) -> Utf8Bytes {
@@ -378,6 +410,36 @@ mod tests {
 
     fn texts(frames: &VecDeque<Utf8Bytes>) -> Vec<String> {
         frames.iter().map(|f| f.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_as_well_as_frames() {
+        let control = Arc::new(ConnControl::new(
+            1,
+            Arc::from("u1"),
+            &CancellationToken::new(),
+        ));
+        let (mailbox, outgoing) = Mailbox::new(100, 10, control, Arc::default());
+        let big = Utf8Bytes::from("x".repeat(25));
+        assert!(
+            mailbox.push_event(big.clone()),
+            "an empty queue takes any frame"
+        );
+        mailbox.push_signal(frame(1));
+        let mut batch = VecDeque::new();
+        outgoing.take_now(&mut batch);
+        assert_eq!(batch.len(), 1, "a signal does not fit behind 25 bytes");
+        batch.clear();
+        for n in 0..5 {
+            assert!(mailbox.push_event(Utf8Bytes::from(format!("{n}{n}"))));
+        }
+        assert!(
+            !mailbox.push_event(frame(9)),
+            "10 bytes wait: one more is too many"
+        );
+        assert_eq!(mailbox.control.reason(), Some(ByeCode::SlowConsumer));
+        outgoing.take_now(&mut batch);
+        assert_eq!(batch.len(), 5);
     }
 
     #[tokio::test]

@@ -222,3 +222,56 @@ async fn watching_someone_elses_presence_asks_the_presence_service() {
         "a token grant"
     );
 }
+
+/// A connection may declare its first status (docs/protocol.md, section 9): in `hello`
+/// or with `?presence=` on the upgrade. Declared `invisible`, every write of its entry in
+/// the `presence` bucket says so, from the very first: nobody ever sees it online.
+#[tokio::test]
+async fn a_connection_declared_invisible_is_never_written_online() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let kv = stack.js.get_key_value("presence").await.unwrap();
+    let mut writes = kv.watch("shy.>").await.unwrap();
+
+    // On the upgrade's query...
+    let url = format!("{}?presence=invisible", edge.ws_url());
+    let mut upgraded = Client::open(&url, Some(&token("shy", 600, &[])))
+        .await
+        .unwrap();
+    assert_eq!(upgraded.recv().await["op"], "welcome");
+    upgraded.sub(json!({"ch":"project:p1"})).await;
+    // ... and in `hello`, with a text.
+    let mut greeted = Client::open(&edge.ws_url(), None).await.unwrap();
+    greeted
+        .send(json!({"op":"hello","token": token("shy", 600, &[]),
+                     "presence":{"status":"invisible","text":"lurking"}}))
+        .await;
+    assert_eq!(greeted.recv().await["op"], "welcome");
+    // A later change is written as asked.
+    let ok = greeted
+        .request(json!({"op":"presence","status":"away"}))
+        .await;
+    assert_eq!(ok["op"], "ok");
+
+    let mut statuses = Vec::new();
+    while statuses.len() < 3 {
+        let entry = tokio::time::timeout(Duration::from_secs(5), writes.next())
+            .await
+            .expect("a presence write")
+            .unwrap()
+            .unwrap();
+        let value: Value = serde_json::from_slice(&entry.value).unwrap();
+        statuses.push(value["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(statuses, ["invisible", "invisible", "away"], "{statuses:?}");
+
+    // What is not a status is refused, on the upgrade and in `hello`.
+    let url = format!("{}?presence=sleeping", edge.ws_url());
+    let refused = Client::open(&url, Some(&token("shy", 600, &[]))).await;
+    assert!(matches!(refused, Err((400, _))), "{:?}", refused.err());
+    let mut bad = Client::open(&edge.ws_url(), None).await.unwrap();
+    bad.send(json!({"op":"hello","token": token("shy", 600, &[]),
+                    "presence":{"status":"invisible","text":"x".repeat(300)}}))
+        .await;
+    assert_eq!(bad.recv().await["code"], "bad_request");
+}

@@ -67,4 +67,4 @@ pub use frame::{
 };
 pub use json::RawJson;
 pub use membership::{Membership, UserId};
-pub use presence::{PresenceStatus, VisibleStatus};
+pub use presence::{InitialPresence, PresenceStatus, VisibleStatus};

@@ -15,6 +15,24 @@ pub enum PresenceStatus {
     Invisible,
 }
 
+/// The presence a connection declares as it opens (docs/protocol.md, section 9): in
+/// `hello`'s `presence` field, or `?presence=<status>` on the upgrade. A connection
+/// declared `invisible` is never shown online, not even for a moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitialPresence {
+    pub status: PresenceStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl PresenceStatus {
+    /// The status named in a query string (`online`, `away`, `busy`, `invisible`).
+    pub fn parse(text: &str) -> Option<PresenceStatus> {
+        serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
+    }
+}
+
 /// A user's status as others see it (`user.presence`, `who`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

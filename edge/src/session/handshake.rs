@@ -9,7 +9,8 @@ use super::*;
 pub(super) async fn await_hello(
     edge: &Edge,
     socket: &mut WebSocket,
-) -> Option<(Identity, Option<String>)> {
+    query_presence: Option<InitialPresence>,
+) -> Option<(Identity, Declared)> {
     let deadline = tokio::time::Instant::now() + edge.config.hello_timeout();
     let mut bad_frames = 0;
     // Before `hello` only `hello` and `ping` are of use: anything else, and frames beyond
@@ -43,16 +44,24 @@ pub(super) async fn await_hello(
             }
             Ok(Message::Text(text)) => match Request::decode(text.as_bytes()) {
                 Ok(Request {
-                    frame: ClientFrame::Hello { token, device },
+                    frame:
+                        ClientFrame::Hello {
+                            token,
+                            device,
+                            presence,
+                        },
                     id,
-                }) => match edge.verifier.verify(&token).await {
-                    Ok(identity) => return Some((identity, device.filter(|d| valid_device(d)))),
-                    Err(e) => {
-                        edge.metrics.auth_failure(e.reason());
-                        send_now(socket, err(id, ErrorCode::Unauthorized, e.to_string())).await;
-                        say_bye(socket, ByeCode::Unauthorized).await;
-                        return None;
-                    }
+                }) => match Declared::new(device, presence.or_else(|| query_presence.clone())) {
+                    Err(refusal) => refusal.frame(id),
+                    Ok(declared) => match edge.verifier.verify(&token).await {
+                        Ok(identity) => return Some((identity, declared)),
+                        Err(e) => {
+                            edge.metrics.auth_failure(e.reason());
+                            send_now(socket, err(id, ErrorCode::Unauthorized, e.to_string())).await;
+                            say_bye(socket, ByeCode::Unauthorized).await;
+                            return None;
+                        }
+                    },
                 },
                 Ok(Request {
                     frame: ClientFrame::Ping,

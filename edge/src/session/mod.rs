@@ -33,8 +33,8 @@ use switchboard_schemas::frame::{Member, OkReply, RpcMethod, SignalType};
 use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
 use switchboard_schemas::{
     Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType, EvtFrame,
-    PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind, TypeFilters, UnsubCode,
-    VisibleStatus,
+    InitialPresence, PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind,
+    TypeFilters, UnsubCode, VisibleStatus,
 };
 use tokio::task::JoinSet;
 
@@ -91,10 +91,11 @@ pub fn run(
     admitted: Admitted,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let (identity, slot, device) = match admitted {
-            Admitted::Authenticated(identity, slot, device) => (identity, slot, device),
-            Admitted::Pending(pending) => {
-                let Some((identity, device)) = await_hello(&edge, &mut socket).await else {
+        let (identity, slot, declared) = match admitted {
+            Admitted::Authenticated(identity, slot, declared) => (identity, slot, declared),
+            Admitted::Pending(pending, presence) => {
+                let Some((identity, declared)) = await_hello(&edge, &mut socket, presence).await
+                else {
                     return;
                 };
                 drop(pending);
@@ -111,7 +112,7 @@ pub fn run(
                     say_bye(&mut socket, ByeCode::RateLimited).await;
                     return;
                 };
-                (identity, slot, device)
+                (identity, slot, declared)
             }
         };
         let conn = edge.next_conn();
@@ -122,6 +123,7 @@ pub fn run(
         ));
         let (mailbox, outgoing) = Mailbox::new(
             edge.config.send_queue,
+            edge.config.send_queue_bytes,
             control.clone(),
             edge.metrics.clone(),
         );
@@ -138,10 +140,12 @@ pub fn run(
             receipts: HashMap::new(),
             receipts_due: None,
             session_id: format!("{}-{conn}", edge.id),
+            // The first write of the presence entry already carries the declared status:
+            // a connection that opens invisible is never seen online.
             me: ConnState {
-                status: PresenceStatus::Online,
-                text: None,
-                device,
+                status: declared.presence.status,
+                text: declared.presence.text,
+                device: declared.device,
             },
             typing: HashMap::new(),
         };
@@ -154,11 +158,45 @@ pub fn run(
 /// How a socket got past the upgrade.
 #[derive(Debug)]
 pub enum Admitted {
-    /// With a valid token on the upgrade, a place among its user's connections, and the
-    /// device named in `?device=`, if any.
-    Authenticated(Identity, UserSlot, Option<String>),
-    /// Without a token: it has `hello_timeout` to send `hello`.
-    Pending(PendingSlot),
+    /// With a valid token on the upgrade, a place among its user's connections, and what
+    /// the query declared (`?device=`, `?presence=`).
+    Authenticated(Identity, UserSlot, Declared),
+    /// Without a token: it has `hello_timeout` to send `hello`. The presence the query
+    /// declared holds unless `hello` declares one.
+    Pending(PendingSlot, Option<InitialPresence>),
+}
+
+/// What a connection declares about itself as it opens: its device and its initial
+/// presence (docs/protocol.md, section 9).
+#[derive(Debug, Clone)]
+pub struct Declared {
+    pub device: Option<String>,
+    pub presence: InitialPresence,
+}
+
+impl Declared {
+    /// From `hello` or the upgrade's query: a device name that is not valid is ignored,
+    /// an absent presence is `online`; a status text above the limit is refused.
+    pub fn new(
+        device: Option<String>,
+        presence: Option<InitialPresence>,
+    ) -> Result<Declared, Refusal> {
+        let presence = presence.unwrap_or(InitialPresence {
+            status: PresenceStatus::Online,
+            text: None,
+        });
+        if presence
+            .text
+            .as_ref()
+            .is_some_and(|t| t.len() > MAX_STATUS_TEXT)
+        {
+            return Err(Refusal::bad_request("status text is too long"));
+        }
+        Ok(Declared {
+            device: device.filter(|d| valid_device(d)),
+            presence,
+        })
+    }
 }
 
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {

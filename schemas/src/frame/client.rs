@@ -11,7 +11,7 @@ use crate::channel::{ChannelError, ChannelName};
 use crate::error::{ErrorCode, excerpt};
 use crate::event::{EventFieldError, EventType, Timestamp, TypeFilter, TypeFilters};
 use crate::json::RawJson;
-use crate::presence::PresenceStatus;
+use crate::presence::{InitialPresence, PresenceStatus};
 
 /// One decoded client frame with the `id` its reply must echo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,6 +30,9 @@ pub enum ClientFrame {
         token: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         device: Option<String>,
+        /// The status the connection starts with (`online` when absent).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence: Option<InitialPresence>,
     },
     Sub {
         ch: ChannelName,
@@ -286,6 +289,8 @@ struct RawFields<'a> {
     #[serde(borrow)]
     device: Option<&'a RawValue>,
     #[serde(borrow)]
+    presence: Option<&'a RawValue>,
+    #[serde(borrow)]
     ch: Option<&'a RawValue>,
     #[serde(borrow)]
     types: Option<&'a RawValue>,
@@ -481,6 +486,11 @@ impl<'a> RawFields<'a> {
             Op::Hello => ClientFrame::Hello {
                 token: required_string(self.token, "token")?,
                 device: optional(self.device, "device", STRING)?,
+                presence: optional(
+                    self.presence,
+                    "presence",
+                    "an object with `status` (`online`, `away`, `busy`, `invisible`) and optional `text`",
+                )?,
             },
             Op::Sub => ClientFrame::Sub {
                 ch: ch()?,
@@ -604,9 +614,22 @@ mod tests {
             frame(r#"{"op":"hello","token":"t","device":"d1"}"#),
             ClientFrame::Hello {
                 token: "t".into(),
-                device: Some("d1".into())
+                device: Some("d1".into()),
+                presence: None,
             }
         );
+        assert_eq!(
+            frame(r#"{"op":"hello","token":"t","presence":{"status":"invisible"}}"#),
+            ClientFrame::Hello {
+                token: "t".into(),
+                device: None,
+                presence: Some(InitialPresence {
+                    status: PresenceStatus::Invisible,
+                    text: None
+                }),
+            }
+        );
+        assert!(decode(r#"{"op":"hello","token":"t","presence":{"status":"gone"}}"#).is_err());
         let sub = decode(
             r#"{"op":"sub","id":2,"ch":"project:p1","types":["bid.*"],"since":{"seq":1234,"epoch":"e"}}"#,
         )

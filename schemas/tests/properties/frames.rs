@@ -56,7 +56,11 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
     let text = || any::<String>();
     let maybe_text = || prop::option::of(any::<String>());
     prop_oneof![
-        (text(), maybe_text()).prop_map(|(token, device)| ClientFrame::Hello { token, device }),
+        (text(), maybe_text()).prop_map(|(token, device)| ClientFrame::Hello {
+            token,
+            device,
+            presence: None
+        }),
         (
             channel(),
             prop::collection::vec(type_filter(), 0..4),
