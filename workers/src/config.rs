@@ -1,5 +1,6 @@
 //! The workers' configuration: one typed struct, from flags and environment variables.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -36,6 +37,14 @@ pub struct WorkersConfig {
         default_value_t = 30_000
     )]
     pub ack_wait_ms: u64,
+
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (docs/operations.md §7).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_WORKERS_ADDR",
+        default_value = "127.0.0.1:8090"
+    )]
+    pub addr: SocketAddr,
 
     /// Connections to PostgreSQL per process.
     #[arg(long, env = "SWITCHBOARD_WORKERS_DB_CONNECTIONS", default_value_t = 4)]
@@ -93,12 +102,22 @@ impl JobName {
     ];
 }
 
+impl JobName {
+    /// The name in flags, logs, metric labels and the consumer's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobName::Membership => "membership",
+            JobName::Receipts => "receipts",
+            JobName::Presence => "presence",
+            JobName::Notifications => "notifications",
+            JobName::Outbox => "outbox",
+        }
+    }
+}
+
 impl std::fmt::Display for JobName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let value = self
-            .to_possible_value()
-            .expect("every job name has a value");
-        f.write_str(value.get_name())
+        f.write_str(self.name())
     }
 }
 
@@ -121,5 +140,10 @@ mod tests {
         assert_eq!(twice.jobs(), [JobName::Membership]);
         assert!(parse(&["--workers", "membership,nope"]).is_err());
         assert_eq!(JobName::Membership.to_string(), "membership");
+        for job in JobName::ALL {
+            let value = job.to_possible_value().unwrap();
+            assert_eq!(job.name(), value.get_name());
+        }
+        assert_eq!(config.addr.to_string(), "127.0.0.1:8090");
     }
 }

@@ -14,21 +14,28 @@
 //! - **Transient failures.** On [`JobError::Transient`] the same message is retried in
 //!   place with capped, jittered backoff, telling JetStream it is still in progress, so
 //!   the messages behind it wait their turn instead of overtaking it.
+//! - **Watching.** Each attempt is counted and timed by outcome (`ok`, `retry`, `error`),
+//!   the consumer's backlog is read every 5 s, and the job says whether its consumer is
+//!   bound, for `/readyz` (docs/operations.md §7).
 //! - **Shutdown.** When `shutdown` fires, the message in hand is finished (or, if it is
 //!   waiting to be retried, handed back), the rest of the fetched batch is handed back
 //!   for another copy to take at once, and `run` returns.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::{FutureExt, StreamExt};
 use switchboard_bus::headers;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::http::Readiness;
+use crate::telemetry::{Handled, JobMetrics};
 
 /// Messages per pull request.
 const BATCH: usize = 100;
@@ -37,6 +44,8 @@ const BATCH: usize = 100;
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Unacked messages the consumer hands out across all copies of the worker.
 const MAX_ACK_PENDING: i64 = 1_000;
+/// How often the consumer's backlog is read for `switchboard_worker_pending`.
+const PENDING_EVERY: Duration = Duration::from_secs(5);
 
 /// One job: a durable consumer, and what each of its messages does.
 ///
@@ -70,6 +79,8 @@ pub struct ConsumerSpec {
 pub struct Settings {
     /// How long JetStream waits for an ack before delivering a message again.
     pub ack_wait: Duration,
+    /// Where each job says whether its consumer is bound.
+    pub readiness: Arc<Readiness>,
 }
 
 /// One delivered message, with its place in the stream.
@@ -140,6 +151,7 @@ pub async fn run<J: Job>(
         settings,
         shutdown,
         counts: Counts::default(),
+        metrics: JobMetrics::new(J::NAME),
     };
     runner.run().await;
 }
@@ -150,6 +162,7 @@ struct Runner<J> {
     settings: Settings,
     shutdown: CancellationToken,
     counts: Counts,
+    metrics: JobMetrics,
 }
 
 /// Running totals, logged when the job stops and with every poison message.
@@ -199,6 +212,7 @@ impl<J: Job> Runner<J> {
             match self.consume(&mut backoff).await {
                 Ok(()) => break,
                 Err(error) => {
+                    self.settings.readiness.bound(J::NAME, false);
                     tracing::warn!(job = J::NAME, %error, "consumer unavailable; binding again");
                     if !self.pause(backoff.next_delay()).await {
                         break;
@@ -221,6 +235,11 @@ impl<J: Job> Runner<J> {
     /// consumer needs binding again (`Err`).
     async fn consume(&self, backoff: &mut Backoff) -> Result<(), ConsumeError> {
         let consumer = self.bind().await?;
+        self.settings.readiness.bound(J::NAME, true);
+        let _pending = AbortOnDropHandle::new(tokio::spawn(watch_pending(
+            consumer.clone(),
+            self.metrics.clone(),
+        )));
         tracing::info!(job = J::NAME, "consuming");
         loop {
             let mut batch = tokio::select! {
@@ -301,7 +320,15 @@ impl<J: Job> Runner<J> {
         let mut backoff = Backoff::standard();
         let mut attempt: u32 = 0;
         loop {
-            match self.job.handle(&delivery).instrument(span.clone()).await {
+            let started = Instant::now();
+            let result = self.job.handle(&delivery).instrument(span.clone()).await;
+            let handled = match &result {
+                Ok(_) => Handled::Ok,
+                Err(JobError::Transient(_)) => Handled::Retry,
+                Err(JobError::Poison(_)) => Handled::Error,
+            };
+            self.metrics.handled(handled, started.elapsed());
+            match result {
                 Ok(Outcome::Applied) => {
                     Counts::bump(&self.counts.applied);
                 }
@@ -349,6 +376,21 @@ impl<J: Job> Runner<J> {
             biased;
             () = self.shutdown.cancelled() => false,
             () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// Keeps `switchboard_worker_pending{job}` at the consumer's backlog: messages not yet
+/// delivered plus those delivered and not acked, across every copy of the worker. A
+/// failed read leaves the last value; a consumer gone for good fails the pull too, and
+/// binding again starts a new watch.
+async fn watch_pending(mut consumer: jetstream::consumer::PullConsumer, metrics: JobMetrics) {
+    let mut every = tokio::time::interval(PENDING_EVERY);
+    loop {
+        every.tick().await;
+        match consumer.info().await {
+            Ok(info) => metrics.pending(info.num_pending + info.num_ack_pending as u64),
+            Err(error) => tracing::debug!(%error, "reading the consumer's backlog failed"),
         }
     }
 }

@@ -41,6 +41,11 @@
 //! jittered backoff until it succeeds; the client reconnects to NATS by itself, and a
 //! consumer that stops answering is bound again. See [`job`] for the details.
 //!
+//! # Watching them
+//!
+//! [`http`] serves `/healthz`, `/readyz` and `/metrics` on `SWITCHBOARD_WORKERS_ADDR`;
+//! [`telemetry`] names the metrics (docs/operations.md §7).
+//!
 //! # Modules
 //!
 //! - [`config`]: the one configuration struct (flags and environment).
@@ -51,9 +56,11 @@
 //! - [`receipts`]: the receipts job and `receipts.get`.
 //! - [`presence`]: the presence job and the presence privacy RPCs.
 //! - `responder`: serving `svc.<method>` request/reply RPCs.
+//! - [`http`] and [`telemetry`]: health, readiness and metrics.
 
 mod backoff;
 pub mod config;
+pub mod http;
 pub mod job;
 pub mod membership;
 pub mod notifications;
@@ -61,8 +68,11 @@ pub mod outbox;
 pub mod presence;
 pub mod receipts;
 mod responder;
+pub mod telemetry;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -71,7 +81,10 @@ use switchboard_bus::Role;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use switchboard_bus::exposition::Exposition;
+
 use crate::config::{JobName, WorkersConfig};
+use crate::http::{Probe, Readiness};
 use crate::job::Settings;
 use crate::membership::Membership;
 
@@ -91,13 +104,30 @@ pub enum WorkersError {
     JobCrashed(JobName),
     #[error(transparent)]
     Notifications(#[from] notifications::SetupError),
+    #[error("cannot listen on {addr} (SWITCHBOARD_WORKERS_ADDR): {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the configured jobs until `shutdown` fires and every job has finished the
 /// message in hand.
 ///
 /// Neither NATS nor PostgreSQL needs to be up when this starts: jobs wait for them.
-pub async fn run(config: WorkersConfig, shutdown: CancellationToken) -> Result<(), WorkersError> {
+/// `/metrics` renders `exposition`, the registry the jobs record into.
+pub async fn run(
+    config: WorkersConfig,
+    exposition: Exposition,
+    shutdown: CancellationToken,
+) -> Result<(), WorkersError> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| WorkersError::Listen {
+            addr: config.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(config.addr);
     let client = config
         .nats
         .connect_options(Role::Workers, "switchboard-workers")
@@ -115,9 +145,19 @@ pub async fn run(config: WorkersConfig, shutdown: CancellationToken) -> Result<(
         .connect_lazy(&config.database_url)
         .map_err(WorkersError::Database)?;
     let js = jetstream::new(client.clone());
+    let readiness = Arc::new(Readiness::new(&config.jobs()));
     let settings = Settings {
         ack_wait: config.ack_wait(),
+        readiness: readiness.clone(),
     };
+    let probe = Arc::new(Probe {
+        nats: client.clone(),
+        db: db.clone(),
+        readiness: readiness.clone(),
+        exposition,
+    });
+    let http = tokio::spawn(http::serve(listener, probe, shutdown.clone()));
+    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
 
     let mut jobs = JoinSet::new();
     let mut names = HashMap::new();
@@ -137,9 +177,13 @@ pub async fn run(config: WorkersConfig, shutdown: CancellationToken) -> Result<(
                 settings,
                 shutdown,
             )),
-            JobName::Presence => {
-                jobs.spawn(presence::run(db.clone(), client.clone(), js, shutdown))
-            }
+            JobName::Presence => jobs.spawn(presence::run(
+                db.clone(),
+                client.clone(),
+                js,
+                readiness.clone(),
+                shutdown,
+            )),
             JobName::Notifications => {
                 let service =
                     notifications::Service::new(&config.notifications, db.clone(), client.clone())?;
@@ -149,12 +193,14 @@ pub async fn run(config: WorkersConfig, shutdown: CancellationToken) -> Result<(
                 (*db.connect_options()).clone(),
                 switchboard_bus::Publisher::from_context(js),
                 config.outbox.clone(),
+                readiness.clone(),
                 shutdown,
             )),
         };
         names.insert(handle.id(), name);
     }
     let result = wait_for(jobs, &names, &shutdown).await;
+    let _ = http.await;
 
     // Acks are published without waiting for the server; send what is buffered before
     // the process goes away.

@@ -12,9 +12,16 @@ async fn main() -> ExitCode {
     switchboard_bus::logging::init("info", switchboard_bus::logging::LogTo::Stdout);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let exposition = match switchboard_workers::telemetry::install() {
+        Ok(exposition) => exposition,
+        Err(error) => {
+            eprintln!("switchboard-workers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let jobs: Vec<String> = config.jobs().iter().map(ToString::to_string).collect();
     tracing::info!(jobs = %jobs.join(","), nats = %config.nats.redacted_url(), "workers starting");
-    match switchboard_workers::run(config, shutdown).await {
+    match switchboard_workers::run(config, exposition, shutdown).await {
         Ok(()) => {
             tracing::info!("workers stopped");
             ExitCode::SUCCESS

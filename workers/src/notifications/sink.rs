@@ -395,6 +395,7 @@ impl Dispatcher {
         };
         match attempt {
             Attempt::Delivered => {
+                crate::telemetry::delivered(&delivery.sink, "delivered");
                 tracing::debug!(
                     id = delivery.id,
                     sink = %delivery.sink,
@@ -409,6 +410,7 @@ impl Dispatcher {
                     .await?;
             }
             Attempt::Retry(reason) => {
+                crate::telemetry::delivered(&delivery.sink, "retry");
                 let delay = Backoff::new(self.config.retry_base, self.config.retry_max)
                     .delay_at(attempts.saturating_sub(1));
                 tracing::info!(id = delivery.id, sink = %delivery.sink, attempts, ?delay, %reason, "notification delivery will be retried");
@@ -420,6 +422,7 @@ impl Dispatcher {
                     .await?;
             }
             Attempt::Failed(reason) => {
+                crate::telemetry::delivered(&delivery.sink, "failed");
                 tracing::warn!(id = delivery.id, sink = %delivery.sink, user = %delivery.user, attempts, %reason, "notification delivery failed for good");
                 sqlx::query(FAILED)
                     .bind(delivery.id)

@@ -31,6 +31,11 @@
 //! Sent rows are deleted after a configurable time (default 7 days). While a row is
 //! kept, emitting its event id again is a no-op; after that it would publish again.
 //!
+//! Every copy, leader or not, reports the backlog (`switchboard_outbox_pending`, and the
+//! age of the oldest unsent row as `switchboard_outbox_oldest_seconds`) every 5 s; the
+//! leader counts each row it publishes as a message of the job `outbox`
+//! (docs/operations.md §7).
+//!
 //! It owns `switchboard.outbox`'s `sent_at`, `failed_at` and `error`, and publishes on
 //! whatever channels the rows name; it reads nothing else.
 
@@ -38,6 +43,9 @@ pub mod row;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::http::Readiness;
+use crate::telemetry::{Handled, JobMetrics};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -66,6 +74,15 @@ SELECT seq, event_id, channel, type, data::text, actor::text,
 
 /// A row of [`PENDING`], in its column order.
 type PendingRow = (i64, String, String, String, String, Option<String>, i64);
+
+/// The backlog: rows waiting, and the age in seconds of the oldest.
+const BACKLOG: &str = "
+SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+  FROM switchboard.outbox
+ WHERE sent_at IS NULL AND failed_at IS NULL";
+
+/// How often every copy reads [`BACKLOG`].
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 const MARK_SENT: &str = "UPDATE switchboard.outbox SET sent_at = now() WHERE seq = ANY($1)";
 
@@ -117,13 +134,17 @@ pub async fn run(
     db: PgConnectOptions,
     publisher: Publisher,
     config: OutboxConfig,
+    readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
     // Named, so the leader's session is easy to find in pg_stat_activity.
     let db = db.application_name("switchboard-outbox-relay");
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(db.clone(), wake.clone(), shutdown.clone()));
+    let backlog = tokio::spawn(watch_backlog(db.clone(), shutdown.clone()));
     let relay = Relay {
+        metrics: JobMetrics::new("outbox"),
+        readiness,
         db,
         publisher,
         batch: i64::from(config.outbox_batch.max(1)),
@@ -137,6 +158,7 @@ pub async fn run(
         match relay.lead(&mut backoff).await {
             Ok(()) => break,
             Err(error) => {
+                relay.readiness.bound("outbox", false);
                 tracing::warn!(%error, "outbox relay interrupted; connecting again");
                 if !relay.pause(backoff.next_delay()).await {
                     break;
@@ -145,6 +167,7 @@ pub async fn run(
         }
     }
     let _ = listener.await;
+    let _ = backlog.await;
     tracing::info!("outbox relay stopped");
 }
 
@@ -156,6 +179,8 @@ struct Relay {
     keep_sent_hours: u32,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
+    metrics: JobMetrics,
+    readiness: Arc<Readiness>,
 }
 
 impl Relay {
@@ -163,6 +188,8 @@ impl Relay {
     /// connection that holds the lock fails (`Err`).
     async fn lead(&self, backoff: &mut Backoff) -> Result<(), RelayError> {
         let mut conn = timed(PgConnection::connect_with(&self.db)).await?;
+        // Leading or standing by, this copy is doing its part.
+        self.readiness.bound("outbox", true);
         let mut standing_by = false;
         loop {
             let leader: bool = timed(sqlx::query_scalar(TRY_LEAD).fetch_one(&mut conn)).await?;
@@ -231,7 +258,14 @@ impl Relay {
                     actor,
                     created_micros,
                 };
-                match self.publish(&row).await {
+                let started = Instant::now();
+                let publish = self.publish(&row).await;
+                match &publish {
+                    Publish::Sent => self.metrics.handled(Handled::Ok, started.elapsed()),
+                    Publish::Failed(_) => self.metrics.handled(Handled::Error, started.elapsed()),
+                    Publish::Stopped => {}
+                }
+                match publish {
                     Publish::Sent => sent.push(row.seq),
                     Publish::Failed(reason) => {
                         tracing::warn!(seq = row.seq, event_id = %row.event_id, %reason, "outbox row can never be published; set aside");
@@ -281,6 +315,7 @@ impl Relay {
                     return Publish::Failed(format!("the event is too large for NATS: {source}"));
                 }
                 Err(error) => {
+                    self.metrics.retried();
                     tracing::warn!(seq = row.seq, %error, "publishing an outbox row failed; retrying");
                     if !self.pause(backoff.next_delay()).await {
                         return Publish::Stopped;
@@ -322,6 +357,35 @@ async fn timed<T>(
         .await
         .map_err(|_| RelayError::Timeout)?
         .map_err(RelayError::from)
+}
+
+/// Sets `switchboard_outbox_pending`, `switchboard_outbox_oldest_seconds` and the job's
+/// `switchboard_worker_pending` from [`BACKLOG`] every [`BACKLOG_EVERY`] until shutdown;
+/// a failed read leaves the last values (PostgreSQL away shows in `/readyz`).
+async fn watch_backlog(db: PgConnectOptions, shutdown: CancellationToken) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(STATEMENT_TIMEOUT)
+        .connect_lazy_with(db);
+    let pending = crate::telemetry::outbox_pending();
+    let oldest = crate::telemetry::outbox_oldest();
+    let job = JobMetrics::new("outbox");
+    let mut every = tokio::time::interval(BACKLOG_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        match timed(sqlx::query_as::<_, (i64, f64)>(BACKLOG).fetch_one(&pool)).await {
+            Ok((rows, age)) => {
+                pending.set(rows as f64);
+                oldest.set(age);
+                job.pending(u64::try_from(rows).unwrap_or(0));
+            }
+            Err(error) => tracing::debug!(%error, "reading the outbox backlog failed"),
+        }
+    }
+    pool.close().await;
 }
 
 /// Wakes the leader on every `pg_notify` of [`NOTIFY_CHANNEL`], until shutdown.

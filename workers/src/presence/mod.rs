@@ -46,10 +46,11 @@ pub async fn run(
     db: PgPool,
     client: async_nats::Client,
     js: jetstream::Context,
+    readiness: Arc<crate::http::Readiness>,
     shutdown: CancellationToken,
 ) {
     let state = State::new(db.clone());
-    let watcher = Watcher::new(js, state.clone());
+    let watcher = Watcher::new(js, state.clone(), readiness);
     let service = Arc::new(PresenceService::new(
         Privacy::new(db),
         state,

@@ -22,8 +22,13 @@
 //!
 //! A failure to publish or to write PostgreSQL is retried in place, with backoff, until
 //! it succeeds or the worker stops; later writes wait their turn in the watch.
+//!
+//! Each bucket entry followed live counts as a message of the job `presence`, each
+//! retried step as a retry; the entries behind the current one are its pending count
+//! (docs/operations.md §7).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
@@ -40,6 +45,8 @@ use super::board::{Board, Mark, Transition};
 use super::entry::{Change, Key};
 use super::state::{self, State};
 use crate::backoff::Backoff;
+use crate::http::Readiness;
+use crate::telemetry::{Handled, JobMetrics};
 
 /// With nothing delivered for this long, reading the bucket's history is over.
 const CAUGHT_UP_IDLE: Duration = Duration::from_secs(1);
@@ -67,14 +74,18 @@ pub struct Watcher {
     js: jetstream::Context,
     publisher: Publisher,
     state: State,
+    readiness: Arc<Readiness>,
+    metrics: JobMetrics,
 }
 
 impl Watcher {
-    pub fn new(js: jetstream::Context, state: State) -> Watcher {
+    pub fn new(js: jetstream::Context, state: State, readiness: Arc<Readiness>) -> Watcher {
         Watcher {
             publisher: Publisher::from_context(js.clone()),
             js,
             state,
+            readiness,
+            metrics: JobMetrics::new("presence"),
         }
     }
 
@@ -107,6 +118,7 @@ impl Watcher {
             match self.follow(&mut board, &mut backoff, shutdown).await {
                 Ok(()) => break,
                 Err(error) => {
+                    self.readiness.bound("presence", false);
                     tracing::warn!(%error, "presence watch unavailable; reading the bucket again");
                 }
             }
@@ -130,6 +142,7 @@ impl Watcher {
         let bucket = self.js.get_key_value(PRESENCE_BUCKET).await?;
         let empty = bucket.status().await.is_ok_and(|s| s.values() == 0);
         let mut watch = bucket.watch_with_history(">").await?;
+        self.readiness.bound("presence", true);
         let mut caught_up = false;
         if empty {
             caught_up = true;
@@ -146,7 +159,10 @@ impl Watcher {
                 next = tokio::time::timeout(CAUGHT_UP_IDLE, watch.next()) => next,
             };
             let entry = match next {
-                Err(_idle) if caught_up => continue,
+                Err(_idle) if caught_up => {
+                    self.metrics.pending(0);
+                    continue;
+                }
                 Err(_idle) => {
                     caught_up = true;
                     backoff.reset();
@@ -158,11 +174,18 @@ impl Watcher {
                 Ok(None) => return Err(WatchError::Ended),
                 Ok(Some(entry)) => entry?,
             };
+            let started = Instant::now();
+            self.metrics.pending(entry.delta);
             let Some(user) = observe(board, &entry) else {
+                if caught_up {
+                    self.metrics.handled(Handled::Error, started.elapsed());
+                }
                 continue;
             };
             let flow = if caught_up {
-                self.publish_for(board, &user, shutdown).await
+                let flow = self.publish_for(board, &user, shutdown).await;
+                self.metrics.handled(Handled::Ok, started.elapsed());
+                flow
             } else if entry.delta == 0 {
                 caught_up = true;
                 backoff.reset();
@@ -303,7 +326,10 @@ impl Watcher {
         loop {
             match attempt().await {
                 Ok(value) => return Some(value),
-                Err(error) => tracing::warn!(%error, "{what} failed; retrying"),
+                Err(error) => {
+                    self.metrics.retried();
+                    tracing::warn!(%error, "{what} failed; retrying");
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return None,

@@ -110,6 +110,8 @@ impl Worker {
             .env("SWITCHBOARD_OUTBOX_POLL_MS", "200")
             .env("SWITCHBOARD_NOTIFY_POLL_MS", "200")
             .env("SWITCHBOARD_LOG", "switchboard_workers=debug,info")
+            // Any free port: tests run many workers at once (pass another to probe it).
+            .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         for (name, value) in env {
