@@ -127,6 +127,22 @@ pub struct EdgeConfig {
     )]
     pub max_unauthenticated: usize,
 
+    /// Sockets waiting for `hello` from one client address; more get HTTP 429. Other
+    /// addresses are not affected.
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP", default_value_t = 64)]
+    pub max_pending_per_ip: usize,
+
+    /// Proxies whose `X-Forwarded-For` names the client (comma separated addresses or
+    /// CIDR blocks, e.g. `10.0.0.0/8`). From any other peer the header is ignored: the
+    /// peer is the client.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = crate::admission::AddressBlock::parse
+    )]
+    pub trusted_proxies: Vec<crate::admission::AddressBlock>,
+
     /// Time a connection has to send a complete request head (request line and headers),
     /// counted from when it opens and again from each response on a kept-alive
     /// connection; then it is closed.

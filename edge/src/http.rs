@@ -5,11 +5,12 @@
 //! subscription core or the publisher. Errors before a stream starts are HTTP statuses
 //! with the JSON body `{"code": "...", "message": "..."}`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +24,7 @@ use switchboard_schemas::{
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Edge;
-use crate::admission::{TokenQuery, authenticate, check_origin, token};
+use crate::admission::{TokenQuery, authenticate, check_origin, client_address, token};
 use crate::refusal::Refusal;
 use crate::session::{self, Admitted, Declared};
 use crate::{fallback, rpc};
@@ -76,10 +77,12 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 async fn websocket(
     State(edge): State<Arc<Edge>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let client = client_address(peer, &headers, &edge.config.trusted_proxies);
     if edge.draining.is_cancelled() {
         return Refusal::new(
             ErrorCode::Unavailable,
@@ -103,7 +106,10 @@ async fn websocket(
             },
             Err(refused) => return refused.into_response(),
         },
-        Ok(None) => match edge.users.admit_unauthenticated() {
+        Ok(None) => match edge
+            .users
+            .admit_unauthenticated(client, client != peer.ip())
+        {
             Some(pending) => Admitted::Pending(pending, presence),
             None => {
                 return Refusal::new(ErrorCode::RateLimited, "too many unauthenticated sockets")

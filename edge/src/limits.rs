@@ -6,6 +6,7 @@
 //! count can leak when a session ends in any way.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -148,6 +149,11 @@ pub struct Users {
     users: Mutex<HashMap<Arc<str>, UserState>>,
     unauthenticated: AtomicUsize,
     max_unauthenticated: usize,
+    /// Sockets waiting for `hello`, per client address.
+    pending: Mutex<HashMap<IpAddr, usize>>,
+    max_pending_per_ip: usize,
+    /// When the edge last warned that one address holds most pending sockets.
+    warned: Mutex<Option<Instant>>,
 }
 
 impl Users {
@@ -158,6 +164,9 @@ impl Users {
             users: Mutex::default(),
             unauthenticated: AtomicUsize::new(0),
             max_unauthenticated: config.max_unauthenticated,
+            pending: Mutex::default(),
+            max_pending_per_ip: config.max_pending_per_ip.max(1),
+            warned: Mutex::default(),
         }
     }
 
@@ -181,14 +190,56 @@ impl Users {
         })
     }
 
-    /// Takes a slot for a socket that has yet to authenticate; `None` when full.
-    pub fn admit_unauthenticated(self: &Arc<Self>) -> Option<PendingSlot> {
+    /// Takes a slot for a socket from `address` that has yet to authenticate; `None`
+    /// when the edge or that address has too many. `trusted` says whether the address
+    /// came through a trusted proxy's `X-Forwarded-For` (else it is the peer's own).
+    pub fn admit_unauthenticated(
+        self: &Arc<Self>,
+        address: IpAddr,
+        forwarded: bool,
+    ) -> Option<PendingSlot> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let count = pending.entry(address).or_insert(0);
+        if *count >= self.max_pending_per_ip {
+            return None;
+        }
         let before = self.unauthenticated.fetch_add(1, Ordering::AcqRel);
         if before >= self.max_unauthenticated {
             self.unauthenticated.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(PendingSlot(self.clone()))
+        *count += 1;
+        let share = *count;
+        drop(pending);
+        if !forwarded {
+            self.warn_if_one_address_dominates(address, share, before + 1);
+        }
+        Some(PendingSlot {
+            users: self.clone(),
+            address,
+        })
+    }
+
+    /// Most pending sockets from one peer usually mean a proxy nobody listed in
+    /// `SWITCHBOARD_TRUSTED_PROXIES`: then every client behind it shares one address's
+    /// cap. Said at most once a minute.
+    fn warn_if_one_address_dominates(&self, address: IpAddr, share: usize, total: usize) {
+        const MIN_PENDING: usize = 32;
+        if total < MIN_PENDING || share * 2 <= total {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *warned = Some(Instant::now());
+        tracing::warn!(
+            %address,
+            pending = share,
+            of = total,
+            "most sockets waiting for hello come from one address; if it is a proxy, list it \
+             in SWITCHBOARD_TRUSTED_PROXIES (docs/operations.md), or its clients share one cap"
+        );
     }
 }
 
@@ -227,10 +278,20 @@ impl Drop for UserSlot {
 
 /// A not-yet-authenticated socket's place; freed on drop.
 #[derive(Debug)]
-pub struct PendingSlot(Arc<Users>);
+pub struct PendingSlot {
+    users: Arc<Users>,
+    address: IpAddr,
+}
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.0.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        self.users.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        let mut pending = self.users.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = pending.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                pending.remove(&self.address);
+            }
+        }
     }
 }

@@ -31,7 +31,11 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -41,6 +45,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::MapRequest;
 
 use crate::Edge;
 use crate::tls::Tls;
@@ -79,10 +84,10 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(config.max_http_connections));
     let connections = TaskTracker::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -100,14 +105,15 @@ pub async fn run(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let slot = Slot::take(edge.clone(), permit);
-        let (http, router, stop) = (http.clone(), router.clone(), stop.clone());
+        let (http, stop) = (http.clone(), stop.clone());
+        let router = router.clone();
         match &acceptor {
-            None => connections.spawn(serve(slot, http, stream, router, stop)),
+            None => connections.spawn(serve(slot, http, stream, peer, router, stop)),
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
                     if let Some(stream) = handshake(&slot, acceptor, stream, &stop).await {
-                        serve(slot, http, stream, router, stop).await;
+                        serve(slot, http, stream, peer, router, stop).await;
                     }
                 })
             }
@@ -175,11 +181,18 @@ async fn serve<S>(
     slot: Slot,
     http: Arc<http1::Builder>,
     stream: S,
+    peer: SocketAddr,
     router: Router,
     stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    // Every request carries the peer's address (`ConnectInfo<SocketAddr>`): the
+    // per-address limits and trusted proxies need it.
+    let router = MapRequest::new(router, move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
     let connection = http
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
         .with_upgrades();

@@ -239,12 +239,21 @@ async fn read_events(
 /// status, the socket, and whatever arrived after the response head. Status 0: the
 /// connection failed or was closed before a response.
 async fn upgrade(addr: &str, token: Option<&str>) -> (u16, Option<TcpStream>, Vec<u8>) {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
-        return (0, None, Vec::new());
-    };
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    upgrade_from(addr, "127.0.0.1", &auth).await
+}
+
+/// An upgrade from the local address `from` (any of 127.0.0.0/8), with `headers` (whole
+/// lines) added.
+async fn upgrade_from(addr: &str, from: &str, headers: &str) -> (u16, Option<TcpStream>, Vec<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let Ok(mut stream) = socket.connect(addr.parse().unwrap()).await else {
+        return (0, None, Vec::new());
+    };
+    let auth = headers;
     let request = format!(
         "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -388,6 +397,8 @@ async fn a_connection_flood_is_capped_per_user_and_unauthenticated_and_others_ar
     let edge = stack.edge(&[
         ("SWITCHBOARD_MAX_CONNS_PER_USER", &PER_USER.to_string()),
         ("SWITCHBOARD_MAX_UNAUTHENTICATED", &PENDING.to_string()),
+        // Every socket here comes from 127.0.0.1: the edge-wide cap is under test.
+        ("SWITCHBOARD_MAX_PENDING_PER_IP", "100000"),
         (
             "SWITCHBOARD_HELLO_TIMEOUT_MS",
             &HELLO_TIMEOUT.as_millis().to_string(),
@@ -1215,5 +1226,63 @@ async fn injected_channel_names_are_bad_requests_and_never_reach_a_subject() {
          through /v1/poll and /v1/sse refused 400; {subjects} NATS messages seen meanwhile, all \
          on well-formed subjects",
         attempts.len()
+    );
+}
+
+/// A flood of sockets waiting for `hello` is capped per client address
+/// (`SWITCHBOARD_MAX_PENDING_PER_IP`): one address gets HTTP 429, others are served as
+/// before. Behind a trusted proxy the address is `X-Forwarded-For`'s, and from any other
+/// peer that header changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_sockets_are_capped_per_address_and_other_addresses_are_served() {
+    const CAP: usize = 8;
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[
+        ("SWITCHBOARD_MAX_PENDING_PER_IP", &CAP.to_string()),
+        ("SWITCHBOARD_TRUSTED_PROXIES", "127.0.0.3"),
+    ]);
+    let addr = edge.addr.clone();
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let (status, stream, _) = upgrade_from(&addr, "127.0.0.2", "").await;
+        assert_eq!(status, 101);
+        held.push(stream);
+    }
+    let (status, _, rest) = upgrade_from(&addr, "127.0.0.2", "").await;
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&rest));
+    // A forged X-Forwarded-For from an untrusted peer changes nothing.
+    let (status, _, _) = upgrade_from(&addr, "127.0.0.2", "X-Forwarded-For: 192.0.2.1\r\n").await;
+    assert_eq!(status, 429);
+
+    // Another address is not affected: it upgrades and authenticates.
+    let (status, _, _) = upgrade_from(&addr, "127.0.0.1", "").await;
+    assert_eq!(status, 101);
+    let mut client = Client::open(&edge.ws_url(), None).await.unwrap();
+    client
+        .send(json!({"op":"hello","token": token("u1", 600, &[])}))
+        .await;
+    assert_eq!(client.recv().await["op"], "welcome");
+
+    // Behind the trusted proxy 127.0.0.3, each forwarded client has its own cap.
+    for _ in 0..CAP {
+        let (status, stream, _) =
+            upgrade_from(&addr, "127.0.0.3", "X-Forwarded-For: 198.51.100.1\r\n").await;
+        assert_eq!(status, 101);
+        held.push(stream);
+    }
+    let (status, _, _) =
+        upgrade_from(&addr, "127.0.0.3", "X-Forwarded-For: 198.51.100.1\r\n").await;
+    assert_eq!(status, 429, "the forwarded client is capped");
+    let (status, _, _) =
+        upgrade_from(&addr, "127.0.0.3", "X-Forwarded-For: 198.51.100.2\r\n").await;
+    assert_eq!(status, 101, "another client behind the same proxy is not");
+
+    // A pending socket that closes gives its address its place back.
+    drop(held.drain(..1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, _) = upgrade_from(&addr, "127.0.0.2", "").await;
+    assert_eq!(status, 101, "a closed pending socket gives its place back");
+    println!(
+        "pending per address: {CAP} from 127.0.0.2, then 429; 127.0.0.1 and forwarded clients served"
     );
 }
