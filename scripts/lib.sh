@@ -101,3 +101,19 @@ ensure_sink_test_peers() {
   fi
   export SWITCHBOARD_TEST_PYTHON="$VENV/bin/python"
 }
+
+# promtool, to check deploy/prometheus/ (scripts/test): it comes with Debian's
+# `prometheus` package; nothing here runs the server.
+ensure_promtool() {
+  if ! command -v promtool >/dev/null; then
+    log "installing prometheus (for promtool) from Debian's packages"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    # --no-install-recommends: promtool needs none of the server's web assets.
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends prometheus >/dev/null \
+      || die "could not install prometheus (apt-get install prometheus)"
+  fi
+  command -v promtool >/dev/null || die "promtool not found after installing prometheus"
+}
