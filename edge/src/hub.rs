@@ -180,6 +180,26 @@ impl Hub {
         channel.stop.cancel();
     }
 
+    /// The sessions of `user` on this edge, whatever they subscribe to.
+    pub fn sessions_of_user(&self, user: &str) -> Vec<Arc<ConnControl>> {
+        let channels: Vec<Arc<Channel>> = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut sessions: Vec<Arc<ConnControl>> = Vec::new();
+        for channel in channels {
+            for session in channel.sessions_of(user) {
+                if !sessions.iter().any(|s| s.id == session.id) {
+                    sessions.push(session);
+                }
+            }
+        }
+        sessions
+    }
+
     /// Pokes every channel's bridge to re-read the stream (after a NATS reconnect or a
     /// client-side slow-consumer drop).
     pub fn resync_all(&self) {

@@ -43,6 +43,7 @@ pub mod members;
 pub mod metrics;
 pub mod policy;
 pub mod presence;
+pub mod privacy;
 pub mod refusal;
 pub mod rpc;
 pub mod server;
@@ -227,6 +228,10 @@ impl Edge {
                     for session in channel.sessions() {
                         session.recheck(watched.clone());
                     }
+                }
+                // The user's own sessions announce `join`/`leave` by the new setting.
+                for session in edge.hub.sessions_of_user(target) {
+                    session.recheck(watched.clone());
                 }
             }
         });

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use switchboard_schemas::{ChannelName, ErrorCode, Namespace, RawJson, ResumeFrom};
+use switchboard_schemas::{ChannelName, Namespace, ResumeFrom};
 use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
@@ -29,7 +29,7 @@ use crate::hub::{Channel, Subscription};
 use crate::members::Members;
 use crate::policy::Policy;
 use crate::refusal::Refusal;
-use crate::{rpc, subscribe};
+use crate::subscribe;
 
 /// Whether a subscription may start.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,24 +53,8 @@ fn access(policy: &Policy, members: &Members, identity: &Identity, label: &Chann
     }
 }
 
-/// Asks the presence service (on `int.presence.authorize`, out of every client's reach)
-/// whether `user` may watch `target`'s presence.
-pub async fn may_watch(edge: &Edge, user: &str, target: &str) -> Result<bool, Refusal> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        allowed: bool,
-    }
-    let params = RawJson::encode(&serde_json::json!({ "target": target }))
-        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-    match rpc::ask_internal(edge, user, "presence.authorize", &params).await {
-        Ok(result) => Ok(result.decode::<Answer>().is_ok_and(|a| a.allowed)),
-        // No responder means no presence worker: the question cannot be answered.
-        Err(refusal) if refusal.code == ErrorCode::NotFound => {
-            Err(Refusal::unavailable("the presence service is not running"))
-        }
-        Err(refusal) => Err(refusal),
-    }
-}
+/// Asks the presence service whether `user` may watch `target`'s presence.
+pub use crate::privacy::may_watch;
 
 /// What a re-check decided for the subscriptions held.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -196,8 +180,8 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_schemas::ChannelPattern;
     use switchboard_schemas::shapes::Role;
+    use switchboard_schemas::{ChannelPattern, ErrorCode};
 
     fn identity(user: &str, grants: &[&str]) -> Identity {
         Identity {

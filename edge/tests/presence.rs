@@ -107,6 +107,12 @@ async fn a_killed_edge_leaves_entries_that_expire() {
 #[tokio::test]
 async fn who_lists_subscribers_across_edges_and_join_leave_signals_flow() {
     let stack = Stack::start().await;
+    // Privacy is another test's subject: here everybody may see everybody.
+    stack
+        .serve("int.presence.visible", "int.presence.visible", |_, _, params| {
+            Some(json!({"result": {"visible": params["users"].as_array().cloned().unwrap_or_default()}}))
+        })
+        .await;
     for user in ["u1", "u2", "u3"] {
         stack.add_member("project:p1", user).await;
     }

@@ -174,3 +174,98 @@ async fn receipts_move_from_sent_to_delivered_to_read() {
         json!([{"user":"bob","delivered": sent[1],"read": sent[0]}])
     );
 }
+
+/// Privacy holds wherever presence shows (docs/protocol.md, section 9.4), with the real
+/// presence and membership workers: a user who chose `nobody` is absent from `who` and
+/// announces no `join`/`leave`; a watcher whose right to watch ends with a privacy change
+/// gets `unsubbed` `revoked` within a second.
+#[tokio::test]
+async fn a_private_user_is_absent_from_who_and_silent_and_watchers_are_revoked() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&stack, &database_url, "presence,membership");
+    for user in ["u1", "hider"] {
+        stack
+            .publish(
+                "project:p1",
+                "member.added",
+                json!({"user": user, "role": "member"}),
+            )
+            .await;
+    }
+    let edge = stack.edge(&[]);
+    let mut hider = edge.connect("hider").await;
+    let mut watcher = edge.connect("u1").await;
+    // Contacts (the default) through project:p1: u1 may watch hider's presence.
+    let watching = watcher
+        .sub_within(
+            json!({"ch":"presence:hider"}),
+            Instant::now(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(watching["op"], "ok", "{watching}");
+    watcher
+        .sub_within(
+            json!({"ch":"project:p1"}),
+            Instant::now(),
+            Duration::from_secs(5),
+        )
+        .await;
+
+    let set = hider
+        .request(
+            json!({"op":"rpc","method":"presence.privacy.set","params":{"visibility":"nobody"}}),
+        )
+        .await;
+    assert_eq!(set["op"], "ok", "{set}");
+    let changed = Instant::now();
+    let revoked = watcher
+        .recv_where(|f| f["op"] == "unsubbed" && f["ch"] == "presence:hider")
+        .await;
+    assert_eq!(revoked["code"], "revoked");
+    assert!(
+        changed.elapsed() < Duration::from_secs(1),
+        "revoked after {:?}",
+        changed.elapsed()
+    );
+
+    // Now hider joins the project channel: no `join` reaches u1, and `who` leaves them out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hider
+        .sub_within(
+            json!({"ch":"project:p1"}),
+            Instant::now(),
+            Duration::from_secs(5),
+        )
+        .await;
+    let who = watcher.request(json!({"op":"who","ch":"project:p1"})).await;
+    assert_eq!(
+        who["members"],
+        json!([{"user":"u1","status":"online"}]),
+        "{who}"
+    );
+    hider.request(json!({"op":"unsub","ch":"project:p1"})).await;
+    let heard = watcher.try_recv(Duration::from_millis(500)).await;
+    assert!(
+        heard.as_ref().is_none_or(|f| f["op"] != "sig"),
+        "a private user's join/leave reached u1: {heard:?}"
+    );
+    // Their own view still lists themself.
+    hider
+        .sub_within(
+            json!({"ch":"project:p1"}),
+            Instant::now(),
+            Duration::from_secs(5),
+        )
+        .await;
+    let own = hider.request(json!({"op":"who","ch":"project:p1"})).await;
+    let listed: Vec<&str> = own["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["user"].as_str())
+        .collect();
+    assert_eq!(listed, ["hider", "u1"], "{own}");
+}

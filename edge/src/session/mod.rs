@@ -46,6 +46,7 @@ use crate::lifecycle::{self, Access, Subscriptions};
 use crate::limits::{Limits, Op, PendingSlot, TokenBucket, UserSlot};
 use crate::mailbox::{ConnControl, Inbox, Mailbox, Outgoing, text};
 use crate::presence::{ConnState, occupancy_filter, occupancy_subject, presence_subject};
+use crate::privacy::Visibility;
 use crate::refusal::Refusal;
 use crate::rpc;
 
@@ -148,6 +149,8 @@ pub fn run(
                 device: declared.device,
             },
             typing: HashMap::new(),
+            visibility: None,
+            deferred: Vec::new(),
         };
         edge.metrics.gauge(&edge.metrics.connections, 1);
         session.run(&mut socket, &outgoing).await;
@@ -217,6 +220,8 @@ enum Done {
     },
     /// A presence watch the presence service no longer allows: end it.
     Revoke(ChannelName),
+    /// How this user shows themself (for `join`/`leave`).
+    Visibility(Visibility),
 }
 
 struct Session {
@@ -240,6 +245,10 @@ struct Session {
     me: ConnState,
     /// Per channel, when this connection last sent `typing` and whether it was typing.
     typing: HashMap<ChannelName, (Instant, bool)>,
+    /// How this user shows themself; `None` until the presence service answered.
+    visibility: Option<Visibility>,
+    /// `join`/`leave` signals waiting for `visibility`.
+    deferred: Vec<(ChannelName, &'static str)>,
 }
 
 enum Flow {
@@ -254,6 +263,7 @@ impl Session {
         // Rare work is boxed: the states of an inline `.await` are part of the session's
         // future, which every idle connection holds for its whole life.
         Box::pin(self.put_presence()).await;
+        self.learn_visibility();
         Box::pin(self.subscribe_implicit()).await;
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -326,6 +336,9 @@ impl Session {
                                 Box::pin(self.admit_subscription(id, ch, types, since)).await;
                             }
                             Done::Revoke(label) => Box::pin(self.revoke(label)).await,
+                            Done::Visibility(visibility) => {
+                                Box::pin(self.visibility_known(visibility)).await;
+                            }
                         }
                     }
                 }

@@ -54,12 +54,7 @@ impl Session {
                 .cloned()
                 .collect();
             for channel in channels {
-                self.send_signal(
-                    &channel,
-                    SignalType::parse(kind).ok(),
-                    RawJson::empty_object(),
-                )
-                .await;
+                self.announce(&channel, kind).await;
             }
         }
         let occupied: Vec<ChannelName> = self
@@ -101,34 +96,76 @@ impl Session {
     }
 
     /// Marks this connection present on `channel` and tells the channel (`join`).
-    pub(super) async fn occupy(&self, channel: &ChannelName) {
+    pub(super) async fn occupy(&mut self, channel: &ChannelName) {
         self.edge
             .presence
             .put(self.occupancy_subject(channel), self.me.occupancy())
             .await;
         if self.me.status != PresenceStatus::Invisible {
+            self.announce(channel, JOIN).await;
+        }
+    }
+
+    /// The reverse of [`occupy`](Self::occupy) (`leave`).
+    pub(super) async fn vacate(&mut self, channel: &ChannelName) {
+        self.edge
+            .presence
+            .delete(self.occupancy_subject(channel))
+            .await;
+        if self.me.status != PresenceStatus::Invisible {
+            self.announce(channel, LEAVE).await;
+        }
+    }
+
+    /// Sends `join` or `leave` on `channel` if this user's privacy setting lets everyone
+    /// there see them (docs/protocol.md, section 9.4). Until the setting is known they
+    /// wait; a `leave` whose `join` still waits cancels it, and neither is sent.
+    pub(super) async fn announce(&mut self, channel: &ChannelName, kind: &'static str) {
+        let Some(visibility) = self.visibility else {
+            let waiting_join = self
+                .deferred
+                .iter()
+                .position(|(c, k)| c == channel && *k == JOIN);
+            match (kind, waiting_join) {
+                (LEAVE, Some(at)) => {
+                    self.deferred.remove(at);
+                }
+                _ => self.deferred.push((channel.clone(), kind)),
+            }
+            return;
+        };
+        if visibility.announces_on(channel) {
             self.send_signal(
                 channel,
-                SignalType::parse(JOIN).ok(),
+                SignalType::parse(kind).ok(),
                 RawJson::empty_object(),
             )
             .await;
         }
     }
 
-    /// The reverse of [`occupy`](Self::occupy) (`leave`).
-    pub(super) async fn vacate(&self, channel: &ChannelName) {
-        self.edge
-            .presence
-            .delete(self.occupancy_subject(channel))
-            .await;
-        if self.me.status != PresenceStatus::Invisible {
-            self.send_signal(
-                channel,
-                SignalType::parse(LEAVE).ok(),
-                RawJson::empty_object(),
-            )
-            .await;
+    /// Asks how this user shows themself, in a task: the answer comes back as
+    /// [`Done::Visibility`]. Unanswered, nobody is told (the private choice).
+    pub(super) fn learn_visibility(&mut self) {
+        self.visibility = None;
+        let (edge, identity, done) = (self.edge.clone(), self.identity.clone(), self.done.clone());
+        self.tasks.spawn(async move {
+            let visibility = match crate::privacy::own_visibility(&edge, &identity).await {
+                Ok(visibility) => visibility,
+                Err(refusal) => {
+                    tracing::warn!(%refusal, "privacy setting unknown: no join/leave for now");
+                    Visibility::Nobody
+                }
+            };
+            done.push(Done::Visibility(visibility));
+        });
+    }
+
+    /// The setting is known: the `join`s and `leave`s that waited for it go out.
+    pub(super) async fn visibility_known(&mut self, visibility: Visibility) {
+        self.visibility = Some(visibility);
+        for (channel, kind) in std::mem::take(&mut self.deferred) {
+            self.announce(&channel, kind).await;
         }
     }
 

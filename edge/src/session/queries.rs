@@ -38,6 +38,7 @@ impl Session {
             ));
         }
         let edge = self.edge.clone();
+        let asker = self.identity.user.clone();
         self.spawn(id, async move {
             let filter = occupancy_filter(&ch.base());
             let entries = match edge.store.scan_bucket(OCCUPANCY_BUCKET, &filter).await {
@@ -63,7 +64,7 @@ impl Session {
                     .or_default()
                     .push(occupant.status);
             }
-            let members = by_user
+            let present: Vec<Member> = by_user
                 .into_iter()
                 .map(|(user, statuses)| Member {
                     user,
@@ -71,6 +72,17 @@ impl Session {
                 })
                 // Invisible everywhere looks offline, and offline users are not here.
                 .filter(|m| m.status != VisibleStatus::Offline)
+                .collect();
+            // Only the users the asker may see (docs/protocol.md, section 9.4): the others
+            // are absent, as if not there. Unanswered, nobody is listed.
+            let users = present.iter().map(|m| m.user.clone()).collect();
+            let visible = match crate::privacy::visible_to(&edge, &asker, users).await {
+                Ok(visible) => visible,
+                Err(refusal) => return Some(refusal.frame(id)),
+            };
+            let members = present
+                .into_iter()
+                .filter(|m| *m.user == *asker || visible.contains(&m.user))
                 .collect();
             Some(
                 ServerFrame::Ok {

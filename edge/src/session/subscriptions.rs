@@ -144,6 +144,11 @@ impl Session {
     /// watched user's privacy): what the rules refuse ends now, presence watches are
     /// asked of the presence service again.
     pub(super) async fn recheck(&mut self, channels: Vec<ChannelName>) {
+        // This user's own privacy changed: `join`/`leave` follow the new setting.
+        let own = ChannelName::parse(&format!("presence:{}", self.identity.user)).ok();
+        if own.is_some_and(|own| channels.contains(&own)) {
+            self.learn_visibility();
+        }
         let outcome = lifecycle::recheck(&self.edge, &self.identity, self.subs.labels(), &channels);
         for label in outcome.revoke {
             self.revoke(label).await;
