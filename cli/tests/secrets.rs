@@ -62,6 +62,8 @@ impl Secrets {
                 self.seed(role).display().to_string(),
             ),
             ("SWITCHBOARD_LOG".into(), "debug".into()),
+            // Tests run side by side: a worker's HTTP port of its own.
+            ("SWITCHBOARD_WORKERS_ADDR".into(), "127.0.0.1:0".into()),
             ("RUST_LOG".into(), "debug".into()),
         ]
     }

@@ -621,6 +621,8 @@ fn membership_worker(nats: &[(String, String)], database_url: &str) -> Process {
     let mut cmd = Command::new(binary("switchboard-workers"));
     cmd.envs(nats.iter().cloned())
         .env("DATABASE_URL", database_url)
+        // Tests run side by side: each worker serves HTTP on a port of its own.
+        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
         .env("SWITCHBOARD_WORKERS", "membership")
         .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")
         .env("SWITCHBOARD_LOG", "warn")

@@ -39,6 +39,8 @@ async fn edge_workers_and_cli_work_through_tls_to_nats() {
     let mut cmd = Command::new(binary("switchboard-workers"));
     cmd.envs(stack.nats.env(Role::Workers))
         .env("DATABASE_URL", &database_url)
+        // Tests run side by side: each worker serves HTTP on a port of its own.
+        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
         .env("SWITCHBOARD_WORKERS", "membership")
         .env("SWITCHBOARD_LOG", "warn")
         .stdin(Stdio::null());

@@ -14,6 +14,8 @@ fn workers(stack: &Stack, database_url: &str, jobs: &str) -> Process {
     let mut cmd = Command::new(binary("switchboard-workers"));
     cmd.envs(stack.nats.env(Role::Workers))
         .env("DATABASE_URL", database_url)
+        // Tests run side by side: each worker serves HTTP on a port of its own.
+        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
         .env("SWITCHBOARD_WORKERS", jobs)
         .env("SWITCHBOARD_LOG", "warn")
         .stdin(Stdio::null());
