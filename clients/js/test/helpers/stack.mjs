@@ -168,9 +168,10 @@ export function freePort() {
 
 /**
  * Starts one more edge on the stack's NATS (the one scripts/up runs must stay up: scripts/up
- * stops everything when its edge exits). Resolves once it answers /readyz.
+ * stops everything when its edge exits), with `env` on top of the stack's settings.
+ * Resolves once it answers /readyz.
  */
-export async function startEdge({ port, webDir } = {}) {
+export async function startEdge({ port, webDir, env: extra = {} } = {}) {
   const { edgeBin, natsUrl, edgeNkey, secret } = stack();
   if (!edgeBin) throw new Error('SWITCHBOARD_EDGE_BIN is not set: run these tests with scripts/test-js');
   port ??= await freePort();
@@ -184,6 +185,7 @@ export async function startEdge({ port, webDir } = {}) {
   };
   delete env.SWITCHBOARD_WEB_DIR;
   if (webDir) env.SWITCHBOARD_WEB_DIR = webDir;
+  Object.assign(env, extra);
   const child = spawn(edgeBin, [], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   child.stderr.on('data', (chunk) => {
