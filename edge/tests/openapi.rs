@@ -461,6 +461,18 @@ async fn every_documented_path_and_method_is_routed_and_no_other_method_is() {
     );
     assert_eq!(answer.0, 404, "{answer:?}");
 
+    // The upgrade's two kinds of 400: a JSON refusal, and the framework's plain text for a
+    // request that is no upgrade at all.
+    let ws = &documented["/v1/ws"]["GET"];
+    let upgrade = request_headers("/v1/ws", "GET", "GET");
+    let answer = exchange(&edge.addr, "GET", "/v1/ws?presence=bogus", &upgrade, "").await;
+    check_answer("GET /v1/ws?presence=bogus", ws, &answer);
+    assert_eq!((answer.0, answer.1.as_str()), (400, "application/json"));
+    let answer = exchange(&edge.addr, "GET", "/v1/ws", &[], "").await;
+    check_answer("GET /v1/ws (no upgrade)", ws, &answer);
+    assert_eq!(answer.0, 400);
+    assert!(answer.1.starts_with("text/plain"), "{answer:?}");
+
     let mut sse = SseStream::open(&edge.addr, "ch=user:u1", &[("Authorization", &user)]).await;
     assert_eq!(sse.next().await.0, "ok");
 
