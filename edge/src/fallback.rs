@@ -471,3 +471,28 @@ fn poll_answer(events: &[Utf8Bytes], cursor: &Cursor, recovered: bool) -> Respon
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_anything_else_is_refused() {
+        let mut seqs = BTreeMap::new();
+        seqs.insert("conversation:c1".to_string(), 1301);
+        seqs.insert("user:u1:notifications".to_string(), 7);
+        let cursor = Cursor {
+            epoch: "1763823000123456789".into(),
+            seqs,
+        };
+        let text = cursor.encode();
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(Cursor::decode(&text), Some(cursor));
+        for bad in ["", "not base64!", "e30", "eyJlIjoxfQ"] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+}

@@ -453,3 +453,87 @@ impl Channel {
 pub fn evt_frame(label: &ChannelName, seq: u64, event: &Envelope) -> Utf8Bytes {
     text(encode_evt_from(label.as_str(), seq, event))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use switchboard_schemas::{EventType, RawJson, TypeFilters};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::mailbox::{ConnControl, Outgoing};
+
+    fn event() -> Envelope {
+        Envelope::new(EventType::parse("bid.new").unwrap(), RawJson::null())
+    }
+
+    fn subscriber(conn: ConnId, label: &ChannelName) -> (Subscription, Outgoing) {
+        let control = Arc::new(ConnControl::new(
+            conn,
+            Arc::from("u1"),
+            &CancellationToken::new(),
+        ));
+        let (mailbox, outgoing) = Mailbox::new(64, usize::MAX, control, Arc::default());
+        let sub = Subscription {
+            user: Arc::from("u1"),
+            label: label.clone(),
+            filters: TypeFilters::all(),
+            mailbox,
+        };
+        (sub, outgoing)
+    }
+
+    fn seqs(outgoing: &Outgoing) -> Vec<u64> {
+        let mut frames = VecDeque::new();
+        outgoing.take_now(&mut frames);
+        frames
+            .iter()
+            .filter_map(|f| serde_json::from_str::<serde_json::Value>(f).ok())
+            .filter_map(|f| f["seq"].as_u64())
+            .collect()
+    }
+
+    /// The no-gap handover of docs/protocol.md, section 6: events that arrive live while
+    /// a subscriber replays are buffered, and after the replay only those past what it
+    /// replayed are sent, each once; then it is live.
+    #[test]
+    fn a_replaying_subscriber_gets_every_event_once_across_the_handover() {
+        let hub = Hub::new(Arc::default());
+        let name = ChannelName::parse("project:p1").unwrap();
+        let (channel, fresh) = hub.attach(&name);
+        assert!(fresh);
+        channel.set_ready(10);
+        let (sub, outgoing) = subscriber(1, &name);
+        assert_eq!(channel.add(sub, true, |_| None), 10);
+        // Live events during the replay: 11 and 12 (the replay will also read 11).
+        channel.deliver(11, Some(&event()));
+        channel.deliver(12, Some(&event()));
+        channel.deliver(12, Some(&event())); // a repeat from NATS changes nothing
+        assert!(seqs(&outgoing).is_empty(), "buffered, not sent");
+        match channel.catch_up(1, &name, 11) {
+            CatchUp::Send(frames, last) => {
+                assert_eq!((frames.len(), last), (1, 12), "only what the replay lacked");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(channel.catch_up(1, &name, 12), CatchUp::Live);
+        channel.deliver(13, Some(&event()));
+        assert_eq!(seqs(&outgoing), [13]);
+        assert_eq!(channel.catch_up(2, &name, 0), CatchUp::Gone);
+    }
+
+    #[test]
+    fn a_buffer_that_overflows_during_a_replay_asks_for_another_pass() {
+        let hub = Hub::new(Arc::default());
+        let name = ChannelName::parse("project:p2").unwrap();
+        let (channel, _) = hub.attach(&name);
+        channel.set_ready(0);
+        let (sub, _outgoing) = subscriber(1, &name);
+        channel.add(sub, true, |_| None);
+        for seq in 1..=(CATCH_UP_BUFFER as u64 + 1) {
+            channel.deliver(seq, Some(&event()));
+        }
+        assert_eq!(channel.catch_up(1, &name, 5), CatchUp::ReplayFrom(6));
+    }
+}

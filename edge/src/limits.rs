@@ -295,3 +295,26 @@ impl Drop for PendingSlot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let mut bucket = TokenBucket::new(1, 3);
+        assert!((0..3).all(|_| bucket.take()), "the burst");
+        assert!(!bucket.take(), "then nothing until it refills");
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(bucket.take(), "one per second");
+        assert!(!bucket.take());
+    }
+
+    #[test]
+    fn a_window_counter_reaches_its_limit_within_a_minute() {
+        let mut counter = WindowCounter::new(3);
+        assert!(!counter.hit());
+        assert!(!counter.hit());
+        assert!(counter.hit(), "the third hit in a minute is the limit");
+    }
+}
