@@ -1,6 +1,6 @@
 //! `switchboard tail`: follow channels live, optionally starting from a stored position.
 //!
-//! The same way an edge resumes a subscription (DESIGN §5.3): subscribe to the live
+//! The same way an edge resumes a subscription (docs/protocol.md, section 6): subscribe to the live
 //! subjects first, then read the stream's last seq; stored events up to that seq come
 //! from the store (`--since`, `--last`, `--from-seq`), everything after it from the live
 //! subjects, and a live event at or below a channel's cursor is a copy already shown.

@@ -25,6 +25,10 @@
 //!   limits that hold before a request is read (header timeout, connection cap).
 //! - [`tls`]: the certificate and key when the edge serves HTTPS and WSS itself, and
 //!   their replacement without a restart.
+//! - [`presence`], [`privacy`]: this edge's entries in the `presence` and `occupancy`
+//!   buckets, and the questions it asks the presence service (who may see whom).
+//! - [`limits`], [`metrics`], [`config`]: rates and caps per connection, user and
+//!   address; the Prometheus metrics; the settings.
 //!
 //! The edge never talks to PostgreSQL: what it needs from workers it asks over NATS.
 

@@ -1,6 +1,6 @@
 //! Who may do what on which channel: the namespace table of docs/protocol.md.
 //!
-//! The defaults are DESIGN §3's table. A JSON file (`SWITCHBOARD_POLICY_FILE`) may override
+//! The defaults are the table of docs/protocol.md, section 3. A JSON file (`SWITCHBOARD_POLICY_FILE`) may override
 //! any namespace, e.g. `{"team": {"subscribe": "authenticated", "publish": "signals",
 //! "presence": true}}`. The set of namespaces itself is fixed by the protocol version.
 

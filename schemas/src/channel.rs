@@ -324,7 +324,7 @@ impl fmt::Display for ChannelName {
     }
 }
 
-/// Which of a channel's three subjects (DESIGN §3).
+/// Which of a channel's three subjects (docs/protocol.md, section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SubjectKind {
     /// `rt.<ns>.<id>`: where events are published and stored (stream `EVENTS`).

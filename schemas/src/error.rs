@@ -81,7 +81,7 @@ impl ByeCode {
         }
     }
 
-    /// The WebSocket close code that follows the `bye` (DESIGN §4.1).
+    /// The WebSocket close code that follows the `bye` (docs/protocol.md, section 7).
     pub fn close_code(self) -> u16 {
         match self {
             ByeCode::TokenExpired | ByeCode::Unauthorized => 4401,

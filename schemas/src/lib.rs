@@ -16,7 +16,7 @@
 //!
 //! # Events and their two forms
 //!
-//! An [`Envelope`] is one event (DESIGN §2). It has two encodings:
+//! An [`Envelope`] is one event (docs/protocol.md, section 10.2). It has two encodings:
 //!
 //! - **JSON**, the public form: what clients receive inside `evt` frames and what
 //!   non-Rust backends may publish (with `Content-Type: application/json`).

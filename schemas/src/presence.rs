@@ -44,7 +44,7 @@ pub enum VisibleStatus {
 }
 
 impl VisibleStatus {
-    /// One user's status across all their devices (DESIGN §4.1): `busy` > `online` >
+    /// One user's status across all their devices (docs/protocol.md, section 9): `busy` > `online` >
     /// `away`; invisible devices are left out; nothing left means `offline`.
     pub fn aggregate(devices: impl IntoIterator<Item = PresenceStatus>) -> VisibleStatus {
         devices

@@ -1,4 +1,4 @@
-//! Data shapes that cross process boundaries (DESIGN §6): token claims, the `data`
+//! Data shapes that cross process boundaries (docs/protocol.md, section 10): token claims, the `data`
 //! of the events workers publish or react to, and the commands edges send to workers.
 //!
 //! Field names are the JSON ones of the design; the structs only give them types.
@@ -139,7 +139,7 @@ pub struct NotificationData {
     pub created_at: Timestamp,
 }
 
-/// Notification categories, the unit of per-user preferences (DESIGN §4.1).
+/// Notification categories, the unit of per-user preferences (docs/operations.md, section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationCategory {

@@ -202,8 +202,9 @@ impl Declared {
     }
 }
 
+/// A refusal as an `err` frame: [`Refusal`] made and rendered in one go.
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
-    ServerFrame::error(id, code, message).encode()
+    Refusal::new(code, message).frame(id)
 }
 
 /// Something a request task tells the session.

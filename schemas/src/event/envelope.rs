@@ -32,7 +32,7 @@ pub struct Metadata {
     pub version: Option<String>,
 }
 
-/// One event, field for field as in DESIGN §2.
+/// One event, field for field as in docs/protocol.md, section 10.2.
 ///
 /// `Serialize`/`Deserialize` are the JSON form: fields in the documented order, absent
 /// optionals left out, unknown fields ignored, a missing `data` read as `null`. The

@@ -34,7 +34,7 @@ pub enum EventFieldError {
     Timestamp(String),
 }
 
-/// The event types Switchboard itself publishes or reacts to (DESIGN §2). Backends may
+/// The event types Switchboard itself publishes or reacts to (docs/protocol.md, section 10.2). Backends may
 /// publish any other type that fits the grammar.
 pub mod types {
     pub const SYSTEM_STATUS: &str = "system.status";
@@ -59,7 +59,7 @@ pub mod types {
     pub const MEMBER_ADDED: &str = "member.added";
     pub const MEMBER_REMOVED: &str = "member.removed";
 
-    /// The only types a client may publish (DESIGN §4.1); everything else comes from
+    /// The only types a client may publish (docs/protocol.md, section 4.4); everything else comes from
     /// backends and workers.
     pub const CLIENT_PUBLISHABLE: [&str; 3] = [MESSAGE_NEW, MESSAGE_EDITED, MESSAGE_DELETED];
 

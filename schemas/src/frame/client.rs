@@ -22,7 +22,7 @@ pub struct Request {
     pub frame: ClientFrame,
 }
 
-/// One client operation of `switchboard.v1` (DESIGN §4), with every field checked.
+/// One client operation of `switchboard.v1` (docs/protocol.md, section 4), with every field checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ClientFrame {

@@ -1,4 +1,4 @@
-//! The client protocol `switchboard.v1` (DESIGN §4): JSON text frames over a
+//! The client protocol `switchboard.v1` (docs/protocol.md, sections 4 and 5): JSON text frames over a
 //! WebSocket.
 //!
 //! Client frames are untrusted: [`Request::decode`] turns bytes into a typed

@@ -1,6 +1,6 @@
 //! The membership job: mirrors `member.added` / `member.removed` and
 //! `conversation.participant_added` / `_removed` into PostgreSQL and the KV bucket
-//! `members` (DESIGN §3).
+//! `members` (docs/protocol.md, sections 3 and 10.6).
 //!
 //! Membership events are ordinary events on their channel (`rt.<ns>.<id>`), so the
 //! consumer reads every durable event (`rt.>`) and sets aside all others by their

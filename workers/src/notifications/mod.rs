@@ -1,4 +1,4 @@
-//! The notifications job (DESIGN §5 path 7): domain events become per-user
+//! The notifications job (docs/operations.md, section 3): domain events become per-user
 //! notifications, announced in the app and, for users who are offline, pushed or
 //! emailed.
 //!

@@ -1,4 +1,4 @@
-//! Per-user, per-category delivery preferences (DESIGN §4.1), as the RPC shows them:
+//! Per-user, per-category delivery preferences (docs/operations.md, section 3), as the RPC shows them:
 //! `{"categories":{"bid":{"in_app":true,"push":true,"email":false,"muted":false}, ...}}`.
 //!
 //! A category without a row in `switchboard.notification_preferences` has the defaults,

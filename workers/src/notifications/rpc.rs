@@ -1,4 +1,4 @@
-//! The notification RPCs on `svc.notifications.*` (DESIGN §4.1), served through
+//! The notification RPCs on `svc.notifications.*` (docs/protocol.md, section 10.4), served through
 //! [`responder`](crate::responder) in the queue group `notifications`, so every copy of
 //! the worker takes a share of the requests. A call acts on the caller's (`Rt-User`)
 //! notifications only: there is nothing else to authorize.

@@ -1,4 +1,4 @@
-//! The outbox relay (DESIGN §5 path 8): publishes the rows applications add to
+//! The outbox relay (docs/operations.md, section 6): publishes the rows applications add to
 //! `switchboard.outbox` with `switchboard.emit(...)` inside their own transactions.
 //!
 //! # Guarantees
