@@ -149,7 +149,9 @@ describe('channels', () => {
     await publish(ch, 'bid.new', { n: 1 });
     await publish(ch, 'project.update', { n: 2 });
     await publish(ch, 'bid.update', { n: 3 });
-    await until(() => result.current.bids.events.length === 2 && result.current.all.events.length === 2, 'the events');
+    // Both hooks see the same frames, one after the other: wait for the last event in each.
+    const last = (events) => events.at(-1)?.event.data.n;
+    await until(() => last(result.current.bids.events) === 3 && last(result.current.all.events) === 3, 'the events');
     assert.deepEqual(result.current.bids.events.map((e) => e.event.data.n), [1, 3]);
     assert.deepEqual(result.current.all.events.map((e) => e.event.data.n), [2, 3], 'keep: 2 keeps the latest two');
     assert.equal(seen.length, 2);
