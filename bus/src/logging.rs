@@ -91,3 +91,16 @@ mod tests {
         assert_eq!(LogFormat::parse("logfmt"), None);
     }
 }
+
+/// An error with its causes, for a log line or a message ("error sending request:
+/// connection refused"): `Display` of most errors shows only the outermost one.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use switchboard_bus::logging::error_chain;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -339,17 +340,6 @@ pub fn valid_traceparent(text: &str) -> bool {
         && hex(parts[3], 2)
         && parts[1].bytes().any(|b| b != b'0')
         && parts[2].bytes().any(|b| b != b'0')
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
