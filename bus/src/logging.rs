@@ -79,19 +79,6 @@ pub fn init(default: &str, to: LogTo) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::LogFormat;
-
-    #[test]
-    fn the_log_format_is_text_unless_json_is_asked_for() {
-        assert_eq!(LogFormat::parse(""), Some(LogFormat::Text));
-        assert_eq!(LogFormat::parse("text"), Some(LogFormat::Text));
-        assert_eq!(LogFormat::parse(" JSON "), Some(LogFormat::Json));
-        assert_eq!(LogFormat::parse("logfmt"), None);
-    }
-}
-
 /// An error with its causes, for a log line or a message ("error sending request:
 /// connection refused"): `Display` of most errors shows only the outermost one.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
@@ -103,4 +90,17 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogFormat;
+
+    #[test]
+    fn the_log_format_is_text_unless_json_is_asked_for() {
+        assert_eq!(LogFormat::parse(""), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse("text"), Some(LogFormat::Text));
+        assert_eq!(LogFormat::parse(" JSON "), Some(LogFormat::Json));
+        assert_eq!(LogFormat::parse("logfmt"), None);
+    }
 }
