@@ -149,7 +149,7 @@ pub fn run(
                 device: declared.device,
             },
             typing: HashMap::new(),
-            visibility: None,
+            visibility: VisibilityState::Unknown,
             deferred: Vec::new(),
         };
         edge.metrics.gauge(&edge.metrics.connections, 1);
@@ -167,6 +167,16 @@ pub enum Admitted {
     /// Without a token: it has `hello_timeout` to send `hello`. The presence the query
     /// declared holds unless `hello` declares one.
     Pending(PendingSlot, Option<InitialPresence>),
+}
+
+/// What the session knows of its user's privacy setting (for `join`/`leave`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VisibilityState {
+    /// Not needed yet: nobody asked.
+    Unknown,
+    /// Asked; `join`/`leave` wait for the answer.
+    Asking,
+    Known(Visibility),
 }
 
 /// What a connection declares about itself as it opens: its device and its initial
@@ -246,8 +256,8 @@ struct Session {
     me: ConnState,
     /// Per channel, when this connection last sent `typing` and whether it was typing.
     typing: HashMap<ChannelName, (Instant, bool)>,
-    /// How this user shows themself; `None` until the presence service answered.
-    visibility: Option<Visibility>,
+    /// How this user shows themself, as far as the session knows.
+    visibility: VisibilityState,
     /// `join`/`leave` signals waiting for `visibility`.
     deferred: Vec<(ChannelName, &'static str)>,
 }
@@ -264,7 +274,6 @@ impl Session {
         // Rare work is boxed: the states of an inline `.await` are part of the session's
         // future, which every idle connection holds for its whole life.
         Box::pin(self.put_presence()).await;
-        self.learn_visibility();
         Box::pin(self.subscribe_implicit()).await;
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);

@@ -121,7 +121,12 @@ impl Session {
     /// there see them (docs/protocol.md, section 9.4). Until the setting is known they
     /// wait; a `leave` whose `join` still waits cancels it, and neither is sent.
     pub(super) async fn announce(&mut self, channel: &ChannelName, kind: &'static str) {
-        let Some(visibility) = self.visibility else {
+        let VisibilityState::Known(visibility) = self.visibility else {
+            // Asked the first time it matters: most connections never join a channel with
+            // presence, and need not cost the presence service a query.
+            if self.visibility == VisibilityState::Unknown {
+                self.ask_visibility();
+            }
             let waiting_join = self
                 .deferred
                 .iter()
@@ -144,10 +149,17 @@ impl Session {
         }
     }
 
+    /// The user's setting changed: ask again, unless it was never needed.
+    pub(super) fn visibility_changed(&mut self) {
+        if self.visibility != VisibilityState::Unknown {
+            self.ask_visibility();
+        }
+    }
+
     /// Asks how this user shows themself, in a task: the answer comes back as
     /// [`Done::Visibility`]. Unanswered, nobody is told (the private choice).
-    pub(super) fn learn_visibility(&mut self) {
-        self.visibility = None;
+    fn ask_visibility(&mut self) {
+        self.visibility = VisibilityState::Asking;
         let (edge, identity, done) = (self.edge.clone(), self.identity.clone(), self.done.clone());
         self.tasks.spawn(async move {
             let visibility = match crate::privacy::own_visibility(&edge, &identity).await {
@@ -163,7 +175,7 @@ impl Session {
 
     /// The setting is known: the `join`s and `leave`s that waited for it go out.
     pub(super) async fn visibility_known(&mut self, visibility: Visibility) {
-        self.visibility = Some(visibility);
+        self.visibility = VisibilityState::Known(visibility);
         for (channel, kind) in std::mem::take(&mut self.deferred) {
             self.announce(&channel, kind).await;
         }

@@ -147,7 +147,7 @@ impl Session {
         // This user's own privacy changed: `join`/`leave` follow the new setting.
         let own = ChannelName::parse(&format!("presence:{}", self.identity.user)).ok();
         if own.is_some_and(|own| channels.contains(&own)) {
-            self.learn_visibility();
+            self.visibility_changed();
         }
         let outcome = lifecycle::recheck(&self.edge, &self.identity, self.subs.labels(), &channels);
         for label in outcome.revoke {
