@@ -9,6 +9,8 @@ pub const RT_USER: &str = "Rt-User";
 /// The caller's role on an RPC request (`user` or `service`, the token's `role`); set by
 /// the edge, never by a client. Absent means `user`.
 pub const RT_ROLE: &str = "Rt-Role";
+/// W3C Trace Context of the request that made the message (docs/operations.md, section 7).
+pub const TRACEPARENT: &str = "traceparent";
 /// Present with `application/json` when the payload is a JSON envelope, absent for postcard.
 pub const CONTENT_TYPE: &str = "Content-Type";
 pub const JSON: &str = "application/json";

@@ -2,7 +2,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
-use switchboard_schemas::{ChannelName, Envelope, SubjectKind};
+use switchboard_schemas::{ChannelName, Envelope, SubjectKind, TraceParent};
 
 use crate::headers;
 
@@ -69,10 +69,25 @@ impl Publisher {
         event: &Envelope,
         encoding: Encoding,
     ) -> Result<Published, PublishError> {
+        self.publish_traced(channel, event, encoding, None).await
+    }
+
+    /// [`Publisher::publish_as`], carrying a W3C `traceparent` on the stored message, so
+    /// whoever handles the event continues that trace.
+    pub async fn publish_traced(
+        &self,
+        channel: &ChannelName,
+        event: &Envelope,
+        encoding: Encoding,
+        trace: Option<&TraceParent>,
+    ) -> Result<Published, PublishError> {
         let subject = channel.subject(SubjectKind::Durable);
         let mut headers = HeaderMap::new();
         headers.insert(headers::MSG_ID, event.id.as_str());
         headers.insert(headers::RT_TYPE, event.ty.as_str());
+        if let Some(trace) = trace {
+            headers.insert(headers::TRACEPARENT, trace.as_str());
+        }
         let payload = match encoding {
             Encoding::Postcard => event.to_postcard(),
             Encoding::Json => {

@@ -16,10 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use switchboard_bus::Encoding;
 use switchboard_schemas::frame::RpcMethod;
 use switchboard_schemas::shapes::Role;
 use switchboard_schemas::{
-    Actor, ChannelName, Envelope, ErrorCode, EventId, EventType, InitialPresence, Metadata, RawJson,
+    Actor, ChannelName, Envelope, ErrorCode, EventId, EventType, InitialPresence, Metadata,
+    RawJson, TraceParent,
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -185,7 +187,12 @@ async fn publish(
     event.metadata = request.metadata;
     let published = edge
         .publisher
-        .publish(&channel, &event)
+        .publish_traced(
+            &channel,
+            &event,
+            Encoding::Postcard,
+            trace(&headers).as_ref(),
+        )
         .await
         .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
     edge.metrics.count(&edge.metrics.published, 1);
@@ -195,6 +202,12 @@ async fn publish(
         "duplicate": published.duplicate,
     }))
     .into_response())
+}
+
+/// The request's W3C `traceparent` header, when it holds one (an invalid one is ignored).
+fn trace(headers: &HeaderMap) -> Option<TraceParent> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    TraceParent::parse(value.trim())
 }
 
 /// `POST /v1/rpc/<method>`: the same calls as the `rpc` frame.
@@ -213,7 +226,7 @@ async fn call(
     } else {
         RawJson::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
     };
-    let result = rpc::call(&edge, &identity, &method, &params).await?;
+    let result = rpc::call(&edge, &identity, &method, &params, trace(&headers).as_ref()).await?;
     let body = format!("{{\"result\":{}}}", result.as_str());
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -99,7 +99,7 @@ pub async fn own_visibility(edge: &Edge, identity: &Identity) -> Result<Visibili
     }
     let method = switchboard_schemas::frame::RpcMethod::parse("presence.privacy.get")
         .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-    match rpc::call(edge, identity, &method, &RawJson::empty_object()).await {
+    match rpc::call(edge, identity, &method, &RawJson::empty_object(), None).await {
         Ok(result) => result
             .decode::<Answer>()
             .map(|a| a.visibility)

@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use switchboard_bus::headers;
 use switchboard_schemas::frame::RpcMethod;
 use switchboard_schemas::shapes::Role;
-use switchboard_schemas::{ErrorCode, RawJson};
+use switchboard_schemas::{ErrorCode, RawJson, TraceParent};
 
 use crate::Edge;
 use crate::auth::Identity;
@@ -27,6 +27,7 @@ pub async fn call(
     caller: &Identity,
     method: &RpcMethod,
     params: &RawJson,
+    trace: Option<&TraceParent>,
 ) -> Result<RawJson, Refusal> {
     let role = match caller.role {
         Role::User => "user",
@@ -39,6 +40,7 @@ pub async fn call(
         role,
         method.as_str(),
         params,
+        trace,
     )
     .await
 }
@@ -50,7 +52,16 @@ pub async fn ask_internal(
     method: &str,
     params: &RawJson,
 ) -> Result<RawJson, Refusal> {
-    request(edge, format!("int.{method}"), user, "user", method, params).await
+    request(
+        edge,
+        format!("int.{method}"),
+        user,
+        "user",
+        method,
+        params,
+        None,
+    )
+    .await
 }
 
 async fn request(
@@ -60,10 +71,14 @@ async fn request(
     role: &str,
     method: &str,
     params: &RawJson,
+    trace: Option<&TraceParent>,
 ) -> Result<RawJson, Refusal> {
     let mut h = async_nats::HeaderMap::new();
     h.insert(headers::RT_USER, user);
     h.insert(headers::RT_ROLE, role);
+    if let Some(trace) = trace {
+        h.insert(headers::TRACEPARENT, trace.as_str());
+    }
     let request =
         edge.nats
             .request_with_headers(subject, h, Bytes::copy_from_slice(params.as_bytes()));

@@ -272,3 +272,121 @@ async fn receipts_are_coalesced_onto_the_commands_stream() {
         "four frames coalesced into one command"
     );
 }
+
+/// W3C Trace Context from clients and backends reaches NATS (docs/operations.md, section
+/// 7): a `pub` frame's `trace` and `POST /v1/publish`'s `traceparent` header are stored
+/// with the event; an `rpc` frame's `trace` and `POST /v1/rpc`'s header travel with the
+/// request. An invalid one is ignored, not refused.
+#[tokio::test]
+async fn trace_context_travels_with_publishes_and_rpc() {
+    use futures_util::StreamExt;
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let stack = Stack::start().await;
+    participants(&stack, "conversation:t1", &["u1"]).await;
+    let edge = stack.edge(&[]);
+    let stored_trace = |seq: u64| {
+        let js = stack.js.clone();
+        async move {
+            let stream = js.get_stream("EVENTS").await.unwrap();
+            let message = stream.get_raw_message(seq).await.unwrap();
+            message
+                .headers
+                .get("traceparent")
+                .map(|v| v.as_str().to_string())
+        }
+    };
+
+    let mut client = edge.connect("u1").await;
+    let traced = client
+        .request(
+            json!({"op":"pub","ch":"conversation:t1","type":"message.new",
+                        "data":{"text":"hi"},"trace": TRACE}),
+        )
+        .await;
+    assert_eq!(
+        stored_trace(traced["seq"].as_u64().unwrap())
+            .await
+            .as_deref(),
+        Some(TRACE)
+    );
+    let untraced = client
+        .request(
+            json!({"op":"pub","ch":"conversation:t1","type":"message.new",
+                        "data":{"text":"hi"},"trace":"garbage"}),
+        )
+        .await;
+    assert_eq!(
+        untraced["op"], "ok",
+        "an invalid trace is ignored: {untraced}"
+    );
+    assert_eq!(stored_trace(untraced["seq"].as_u64().unwrap()).await, None);
+
+    let service = format!(
+        "Bearer {}",
+        token_with(json!({"sub":"billing","role":"service","exp": now() + 600}))
+    );
+    let body = json!({"channel":"domain:t","type":"project.update","data":{}}).to_string();
+    let (status, answer) = http(
+        &edge.addr,
+        "POST",
+        "/v1/publish",
+        &[
+            ("Authorization", &service),
+            ("traceparent", TRACE),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let seq = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(stored_trace(seq).await.as_deref(), Some(TRACE));
+
+    // RPC: the service sees the trace context on the request.
+    let mut requests = stack.client.subscribe("svc.test.trace").await.unwrap();
+    stack.client.flush().await.unwrap();
+    let answering = stack.client.clone();
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(request) = requests.next().await {
+            seen.push(
+                request
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("traceparent"))
+                    .map(|v| v.as_str().to_string()),
+            );
+            if let Some(reply) = request.reply {
+                answering
+                    .publish(reply, r#"{"result":{}}"#.into())
+                    .await
+                    .unwrap();
+            }
+            if seen.len() == 2 {
+                return seen;
+            }
+        }
+        seen
+    });
+    let reply = client
+        .request(json!({"op":"rpc","method":"test.trace","trace": TRACE}))
+        .await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    let user = format!("Bearer {}", token("u1", 600, &[]));
+    let (status, _) = http(
+        &edge.addr,
+        "POST",
+        "/v1/rpc/test.trace",
+        &[("Authorization", &user), ("traceparent", TRACE)],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = tokio::time::timeout(Duration::from_secs(5), seen)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, [Some(TRACE.to_string()), Some(TRACE.to_string())]);
+}

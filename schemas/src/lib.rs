@@ -54,6 +54,7 @@ pub mod json;
 pub mod membership;
 pub mod presence;
 pub mod shapes;
+pub mod trace;
 
 pub use channel::{ChannelError, ChannelName, ChannelPattern, Namespace, SubjectKind, UserAlias};
 pub use error::{ByeCode, ErrorCode, UnsubCode};
@@ -68,3 +69,4 @@ pub use frame::{
 pub use json::RawJson;
 pub use membership::{Membership, UserId};
 pub use presence::{InitialPresence, PresenceStatus, VisibleStatus};
+pub use trace::TraceParent;

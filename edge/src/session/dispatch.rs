@@ -17,7 +17,13 @@ impl Session {
                 self.unsubscribe(&ch).await;
                 self.reply(ServerFrame::ok(id).encode());
             }
-            ClientFrame::Pub { ch, ty, data, key } => self.on_pub(id, ch, ty, data, key),
+            ClientFrame::Pub {
+                ch,
+                ty,
+                data,
+                key,
+                trace,
+            } => self.on_pub(id, ch, ty, data, key, trace),
             ClientFrame::Sig { ch, ty, data } => self.on_sig(id, ch, ty, data).await,
             ClientFrame::Ack { ch, seq } => self.on_receipt(id, ch, Some(seq), None),
             ClientFrame::Read { ch, seq } => self.on_receipt(id, ch, None, Some(seq)),
@@ -25,7 +31,11 @@ impl Session {
             ClientFrame::Who { ch } => self.on_who(id, ch),
             ClientFrame::History { ch, before, limit } => self.on_history(id, ch, before, limit),
             ClientFrame::Refresh { token } => self.on_refresh(id, token).await,
-            ClientFrame::Rpc { method, params } => self.on_rpc(id, method, params),
+            ClientFrame::Rpc {
+                method,
+                params,
+                trace,
+            } => self.on_rpc(id, method, params, trace),
         }
     }
 

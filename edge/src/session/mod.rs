@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
-use switchboard_bus::OCCUPANCY_BUCKET;
+use switchboard_bus::{Encoding, OCCUPANCY_BUCKET};
 use switchboard_schemas::event::types;
 use switchboard_schemas::frame::{Member, OkReply, RpcMethod, SignalType};
 use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
 use switchboard_schemas::{
     Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType, EvtFrame,
     InitialPresence, PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind,
-    TypeFilters, UnsubCode, VisibleStatus,
+    TraceParent, TypeFilters, UnsubCode, VisibleStatus,
 };
 use tokio::task::JoinSet;
 

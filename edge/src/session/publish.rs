@@ -12,6 +12,7 @@ impl Session {
         ty: EventType,
         data: switchboard_schemas::RawJson,
         key: Option<String>,
+        trace: Option<TraceParent>,
     ) {
         if !self.limits.take(Op::Pub, &self.slot) {
             return self.rate_limited(id, "too many publishes");
@@ -69,7 +70,11 @@ impl Session {
                 kind: "user".into(),
             });
             event.source = Some("switchboard-edge".into());
-            match edge.publisher.publish(&ch, &event).await {
+            let published = edge
+                .publisher
+                .publish_traced(&ch, &event, Encoding::Postcard, trace.as_ref())
+                .await;
+            match published {
                 Ok(published) => Some({
                     edge.metrics.count(&edge.metrics.published, 1);
                     ServerFrame::Ok {

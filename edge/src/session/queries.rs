@@ -6,18 +6,26 @@ use super::*;
 
 impl Session {
     /// `rpc`: a call to a worker service, answered through the mailbox.
-    pub(super) fn on_rpc(&mut self, id: Option<u64>, method: RpcMethod, params: RawJson) {
+    pub(super) fn on_rpc(
+        &mut self,
+        id: Option<u64>,
+        method: RpcMethod,
+        params: RawJson,
+        trace: Option<TraceParent>,
+    ) {
         let edge = self.edge.clone();
         let caller = self.identity.clone();
         self.spawn(id, async move {
-            Some(match rpc::call(&edge, &caller, &method, &params).await {
-                Ok(result) => ServerFrame::Ok {
-                    id,
-                    reply: OkReply::Rpc { result },
-                }
-                .encode(),
-                Err(refusal) => refusal.frame(id),
-            })
+            Some(
+                match rpc::call(&edge, &caller, &method, &params, trace.as_ref()).await {
+                    Ok(result) => ServerFrame::Ok {
+                        id,
+                        reply: OkReply::Rpc { result },
+                    }
+                    .encode(),
+                    Err(refusal) => refusal.frame(id),
+                },
+            )
         });
     }
 

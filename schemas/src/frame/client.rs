@@ -12,6 +12,7 @@ use crate::error::{ErrorCode, excerpt};
 use crate::event::{EventFieldError, EventType, Timestamp, TypeFilter, TypeFilters};
 use crate::json::RawJson;
 use crate::presence::{InitialPresence, PresenceStatus};
+use crate::trace::TraceParent;
 
 /// One decoded client frame with the `id` its reply must echo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,6 +55,9 @@ pub enum ClientFrame {
         /// The client's idempotency key.
         #[serde(skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// W3C `traceparent` to continue (an invalid one is ignored).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trace: Option<TraceParent>,
     },
     Sig {
         ch: ChannelName,
@@ -93,6 +97,9 @@ pub enum ClientFrame {
         method: RpcMethod,
         /// `{}` when the frame had no `params`.
         params: RawJson,
+        /// W3C `traceparent` to continue (an invalid one is ignored).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trace: Option<TraceParent>,
     },
 }
 
@@ -290,6 +297,8 @@ struct RawFields<'a> {
     device: Option<&'a RawValue>,
     #[serde(borrow)]
     presence: Option<&'a RawValue>,
+    #[serde(borrow)]
+    trace: Option<&'a RawValue>,
     #[serde(borrow)]
     ch: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -503,6 +512,7 @@ impl<'a> RawFields<'a> {
                 ty: EventType::parse(&required_string(self.ty, "type")?)?,
                 data: data(),
                 key: optional(self.key, "key", STRING)?,
+                trace: self.trace(),
             },
             Op::Sig => ClientFrame::Sig {
                 ch: ch()?,
@@ -541,8 +551,16 @@ impl<'a> RawFields<'a> {
                 params: self
                     .params
                     .map_or_else(RawJson::empty_object, RawJson::from),
+                trace: self.trace(),
             },
         })
+    }
+
+    /// `trace`, when it is a string holding a valid `traceparent`; anything else is no
+    /// trace context (W3C: ignored, never an error).
+    fn trace(&self) -> Option<TraceParent> {
+        let text: String = serde_json::from_str(self.trace?.get()).ok()?;
+        TraceParent::parse(&text)
     }
 
     fn types(&self) -> Result<TypeFilters, FrameErrorKind> {
@@ -661,6 +679,7 @@ mod tests {
                 ty: EventType::parse("message.new").unwrap(),
                 data: raw(r#"{"text":"hi"}"#),
                 key: Some("k-123".into()),
+                trace: None,
             }
         );
         assert_eq!(
@@ -717,8 +736,25 @@ mod tests {
             ClientFrame::Rpc {
                 method: RpcMethod::parse("notifications.list").unwrap(),
                 params: raw(r#"{"limit":20}"#),
+                trace: None,
             }
         );
+        let traced = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            frame(&format!(
+                r#"{{"op":"rpc","method":"m.x","trace":"{traced}"}}"#
+            )),
+            ClientFrame::Rpc {
+                method: RpcMethod::parse("m.x").unwrap(),
+                params: RawJson::empty_object(),
+                trace: TraceParent::parse(traced),
+            }
+        );
+        // A trace context that is none is ignored, as W3C asks, not refused.
+        assert!(matches!(
+            frame(r#"{"op":"pub","ch":"conversation:c1","type":"message.new","trace":7}"#),
+            ClientFrame::Pub { trace: None, .. }
+        ));
     }
 
     #[test]
@@ -738,6 +774,7 @@ mod tests {
                 ty: EventType::parse("message.new").unwrap(),
                 data: RawJson::null(),
                 key: None,
+                trace: None,
             }
         );
         assert_eq!(
@@ -745,6 +782,7 @@ mod tests {
             ClientFrame::Rpc {
                 method: RpcMethod::parse("presence.privacy.set").unwrap(),
                 params: RawJson::empty_object(),
+                trace: None,
             }
         );
         assert_eq!(

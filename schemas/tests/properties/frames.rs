@@ -78,6 +78,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 ty: EventType::parse(&ty).unwrap(),
                 data,
                 key,
+                trace: None,
             }
         }),
         (channel(), "[a-z0-9_.-]{1,64}", raw_json()).prop_map(|(ch, ty, data)| ClientFrame::Sig {
@@ -106,6 +107,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(method, params)| ClientFrame::Rpc {
                 method: RpcMethod::parse(&method).unwrap(),
                 params,
+                trace: None,
             }),
     ]
 }

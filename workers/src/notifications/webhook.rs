@@ -323,23 +323,10 @@ impl Webhook {
     }
 }
 
-/// `version-traceid-parentid-flags`, lowercase hex (W3C Trace Context): anything else
-/// in the header is not passed on.
+/// A W3C `traceparent` (checked as `switchboard_schemas::TraceParent` does): anything
+/// else in the header is not passed on.
 pub fn valid_traceparent(text: &str) -> bool {
-    let parts: Vec<&str> = text.split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    parts.len() >= 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1].bytes().any(|b| b != b'0')
-        && parts[2].bytes().any(|b| b != b'0')
+    switchboard_schemas::TraceParent::parse(text).is_some()
 }
 
 #[cfg(test)]
