@@ -91,13 +91,19 @@ ensure_nginx() {
 
 # Python test peers for the notification sinks, in the project's venv: http-ece (with
 # the cryptography package it brings) decrypts Web Push payloads and checks VAPID tokens
-# as a push service would (workers/tests/peers/push_service.py).
+# as a push service would (workers/tests/peers/push_service.py); aiosmtpd is the SMTP
+# server the email sink sends to (workers/tests/peers/smtp_server.py).
 ensure_sink_test_peers() {
   ensure_nats_server
   if ! "$VENV/bin/python" -c 'import http_ece, cryptography' 2>/dev/null; then
     log "installing http-ece (PyPI) into .venv"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check 'http-ece>=1.2,<2' \
       || die "pip install http-ece failed"
+  fi
+  if ! "$VENV/bin/python" -c 'import aiosmtpd; assert aiosmtpd.__version__ == "1.4.6"' 2>/dev/null; then
+    log "installing aiosmtpd (PyPI) into .venv"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6' \
+      || die "pip install aiosmtpd failed"
   fi
   export SWITCHBOARD_TEST_PYTHON="$VENV/bin/python"
 }

@@ -28,7 +28,7 @@
 //! - [`rpc`] serves `svc.notifications.list|read|preferences.get|preferences.set`.
 //! - [`contacts`] serves the service-only `svc.contacts.set|get`: users' email addresses.
 //! - [`sink`] hands deliveries to the webhook and the `notify.push.<user>` /
-//!   `notify.email.<user>` subjects, with retries.
+//!   `notify.email.<user>` subjects, Web Push and SMTP, with retries.
 //! - retention: a periodic pass deleting notifications, deliveries and processed-event
 //!   marks older than the configured retention. Events older than the retention create
 //!   nothing, so a replay of the stream does not resurrect expired notifications.
@@ -39,6 +39,7 @@
 //! are outbox rows, so the outbox relay must run somewhere for them to reach clients.
 
 pub mod contacts;
+pub mod email;
 pub mod preferences;
 pub mod presence;
 pub mod push;
@@ -73,6 +74,7 @@ use crate::membership::Membership;
 use crate::membership::mirror::role_name;
 use crate::responder;
 use contacts::Contacts;
+use email::{EmailError, Mailer, SmtpUrl};
 use preferences::Preferences;
 use presence::Presence;
 use rpc::{Rpc, user_channel};
@@ -168,7 +170,22 @@ pub struct NotificationsConfig {
     #[arg(long, env = "SWITCHBOARD_PUSH_TTL_S", default_value_t = 86_400)]
     pub push_ttl_s: u64,
 
-    /// How long one webhook request may take.
+    /// SMTP server for email: `smtp://host:port` (plain), `smtp://...?tls=starttls`,
+    /// `smtps://` (TLS), credentials as `user:password@` (percent-encoded). None: email
+    /// goes to the webhook and the subjects instead.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SMTP_URL",
+        hide_env_values = true,
+        value_parser = email::url_parser()
+    )]
+    pub smtp_url: Option<SmtpUrl>,
+
+    /// The sender of email: `alerts@example.com` or `Example <alerts@example.com>`.
+    #[arg(long, env = "SWITCHBOARD_EMAIL_FROM")]
+    pub email_from: Option<String>,
+
+    /// How long one webhook request, push or email may take.
     #[arg(
         long,
         env = "SWITCHBOARD_NOTIFY_WEBHOOK_TIMEOUT_MS",
@@ -222,6 +239,8 @@ pub enum SetupError {
     Vapid(#[from] VapidError),
     #[error("cannot set up Web Push: {0}")]
     WebPush(#[from] PushError),
+    #[error(transparent)]
+    Email(#[from] EmailError),
 }
 
 impl NotificationsConfig {
@@ -256,9 +275,18 @@ impl NotificationsConfig {
             }
             None => None,
         };
+        let mailer = match &self.smtp_url {
+            Some(url) => Some(Arc::new(Mailer::new(
+                url.clone(),
+                self.email_from.as_deref(),
+                timeout,
+            )?)),
+            None => None,
+        };
         Ok(SinkConfig {
             webhook,
             webpush,
+            mailer,
             push_hosts: EndpointHosts::parse(&self.push_endpoint_hosts),
             webhook_timeout: timeout,
             subjects: self.notify_subjects,
@@ -297,6 +325,7 @@ impl Service {
             webhook = ?config.notify_webhook_url.as_ref().map(ToString::to_string),
             subjects = config.notify_subjects,
             web_push = config.vapid_private_key.is_some(),
+            smtp = ?config.smtp_url.as_ref().map(ToString::to_string),
             "notification rules loaded"
         );
         let js = jetstream::new(client.clone());
@@ -309,6 +338,7 @@ impl Service {
                 js: js.clone(),
                 presence: Presence::new(client.clone()),
                 sinks: sinks.sinks(),
+                email_by_smtp: sinks.mailer.is_some(),
                 wake: wake.clone(),
                 retention_days: config.notifications_retention_days,
                 wait_for_membership: config.notifications_wait_for_membership,
@@ -371,6 +401,8 @@ pub struct Notifications {
     js: jetstream::Context,
     presence: Presence,
     sinks: Vec<&'static str>,
+    /// SMTP is configured: email goes there only.
+    email_by_smtp: bool,
     wake: Arc<Notify>,
     retention_days: u32,
     wait_for_membership: bool,
@@ -721,11 +753,11 @@ impl Notifications {
             let payload =
                 serde_json::to_string(&outbound).map_err(|e| StoreError::Row(e.to_string()))?;
             for sink in &self.sinks {
+                if !sink::carries(sink, medium, self.email_by_smtp) {
+                    continue;
+                }
                 // Web Push goes to each of the user's devices, one row each.
                 let targets = if *sink == sink::WEBPUSH {
-                    if medium != sink::PUSH {
-                        continue;
-                    }
                     store::push_targets(tx, user).await?
                 } else {
                     vec![String::new()]

@@ -20,6 +20,12 @@
 //!   (the browser dropped it) and end the row; 408, 429, 5xx and network errors retry;
 //!   other answers fail the row for good.
 //!
+//! - **smtp**: the email, to the address `contacts.set` stored for the user
+//!   ([`super::email`]), plain text and HTML. With SMTP configured, email goes only here
+//!   (not to the webhook or the subjects), so nobody gets it twice. No address fails
+//!   the row at once; a 5xx refusal fails it for good (recorded in `last_error`); 4xx,
+//!   network errors and timeouts retry.
+//!
 //! A delivery row exists once per (event, user, medium, sink, device), inserted with the
 //! notification it belongs to, so a redelivered event never sends twice. The dispatcher
 //! claims due rows with `FOR UPDATE SKIP LOCKED`, pushing `next_attempt_at` a lease
@@ -39,6 +45,7 @@ use switchboard_schemas::shapes::{NotificationCategory, NotificationRef, Priorit
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::email::{Letter, Mailer, SendError};
 use super::webhook::Webhook;
 use super::webpush::{EndpointHosts, Subscription, WebPush};
 use crate::backoff::Backoff;
@@ -46,6 +53,7 @@ use crate::backoff::Backoff;
 pub const WEBHOOK: &str = "webhook";
 pub const SUBJECT: &str = "subject";
 pub const WEBPUSH: &str = "webpush";
+pub const SMTP: &str = "smtp";
 pub const PUSH: &str = "push";
 pub const EMAIL: &str = "email";
 
@@ -86,6 +94,7 @@ UPDATE switchboard.notification_deliveries SET failed_at = now(), last_error = $
 pub struct SinkConfig {
     pub webhook: Option<Webhook>,
     pub webpush: Option<Arc<WebPush>>,
+    pub mailer: Option<Arc<Mailer>>,
     pub push_hosts: EndpointHosts,
     pub webhook_timeout: Duration,
     pub subjects: bool,
@@ -108,7 +117,20 @@ impl SinkConfig {
         if self.webpush.is_some() {
             sinks.push(WEBPUSH);
         }
+        if self.mailer.is_some() {
+            sinks.push(SMTP);
+        }
         sinks
+    }
+}
+
+/// Whether `sink` takes deliveries of `medium`: Web Push only push, SMTP only email, and
+/// with SMTP configured (`smtp`) the others no email.
+pub fn carries(sink: &str, medium: &str, smtp: bool) -> bool {
+    match sink {
+        WEBPUSH => medium == PUSH,
+        SMTP => medium == EMAIL,
+        _ => medium != EMAIL || !smtp,
     }
 }
 
@@ -281,7 +303,41 @@ impl Dispatcher {
                 Some(webpush) => self.push(webpush, delivery).await,
                 None => Attempt::Failed("Web Push is not configured any more".into()),
             },
+            SMTP => match &self.config.mailer {
+                Some(mailer) => self.mail(mailer, delivery).await,
+                None => Attempt::Failed("SMTP is not configured any more".into()),
+            },
             other => Attempt::Failed(format!("unknown sink {other:?}")),
+        }
+    }
+
+    async fn mail(&self, mailer: &Mailer, delivery: &Claimed) -> Attempt {
+        let address: Option<String> =
+            match sqlx::query_scalar("SELECT email FROM switchboard.contacts WHERE user_id = $1")
+                .bind(&delivery.user)
+                .fetch_optional(&self.db)
+                .await
+            {
+                Ok(address) => address,
+                Err(error) => return Attempt::Retry(format!("reading the contact: {error}")),
+            };
+        let Some(address) = address else {
+            return Attempt::Failed(format!(
+                "no email address for user {} (contacts.set)",
+                delivery.user
+            ));
+        };
+        let payload: PushPayload = match serde_json::from_str(&delivery.payload) {
+            Ok(payload) => payload,
+            Err(error) => return Attempt::Failed(format!("unreadable delivery: {error}")),
+        };
+        let letter = Letter::new(&payload.title, &payload.message);
+        let timeout = self.config.webhook_timeout;
+        match tokio::time::timeout(timeout, mailer.send(&delivery.key, &address, &letter)).await {
+            Ok(Ok(())) => Attempt::Delivered,
+            Ok(Err(SendError::Permanent(reason))) => Attempt::Failed(reason),
+            Ok(Err(SendError::Transient(reason))) => Attempt::Retry(reason),
+            Err(_) => Attempt::Retry(format!("SMTP took over {timeout:?}")),
         }
     }
 
@@ -440,6 +496,27 @@ mod tests {
     use switchboard_schemas::ChannelName;
 
     use super::*;
+
+    #[test]
+    fn with_smtp_email_goes_there_only() {
+        for (sink, medium, smtp, expected) in [
+            (WEBHOOK, EMAIL, false, true),
+            (SUBJECT, EMAIL, false, true),
+            (WEBHOOK, EMAIL, true, false),
+            (SUBJECT, EMAIL, true, false),
+            (SMTP, EMAIL, true, true),
+            (SMTP, PUSH, true, false),
+            (WEBHOOK, PUSH, true, true),
+            (WEBPUSH, PUSH, true, true),
+            (WEBPUSH, EMAIL, false, false),
+        ] {
+            assert_eq!(
+                carries(sink, medium, smtp),
+                expected,
+                "{sink} {medium} {smtp}"
+            );
+        }
+    }
 
     #[test]
     fn outbound_json_is_the_documented_shape() {

@@ -1,0 +1,273 @@
+//! Email over SMTP end to end: addresses set with the service-only `contacts.set` as a
+//! backend calls it through the edge, the notifications job sending to an SMTP server
+//! on loopback (tests/peers/smtp_server.py, Python's aiosmtpd) that decodes each
+//! message with Python's email package, against real nats-server and PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard_schemas::Actor;
+
+use support::http::Receiver;
+use support::{Peer, Setup, Worker, call, event, eventually, publish, request, setup};
+
+const JOBS: &str = "membership,notifications,outbox";
+
+async fn add_member(setup: &Setup, channel: &str, user: &str, role: &str) {
+    publish(
+        setup,
+        channel,
+        &event("member.added", json!({"user": user, "role": role})),
+    )
+    .await;
+}
+
+/// `contacts.set` as a backend's service token makes the edge send it.
+async fn set_contact(setup: &Setup, user: &str, address: &str) {
+    let answer = request(
+        setup,
+        "svc.contacts.set",
+        &[("Rt-User", "backend"), ("Rt-Role", "service")],
+        json!({"user": user, "email": address}),
+    )
+    .await;
+    assert_eq!(
+        answer["result"],
+        json!({"user": user, "email": address}),
+        "{answer}"
+    );
+}
+
+/// (delivered, failed, attempts, last_error) of `user`'s email delivery by SMTP.
+async fn smtp_delivery(setup: &Setup, user: &str) -> Option<(bool, bool, i32, Option<String>)> {
+    sqlx::query_as(
+        "SELECT delivered_at IS NOT NULL, failed_at IS NOT NULL, attempts, last_error
+           FROM switchboard.notification_deliveries
+          WHERE user_id = $1 AND medium = 'email' AND sink = 'smtp'",
+    )
+    .bind(user)
+    .fetch_optional(&setup.db)
+    .await
+    .unwrap()
+}
+
+fn body_of(record: &Value, content_type: &str) -> String {
+    let parts = record["parts"].as_array().unwrap();
+    let part = parts
+        .iter()
+        .find(|part| part["type"] == content_type)
+        .unwrap_or_else(|| panic!("no {content_type} part in {record}"));
+    part["body"].as_str().unwrap().replace("\r\n", "\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_reaches_the_smtp_server_and_what_cannot_be_sent_is_recorded() {
+    let setup = setup().await;
+    let mut smtp = Peer::start("smtp_server.py", &[]);
+    let port = smtp.next().await["port"].as_u64().unwrap();
+    // Push still goes to the webhook; email, with SMTP configured, only by SMTP.
+    let webhook = Receiver::start(|_| 204).await;
+    let _worker = Worker::start(
+        &setup,
+        JOBS,
+        &[
+            ("SWITCHBOARD_SMTP_URL", format!("smtp://127.0.0.1:{port}")),
+            (
+                "SWITCHBOARD_EMAIL_FROM",
+                "Switchboard <alerts@example.com>".into(),
+            ),
+            (
+                "SWITCHBOARD_NOTIFY_WEBHOOK_URL",
+                format!("{}/notify", webhook.base),
+            ),
+            ("SWITCHBOARD_NOTIFY_SUBJECTS", "false".into()),
+            ("SWITCHBOARD_NOTIFY_RETRY_BASE_MS", "100".into()),
+            ("SWITCHBOARD_NOTIFY_RETRY_MAX_MS", "200".into()),
+            ("SWITCHBOARD_NOTIFY_MAX_ATTEMPTS", "1000".into()),
+        ],
+    );
+
+    // u1 has an address; u2 none; the server refuses u3's for good and u4's for now.
+    set_contact(&setup, "u1", "ann@example.com").await;
+    set_contact(&setup, "u3", "refused@example.com").await;
+    set_contact(&setup, "u4", "busy@example.com").await;
+    for user in ["u1", "u2", "u3", "u4"] {
+        let set = call(
+            &setup,
+            "notifications.preferences.set",
+            user,
+            json!({"categories": {"bid": {"email": true}}}),
+        )
+        .await;
+        assert_eq!(set["categories"]["bid"]["email"], true, "{set}");
+        add_member(&setup, "project:p1", user, "owner").await;
+    }
+    let mut bid = event("bid.new", json!({"amount": 5000}));
+    bid.actor = Some(Actor {
+        id: "c9".into(),
+        kind: "contractor".into(),
+    });
+    publish(&setup, "project:p1", &bid).await;
+
+    // One message, to u1 only, both parts from the notification.
+    let mut received = Vec::new();
+    let seen = |received: &[Value], key: &str, value: &str| {
+        received.iter().any(|record| record[key] == value)
+    };
+    while !(seen(&received, "to", "ann@example.com")
+        && seen(&received, "refused", "refused@example.com")
+        && seen(&received, "refused", "busy@example.com"))
+    {
+        received.push(smtp.next().await);
+    }
+    // Whatever else arrives within a second (u4's retries, refused again).
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Some(record) = smtp
+        .next_within(until.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        received.push(record);
+    }
+    let messages: Vec<&Value> = received
+        .iter()
+        .filter(|r| r.get("parts").is_some())
+        .collect();
+    assert_eq!(messages.len(), 1, "{received:?}");
+    let message = messages[0];
+    assert_eq!(message["mail_from"], "alerts@example.com");
+    assert_eq!(message["rcpt_tos"], json!(["ann@example.com"]));
+    assert_eq!(message["from"], "Switchboard <alerts@example.com>");
+    assert_eq!(message["to"], "ann@example.com");
+    assert_eq!(message["subject"], "New bid");
+    assert_eq!(message["content_type"], "multipart/alternative");
+    assert!(
+        message["message_id"]
+            .as_str()
+            .unwrap()
+            .ends_with(".switchboard@example.com>"),
+        "{message}"
+    );
+    assert_eq!(
+        body_of(message, "text/plain"),
+        "New bid\n\nc9 placed a bid of 5000 on p1\n"
+    );
+    let html = body_of(message, "text/html");
+    assert!(
+        html.contains("<h1 style=\"font-size:1.2em\">New bid</h1>")
+            && html.contains("<p>c9 placed a bid of 5000 on p1</p>"),
+        "{html}"
+    );
+    let refusals: Vec<(&str, u64)> = received
+        .iter()
+        .filter_map(|r| Some((r["refused"].as_str()?, r["code"].as_u64()?)))
+        .collect();
+    assert!(
+        refusals.contains(&("refused@example.com", 550)),
+        "{refusals:?}"
+    );
+    assert!(
+        refusals.contains(&("busy@example.com", 451)),
+        "{refusals:?}"
+    );
+
+    let ended = |user: &'static str| {
+        let setup = &setup;
+        async move {
+            eventually(&format!("{user}'s email to end"), || async {
+                smtp_delivery(setup, user)
+                    .await
+                    .filter(|row| row.0 || row.1)
+            })
+            .await
+        }
+    };
+    assert_eq!(ended("u1").await, (true, false, 1, None));
+    let (_, failed, attempts, error) = ended("u2").await;
+    assert!(failed && attempts == 1, "no address: failed at once");
+    assert_eq!(
+        error.as_deref(),
+        Some("no email address for user u2 (contacts.set)")
+    );
+    let (_, failed, attempts, error) = ended("u3").await;
+    assert!(failed && attempts == 1, "a 550 is not retried");
+    assert!(error.as_deref().unwrap().contains("550"), "{error:?}");
+
+    // The 451 is retried with backoff, and stays pending.
+    let (delivered, failed, attempts, error) = eventually("u4's email to be retried", || async {
+        smtp_delivery(&setup, "u4").await.filter(|row| row.2 >= 3)
+    })
+    .await;
+    assert!(!delivered && !failed, "a 4xx is retried, not given up");
+    assert!(attempts >= 3);
+    assert!(error.as_deref().unwrap().contains("451"), "{error:?}");
+
+    // The webhook heard each user's push and no email.
+    eventually("the webhook to hear four pushes", || async {
+        (webhook.requests().len() >= 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let media: Vec<Value> = webhook
+        .requests()
+        .iter()
+        .map(|request| request.json()["medium"].clone())
+        .collect();
+    assert_eq!(media, vec![json!("push"); 4]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_smtp_settings_stop_the_worker_without_showing_the_secret() {
+    let setup = setup().await;
+    let secret = "hunter2-smtp-secret";
+    let from = ("SWITCHBOARD_EMAIL_FROM", "alerts@example.com".to_string());
+    for (env, reason) in [
+        (
+            vec![
+                (
+                    "SWITCHBOARD_SMTP_URL",
+                    format!("smtp://ann:{secret}@mail.example.com"),
+                ),
+                from.clone(),
+            ],
+            "credentials would cross the network in the clear",
+        ),
+        (
+            vec![
+                (
+                    "SWITCHBOARD_SMTP_URL",
+                    format!("http://ann:{secret}@mail.example.com"),
+                ),
+                from.clone(),
+            ],
+            "only smtp:// and smtps:// are supported",
+        ),
+        (
+            vec![
+                (
+                    "SWITCHBOARD_SMTP_URL",
+                    format!("smtps://mail.example.com?tls=opportunistic&key={secret}"),
+                ),
+                from.clone(),
+            ],
+            "the only query it takes is ?tls=starttls",
+        ),
+        (
+            vec![(
+                "SWITCHBOARD_SMTP_URL",
+                format!("smtps://ann:{secret}@mail.example.com"),
+            )],
+            "SWITCHBOARD_EMAIL_FROM is required with SWITCHBOARD_SMTP_URL",
+        ),
+    ] {
+        let (status, said) = Worker::refused(&setup, JOBS, &env).await;
+        assert!(!status.success(), "{reason}");
+        assert!(
+            said.contains("SWITCHBOARD_SMTP_URL"),
+            "names the setting: {said}"
+        );
+        assert!(said.contains(reason), "{reason:?} in {said}");
+        assert!(!said.contains(secret), "the secret is not shown: {said}");
+    }
+}
