@@ -119,7 +119,8 @@ pub struct NotificationsConfig {
     )]
     pub notifications_wait_for_membership: bool,
 
-    /// Webhook receiving push and email as signed JSON POSTs (http:// or https://).
+    /// Webhook receiving notifications as signed JSON POSTs (http:// or https://): push,
+    /// and email too unless SWITCHBOARD_SMTP_URL sends it.
     /// None: no webhook.
     #[arg(
         long,
