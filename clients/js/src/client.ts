@@ -97,7 +97,9 @@ export class Switchboard extends Emitter<ClientEvents> {
       {
         readyUser: () => (this.connection.canSend ? this.connection.user : undefined),
         publishFrame: async (message) => {
-          const ok = await this.connection.request({ op: 'pub', ch: message.ch, type: message.type, data: message.data, key: message.key });
+          const frame: ClientFrame = { op: 'pub', ch: message.ch, type: message.type, data: message.data, key: message.key };
+          if (message.trace) frame.trace = message.trace;
+          const ok = await this.connection.request(frame);
           return { seq: ok.seq ?? 0, event_id: ok.event_id ?? '' };
         },
         added: (message) => this.emit('message', message),
@@ -270,13 +272,14 @@ export class Switchboard extends Emitter<ClientEvents> {
    * queued (and persisted) until the server stores it; the returned message's status
    * moves sending -> sent -> delivered -> read, or to failed.
    */
-  publish<D = unknown>(ch: string, type: string, data: D, options: { key?: string } = {}): OutgoingMessage<D> {
+  publish<D = unknown>(ch: string, type: string, data: D, options: { key?: string; trace?: string } = {}): OutgoingMessage<D> {
     if (typeof ch !== 'string' || ch.length === 0) throw new TypeError('publish needs a channel name such as "conversation:c1"');
     if (typeof type !== 'string' || type.length === 0) throw new TypeError('publish needs an event type such as "message.new"');
     if (options.key !== undefined && (typeof options.key !== 'string' || options.key.length === 0)) throw new TypeError('publish: key must be a non-empty string');
+    checkTrace('publish', options.trace);
     const token = this.connection.currentToken();
     const user = this.connection.user ?? (token ? tokenClaims(token)?.sub : undefined);
-    return this.outbox.add(ch, type, data, options.key, user);
+    return this.outbox.add(ch, type, data, options.key, user, options.trace);
   }
 
   /** Messages restored from storage or still waiting to be sent. */
@@ -324,12 +327,20 @@ export class Switchboard extends Emitter<ClientEvents> {
 
   // --- requests --------------------------------------------------------------------------
 
-  /** Calls a backend service (`svc.<method>`) and resolves with its result. */
-  rpc<R = unknown>(method: string, params: unknown = {}): Promise<R> {
+  /**
+   * Calls a backend service (`svc.<method>`) and resolves with its result. `trace` is a
+   * W3C `traceparent` the call continues (docs/protocol.md, section 4.10).
+   */
+  rpc<R = unknown>(method: string, params: unknown = {}, options: { trace?: string } = {}): Promise<R> {
     if (typeof method !== 'string' || !/^[a-z0-9_]+(\.[a-z0-9_]+)*$/i.test(method)) {
       return Promise.reject(new TypeError(`rpc: ${JSON.stringify(method)} is not a method name such as "notifications.list"`));
     }
-    return this.connection.rpc<R>(method, params);
+    try {
+      checkTrace('rpc', options.trace);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.connection.rpc<R>(method, params, options.trace);
   }
 
   /** One page of stored events with seq < `before` (default: the newest), ascending. */
@@ -400,5 +411,13 @@ export class Switchboard extends Emitter<ClientEvents> {
     if (signal.type === 'typing') this.typingHelpers.get(signal.ch)?.remoteSignal(signal);
     this.subscriptions.signal(signal);
     this.emit('signal', signal);
+  }
+}
+
+/** A W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), or absent. */
+function checkTrace(what: string, trace: unknown): void {
+  if (trace === undefined) return;
+  if (typeof trace !== 'string' || !/^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/.test(trace)) {
+    throw new TypeError(`${what}: trace must be a W3C traceparent such as "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"`);
   }
 }

@@ -231,9 +231,11 @@ export class Connection extends Emitter<ConnectionEvents> {
   }
 
   /** Calls a backend service: `rpc` frame, or `POST /v1/rpc/<method>` over SSE. */
-  async rpc<R>(method: string, params: unknown): Promise<R> {
-    if (this.link instanceof SseLink && this.state === 'connected') return this.link.rpc<R>(method, params);
-    const ok = await this.request({ op: 'rpc', method, params });
+  async rpc<R>(method: string, params: unknown, trace?: string): Promise<R> {
+    if (this.link instanceof SseLink && this.state === 'connected') return this.link.rpc<R>(method, params, trace);
+    const frame: ClientFrame = { op: 'rpc', method, params };
+    if (trace) frame.trace = trace;
+    const ok = await this.request(frame);
     return ok.result as R;
   }
 

@@ -155,10 +155,12 @@ export class SseLink implements Link {
   }
 
   /** `POST /v1/rpc/<method>` with this stream's token. */
-  async rpc<R>(method: string, params: unknown): Promise<R> {
+  async rpc<R>(method: string, params: unknown, trace?: string): Promise<R> {
+    const headers: Record<string, string> = { Authorization: `Bearer ${this.options.token}`, 'Content-Type': 'application/json' };
+    if (trace) headers.traceparent = trace;
     const response = await this.options.fetch(`${this.base}/v1/rpc/${encodeURIComponent(method)}`, {
       method: 'POST',
-      headers: { Authorization: `Bearer ${this.options.token}`, 'Content-Type': 'application/json' },
+      headers,
       body: JSON.stringify(params ?? {}),
     });
     const body = (await response.json().catch(() => ({}))) as { result?: R; code?: string; message?: string };

@@ -21,6 +21,7 @@ interface StoredEntry {
   data: unknown;
   createdAt: string;
   user?: string;
+  trace?: string;
 }
 
 export class OutgoingMessage<D = unknown> extends Emitter<{ status: MessageStatus }> {
@@ -33,6 +34,8 @@ export class OutgoingMessage<D = unknown> extends Emitter<{ status: MessageStatu
   error?: SwitchboardError;
   /** Whether it was restored from storage (queued before a reload). */
   restored = false;
+  /** The W3C `traceparent` the message is published with, if any. */
+  trace?: string;
 
   constructor(
     readonly key: string,
@@ -84,7 +87,7 @@ export class OutgoingMessage<D = unknown> extends Emitter<{ status: MessageStatu
   }
 
   toJSON(): StoredEntry {
-    return { key: this.key, ch: this.ch, type: this.type, data: this.data, createdAt: this.createdAt, user: this.user };
+    return { key: this.key, ch: this.ch, type: this.type, data: this.data, createdAt: this.createdAt, user: this.user, trace: this.trace };
   }
 }
 
@@ -134,16 +137,18 @@ export class Outbox {
       if (this.queue.some((m) => m.key === entry.key)) continue;
       const message = new OutgoingMessage(entry.key, entry.ch, entry.type, entry.data, entry.createdAt, entry.user, this);
       message.restored = true;
+      if (typeof entry.trace === 'string') message.trace = entry.trace;
       this.queue.push(message);
       this.host.added(message);
     }
   }
 
   /** Queues a new message and tries to send it. */
-  add<D>(ch: string, type: string, data: D, key: string | undefined, user: string | undefined): OutgoingMessage<D> {
+  add<D>(ch: string, type: string, data: D, key: string | undefined, user: string | undefined, trace?: string): OutgoingMessage<D> {
     const existing = key ? this.queue.find((m) => m.key === key) : undefined;
     if (existing) return existing as OutgoingMessage<D>;
     const message = new OutgoingMessage<D>(key ?? randomKey(this.random), ch, type, data, new Date().toISOString(), user, this);
+    if (trace !== undefined) message.trace = trace;
     this.queue.push(message);
     this.host.added(message);
     void this.persist();

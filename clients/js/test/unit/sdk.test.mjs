@@ -220,6 +220,33 @@ test('the offline queue survives a restart and is sent once, with the same key',
   assert.equal(storage.getItem('app:outbox'), null);
 });
 
+test('a trace context travels with publish and rpc, and survives the offline queue', async (t) => {
+  const trace = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+  const storage = memoryStorage();
+  const offline = newClient({ url: 'ws://127.0.0.1:9/v1/ws', token: token(), storage, storageKey: 'tr' });
+  offline.publish('conversation:c1', 'message.new', { text: 'traced' }, { trace });
+  offline.destroy();
+  const edge = await fakeEdge({
+    pub: (frame, { send }) => send({ op: 'ok', id: frame.id, seq: 3, event_id: 'evt_3' }),
+    rpc: (frame, { send }) => send({ op: 'ok', id: frame.id, result: { ok: true } }),
+  });
+  t.after(() => edge.close());
+  const sb = newClient({ url: edge.url, token: token(), storage, storageKey: 'tr' });
+  t.after(() => sb.destroy());
+  const [restored] = await sb.pendingMessages();
+  await sb.connect();
+  await restored.sent();
+  assert.deepEqual(await sb.rpc('test.trace', {}, { trace }), { ok: true });
+  await sb.rpc('test.plain');
+  const pub = edge.frames.find((f) => f.op === 'pub');
+  const rpcs = edge.frames.filter((f) => f.op === 'rpc');
+  assert.equal(pub.trace, trace, 'restored from storage with its trace');
+  assert.equal(rpcs[0].trace, trace);
+  assert.equal('trace' in rpcs[1], false, 'no trace unless given');
+  assert.throws(() => sb.publish('conversation:c1', 'message.new', {}, { trace: 'nope' }), /W3C traceparent/);
+  await assert.rejects(sb.rpc('test.trace', {}, { trace: 'NOPE' }), /W3C traceparent/);
+});
+
 test('a refused publish fails; a retry reuses the key', async (t) => {
   let n = 0;
   const edge = await fakeEdge({
