@@ -104,6 +104,8 @@ struct Held {
     channel: Arc<Channel>,
     /// Cancelled on unsubscribe, so a subscribe still in flight backs out.
     cancel: CancellationToken,
+    /// True once the subscriber is on the channel (its head fixed); closed if it failed.
+    added: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A connection's subscriptions, by the channel as the client spelled it.
@@ -143,16 +145,44 @@ impl Subscriptions {
     ) -> impl Future<Output = Result<(), Refusal>> + Send + 'static {
         let channel = subscribe::attach(edge, &subscription.label);
         let cancel = CancellationToken::new();
+        let (added_tx, added) = tokio::sync::watch::channel(false);
+        let progress = subscribe::Progress {
+            cancel: cancel.clone(),
+            added: added_tx,
+        };
         self.held.insert(
             subscription.label.clone(),
             Held {
                 channel: channel.clone(),
                 cancel: cancel.clone(),
+                added,
             },
         );
         edge.metrics.gauge(&edge.metrics.subscriptions, 1);
         let edge = edge.clone();
-        async move { subscribe::subscribe(&edge, channel, subscription, id, since, reply, cancel).await }
+        async move {
+            subscribe::subscribe(&edge, channel, subscription, id, since, reply, progress).await
+        }
+    }
+
+    /// Resolves once every subscription held to `channel` (by any spelling) is on the
+    /// channel. A client that subscribes and then publishes on one connection must see its
+    /// own message: the edge handles each frame in order but finishes both in tasks, and
+    /// a publish stored before the subscription fixes its head would never reach it.
+    pub fn settled(&self, channel: &ChannelName) -> impl Future<Output = ()> + Send + 'static {
+        let base = channel.base();
+        let mut pending: Vec<tokio::sync::watch::Receiver<bool>> = self
+            .held
+            .iter()
+            .filter(|(label, _)| label.base() == base)
+            .map(|(_, held)| held.added.clone())
+            .collect();
+        async move {
+            for added in &mut pending {
+                // Closed: the subscription failed or ended; nothing to wait for.
+                let _ = added.wait_for(|on| *on).await;
+            }
+        }
     }
 
     /// Ends a subscription: backs out one still being set up, leaves the channel.

@@ -40,8 +40,9 @@ pub async fn subscribe(
     id: Option<u64>,
     since: Option<ResumeFrom>,
     reply: bool,
-    cancel: CancellationToken,
+    progress: Progress,
 ) -> Result<(), Refusal> {
+    let Progress { cancel, added } = progress;
     if let Err(why) = channel.ready().await {
         edge.hub.abandon(&channel);
         return Err(Refusal::unavailable(format!("channel unavailable: {why}")));
@@ -84,6 +85,9 @@ pub async fn subscribe(
         };
         reply.then(|| text(frame.encode()))
     });
+    // From here on every event after `head` reaches this subscriber (live or through the
+    // catch-up buffer): a publish waiting on it may go.
+    added.send_replace(true);
     if cancel.is_cancelled() {
         edge.hub.detach(&channel, conn, &label);
         return Ok(());
@@ -144,6 +148,14 @@ pub async fn subscribe(
             }
         }
     }
+}
+
+/// How a subscription in progress talks with its holder: `cancel` backs it out (an
+/// `unsub` meanwhile), `added` turns true once it is on the channel.
+#[derive(Debug)]
+pub struct Progress {
+    pub cancel: CancellationToken,
+    pub added: tokio::sync::watch::Sender<bool>,
 }
 
 /// Whether the stream still holds every event of the channel after `since` (docs/protocol.md,

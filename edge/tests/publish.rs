@@ -390,3 +390,47 @@ async fn trace_context_travels_with_publishes_and_rpc() {
         .unwrap();
     assert_eq!(seen, [Some(TRACE.to_string()), Some(TRACE.to_string())]);
 }
+
+/// A client that sends `sub` and then `pub` on one socket, without waiting for the `ok`,
+/// receives its own message: the publish waits until the subscription is on the channel
+/// (a fresh channel's bridge starts meanwhile, the race this closes).
+#[tokio::test]
+async fn a_publish_right_after_a_subscribe_reaches_the_same_socket() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut client = edge.connect("u1").await;
+    for round in 0..10 {
+        let ch = format!("conversation:race{round}");
+        participants(&stack, &ch, &["u1"]).await;
+        // Once the edge knows u1 may (a subscription that ends at once: the channel is
+        // released, so the next one starts its bridge afresh).
+        let allowed = client
+            .sub_within(
+                json!({"ch": ch}),
+                std::time::Instant::now(),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(allowed["op"], "ok", "{allowed}");
+        client.request(json!({"op":"unsub","ch": ch})).await;
+        client
+            .send(json!({"op":"sub","id": 1000 + round,"ch": ch}))
+            .await;
+        client
+            .send(json!({"op":"pub","id": 2000 + round,"ch": ch,"type":"message.new","data":{"text": round}}))
+            .await;
+        // The echo may come before or after the `ok`: read until both are in.
+        let (mut published, mut own) = (None, None);
+        while published.is_none() || own.is_none() {
+            let frame = client.recv().await;
+            if frame["id"] == 2000 + round {
+                published = Some(frame);
+            } else if frame["op"] == "evt" && frame["ch"] == ch.as_str() {
+                own = Some(frame);
+            }
+        }
+        let (published, own) = (published.unwrap(), own.unwrap());
+        assert_eq!(published["op"], "ok", "{published}");
+        assert_eq!(own["seq"], published["seq"], "round {round}");
+    }
+}

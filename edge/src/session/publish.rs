@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Longest a publish waits for the connection's own subscription to the channel to be set up.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
 impl Session {
     pub(super) fn on_pub(
         &mut self,
@@ -42,7 +45,10 @@ impl Session {
             None => EventId::generate(),
         };
         let edge = self.edge.clone();
+        let settled = self.subs.settled(&ch);
         self.spawn(id, async move {
+            // A `sub` sent before this `pub` is on the channel before the message is stored.
+            let _ = tokio::time::timeout(SETTLE_LIMIT, settled).await;
             if let Some(seq) = target {
                 match original_sender(&edge, &ch, seq).await {
                     Ok(Some(sender)) if sender == *user => {}

@@ -10,16 +10,22 @@ const storage = { getItem: async (k) => items.get(k) ?? null, setItem: async (k,
 let seed = 42;
 const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
 const sb = new Switchboard({ url: env.URL, token: () => env.TOKEN, WebSocket, storage, random, idleAfterMs: 200, pingIntervalMs: 0 });
+// Generous: CI runs this beside browser tests on two cores. A hang says where it was.
+let step = 'start';
 const timer = setTimeout(() => {
-  console.error('timed out');
+  console.error(`timed out at: ${step}`);
   process.exit(2);
-}, 20_000);
+}, 45_000);
 const got = [];
 sb.subscribe(env.CH, { types: ['message.*'] }, (e) => got.push(e.event.data.text));
+step = 'connect';
 await sb.connect();
+step = 'publish';
 const message = sb.publish(env.CH, 'message.new', { text: 'from a stripped runtime' });
 await message.sent();
+step = 'receive';
 while (got.length === 0) await new Promise((r) => setTimeout(r, 50));
+step = 'rpc';
 let rpc;
 try {
   rpc = await sb.rpc('notifications.list', { limit: 1 });
@@ -27,6 +33,7 @@ try {
 } catch (error) {
   rpc = error.code;
 }
+step = 'away';
 sb.setAppState('background');
 await new Promise((r) => setTimeout(r, 400));
 const away = sb.presence.status;
