@@ -198,6 +198,7 @@ impl Feed {
                 })
             });
             let subscription = Subscription {
+                key: crate::hub::subscription_key(),
                 user: opening.identity.user.clone(),
                 label,
                 filters: TypeFilters::all(),
@@ -239,7 +240,7 @@ impl Feed {
             }
         }
         lost.into_iter()
-            .filter(|label| self.subs.end(&self.edge, self.control.id, label))
+            .filter(|label| self.subs.end(&self.edge, label))
             .map(|label| {
                 ServerFrame::Unsubbed {
                     ch: label,
@@ -253,7 +254,7 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.subs.end_all(&self.edge, self.control.id);
+        self.subs.end_all(&self.edge);
         self.edge.metrics.gauge(&self.edge.metrics.connections, -1);
     }
 }

@@ -39,11 +39,21 @@ pub struct Hub {
 /// One subscription of one connection, as given to [`Channel::add`].
 #[derive(Debug)]
 pub struct Subscription {
+    /// Unique on this edge: one connection may hold two subscriptions to one channel for a
+    /// moment (an `unsub` and a new `sub` while the first is still being set up), and
+    /// each must leave the channel as itself.
+    pub key: u64,
     pub user: Arc<str>,
     /// The channel as the client spelled it; `evt` frames carry it.
     pub label: ChannelName,
     pub filters: TypeFilters,
     pub mailbox: Mailbox,
+}
+
+/// A key for a new [`Subscription`].
+pub fn subscription_key() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Subscription {
@@ -151,17 +161,14 @@ impl Hub {
     }
 
     /// Removes one subscription; drops the channel when it was the last.
-    pub fn detach(&self, channel: &Arc<Channel>, conn: ConnId, label: &ChannelName) {
+    pub fn detach(&self, channel: &Arc<Channel>, key: u64) {
         let mut channels = self.lock();
         {
             // Order among subscribers means nothing, so the last one fills the hole: a
             // mass disconnect from a big channel costs a scan per leaver, not a shift.
             let mut state = channel.state();
             let subscribers = &mut state.subscribers;
-            if let Some(at) = subscribers
-                .iter()
-                .position(|s| s.sub.mailbox.conn() == conn && &s.sub.label == label)
-            {
+            if let Some(at) = subscribers.iter().position(|s| s.sub.key == key) {
                 subscribers.swap_remove(at);
             }
         }
@@ -306,13 +313,9 @@ impl Channel {
 
     /// After a replay pass that sent everything up to `replayed`: drains what was
     /// buffered meanwhile, or says to replay again if the buffer overflowed.
-    pub fn catch_up(&self, conn: ConnId, label: &ChannelName, replayed: u64) -> CatchUp {
+    pub fn catch_up(&self, key: u64, replayed: u64) -> CatchUp {
         let mut state = self.state();
-        let Some(subscriber) = state
-            .subscribers
-            .iter_mut()
-            .find(|s| s.sub.mailbox.conn() == conn && &s.sub.label == label)
-        else {
+        let Some(subscriber) = state.subscribers.iter_mut().find(|s| s.sub.key == key) else {
             return CatchUp::Gone;
         };
         let Mode::CatchingUp { buffer, overflowed } = &mut subscriber.mode else {
@@ -476,6 +479,7 @@ mod tests {
         ));
         let (mailbox, outgoing) = Mailbox::new(64, usize::MAX, control, Arc::default());
         let sub = Subscription {
+            key: conn,
             user: Arc::from("u1"),
             label: label.clone(),
             filters: TypeFilters::all(),
@@ -511,16 +515,16 @@ mod tests {
         channel.deliver(12, Some(&event()));
         channel.deliver(12, Some(&event())); // a repeat from NATS changes nothing
         assert!(seqs(&outgoing).is_empty(), "buffered, not sent");
-        match channel.catch_up(1, &name, 11) {
+        match channel.catch_up(1, 11) {
             CatchUp::Send(frames, last) => {
                 assert_eq!((frames.len(), last), (1, 12), "only what the replay lacked");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(channel.catch_up(1, &name, 12), CatchUp::Live);
+        assert_eq!(channel.catch_up(1, 12), CatchUp::Live);
         channel.deliver(13, Some(&event()));
         assert_eq!(seqs(&outgoing), [13]);
-        assert_eq!(channel.catch_up(2, &name, 0), CatchUp::Gone);
+        assert_eq!(channel.catch_up(2, 0), CatchUp::Gone);
     }
 
     #[test]
@@ -534,6 +538,6 @@ mod tests {
         for seq in 1..=(CATCH_UP_BUFFER as u64 + 1) {
             channel.deliver(seq, Some(&event()));
         }
-        assert_eq!(channel.catch_up(1, &name, 5), CatchUp::ReplayFrom(6));
+        assert_eq!(channel.catch_up(1, 5), CatchUp::ReplayFrom(6));
     }
 }

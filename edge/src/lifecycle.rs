@@ -106,6 +106,8 @@ struct Held {
     cancel: CancellationToken,
     /// True once the subscriber is on the channel (its head fixed); closed if it failed.
     added: tokio::sync::watch::Receiver<bool>,
+    /// The subscription's key in the hub.
+    key: u64,
 }
 
 /// A connection's subscriptions, by the channel as the client spelled it.
@@ -156,6 +158,7 @@ impl Subscriptions {
                 channel: channel.clone(),
                 cancel: cancel.clone(),
                 added,
+                key: subscription.key,
             },
         );
         edge.metrics.gauge(&edge.metrics.subscriptions, 1);
@@ -187,22 +190,22 @@ impl Subscriptions {
 
     /// Ends a subscription: backs out one still being set up, leaves the channel.
     /// Returns whether there was one.
-    pub fn end(&mut self, edge: &Edge, conn: u64, label: &ChannelName) -> bool {
+    pub fn end(&mut self, edge: &Edge, label: &ChannelName) -> bool {
         let Some(held) = self.held.remove(label) else {
             return false;
         };
         held.cancel.cancel();
         // Detaching a subscription that never got added is harmless.
-        edge.hub.detach(&held.channel, conn, label);
+        edge.hub.detach(&held.channel, held.key);
         edge.metrics.gauge(&edge.metrics.subscriptions, -1);
         true
     }
 
     /// Ends every subscription, as the connection goes.
-    pub fn end_all(&mut self, edge: &Edge, conn: u64) {
+    pub fn end_all(&mut self, edge: &Edge) {
         let labels: Vec<ChannelName> = self.held.keys().cloned().collect();
         for label in labels {
-            self.end(edge, conn, &label);
+            self.end(edge, &label);
         }
     }
 }

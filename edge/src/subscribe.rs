@@ -70,7 +70,7 @@ pub async fn subscribe(
     let label = subscription.label.clone();
     let filters = subscription.filters.clone();
     let mailbox = subscription.mailbox.clone();
-    let conn = mailbox.conn();
+    let key = subscription.key;
     let epoch = position.epoch.clone();
     let ok_label = label.clone();
     let head = channel.add(subscription, start.is_some(), move |head| {
@@ -89,7 +89,7 @@ pub async fn subscribe(
     // catch-up buffer): a publish waiting on it may go.
     added.send_replace(true);
     if cancel.is_cancelled() {
-        edge.hub.detach(&channel, conn, &label);
+        edge.hub.detach(&channel, key);
         return Ok(());
     }
     let Some(start) = start else { return Ok(()) };
@@ -134,7 +134,7 @@ pub async fn subscribe(
             continue;
         }
         // Caught up with the stream as of now: hand over to live delivery.
-        match channel.catch_up(conn, &label, replayed) {
+        match channel.catch_up(key, replayed) {
             CatchUp::Live | CatchUp::Gone => return Ok(()),
             CatchUp::ReplayFrom(from) => batch = read(from).await,
             CatchUp::Send(frames, last) => {

@@ -261,7 +261,7 @@ async fn a_connection_declared_invisible_is_never_written_online() {
 
     let mut statuses = Vec::new();
     while statuses.len() < 3 {
-        let entry = tokio::time::timeout(Duration::from_secs(5), writes.next())
+        let entry = tokio::time::timeout(Duration::from_secs(15), writes.next())
             .await
             .expect("a presence write")
             .unwrap()

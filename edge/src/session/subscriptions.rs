@@ -99,6 +99,7 @@ impl Session {
             self.occupy(&label).await;
         }
         let subscription = Subscription {
+            key: crate::hub::subscription_key(),
             user: self.identity.user.clone(),
             label: label.clone(),
             filters: types,
@@ -126,7 +127,7 @@ impl Session {
         if self.has_presence(label) {
             self.vacate(label).await;
         }
-        self.subs.end(&self.edge, self.control.id, label)
+        self.subs.end(&self.edge, label)
     }
 
     /// Ends a subscription the client may no longer hold and tells it so.
