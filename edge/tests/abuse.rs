@@ -1138,7 +1138,7 @@ async fn oversized_and_malformed_frames_end_only_their_socket_and_memory_stays_b
 async fn injected_channel_names_are_bad_requests_and_never_reach_a_subject() {
     let stack = Stack::start().await;
     let mut spy = stack.client.subscribe(">").await.unwrap();
-    stack.client.flush().await.unwrap();
+    switchboard_testkit::synced(&stack.client).await.unwrap();
     let edge = stack.edge(&[
         ("SWITCHBOARD_MAX_BAD_FRAMES", "1000"),
         ("SWITCHBOARD_FRAME_BURST", "1000"),

@@ -214,7 +214,7 @@ async fn forbidden_and_allowed_subscriptions() {
 async fn invalid_channels_are_bad_requests_and_never_reach_a_subject() {
     let stack = Stack::start().await;
     let mut spy = stack.client.subscribe(">").await.unwrap();
-    stack.client.flush().await.unwrap();
+    switchboard_testkit::synced(&stack.client).await.unwrap();
     // Every attempt is a bad frame; this test is not about the abuse limit.
     let edge = stack.edge(&[
         ("SWITCHBOARD_MAX_BAD_FRAMES", "1000"),

@@ -346,7 +346,7 @@ async fn trace_context_travels_with_publishes_and_rpc() {
 
     // RPC: the service sees the trace context on the request.
     let mut requests = stack.client.subscribe("svc.test.trace").await.unwrap();
-    stack.client.flush().await.unwrap();
+    switchboard_testkit::synced(&stack.client).await.unwrap();
     let answering = stack.client.clone();
     let seen = tokio::spawn(async move {
         let mut seen = Vec::new();

@@ -28,7 +28,7 @@ mod nats;
 mod postgres;
 mod process;
 
-pub use nats::{Nats, NatsCluster};
+pub use nats::{Nats, NatsCluster, synced};
 pub use postgres::Postgres;
 pub use process::{Process, binary, free_port, workspace_root};
 

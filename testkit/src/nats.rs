@@ -241,6 +241,20 @@ impl Drop for Nats {
     }
 }
 
+/// Returns once the server has processed everything `client` sent before the call.
+///
+/// `async_nats::Client::flush` only writes the socket: a subscription made just before it
+/// may not yet be known to the server when another connection publishes. The server
+/// answers a connection's requests in order, so the reply to a JetStream API request
+/// (`$JS.API.INFO`, allowed to every role) proves the earlier `SUB` has been applied.
+pub async fn synced(client: &async_nats::Client) -> Result<()> {
+    client
+        .request("$JS.API.INFO", Default::default())
+        .await
+        .context("asking the server for a round trip")?;
+    Ok(())
+}
+
 fn violations(log: &str) -> Vec<String> {
     log.lines()
         .filter(|line| line.contains("Violation"))

@@ -770,7 +770,7 @@ async fn a_privacy_change_is_announced_to_the_edges_after_it_is_stored() {
     // As an edge listens: its own role, every user.
     let edge = setup.nats.connect(support::Role::Edge).await.unwrap();
     let mut changes = edge.subscribe("int.privacy.>").await.unwrap();
-    edge.flush().await.unwrap();
+    switchboard_testkit::synced(&edge).await.unwrap();
 
     // The first choice of the default changes nothing: no notice. The next message is
     // the real change, so none came in between (one publisher, one subscription: order
