@@ -3,7 +3,9 @@
 //   dist/index.cjs           CommonJS, for `require('@switchboard/client')`
 //   dist/switchboard.min.js  one minified script for a <script> tag: the global `Switchboard`
 //                            holds the package's exports (`new Switchboard.Switchboard(...)`)
-// and copies the repository's LICENSE beside package.json, where `npm pack` takes it.
+// copies the service worker of Web Push (sw/switchboard-sw.js, plain JavaScript that runs
+// as it is) to dist/switchboard-sw.js, and the repository's LICENSE beside package.json,
+// where `npm pack` takes it.
 import { build } from 'esbuild';
 import { copyFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -20,6 +22,8 @@ const common = {
 };
 await build({ ...common, format: 'cjs', outfile: join(root, 'dist', 'index.cjs') });
 await build({ ...common, format: 'iife', globalName: 'Switchboard', minify: true, outfile: join(root, 'dist', 'switchboard.min.js') });
+
+copyFileSync(join(root, 'sw', 'switchboard-sw.js'), join(root, 'dist', 'switchboard-sw.js'));
 
 const license = join(root, '..', '..', 'LICENSE');
 if (existsSync(license)) copyFileSync(license, join(root, 'LICENSE'));

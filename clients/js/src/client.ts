@@ -6,8 +6,9 @@
  * - subscriptions.ts: channels, resume cursors, de-duplication, dispatch;
  * - receipts.ts: ack/read cursors and message statuses;
  * - outbox.ts: publishing with idempotency keys and the offline queue;
- * - presence.ts, autoaway.ts, notifications.ts, inbox.ts, typing.ts: feature helpers,
- *   each given a narrow host interface rather than the whole client.
+ * - presence.ts, autoaway.ts, notifications.ts, inbox.ts, push.ts, typing.ts: feature
+ *   helpers, each given a narrow host interface rather than the whole client;
+ * - search.ts: the argument checks of `messages.search`.
  */
 
 import { AutoAway } from './autoaway.js';
@@ -18,7 +19,9 @@ import { Inbox } from './inbox.js';
 import { Notifications } from './notifications.js';
 import { Outbox, OutgoingMessage } from './outbox.js';
 import { Presence } from './presence.js';
+import { Push } from './push.js';
 import { Receipts } from './receipts.js';
+import { search } from './search.js';
 import { defaultStorage } from './storage.js';
 import { Subscriptions } from './subscriptions.js';
 import { Typing } from './typing.js';
@@ -31,6 +34,8 @@ import type {
   HistoryPage,
   ReceiptData,
   ReceiptUpdate,
+  SearchOptions,
+  SearchPage,
   ServerFrame,
   Signal,
   StateChange,
@@ -63,6 +68,7 @@ export class Switchboard extends Emitter<ClientEvents> {
   readonly notifications: Notifications;
   readonly presence: Presence;
   readonly inbox: Inbox;
+  readonly push: Push;
 
   private readonly options: SwitchboardOptions;
   private readonly connection: Connection;
@@ -80,6 +86,7 @@ export class Switchboard extends Emitter<ClientEvents> {
     if (options.random !== undefined && typeof options.random !== 'function') throw new TypeError('Switchboard: random must be a function returning numbers in [0, 1)');
     const random = options.random ?? defaultRandom();
     const requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
+    const storage = options.storage ?? defaultStorage();
     this.connection = new Connection(options, random, this.stats);
     this.subscriptions = new Subscriptions(
       this.connection,
@@ -105,7 +112,7 @@ export class Switchboard extends Emitter<ClientEvents> {
         added: (message) => this.emit('message', message),
         sent: (message) => this.receiptBook.messageSent(message),
       },
-      options.storage ?? defaultStorage(),
+      storage,
       `${options.storageKey ?? 'switchboard'}:outbox`,
       random,
     );
@@ -118,20 +125,18 @@ export class Switchboard extends Emitter<ClientEvents> {
       subscribe: hostSubscribe,
       report: (error) => this.emit('error', error),
     });
-    this.notifications = new Notifications({
+    const whenUser = (listener: (user: string) => void): void => {
+      if (this.connection.user) listener(this.connection.user);
+      else this.once('welcome', ({ user }) => listener(user));
+    };
+    this.notifications = new Notifications({ rpc: (method, params) => this.rpc(method, params), subscribe: hostSubscribe, whenUser });
+    this.inbox = new Inbox({ rpc: (method, params) => this.rpc(method, params), subscribe: hostSubscribe, whenUser });
+    this.push = new Push({
       rpc: (method, params) => this.rpc(method, params),
-      subscribe: hostSubscribe,
-      whenUser: (listener) => {
-        if (this.connection.user) listener(this.connection.user);
-        else this.once('welcome', ({ user }) => listener(user));
-      },
-    });
-    this.inbox = new Inbox({
-      rpc: (method, params) => this.rpc(method, params),
-      onSignal: (listener) => this.on('signal', listener),
-      onConnected: (listener) => this.on('welcome', () => listener()),
-      user: () => this.connection.user,
-      connected: () => this.connection.isUp,
+      storage,
+      storageKey: options.storageKey ?? 'switchboard',
+      random,
+      device: options.device,
     });
     this.autoAway = new AutoAway(options.idleAfterMs ?? DEFAULT_IDLE_AFTER_MS, { idle: (idle) => this.presence.setIdle(idle) });
     this.autoAway.attachToPage();
@@ -341,6 +346,18 @@ export class Switchboard extends Emitter<ClientEvents> {
       return Promise.reject(error);
     }
     return this.connection.rpc<R>(method, params, options.trace);
+  }
+
+  /**
+   * Searches the messages of the conversations the user takes part in (`messages.search`,
+   * newest first; `ch` narrows it to one, `before` is the previous page's `next`).
+   */
+  search<D = unknown>(q: string, options: SearchOptions = {}): Promise<SearchPage<D>> {
+    try {
+      return search<D>((method, params) => this.rpc(method, params), q, options);
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   /** One page of stored events with seq < `before` (default: the newest), ascending. */

@@ -106,6 +106,7 @@ export class Subscriptions {
     const target = sub;
     if (sub.phase === 'idle') this.send(sub);
     else if (sub.phase !== 'ended' && !sameTypes(before, after)) this.resubscribe(sub);
+    else if (sub.phase === 'live') this.joinedLive(sub, listener);
     return () => {
       if (!target.listeners.delete(listener)) return;
       if (target.listeners.size === 0) {
@@ -292,6 +293,22 @@ export class Subscriptions {
         reportListenerError(error);
       }
     }
+  }
+
+  /** A listener that joins a live subscription learns it is subscribed, as the others did. */
+  private joinedLive(sub: ChannelSub, listener: Listener): void {
+    const { onSubscribed } = listener.options;
+    if (!onSubscribed) return;
+    const seq = sub.cursor ?? 0;
+    const epoch = sub.epoch ?? '';
+    queueMicrotask(() => {
+      if (sub.phase !== 'live' || !sub.listeners.has(listener)) return;
+      try {
+        onSubscribed({ seq, epoch, recovered: true, resumed: false });
+      } catch (error) {
+        reportListenerError(error);
+      }
+    });
   }
 
   private end(sub: ChannelSub, error: SwitchboardError): void {

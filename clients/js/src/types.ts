@@ -301,19 +301,97 @@ export interface NotificationList {
   next: string | null;
 }
 
+/** The newest message of a conversation that is not deleted, as `inbox.list` shows it. */
+export interface InboxLast {
+  seq: number;
+  id: string;
+  type: string;
+  actor?: { id: string };
+  text?: string;
+  timestamp: string;
+}
+
 /** One entry of `inbox.list` (docs/protocol.md, Inbox). */
 export interface InboxEntry {
   ch: string;
+  /** `message.new` from others above the read cursor; a muted entry keeps its own. */
   unread: number;
+  /** The user's read cursor (0 when never read). */
   read: number;
-  last: { seq: number; id: string; type: string; actor?: { id: string }; text?: string; timestamp: string } | null;
+  /** null when the conversation has no message. */
+  last: InboxLast | null;
   muted: boolean;
+  /** The last activity (a new message): the list is ordered by it, newest first. */
   updatedAt: string;
 }
 
 export interface InboxPage {
+  /** Most recent activity first. */
   conversations: InboxEntry[];
-  /** The sum of `unread` over unmuted entries. */
+  /** The sum of `unread` over unmuted entries (all of them, not only this page's). */
   unread: number;
+  /** Pass as `before` for the next (older) page; null at the end. */
   next: string | null;
+}
+
+/**
+ * The data of an `inbox` signal on `user:<me>`: an entry's latest state, or its removal
+ * (the user left), with the new `total` unread over unmuted conversations.
+ */
+export type InboxUpdate = (InboxEntry & { removed?: false; total: number }) | { ch: string; removed: true; total: number };
+
+/** The inbox as `sb.inbox` keeps it: the pages read so far, kept current by signals. */
+export interface InboxState {
+  /** Most recent activity first. */
+  conversations: InboxEntry[];
+  /** The same entries by channel. */
+  entries: ReadonlyMap<string, InboxEntry>;
+  /** Unread over unmuted conversations (all of them, loaded or not). */
+  total: number;
+  /** Whether there are older conversations (`loadMore`). */
+  hasMore: boolean;
+  /** Whether the first page has arrived. */
+  ready: boolean;
+}
+
+export interface SearchOptions {
+  /** Only this conversation. */
+  ch?: string;
+  /** At most this many results (the server caps it). */
+  limit?: number;
+  /** The `next` of the previous page. */
+  before?: string;
+}
+
+/** One hit of `messages.search`: the message as the archive holds it (latest text). */
+export interface SearchResult<D = unknown> {
+  ch: string;
+  seq: number;
+  event: Envelope<D>;
+  /** The matching part of the text, as the server cut it. */
+  snippet: string;
+}
+
+export interface SearchPage<D = unknown> {
+  /** Newest first. */
+  results: SearchResult<D>[];
+  next: string | null;
+}
+
+export interface PushEnableOptions {
+  /** URL of the service worker script (e.g. the package's `switchboard-sw.js`, served by the app). */
+  serviceWorker: string;
+  /** The registration's scope; default the script's folder. */
+  scope?: string;
+  /**
+   * This device's id for `push.subscribe` (1-128 of `[A-Za-z0-9._:-]`); default the
+   * client's `device` option when it fits, else a random id kept in storage.
+   */
+  device?: string;
+}
+
+/** What `push.enable` registered. */
+export interface PushRegistration {
+  device: string;
+  endpoint: string;
 }

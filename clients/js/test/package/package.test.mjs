@@ -34,10 +34,10 @@ after(() => rmSync(work, { recursive: true, force: true }));
 test('npm pack --dry-run lists only what a user needs', async () => {
   const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: PACKAGE, maxBuffer: 1 << 24 });
   const files = packJson(stdout)[0].files.map((f) => f.path).sort();
-  for (const needed of ['LICENSE', 'README.md', 'package.json', 'dist/index.js', 'dist/index.cjs', 'dist/index.d.ts', 'dist/switchboard.min.js', 'dist/types.d.ts']) {
+  for (const needed of ['LICENSE', 'README.md', 'package.json', 'dist/index.js', 'dist/index.cjs', 'dist/index.d.ts', 'dist/switchboard.min.js', 'dist/switchboard-sw.js', 'dist/types.d.ts']) {
     assert.ok(files.includes(needed), `${needed} is missing from the package: ${files.join(', ')}`);
   }
-  const extra = files.filter((f) => !/^(LICENSE|README\.md|package\.json|dist\/[a-z]+\.(js|cjs|d\.ts)|dist\/switchboard\.min\.js)$/.test(f));
+  const extra = files.filter((f) => !/^(LICENSE|README\.md|package\.json|dist\/[a-z]+\.(js|cjs|d\.ts)|dist\/switchboard\.min\.js|dist\/switchboard-sw\.js)$/.test(f));
   assert.deepEqual(extra, [], 'the package carries files a user does not need');
 });
 
