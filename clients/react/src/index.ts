@@ -22,6 +22,7 @@ import {
   type ChannelEvent,
   type ConnectionState,
   type GapInfo,
+  type InboxEntry,
   type InboxState,
   type Member,
   type NotificationData,
@@ -255,37 +256,39 @@ export function useNotifications(options: { limit?: number } = {}): Notification
 }
 
 export interface InboxView extends InboxState {
-  /** Whether the first page has arrived. */
-  loaded: boolean;
+  /** The latest refusal of `inbox.list` (cleared by the next page that arrives). */
   error: unknown;
+  /** Reads the next (older) page into `conversations`. */
   loadMore: () => Promise<void>;
-  mute: (ch: string, muted?: boolean) => Promise<unknown>;
+  /** Mutes or unmutes a conversation (its entry stays, it leaves `total`). */
+  mute: (ch: string, muted?: boolean) => Promise<InboxEntry>;
 }
 
 /**
- * The user's inbox (docs/protocol.md, Inbox): `inbox.list` on every connection, kept
- * current by `inbox` signals.
+ * The user's inbox (docs/protocol.md, Inbox): the conversations with their unread counts
+ * and last message, most recent activity first, and the `total` unread over unmuted ones.
+ * The SDK reads `inbox.list` on every (re)connection and applies the `inbox` signals.
  */
 export function useInbox(options: { limit?: number } = {}): InboxView {
   const sb = useSwitchboard();
-  const [state, setState] = useState<InboxState & { loaded: boolean; error: unknown }>({
-    conversations: [],
-    unread: 0,
-    hasMore: false,
-    loaded: false,
-    error: undefined,
-  });
+  const limit = options.limit;
+  const [state, setState] = useState<InboxState>(() => sb.inbox.state);
+  const [error, setError] = useState<unknown>(undefined);
   useEffect(() => {
-    const offError = sb.inbox.on('error', (error) => setState((s) => ({ ...s, error })));
-    const stop = sb.inbox.watch((inbox) => setState({ ...inbox, loaded: true, error: undefined }), { limit: options.limit });
+    const offError = sb.inbox.on('error', setError);
+    const stop = sb.inbox.watch(
+      (inbox) => {
+        setState(inbox);
+        if (inbox.ready) setError(undefined);
+      },
+      limit === undefined ? {} : { limit },
+    );
     return () => {
       offError();
       stop();
     };
-  }, [sb, options.limit]);
-  return {
-    ...state,
-    loadMore: useCallback(() => sb.inbox.loadMore(options.limit), [sb, options.limit]),
-    mute: useCallback((ch: string, muted = true) => sb.inbox.mute(ch, muted), [sb]),
-  };
+  }, [sb, limit]);
+  const loadMore = useCallback(() => sb.inbox.loadMore(limit), [sb, limit]);
+  const mute = useCallback((ch: string, muted = true) => sb.inbox.mute(ch, muted), [sb]);
+  return { ...state, error, loadMore, mute };
 }

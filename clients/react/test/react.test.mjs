@@ -229,25 +229,38 @@ describe('notifications and inbox', () => {
     await until(() => result.current.unread === 0, 'read');
   });
 
-  test('useInbox: inbox.list as the server serves it today', async () => {
-    const user = uniq('u');
-    const conversation = uniq('c');
+  test('useInbox: the conversation listed, a message from the other participant counted live', async () => {
+    const [user, other, conversation] = [uniq('u'), uniq('o'), uniq('c')];
+    const ch = `conversation:${conversation}`;
     await addParticipant(conversation, user);
+    await addParticipant(conversation, other);
     // What does the server answer? (the raw protocol, not the SDK)
     const raw = await rawSocket(user);
     const probe = await raw.request({ op: 'rpc', method: 'inbox.list', params: { limit: 5 } }, 7000);
     raw.close();
-    const sb = userClient(user);
+    const sb = userClient(user, { autoAck: false });
     await sb.connect();
     const { result } = await mount({ client: sb }, () => useInbox({ limit: 5 }));
-    if (probe.op === 'ok') {
-      await until(() => result.current.loaded, 'the first page');
-      assert.ok(result.current.conversations.some((c) => c.ch === `conversation:${conversation}`), JSON.stringify(result.current));
-    } else {
-      // Not served yet: the hook reports the server's refusal and stays unloaded.
+    if (probe.op !== 'ok') {
+      // Not served by this stack: the hook reports the server's refusal and stays unready.
       await until(() => result.current.error !== undefined, 'the error');
       assert.equal(result.current.error.code, probe.code);
-      assert.equal(result.current.loaded, false);
+      assert.equal(result.current.ready, false);
+      return;
     }
+    await until(() => result.current.entries.has(ch), 'the conversation listed', 15_000);
+    assert.equal(result.current.entries.get(ch).unread, 0);
+    const sender = userClient(other);
+    await sender.connect();
+    const message = sender.publish(ch, 'message.new', { text: 'from the hook test', replyTo: null });
+    await until(() => result.current.entries.get(ch)?.unread === 1, 'unread 1 by the inbox signal', 15_000);
+    assert.equal(result.current.total, 1);
+    assert.equal(result.current.conversations[0].ch, ch, 'the newest activity first');
+    assert.equal(result.current.entries.get(ch).last?.text, 'from the hook test');
+    await act(async () => {
+      await result.current.mute(ch, true);
+    });
+    assert.equal(result.current.total, 0);
+    assert.ok(message.seq > 0);
   });
 });

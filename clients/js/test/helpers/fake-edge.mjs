@@ -4,6 +4,9 @@
 // Everything a real edge does is tested against the real stack in test/integration.
 import { WebSocketServer } from 'ws';
 
+/** The client side of `ws`, for tests in other folders (clients/react) that reach `ws` through here. */
+export { default as WebSocket } from 'ws';
+
 export async function fakeEdge(script = {}) {
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: () => 'switchboard.v1' });
   await new Promise((resolve) => server.once('listening', resolve));

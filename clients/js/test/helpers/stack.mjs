@@ -318,3 +318,23 @@ export function subscribeReady(sb, ch, options, handler) {
     );
   });
 }
+
+/**
+ * Whether the workers serve `method` yet: `{served: true, result}` when a fresh user's call
+ * is answered, else `{served: false, reason}` with the server's refusal.
+ */
+export async function probeRpc(method, params = {}) {
+  const raw = await rawSocket(uniq('pr'));
+  try {
+    const reply = await raw.request({ op: 'rpc', method, params }, 7000);
+    if (reply.op === 'ok') return { served: true, result: reply.result };
+    return { served: false, reason: `\`rpc ${method}\` answers \`${reply.code}\` (${reply.message}): not served by this stack yet` };
+  } finally {
+    raw.close();
+  }
+}
+
+/** Removes `user` from `conversation:<id>` (the membership worker applies it within a second). */
+export async function removeParticipant(conversation, user) {
+  await publish(`conversation:${conversation}`, 'conversation.participant_removed', { user });
+}
