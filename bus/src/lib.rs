@@ -21,6 +21,7 @@ pub mod headers;
 pub mod logging;
 mod publish;
 pub mod store;
+pub mod traces;
 
 pub use connect::{NatsOptions, Role, RoleKeys};
 pub use publish::{Encoding, PublishError, Published, Publisher};
@@ -33,6 +34,9 @@ pub const CMDS_STREAM: &str = "CMDS";
 pub const PRESENCE_BUCKET: &str = "presence";
 /// KV bucket of channel occupancy: which connection is subscribed to which channel.
 pub const OCCUPANCY_BUCKET: &str = "occupancy";
+/// KV bucket of live edges: one heartbeat entry per edge, with a TTL. An edge's entries in
+/// `presence` and `occupancy` live as long as its heartbeat (docs/protocol.md, "Presence").
+pub const EDGES_BUCKET: &str = "edges";
 /// Subject on which every edge answers who it is and how busy it is; `switchboard
 /// status` sends one request and gathers the answers.
 pub const EDGES_STATUS_SUBJECT: &str = "switchboard.edges.status";

@@ -8,13 +8,21 @@
 //! `SWITCHBOARD_LOG_FORMAT` picks the line format (docs/operations.md §7): `text` (the
 //! default) for people, `json` for log pipelines: one JSON object per line with
 //! `timestamp`, `level`, `target` and `message` at the top level, then the event's own
-//! fields, and the fields of the span it happened in under `span`.
+//! fields, and the fields of the span it happened in under `span` (with `trace_id` when
+//! the span continues a trace).
+//!
+//! [`init_traced`] adds the span export of [`crate::traces`] for the edge and the workers
+//! (docs/operations.md, "Traces"): its layer has a filter of its own, so spans are
+//! exported whatever `SWITCHBOARD_LOG` lets through.
 
+use opentelemetry::trace::TracerProvider as _;
 use tracing::Level;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{FilterExt as _, filter_fn};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::traces::{self, Traces};
 
 /// Where a binary's log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +50,19 @@ impl LogFormat {
 }
 
 /// Installs the global subscriber: `SWITCHBOARD_LOG`, else `default` (e.g. `info`), in
-/// the format `SWITCHBOARD_LOG_FORMAT` names.
+/// the format `SWITCHBOARD_LOG_FORMAT` names. Exports no spans (the CLI).
 pub fn init(default: &str, to: LogTo) {
+    install(default, to, None);
+}
+
+/// [`init`], and for a service (`switchboard-edge`, `switchboard-workers`) the span
+/// export of [`crate::traces`] when an OTLP endpoint is configured. Keep the returned
+/// [`Traces`] and call [`Traces::shutdown`] before exiting, so the last spans leave.
+pub fn init_traced(default: &str, to: LogTo, service: &str) -> Traces {
+    install(default, to, Some(service))
+}
+
+fn install(default: &str, to: LogTo, service: Option<&str>) -> Traces {
     let writer = match to {
         LogTo::Stdout => BoxMakeWriter::new(std::io::stdout),
         LogTo::Stderr => BoxMakeWriter::new(std::io::stderr),
@@ -51,32 +70,64 @@ pub fn init(default: &str, to: LogTo) {
     let setting = std::env::var("SWITCHBOARD_LOG_FORMAT").unwrap_or_default();
     let format = LogFormat::parse(&setting);
     let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| default.into());
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(filter_fn(|event| {
-            !(event.target().starts_with("async_nats") && *event.level() > Level::INFO)
-        }));
-    match format {
-        Some(LogFormat::Json) => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(writer),
-            )
-            .init(),
-        Some(LogFormat::Text) | None => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
-            .init(),
-    }
+    let quiet_nats =
+        filter_fn(|meta| !(meta.target().starts_with("async_nats") && *meta.level() > Level::INFO));
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    // The log lines: what SWITCHBOARD_LOG lets through.
+    let lines = match format {
+        Some(LogFormat::Json) => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        Some(LogFormat::Text) | None => {
+            tracing_subscriber::fmt::layer().with_writer(writer).boxed()
+        }
+    };
+    layers.push(lines.with_filter(filter.and(quiet_nats)).boxed());
+    let export = match service {
+        Some(service) => traces::exporter(service),
+        None => Ok(None),
+    };
+    let (traced, failure) = match export {
+        Ok(Some((provider, traced))) => {
+            // Our own spans and the events inside them, whatever SWITCHBOARD_LOG says.
+            let ours = filter_fn(|meta| {
+                meta.target().starts_with("switchboard") && *meta.level() <= Level::INFO
+            });
+            let tracer = provider.tracer("switchboard");
+            layers.push(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(ours)
+                    .boxed(),
+            );
+            (traced, None)
+        }
+        Ok(None) => (Traces::default(), None),
+        Err(error) => (Traces::default(), Some(error)),
+    };
+    tracing_subscriber::registry().with(layers).init();
     if format.is_none() {
         tracing::warn!(
             value = %setting,
             "SWITCHBOARD_LOG_FORMAT must be text or json; writing text"
         );
     }
+    if let Some(error) = failure {
+        tracing::warn!(%error, "traces are not exported");
+    } else if traces::exporting() {
+        if let Some(protocol) = traces::unsupported_protocol() {
+            tracing::warn!(
+                %protocol,
+                "only the http/protobuf OTLP protocol is built in; exporting traces with it"
+            );
+        }
+        tracing::info!("exporting traces over OTLP (http/protobuf)");
+    }
+    traced
 }
 
 /// An error with its causes, for a log line or a message ("error sending request:
