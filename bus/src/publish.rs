@@ -3,8 +3,9 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
 use switchboard_schemas::{ChannelName, Envelope, SubjectKind, TraceParent};
+use tracing::Instrument as _;
 
-use crate::headers;
+use crate::{headers, traces};
 
 /// How the envelope travels on the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,8 +74,34 @@ impl Publisher {
     }
 
     /// [`Publisher::publish_as`], carrying a W3C `traceparent` on the stored message, so
-    /// whoever handles the event continues that trace.
+    /// whoever handles the event continues that trace. While spans are exported
+    /// ([`crate::traces`]), the publish is span `publish`, a child of `trace` (or of the
+    /// current span), and the stored `traceparent` names that span.
     pub async fn publish_traced(
+        &self,
+        channel: &ChannelName,
+        event: &Envelope,
+        encoding: Encoding,
+        trace: Option<&TraceParent>,
+    ) -> Result<Published, PublishError> {
+        let span = traces::span(|| {
+            tracing::info_span!(
+                "publish",
+                channel = %channel,
+                event_type = %event.ty,
+                event_id = %event.id,
+                trace_id = tracing::field::Empty,
+            )
+        });
+        let incoming = trace.map(TraceParent::as_str);
+        traces::continue_trace(&span, incoming);
+        let trace = traces::traceparent(&span, incoming);
+        self.store(channel, event, encoding, trace.as_ref())
+            .instrument(span)
+            .await
+    }
+
+    async fn store(
         &self,
         channel: &ChannelName,
         event: &Envelope,

@@ -13,7 +13,18 @@ async fn main() -> anyhow::Result<()> {
             .error(clap::error::ErrorKind::ValueValidation, e)
             .exit();
     }
-    switchboard_bus::logging::init("info", switchboard_bus::logging::LogTo::Stdout);
+    let traces = switchboard_bus::logging::init_traced(
+        "info",
+        switchboard_bus::logging::LogTo::Stdout,
+        "switchboard-edge",
+    );
+    let served = run(config).await;
+    // The last spans leave before the process does (docs/operations.md, "Traces").
+    traces.shutdown();
+    served
+}
+
+async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     // Before listening: a certificate that does not load is a deployment error to fix.
     let tls = switchboard_edge::tls::Tls::from_config(&config)?;
     let listener = tokio::net::TcpListener::bind(config.addr)

@@ -11,10 +11,11 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
-use switchboard_bus::headers;
+use switchboard_bus::{headers, traces};
 use switchboard_schemas::frame::RpcMethod;
 use switchboard_schemas::shapes::Role;
 use switchboard_schemas::{ErrorCode, RawJson, TraceParent};
+use tracing::Instrument as _;
 
 use crate::Edge;
 use crate::auth::Identity;
@@ -73,15 +74,22 @@ async fn request(
     params: &RawJson,
     trace: Option<&TraceParent>,
 ) -> Result<RawJson, Refusal> {
+    // While spans are exported, the call is span `rpc` continuing the caller's trace, and
+    // the service sees that span as its parent (docs/operations.md, "Traces").
+    let span =
+        traces::span(|| tracing::info_span!("rpc", method, trace_id = tracing::field::Empty));
+    let incoming = trace.map(TraceParent::as_str);
+    traces::continue_trace(&span, incoming);
     let mut h = async_nats::HeaderMap::new();
     h.insert(headers::RT_USER, user);
     h.insert(headers::RT_ROLE, role);
-    if let Some(trace) = trace {
+    if let Some(trace) = traces::traceparent(&span, incoming) {
         h.insert(headers::TRACEPARENT, trace.as_str());
     }
-    let request =
-        edge.nats
-            .request_with_headers(subject, h, Bytes::copy_from_slice(params.as_bytes()));
+    let request = edge
+        .nats
+        .request_with_headers(subject, h, Bytes::copy_from_slice(params.as_bytes()))
+        .instrument(span);
     let late = || Refusal::unavailable("the service did not answer in time");
     let reply = match tokio::time::timeout(edge.config.rpc_timeout(), request).await {
         Err(_) => return Err(late()),
