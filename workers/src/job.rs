@@ -16,7 +16,8 @@
 //!   the messages behind it wait their turn instead of overtaking it.
 //! - **Watching.** Each attempt is counted and timed by outcome (`ok`, `retry`, `error`),
 //!   the consumer's backlog is read every 5 s, and the job says whether its consumer is
-//!   bound, for `/readyz` (docs/operations.md §7).
+//!   bound, for `/readyz` (docs/operations.md §7). Each message is handled in span
+//!   `message`, continuing the trace of the message's `traceparent`.
 //! - **Shutdown.** When `shutdown` fires, the message in hand is finished (or, if it is
 //!   waiting to be retried, handed back), the rest of the fetched batch is handed back
 //!   for another copy to take at once, and `run` returns.
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::{FutureExt, StreamExt};
-use switchboard_bus::headers;
+use switchboard_bus::{headers, traces};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
@@ -307,8 +308,17 @@ impl<J: Job> Runner<J> {
             job = J::NAME,
             seq,
             delivered,
-            subject = %message.subject
+            subject = %message.subject,
+            trace_id = tracing::field::Empty,
         );
+        // The message's `traceparent` is this span's parent: the job continues the trace of
+        // whoever published the event (docs/operations.md, "Traces").
+        let incoming = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::TRACEPARENT))
+            .map(|value| value.as_str());
+        traces::continue_trace(&span, incoming);
         if delivered > 1 {
             tracing::debug!(parent: &span, "delivered again");
         }

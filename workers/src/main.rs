@@ -9,7 +9,18 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = WorkersConfig::parse();
-    switchboard_bus::logging::init("info", switchboard_bus::logging::LogTo::Stdout);
+    let traces = switchboard_bus::logging::init_traced(
+        "info",
+        switchboard_bus::logging::LogTo::Stdout,
+        "switchboard-workers",
+    );
+    let code = run(config).await;
+    // The last spans leave before the process does (docs/operations.md, "Traces").
+    traces.shutdown();
+    code
+}
+
+async fn run(config: WorkersConfig) -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let exposition = match switchboard_workers::telemetry::install() {

@@ -22,6 +22,8 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use switchboard_bus::connect::redact_url;
+use switchboard_bus::traces;
+use tracing::Instrument as _;
 
 /// How long an idle connection to the receiver is kept for the next request.
 const IDLE_CONNECTION: Duration = Duration::from_secs(60);
@@ -310,12 +312,17 @@ impl Webhook {
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", secret.sign(id, timestamp, body));
         }
-        if let Some(traceparent) = traceparent.filter(|t| valid_traceparent(t)) {
-            request = request.header(TRACEPARENT, traceparent);
+        // Span `webhook` continues the event's trace; the receiver gets it as its parent.
+        let span =
+            traces::span(|| tracing::info_span!("webhook", trace_id = tracing::field::Empty));
+        traces::continue_trace(&span, traceparent);
+        if let Some(traceparent) = traces::traceparent(&span, traceparent) {
+            request = request.header(TRACEPARENT, traceparent.as_str());
         }
         let response = request
             .body(body.to_vec())
             .send()
+            .instrument(span)
             .await
             // reqwest's message names the URL, query included: leave it out.
             .map_err(|e| WebhookError::Request(error_chain(&e.without_url())))?;

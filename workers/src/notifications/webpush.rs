@@ -30,7 +30,9 @@ use p256::pkcs8::DecodePrivateKey;
 use p256::{PublicKey, SecretKey};
 use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
+use switchboard_bus::traces;
 use switchboard_schemas::shapes::Priority;
+use tracing::Instrument as _;
 
 /// RFC 8291 §4: the record size advertised in the header; one record holds it all.
 const RECORD_SIZE: u32 = 4096;
@@ -363,12 +365,16 @@ impl WebPush {
             .header("TTL", self.ttl.as_secs().to_string())
             .header("Urgency", urgency(priority))
             .header("Authorization", self.vapid.authorization(&origin, now));
-        if let Some(traceparent) = traceparent {
-            request = request.header(super::webhook::TRACEPARENT, traceparent);
+        // Span `push` continues the event's trace; the push service gets it as its parent.
+        let span = traces::span(|| tracing::info_span!("push", trace_id = tracing::field::Empty));
+        traces::continue_trace(&span, traceparent);
+        if let Some(traceparent) = traces::traceparent(&span, traceparent) {
+            request = request.header(super::webhook::TRACEPARENT, traceparent.as_str());
         }
         let response = request
             .body(body)
             .send()
+            .instrument(span)
             .await
             // The endpoint's path is the subscription's capability: never in a message.
             .map_err(|e| PushError::Request(e.without_url().to_string()))?;
