@@ -208,6 +208,42 @@ pub struct EdgeConfig {
     /// After SIGTERM, how long clients get to move before the edge exits.
     #[arg(long, env = "SWITCHBOARD_DRAIN_GRACE_MS", default_value_t = 5_000)]
     pub drain_grace_ms: u64,
+
+    /// Publish hook (moderation): client messages in the hooked namespaces are sent to
+    /// this NATS subject, which must be under `svc.` (e.g. `svc.moderation.check`), and
+    /// stored only as the backend answering there decides (docs/protocol.md, section 11).
+    /// Unset: no hook.
+    #[arg(long, env = "SWITCHBOARD_PUBLISH_HOOK", value_parser = crate::hook::parse_subject)]
+    pub publish_hook: Option<String>,
+
+    /// Namespaces whose client messages go through the publish hook (comma separated).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PUBLISH_HOOK_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "conversation",
+        value_parser = crate::hook::parse_namespace
+    )]
+    pub publish_hook_namespaces: Vec<switchboard_schemas::channel::Namespace>,
+
+    /// How long a publish waits for the hook's answer; then it is `unavailable` (or
+    /// accepted, with `SWITCHBOARD_PUBLISH_HOOK_FAIL_OPEN`).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PUBLISH_HOOK_TIMEOUT_MS",
+        default_value_t = 2_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub publish_hook_timeout_ms: u64,
+
+    /// Store a message as the client sent it when the hook does not answer in time or
+    /// answers something unreadable (default: refuse it with `unavailable`).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PUBLISH_HOOK_FAIL_OPEN",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub publish_hook_fail_open: bool,
 }
 
 impl EdgeConfig {
@@ -232,6 +268,10 @@ impl EdgeConfig {
         self.web_dir
             .as_deref()
             .filter(|dir| !dir.as_os_str().is_empty())
+    }
+
+    pub fn publish_hook_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_hook_timeout_ms)
     }
 
     pub fn drain_grace(&self) -> Duration {

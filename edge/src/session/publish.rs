@@ -1,8 +1,9 @@
 //! `pub`: client messages (`message.new`, `.edited`, `.deleted`), authorized, given an
-//! id derived from the client's key, and stored through JetStream before `ok`
-//! (docs/protocol.md, section 4.4).
+//! id derived from the client's key, put to the publish hook where one is configured,
+//! and stored through JetStream before `ok` (docs/protocol.md, sections 4.4 and 11.4).
 
 use super::*;
+use crate::hook::{Question, Verdict};
 
 /// Longest a publish waits for the connection's own subscription to the channel to be set up.
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
@@ -44,6 +45,7 @@ impl Session {
             Some(key) => EventId::derive(&[&user, ch.as_str(), key]),
             None => EventId::generate(),
         };
+        let keyed = key.is_some();
         let edge = self.edge.clone();
         let settled = self.subs.settled(&ch);
         self.spawn(id, async move {
@@ -76,6 +78,24 @@ impl Session {
                 kind: "user".into(),
             });
             event.source = Some("switchboard-edge".into());
+            if let Some(hook) = edge.hook.as_ref().filter(|hook| hook.applies(&ch)) {
+                let question = Question {
+                    event: &event,
+                    ch: &ch,
+                    user: &user,
+                    trace: trace.as_ref(),
+                    target,
+                    keyed,
+                };
+                match hook.decide(&edge.nats, question).await {
+                    Ok(Verdict::Accept) => {}
+                    Ok(Verdict::Modify(data)) => event.data = data,
+                    Ok(Verdict::Reject(reason)) => {
+                        return Some(err(id, ErrorCode::Forbidden, reason));
+                    }
+                    Err(refusal) => return Some(refusal.frame(id)),
+                }
+            }
             let published = edge
                 .publisher
                 .publish_traced(&ch, &event, Encoding::Postcard, trace.as_ref())
