@@ -16,8 +16,7 @@
 //!   rules, and the membership copy kept fresh from the `members` KV bucket.
 //! - [`lifecycle`]: one subscription lifecycle (start, re-check, revoke, teardown) for
 //!   the socket, SSE and long polling; [`subscribe`] replays and hands over to live
-//!   delivery without a gap or a duplicate, continued into the [`archive`] (asked of
-//!   the workers) where the stream no longer holds a channel's events.
+//!   delivery without a gap or a duplicate.
 //! - [`refusal`]: the one refusal type, rendered as an `err` frame or an HTTP error.
 //! - [`admission`]: who gets in over HTTP: origin, token, the user's connection slots.
 //! - [`http`]: the axum router: `/v1/ws`, health, readiness; [`fallback`]: SSE and long
@@ -36,7 +35,6 @@
 //! The edge never talks to PostgreSQL: what it needs from workers it asks over NATS.
 
 pub mod admission;
-pub mod archive;
 pub mod auth;
 pub mod bridge;
 pub mod config;
@@ -94,9 +92,7 @@ pub struct Edge {
     pub bridge: Bridge,
     pub store: Store,
     pub publisher: Publisher,
-    /// Which channels the workers archive (`SWITCHBOARD_ARCHIVE_NAMESPACES`).
-    pub archive: archive::Archive,
-    /// The publish hook, when one is configured (docs/protocol.md, section 11.4).
+    /// The publish hook, when one is configured (docs/protocol.md, section 10.11).
     pub hook: Option<hook::PublishHook>,
     pub nats: async_nats::Client,
     pub metrics: Arc<Metrics>,
@@ -169,9 +165,8 @@ impl Edge {
             bridge: Bridge::new(nats.clone(), hub.clone(), id.clone(), metrics.clone()),
             metrics,
             users: Arc::new(Users::new(&config)),
-            presence: Arc::new(Presence::new(nats.clone(), id.clone(), config.heartbeat())),
+            presence: Arc::new(Presence::new(nats.clone(), config.heartbeat())),
             publisher: Publisher::new(nats.clone()),
-            archive: archive::Archive::from_env().map_err(anyhow::Error::msg)?,
             hook: hook::PublishHook::from_config(&config),
             store,
             nats,
@@ -270,15 +265,7 @@ impl Edge {
             }
         });
         tokio::spawn(announce(Arc::downgrade(&edge)));
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            presence::start(&edge.presence, edge.config.heartbeat()),
-        )
-        .await
-        .context(
-            "the edges bucket did not take this edge's heartbeat in time (run `switchboard init`)",
-        )?
-        .context("writing this edge's heartbeat (run `switchboard init`)")?;
+        presence::start(&edge.presence, edge.config.heartbeat());
         tokio::time::timeout(Duration::from_secs(30), edge.members.loaded())
             .await
             .context("the members bucket did not load (run `switchboard init`)")?;
@@ -303,16 +290,13 @@ impl Edge {
         self.draining.cancel();
         self.sessions.close();
         let _ = tokio::time::timeout(self.config.drain_grace(), self.sessions.wait()).await;
-        // With NATS away the deletes would wait for it forever; the heartbeat expires by
-        // its TTL anyway and the workers end the entries, so an edge stopping during a
-        // NATS outage still stops.
+        // With NATS away the deletes would wait for it forever; the entries expire by
+        // their TTL anyway, so an edge stopping during a NATS outage still stops.
         if tokio::time::timeout(self.config.drain_grace(), self.presence.clear())
             .await
             .is_err()
         {
-            tracing::warn!(
-                "presence entries not deleted (NATS unreachable); they end with the heartbeat"
-            );
+            tracing::warn!("presence entries not deleted (NATS unreachable); they expire by TTL");
         }
     }
 }
