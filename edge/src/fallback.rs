@@ -386,14 +386,15 @@ pub async fn poll(
             return poll_answer(&[], &cursor, recovered);
         }
     };
-    // Judged per channel, as for a socket's `since` (docs/protocol.md, section 6).
+    // Judged per channel, as for a socket's `since` (docs/protocol.md, sections 6 and
+    // 11.1): the stream, or the archive where the stream lost events.
     let mut recovered = recovered;
-    let first_seq = edge.position().first_seq;
+    let position = edge.position();
     for channel in &opening.channels {
         if let Some(seq) = cursor.seqs.get(channel.as_str()) {
-            let durable = channel.base().subject(SubjectKind::Durable);
-            match subscribe::continuous(&edge, &durable, *seq, first_seq).await {
-                Ok(kept) => recovered &= kept,
+            let user = &opening.identity.user;
+            match subscribe::resume(&edge, user, &channel.base(), *seq, &position).await {
+                Ok(resume) => recovered &= resume.recovered,
                 Err(refusal) => return refusal.into_response(),
             }
         }

@@ -16,7 +16,8 @@
 //!   rules, and the membership copy kept fresh from the `members` KV bucket.
 //! - [`lifecycle`]: one subscription lifecycle (start, re-check, revoke, teardown) for
 //!   the socket, SSE and long polling; [`subscribe`] replays and hands over to live
-//!   delivery without a gap or a duplicate.
+//!   delivery without a gap or a duplicate, continued into the [`archive`] (asked of
+//!   the workers) where the stream no longer holds a channel's events.
 //! - [`refusal`]: the one refusal type, rendered as an `err` frame or an HTTP error.
 //! - [`admission`]: who gets in over HTTP: origin, token, the user's connection slots.
 //! - [`http`]: the axum router: `/v1/ws`, health, readiness; [`fallback`]: SSE and long
@@ -35,6 +36,7 @@
 //! The edge never talks to PostgreSQL: what it needs from workers it asks over NATS.
 
 pub mod admission;
+pub mod archive;
 pub mod auth;
 pub mod bridge;
 pub mod config;
@@ -92,6 +94,8 @@ pub struct Edge {
     pub bridge: Bridge,
     pub store: Store,
     pub publisher: Publisher,
+    /// Which channels the workers archive (`SWITCHBOARD_ARCHIVE_NAMESPACES`).
+    pub archive: archive::Archive,
     /// The publish hook, when one is configured (docs/protocol.md, section 10.11).
     pub hook: Option<hook::PublishHook>,
     pub nats: async_nats::Client,
@@ -167,6 +171,7 @@ impl Edge {
             users: Arc::new(Users::new(&config)),
             presence: Arc::new(Presence::new(nats.clone(), config.heartbeat())),
             publisher: Publisher::new(nats.clone()),
+            archive: archive::Archive::from_env().map_err(anyhow::Error::msg)?,
             hook: hook::PublishHook::from_config(&config),
             store,
             nats,

@@ -3,16 +3,19 @@
 //! [`attach`] registers the subscription with the hub at once (so an `unsub` right after
 //! finds it); [`subscribe`] then waits for the channel's bridge, queues the `ok`, replays
 //! what `since` asks for from the stream, and hands the subscriber over to live delivery
-//! without a gap or a duplicate (see [`crate::hub`]).
+//! without a gap or a duplicate (see [`crate::hub`]). What the stream no longer holds of
+//! an archived channel comes first from the [`crate::archive`].
 
 use std::sync::Arc;
 
+use switchboard_bus::store::StreamPosition;
 use switchboard_schemas::frame::OkReply;
-use switchboard_schemas::{ChannelName, Envelope, ResumeFrom, ServerFrame, SubjectKind};
+use switchboard_schemas::{ChannelName, ResumeFrom, ServerFrame, SubjectKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
-use crate::hub::{CatchUp, Channel, Subscription, evt_frame};
+use crate::archive::{self, Bridgehead, Kept};
+use crate::hub::{CatchUp, Channel, Subscription};
 use crate::mailbox::text;
 use crate::refusal::Refusal;
 
@@ -57,12 +60,15 @@ pub async fn subscribe(
         _ => edge.position(),
     };
     let durable = channel.name.subject(SubjectKind::Durable);
+    let user = subscription.user.clone();
+    let mut archived = None;
     let (start, recovered) = match &since {
         None => (None, true),
-        Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => (
-            Some(Start::Seq(seq + 1)),
-            continuous(edge, &durable, *seq, position.first_seq).await?,
-        ),
+        Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => {
+            let resume = resume(edge, &user, &channel.name, *seq, &position).await?;
+            archived = resume.archive;
+            (Some(Start::Seq(seq + 1)), resume.recovered)
+        }
         Some(ResumeFrom::Seq { .. }) => (None, false),
         Some(ResumeFrom::Time(time)) => (Some(Start::Time(*time)), true),
         Some(ResumeFrom::Last(n)) => (Some(Start::Last((*n).min(MAX_LAST) as usize)), true),
@@ -93,39 +99,89 @@ pub async fn subscribe(
         return Ok(());
     }
     let Some(start) = start else { return Ok(()) };
-    let send = |seq: u64, event: &Envelope| {
-        let wanted = label.alias().is_none_or(|a| a.admits(event.ty.as_str()))
-            && filters.matches_any(event.ty.as_str());
-        wanted.then(|| evt_frame(&label, seq, event))
+    let send = |kept: &Kept| {
+        let ty = kept.event.ty.as_str();
+        let wanted = label.alias().is_none_or(|a| a.admits(ty)) && filters.matches_any(ty);
+        wanted.then(|| kept.frame(&label))
     };
-    let read = |from: u64| edge.store.forward(&durable, from, REPLAY_BATCH);
+    let stream = &durable;
+    let read = |from: u64| async move {
+        let stored = edge.store.forward(stream, from, REPLAY_BATCH).await?;
+        let full = stored.len() >= REPLAY_BATCH;
+        let last = stored.last().map(|s| s.seq);
+        let kept: Vec<Kept> = stored.iter().filter_map(Kept::from_stream).collect();
+        Ok::<_, switchboard_bus::store::StoreError>(Batch { kept, full, last })
+    };
     // The first pass depends on the form of `since`; later passes read forward from the
     // last seq replayed. `last` reads back from the head, and everything after the head
     // is in the catch-up buffer already.
-    let (mut batch, mut replayed) = match start {
-        Start::Seq(from) => (read(from).await, from - 1),
+    // Events at or below `floor` were sent already (or, for `last`, are past the
+    // head); a `last` read covers everything up to the head.
+    let (mut batch, mut replayed, mut floor) = match start {
+        Start::Seq(from) => {
+            let mut replayed = from - 1;
+            // What the stream lost after `since` comes first, from the archive, up to
+            // the stream's oldest event of the channel (docs/protocol.md, section 11.1).
+            if let Some(archived) = archived {
+                match replay_archive(
+                    edge,
+                    &user,
+                    &channel.name,
+                    archived,
+                    &send,
+                    &mailbox,
+                    &cancel,
+                )
+                .await?
+                {
+                    Some(last) => replayed = replayed.max(last),
+                    None => return Ok(()),
+                }
+            }
+            (read(replayed + 1).await, replayed, replayed)
+        }
         Start::Time(time) => (
             edge.store
                 .forward_from_time(&durable, &time, REPLAY_BATCH)
-                .await,
+                .await
+                .map(|stored| Batch {
+                    full: stored.len() >= REPLAY_BATCH,
+                    last: stored.last().map(|s| s.seq),
+                    kept: stored.iter().filter_map(Kept::from_stream).collect(),
+                }),
+            0,
             0,
         ),
-        Start::Last(n) => (edge.store.newest(&durable, Some(head + 1), n).await, head),
+        Start::Last(n) => {
+            let kept = archive::newest(edge, &user, &channel.name, Some(head + 1), n).await?;
+            (
+                Ok(Batch {
+                    kept,
+                    full: false,
+                    last: Some(head),
+                }),
+                0,
+                0,
+            )
+        }
     };
     loop {
-        let stored = batch.map_err(Refusal::unavailable)?;
-        let full = stored.len() >= REPLAY_BATCH;
-        for event in &stored {
-            if let Ok(envelope) = event.envelope()
-                && let Some(frame) = send(event.seq, &envelope)
-            {
+        let Batch { kept, full, last } = batch.map_err(Refusal::unavailable)?;
+        for event in &kept {
+            if event.seq <= floor {
+                continue;
+            }
+            if let Some(frame) = send(event) {
                 if !mailbox.send(frame).await {
                     return Ok(());
                 }
                 edge.metrics.count(&edge.metrics.replayed, 1);
             }
-            replayed = replayed.max(event.seq);
         }
+        if let Some(last) = last {
+            replayed = replayed.max(last);
+        }
+        floor = replayed;
         if cancel.is_cancelled() {
             return Ok(());
         }
@@ -144,10 +200,100 @@ pub async fn subscribe(
                     }
                 }
                 replayed = last;
-                batch = Ok(Vec::new());
+                floor = last;
+                batch = Ok(Batch::default());
             }
         }
     }
+}
+
+/// Sends the archive's part of a resume: its pages of the channel's events after
+/// `since`, up to the stream's part. The last seq sent (or read), or `None` when the
+/// subscriber went away meanwhile.
+async fn replay_archive(
+    edge: &Edge,
+    user: &str,
+    channel: &ChannelName,
+    archived: Bridgehead,
+    send: &impl Fn(&Kept) -> Option<axum::extract::ws::Utf8Bytes>,
+    mailbox: &crate::mailbox::Mailbox,
+    cancel: &CancellationToken,
+) -> Result<Option<u64>, Refusal> {
+    let Bridgehead { first, before } = archived;
+    let epoch = edge.position().epoch;
+    let mut page = first;
+    let mut last = 0;
+    loop {
+        let complete = page.events.len() < archive::PAGE;
+        for event in &page.events {
+            if event.seq <= last {
+                continue;
+            }
+            if let Some(frame) = send(event) {
+                if !mailbox.send(frame).await {
+                    return Ok(None);
+                }
+                edge.metrics.count(&edge.metrics.replayed, 1);
+            }
+            last = event.seq;
+        }
+        if cancel.is_cancelled() {
+            return Ok(None);
+        }
+        if complete || last == 0 {
+            return Ok(Some(last));
+        }
+        let request = archive::Request {
+            ch: channel.as_str(),
+            epoch: &epoch,
+            after: last,
+            before,
+            limit: archive::PAGE,
+            order: archive::Order::Asc,
+        };
+        page = archive::read(edge, user, &request).await?;
+    }
+}
+
+/// Whether a resume after `since` is recovered (docs/protocol.md, sections 6 and
+/// 11.1), and the archive's part when the stream alone does not cover it.
+pub struct Resume {
+    pub recovered: bool,
+    pub archive: Option<Bridgehead>,
+}
+
+/// Judges a resume of `channel` (a base channel) after `since`: recovered when the
+/// stream still holds everything after it ([`continuous`]), or when the archive holds
+/// what the stream lost, up to the stream's part.
+pub async fn resume(
+    edge: &Edge,
+    user: &str,
+    channel: &ChannelName,
+    since: u64,
+    position: &StreamPosition,
+) -> Result<Resume, Refusal> {
+    let durable = channel.subject(SubjectKind::Durable);
+    if continuous(edge, &durable, since, position.first_seq).await? {
+        return Ok(Resume {
+            recovered: true,
+            archive: None,
+        });
+    }
+    let archive = archive::bridgehead(edge, user, channel, since, position).await?;
+    Ok(Resume {
+        recovered: archive.is_some(),
+        archive,
+    })
+}
+
+/// One read of the stream during a replay.
+#[derive(Default)]
+struct Batch {
+    kept: Vec<Kept>,
+    /// The read returned as many as asked: there may be more.
+    full: bool,
+    /// The last seq read (decodable or not).
+    last: Option<u64>,
 }
 
 /// How a subscription in progress talks with its holder: `cancel` backs it out (an

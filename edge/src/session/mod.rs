@@ -32,7 +32,7 @@ use switchboard_schemas::event::types;
 use switchboard_schemas::frame::{Member, OkReply, RpcMethod, SignalType};
 use switchboard_schemas::shapes::{ReceiptCommand, SignalMessage};
 use switchboard_schemas::{
-    Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType, EvtFrame,
+    Actor, ByeCode, ChannelName, ClientFrame, Envelope, ErrorCode, EventId, EventType,
     InitialPresence, PresenceStatus, RawJson, Request, ResumeFrom, ServerFrame, SubjectKind,
     TraceParent, TypeFilters, UnsubCode, VisibleStatus,
 };

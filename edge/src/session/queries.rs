@@ -1,8 +1,9 @@
 //! Questions the session answers from elsewhere: `who` (the `occupancy` bucket),
-//! `history` (the stream) and `rpc` (worker services), each in a task of its own
+//! `history` (the stream, then the archive) and `rpc` (worker services), each in a task of its own
 //! (docs/protocol.md, sections 4.7, 4.10 and 4.12).
 
 use super::*;
+use crate::archive;
 
 impl Session {
     /// `rpc`: a call to a worker service, answered through the mailbox.
@@ -118,32 +119,20 @@ impl Session {
         }
         let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX) as usize;
         let edge = self.edge.clone();
+        let user = self.identity.user.clone();
         self.spawn(id, async move {
-            let subject = ch.base().subject(SubjectKind::Durable);
-            let stored = match edge.store.newest(&subject, before, limit).await {
-                Ok(stored) => stored,
-                Err(e) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
+            // The stream's newest events, continued into the archive where the stream
+            // no longer holds enough (docs/protocol.md, section 11.1).
+            let kept = match archive::newest(&edge, &user, &ch.base(), before, limit).await {
+                Ok(kept) => kept,
+                Err(refusal) => return Some(refusal.frame(id)),
             };
-            let events = stored
-                .into_iter()
-                .filter_map(|s| {
-                    let event = s.envelope().ok()?;
-                    ch.alias()
-                        .is_none_or(|a| a.admits(event.ty.as_str()))
-                        .then(|| EvtFrame {
-                            ch: ch.clone(),
-                            seq: s.seq,
-                            event,
-                        })
-                })
+            let frames: Vec<_> = kept
+                .iter()
+                .filter(|k| ch.admits(k.event.ty.as_str()))
+                .map(|k| k.frame(&ch))
                 .collect();
-            Some(
-                ServerFrame::Ok {
-                    id,
-                    reply: OkReply::History { events },
-                }
-                .encode(),
-            )
+            Some(archive::history_reply(id, &frames))
         });
     }
 }
