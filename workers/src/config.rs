@@ -55,6 +55,9 @@ pub struct WorkersConfig {
 
     #[command(flatten)]
     pub outbox: crate::outbox::OutboxConfig,
+
+    #[command(flatten)]
+    pub archive: crate::archive::ArchiveConfig,
 }
 
 impl WorkersConfig {
@@ -90,15 +93,19 @@ pub enum JobName {
     Notifications,
     /// `switchboard.outbox` rows -> events (one publishing copy at a time).
     Outbox,
+    /// Events of the archived namespaces -> `switchboard.archive` and the inbox; serves
+    /// `int.archive.read`, `inbox.list|mute` and `messages.search`.
+    Archive,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 5] = [
+    pub const ALL: [JobName; 6] = [
         JobName::Membership,
         JobName::Receipts,
         JobName::Presence,
         JobName::Notifications,
         JobName::Outbox,
+        JobName::Archive,
     ];
 }
 
@@ -111,6 +118,7 @@ impl JobName {
             JobName::Presence => "presence",
             JobName::Notifications => "notifications",
             JobName::Outbox => "outbox",
+            JobName::Archive => "archive",
         }
     }
 }

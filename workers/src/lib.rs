@@ -14,6 +14,10 @@
 //!   JetStream consumer: copies elect one publisher with a PostgreSQL advisory lock.
 //! - [`receipts`]: keeps per-(conversation, user) delivered/read cursors from the edges'
 //!   `cmd.receipts.*` commands and publishes `message.receipt`; serves `receipts.get`.
+//! - [`archive`]: keeps every event of the archived namespaces in PostgreSQL after the
+//!   stream lets it go, keeps each user's [`inbox`] of conversations (unread counts, last
+//!   message, `inbox` signals), serves `int.archive.read` for the edges, `inbox.*` and
+//!   `messages.search` ([`search`]). Batches its writes (see [`archive::consumer`]).
 //! - [`presence`]: watches the KV bucket `presence` (one entry per live connection),
 //!   publishes `user.presence` when a user's aggregate changes and stores last-seen;
 //!   serves `presence.privacy.*` and `presence.authorize`. It has no durable consumer:
@@ -58,9 +62,11 @@
 //! - `responder`: serving `svc.<method>` request/reply RPCs.
 //! - [`http`] and [`telemetry`]: health, readiness and metrics.
 
+pub mod archive;
 mod backoff;
 pub mod config;
 pub mod http;
+pub mod inbox;
 pub mod job;
 pub mod membership;
 pub mod notifications;
@@ -68,6 +74,7 @@ pub mod outbox;
 pub mod presence;
 pub mod receipts;
 mod responder;
+pub mod search;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -189,6 +196,14 @@ pub async fn run(
                     notifications::Service::new(&config.notifications, db.clone(), client.clone())?;
                 jobs.spawn(service.run(settings, shutdown))
             }
+            JobName::Archive => jobs.spawn(archive::run(
+                config.archive.clone(),
+                db.clone(),
+                client.clone(),
+                js,
+                settings,
+                shutdown,
+            )),
             JobName::Outbox => jobs.spawn(outbox::run(
                 (*db.connect_options()).clone(),
                 switchboard_bus::Publisher::from_context(js),

@@ -1,0 +1,391 @@
+//! Writing a batch of [`Record`]s to `switchboard.archive`, and what they change in
+//! `switchboard.inbox_entries`, in one transaction.
+//!
+//! # Why nothing is lost, doubled or applied out of order
+//!
+//! 1. Every conversation the batch touches is locked for the transaction
+//!    (`pg_advisory_xact_lock`, in channel order so two copies never deadlock): inbox
+//!    updates of one conversation run one after another across copies, and each sees
+//!    every archive row committed before it.
+//! 2. Rows are inserted once per event id (`ON CONFLICT DO NOTHING`): a redelivered
+//!    event changes nothing.
+//! 3. Edits and deletes are applied to their original by recomputing the original's
+//!    state from *all* archived changes of it (the latest edit's text; deleted if any
+//!    deletion exists), for every original the batch touches, whether the batch holds
+//!    the original or a change of it: an edit archived before its original is applied
+//!    when the original comes.
+//! 4. Inbox entries: membership changes apply only when newer than the entry's
+//!    `member_seq`; read cursors only move forward; `unread` and `last_seq` are
+//!    recomputed from the archive rather than incremented, so the result depends on
+//!    what is archived, never on how often or in which order it was delivered.
+//!
+//! The caller acks the batch after the commit; a crash before it rolls everything back
+//! and the redelivered batch does it all again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::PgPool;
+use switchboard_schemas::Namespace;
+
+use super::record::{Fact, Record};
+
+const LOCK: &str = "
+SELECT count(pg_advisory_xact_lock(hashtextextended('switchboard.inbox:' || channel, 0)))
+  FROM unnest($1::text[]) AS channel";
+
+const INSERT: &str = "
+INSERT INTO switchboard.archive
+       (channel, epoch, seq, event_id, type, actor_id, ts, envelope, ref_seq, text)
+SELECT r.channel, $1, r.seq, r.event_id, r.type, r.actor_id, r.ts::timestamptz,
+       r.envelope::jsonb, r.ref_seq, r.text
+  FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+              $8::text[], $9::bigint[], $10::text[])
+       AS r(channel, seq, event_id, type, actor_id, ts, envelope, ref_seq, text)
+ON CONFLICT DO NOTHING";
+
+/// A deleted original loses its text and data; recomputed from every archived change of
+/// each touched original, so the deletion may have been archived before or after it.
+const RECONCILE: &str = "
+WITH target AS (
+    SELECT DISTINCT channel, seq FROM unnest($2::text[], $3::bigint[]) AS t(channel, seq)
+)
+UPDATE switchboard.archive o
+   SET deleted = true,
+       text = NULL,
+       edited_at = NULL,
+       envelope = jsonb_set(o.envelope, '{data}', '{}') || '{\"deleted\":true}'
+  FROM target t
+ WHERE o.channel = t.channel AND o.epoch = $1 AND o.seq = t.seq
+   AND o.type = 'message.new' AND NOT o.deleted
+   AND EXISTS (SELECT 1 FROM switchboard.archive d
+                WHERE d.channel = t.channel AND d.epoch = $1 AND d.ref_seq = t.seq
+                  AND d.type = 'message.deleted')";
+
+/// An original that is not deleted takes the text of its latest edit (by seq).
+const APPLY_EDITS: &str = "
+WITH target AS (
+    SELECT DISTINCT channel, seq FROM unnest($2::text[], $3::bigint[]) AS t(channel, seq)
+), edit AS (
+    SELECT DISTINCT ON (t.channel, t.seq) t.channel, t.seq, c.envelope
+      FROM target t
+      JOIN switchboard.archive c
+        ON c.channel = t.channel AND c.epoch = $1 AND c.ref_seq = t.seq
+     WHERE c.type = 'message.edited' AND jsonb_typeof(c.envelope -> 'data' -> 'text') = 'string'
+     ORDER BY t.channel, t.seq, c.seq DESC
+)
+UPDATE switchboard.archive o
+   SET text = edit.envelope -> 'data' ->> 'text',
+       edited_at = (edit.envelope ->> 'timestamp')::timestamptz,
+       envelope = CASE WHEN jsonb_typeof(o.envelope -> 'data') = 'object'
+                       THEN jsonb_set(o.envelope, '{data}', (o.envelope -> 'data')
+                            || jsonb_build_object('text', edit.envelope -> 'data' -> 'text',
+                                                  'editedAt', edit.envelope -> 'timestamp'))
+                       ELSE o.envelope END
+  FROM edit
+ WHERE o.channel = edit.channel AND o.epoch = $1 AND o.seq = edit.seq
+   AND o.type = 'message.new' AND NOT o.deleted";
+
+/// The edits of a deleted message lose their text too; they keep what they point at.
+const BLANK_EDITS: &str = "
+WITH target AS (
+    SELECT DISTINCT channel, seq FROM unnest($2::text[], $3::bigint[]) AS t(channel, seq)
+)
+UPDATE switchboard.archive e
+   SET deleted = true,
+       envelope = jsonb_set(e.envelope, '{data}', jsonb_build_object('seq', e.ref_seq))
+                  || '{\"deleted\":true}'
+  FROM target t
+ WHERE e.channel = t.channel AND e.epoch = $1 AND e.ref_seq = t.seq
+   AND e.type = 'message.edited' AND NOT e.deleted
+   AND EXISTS (SELECT 1 FROM switchboard.archive d
+                WHERE d.channel = t.channel AND d.epoch = $1 AND d.ref_seq = t.seq
+                  AND d.type = 'message.deleted')";
+
+/// Joining and leaving, newest membership event first wins.
+const MEMBERS: &str = "
+INSERT INTO switchboard.inbox_entries AS e
+       (user_id, channel, active, member_seq, joined_seq, epoch, activity_at)
+SELECT m.user_id, m.channel, m.active, m.seq, m.joined_seq, $1, m.ts::timestamptz
+  FROM unnest($2::text[], $3::text[], $4::boolean[], $5::bigint[], $6::bigint[], $7::boolean[],
+              $8::text[])
+       AS m(user_id, channel, active, seq, joined_seq, rejoined, ts)
+ON CONFLICT (user_id, channel) DO UPDATE
+   SET active = EXCLUDED.active,
+       member_seq = EXCLUDED.member_seq,
+       joined_seq = CASE WHEN EXCLUDED.active AND (NOT e.active OR e.epoch <> EXCLUDED.epoch
+                              OR (SELECT m.rejoined FROM unnest($2::text[], $3::text[], $7::boolean[])
+                                      AS m(user_id, channel, rejoined)
+                                   WHERE m.user_id = e.user_id AND m.channel = e.channel))
+                         THEN EXCLUDED.joined_seq ELSE e.joined_seq END,
+       read_seq = CASE WHEN e.epoch <> EXCLUDED.epoch THEN 0 ELSE e.read_seq END,
+       activity_at = CASE WHEN EXCLUDED.active AND NOT e.active
+                          THEN greatest(e.activity_at, EXCLUDED.activity_at)
+                          ELSE e.activity_at END,
+       epoch = EXCLUDED.epoch,
+       updated_at = now()
+ WHERE e.epoch <> EXCLUDED.epoch OR EXCLUDED.member_seq > e.member_seq
+RETURNING user_id, channel";
+
+const READS: &str = "
+UPDATE switchboard.inbox_entries e
+   SET read_seq = r.read, updated_at = now()
+  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(user_id, channel, read)
+ WHERE e.user_id = r.user_id AND e.channel = r.channel AND r.read > e.read_seq
+RETURNING e.user_id, e.channel";
+
+/// A new message is activity for every participant who was in the conversation then.
+const ACTIVITY: &str = "
+UPDATE switchboard.inbox_entries e
+   SET activity_at = greatest(e.activity_at, a.ts::timestamptz)
+  FROM unnest($1::text[], $2::bigint[], $3::text[]) AS a(channel, seq, ts)
+ WHERE e.channel = a.channel AND e.active AND a.seq > e.joined_seq
+   AND e.activity_at < a.ts::timestamptz";
+
+/// Unread and last message of the touched entries, from the archive.
+const RECOUNT: &str = "
+UPDATE switchboard.inbox_entries e
+   SET unread = (SELECT count(*) FROM switchboard.archive a
+                  WHERE a.channel = e.channel AND a.epoch = $1
+                    AND a.type = 'message.new' AND NOT a.deleted
+                    AND a.seq > greatest(e.read_seq, e.joined_seq)
+                    AND a.actor_id IS DISTINCT FROM e.user_id),
+       last_seq = (SELECT max(a.seq) FROM switchboard.archive a
+                    WHERE a.channel = e.channel AND a.epoch = $1
+                      AND a.type = 'message.new' AND NOT a.deleted),
+       epoch = $1,
+       updated_at = now()
+ WHERE e.active
+   AND (e.channel = ANY($2::text[])
+        OR (e.user_id, e.channel) IN (SELECT * FROM unnest($3::text[], $4::text[])))
+RETURNING e.user_id, e.channel";
+
+/// A (user, conversation) whose inbox entry a batch changed.
+pub type EntryKey = (String, String);
+
+/// Writes archive batches; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ArchiveStore {
+    db: PgPool,
+}
+
+impl ArchiveStore {
+    pub fn new(db: PgPool) -> ArchiveStore {
+        ArchiveStore { db }
+    }
+
+    /// Archives `records` (events of stream epoch `epoch`) and updates the inbox entries
+    /// they change; returns those entries. See the module docs for the order of steps.
+    pub async fn write(
+        &self,
+        epoch: &str,
+        records: &[Record],
+    ) -> Result<BTreeSet<EntryKey>, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let conversations: BTreeSet<&str> = records
+            .iter()
+            .filter(|r| r.channel.namespace() == Namespace::Conversation)
+            .map(|r| r.channel.as_str())
+            .collect();
+        if !conversations.is_empty() {
+            sqlx::query(LOCK)
+                .bind(conversations.iter().copied().collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+        }
+        insert(&mut tx, epoch, records).await?;
+        reconcile(&mut tx, epoch, records).await?;
+        let changed = inbox(&mut tx, epoch, records).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+}
+
+async fn insert(
+    tx: &mut sqlx::PgConnection,
+    epoch: &str,
+    records: &[Record],
+) -> Result<(), sqlx::Error> {
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|r| r.seq);
+    let column = |f: fn(&Record) -> Option<String>| sorted.iter().map(|r| f(r)).collect::<Vec<_>>();
+    sqlx::query(INSERT)
+        .bind(epoch)
+        .bind(column(|r| Some(r.channel.as_str().to_string())))
+        .bind(sorted.iter().map(|r| bigint(r.seq)).collect::<Vec<_>>())
+        .bind(column(|r| Some(r.event_id.clone())))
+        .bind(column(|r| Some(r.ty.clone())))
+        .bind(column(|r| r.actor.clone()))
+        .bind(column(|r| Some(r.timestamp.clone())))
+        .bind(column(|r| Some(r.envelope.clone())))
+        .bind(
+            sorted
+                .iter()
+                .map(|r| r.ref_seq.map(bigint))
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|r| r.text.clone()))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Applies the edits and deletes of every original the batch touches.
+async fn reconcile(
+    tx: &mut sqlx::PgConnection,
+    epoch: &str,
+    records: &[Record],
+) -> Result<(), sqlx::Error> {
+    let targets: BTreeSet<(&str, i64)> = records
+        .iter()
+        .filter_map(|r| match (r.ty.as_str(), r.ref_seq) {
+            ("message.new", _) => Some((r.channel.as_str(), bigint(r.seq))),
+            (_, Some(original)) => Some((r.channel.as_str(), bigint(original))),
+            _ => None,
+        })
+        .collect();
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let channels: Vec<&str> = targets.iter().map(|(c, _)| *c).collect();
+    let seqs: Vec<i64> = targets.iter().map(|(_, s)| *s).collect();
+    for statement in [RECONCILE, APPLY_EDITS, BLANK_EDITS] {
+        sqlx::query(statement)
+            .bind(epoch)
+            .bind(&channels)
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One user's membership on one conversation, as a batch leaves it.
+struct Membership {
+    active: bool,
+    seq: u64,
+    timestamp: String,
+    /// The seq of the join that made the user a participant, if the batch holds one.
+    joined: Option<u64>,
+    /// The batch removed the user before that join: the join starts a new stay even if
+    /// the entry still says active.
+    rejoined: bool,
+}
+
+async fn inbox(
+    tx: &mut sqlx::PgConnection,
+    epoch: &str,
+    records: &[Record],
+) -> Result<BTreeSet<EntryKey>, sqlx::Error> {
+    let mut sorted: Vec<&Record> = records.iter().filter(|r| r.fact.is_some()).collect();
+    sorted.sort_by_key(|r| r.seq);
+    let mut members: BTreeMap<EntryKey, Membership> = BTreeMap::new();
+    let mut reads: BTreeMap<EntryKey, u64> = BTreeMap::new();
+    let mut messages: BTreeSet<&str> = BTreeSet::new();
+    let mut activity: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+    for record in sorted {
+        let channel = record.channel.as_str();
+        match &record.fact {
+            Some(Fact::Message) => {
+                messages.insert(channel);
+                if record.ty == "message.new" {
+                    // Sorted by seq: the newest message of each conversation stays.
+                    activity.insert(channel, (bigint(record.seq), &record.timestamp));
+                }
+            }
+            Some(Fact::Member { user, active }) => {
+                let key = (user.to_string(), channel.to_string());
+                let seq = record.seq;
+                let timestamp = record.timestamp.clone();
+                match members.get_mut(&key) {
+                    None => {
+                        members.insert(
+                            key,
+                            Membership {
+                                active: *active,
+                                seq,
+                                timestamp,
+                                joined: active.then_some(seq),
+                                rejoined: false,
+                            },
+                        );
+                    }
+                    Some(state) => {
+                        if *active && !state.active {
+                            state.joined = Some(seq);
+                            state.rejoined = true;
+                        }
+                        state.active = *active;
+                        state.seq = seq;
+                        state.timestamp = timestamp;
+                    }
+                }
+            }
+            Some(Fact::Read { user, read }) => {
+                let entry = reads
+                    .entry((user.to_string(), channel.to_string()))
+                    .or_default();
+                *entry = (*entry).max(*read);
+            }
+            None => {}
+        }
+    }
+    let mut changed = BTreeSet::new();
+    if !members.is_empty() {
+        let rows: Vec<(String, String)> = sqlx::query_as(MEMBERS)
+            .bind(epoch)
+            .bind(members.keys().map(|(u, _)| u.as_str()).collect::<Vec<_>>())
+            .bind(members.keys().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
+            .bind(members.values().map(|m| m.active).collect::<Vec<_>>())
+            .bind(members.values().map(|m| bigint(m.seq)).collect::<Vec<_>>())
+            .bind(
+                members
+                    .values()
+                    .map(|m| bigint(m.joined.unwrap_or(m.seq)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(members.values().map(|m| m.rejoined).collect::<Vec<_>>())
+            .bind(
+                members
+                    .values()
+                    .map(|m| m.timestamp.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+        changed.extend(rows);
+    }
+    if !reads.is_empty() {
+        let rows: Vec<(String, String)> = sqlx::query_as(READS)
+            .bind(reads.keys().map(|(u, _)| u.as_str()).collect::<Vec<_>>())
+            .bind(reads.keys().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
+            .bind(reads.values().map(|r| bigint(*r)).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        changed.extend(rows);
+    }
+    if !activity.is_empty() {
+        sqlx::query(ACTIVITY)
+            .bind(activity.keys().copied().collect::<Vec<_>>())
+            .bind(activity.values().map(|a| a.0).collect::<Vec<_>>())
+            .bind(activity.values().map(|a| a.1).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
+    if messages.is_empty() && changed.is_empty() {
+        return Ok(changed);
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(RECOUNT)
+        .bind(epoch)
+        .bind(messages.iter().copied().collect::<Vec<_>>())
+        .bind(changed.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    changed.extend(rows);
+    Ok(changed)
+}
+
+/// Seqs come from JetStream (u64) and never reach `i64::MAX` in practice.
+pub fn bigint(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,139 @@
+//! `messages.search` (docs/protocol.md §10.12): PostgreSQL full-text search over the
+//! archived messages of the conversations the caller participates in now.
+//!
+//! The query text is handed to `websearch_to_tsquery('simple', ...)` as a bound
+//! parameter: any text (operators, quotes, unbalanced punctuation) is a query, never SQL
+//! and never an error; text without words finds nothing. Only live `message.new` rows
+//! are searched, by their current text, so an edit is found by its latest text and a
+//! deleted message never. Participation is read from `switchboard.channel_members` at
+//! the time of the call; a `ch` the caller is not in is refused exactly like one that
+//! does not exist.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use switchboard_schemas::{ChannelName, ErrorCode};
+
+use crate::inbox::cursor::Cursor;
+use crate::responder::{Call, Method, Reply, RpcError, Service};
+
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+/// Longest query text, in bytes: far above anything typed, well under the RPC's cap.
+const MAX_QUERY: usize = 16 * 1024;
+
+/// Matched words are marked `**word**` in snippets, which are plain text (not HTML).
+const SEARCH: &str = "
+SELECT a.channel, a.seq, a.envelope::text,
+       ts_headline('simple', a.text, q,
+                   'StartSel=**, StopSel=**, MaxWords=24, MinWords=8, MaxFragments=2, FragmentDelimiter=\" … \"'),
+       (extract(epoch FROM a.ts) * 1000000)::bigint, a.event_id
+  FROM switchboard.archive a, websearch_to_tsquery('simple', $2) q
+ WHERE a.type = 'message.new' AND NOT a.deleted AND a.search @@ q
+   AND a.channel IN (SELECT m.channel FROM switchboard.channel_members m
+                      WHERE m.user_id = $1 AND m.active)
+   AND ($3::text IS NULL OR a.channel = $3)
+   AND ($4::bigint IS NULL
+        OR (a.ts, a.event_id) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
+ ORDER BY a.ts DESC, a.event_id DESC
+ LIMIT $6";
+
+const PARTICIPANT: &str = "
+SELECT EXISTS (SELECT 1 FROM switchboard.channel_members
+                WHERE channel = $1 AND user_id = $2 AND active)";
+
+/// `svc.messages.search`.
+pub struct SearchService {
+    db: PgPool,
+}
+
+impl SearchService {
+    pub fn new(db: PgPool) -> SearchService {
+        SearchService { db }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    q: String,
+    ch: Option<String>,
+    limit: Option<u32>,
+    before: Option<String>,
+}
+
+impl Service for SearchService {
+    const NAME: &'static str = "messages";
+
+    fn methods(&self) -> &'static [Method] {
+        const METHODS: &[Method] = &[Method::public("messages.search")];
+        METHODS
+    }
+
+    async fn call(&self, method: &str, call: Call) -> Reply {
+        let params: Params = call.params()?;
+        let bad = |message: String| RpcError::new(ErrorCode::BadRequest, message);
+        if params.q.len() > MAX_QUERY {
+            return Err(bad(format!("q above {MAX_QUERY} bytes")));
+        }
+        let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(bad(format!("limit must be 1 to {MAX_LIMIT}")));
+        }
+        let before = params
+            .before
+            .as_deref()
+            .map(Cursor::parse)
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
+        let unavailable = |e: &dyn std::fmt::Display| RpcError::unavailable(method, e);
+        let channel = match params.ch.as_deref() {
+            None => None,
+            Some(text) => {
+                let channel = ChannelName::parse(text).map_err(|e| bad(e.to_string()))?;
+                let participant: bool = sqlx::query_scalar(PARTICIPANT)
+                    .bind(channel.as_str())
+                    .bind(call.caller.as_str())
+                    .fetch_one(&self.db)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                if !participant {
+                    return Err(RpcError::new(
+                        ErrorCode::Forbidden,
+                        "not a participant of this conversation",
+                    ));
+                }
+                Some(channel)
+            }
+        };
+        // PostgreSQL's text cannot hold NUL; it separates words like any punctuation.
+        let query = params.q.replace('\0', " ");
+        let rows: Vec<(String, i64, String, String, i64, String)> = sqlx::query_as(SEARCH)
+            .bind(call.caller.as_str())
+            .bind(query)
+            .bind(channel.as_ref().map(ChannelName::as_str))
+            .bind(before.as_ref().map(|c| c.micros))
+            .bind(before.as_ref().map(|c| c.key.as_str()))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.db)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let more = rows.len() > limit as usize;
+        let mut results = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut next = None;
+        for (channel, seq, envelope, snippet, micros, event_id) in
+            rows.into_iter().take(limit as usize)
+        {
+            let event: Value = serde_json::from_str(&envelope).map_err(|e| unavailable(&e))?;
+            results.push(json!({ "ch": channel, "seq": seq, "event": event, "snippet": snippet }));
+            next = more.then(|| {
+                Cursor {
+                    micros,
+                    key: event_id,
+                }
+                .encode()
+            });
+        }
+        Ok(json!({ "results": results, "next": next }))
+    }
+}
