@@ -1,6 +1,8 @@
 // The Switchboard demo: one conversation between two users (messages, typing, ticks,
-// presence), a live project feed, a notification bell and a connection badge. Plain DOM
-// on top of the SDK, which the edge serves from /web/sdk/ in development mode.
+// presence), the user's conversations with unread badges (sb.inbox) and a message search
+// (sb.search), a live project feed, a notification bell, notifications shown through the
+// browser's service worker (sb.push) and a connection badge. Plain DOM on top of the SDK,
+// which the edge serves from /web/sdk/ in development mode.
 //
 // The page reads its settings from the URL fragment (or query):
 //   token=<jwt>          the user's token (else the picker asks for one)
@@ -118,8 +120,11 @@ function start(token) {
   mountBadge(sb);
   mountChat(sb, { me, peer, ch: conversation });
   mountFeed(sb, project);
-  mountBell(sb);
+  const push = mountPush(sb);
+  mountBell(sb, push);
   mountStatus(sb);
+  mountInbox(sb, conversation);
+  mountSearch(sb);
 
   sb.connect().catch((error) => {
     if (sb.state === 'disconnected') {
@@ -386,7 +391,7 @@ function mountFeed(sb, ch) {
 
 // --- notifications -------------------------------------------------------------------------
 
-function mountBell(sb) {
+function mountBell(sb, push) {
   const bell = $('[data-testid="bell"]');
   const count = $('[data-testid="bell-count"]');
   const panel = $('[data-testid="notifications-panel"]');
@@ -401,6 +406,7 @@ function mountBell(sb) {
     bell.setAttribute('aria-label', `Notifications, ${unread} unread`);
   });
   sb.notifications.onNotification((n) => {
+    push.show(n);
     live.unshift(n);
     if (!panel.hidden) renderItems(live);
   });
@@ -441,6 +447,180 @@ function mountBell(sb) {
       notice.textContent = `Could not mark read: ${error.message}`;
       notice.hidden = false;
     }
+  };
+}
+
+// --- conversations and search --------------------------------------------------------------
+
+/** Opens another conversation: the page loads again with it (the token stays in this tab). */
+function openConversation(ch) {
+  const params = new URLSearchParams(location.hash.slice(1) || location.search.slice(1));
+  params.delete('token');
+  params.set('conversation', ch.slice(ch.indexOf(':') + 1));
+  location.hash = params.toString();
+  location.reload();
+}
+
+const conversationLabel = (ch) => ch.slice(ch.indexOf(':') + 1);
+
+function mountInbox(sb, current) {
+  const list = $('[data-testid="inbox-list"]');
+  const total = $('[data-testid="inbox-total"]');
+  const notice = $('[data-testid="inbox-notice"]');
+
+  const item = (entry) => {
+    const last = entry.last;
+    const preview = last ? `${last.actor?.id ? `${displayName(last.actor.id)}: ` : ''}${last.text ?? ''}` : 'No messages yet';
+    const unread = entry.unread > 0 ? el('span', { class: 'unread', 'data-testid': 'inbox-unread', title: `${entry.unread} unread` }, entry.unread > 99 ? '99+' : String(entry.unread)) : null;
+    const mute = el('button', { type: 'button', class: 'mute', 'data-testid': 'inbox-mute', title: entry.muted ? 'Unmute' : 'Mute' }, entry.muted ? 'unmute' : 'mute');
+    mute.onclick = (event) => {
+      event.stopPropagation();
+      sb.inbox.mute(entry.ch, !entry.muted).catch((error) => showNotice(`Could not ${entry.muted ? 'unmute' : 'mute'}: ${error.message}`));
+    };
+    const node = el('li',
+      {
+        class: `conv${entry.ch === current ? ' current' : ''}${entry.muted ? ' muted' : ''}`,
+        'data-testid': 'inbox-item',
+        'data-ch': entry.ch,
+        'data-unread': String(entry.unread),
+        'data-muted': String(entry.muted),
+        title: entry.ch,
+      },
+      el('span', { class: 'title' }, conversationLabel(entry.ch)),
+      unread ?? el('span', {}),
+      el('span', { class: 'preview' }, preview),
+      mute,
+    );
+    node.onclick = () => entry.ch !== current && openConversation(entry.ch);
+    return node;
+  };
+
+  const showNotice = (text) => {
+    notice.textContent = text;
+    notice.hidden = false;
+  };
+
+  sb.inbox.on('error', (error) => showNotice(`The inbox is not available (${error.code ?? 'error'}): ${error.message}`));
+  sb.inbox.watch((state) => {
+    if (!state.ready) return;
+    notice.hidden = true;
+    list.replaceChildren(...state.conversations.map(item));
+    if (state.conversations.length === 0) list.append(el('li', { class: 'muted small' }, 'No conversations yet.'));
+    total.textContent = state.total > 99 ? '99+' : String(state.total);
+    total.dataset.count = String(state.total);
+    total.hidden = state.total === 0;
+    if (state.hasMore) {
+      const more = el('li', {}, el('button', { type: 'button', class: 'link', 'data-testid': 'inbox-more' }, 'Older conversations'));
+      more.onclick = () => sb.inbox.loadMore().catch((error) => showNotice(error.message));
+      list.append(more);
+    }
+  });
+}
+
+/** A search snippet (plain text, matched words as `**word**`) with the matches as <mark>. */
+function highlighted(snippet) {
+  const parts = String(snippet).split('**');
+  return parts.map((part, i) => (i % 2 === 1 ? el('mark', {}, part) : document.createTextNode(part)));
+}
+
+function mountSearch(sb) {
+  const form = $('[data-testid="search-form"]');
+  const input = $('[data-testid="search-input"]');
+  const results = $('[data-testid="search-results"]');
+  let asked = 0;
+
+  const run = async () => {
+    const q = input.value.trim();
+    const mine = ++asked;
+    if (!q) {
+      results.hidden = true;
+      results.replaceChildren();
+      return;
+    }
+    results.hidden = false;
+    results.dataset.state = 'searching';
+    try {
+      const page = await sb.search(q, { limit: 20 });
+      if (mine !== asked) return;
+      results.replaceChildren(
+        ...page.results.map((hit) => {
+          const text = hit.snippet || String(hit.event?.data?.text ?? '');
+          const node = el('li', { class: 'hit', 'data-testid': 'search-result', 'data-ch': hit.ch, 'data-seq': hit.seq },
+            el('span', { class: 'where' }, `${conversationLabel(hit.ch)} · ${displayName(hit.event?.actor?.id ?? '?')} · ${time(hit.event?.timestamp)}`),
+            ...highlighted(text),
+          );
+          node.onclick = () => openConversation(hit.ch);
+          return node;
+        }),
+      );
+      if (page.results.length === 0) results.append(el('li', { class: 'muted small', 'data-testid': 'search-empty' }, `Nothing found for “${q}”.`));
+      results.dataset.state = 'done';
+    } catch (error) {
+      if (mine !== asked) return;
+      results.replaceChildren(el('li', { class: 'muted small', 'data-testid': 'search-error' }, `Search is not available (${error.code ?? 'error'}): ${error.message}`));
+      results.dataset.state = 'error';
+    }
+  };
+  form.onsubmit = (event) => {
+    event.preventDefault();
+    run();
+  };
+  input.addEventListener('search', run); // the clear button of type=search
+}
+
+// --- push ----------------------------------------------------------------------------------
+
+/** The package's service worker, as the edge serves the built SDK. */
+const SERVICE_WORKER = '/web/sdk/switchboard-sw.js?open=/';
+
+/**
+ * The service worker is registered at once (it needs no permission). "Enable push" asks for
+ * permission and runs sb.push.enable: from then on live notifications are also shown by
+ * the service worker, and the workers push to this browser while the user is away. A
+ * browser without a push service (a headless one) still shows them while the page is open.
+ */
+function mountPush(sb) {
+  const button = $('[data-testid="push-enable"]');
+  const container = navigator.serviceWorker;
+  const registration = container ? container.register(SERVICE_WORKER).catch((error) => {
+    button.dataset.state = 'error';
+    button.title = `The service worker did not register: ${error.message}`;
+    return undefined;
+  }) : Promise.resolve(undefined);
+  let showing = false;
+  if (container) button.hidden = false;
+
+  const set = (state, title, error) => {
+    button.dataset.state = state;
+    button.title = title;
+    if (error) button.dataset.error = error;
+    else delete button.dataset.error;
+    button.textContent = state === 'enabled' ? 'Push on' : state === 'shown' ? 'Notifications on' : 'Enable push';
+  };
+
+  button.onclick = async () => {
+    button.disabled = true;
+    try {
+      const device = await sb.push.enable({ serviceWorker: SERVICE_WORKER });
+      showing = true;
+      set('enabled', `Web Push is on for this browser (device ${device.device})`);
+    } catch (error) {
+      showing = typeof Notification === 'function' && Notification.permission === 'granted';
+      const why = `${error.code ?? error.name}: ${error.message}`;
+      if (showing) set('shown', `Notifications show while this page is open; Web Push is off (${why})`, why);
+      else set('error', `Notifications are off (${why})`, why);
+    } finally {
+      button.disabled = false;
+    }
+  };
+
+  return {
+    /** Shows a notification through the service worker, as a push would. */
+    async show(notification) {
+      if (!showing) return;
+      const reg = await registration;
+      (reg?.active ?? reg?.waiting ?? reg?.installing)?.postMessage({ type: 'switchboard.notification', notification });
+    },
   };
 }
 

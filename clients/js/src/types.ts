@@ -368,7 +368,7 @@ export interface SearchResult<D = unknown> {
   ch: string;
   seq: number;
   event: Envelope<D>;
-  /** The matching part of the text, as the server cut it. */
+  /** The matching part of the text: plain text (not HTML), matched words as `**word**`. */
   snippet: string;
 }
 

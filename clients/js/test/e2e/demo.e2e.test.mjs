@@ -14,6 +14,7 @@ import {
   probeNotifications,
   probePresence,
   probeReceipts,
+  probeRpc,
   publish,
   sleep,
   stack,
@@ -88,6 +89,9 @@ before(async () => {
     receipts: await probeReceipts(),
     presence: await probePresence(),
     notifications: await probeNotifications(),
+    inbox: await probeRpc('inbox.list', { limit: 1 }),
+    search: await probeRpc('messages.search', { q: 'probe' }),
+    vapid: await probeRpc('push.vapid'),
   };
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -166,6 +170,137 @@ test('the bell shows the unread count carried by user.notification events (as th
   });
   await hanaPage.locator(`[data-testid="bell-count"][data-count="${unread}"]`).waitFor();
   assert.equal(await hanaPage.getByTestId('bell-count').isVisible(), true);
+});
+
+test('the conversation list shows each conversation with its unread badge, live', T, async (t) => {
+  if (!probes.inbox.served) {
+    // Not served by this stack: the panel says so instead of listing nothing.
+    await hanaPage.getByTestId('inbox-notice').waitFor();
+    assert.match(await hanaPage.getByTestId('inbox-notice').innerText(), /not available/);
+    return t.skip(probes.inbox.reason);
+  }
+  await hanaPage.locator(`[data-testid="inbox-item"][data-ch="conversation:${conversation}"]`).waitFor({ timeout: 15_000 });
+  const room = uniq('c');
+  await addParticipant(room, hana);
+  await addParticipant(room, carlos);
+  // Carlos's second device, closed at once: the presence test below needs him offline when his page closes.
+  const other = client({ url: wsUrl, token: () => mintToken({ sub: carlos }) });
+  try {
+    await other.connect();
+    await other.publish(`conversation:${room}`, 'message.new', { text: 'Are the tiles in?' }).sent();
+    await other.publish(`conversation:${room}`, 'message.new', { text: 'The grey ones, I mean.' }).sent();
+  } finally {
+    other.destroy();
+  }
+  const item = hanaPage.locator(`[data-testid="inbox-item"][data-ch="conversation:${room}"]`);
+  await item.and(hanaPage.locator('[data-unread="2"]')).waitFor({ timeout: 15_000 });
+  assert.equal(await item.getByTestId('inbox-unread').innerText(), '2');
+  assert.match(await item.innerText(), /The grey ones, I mean\./);
+  assert.equal(await hanaPage.locator('[data-testid="inbox-item"]').first().getAttribute('data-ch'), `conversation:${room}`, 'the newest activity on top');
+  await hanaPage.locator('[data-testid="inbox-total"]:not([data-count="0"])').waitFor();
+
+  // Muting keeps the badge and leaves the total.
+  const totalBefore = Number(await hanaPage.getByTestId('inbox-total').getAttribute('data-count'));
+  await item.getByTestId('inbox-mute').click();
+  await item.and(hanaPage.locator('[data-muted="true"]')).waitFor({ timeout: 15_000 });
+  await waitFor(async () => Number(await hanaPage.getByTestId('inbox-total').getAttribute('data-count')) === totalBefore - 2, 'the total without the muted conversation', 15_000);
+});
+
+test('the search box finds a message in the conversations the user is in', T, async (t) => {
+  const word = `zucchini${uniq('w').replace(/[^a-z0-9]/gi, '')}`;
+  if (!probes.search.served) {
+    await hanaPage.getByTestId('search-input').fill(word);
+    await hanaPage.getByTestId('search-input').press('Enter');
+    await hanaPage.getByTestId('search-error').waitFor();
+    return t.skip(probes.search.reason);
+  }
+  await send(carlosPage, `Bring the ${word} seeds`);
+  await message(hanaPage, `Bring the ${word} seeds`).waitFor();
+  const hit = hanaPage.locator('[data-testid="search-result"]', { hasText: word });
+  // The archive takes up to a second: search again until it is there.
+  await waitFor(async () => {
+    await hanaPage.getByTestId('search-input').fill(word);
+    await hanaPage.getByTestId('search-input').press('Enter');
+    await hanaPage.locator('[data-testid="search-results"][data-state="done"], [data-testid="search-results"][data-state="error"]').waitFor();
+    return (await hit.count()) === 1;
+  }, 'the message among the results', 15_000);
+  assert.equal(await hit.getAttribute('data-ch'), `conversation:${conversation}`);
+  assert.match(await hit.innerText(), new RegExp(`${word}`));
+  assert.equal(await hit.locator('mark', { hasText: word }).count(), 1, 'the matched word is highlighted');
+  await hanaPage.getByTestId('search-input').fill('nothing-like-this-was-ever-said');
+  await hanaPage.getByTestId('search-input').press('Enter');
+  await hanaPage.getByTestId('search-empty').waitFor();
+  await hanaPage.getByTestId('search-input').fill(word);
+  await hanaPage.getByTestId('search-input').press('Enter');
+  await hit.waitFor();
+});
+
+test('the service worker is registered and shows notifications; push.enable gets as far as the browser allows', T, async () => {
+  await hanaContext.grantPermissions(['notifications'], { origin: httpUrl });
+  const page = await hanaContext.newPage();
+  page.on('pageerror', (error) => pageErrors.push(`hana: ${error.message}`));
+  const rpcs = [];
+  page.on('websocket', (socket) => {
+    socket.on('framesent', ({ payload }) => {
+      const frame = JSON.parse(String(payload));
+      if (frame.op === 'rpc') rpcs.push({ id: frame.id, method: frame.method });
+    });
+    socket.on('framereceived', ({ payload }) => {
+      const frame = JSON.parse(String(payload));
+      const call = rpcs.find((r) => r.id === frame.id && frame.op !== undefined);
+      if (call && (frame.op === 'ok' || frame.op === 'err')) call.reply = frame;
+    });
+  });
+  await page.goto(demoUrl(hana, carlos));
+  await connected(page);
+  const registered = await page.evaluate(async () => {
+    for (let i = 0; i < 100; i++) {
+      const reg = await navigator.serviceWorker.getRegistration('/web/sdk/');
+      if (reg?.active) return { scope: reg.scope, script: reg.active.scriptURL };
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return null;
+  });
+  assert.ok(registered, 'the service worker is active');
+  assert.match(registered.script, /\/web\/sdk\/switchboard-sw\.js/);
+
+  await page.getByTestId('push-enable').click();
+  await page.locator('[data-testid="push-enable"][data-state="enabled"], [data-testid="push-enable"][data-state="shown"]').waitFor({ timeout: 30_000 });
+  const state = await page.getByTestId('push-enable').getAttribute('data-state');
+  const vapid = rpcs.find((r) => r.method === 'push.vapid');
+  if (probes.vapid.served) {
+    assert.equal(vapid?.reply?.op, 'ok', 'push.vapid answered the page');
+    assert.equal(Buffer.from(vapid.reply.result.publicKey, 'base64url').length, 65);
+    if (state === 'enabled') {
+      // A browser with a push service: the subscription reached the workers.
+      assert.equal(rpcs.find((r) => r.method === 'push.subscribe')?.reply?.op, 'ok');
+    } else {
+      // Headless Chromium has no push service: the browser refuses at PushManager.subscribe,
+      // after push.vapid and before push.subscribe.
+      assert.match(await page.getByTestId('push-enable').getAttribute('data-error'), /Registration failed|push service/i);
+      assert.equal(rpcs.some((r) => r.method === 'push.subscribe'), false);
+    }
+  } else {
+    assert.equal(state, 'shown', `Web Push is off on this stack (${probes.vapid.reason}); notifications still show`);
+  }
+
+  // A live notification is shown by the service worker, as a push would be.
+  const title = `Bid accepted ${uniq('t')}`;
+  await publish(`user:${hana}`, 'user.notification', {
+    id: uniq('ntf'), category: 'bid', title, message: 'Carlos starts Monday', priority: 'normal',
+    ref: { channel: `project:${project}`, seq: 1 }, unread: 1, createdAt: new Date().toISOString(),
+  });
+  const shown = await page.evaluate(async (wanted) => {
+    const reg = await navigator.serviceWorker.getRegistration('/web/sdk/');
+    for (let i = 0; i < 150; i++) {
+      const found = (await reg.getNotifications()).find((n) => n.title === wanted);
+      if (found) return { title: found.title, body: found.body };
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return null;
+  }, title);
+  assert.deepEqual(shown, { title, body: 'Carlos starts Monday' });
+  await page.close();
 });
 
 test('a screenshot of the demo goes to docs/demo.png', T, async () => {
