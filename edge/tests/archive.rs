@@ -1,0 +1,399 @@
+//! History and resume past the stream (docs/protocol.md, section 11.1): a real edge, a
+//! real `switchboard-workers` process running the archive job, real NATS and
+//! PostgreSQL. A conversation's older events are purged from `EVENTS`; `history`, `sub`
+//! with `since`, SSE and long polling continue into the archive with the same frames
+//! and seqs, no gap and no duplicate.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use support::*;
+use switchboard_testkit::{Postgres, Process, binary};
+
+const CH: &str = "conversation:c1";
+/// Events of the conversation the stream keeps after the purge.
+const KEPT: u64 = 6;
+
+fn workers(stack: &Stack, database_url: &str) -> Process {
+    let mut cmd = Command::new(binary("switchboard-workers"));
+    cmd.envs(stack.nats.env(Role::Workers))
+        .env("DATABASE_URL", database_url)
+        // Tests run side by side: each worker serves HTTP on a port of its own.
+        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
+        .env("SWITCHBOARD_WORKERS", "archive")
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(Stdio::null());
+    Process::spawn(cmd).expect("start switchboard-workers")
+}
+
+async fn epoch(stack: &Stack) -> String {
+    let mut stream = stack.js.get_stream("EVENTS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    info.created.unix_timestamp_nanos().to_string()
+}
+
+/// Waits until the archive has processed the stream up to `seq`, asking it as an edge
+/// does.
+async fn archived_through(stack: &Stack, seq: u64) {
+    let epoch = epoch(stack).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let params = json!({"ch": CH, "epoch": epoch, "after": 0, "limit": 1});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Rt-User", "u1");
+        headers.insert("Rt-Role", "user");
+        let through = stack
+            .client
+            .request_with_headers("int.archive.read", headers, params.to_string().into())
+            .await
+            .ok()
+            .and_then(|reply| serde_json::from_slice::<Value>(&reply.payload).ok())
+            .and_then(|reply| reply["result"]["through"].as_u64());
+        if through.is_some_and(|through| through >= seq) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive is not through seq {seq} (at {through:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes the conversation's events from `EVENTS` but the newest `keep`.
+async fn purge(stack: &Stack, keep: u64) {
+    let stream = stack.js.get_stream("EVENTS").await.unwrap();
+    let purge = stream.purge().filter("rt.conversation.c1");
+    if keep == 0 {
+        purge.await.unwrap();
+    } else {
+        purge.keep(keep).await.unwrap();
+    }
+}
+
+/// What the conversation holds: its evt frames as a subscriber saw them live, by seq.
+struct Conversation {
+    frames: BTreeMap<u64, Value>,
+    original: u64,
+    edited: u64,
+    deleted: u64,
+}
+
+impl Conversation {
+    fn seqs(&self) -> Vec<u64> {
+        self.frames.keys().copied().collect()
+    }
+
+    /// The frame the archive should give for `seq`: the live one, with an edited
+    /// message's current text and a deleted one's mark.
+    fn expected(&self, seq: u64, frame: &Value) -> Value {
+        let mut expected = self.frames[&seq].clone();
+        if seq == self.edited {
+            expected["event"]["data"]["text"] = json!("edited");
+            expected["event"]["data"]["editedAt"] = frame["event"]["data"]["editedAt"].clone();
+        }
+        if seq == self.deleted {
+            expected["event"]["data"] = json!({});
+            expected["event"]["deleted"] = json!(true);
+        }
+        expected
+    }
+}
+
+/// Publishes 20 messages with other channels' events in between (so the
+/// conversation's seqs are not consecutive), an edit of one and a deletion of another,
+/// and records every frame a live subscriber got.
+async fn converse(stack: &Stack, edge: &Edge) -> Conversation {
+    stack.add_member(CH, "u1").await;
+    let mut live = edge.connect("u1").await;
+    assert_eq!(live.sub_member(json!({"ch": CH})).await["op"], "ok");
+    let mut seqs = Vec::new();
+    for n in 0..20 {
+        let seq = stack
+            .publish(CH, "message.new", json!({"text": format!("m{n}")}))
+            .await;
+        seqs.push(seq);
+        stack.publish("project:p1", "bid.new", json!({})).await;
+    }
+    let (original, deleted) = (seqs[3], seqs[5]);
+    stack
+        .publish(
+            CH,
+            "message.edited",
+            json!({"seq": original, "text": "edited"}),
+        )
+        .await;
+    stack
+        .publish(CH, "message.deleted", json!({"seq": deleted}))
+        .await;
+    let frames: BTreeMap<u64, Value> = live
+        .events(22)
+        .await
+        .into_iter()
+        .map(|f| (f["seq"].as_u64().unwrap(), f))
+        .collect();
+    assert_eq!(frames.len(), 22);
+    Conversation {
+        frames,
+        original,
+        edited: original,
+        deleted,
+    }
+}
+
+/// Pages back through `history` with `limit` per page, newest first; the pages joined
+/// in ascending order.
+async fn history_pages(client: &mut Client, limit: u64) -> Vec<Value> {
+    let mut pages: Vec<Vec<Value>> = Vec::new();
+    let mut before: Option<u64> = None;
+    loop {
+        let mut frame = json!({"op": "history", "ch": CH, "limit": limit});
+        if let Some(before) = before {
+            frame["before"] = json!(before);
+        }
+        let reply = client.request(frame).await;
+        assert_eq!(reply["op"], "ok", "{reply}");
+        let events = reply["events"].as_array().unwrap().clone();
+        let Some(oldest) = events.first() else { break };
+        before = oldest["seq"].as_u64();
+        pages.push(events);
+    }
+    pages.into_iter().rev().flatten().collect()
+}
+
+fn assert_same(conversation: &Conversation, frames: &[Value]) {
+    assert_eq!(
+        seqs(frames),
+        conversation.seqs(),
+        "every seq once, in order"
+    );
+    for frame in frames {
+        let seq = frame["seq"].as_u64().unwrap();
+        assert_eq!(
+            *frame,
+            conversation.expected(seq, frame),
+            "frame of seq {seq}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn history_and_resume_continue_into_the_archive_after_a_purge() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&stack, &database_url);
+    let edge = stack.edge(&[]);
+    let conversation = converse(&stack, &edge).await;
+    let all = conversation.seqs();
+    let last = *all.last().unwrap();
+    archived_through(&stack, last).await;
+    purge(&stack, KEPT).await;
+    let boundary = all[all.len() - KEPT as usize];
+
+    let mut client = edge.connect("u1").await;
+    // (a) History pages, newest first, across the boundary: pages of 4 split the
+    // stream's 6 events 4 + 2, and the archive continues the second page.
+    let frames = history_pages(&mut client, 4).await;
+    assert_same(&conversation, &frames);
+    // The edit reached the archive's copy of the original, and the deletion its mark.
+    let edited = frames
+        .iter()
+        .find(|f| f["seq"] == conversation.original)
+        .unwrap();
+    assert_eq!(edited["event"]["data"]["text"], "edited");
+    assert!(edited["event"]["data"]["editedAt"].is_string(), "{edited}");
+    let deleted = frames
+        .iter()
+        .find(|f| f["seq"] == conversation.deleted)
+        .unwrap();
+    assert_eq!(deleted["event"]["deleted"], true, "{deleted}");
+    // A page that ends exactly at the boundary, and one from above the newest.
+    let page = client
+        .request(json!({"op": "history", "ch": CH, "before": boundary, "limit": 3}))
+        .await;
+    assert_eq!(
+        seqs(page["events"].as_array().unwrap()),
+        all[all.len() - KEPT as usize - 3..all.len() - KEPT as usize].to_vec()
+    );
+    let page = client
+        .request(json!({"op": "history", "ch": CH, "before": last + 1000, "limit": 100}))
+        .await;
+    assert_same(&conversation, page["events"].as_array().unwrap());
+
+    // (b) A resume from before the purge: recovered, everything after `since` once, in
+    // order, then live events.
+    let epoch = epoch(&stack).await;
+    let since = all[1];
+    let ok = client
+        .sub(json!({"ch": CH, "since": {"seq": since, "epoch": epoch}}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    assert_eq!(ok["recovered"], true, "{ok}");
+    let replayed = client.events(all.len() - 2).await;
+    let expected: Vec<u64> = all[2..].to_vec();
+    assert_eq!(seqs(&replayed), expected);
+    for frame in &replayed {
+        let seq = frame["seq"].as_u64().unwrap();
+        assert_eq!(*frame, conversation.expected(seq, frame));
+    }
+    let fresh = stack
+        .publish(CH, "message.new", json!({"text": "live"}))
+        .await;
+    let live = client.events(1).await;
+    assert_eq!(seqs(&live), [fresh]);
+    assert_eq!(client.no_more_events().await, None);
+
+    // `since.last` reaches into the archive too.
+    let mut other = edge.connect("u1").await;
+    let ok = other.sub(json!({"ch": CH, "since": {"last": 10}})).await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let newest = other.events(10).await;
+    let mut expected: Vec<u64> = all[all.len() - 9..].to_vec();
+    expected.push(fresh);
+    assert_eq!(seqs(&newest), expected);
+
+    // Long polling resumes from a cursor the same way: the first poll says recovered,
+    // and the polls after it go on from its cursor.
+    let cursor = serde_json::to_vec(&json!({"e": epoch, "s": {CH: since}})).unwrap();
+    let mut cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor);
+    let bearer = format!("Bearer {}", token("u1", 3600, &[]));
+    let mut polled = Vec::new();
+    for round in 0.. {
+        assert!(round < 20, "polled only {:?}", seqs(&polled));
+        let path = format!("/v1/poll?ch={CH}&cursor={cursor}&wait=2");
+        let (status, body) =
+            http(&edge.addr, "GET", &path, &[("Authorization", &bearer)], "").await;
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        if round == 0 {
+            assert_eq!(answer["recovered"], true, "{answer}");
+        }
+        polled.extend(answer["events"].as_array().unwrap().iter().cloned());
+        cursor = answer["cursor"].as_str().unwrap().to_string();
+        if polled.last().is_some_and(|f| f["seq"] == fresh) {
+            break;
+        }
+    }
+    let mut expected: Vec<u64> = all[2..].to_vec();
+    expected.push(fresh);
+    assert_eq!(seqs(&polled), expected);
+}
+
+/// A conversation purged entirely from the stream: the archive answers for all of it.
+#[tokio::test]
+async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&stack, &database_url);
+    let edge = stack.edge(&[]);
+    let conversation = converse(&stack, &edge).await;
+    let all = conversation.seqs();
+    archived_through(&stack, *all.last().unwrap()).await;
+    purge(&stack, 0).await;
+
+    let mut client = edge.connect("u1").await;
+    assert_same(&conversation, &history_pages(&mut client, 7).await);
+    let epoch = epoch(&stack).await;
+    let ok = client
+        .sub(json!({"ch": CH, "since": {"seq": all[0], "epoch": epoch}}))
+        .await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    assert_eq!(seqs(&client.events(all.len() - 1).await), all[1..].to_vec());
+    let fresh = stack
+        .publish(CH, "message.new", json!({"text": "live"}))
+        .await;
+    assert_eq!(seqs(&client.events(1).await), [fresh]);
+
+    // SSE resumes from a cursor through the archive as well: `ok` recovered, then
+    // every frame after it, the archive's as the socket got them.
+    let cursor = serde_json::to_vec(&json!({"e": epoch, "s": {CH: all[0]}})).unwrap();
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor);
+    let bearer = format!("Bearer {}", token("u1", 3600, &[]));
+    let mut sse = SseStream::open(
+        &edge.addr,
+        &format!("ch={CH}"),
+        &[("Authorization", &bearer), ("Last-Event-ID", &cursor)],
+    )
+    .await;
+    let (name, _, data) = sse.next().await;
+    assert_eq!(name, "ok", "{data}");
+    let ok: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(ok["recovered"], true, "{ok}");
+    let mut streamed = Vec::new();
+    while streamed.len() < all.len() {
+        let (name, _, data) = sse.next().await;
+        assert_eq!(name, "evt", "{data}");
+        streamed.push(serde_json::from_str::<Value>(&data).unwrap());
+    }
+    let mut expected = all[1..].to_vec();
+    expected.push(fresh);
+    assert_eq!(seqs(&streamed), expected);
+    for frame in &streamed[..all.len() - 1] {
+        let seq = frame["seq"].as_u64().unwrap();
+        assert_eq!(*frame, conversation.expected(seq, frame));
+    }
+}
+
+/// Without workers there is no archive: history and resume answer from the stream
+/// alone, `recovered: false`, and the session goes on.
+#[tokio::test]
+async fn without_the_archive_a_resume_is_not_recovered_and_the_session_lives() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let conversation = converse(&stack, &edge).await;
+    let all = conversation.seqs();
+    purge(&stack, KEPT).await;
+    let kept = all[all.len() - KEPT as usize..].to_vec();
+
+    let mut client = edge.connect("u1").await;
+    let page = client
+        .request(json!({"op": "history", "ch": CH, "limit": 50}))
+        .await;
+    assert_eq!(seqs(page["events"].as_array().unwrap()), kept);
+    let epoch = epoch(&stack).await;
+    let ok = client
+        .sub(json!({"ch": CH, "since": {"seq": all[1], "epoch": epoch}}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    assert_eq!(ok["recovered"], false, "{ok}");
+    assert_eq!(seqs(&client.events(kept.len()).await), kept);
+    let pong = client.request(json!({"op": "ping"})).await;
+    assert_eq!(pong["op"], "pong");
+}
+
+/// A channel outside the archived namespaces never asks the archive: its resume past a
+/// purge is not recovered even with the archive job running.
+#[tokio::test]
+async fn channels_that_are_not_archived_behave_as_before() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&stack, &database_url);
+    let edge = stack.edge(&[]);
+    stack.add_member("project:p9", "u1").await;
+    let mut seqs_p9 = Vec::new();
+    for _ in 0..5 {
+        seqs_p9.push(stack.publish("project:p9", "bid.new", json!({})).await);
+    }
+    let stream = stack.js.get_stream("EVENTS").await.unwrap();
+    stream
+        .purge()
+        .filter("rt.project.p9")
+        .keep(2)
+        .await
+        .unwrap();
+    let mut client = edge.connect("u1").await;
+    let epoch = epoch(&stack).await;
+    let ok = client
+        .sub_member(json!({"ch": "project:p9", "since": {"seq": seqs_p9[0], "epoch": epoch}}))
+        .await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+    assert_eq!(seqs(&client.events(2).await), seqs_p9[3..].to_vec());
+}
