@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use switchboard_schemas::{ChannelName, ErrorCode};
 
-use crate::inbox::cursor::Cursor;
+use crate::inbox::cursor::{Cursor, InvalidCursor};
 use crate::responder::{Call, Method, Reply, RpcError, Service};
 
 const DEFAULT_LIMIT: u32 = 20;
@@ -27,15 +27,15 @@ const SEARCH: &str = "
 SELECT a.channel, a.seq, a.envelope::text,
        ts_headline('simple', a.text, q,
                    'StartSel=**, StopSel=**, MaxWords=24, MinWords=8, MaxFragments=2, FragmentDelimiter=\" … \"'),
-       (extract(epoch FROM a.ts) * 1000000)::bigint, a.event_id
+       (extract(epoch FROM a.ts) * 1000000)::bigint
   FROM switchboard.archive a, websearch_to_tsquery('simple', $2) q
  WHERE a.type = 'message.new' AND NOT a.deleted AND a.search @@ q
    AND a.channel IN (SELECT m.channel FROM switchboard.channel_members m
                       WHERE m.user_id = $1 AND m.active)
    AND ($3::text IS NULL OR a.channel = $3)
    AND ($4::bigint IS NULL
-        OR (a.ts, a.event_id) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
- ORDER BY a.ts DESC, a.event_id DESC
+        OR (a.ts, a.seq) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
+ ORDER BY a.ts DESC, a.seq DESC
  LIMIT $6";
 
 const PARTICIPANT: &str = "
@@ -83,9 +83,13 @@ impl Service for SearchService {
         let before = params
             .before
             .as_deref()
-            .map(Cursor::parse)
+            .map(|text| {
+                let cursor = Cursor::parse(text)?;
+                let seq: i64 = cursor.key.parse().map_err(|_| InvalidCursor)?;
+                Ok((cursor.micros, seq))
+            })
             .transpose()
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e: InvalidCursor| bad(e.to_string()))?;
         let unavailable = |e: &dyn std::fmt::Display| RpcError::unavailable(method, e);
         let channel = match params.ch.as_deref() {
             None => None,
@@ -108,12 +112,12 @@ impl Service for SearchService {
         };
         // PostgreSQL's text cannot hold NUL; it separates words like any punctuation.
         let query = params.q.replace('\0', " ");
-        let rows: Vec<(String, i64, String, String, i64, String)> = sqlx::query_as(SEARCH)
+        let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(SEARCH)
             .bind(call.caller.as_str())
             .bind(query)
             .bind(channel.as_ref().map(ChannelName::as_str))
-            .bind(before.as_ref().map(|c| c.micros))
-            .bind(before.as_ref().map(|c| c.key.as_str()))
+            .bind(before.map(|(micros, _)| micros))
+            .bind(before.map(|(_, seq)| seq))
             .bind(i64::from(limit) + 1)
             .fetch_all(&self.db)
             .await
@@ -121,15 +125,13 @@ impl Service for SearchService {
         let more = rows.len() > limit as usize;
         let mut results = Vec::with_capacity(rows.len().min(limit as usize));
         let mut next = None;
-        for (channel, seq, envelope, snippet, micros, event_id) in
-            rows.into_iter().take(limit as usize)
-        {
+        for (channel, seq, envelope, snippet, micros) in rows.into_iter().take(limit as usize) {
             let event: Value = serde_json::from_str(&envelope).map_err(|e| unavailable(&e))?;
             results.push(json!({ "ch": channel, "seq": seq, "event": event, "snippet": snippet }));
             next = more.then(|| {
                 Cursor {
                     micros,
-                    key: event_id,
+                    key: seq.to_string(),
                 }
                 .encode()
             });
