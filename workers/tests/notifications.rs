@@ -333,9 +333,10 @@ async fn list_pages_and_read_syncs_the_unread_count_to_every_device() {
 /// The signing secret the tests' webhooks check.
 const WEBHOOK_SECRET: &str = "whsec_c3dpdGNoYm9hcmQtdGVzdC13ZWJob29rLWtleQ==";
 
-/// A webhook receiver: answers the given statuses in turn, then 200, and keeps every
-/// request's `Idempotency-Key` and JSON body. Every request's Standard Webhooks
-/// signature is checked as it is read.
+/// A webhook receiver: answers the given statuses in turn to push and email, then 200,
+/// and 200 to each notification's `created` copy; keeps every request's
+/// `Idempotency-Key` and JSON body. Every request's Standard Webhooks signature is
+/// checked as it is read.
 struct Webhook {
     url: String,
     receiver: Receiver,
@@ -344,8 +345,13 @@ struct Webhook {
 impl Webhook {
     async fn start(statuses: Vec<u16>) -> Webhook {
         let statuses = Mutex::new(statuses.into_iter());
-        let receiver =
-            Receiver::start(move |_| statuses.lock().unwrap().next().unwrap_or(200)).await;
+        let receiver = Receiver::start(move |request| {
+            if request.json()["event"] == "created" {
+                return 200;
+            }
+            statuses.lock().unwrap().next().unwrap_or(200)
+        })
+        .await;
         Webhook {
             url: format!("{}/push", receiver.base),
             receiver,
@@ -360,7 +366,23 @@ impl Webhook {
         ]
     }
 
+    /// The push and email requests (`push_due`, `email_due`).
     fn requests(&self) -> Vec<(String, Value)> {
+        self.all()
+            .into_iter()
+            .filter(|(_, body)| body["event"] != "created")
+            .collect()
+    }
+
+    /// The notifications as they were created (`created`).
+    fn created(&self) -> Vec<(String, Value)> {
+        self.all()
+            .into_iter()
+            .filter(|(_, body)| body["event"] == "created")
+            .collect()
+    }
+
+    fn all(&self) -> Vec<(String, Value)> {
         self.receiver
             .requests()
             .iter()
@@ -485,17 +507,25 @@ async fn an_offline_users_push_reaches_the_webhook_once_even_after_a_500() {
         assert_eq!(request.header("traceparent"), Some(TRACEPARENT));
         assert_eq!(request.header("content-type"), Some("application/json"));
     }
-    assert_eq!(
-        webhook.receiver.connections(),
-        1,
-        "the retry reuses the connection"
+    // Two created copies and two push attempts, the first three at once.
+    assert!(
+        webhook.receiver.connections() < webhook.receiver.requests().len(),
+        "the retry reuses a connection"
     );
+    let mut created: Vec<String> = webhook
+        .created()
+        .iter()
+        .map(|(_, body)| body["user"].as_str().unwrap().to_string())
+        .collect();
+    created.sort();
+    assert_eq!(created, ["u1", "u2"], "each notification as it is created");
     for (header, body) in &requests {
         assert_eq!(header, &key);
         assert_eq!(body["key"], key.as_str());
     }
     let body = &requests[1].1;
     assert_eq!(body["user"], "u1");
+    assert_eq!(body["event"], "push_due");
     assert_eq!(body["medium"], "push");
     assert_eq!(body["category"], "bid");
     assert_eq!(body["priority"], "high");
@@ -506,7 +536,7 @@ async fn an_offline_users_push_reaches_the_webhook_once_even_after_a_500() {
 
     let (attempts, delivered): (i32, bool) = sqlx::query_as(
         "SELECT attempts, delivered_at IS NOT NULL FROM switchboard.notification_deliveries
-          WHERE user_id = 'u1' AND sink = 'webhook'",
+          WHERE user_id = 'u1' AND sink = 'webhook' AND medium = 'push'",
     )
     .fetch_one(&setup.db)
     .await
@@ -553,8 +583,11 @@ async fn an_https_webhook_with_its_own_ca_is_signed_and_bad_webhook_settings_sto
     add_member(&setup, "project:p1", "u1", "owner").await;
     let bid = bid(42);
     publish(&setup, "project:p1", &bid).await;
-    let request = eventually("the https webhook to be called", || async {
-        receiver.requests().into_iter().next()
+    let request = eventually("the https webhook to hear the push", || async {
+        receiver
+            .requests()
+            .into_iter()
+            .find(|request| request.json()["event"] == "push_due")
     })
     .await;
     assert_eq!(request.path, "/push?token=receiver-token");
@@ -647,7 +680,15 @@ async fn an_https_webhook_with_its_own_ca_is_signed_and_bad_webhook_settings_sto
 async fn preferences_and_mute_are_honoured() {
     let setup = setup().await;
     let webhook = Webhook::start(Vec::new()).await;
-    let _worker = Worker::start(&setup, JOBS, &webhook.env());
+    let _worker = Worker::start(
+        &setup,
+        JOBS,
+        &[
+            webhook.env(),
+            vec![("SWITCHBOARD_NOTIFY_EMAIL_AFTER_S", "0".into())],
+        ]
+        .concat(),
+    );
     let mut subjects = setup.client.subscribe("notify.>").await.unwrap();
 
     let defaults = call(&setup, "notifications.preferences.get", "u1", json!({})).await;
@@ -834,6 +875,7 @@ async fn rules_come_from_the_configured_file_and_a_bad_one_stops_the_worker() {
                 rules.display().to_string(),
             ),
             ("SWITCHBOARD_NOTIFY_WEBHOOK_URL", webhook.url.clone()),
+            ("SWITCHBOARD_NOTIFY_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
         ],
     );
     let update = event(
@@ -854,12 +896,17 @@ async fn rules_come_from_the_configured_file_and_a_bad_one_stops_the_worker() {
         .await
         .unwrap();
     assert_eq!(total, 2, "bid.new has no rule in this file");
-    let deliveries: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM switchboard.notification_deliveries")
-            .fetch_one(&setup.db)
-            .await
-            .unwrap();
+    let deliveries: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM switchboard.notification_deliveries WHERE medium <> 'created'",
+    )
+    .fetch_one(&setup.db)
+    .await
+    .unwrap();
     assert_eq!(deliveries, 0, "low priority stays in-app");
+    eventually("the webhook to hear both notifications created", || async {
+        (webhook.created().len() == 2).then_some(())
+    })
+    .await;
     assert!(webhook.requests().is_empty());
 }
 

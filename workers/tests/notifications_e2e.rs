@@ -144,7 +144,7 @@ impl Device {
     }
 }
 
-/// Webhook receiver keeping the (user, medium) of each request, always answering 204.
+/// Webhook receiver keeping the (user, medium) of each push or email, always answering 204.
 async fn webhook() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -165,9 +165,12 @@ async fn webhook() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
                     break body;
                 }
             };
-            let user = body["user"].as_str().unwrap().to_string();
-            let medium = body["medium"].as_str().unwrap().to_string();
-            requests.lock().unwrap().push((user, medium));
+            // Each notification's `created` copy is not a push.
+            if body["event"] != "created" {
+                let user = body["user"].as_str().unwrap().to_string();
+                let medium = body["medium"].as_str().unwrap().to_string();
+                requests.lock().unwrap().push((user, medium));
+            }
             let _ = socket
                 .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
                 .await;

@@ -212,6 +212,29 @@ impl Letter {
     }
 }
 
+impl Letter {
+    /// One email for several notifications (title, message), in the order given: the
+    /// subject counts them; each is a heading and its message.
+    pub fn digest(items: &[(String, String)]) -> Letter {
+        let mut text = String::new();
+        let mut html = String::from("<!DOCTYPE html>\n<html><body>\n");
+        for (title, message) in items {
+            text.push_str(&format!("{title}\n{message}\n\n"));
+            html.push_str(&format!(
+                "<h2 style=\"font-size:1.1em\">{}</h2>\n<p>{}</p>\n",
+                escape_html(title),
+                escape_html(message).replace('\n', "<br>\n")
+            ));
+        }
+        html.push_str("</body></html>\n");
+        Letter {
+            subject: format!("{} new notifications", items.len()),
+            text,
+            html,
+        }
+    }
+}
+
 fn escape_html(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {

@@ -14,14 +14,20 @@
 //!    to this one (its consumer's ack floor), so a `member.added` published just before
 //!    a `bid.new` counts.
 //! 2. Each recipient's preferences for the rule's category decide: `muted` creates
-//!    nothing; `in_app` stores a notification; `push` and `email` (never for `low`
-//!    priority) create deliveries, for users with no live connection in the `presence`
-//!    bucket at this moment.
+//!    nothing; `in_app` stores a notification (and, with a webhook, its `created` copy);
+//!    `push` and `email` (never for `low` priority) create deliveries, due at once or
+//!    after the [`escalation`] delay: push at once for users with no live connection in
+//!    the `presence` bucket at this moment, after `push_after` for the others; email
+//!    after `email_after`.
 //! 3. One PostgreSQL transaction records the event in `switchboard.processed_events`,
 //!    stores the notifications, emits `user.notification` (with the user's new unread
 //!    count) to each `user:<id>` through the outbox, and inserts the deliveries. A
 //!    redelivered event finds itself in `processed_events` and changes nothing; the
 //!    `UNIQUE (event_id, user_id)` of notifications backs that up.
+//!
+//! A `message.receipt` event whose `read` cursor moved marks the reader's `message`
+//! notifications about that conversation up to the cursor read, as `notifications.read`
+//! would, which cancels their waiting push and email.
 //!
 //! # Beside the consumer
 //!
@@ -40,6 +46,7 @@
 
 pub mod contacts;
 pub mod email;
+pub mod escalation;
 pub mod preferences;
 pub mod presence;
 pub mod push;
@@ -75,12 +82,13 @@ use crate::membership::mirror::role_name;
 use crate::responder;
 use contacts::Contacts;
 use email::{EmailError, Mailer, SmtpUrl};
+use escalation::{Escalation, ReadUpTo};
 use preferences::Preferences;
 use presence::Presence;
 use rpc::{Rpc, user_channel};
 use rules::{MAX_RECIPIENTS, MemberFilter, Rule, Rules, RulesError};
 use sink::{Dispatcher, Outbound, SinkConfig};
-use store::{NewDelivery, NewNotification, StoreError};
+use store::{NewDelivery, NewNotification, ReadTarget, StoreError};
 use webhook::{Webhook, WebhookError, WebhookSecret, WebhookUrl};
 use webpush::{EndpointHosts, PushError, Vapid, VapidError, WebPush};
 
@@ -227,6 +235,17 @@ pub struct NotificationsConfig {
     /// How often due deliveries (retries, other copies' work) are looked for.
     #[arg(long, env = "SWITCHBOARD_NOTIFY_POLL_MS", default_value_t = 1_000)]
     pub notify_poll_ms: u64,
+
+    /// Seconds a notification may stay unread before a user who is online is pushed too,
+    /// for rules without their own `push_after`. Unset: only users offline when it is
+    /// created are pushed.
+    #[arg(long, env = "SWITCHBOARD_NOTIFY_PUSH_AFTER_S")]
+    pub notify_push_after_s: Option<u64>,
+
+    /// Seconds a notification may stay unread before it is emailed, for rules without
+    /// their own `email_after`. Unset: 900 for high and urgent priority, never for others.
+    #[arg(long, env = "SWITCHBOARD_NOTIFY_EMAIL_AFTER_S")]
+    pub notify_email_after_s: Option<u64>,
 }
 
 /// Why the notifications job could not start: a setting to fix.
@@ -340,6 +359,10 @@ impl Service {
                 presence: Presence::new(client.clone()),
                 sinks: sinks.sinks(),
                 email_by_smtp: sinks.mailer.is_some(),
+                escalation: Escalation {
+                    push_after: config.notify_push_after_s.map(Duration::from_secs),
+                    email_after: config.notify_email_after_s.map(Duration::from_secs),
+                },
                 wake: wake.clone(),
                 retention_days: config.notifications_retention_days,
                 wait_for_membership: config.notifications_wait_for_membership,
@@ -404,6 +427,8 @@ pub struct Notifications {
     sinks: Vec<&'static str>,
     /// SMTP is configured: email goes there only.
     email_by_smtp: bool,
+    /// When push and email go out.
+    escalation: Escalation,
     wake: Arc<Notify>,
     retention_days: u32,
     wait_for_membership: bool,
@@ -427,7 +452,8 @@ struct Event<'a> {
 #[derive(Debug, Default)]
 struct Stored {
     notifications: usize,
-    deliveries: usize,
+    /// Deliveries to attempt at once (others wait for their escalation delay).
+    due_now: usize,
 }
 
 /// How long the job waits in place for the membership mirror before it hands the event
@@ -446,11 +472,22 @@ impl Job for Notifications {
     }
 
     async fn handle(&self, delivery: &Delivery<'_>) -> Result<Outcome, JobError> {
-        if delivery
-            .header(headers::RT_TYPE)
-            .is_some_and(|ty| !self.rules.wants_type(ty))
-        {
-            return Ok(Outcome::Ignored);
+        let ty = delivery.header(headers::RT_TYPE);
+        let receipt = ty == Some(types::MESSAGE_RECEIPT);
+        if receipt {
+            self.read_receipt(delivery).await?;
+        }
+        if ty == Some(types::MESSAGE_DELETED) {
+            crate::erase::forget_deleted(&self.db, delivery)
+                .await
+                .map_err(JobError::transient)?;
+        }
+        if ty.is_some_and(|ty| !self.rules.wants_type(ty)) {
+            return Ok(if receipt {
+                Outcome::Applied
+            } else {
+                Outcome::Ignored
+            });
         }
         let Some(event) = self.read(delivery)? else {
             return Ok(Outcome::Ignored);
@@ -474,10 +511,10 @@ impl Job for Notifications {
             ty = event.envelope.ty.as_str(),
             channel = %event.channel,
             notifications = stored.notifications,
-            deliveries = stored.deliveries,
+            due_now = stored.due_now,
             "event notified"
         );
-        if stored.deliveries > 0 {
+        if stored.due_now > 0 {
             self.wake.notify_one();
         }
         Ok(Outcome::Applied)
@@ -585,19 +622,20 @@ impl Notifications {
             .await
             .map_err(JobError::transient)?;
         let outbound = rule.priority != Priority::Low && !self.sinks.is_empty();
-        let may_leave: Vec<UserId> = recipients
+        // Only whether to push at once depends on who is online now.
+        let may_push: Vec<UserId> = recipients
             .iter()
             .filter(|user| {
                 let p = preferences.get(*user).copied().unwrap_or_default();
-                outbound && !p.muted && (p.push || p.email)
+                outbound && !p.muted && p.push
             })
             .cloned()
             .collect();
-        let online = if may_leave.is_empty() {
+        let online = if may_push.is_empty() {
             HashSet::new()
         } else {
             self.presence
-                .online(&may_leave)
+                .online(&may_push)
                 .await
                 .map_err(JobError::transient)?
         };
@@ -609,6 +647,8 @@ impl Notifications {
             preferences: &preferences,
             online: &online,
             outbound,
+            push_after: self.escalation.push_after(rule),
+            email_after: self.escalation.email_after(rule),
         };
         self.store(&recipients, &decided)
             .await
@@ -700,16 +740,21 @@ impl Notifications {
                     )
                     .await?;
                     stored.notifications += 1;
-                    in_app = Some(InApp {
+                    let created = InApp {
                         id,
                         created_at,
                         unread,
-                    });
+                    };
+                    if self.sinks.contains(&sink::WEBHOOK) {
+                        self.store_created(&mut tx, user, &created, decided).await?;
+                        stored.due_now += 1;
+                    }
+                    in_app = Some(created);
                 }
             }
-            if decided.outbound && !decided.online.contains(user) {
-                stored.deliveries += self
-                    .store_deliveries(&mut tx, user, preferences, in_app, decided)
+            if decided.outbound {
+                stored.due_now += self
+                    .store_deliveries(&mut tx, user, preferences, in_app.as_ref(), decided)
                     .await?;
             }
         }
@@ -717,51 +762,77 @@ impl Notifications {
         Ok(stored)
     }
 
+    /// The webhook's copy of the notification as it is created.
+    async fn store_created(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        user: &UserId,
+        created: &InApp,
+        decided: &Decided<'_, '_>,
+    ) -> Result<(), StoreError> {
+        let event = decided.event;
+        let outbound = decided.outbound(user, sink::CREATED, Some(created));
+        let payload =
+            serde_json::to_string(&outbound).map_err(|e| StoreError::Row(e.to_string()))?;
+        let new = NewDelivery {
+            event_id: &event.envelope.id,
+            user,
+            medium: sink::CREATED,
+            sink: sink::WEBHOOK,
+            target: "",
+            payload: &payload,
+            traceparent: event.traceparent.as_deref(),
+            notification_id: Some(&created.id),
+            after: Duration::ZERO,
+        };
+        store::insert_delivery(tx, &new).await
+    }
+
+    /// The push and email rows for `user`, due at once or after the escalation delay
+    /// ([`escalation`]); how many are due at once.
     async fn store_deliveries(
         &self,
         tx: &mut sqlx::PgConnection,
         user: &UserId,
         preferences: Preferences,
-        in_app: Option<InApp>,
+        in_app: Option<&InApp>,
         decided: &Decided<'_, '_>,
     ) -> Result<usize, StoreError> {
         let event = decided.event;
-        let mut count = 0;
-        for (medium, wanted) in [
-            (sink::PUSH, preferences.push),
-            (sink::EMAIL, preferences.email),
+        let push_after = if decided.online.contains(user) {
+            decided.push_after
+        } else {
+            Some(Duration::ZERO)
+        };
+        let mut due_now = 0;
+        for (medium, after) in [
+            (sink::PUSH, push_after.filter(|_| preferences.push)),
+            (
+                sink::EMAIL,
+                decided.email_after.filter(|_| preferences.email),
+            ),
         ] {
-            if !wanted {
+            let Some(after) = after else {
                 continue;
-            }
-            let outbound = Outbound {
-                key: format!("{}/{user}/{medium}", event.envelope.id),
-                medium,
-                user: user.to_string(),
-                notification_id: in_app.as_ref().map(|n| n.id.clone()),
-                category: event.rule.category,
-                priority: event.rule.priority,
-                title: decided.title.to_string(),
-                message: decided.message.to_string(),
-                reference: event.reference(),
-                event_id: event.envelope.id.to_string(),
-                event_type: event.envelope.ty.to_string(),
-                created_at: in_app
-                    .as_ref()
-                    .map_or_else(Timestamp::now, |n| n.created_at),
-                unread: in_app.as_ref().map(|n| n.unread),
             };
+            let outbound = decided.outbound(user, medium, in_app);
             let payload =
                 serde_json::to_string(&outbound).map_err(|e| StoreError::Row(e.to_string()))?;
+            // A push goes to each of the user's Web Push devices, one row each; to the
+            // webhook (`push_due`) only when the user has none.
+            let devices = if medium == sink::PUSH && self.sinks.contains(&sink::WEBPUSH) {
+                store::push_targets(tx, user).await?
+            } else {
+                Vec::new()
+            };
             for sink in &self.sinks {
                 if !sink::carries(sink, medium, self.email_by_smtp) {
                     continue;
                 }
-                // Web Push goes to each of the user's devices, one row each.
-                let targets = if *sink == sink::WEBPUSH {
-                    store::push_targets(tx, user).await?
-                } else {
-                    vec![String::new()]
+                let targets = match *sink {
+                    sink::WEBPUSH => devices.clone(),
+                    sink::WEBHOOK if medium == sink::PUSH && !devices.is_empty() => Vec::new(),
+                    _ => vec![String::new()],
                 };
                 for target in &targets {
                     let new = NewDelivery {
@@ -772,13 +843,47 @@ impl Notifications {
                         target,
                         payload: &payload,
                         traceparent: event.traceparent.as_deref(),
+                        notification_id: in_app.map(|n| n.id.as_str()),
+                        after,
                     };
                     store::insert_delivery(tx, &new).await?;
-                    count += 1;
+                    if after.is_zero() {
+                        due_now += 1;
+                    }
                 }
             }
         }
-        Ok(count)
+        Ok(due_now)
+    }
+
+    /// Marks the `message` notifications a conversation's `read` receipt covers read.
+    async fn read_receipt(&self, delivery: &Delivery<'_>) -> Result<(), JobError> {
+        let envelope = Envelope::decode(&delivery.message.payload, delivery.is_json())
+            .map_err(JobError::poison)?;
+        let channel = match ChannelName::from_subject(&delivery.message.subject) {
+            Ok((SubjectKind::Durable, channel)) => channel,
+            Ok(_) => return Err(JobError::poison("not a durable event subject")),
+            Err(error) => return Err(JobError::poison(error)),
+        };
+        let Some(read) = ReadUpTo::from_receipt(&envelope, &channel).map_err(JobError::poison)?
+        else {
+            return Ok(());
+        };
+        let target = ReadTarget::MessagesUpTo {
+            channel: &read.conversation,
+            seq: read.seq,
+        };
+        let unread = store::read(&self.db, &read.user, target)
+            .await
+            .map_err(JobError::transient)?;
+        tracing::debug!(
+            user = %read.user,
+            conversation = %read.conversation,
+            seq = read.seq,
+            unread,
+            "read receipt applied to the user's message notifications"
+        );
+        Ok(())
     }
 }
 
@@ -809,6 +914,33 @@ struct Decided<'e, 'r> {
     online: &'e HashSet<UserId>,
     /// Whether the rule's notifications may leave at all (priority, configured sinks).
     outbound: bool,
+    /// How long an online user's notification may stay unread before it is pushed.
+    push_after: Option<Duration>,
+    /// How long a notification may stay unread before it is emailed.
+    email_after: Option<Duration>,
+}
+
+impl Decided<'_, '_> {
+    /// What the sinks receive about `user`'s notification, for `medium`.
+    fn outbound(&self, user: &UserId, medium: &'static str, in_app: Option<&InApp>) -> Outbound {
+        let event = self.event;
+        Outbound {
+            key: format!("{}/{user}/{medium}", event.envelope.id),
+            event: sink::event_of(medium),
+            medium: (medium != sink::CREATED).then_some(medium),
+            user: user.to_string(),
+            notification_id: in_app.map(|n| n.id.clone()),
+            category: event.rule.category,
+            priority: event.rule.priority,
+            title: self.title.to_string(),
+            message: self.message.to_string(),
+            reference: event.reference(),
+            event_id: event.envelope.id.to_string(),
+            event_type: event.envelope.ty.to_string(),
+            created_at: in_app.map_or_else(Timestamp::now, |n| n.created_at),
+            unread: in_app.map(|n| n.unread),
+        }
+    }
 }
 
 /// A fresh notification id: `ntf_` and 26 characters, time-ordered like event ids, so

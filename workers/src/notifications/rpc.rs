@@ -10,13 +10,13 @@
 //! | `notifications.preferences.get` | `{}` | `{"categories":{"bid":{...}, ...}}` |
 //! | `notifications.preferences.set` | `{"categories":{"bid":{"push":false}}}` (partial) | as `get` |
 //!
-//! `read` marks the user's notifications read and, when any was unread, emits
-//! `notification.read` (`{"ids":[...],"unread":N}`) on `user:<id>` through the outbox
-//! in the same transaction, which the edges fan out to every device of the user.
+//! `read` marks the user's notifications read, cancels their push and email still
+//! waiting and, when any was unread, emits `notification.read`
+//! (`{"ids":[...],"unread":N}`) on `user:<id>` through the outbox in the same
+//! transaction, which the edges fan out to every device of the user ([`store::read`]).
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use switchboard_schemas::event::types;
 use switchboard_schemas::shapes::{NotificationData, NotificationRef};
 use switchboard_schemas::{ChannelName, ErrorCode, Namespace, Timestamp, UserId};
 
@@ -27,8 +27,8 @@ use crate::responder::{Call, Method, Reply, RpcError, Service};
 /// `list` page size: default and maximum.
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
-/// Most ids one `read` takes, and most ids one `notification.read` event lists.
-const MAX_READ_IDS: usize = 1_000;
+/// Most ids one `read` takes.
+const MAX_READ_IDS: usize = store::MAX_READ_IDS;
 
 const LIST: &str = "notifications.list";
 const READ: &str = "notifications.read";
@@ -73,16 +73,6 @@ struct ListResult {
 #[derive(Debug, Serialize)]
 struct UnreadResult {
     unread: u64,
-}
-
-/// `data` of `notification.read`. `all` is there (true) when the user read everything:
-/// `ids` then lists at most [`MAX_READ_IDS`] of them, the newest.
-#[derive(Debug, Serialize)]
-struct ReadEvent<'a> {
-    ids: &'a [String],
-    unread: u64,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    all: bool,
 }
 
 /// Answers the notification RPCs.
@@ -217,30 +207,7 @@ impl Rpc {
                 ));
             }
         };
-        let all = matches!(target, ReadTarget::All);
-        let mut tx = self.db.begin().await?;
-        store::lock_user(&mut tx, user).await?;
-        let mut read = store::mark_read(&mut tx, user, target).await?;
-        let unread = store::unread(&mut tx, user).await?;
-        if !read.is_empty() {
-            read.sort_unstable_by(|a, b| b.cmp(a));
-            read.truncate(MAX_READ_IDS);
-            let event = ReadEvent {
-                ids: &read,
-                unread,
-                all,
-            };
-            let data = serde_json::to_string(&event).map_err(|e| StoreError::Row(e.to_string()))?;
-            store::emit(
-                &mut tx,
-                &user_channel(user),
-                types::NOTIFICATION_READ,
-                &data,
-                None,
-            )
-            .await?;
-        }
-        tx.commit().await?;
+        let unread = store::read(&self.db, user, target).await?;
         Ok(UnreadResult { unread })
     }
 
@@ -351,6 +318,7 @@ mod tests {
 
     #[test]
     fn read_events_say_all_only_when_all() {
+        use store::ReadEvent;
         let ids = ["ntf_1".to_string()];
         let some = ReadEvent {
             ids: &ids,

@@ -23,6 +23,9 @@
 //! - `priority`: `low`, `normal` (default), `high` or `urgent`. `low` stays in-app: it is
 //!   never pushed or emailed.
 //! - `title`, `message`: templates (see [`template`](super::template)).
+//! - `push_after`, `email_after`: seconds a notification may stay unread before it is
+//!   pushed to a user who is online, or emailed; `"never"` turns that off for the rule.
+//!   Absent: the worker's defaults (see [`escalation`](super::escalation)).
 //! - `description`: free text for the reader of the file.
 //!
 //! The first rule that matches an event's type and namespace decides; an event no rule
@@ -39,6 +42,7 @@ use switchboard_schemas::event::types;
 use switchboard_schemas::shapes::{MemberRole, NotificationCategory, Priority};
 use switchboard_schemas::{ChannelName, Envelope, Namespace, TypeFilter, UserId};
 
+use super::escalation::After;
 use super::template::{EventView, Template, TemplateError};
 
 /// The rules compiled into the binary.
@@ -76,6 +80,9 @@ pub struct Rule {
     pub priority: Priority,
     pub title: Template,
     pub message: Template,
+    /// The rule's own escalation delays; `None` leaves them to the worker's defaults.
+    pub push_after: Option<After>,
+    pub email_after: Option<After>,
 }
 
 /// Who a rule notifies.
@@ -112,6 +119,10 @@ struct RawRule {
     priority: Priority,
     title: String,
     message: String,
+    #[serde(default)]
+    push_after: Option<Value>,
+    #[serde(default)]
+    email_after: Option<Value>,
     #[serde(default, rename = "description")]
     _description: Option<String>,
 }
@@ -229,7 +240,14 @@ impl Rule {
             return Err("`to` names nobody: give members, data_users or channel_user".into());
         }
         let template = |text: &str| Template::parse(text).map_err(|e: TemplateError| e.to_string());
+        let after = |field: &str, value: Option<&Value>| {
+            value
+                .map(|value| After::parse(value).map_err(|e| format!("`{field}`: {e}")))
+                .transpose()
+        };
         Ok(Rule {
+            push_after: after("push_after", raw.push_after.as_ref())?,
+            email_after: after("email_after", raw.email_after.as_ref())?,
             on,
             namespaces,
             to,
@@ -351,10 +369,17 @@ mod tests {
             )
         };
         assert!(Rules::parse("t", &rule("")).is_ok());
+        let timed = Rules::parse("t", &rule(r#","push_after":60,"email_after":"never""#)).unwrap();
+        let timed = timed.find("bid.new", Namespace::Project).unwrap();
+        assert_eq!(timed.push_after, Some(After::Seconds(60)));
+        assert_eq!(timed.email_after, Some(After::Never));
         let bad = [
             rule(r#","priority":"huge""#),
             rule(r#","namespaces":["nowhere"]"#),
             rule(r#","extra":1"#),
+            rule(r#","push_after":-1"#),
+            rule(r#","email_after":"soon""#),
+            rule(r#","email_after":1.5"#),
             r#"{"rules":[{"on":"bid.new","to":{},"category":"bid","title":"t","message":"m"}]}"#.into(),
             r#"{"rules":[{"on":"bid.new","to":{"members":"some"},"category":"bid","title":"t","message":"m"}]}"#.into(),
             r#"{"rules":[{"on":"bid.new","to":{"members":["admin"]},"category":"bid","title":"t","message":"m"}]}"#.into(),

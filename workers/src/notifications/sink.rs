@@ -1,15 +1,19 @@
 //! Push and email on their way out: the outbound sinks and the dispatcher that feeds
 //! them from `switchboard.notification_deliveries`.
 //!
-//! Two sinks, each optional:
+//! Four sinks, each optional:
 //!
-//! - **webhook**: `POST <SWITCHBOARD_NOTIFY_WEBHOOK_URL>` with the [`Outbound`] JSON,
+//! - **webhook**: `POST <SWITCHBOARD_NOTIFY_WEBHOOK_URL>` with the [`Outbound`] JSON:
+//!   `"event":"created"` for each notification as it is created, `"push_due"` when a
+//!   push is due for a user with no registered push device, and `"email_due"` when an
+//!   email is due and no SMTP server sends it. Each is
 //!   signed ([`super::webhook`]), with the headers `Idempotency-Key` and `webhook-id`
 //!   (both the key) and the event's `traceparent`. A 2xx answer delivers; 408, 429, 5xx and network
 //!   errors are retried with capped exponential backoff and jitter; any other answer (a
 //!   4xx, a redirect) fails the delivery for good. The receiver should dedupe on the key:
 //!   a crash between its 2xx and the worker recording it sends the same key again.
-//! - **subject**: core NATS publish of the same JSON on `notify.push.<user>` or
+//! - **subject**: core NATS publish of the same JSON, for every push and email due, on
+//!   `notify.push.<user>` or
 //!   `notify.email.<user>` (header `Nats-Msg-Id` = the key), flushed to the server, for
 //!   senders written against NATS. Nothing is stored unless an operator adds a stream
 //!   over `notify.>`, which then dedupes on the key.
@@ -24,14 +28,20 @@
 //!   ([`super::email`]), plain text and HTML. With SMTP configured, email goes only here
 //!   (not to the webhook or the subjects), so nobody gets it twice. No address fails
 //!   the row at once; a 5xx refusal fails it for good (recorded in `last_error`); 4xx,
-//!   network errors and timeouts retry.
+//!   network errors and timeouts retry. When one of a user's emails is due, the user's
+//!   other emails still waiting are claimed with it and all leave as one digest email
+//!   ([`Letter::digest`]); their rows share the outcome.
 //!
 //! A delivery row exists once per (event, user, medium, sink, device), inserted with the
-//! notification it belongs to, so a redelivered event never sends twice. The dispatcher
+//! notification it belongs to, so a redelivered event never sends twice. A push or email
+//! that waits for the user to read the notification first ([`super::escalation`]) is a
+//! row whose `next_attempt_at` lies ahead; reading the notification sets its
+//! `cancelled_at`, and cancelled rows are never claimed. The dispatcher
 //! claims due rows with `FOR UPDATE SKIP LOCKED`, pushing `next_attempt_at` a lease
 //! ahead, so copies of the worker share the work without taking the same row, and a row
 //! claimed by a copy that died is retried when the lease runs out.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +66,11 @@ pub const WEBPUSH: &str = "webpush";
 pub const SMTP: &str = "smtp";
 pub const PUSH: &str = "push";
 pub const EMAIL: &str = "email";
+/// The medium of the webhook's copy of a notification as it is created.
+pub const CREATED: &str = "created";
+
+/// Most emails folded into one digest.
+const DIGEST_MAX: i64 = 100;
 
 /// Deliveries claimed at once by one copy.
 const BATCH: i64 = 32;
@@ -69,9 +84,26 @@ UPDATE switchboard.notification_deliveries AS d
    SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
  WHERE d.id IN (
     SELECT id FROM switchboard.notification_deliveries
-     WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
+     WHERE delivered_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
+       AND next_attempt_at <= now()
      ORDER BY next_attempt_at, id
      LIMIT $1
+       FOR UPDATE SKIP LOCKED)
+RETURNING d.id, d.user_id, d.medium, d.sink, d.payload::text, d.payload ->> 'key', d.attempts,
+          d.traceparent, d.target";
+
+/// The user's other emails that nobody holds: waiting for their first attempt (even if
+/// not yet due), or due. Rows another copy leased or that wait for a retry stay.
+const CLAIM_DIGEST: &str = "
+UPDATE switchboard.notification_deliveries AS d
+   SET attempts = d.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+ WHERE d.id IN (
+    SELECT id FROM switchboard.notification_deliveries
+     WHERE user_id = $1 AND sink = 'smtp'
+       AND delivered_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
+       AND (attempts = 0 OR next_attempt_at <= now())
+     ORDER BY id
+     LIMIT $3
        FOR UPDATE SKIP LOCKED)
 RETURNING d.id, d.user_id, d.medium, d.sink, d.payload::text, d.payload ->> 'key', d.attempts,
           d.traceparent, d.target";
@@ -124,13 +156,24 @@ impl SinkConfig {
     }
 }
 
-/// Whether `sink` takes deliveries of `medium`: Web Push only push, SMTP only email, and
-/// with SMTP configured (`smtp`) the others no email.
+/// Whether `sink` takes deliveries of `medium`: Web Push only push, SMTP only email,
+/// only the webhook `created`, and with SMTP configured (`smtp`) the others no email.
 pub fn carries(sink: &str, medium: &str, smtp: bool) -> bool {
-    match sink {
-        WEBPUSH => medium == PUSH,
-        SMTP => medium == EMAIL,
-        _ => medium != EMAIL || !smtp,
+    match (sink, medium) {
+        (WEBPUSH, _) => medium == PUSH,
+        (SMTP, _) => medium == EMAIL,
+        (_, CREATED) => sink == WEBHOOK,
+        (_, EMAIL) => !smtp,
+        _ => true,
+    }
+}
+
+/// The `event` of a delivery of `medium`, as the webhook and the subjects show it.
+pub fn event_of(medium: &'static str) -> &'static str {
+    match medium {
+        PUSH => "push_due",
+        EMAIL => "email_due",
+        _ => "created",
     }
 }
 
@@ -140,8 +183,11 @@ pub fn carries(sink: &str, medium: &str, smtp: bool) -> bool {
 pub struct Outbound {
     /// `<event id>/<user>/<medium>`: the same on every attempt, for deduplication.
     pub key: String,
-    /// `push` or `email`.
-    pub medium: &'static str,
+    /// `created`, `push_due` or `email_due`.
+    pub event: &'static str,
+    /// `push` or `email`; absent for `created`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub medium: Option<&'static str>,
     pub user: String,
     /// The in-app notification, if one was stored (`in_app` preference on).
     pub notification_id: Option<String>,
@@ -202,8 +248,26 @@ struct Claimed {
     target: String,
 }
 
+impl From<ClaimedRow> for Claimed {
+    fn from(
+        (id, user, medium, sink, payload, key, attempts, traceparent, target): ClaimedRow,
+    ) -> Claimed {
+        Claimed {
+            id,
+            user,
+            medium,
+            sink,
+            payload,
+            key: key.unwrap_or_default(),
+            attempts,
+            traceparent,
+            target,
+        }
+    }
+}
+
 /// What one attempt came to.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Attempt {
     Delivered,
     Retry(String),
@@ -269,27 +333,46 @@ impl Dispatcher {
             .bind(lease.as_secs_f64())
             .fetch_all(&self.db)
             .await?;
-        let claimed: Vec<Claimed> = rows
-            .into_iter()
-            .map(
-                |(id, user, medium, sink, payload, key, attempts, traceparent, target)| Claimed {
-                    id,
-                    user,
-                    medium,
-                    sink,
-                    payload,
-                    key: key.unwrap_or_default(),
-                    attempts,
-                    traceparent,
-                    target,
-                },
-            )
-            .collect();
-        let attempts = join_all(claimed.iter().map(|delivery| self.attempt(delivery))).await;
-        for (delivery, attempt) in claimed.iter().zip(attempts) {
+        let claimed: Vec<Claimed> = rows.into_iter().map(Claimed::from).collect();
+        let count = claimed.len();
+        let (emails, others): (Vec<Claimed>, Vec<Claimed>) =
+            claimed.into_iter().partition(|d| d.sink == SMTP);
+        let attempts = join_all(others.iter().map(|delivery| self.attempt(delivery))).await;
+        for (delivery, attempt) in others.iter().zip(attempts) {
             self.record(delivery, attempt).await?;
         }
-        Ok(claimed.len())
+        let digests = self.digests(emails, lease).await?;
+        let attempts = join_all(digests.iter().map(|digest| self.mail(digest))).await;
+        for (digest, attempt) in digests.iter().zip(attempts) {
+            for delivery in digest {
+                self.record(delivery, attempt.clone()).await?;
+            }
+        }
+        Ok(count)
+    }
+
+    /// The claimed emails, one group per user, each with the user's other emails still
+    /// waiting, claimed now, in the order they were created.
+    async fn digests(
+        &self,
+        emails: Vec<Claimed>,
+        lease: Duration,
+    ) -> Result<Vec<Vec<Claimed>>, sqlx::Error> {
+        let mut by_user: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
+        for email in emails {
+            by_user.entry(email.user.clone()).or_default().push(email);
+        }
+        for (user, group) in &mut by_user {
+            let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM_DIGEST)
+                .bind(user)
+                .bind(lease.as_secs_f64())
+                .bind(DIGEST_MAX)
+                .fetch_all(&self.db)
+                .await?;
+            group.extend(rows.into_iter().map(Claimed::from));
+            group.sort_by_key(|email| email.id);
+        }
+        Ok(by_user.into_values().collect())
     }
 
     async fn attempt(&self, delivery: &Claimed) -> Attempt {
@@ -303,18 +386,23 @@ impl Dispatcher {
                 Some(webpush) => self.push(webpush, delivery).await,
                 None => Attempt::Failed("Web Push is not configured any more".into()),
             },
-            SMTP => match &self.config.mailer {
-                Some(mailer) => self.mail(mailer, delivery).await,
-                None => Attempt::Failed("SMTP is not configured any more".into()),
-            },
+            SMTP => self.mail(std::slice::from_ref(delivery)).await,
             other => Attempt::Failed(format!("unknown sink {other:?}")),
         }
     }
 
-    async fn mail(&self, mailer: &Mailer, delivery: &Claimed) -> Attempt {
+    /// One email to the user of `digest`: the notification itself when there is one, a
+    /// digest of them all when there are several.
+    async fn mail(&self, digest: &[Claimed]) -> Attempt {
+        let Some(mailer) = &self.config.mailer else {
+            return Attempt::Failed("SMTP is not configured any more".into());
+        };
+        let Some(first) = digest.first() else {
+            return Attempt::Delivered;
+        };
         let address: Option<String> =
             match sqlx::query_scalar("SELECT email FROM switchboard.contacts WHERE user_id = $1")
-                .bind(&delivery.user)
+                .bind(&first.user)
                 .fetch_optional(&self.db)
                 .await
             {
@@ -324,16 +412,22 @@ impl Dispatcher {
         let Some(address) = address else {
             return Attempt::Failed(format!(
                 "no email address for user {} (contacts.set)",
-                delivery.user
+                first.user
             ));
         };
-        let payload: PushPayload = match serde_json::from_str(&delivery.payload) {
-            Ok(payload) => payload,
-            Err(error) => return Attempt::Failed(format!("unreadable delivery: {error}")),
+        let mut items = Vec::with_capacity(digest.len());
+        for delivery in digest {
+            match serde_json::from_str::<PushPayload>(&delivery.payload) {
+                Ok(payload) => items.push((payload.title, payload.message)),
+                Err(error) => return Attempt::Failed(format!("unreadable delivery: {error}")),
+            }
+        }
+        let letter = match items.as_slice() {
+            [(title, message)] => Letter::new(title, message),
+            several => Letter::digest(several),
         };
-        let letter = Letter::new(&payload.title, &payload.message);
         let timeout = self.config.webhook_timeout;
-        match tokio::time::timeout(timeout, mailer.send(&delivery.key, &address, &letter)).await {
+        match tokio::time::timeout(timeout, mailer.send(&first.key, &address, &letter)).await {
             Ok(Ok(())) => Attempt::Delivered,
             Ok(Err(SendError::Permanent(reason))) => Attempt::Failed(reason),
             Ok(Err(SendError::Transient(reason))) => Attempt::Retry(reason),
@@ -509,6 +603,10 @@ mod tests {
             (WEBHOOK, PUSH, true, true),
             (WEBPUSH, PUSH, true, true),
             (WEBPUSH, EMAIL, false, false),
+            (WEBHOOK, CREATED, true, true),
+            (SUBJECT, CREATED, false, false),
+            (WEBPUSH, CREATED, false, false),
+            (SMTP, CREATED, true, false),
         ] {
             assert_eq!(
                 carries(sink, medium, smtp),
@@ -522,7 +620,8 @@ mod tests {
     fn outbound_json_is_the_documented_shape() {
         let outbound = Outbound {
             key: "evt_1/u1/push".into(),
-            medium: PUSH,
+            event: event_of(PUSH),
+            medium: Some(PUSH),
             user: "u1".into(),
             notification_id: None,
             category: NotificationCategory::Bid,
@@ -541,7 +640,7 @@ mod tests {
         let json = serde_json::to_string(&outbound).unwrap();
         assert_eq!(
             json,
-            r#"{"key":"evt_1/u1/push","medium":"push","user":"u1","notificationId":null,"category":"bid","priority":"high","title":"New bid","message":"5000","ref":{"channel":"project:p1","seq":7},"eventId":"evt_1","eventType":"bid.new","createdAt":"2026-11-22T14:30:00Z","unread":3}"#
+            r#"{"key":"evt_1/u1/push","event":"push_due","medium":"push","user":"u1","notificationId":null,"category":"bid","priority":"high","title":"New bid","message":"5000","ref":{"channel":"project:p1","seq":7},"eventId":"evt_1","eventType":"bid.new","createdAt":"2026-11-22T14:30:00Z","unread":3}"#
         );
     }
 }

@@ -66,8 +66,9 @@ const EMIT: &str = "SELECT switchboard.emit($1, $2, $3::jsonb, NULL, $4)";
 
 const INSERT_DELIVERY: &str = "
 INSERT INTO switchboard.notification_deliveries
-       (event_id, user_id, medium, sink, payload, traceparent, target)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
+       (event_id, user_id, medium, sink, payload, traceparent, target, notification_id,
+        next_attempt_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, now() + make_interval(secs => $9))
 ON CONFLICT DO NOTHING";
 
 const LIST: &str = "
@@ -88,6 +89,17 @@ const READ_ALL: &str = "
 UPDATE switchboard.notifications SET read_at = now()
  WHERE user_id = $1 AND read_at IS NULL
 RETURNING id";
+
+const READ_MESSAGES_UP_TO: &str = "
+UPDATE switchboard.notifications SET read_at = now()
+ WHERE user_id = $1 AND read_at IS NULL AND category = 'message'
+   AND ref_channel = $2 AND ref_seq <= $3
+RETURNING id";
+
+const CANCEL_PENDING: &str = "
+UPDATE switchboard.notification_deliveries SET cancelled_at = now()
+ WHERE notification_id = ANY($1) AND medium IN ('push', 'email')
+   AND delivered_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL";
 
 const EXPIRE_NOTIFICATIONS: &str = "
 DELETE FROM switchboard.notifications WHERE id IN (
@@ -315,6 +327,10 @@ pub struct NewDelivery<'a> {
     pub target: &'a str,
     pub payload: &'a str,
     pub traceparent: Option<&'a str>,
+    /// The in-app notification whose reading cancels this push or email while it waits.
+    pub notification_id: Option<&'a str>,
+    /// How long it waits before its first attempt.
+    pub after: std::time::Duration,
 }
 
 pub async fn insert_delivery(
@@ -329,6 +345,8 @@ pub async fn insert_delivery(
         .bind(new.payload)
         .bind(new.traceparent)
         .bind(new.target)
+        .bind(new.notification_id)
+        .bind(new.after.as_secs_f64())
         .execute(conn)
         .await?;
     Ok(())
@@ -422,29 +440,93 @@ pub async fn unread_count(db: &PgPool, user: &UserId) -> Result<u64, StoreError>
 pub enum ReadTarget<'a> {
     Ids(&'a [String]),
     All,
+    /// The `message` notifications about `channel`'s events up to `seq` (a conversation's
+    /// `read` receipt).
+    MessagesUpTo {
+        channel: &'a ChannelName,
+        seq: u64,
+    },
 }
 
-/// Marks notifications read in the caller's transaction; the ids that were unread.
+/// Most ids one `notification.read` event lists.
+pub const MAX_READ_IDS: usize = 1_000;
+
+/// `data` of `notification.read`. `all` is there (true) when the user read everything:
+/// `ids` then lists at most [`MAX_READ_IDS`] of them, the newest.
+#[derive(Debug, serde::Serialize)]
+pub struct ReadEvent<'a> {
+    pub ids: &'a [String],
+    pub unread: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// Marks `user`'s `target` notifications read, cancels their waiting push and email, and
+/// when any was unread emits `notification.read` to every device of the user, in one
+/// transaction; the user's unread count after.
+pub async fn read(db: &PgPool, user: &UserId, target: ReadTarget<'_>) -> Result<u64, StoreError> {
+    let all = matches!(target, ReadTarget::All);
+    let mut tx = db.begin().await?;
+    lock_user(&mut tx, user).await?;
+    let mut read = mark_read(&mut tx, user, target).await?;
+    let unread = unread(&mut tx, user).await?;
+    if !read.is_empty() {
+        read.sort_unstable_by(|a, b| b.cmp(a));
+        read.truncate(MAX_READ_IDS);
+        let event = ReadEvent {
+            ids: &read,
+            unread,
+            all,
+        };
+        let data = serde_json::to_string(&event).map_err(|e| StoreError::Row(e.to_string()))?;
+        let channel = ChannelName::new(switchboard_schemas::Namespace::User, user.as_str())
+            .map_err(|e| StoreError::Row(e.to_string()))?;
+        emit(
+            &mut tx,
+            &channel,
+            switchboard_schemas::event::types::NOTIFICATION_READ,
+            &data,
+            None,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(unread)
+}
+
+/// Marks notifications read in the caller's transaction and cancels their push and email
+/// still waiting; the ids that were unread.
 pub async fn mark_read(
     conn: &mut PgConnection,
     user: &UserId,
     target: ReadTarget<'_>,
 ) -> Result<Vec<String>, StoreError> {
-    let ids = match target {
+    let ids: Vec<String> = match target {
         ReadTarget::Ids(ids) => {
             sqlx::query_scalar(READ_IDS)
                 .bind(user.as_str())
                 .bind(ids)
-                .fetch_all(conn)
+                .fetch_all(&mut *conn)
                 .await?
         }
         ReadTarget::All => {
             sqlx::query_scalar(READ_ALL)
                 .bind(user.as_str())
-                .fetch_all(conn)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        ReadTarget::MessagesUpTo { channel, seq } => {
+            sqlx::query_scalar(READ_MESSAGES_UP_TO)
+                .bind(user.as_str())
+                .bind(channel.as_str())
+                .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+                .fetch_all(&mut *conn)
                 .await?
         }
     };
+    if !ids.is_empty() {
+        sqlx::query(CANCEL_PENDING).bind(&ids).execute(conn).await?;
+    }
     Ok(ids)
 }
 
