@@ -137,6 +137,38 @@ test('inbox: after a reconnect the first page is read again (signals are not sto
   assert.equal(edge.frames.filter((f) => f.op === 'sub' && f.ch === 'user:u1').length, 2, 'subscribed again for the signals');
 });
 
+test('inbox: a page read while a signal arrived is read again; after two re-reads the signals go on top', async (t) => {
+  let calls = 0;
+  let signalEach = 1;
+  const edge = await fakeEdge({
+    rpc: (frame, { send, socket }) => {
+      const n = ++calls;
+      // The signal reaches the client before the page it may be newer than.
+      if (n <= signalEach) {
+        const data = { ...entry('conversation:c1', 10 + n, '2026-12-05T10:00:09Z'), total: 10 + n };
+        socket.send(JSON.stringify({ op: 'sig', ch: 'user:u1', from: 'switchboard', type: 'inbox', data }));
+      }
+      send({ op: 'ok', id: frame.id, result: { conversations: [entry('conversation:c1', n, '2026-12-05T10:00:01Z')], unread: n, next: null } });
+    },
+  });
+  t.after(() => edge.close());
+  const sb = newClient(edge);
+  t.after(() => sb.destroy());
+  sb.inbox.watch(() => undefined);
+  await sb.connect();
+  await until(() => sb.inbox.state.ready, 'the first page');
+  assert.equal(calls, 2, 'read again once');
+  assert.equal(sb.inbox.state.total, 2, 'the second page, with no signal during it, stands');
+
+  // Signals during every read: after two re-reads the last page is applied, then those signals.
+  signalEach = Infinity;
+  calls = 0;
+  await sb.inbox.refresh();
+  assert.equal(calls, 3);
+  assert.equal(sb.inbox.state.total, 13);
+  assert.equal(sb.inbox.state.entries.get('conversation:c1').unread, 13);
+});
+
 test('inbox: a watcher added while user:<me> is already subscribed still reads the first page', async (t) => {
   const server = { conversations: [entry('conversation:c1', 5, '2026-12-05T10:00:01Z')], unread: 5 };
   const edge = await inboxEdge(server);
