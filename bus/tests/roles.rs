@@ -69,6 +69,8 @@ enum Family {
     OccupancyWrite,
     EventsRead,
     PresenceRead,
+    EventsErase,
+    EventsPurge,
     StreamCreate,
     StreamPurge,
     StreamDelete,
@@ -78,7 +80,7 @@ use Family::*;
 
 /// Each family, and whether edge, workers, service, admin may use it (docs/operations.md,
 /// "NATS roles").
-const TABLE: [(Family, [bool; 4]); 20] = [
+const TABLE: [(Family, [bool; 4]); 22] = [
     (RtPublish, [true, true, true, true]),
     (LivePublish, [false, false, false, true]),
     (LiveSubscribe, [true, false, false, true]),
@@ -96,6 +98,9 @@ const TABLE: [(Family, [bool; 4]); 20] = [
     (OccupancyWrite, [true, false, false, true]),
     (EventsRead, [true, true, true, true]),
     (PresenceRead, [true, true, true, true]),
+    // erase.user deletes single messages, erase.channel purges one channel's subject.
+    (EventsErase, [false, true, false, true]),
+    (EventsPurge, [false, true, false, true]),
     (StreamCreate, [false, false, false, true]),
     (StreamPurge, [false, false, false, true]),
     (StreamDelete, [false, false, false, true]),
@@ -234,6 +239,47 @@ impl Bench {
                     kv.get(&key).await.map_err(anyhow_free)
                 };
                 matches!(read.await, Ok(Some(_)))
+            }
+            EventsErase => {
+                let seq = self
+                    .admin_js
+                    .publish(format!("rt.project.{unique}"), "x".into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+                    .sequence;
+                let _ = async {
+                    js.get_stream_no_info("EVENTS")
+                        .await
+                        .map_err(anyhow_free)?
+                        .delete_message(seq)
+                        .await
+                        .map_err(anyhow_free)
+                }
+                .await;
+                let events = self.admin_js.get_stream("EVENTS").await.unwrap();
+                events.get_raw_message(seq).await.is_err()
+            }
+            EventsPurge => {
+                let subject = format!("rt.project.{unique}");
+                self.admin_js
+                    .publish(subject.clone(), "x".into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                let _ = async {
+                    js.get_stream_no_info("EVENTS")
+                        .await
+                        .map_err(anyhow_free)?
+                        .purge()
+                        .filter(subject.clone())
+                        .await
+                        .map_err(anyhow_free)
+                }
+                .await;
+                !self.stored_on("EVENTS", &subject).await
             }
             StreamCreate => {
                 let name = format!("NEW_{unique}");

@@ -18,6 +18,9 @@
 //!   stream lets it go, keeps each user's [`inbox`] of conversations (unread counts, last
 //!   message, `inbox` signals), serves `int.archive.read` for the edges, `inbox.*` and
 //!   `messages.search` ([`search`]). Batches its writes (see [`archive::consumer`]).
+//! - [`erase`]: the service-only `erase.user` and `erase.channel`, answered by every
+//!   process: a user's messages or a conversation, out of `EVENTS`, the archive, search,
+//!   the inbox and the notifications.
 //! - [`presence`]: watches the KV bucket `presence` (one entry per live connection),
 //!   publishes `user.presence` when a user's aggregate changes and stores last-seen;
 //!   serves `presence.privacy.*` and `presence.authorize`. It has no durable consumer:
@@ -65,6 +68,7 @@
 pub mod archive;
 mod backoff;
 pub mod config;
+pub mod erase;
 pub mod http;
 pub mod inbox;
 pub mod job;
@@ -214,6 +218,12 @@ pub async fn run(
         };
         names.insert(handle.id(), name);
     }
+    // Erasure is no job of its own: every process answers `erase.*`.
+    jobs.spawn(responder::serve(
+        Arc::new(erase::Erase::new(db.clone(), client.clone())),
+        client.clone(),
+        shutdown.clone(),
+    ));
     let result = wait_for(jobs, &names, &shutdown).await;
     let _ = http.await;
 

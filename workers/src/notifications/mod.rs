@@ -482,6 +482,11 @@ impl Job for Notifications {
                 .await
                 .map_err(JobError::transient)?;
         }
+        if ty == Some(types::MESSAGE_DELETED) {
+            crate::erase::forget_deleted(&self.db, delivery)
+                .await
+                .map_err(JobError::transient)?;
+        }
         if ty.is_some_and(|ty| !self.rules.wants_type(ty)) {
             return Ok(if receipt {
                 Outcome::Applied
