@@ -1,5 +1,5 @@
 /**
- * The inbox (docs/protocol.md, Inbox): the user's conversations with unread counts and
+ * The inbox (docs/protocol.md §10.11, The inbox): the user's conversations with unread counts and
  * their last message, from the `inbox.list` RPC, kept current by `inbox` signals on
  * `user:<me>` (an entry's new state plus the `total`, or `{ch, removed: true, total}`).
  *
@@ -72,17 +72,19 @@ export class Inbox extends Emitter<InboxEvents> {
   }
 
   /**
-   * Mutes (or unmutes) a conversation; resolves with its entry, applied to the kept state.
+   * Mutes (or unmutes) a conversation; resolves with its entry, applied to the kept state
+   * with the total the answer carries.
    * Throws at once on arguments that are not a conversation and a boolean.
    */
   mute(ch: string, muted = true): Promise<InboxEntry> {
     if (typeof ch !== 'string' || !/^conversation:./.test(ch)) throw new TypeError('inbox.mute needs a conversation channel (conversation:<id>)');
     if (typeof muted !== 'boolean') throw new TypeError('inbox.mute: muted must be true or false');
-    return this.host.rpc<InboxEntry>('inbox.mute', { ch, muted }).then((entry) => {
+    return this.host.rpc<InboxEntry & { total?: number }>('inbox.mute', { ch, muted }).then((answer) => {
+      const { total, ...entry } = answer;
       const old = this.entries.get(ch);
-      if (old && entry && entry.ch === ch) {
-        // The signal that follows brings the server's total; until then, adjust ours.
-        this.total += counted(entry) - counted(old);
+      if (old && entry.ch === ch) {
+        // The answer carries the new total; a server without it gets ours adjusted.
+        this.total = typeof total === 'number' ? total : this.total + counted(entry) - counted(old);
         this.entries.set(ch, entry);
         this.changed();
       }

@@ -1,5 +1,5 @@
 /**
- * Message search (docs/protocol.md, Search): the `messages.search` RPC over the
+ * Message search (docs/protocol.md §10.12, Search): the `messages.search` RPC over the
  * conversations the user takes part in now, newest first. Any text is a query; the
  * server reads it as words, never as syntax.
  */

@@ -311,7 +311,7 @@ export interface InboxLast {
   timestamp: string;
 }
 
-/** One entry of `inbox.list` (docs/protocol.md, Inbox). */
+/** One entry of `inbox.list` (docs/protocol.md §10.11, The inbox). */
 export interface InboxEntry {
   ch: string;
   /** `message.new` from others above the read cursor; a muted entry keeps its own. */

@@ -265,7 +265,7 @@ export interface InboxView extends InboxState {
 }
 
 /**
- * The user's inbox (docs/protocol.md, Inbox): the conversations with their unread counts
+ * The user's inbox (docs/protocol.md §10.11, The inbox): the conversations with their unread counts
  * and last message, most recent activity first, and the `total` unread over unmuted ones.
  * The SDK reads `inbox.list` on every (re)connection and applies the `inbox` signals.
  */

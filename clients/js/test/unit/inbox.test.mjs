@@ -185,7 +185,7 @@ test('inbox: a watcher added while user:<me> is already subscribed still reads t
   assert.equal(edge.frames.filter((f) => f.op === 'sub').length, 1, 'the subscription of every type already carries the signals');
 });
 
-test('inbox: mute applies the entry and adjusts the total until the signal brings the server one', async (t) => {
+test('inbox: mute applies the entry and the total of the answer (or adjusts it when there is none)', async (t) => {
   const server = {
     conversations: [entry('conversation:c1', 2, '2026-12-05T10:00:02Z'), entry('conversation:c2', 3, '2026-12-05T10:00:01Z')],
     unread: 5,
@@ -194,7 +194,9 @@ test('inbox: mute applies the entry and adjusts the total until the signal bring
   const edge = await inboxEdge(server, {
     'inbox.mute': (frame, send) => {
       mutes.push(frame.params);
-      send({ op: 'ok', id: frame.id, result: { ...entry(frame.params.ch, 3, '2026-12-05T10:00:01Z'), muted: frame.params.muted } });
+      // The unmute answer carries the server's total (as docs/protocol.md §10.11 says); the mute answer, as an older server's, none.
+      const total = frame.params.muted ? {} : { total: 42 };
+      send({ op: 'ok', id: frame.id, result: { ...entry(frame.params.ch, 3, '2026-12-05T10:00:01Z'), muted: frame.params.muted, ...total } });
     },
   });
   t.after(() => edge.close());
@@ -209,8 +211,10 @@ test('inbox: mute applies the entry and adjusts the total until the signal bring
   assert.equal(sb.inbox.state.total, 2, 'a muted conversation leaves the total');
   assert.equal(sb.inbox.state.entries.get('conversation:c2').unread, 3, 'and keeps its own unread');
   assert.deepEqual(sb.inbox.state.conversations.map((e) => e.ch), ['conversation:c1', 'conversation:c2'], 'a mute keeps the place');
-  await sb.inbox.mute('conversation:c2', false);
-  assert.equal(sb.inbox.state.total, 5);
+  const unmuted = await sb.inbox.mute('conversation:c2', false);
+  assert.equal(sb.inbox.state.total, 42, "the answer's total wins");
+  assert.equal('total' in unmuted, false, 'the entry resolved is the entry alone');
+  assert.equal('total' in sb.inbox.state.entries.get('conversation:c2'), false);
 
   assert.throws(() => sb.inbox.mute('project:p1'), /conversation channel/);
   assert.throws(() => sb.inbox.mute('conversation:c1', 'yes'), /muted must be true or false/);
