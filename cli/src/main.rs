@@ -4,6 +4,7 @@
 //! `migrate` and `members`) directly; the CLI embeds neither the edge nor a worker.
 //!
 //! - `init`, `status`, `migrate`, `members`: set up and look after a deployment.
+//! - `erase`: remove a user's messages or a conversation everywhere (asks the workers).
 //! - `publish`, `tail`, `replay`: put events on channels, follow them, read them back
 //!   (replay shares its ordered multi-channel reader, [`merge`], with tail).
 //! - `token`: development tokens for curl and the demo.
@@ -12,6 +13,7 @@
 //! Nothing is colored, so there is nothing for `NO_COLOR` to turn off.
 
 mod bench;
+mod erase;
 mod init;
 mod keys;
 mod members;
@@ -80,6 +82,11 @@ enum Command {
     ///
     /// Example: switchboard members rebuild --database-url postgres://localhost/switchboard
     Members(members::Args),
+    /// Erase a user's messages (every channel) or a conversation from the EVENTS stream,
+    /// the archive, search, inboxes and notifications; prints what was removed where.
+    ///
+    /// Example: switchboard erase --user u1
+    Erase(erase::Args),
     /// Publish events: one from flags, or JSON lines from stdin; prints each seq.
     ///
     /// Example: switchboard publish --channel project:p1 --type bid.new --data '{"amount":5000}'
@@ -143,6 +150,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => status::run(nats, cli.json, args).await,
         Command::Migrate(args) => migrate::run(cli.json, args).await,
         Command::Members(args) => members::run(nats, cli.json, args).await,
+        Command::Erase(args) => erase::run(nats, cli.json, args).await,
         Command::Publish(args) => publish::run(nats, cli.json, args).await,
         Command::Tail(args) => tail::run(nats, cli.json, args).await,
         Command::Replay(args) => replay::run(nats, cli.json, args).await,

@@ -1,0 +1,170 @@
+//! `switchboard erase`: asks the workers (a real `switchboard-workers` process with the
+//! archive job, on a real nats-server and PostgreSQL) and prints what was removed.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+use switchboard_bus::Publisher;
+use switchboard_bus::store::Store;
+use switchboard_schemas::{Actor, ChannelName, Envelope, EventType, RawJson};
+use switchboard_testkit::{Postgres, Process, binary};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+async fn say(bus: &Bus, ch: &str, user: &str, text: &str) -> u64 {
+    let mut event = Envelope::new(
+        EventType::parse("message.new").unwrap(),
+        RawJson::encode(&json!({ "text": text })).unwrap(),
+    );
+    event.actor = Some(Actor {
+        id: user.into(),
+        kind: "user".into(),
+    });
+    Publisher::new(bus.client.clone())
+        .publish(&ChannelName::parse(ch).unwrap(), &event)
+        .await
+        .unwrap()
+        .seq
+}
+
+fn workers(bus: &Bus, database_url: &str) -> Process {
+    let mut cmd = Command::new(binary("switchboard-workers"));
+    cmd.envs(bus.nats.env(Role::Workers))
+        .env("DATABASE_URL", database_url)
+        .env("SWITCHBOARD_WORKERS", "archive")
+        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(Stdio::null());
+    Process::spawn(cmd).expect("spawn switchboard-workers")
+}
+
+/// Waits until the archive holds `count` events of `ch` (read as the edges read it).
+async fn archived(bus: &Bus, ch: &str, count: usize) {
+    let epoch = Store::new(bus.client.clone())
+        .position()
+        .await
+        .unwrap()
+        .epoch;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Rt-User", "test");
+        let params = json!({"ch": ch, "epoch": epoch, "after": 0});
+        if let Ok(reply) = bus
+            .client
+            .request_with_headers("int.archive.read", h, params.to_string().into())
+            .await
+        {
+            let answer: Value = serde_json::from_slice(&reply.payload).unwrap();
+            if answer["result"]["events"].as_array().map(Vec::len) == Some(count) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{ch} not archived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stored payloads of `EVENTS` holding `needle`.
+async fn in_stream(bus: &Bus, needle: &str) -> usize {
+    let store = Store::new(bus.client.clone());
+    let (mut next, mut found) = (1, 0);
+    loop {
+        let page = store.forward("rt.>", next, 1000).await.unwrap();
+        let Some(last) = page.last() else {
+            return found;
+        };
+        next = last.seq + 1;
+        found += page
+            .iter()
+            .filter(|e| {
+                e.payload
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_bytes())
+            })
+            .count();
+    }
+}
+
+#[tokio::test]
+async fn erase_prints_what_it_removed_and_the_text_is_gone() {
+    let bus = Bus::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&bus, &database_url);
+    let (c1, c2) = ("conversation:c1", "conversation:c2");
+    say(&bus, c1, "u1", "the papaya secret").await;
+    say(&bus, c1, "u2", "tell me").await;
+    say(&bus, c2, "u1", "papaya again").await;
+    say(&bus, c2, "u2", "bye").await;
+    archived(&bus, c1, 2).await;
+    archived(&bus, c2, 2).await;
+
+    let out = ok(&switchboard(&bus.admin_env(), &["erase", "--user", "u1"]));
+    assert!(out.contains("erased user u1"), "{out}");
+    let counts: Vec<(String, String)> = out
+        .lines()
+        .skip(2)
+        .map(|line| {
+            let (count, place) = line.split_once("  ").unwrap();
+            (count.to_string(), place.trim().to_string())
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("2", "copies in the EVENTS stream"),
+            ("2", "archive rows"),
+            ("2", "messages search could find"),
+            ("0", "inbox entries"),
+            ("0", "notifications"),
+            ("0", "push and email deliveries"),
+        ]
+        .map(|(c, p)| (c.to_string(), p.to_string())),
+        "{out}"
+    );
+    assert_eq!(in_stream(&bus, "papaya").await, 0);
+    assert_eq!(bus.stored("EVENTS").await, 2, "u2's messages stay");
+
+    let out = ok(&switchboard(
+        &bus.admin_env(),
+        &["--json", "erase", "--channel", c2],
+    ));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ch"], c2, "{out}");
+    assert_eq!(report["removed"]["events"], 1, "{out}");
+    assert_eq!(report["removed"]["archive"], 2, "{out}");
+    assert_eq!(bus.stored("EVENTS").await, 1);
+}
+
+#[tokio::test]
+async fn erase_without_workers_says_what_to_do() {
+    let bus = Bus::start().await;
+    let out = switchboard(&bus.admin_env(), &["erase", "--user", "u1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no workers answer erase.user"), "{stderr}");
+}
+
+#[test]
+fn erase_refuses_bad_targets() {
+    for (args, says) in [
+        (&["erase"][..], "--user"),
+        (&["erase", "--user", "u 1"], "not a user id"),
+        (&["erase", "--channel", "user:u1:messages"], "alias"),
+        (&["erase", "--channel", "conversation:*"], "channel id"),
+        (
+            &["erase", "--user", "u1", "--channel", "conversation:c1"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = switchboard(&[], args);
+        assert!(!out.status.success(), "{args:?} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
