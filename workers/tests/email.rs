@@ -277,3 +277,103 @@ async fn bad_smtp_settings_stop_the_worker_without_showing_the_secret() {
         assert!(!said.contains(secret), "the secret is not shown: {said}");
     }
 }
+
+/// `smtps://` (TLS from the first byte) and `?tls=starttls` against aiosmtpd with a
+/// certificate from a test CA the worker trusts through SWITCHBOARD_SMTP_CA; without
+/// that CA the certificate is refused and the email waits to be retried.
+#[tokio::test(flavor = "multi_thread")]
+async fn smtps_and_starttls_reach_a_server_with_a_private_ca() {
+    let setup = setup().await;
+    let ca = support::http::TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.server_pem();
+    let [ca_file, cert_file, key_file] =
+        [("ca.pem", &ca.pem), ("cert.pem", &cert), ("key.pem", &key)].map(|(name, pem)| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.display().to_string()
+        });
+    let mut untrusted = None;
+    for (user, mode, url, trusted) in [
+        ("u1", "smtps", "smtps://127.0.0.1:{port}", true),
+        (
+            "u2",
+            "starttls",
+            "smtp://localhost:{port}?tls=starttls",
+            true,
+        ),
+        ("u3", "smtps", "smtps://127.0.0.1:{port}", false),
+    ] {
+        let mut smtp = Peer::start("smtp_server.py", &[mode, &cert_file, &key_file]);
+        let port = smtp.next().await["port"].as_u64().unwrap();
+        let mut env = vec![
+            (
+                "SWITCHBOARD_SMTP_URL",
+                url.replace("{port}", &port.to_string()),
+            ),
+            ("SWITCHBOARD_EMAIL_FROM", "alerts@example.com".into()),
+            ("SWITCHBOARD_NOTIFY_SUBJECTS", "false".into()),
+            ("SWITCHBOARD_NOTIFY_EMAIL_AFTER_S", "0".into()),
+        ];
+        if trusted {
+            env.push(("SWITCHBOARD_SMTP_CA", ca_file.clone()));
+        }
+        let worker = Worker::start(&setup, JOBS, &env);
+        set_contact(&setup, user, &format!("{user}@example.com")).await;
+        call(
+            &setup,
+            "notifications.preferences.set",
+            user,
+            json!({"categories": {"bid": {"email": true}}}),
+        )
+        .await;
+        let project = format!("project:{user}");
+        add_member(&setup, &project, user, "owner").await;
+        publish(&setup, &project, &event("bid.new", json!({"amount": 1}))).await;
+        if trusted {
+            let message = smtp.next().await;
+            assert_eq!(message["to"], format!("{user}@example.com"), "{mode}");
+            assert_eq!(message["tls"], true, "{mode}: {message}");
+            let row = eventually(&format!("{user}'s email delivered"), || async {
+                smtp_delivery(&setup, user).await.filter(|row| row.0)
+            })
+            .await;
+            assert_eq!(row, (true, false, 1, None));
+        } else {
+            let (delivered, failed, _, error) =
+                eventually("the untrusted server's refusal recorded", || async {
+                    smtp_delivery(&setup, user)
+                        .await
+                        .filter(|row| row.3.is_some())
+                })
+                .await;
+            assert!(!delivered && !failed, "a TLS failure is retried");
+            untrusted = error;
+            assert!(
+                smtp.next_within(Duration::from_millis(500)).await.is_none(),
+                "nothing reached the server"
+            );
+        }
+        worker.kill().await;
+    }
+    let error = untrusted.unwrap();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+
+    // A CA file that is not one stops the worker at start.
+    let (status, said) = Worker::refused(
+        &setup,
+        JOBS,
+        &[
+            ("SWITCHBOARD_SMTP_URL", "smtps://127.0.0.1:1".into()),
+            ("SWITCHBOARD_EMAIL_FROM", "alerts@example.com".into()),
+            ("SWITCHBOARD_SMTP_CA", key_file.clone()),
+        ],
+    )
+    .await;
+    assert!(!status.success());
+    assert!(
+        said.contains("SWITCHBOARD_SMTP_CA") && said.contains("holds no PEM certificate"),
+        "{said}"
+    );
+    assert!(!said.contains("PRIVATE KEY"), "{said}");
+}

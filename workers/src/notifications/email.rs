@@ -13,12 +13,13 @@
 //! ([`super::sink`]) decides.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sha2::{Digest, Sha256};
 use switchboard_bus::connect::redact_url;
@@ -175,6 +176,10 @@ pub enum EmailError {
     From,
     #[error("cannot set up TLS for SMTP: {0}")]
     Tls(String),
+    #[error("cannot read SWITCHBOARD_SMTP_CA {path}: {error}")]
+    ReadCa { path: String, error: String },
+    #[error("SWITCHBOARD_SMTP_CA {path} holds no PEM certificate")]
+    BadCa { path: String },
 }
 
 /// Why one message was not sent.
@@ -268,8 +273,14 @@ impl fmt::Debug for Mailer {
 }
 
 impl Mailer {
-    /// A transport to `url` sending as `from`; each SMTP command waits at most `timeout`.
-    pub fn new(url: SmtpUrl, from: Option<&str>, timeout: Duration) -> Result<Mailer, EmailError> {
+    /// A transport to `url` sending as `from`, trusting the certificates in the PEM file
+    /// `ca` besides the system's; each SMTP command waits at most `timeout`.
+    pub fn new(
+        url: SmtpUrl,
+        from: Option<&str>,
+        ca: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Mailer, EmailError> {
         let from: Mailbox = from
             .ok_or(EmailError::NoFrom)?
             .trim()
@@ -278,8 +289,18 @@ impl Mailer {
         // lettre takes the process's default provider; ring is the one the build already
         // has (docs/operations.md §4). An error means one is installed, which serves.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let tls =
-            || TlsParameters::new(url.host.clone()).map_err(|e| EmailError::Tls(error_chain(&e)));
+        let extra_roots = ca.map(extra_roots).transpose()?;
+        let tls = || {
+            let mut builder = TlsParameters::builder(url.host.clone());
+            for pem in extra_roots.iter().flatten() {
+                let root =
+                    Certificate::from_pem(pem).map_err(|e| EmailError::Tls(error_chain(&e)))?;
+                builder = builder.add_root_certificate(root);
+            }
+            builder
+                .build()
+                .map_err(|e| EmailError::Tls(error_chain(&e)))
+        };
         let security = match url.security {
             Security::Plain => Tls::None,
             Security::StartTls => Tls::Required(tls()?),
@@ -327,6 +348,26 @@ impl Mailer {
             Err(error) => Err(classify(&error)),
         }
     }
+}
+
+/// The certificates of the PEM file at `path`, each on its own (lettre's `Certificate`
+/// is not `Clone`, and a bundle is read as one); at least one.
+fn extra_roots(path: &Path) -> Result<Vec<Vec<u8>>, EmailError> {
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| EmailError::ReadCa {
+        path: shown(),
+        error: e.to_string(),
+    })?;
+    const END: &str = "-----END CERTIFICATE-----";
+    let pems: Vec<Vec<u8>> = text
+        .split_inclusive(END)
+        .filter(|block| block.contains("-----BEGIN CERTIFICATE-----") && block.ends_with(END))
+        .map(|block| block.trim().as_bytes().to_vec())
+        .collect();
+    if pems.is_empty() || pems.iter().any(|pem| Certificate::from_pem(pem).is_err()) {
+        return Err(EmailError::BadCa { path: shown() });
+    }
+    Ok(pems)
 }
 
 /// 5xx refuses for good, except the replies about the sender's own authentication
@@ -399,18 +440,44 @@ mod tests {
         assert_eq!(Letter::new("a\r\nBcc: x", "m").subject, "aBcc: x");
     }
 
+    #[test]
+    fn a_digest_lists_each_notification_in_turn() {
+        let items = [
+            ("New bid".to_string(), "c9 bid 5".to_string()),
+            ("Payment <ok>".to_string(), "paid\nthanks".to_string()),
+        ];
+        let letter = Letter::digest(&items);
+        assert_eq!(letter.subject, "2 new notifications");
+        assert_eq!(
+            letter.text,
+            "New bid\nc9 bid 5\n\nPayment <ok>\npaid\nthanks\n\n"
+        );
+        let first = letter.html.find("New bid").unwrap();
+        let second = letter.html.find("Payment &lt;ok&gt;").unwrap();
+        assert!(first < second, "{}", letter.html);
+        assert!(letter.html.contains("paid<br>\nthanks"));
+    }
+
     /// In a runtime: the transport's pool lives on it.
     #[tokio::test]
     async fn from_is_a_mailbox() {
         let url: SmtpUrl = "smtp://127.0.0.1:2525".parse().unwrap();
         let timeout = Duration::from_secs(1);
-        assert!(Mailer::new(url.clone(), Some("Alerts <alerts@example.com>"), timeout).is_ok());
+        assert!(
+            Mailer::new(
+                url.clone(),
+                Some("Alerts <alerts@example.com>"),
+                None,
+                timeout
+            )
+            .is_ok()
+        );
         assert!(matches!(
-            Mailer::new(url.clone(), None, timeout),
+            Mailer::new(url.clone(), None, None, timeout),
             Err(EmailError::NoFrom)
         ));
         assert!(matches!(
-            Mailer::new(url, Some("not an address"), timeout),
+            Mailer::new(url, Some("not an address"), None, timeout),
             Err(EmailError::From)
         ));
     }

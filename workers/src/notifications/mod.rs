@@ -127,8 +127,9 @@ pub struct NotificationsConfig {
     )]
     pub notifications_wait_for_membership: bool,
 
-    /// Webhook receiving notifications as signed JSON POSTs (http:// or https://): push,
-    /// and email too unless SWITCHBOARD_SMTP_URL sends it.
+    /// Webhook receiving signed JSON POSTs (http:// or https://): each notification as it
+    /// is created, pushes due to users with no registered push device, and email unless
+    /// SWITCHBOARD_SMTP_URL sends it.
     /// None: no webhook.
     #[arg(
         long,
@@ -189,6 +190,11 @@ pub struct NotificationsConfig {
         value_parser = email::url_parser()
     )]
     pub smtp_url: Option<SmtpUrl>,
+
+    /// PEM file of CA certificates trusted for the SMTP server's TLS (smtps:// or
+    /// STARTTLS) besides the system's.
+    #[arg(long, env = "SWITCHBOARD_SMTP_CA")]
+    pub smtp_ca: Option<PathBuf>,
 
     /// The sender of email: `alerts@example.com` or `Example <alerts@example.com>`.
     #[arg(long, env = "SWITCHBOARD_EMAIL_FROM")]
@@ -299,6 +305,7 @@ impl NotificationsConfig {
             Some(url) => Some(Arc::new(Mailer::new(
                 url.clone(),
                 self.email_from.as_deref(),
+                self.smtp_ca.as_deref(),
                 timeout,
             )?)),
             None => None,
@@ -476,11 +483,6 @@ impl Job for Notifications {
         let receipt = ty == Some(types::MESSAGE_RECEIPT);
         if receipt {
             self.read_receipt(delivery).await?;
-        }
-        if ty == Some(types::MESSAGE_DELETED) {
-            crate::erase::forget_deleted(&self.db, delivery)
-                .await
-                .map_err(JobError::transient)?;
         }
         if ty == Some(types::MESSAGE_DELETED) {
             crate::erase::forget_deleted(&self.db, delivery)

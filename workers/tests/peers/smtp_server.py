@@ -3,15 +3,19 @@ asyncio SMTP server from the Python project) rather than the workers' code. It p
 `{"port": N}` once listening, then one JSON line per message it accepts: the envelope,
 the headers a reader sees, and each part of the body, decoded by Python's email
 package. Recipients whose local part is `refused` get a permanent 550; `busy` a
-transient 451 (the delivery is to be retried); the refusals are printed too.
+transient 451 (the delivery is to be retried); the refusals are printed too. Each
+message says whether it came over TLS.
 
-Usage: smtp_server.py
+Usage: smtp_server.py [smtps|starttls CERT_PEM KEY_PEM]
+  smtps: TLS from the first byte; starttls: plain until STARTTLS, which is required
+  before anything is accepted.
 """
 
 import asyncio
 import email
 import email.policy
 import json
+import ssl
 import sys
 
 from aiosmtpd.smtp import SMTP
@@ -49,18 +53,44 @@ class Handler:
                 "subject": str(message["Subject"]),
                 "message_id": str(message["Message-ID"]),
                 "content_type": message.get_content_type(),
+                "tls": server.transport.get_extra_info("ssl_object") is not None,
                 "parts": parts,
             }
         )
         return "250 Message accepted for delivery"
 
 
+def tls_context(cert, key):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
 async def main():
     loop = asyncio.get_running_loop()
     handler = Handler()
-    server = await loop.create_server(
-        lambda: SMTP(handler, hostname="smtp.test"), "127.0.0.1", 0
-    )
+    mode = sys.argv[1] if len(sys.argv) > 1 else "plain"
+    if mode == "smtps":
+        context = tls_context(sys.argv[2], sys.argv[3])
+        server = await loop.create_server(
+            lambda: SMTP(handler, hostname="smtp.test"), "127.0.0.1", 0, ssl=context
+        )
+    elif mode == "starttls":
+        context = tls_context(sys.argv[2], sys.argv[3])
+        server = await loop.create_server(
+            lambda: SMTP(
+                handler,
+                hostname="smtp.test",
+                tls_context=context,
+                require_starttls=True,
+            ),
+            "127.0.0.1",
+            0,
+        )
+    else:
+        server = await loop.create_server(
+            lambda: SMTP(handler, hostname="smtp.test"), "127.0.0.1", 0
+        )
     say({"port": server.sockets[0].getsockname()[1]})
     await server.serve_forever()
 

@@ -187,12 +187,24 @@ impl TestCa {
         }
     }
 
-    fn server_config(&self) -> Arc<ServerConfig> {
+    /// A server certificate for `localhost` and `127.0.0.1` signed by this CA, and its
+    /// key, both PEM: for servers the test starts in another process.
+    pub fn server_pem(&self) -> (String, String) {
+        let (cert, key) = self.server_cert();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn server_cert(&self) -> (rcgen::Certificate, KeyPair) {
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
         let mut params = CertificateParams::new(names).unwrap();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert, key)
+    }
+
+    fn server_config(&self) -> Arc<ServerConfig> {
+        let (cert, key) = self.server_cert();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
