@@ -204,6 +204,18 @@ test('the conversation list shows each conversation with its unread badge, live'
   await item.getByTestId('inbox-mute').click();
   await item.and(hanaPage.locator('[data-muted="true"]')).waitFor({ timeout: 15_000 });
   await waitFor(async () => Number(await hanaPage.getByTestId('inbox-total').getAttribute('data-count')) === totalBefore - 2, 'the total without the muted conversation', 15_000);
+
+  // A click opens the conversation; reading it there clears its badge (on every page of hers).
+  const page = await hanaContext.newPage();
+  page.on('pageerror', (error) => pageErrors.push(`hana: ${error.message}`));
+  await page.goto(demoUrl(hana, carlos));
+  await connected(page);
+  await page.locator(`[data-testid="inbox-item"][data-ch="conversation:${room}"]`).click();
+  await message(page, 'The grey ones, I mean.').waitFor({ timeout: 15_000 });
+  assert.equal(await page.locator('.chat .channel').innerText(), room);
+  await page.locator(`[data-testid="inbox-item"][data-ch="conversation:${room}"][data-unread="0"]`).waitFor({ timeout: 15_000 });
+  await item.and(hanaPage.locator('[data-unread="0"]')).waitFor({ timeout: 15_000 });
+  await page.close();
 });
 
 test('the search box finds a message in the conversations the user is in', T, async (t) => {
