@@ -11,8 +11,18 @@
 //! Reading goes through [`crate::merge`] (bounded batches per channel); writing through
 //! a [`Sink`]. The sink knows which seq is *done* (written, or acknowledged by
 //! JetStream), and that is the seq an interruption or a failure reports.
+//!
+//! Channels of the archived namespaces (`SWITCHBOARD_ARCHIVE_NAMESPACES`, default
+//! `conversation`) reach back past the stream: what `EVENTS` no longer holds of them is
+//! read from the workers' archive over `int.archive.read` ([`Archived`]), below each
+//! channel's oldest event in the stream, and merged in by seq (docs/protocol.md, section
+//! 11.1). Archived events carry the event as the archive holds it now (an edited
+//! message's current text, a deleted one's empty data) and are kept by their own
+//! timestamp when `--since`/`--until` are given.
 
 use std::collections::VecDeque;
+
+use bytes::Bytes;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,7 +41,7 @@ use switchboard_schemas::{
     ChannelName, Envelope, Membership, Namespace, Timestamp, TypeFilter, TypeFilters, UserId,
 };
 
-use crate::merge::{self, Merged, Source};
+use crate::merge::{self, Item, Merged, Source};
 use crate::{Interrupted, when};
 
 /// Header naming the channel an event was stored on, on re-delivered messages.
@@ -135,7 +145,7 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
     }
     let client = nats.connect().await?;
     let js = jetstream::new(client.clone());
-    let store = Store::new(client);
+    let store = Store::new(client.clone());
     let position = store
         .position()
         .await
@@ -147,7 +157,18 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
     }
     let sources = merge::group(channels);
     let filters: TypeFilters = args.types.iter().cloned().collect();
-    let (first, last) = window(&store, &args, position.first_seq, position.last_seq).await?;
+    let namespaces = archived_namespaces()?;
+    let archived_sources = sources
+        .iter()
+        .any(|s| namespaces.contains(&s.base().namespace()));
+    let (first, last) = window(
+        &store,
+        &args,
+        position.first_seq,
+        position.last_seq,
+        archived_sources,
+    )
+    .await?;
 
     let interrupt = crate::on_interrupt()?;
     // Output is written synchronously, so the replay's own task may sit in a write to a
@@ -168,7 +189,25 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
     let started = Instant::now();
     let bar = progress_bar(first, last);
     let outcome = if first <= last {
-        let mut merged = Merged::start(&store, &sources, first, last);
+        let archived = if archived_sources {
+            let reach = Reach {
+                epoch: &position.epoch,
+                first,
+                last,
+                since: args.since,
+                until: args.until,
+            };
+            Archived::open(&client, &store, &sources, &namespaces, reach).await?
+        } else {
+            Archived::default()
+        };
+        let mut merged = Combined {
+            archived,
+            stream: Merged::start(&store, &sources, first, last),
+            next_archived: None,
+            next_stored: None,
+            stream_done: false,
+        };
         let selection = Selection {
             sources: &sources,
             filters: &filters,
@@ -272,20 +311,26 @@ async fn user_channels(js: &jetstream::Context, user: &UserId) -> anyhow::Result
 }
 
 /// The inclusive seq window of the selection: the seq flags, the time bounds turned into
-/// seqs, and the stream's range now.
+/// seqs, and the stream's range now. With `archived` channels in the selection the
+/// window reaches back past the stream's first seq, and a `--since` older than the
+/// stream's first event is left to the archived events' own timestamps.
 async fn window(
     store: &Store,
     args: &Args,
     stream_first: u64,
     stream_last: u64,
+    archived: bool,
 ) -> anyhow::Result<(u64, u64)> {
-    let mut first = args.from_seq.unwrap_or(1).max(stream_first).max(1);
+    let floor = if archived { 1 } else { stream_first };
+    let mut first = args.from_seq.unwrap_or(1).max(floor).max(1);
     let mut last = args.to_seq.unwrap_or(u64::MAX).min(stream_last);
     if let Some(since) = &args.since {
         match merge::first_seq_at_or_after(store, since)
             .await
             .context("cannot find the first event of --since")?
         {
+            // The stream's first event: --since may be older than the stream.
+            Some(seq) if archived && seq <= stream_first => {}
             Some(seq) => first = first.max(seq),
             None => last = 0,
         }
@@ -310,7 +355,7 @@ struct Selection<'a> {
 
 /// Reads the selection to its end, handing each selected event to the sink.
 async fn copy(
-    merged: &mut Merged,
+    merged: &mut Combined,
     Selection {
         sources,
         filters,
@@ -681,6 +726,277 @@ fn shell_quote(word: &str) -> String {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The variable naming the archived namespaces, as the workers' archive job and the
+/// edge read it.
+const ARCHIVE_NAMESPACES: &str = "SWITCHBOARD_ARCHIVE_NAMESPACES";
+/// How long the replay waits for an archive that has not yet processed what it needs.
+const ARCHIVE_LAG_WAIT: Duration = Duration::from_secs(2);
+/// Archived events read per request (the workers' cap).
+const ARCHIVE_PAGE: usize = 1000;
+
+/// The archived namespaces (`SWITCHBOARD_ARCHIVE_NAMESPACES`, default `conversation`).
+fn archived_namespaces() -> anyhow::Result<Vec<Namespace>> {
+    let list = std::env::var(ARCHIVE_NAMESPACES).unwrap_or_else(|_| "conversation".into());
+    list.split(',')
+        .map(str::trim)
+        .filter(|word| !word.is_empty())
+        .map(|word| {
+            word.parse::<Namespace>()
+                .map_err(|e| anyhow::anyhow!("{ARCHIVE_NAMESPACES}: {e}"))
+        })
+        .collect()
+}
+
+/// What the archive part of a replay covers.
+struct Reach<'a> {
+    epoch: &'a str,
+    first: u64,
+    last: u64,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+}
+
+/// The archived channels' events that `EVENTS` no longer holds, one pager per channel,
+/// merged by seq.
+#[derive(Default)]
+struct Archived {
+    pagers: Vec<Pager>,
+    client: Option<async_nats::Client>,
+    epoch: String,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+}
+
+/// One archived channel: its events with `after < seq < before`, a page at a time.
+struct Pager {
+    source: usize,
+    channel: String,
+    subject: String,
+    after: u64,
+    before: u64,
+    page: VecDeque<StoredEvent>,
+    done: bool,
+}
+
+/// An answer of `int.archive.read`.
+#[derive(serde::Deserialize)]
+struct ArchivePage {
+    events: Vec<ArchiveItem>,
+    through: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct ArchiveItem {
+    seq: u64,
+    event: Box<serde_json::value::RawValue>,
+}
+
+impl Archived {
+    /// Finds, per archived channel, where the stream's part starts, and checks that the
+    /// archive has processed the stream up to there. A channel whose archive does not
+    /// answer or lags is replayed from the stream alone, with a warning.
+    async fn open(
+        client: &async_nats::Client,
+        store: &Store,
+        sources: &[Source],
+        namespaces: &[Namespace],
+        reach: Reach<'_>,
+    ) -> anyhow::Result<Archived> {
+        let mut archived = Archived {
+            pagers: Vec::new(),
+            client: Some(client.clone()),
+            epoch: reach.epoch.to_string(),
+            since: reach.since,
+            until: reach.until,
+        };
+        for (index, source) in sources.iter().enumerate() {
+            let channel = source.base();
+            if !namespaces.contains(&channel.namespace()) {
+                continue;
+            }
+            let kept = store
+                .forward(&source.subject, reach.first, 1)
+                .await
+                .with_context(|| format!("cannot read {channel} from the stream"))?
+                .first()
+                .map(|event| event.seq);
+            let before = kept.unwrap_or(u64::MAX).min(reach.last.saturating_add(1));
+            if before <= reach.first {
+                continue;
+            }
+            let mut pager = Pager {
+                source: index,
+                channel: channel.to_string(),
+                subject: source.subject.clone(),
+                after: reach.first - 1,
+                before,
+                page: VecDeque::new(),
+                done: false,
+            };
+            let needed = before - 1;
+            let deadline = Instant::now() + ARCHIVE_LAG_WAIT;
+            loop {
+                match archived.read(&mut pager).await {
+                    Ok(through) if through >= needed => {
+                        archived.pagers.push(pager);
+                        break;
+                    }
+                    Ok(_) if Instant::now() < deadline => {
+                        pager.page.clear();
+                        pager.done = false;
+                        pager.after = reach.first - 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Ok(through) => {
+                        eprintln!(
+                            "switchboard: the archive has processed EVENTS through seq {through} only \
+                             (seq {needed} needed for {channel}): replaying what EVENTS holds of it"
+                        );
+                        break;
+                    }
+                    Err(error) => {
+                        eprintln!(
+                            "switchboard: the archive did not answer for {channel} ({error:#}; are \
+                             the workers' archive job running?): replaying what EVENTS holds of it"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(archived)
+    }
+
+    /// Reads the pager's next page; the archive's `through`.
+    async fn read(&self, pager: &mut Pager) -> anyhow::Result<u64> {
+        let client = self.client.as_ref().context("no NATS connection")?;
+        let params = serde_json::json!({
+            "ch": pager.channel,
+            "epoch": self.epoch,
+            "after": pager.after,
+            "before": pager.before,
+            "limit": ARCHIVE_PAGE,
+            "order": "asc",
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("Rt-User", "switchboard-cli");
+        headers.insert("Rt-Role", "service");
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.request_with_headers("int.archive.read", headers, params.to_string().into()),
+        )
+        .await
+        .context("int.archive.read timed out")??;
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            result: Option<ArchivePage>,
+            error: Option<serde_json::Value>,
+        }
+        let reply: Reply =
+            serde_json::from_slice(&reply.payload).context("unreadable int.archive.read answer")?;
+        let page = match (reply.result, reply.error) {
+            (Some(page), _) => page,
+            (None, error) => anyhow::bail!("int.archive.read refused: {error:?}"),
+        };
+        pager.done = page.events.len() < ARCHIVE_PAGE;
+        for item in page.events {
+            pager.after = pager.after.max(item.seq);
+            let Some(stored) = self.stored(pager, item) else {
+                continue;
+            };
+            pager.page.push_back(stored);
+        }
+        Ok(page.through)
+    }
+
+    /// An archived event as a stored one (a JSON envelope), or `None` when it falls
+    /// outside the time bounds or is not an envelope.
+    fn stored(&self, pager: &Pager, item: ArchiveItem) -> Option<StoredEvent> {
+        let payload = Bytes::copy_from_slice(item.event.get().as_bytes());
+        let envelope = Envelope::from_json(&payload).ok()?;
+        let within = self.since.is_none_or(|since| envelope.timestamp >= since)
+            && self.until.is_none_or(|until| envelope.timestamp < until);
+        within.then(|| StoredEvent {
+            seq: item.seq,
+            subject: pager.subject.clone(),
+            ty: Some(envelope.ty.as_str().to_string()),
+            time: envelope.timestamp.to_string(),
+            payload,
+            json: true,
+        })
+    }
+
+    /// The next archived event by seq across the channels.
+    async fn next(&mut self) -> anyhow::Result<Option<Item>> {
+        let mut index = 0;
+        while index < self.pagers.len() {
+            let mut pager = std::mem::replace(&mut self.pagers[index], Pager::empty());
+            while pager.page.is_empty() && !pager.done {
+                self.read(&mut pager).await?;
+            }
+            self.pagers[index] = pager;
+            index += 1;
+        }
+        let Some(at) = (0..self.pagers.len())
+            .filter(|&i| !self.pagers[i].page.is_empty())
+            .min_by_key(|&i| self.pagers[i].page[0].seq)
+        else {
+            return Ok(None);
+        };
+        let pager = &mut self.pagers[at];
+        let event = pager.page.pop_front().expect("chosen for having an event");
+        Ok(Some(Item {
+            source: pager.source,
+            event,
+        }))
+    }
+}
+
+impl Pager {
+    fn empty() -> Pager {
+        Pager {
+            source: 0,
+            channel: String::new(),
+            subject: String::new(),
+            after: 0,
+            before: 0,
+            page: VecDeque::new(),
+            done: true,
+        }
+    }
+}
+
+/// The archived part and the stream's, merged by seq.
+struct Combined {
+    archived: Archived,
+    stream: Merged,
+    next_archived: Option<Item>,
+    next_stored: Option<Item>,
+    stream_done: bool,
+}
+
+impl Combined {
+    async fn next(&mut self) -> anyhow::Result<Option<Item>> {
+        if self.next_archived.is_none() {
+            self.next_archived = self.archived.next().await?;
+        }
+        if self.next_stored.is_none() && !self.stream_done {
+            self.next_stored = self.stream.next().await?;
+            self.stream_done = self.next_stored.is_none();
+        }
+        let archived_first = match (&self.next_archived, &self.next_stored) {
+            (Some(a), Some(s)) => a.event.seq < s.event.seq,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        Ok(if archived_first {
+            self.next_archived.take()
+        } else {
+            self.next_stored.take()
+        })
     }
 }
 

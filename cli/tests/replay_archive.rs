@@ -1,0 +1,194 @@
+//! `switchboard replay` past the stream (docs/protocol.md, section 11.1): a conversation's
+//! older events, purged from `EVENTS`, come from the workers' archive (a real
+//! `switchboard-workers` process with the archive job, real PostgreSQL), merged by seq
+//! with the stream's part and with other channels.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Bus, Role, ok, replayed, switchboard};
+use switchboard_testkit::{Postgres, Process, binary};
+
+fn workers(bus: &Bus, database_url: &str) -> Process {
+    let mut cmd = Command::new(binary("switchboard-workers"));
+    cmd.envs(bus.nats.env(Role::Workers))
+        .env("DATABASE_URL", database_url)
+        // Tests run side by side: each worker serves HTTP on a port of its own.
+        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
+        .env("SWITCHBOARD_WORKERS", "archive")
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(Stdio::null());
+    Process::spawn(cmd).expect("start switchboard-workers")
+}
+
+async fn epoch(bus: &Bus) -> String {
+    let mut stream = bus.js.get_stream("EVENTS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    info.created.unix_timestamp_nanos().to_string()
+}
+
+/// Waits until the archive has processed the stream up to `seq`.
+async fn archived_through(bus: &Bus, ch: &str, seq: u64) {
+    let epoch = epoch(bus).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let params = json!({"ch": ch, "epoch": epoch, "after": 0, "limit": 1});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Rt-User", "operator");
+        headers.insert("Rt-Role", "service");
+        let through = bus
+            .client
+            .request_with_headers("int.archive.read", headers, params.to_string().into())
+            .await
+            .ok()
+            .and_then(|reply| serde_json::from_slice::<Value>(&reply.payload).ok())
+            .and_then(|reply| reply["result"]["through"].as_u64());
+        if through.is_some_and(|through| through >= seq) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "archive not through {seq}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn replay_reads_what_the_stream_lost_from_the_archive() {
+    let bus = Bus::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&bus, &database_url);
+    let mut conversation = Vec::new();
+    let mut project = Vec::new();
+    for i in 0..12 {
+        let (seq, event) = bus
+            .publish(
+                "conversation:c1",
+                "message.new",
+                json!({"text": format!("m{i}")}),
+            )
+            .await;
+        conversation.push((seq, event));
+        let (seq, event) = bus.publish("project:p1", "bid.new", json!({"i": i})).await;
+        project.push((seq, event));
+    }
+    let (edit, _) = bus
+        .publish(
+            "conversation:c1",
+            "message.edited",
+            json!({"seq": conversation[2].0, "text": "edited"}),
+        )
+        .await;
+    archived_through(&bus, "conversation:c1", edit).await;
+    let stream = bus.js.get_stream("EVENTS").await.unwrap();
+    stream
+        .purge()
+        .filter("rt.conversation.c1")
+        .keep(4)
+        .await
+        .unwrap();
+
+    let out = ok(&switchboard(
+        &bus.admin_env(),
+        &[
+            "replay",
+            "--channel",
+            "conversation:c1",
+            "--channel",
+            "project:p1",
+        ],
+    ));
+    let lines = replayed(&out);
+    let mut expected: Vec<u64> = conversation
+        .iter()
+        .chain(&project)
+        .map(|(seq, _)| *seq)
+        .collect();
+    expected.push(edit);
+    expected.sort();
+    assert_eq!(
+        lines.iter().map(|(seq, _, _)| *seq).collect::<Vec<_>>(),
+        expected,
+        "every event once, in seq order"
+    );
+    for (seq, channel, envelope) in &lines {
+        if let Some((_, published)) = conversation.iter().find(|(s, _)| s == seq) {
+            assert_eq!(channel, "conversation:c1");
+            assert_eq!(envelope.id, published.id);
+            let data: Value = serde_json::from_str(envelope.data.as_str()).unwrap();
+            if *seq == conversation[2].0 {
+                assert_eq!(data["text"], "edited", "the archive's current text");
+            } else {
+                assert_eq!(
+                    data,
+                    serde_json::from_str::<Value>(published.data.as_str()).unwrap()
+                );
+            }
+        }
+    }
+
+    // A seq window that ends inside the archived part.
+    let to = conversation[5].0.to_string();
+    let from = conversation[1].0.to_string();
+    let out = ok(&switchboard(
+        &bus.admin_env(),
+        &[
+            "replay",
+            "--channel",
+            "conversation:c1",
+            "--from-seq",
+            &from,
+            "--to-seq",
+            &to,
+        ],
+    ));
+    assert_eq!(
+        replayed(&out)
+            .iter()
+            .map(|(seq, _, _)| *seq)
+            .collect::<Vec<_>>(),
+        conversation[1..=5]
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn without_the_archive_replay_says_so_and_gives_what_the_stream_holds() {
+    let bus = Bus::start().await;
+    let mut seqs = Vec::new();
+    for i in 0..6 {
+        let (seq, _) = bus
+            .publish(
+                "conversation:c2",
+                "message.new",
+                json!({"text": format!("m{i}")}),
+            )
+            .await;
+        seqs.push(seq);
+    }
+    let stream = bus.js.get_stream("EVENTS").await.unwrap();
+    stream
+        .purge()
+        .filter("rt.conversation.c2")
+        .keep(2)
+        .await
+        .unwrap();
+    let output = switchboard(
+        &bus.admin_env(),
+        &["replay", "--channel", "conversation:c2"],
+    );
+    let out = ok(&output);
+    assert_eq!(
+        replayed(&out)
+            .iter()
+            .map(|(seq, _, _)| *seq)
+            .collect::<Vec<_>>(),
+        seqs[4..].to_vec()
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the archive did not answer"), "{stderr}");
+}
