@@ -62,7 +62,12 @@ const EXAMPLES: &str = "Examples:
 Each line of output is {\"seq\":N,\"channel\":\"...\",\"event\":{envelope}}, in seq order.
 Re-delivered messages keep the event id as Nats-Msg-Id and carry Rt-Type, Rt-Channel
 and Rt-Seq headers; the payload is the stored one (Content-Type: application/json when
-it is a JSON envelope, postcard otherwise).";
+it is a JSON envelope, postcard otherwise).
+
+Channels of SWITCHBOARD_ARCHIVE_NAMESPACES (default conversation) also read what EVENTS
+no longer holds from the workers' archive (int.archive.read), with the same seqs; those
+events are JSON envelopes as the archive holds them (edited text, deleted messages
+blanked), kept by their own timestamp for --since/--until.";
 
 #[derive(Debug, clap::Args)]
 #[command(
