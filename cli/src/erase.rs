@@ -1,7 +1,7 @@
 //! `switchboard erase`: remove a user's messages, or a conversation, everywhere
 //! Switchboard keeps them (docs/operations.md §12, "Erasure").
 //!
-//! The work is the workers' (`erase.user` / `erase.channel`, docs/protocol.md §10.12):
+//! The work is the workers' (`erase.user` / `erase.channel`, docs/protocol.md §10.14):
 //! this command asks them as a backend would (`Rt-Role: service`), waits as long as the
 //! erasure takes (a user's messages are found by reading the whole `EVENTS` stream),
 //! showing a spinner meanwhile, and prints what was removed where.

@@ -168,3 +168,68 @@ fn erase_refuses_bad_targets() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+static SECRET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
+
+fn token(args: &[&str]) -> String {
+    let output = command(&[], &[&["token"], args].concat())
+        .env("SWITCHBOARD_JWT_SECRET", &*SECRET)
+        .output()
+        .unwrap();
+    ok(&output).trim_end().to_string()
+}
+
+/// `POST /v1/rpc/<method>` over HTTP/1.0: (status, body).
+fn post_rpc(addr: &str, method: &str, bearer: &str, params: &Value) -> (u16, String) {
+    use std::io::{Read, Write};
+    let body = params.to_string();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "POST /v1/rpc/{method} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn through_the_edge_a_user_may_not_erase_and_a_backend_may() {
+    let bus = Bus::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&bus, &database_url);
+    let (_edge, addr) = start_edge(&bus.nats, &SECRET);
+    say(&bus, "conversation:c1", "u1", "the guava note").await;
+    archived(&bus, "conversation:c1", 1).await;
+
+    let user = token(&["--sub", "u1"]);
+    let (status, body) = post_rpc(&addr, "erase.user", &user, &json!({"user": "u1"}));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "forbidden"
+    );
+    assert_eq!(in_stream(&bus, "guava").await, 1, "nothing erased");
+
+    let backend = token(&["--sub", "privacy-service", "--role", "service"]);
+    let (status, body) = post_rpc(&addr, "erase.user", &backend, &json!({"user": "u1"}));
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"]["removed"]["events"], 1, "{body}");
+    assert_eq!(in_stream(&bus, "guava").await, 0);
+}

@@ -211,7 +211,7 @@ pub struct EdgeConfig {
 
     /// Publish hook (moderation): client messages in the hooked namespaces are sent to
     /// this NATS subject, which must be under `svc.` (e.g. `svc.moderation.check`), and
-    /// stored only as the backend answering there decides (docs/protocol.md, section 10.11).
+    /// stored only as the backend answering there decides (docs/protocol.md, section 10.13).
     /// Unset: no hook.
     #[arg(long, env = "SWITCHBOARD_PUBLISH_HOOK", value_parser = crate::hook::parse_subject)]
     pub publish_hook: Option<String>,

@@ -1,4 +1,4 @@
-//! The publish hook (docs/protocol.md, section 10.11): a backend accepts, rejects or
+//! The publish hook (docs/protocol.md, section 10.13): a backend accepts, rejects or
 //! rewrites a client's message before it is stored.
 //!
 //! With `SWITCHBOARD_PUBLISH_HOOK` set, a client `pub` in a hooked namespace is sent as a

@@ -96,7 +96,7 @@ pub struct Edge {
     pub publisher: Publisher,
     /// Which channels the workers archive (`SWITCHBOARD_ARCHIVE_NAMESPACES`).
     pub archive: archive::Archive,
-    /// The publish hook, when one is configured (docs/protocol.md, section 10.11).
+    /// The publish hook, when one is configured (docs/protocol.md, section 10.13).
     pub hook: Option<hook::PublishHook>,
     pub nats: async_nats::Client,
     pub metrics: Arc<Metrics>,

@@ -1,4 +1,4 @@
-//! The publish hook (docs/protocol.md, section 10.11): a backend accepts, rejects or
+//! The publish hook (docs/protocol.md, section 10.13): a backend accepts, rejects or
 //! rewrites a client's message before it is stored; no verdict fails closed or open;
 //! retries with the same key get the first verdict.
 

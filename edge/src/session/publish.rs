@@ -1,6 +1,6 @@
 //! `pub`: client messages (`message.new`, `.edited`, `.deleted`), authorized, given an
 //! id derived from the client's key, put to the publish hook where one is configured,
-//! and stored through JetStream before `ok` (docs/protocol.md, sections 4.4 and 10.11).
+//! and stored through JetStream before `ok` (docs/protocol.md, sections 4.4 and 10.13).
 
 use super::*;
 use crate::hook::{Question, Verdict};

@@ -1,4 +1,4 @@
-//! Erasure (docs/protocol.md §10.12): the service-only RPCs `erase.user` and
+//! Erasure (docs/protocol.md §10.14): the service-only RPCs `erase.user` and
 //! `erase.channel`, and what a deleted message takes with it from the notifications.
 //!
 //! | method | params | result |
