@@ -17,7 +17,7 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use tracing::Level;
-use tracing_subscriber::filter::{FilterExt as _, filter_fn};
+use tracing_subscriber::filter::{FilterExt as _, dynamic_filter_fn, filter_fn};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -94,7 +94,11 @@ fn install(default: &str, to: LogTo, service: Option<&str>) -> Traces {
     let (traced, failure) = match export {
         Ok(Some((provider, traced))) => {
             // Our own spans and the events inside them, whatever SWITCHBOARD_LOG says.
-            let ours = filter_fn(|meta| {
+            // Asked at every span and event, not cached per callsite: with a cached
+            // "always", a span would inherit the per-layer verdicts left on the thread by
+            // an `enabled` check that dispatched nothing (a `log` record a dependency
+            // checked and did not write), and the first webhook span went missing so.
+            let ours = dynamic_filter_fn(|meta, _| {
                 meta.target().starts_with("switchboard") && *meta.level() <= Level::INFO
             });
             let tracer = provider.tracer("switchboard");

@@ -99,6 +99,11 @@ impl Worker {
         (Worker { child }, log)
     }
 
+    /// The process id, while the worker runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     fn command(setup: &Setup, jobs: &str, env: &[(&str, String)]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-workers"));
         command
