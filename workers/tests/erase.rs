@@ -126,6 +126,15 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
     )
     .await;
     let last = say(&setup, c1, "u1", "see you at the pineapple stand").await;
+    // A receipt about u1 is no message of u1's: it stays.
+    let receipt = publish(
+        &setup,
+        c1,
+        "message.receipt",
+        Some("u1"),
+        json!({"user": "u1", "delivered": kept, "read": kept}),
+    )
+    .await;
 
     // Everything is archived, searchable, in u2's inbox and notified to u2.
     eventually("u1's messages archived and notified", || async {
@@ -163,14 +172,25 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
         let gone = setup.store.get(seq).await.unwrap();
         assert!(gone.is_none(), "seq {seq} still in EVENTS");
     }
-    // u2's message stays everywhere, and is now u2's last.
+    // u2's message and the receipt stay everywhere; u2's message is now the last.
     assert!(setup.store.get(kept).await.unwrap().is_some());
+    assert!(setup.store.get(receipt).await.unwrap().is_some());
+    let receipt_data: String = sqlx::query_scalar(
+        "SELECT envelope ->> 'data' FROM switchboard.archive WHERE channel = $1 AND seq = $2",
+    )
+    .bind(c1)
+    .bind(receipt as i64)
+    .fetch_one(&setup.db)
+    .await
+    .unwrap();
+    let receipt_data: Value = serde_json::from_str(&receipt_data).unwrap();
+    assert_eq!(receipt_data["read"], kept, "{receipt_data}");
     let inbox = call(&setup, "inbox.list", "u1", json!({})).await;
     assert_eq!(inbox["conversations"][0]["last"]["seq"], kept, "{inbox}");
     let search = call(&setup, "messages.search", "u2", json!({"q": "keep"})).await;
     assert_eq!(search["results"].as_array().unwrap().len(), 1, "{search}");
     // The blanked rows keep their seqs, as deleted messages do.
-    assert_eq!(archived(&setup.db, c1).await, 6);
+    assert_eq!(archived(&setup.db, c1).await, 7);
 
     // Erasing again finds nothing left.
     let again = erase(&setup, "user", "service", json!({"user": "u1"})).await;

@@ -40,6 +40,12 @@ pub use store::Removed;
 
 const USER: &str = "erase.user";
 const CHANNEL: &str = "erase.channel";
+/// The types of message a user sends (`message.receipt` is the workers', about the user).
+const SENT: [&str; 3] = [
+    types::MESSAGE_NEW,
+    types::MESSAGE_EDITED,
+    types::MESSAGE_DELETED,
+];
 /// Events read from the stream per direct-get request.
 const SCAN_BATCH: usize = 1000;
 
@@ -74,7 +80,7 @@ impl Erase {
     async fn erase_user(&self, user: &UserId) -> Result<Removed, String> {
         let found = self
             .scan("rt.>", |event| {
-                event.ty.as_str().starts_with("message.")
+                SENT.contains(&event.ty.as_str())
                     && event.actor.as_ref().is_some_and(|a| a.id == user.as_str())
             })
             .await?;

@@ -35,7 +35,7 @@ SELECT count(pg_advisory_xact_lock(hashtextextended('switchboard.inbox:' || chan
 
 const USER_CHANNELS: &str = "
 SELECT DISTINCT channel FROM switchboard.archive
- WHERE actor_id = $1 AND type LIKE 'message.%'
+ WHERE actor_id = $1 AND type IN ('message.new', 'message.edited', 'message.deleted')
  ORDER BY channel";
 
 /// A blank message keeps its seq and what it points at (`data.seq` of an edit or
@@ -44,7 +44,7 @@ const BLANK_USER: &str = "
 WITH hit AS (
     SELECT channel, epoch, seq, text IS NOT NULL AND NOT deleted AS searchable
       FROM switchboard.archive
-     WHERE actor_id = $1 AND type LIKE 'message.%'
+     WHERE actor_id = $1 AND type IN ('message.new', 'message.edited', 'message.deleted')
        AND (text IS NOT NULL OR NOT deleted
             OR envelope -> 'data' IS DISTINCT FROM
                CASE WHEN ref_seq IS NULL THEN '{}'::jsonb
@@ -64,7 +64,7 @@ UPDATE switchboard.archive a
 RETURNING a.event_id, hit.searchable";
 
 const USER_EVENT_IDS: &str = "
-SELECT event_id FROM switchboard.archive WHERE actor_id = $1 AND type LIKE 'message.%'";
+SELECT event_id FROM switchboard.archive WHERE actor_id = $1 AND type IN ('message.new', 'message.edited', 'message.deleted')";
 
 const DELETE_CHANNEL: &str = "
 DELETE FROM switchboard.archive WHERE channel = $1
