@@ -72,48 +72,45 @@ fn install(default: &str, to: LogTo, service: Option<&str>) -> Traces {
     let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| default.into());
     let quiet_nats =
         filter_fn(|meta| !(meta.target().starts_with("async_nats") && *meta.level() > Level::INFO));
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
-    // The log lines: what SWITCHBOARD_LOG lets through.
-    let lines = match format {
-        Some(LogFormat::Json) => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(writer)
-            .boxed(),
-        Some(LogFormat::Text) | None => {
-            tracing_subscriber::fmt::layer().with_writer(writer).boxed()
-        }
-    };
-    layers.push(lines.with_filter(filter.and(quiet_nats)).boxed());
     let export = match service {
         Some(service) => traces::exporter(service),
         None => Ok(None),
     };
     let (traced, failure) = match export {
         Ok(Some((provider, traced))) => {
-            // Our own spans and the events inside them, whatever SWITCHBOARD_LOG says.
-            // Asked at every span and event, not cached per callsite: with a cached
-            // "always", a span would inherit the per-layer verdicts left on the thread by
-            // an `enabled` check that dispatched nothing (a `log` record a dependency
-            // checked and did not write), and the first webhook span went missing so.
+            // Each layer with its own filter: the log lines what SWITCHBOARD_LOG lets
+            // through, the exporter our own spans and the events inside them whatever
+            // SWITCHBOARD_LOG says. The exporter's filter is asked at every span and event,
+            // not cached per callsite, which makes both filters answer afresh each time:
+            // with cached answers, a span could inherit the per-layer verdicts an
+            // `enabled` check that dispatched nothing left on the thread (a dependency's
+            // `log` record), and go missing from the export.
             let ours = dynamic_filter_fn(|meta, _| {
                 meta.target().starts_with("switchboard") && *meta.level() <= Level::INFO
             });
-            let tracer = provider.tracer("switchboard");
-            layers.push(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_filter(ours)
+            let exported = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("switchboard"))
+                .with_filter(ours)
+                .boxed();
+            let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
+                lines(format, writer)
+                    .with_filter(filter.and(quiet_nats))
                     .boxed(),
-            );
+                exported,
+            ];
+            tracing_subscriber::registry().with(layers).init();
             (traced, None)
         }
-        Ok(None) => (Traces::default(), None),
-        Err(error) => (Traces::default(), Some(error)),
+        not_exporting => {
+            // No exporter: the same global filters and single layer as ever.
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(quiet_nats)
+                .with(lines(format, writer))
+                .init();
+            (Traces::default(), not_exporting.err())
+        }
     };
-    tracing_subscriber::registry().with(layers).init();
     if format.is_none() {
         tracing::warn!(
             value = %setting,
@@ -132,6 +129,25 @@ fn install(default: &str, to: LogTo, service: Option<&str>) -> Traces {
         tracing::info!("exporting traces over OTLP (http/protobuf)");
     }
     traced
+}
+
+/// The layer writing log lines in `format` (text when the setting was not understood).
+fn lines<S>(format: Option<LogFormat>, writer: BoxMakeWriter) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
+        Some(LogFormat::Json) => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        Some(LogFormat::Text) | None => {
+            tracing_subscriber::fmt::layer().with_writer(writer).boxed()
+        }
+    }
 }
 
 /// An error with its causes, for a log line or a message ("error sending request:
