@@ -153,12 +153,18 @@ pub async fn subscribe(
             0,
         ),
         Start::Last(n) => {
-            let kept = archive::newest(edge, &user, &channel.name, Some(head + 1), n).await?;
+            // A head of 0 is a channel the stream holds nothing of (never used, or all
+            // of it purged): its last events, if any, are in the archive, and whatever
+            // a read finds past the head is marked replayed, so the catch-up buffer
+            // does not send it again.
+            let before = (head > 0).then_some(head + 1);
+            let kept = archive::newest(edge, &user, &channel.name, before, n).await?;
+            let last = kept.last().map_or(head, |k| k.seq.max(head));
             (
                 Ok(Batch {
                     kept,
                     full: false,
-                    last: Some(head),
+                    last: Some(last),
                 }),
                 0,
                 0,

@@ -300,6 +300,11 @@ async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
 
     let mut client = edge.connect("u1").await;
     assert_same(&conversation, &history_pages(&mut client, 7).await);
+    // `since.last` on a channel the stream holds nothing of.
+    let mut latest = edge.connect("u1").await;
+    let ok = latest.sub(json!({"ch": CH, "since": {"last": 5}})).await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    assert_eq!(seqs(&latest.events(5).await), all[all.len() - 5..].to_vec());
     let epoch = epoch(&stack).await;
     let ok = client
         .sub(json!({"ch": CH, "since": {"seq": all[0], "epoch": epoch}}))
