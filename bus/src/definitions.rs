@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// The definitions shipped with this build (the repository's `nats/jetstream/`).
-const BUILTIN: [(&str, &str); 5] = [
+const BUILTIN: [(&str, &str); 6] = [
     (
         "EVENTS.json",
         include_str!("../../nats/jetstream/EVENTS.json"),
@@ -32,6 +32,10 @@ const BUILTIN: [(&str, &str); 5] = [
     (
         "KV_occupancy.json",
         include_str!("../../nats/jetstream/KV_occupancy.json"),
+    ),
+    (
+        "KV_edges.json",
+        include_str!("../../nats/jetstream/KV_edges.json"),
     ),
 ];
 

@@ -67,6 +67,7 @@ enum Family {
     MembersWrite,
     PresenceWrite,
     OccupancyWrite,
+    EdgesWrite,
     EventsRead,
     PresenceRead,
     EventsErase,
@@ -80,7 +81,7 @@ use Family::*;
 
 /// Each family, and whether edge, workers, service, admin may use it (docs/operations.md,
 /// "NATS roles").
-const TABLE: [(Family, [bool; 4]); 22] = [
+const TABLE: [(Family, [bool; 4]); 23] = [
     (RtPublish, [true, true, true, true]),
     (LivePublish, [false, false, false, true]),
     (LiveSubscribe, [true, false, false, true]),
@@ -94,8 +95,11 @@ const TABLE: [(Family, [bool; 4]); 22] = [
     (RequestAppMethod, [true, false, false, true]),
     (NotifySubscribe, [false, false, true, true]),
     (MembersWrite, [false, true, false, true]),
-    (PresenceWrite, [true, false, false, true]),
-    (OccupancyWrite, [true, false, false, true]),
+    // Workers delete the entries of edges whose heartbeat lapsed (NATS cannot tell a
+    // delete marker from a value: the permission is to write).
+    (PresenceWrite, [true, true, false, true]),
+    (OccupancyWrite, [true, true, false, true]),
+    (EdgesWrite, [true, false, false, true]),
     (EventsRead, [true, true, true, true]),
     (PresenceRead, [true, true, true, true]),
     // erase.user deletes single messages, erase.channel purges one channel's subject.
@@ -208,6 +212,7 @@ impl Bench {
             MembersWrite => self.bucket_write(&js, "members", &unique).await,
             PresenceWrite => self.bucket_write(&js, "presence", &unique).await,
             OccupancyWrite => self.bucket_write(&js, "occupancy", &unique).await,
+            EdgesWrite => self.bucket_write(&js, "edges", &unique).await,
             EventsRead => {
                 let subject = format!("rt.project.{unique}");
                 let mut headers = HeaderMap::new();

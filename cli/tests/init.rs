@@ -50,6 +50,7 @@ fn init_creates_then_changes_nothing_then_updates_drift() {
         [
             "CMDS",
             "EVENTS",
+            "KV_edges",
             "KV_members",
             "KV_occupancy",
             "KV_presence"
@@ -111,7 +112,7 @@ fn init_creates_then_changes_nothing_then_updates_drift() {
         .iter()
         .filter_map(|s| s["bucket"].as_str())
         .collect();
-    assert_eq!(buckets, ["members", "occupancy", "presence"]);
+    assert_eq!(buckets, ["edges", "members", "occupancy", "presence"]);
 }
 
 #[test]

@@ -169,7 +169,7 @@ impl Edge {
             bridge: Bridge::new(nats.clone(), hub.clone(), id.clone(), metrics.clone()),
             metrics,
             users: Arc::new(Users::new(&config)),
-            presence: Arc::new(Presence::new(nats.clone(), config.heartbeat())),
+            presence: Arc::new(Presence::new(nats.clone(), id.clone(), config.heartbeat())),
             publisher: Publisher::new(nats.clone()),
             archive: archive::Archive::from_env().map_err(anyhow::Error::msg)?,
             hook: hook::PublishHook::from_config(&config),
@@ -270,7 +270,15 @@ impl Edge {
             }
         });
         tokio::spawn(announce(Arc::downgrade(&edge)));
-        presence::start(&edge.presence, edge.config.heartbeat());
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            presence::start(&edge.presence, edge.config.heartbeat()),
+        )
+        .await
+        .context(
+            "the edges bucket did not take this edge's heartbeat in time (run `switchboard init`)",
+        )?
+        .context("writing this edge's heartbeat (run `switchboard init`)")?;
         tokio::time::timeout(Duration::from_secs(30), edge.members.loaded())
             .await
             .context("the members bucket did not load (run `switchboard init`)")?;
@@ -295,13 +303,16 @@ impl Edge {
         self.draining.cancel();
         self.sessions.close();
         let _ = tokio::time::timeout(self.config.drain_grace(), self.sessions.wait()).await;
-        // With NATS away the deletes would wait for it forever; the entries expire by
-        // their TTL anyway, so an edge stopping during a NATS outage still stops.
+        // With NATS away the deletes would wait for it forever; the heartbeat expires by
+        // its TTL anyway and the workers end the entries, so an edge stopping during a
+        // NATS outage still stops.
         if tokio::time::timeout(self.config.drain_grace(), self.presence.clear())
             .await
             .is_err()
         {
-            tracing::warn!("presence entries not deleted (NATS unreachable); they expire by TTL");
+            tracing::warn!(
+                "presence entries not deleted (NATS unreachable); they end with the heartbeat"
+            );
         }
     }
 }

@@ -1,23 +1,33 @@
-//! What this edge tells the rest of the system about its live connections, through two
-//! KV buckets with per-message TTL:
+//! What this edge tells the rest of the system about its live connections, through three
+//! KV buckets (docs/protocol.md, section 9.5 and "Presence"):
 //!
 //! - `presence`: one entry per connection, `<user>.<conn>`, with device, status and text.
 //!   The presence worker aggregates a user's entries into `user.presence` events.
 //! - `occupancy`: one entry per subscription to a channel with presence on,
 //!   `<ns>.<id>.<user>.<conn>`, with the connection's status. `who` reads it.
+//! - `edges`: this edge's heartbeat, `<edge id>`, rewritten every heartbeat with a TTL of
+//!   two heartbeats.
 //!
-//! Entries are written with `Nats-TTL` of two heartbeats and refreshed every heartbeat by
-//! one task for the whole edge, in one batch (never one timer per connection). A clean
-//! close deletes them; an edge killed outright stops refreshing, its entries expire, and
-//! watchers see the expiry markers: nobody stays "online" because an edge died.
+//! Connection entries are written only when they change: an idle connection costs no
+//! write at all, so the idle cost grows with the number of edges, not of connections.
+//! Their liveness is the edge's: a clean close deletes them, and an edge killed outright
+//! stops its heartbeat, whose expiry marker tells the presence worker to delete every
+//! entry of that edge written before the lapse (workers/src/presence/reaper.rs). Nobody
+//! stays "online" because an edge died.
+//!
+//! If this edge's own heartbeat lapsed while it lived (NATS out of reach for longer than
+//! the TTL), the workers may have deleted its entries meanwhile. Each heartbeat is written
+//! expecting the revision of the previous one, so the first write after a lapse fails on
+//! the expiry marker in between; the edge then writes all its entries again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use serde::Serialize;
-use switchboard_bus::{OCCUPANCY_BUCKET, PRESENCE_BUCKET, headers};
+use switchboard_bus::{EDGES_BUCKET, OCCUPANCY_BUCKET, PRESENCE_BUCKET, headers};
 use switchboard_schemas::{ChannelName, PresenceStatus};
 
 /// How long (seconds) a delete marker stays in the bucket.
@@ -36,12 +46,30 @@ pub struct ConnectionPresence<'a> {
     pub at: i64,
 }
 
-/// Every entry this edge owns, by KV subject, with its current value.
+/// The value of an `edges` entry: which edge, how often it beats, and since when this
+/// process has been that edge (unix milliseconds). An edge restarted under the same id
+/// (`SWITCHBOARD_EDGE_ID`) beats with a new `started`: the entries of the process before
+/// it are ended like those of a lapsed heartbeat.
+#[derive(Debug, Serialize)]
+struct Heartbeat<'a> {
+    edge: &'a str,
+    #[serde(rename = "heartbeatMs")]
+    heartbeat_ms: u128,
+    started: i64,
+}
+
+/// Every entry this edge owns, by KV subject, with its current value, and its heartbeat.
 #[derive(Debug)]
 pub struct Presence {
     nats: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    edge: Arc<str>,
+    heartbeat: Duration,
+    started: i64,
     ttl: String,
     entries: Mutex<HashMap<String, Bytes>>,
+    /// The revision of this edge's last heartbeat, `None` before the first.
+    last_beat: tokio::sync::Mutex<Option<u64>>,
 }
 
 /// The KV subject of a connection's presence entry.
@@ -65,14 +93,26 @@ pub fn occupancy_filter(channel: &ChannelName) -> String {
     format!("{}.{}.>", channel.namespace().as_str(), channel.id())
 }
 
+/// Why a heartbeat was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum BeatError {
+    #[error("heartbeat not written: {0}")]
+    Publish(#[from] async_nats::jetstream::context::PublishError),
+}
+
 impl Presence {
-    pub fn new(nats: async_nats::Client, heartbeat: Duration) -> Presence {
+    pub fn new(nats: async_nats::Client, edge: Arc<str>, heartbeat: Duration) -> Presence {
         // Two heartbeats, in whole seconds, at least one.
         let ttl = (heartbeat.as_millis() * 2).div_ceil(1000).max(1);
         Presence {
+            js: async_nats::jetstream::new(nats.clone()),
             nats,
+            edge,
+            heartbeat,
+            started: now_ms(),
             ttl: ttl.to_string(),
             entries: Mutex::default(),
+            last_beat: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -80,7 +120,7 @@ impl Presence {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes (or rewrites) an entry now and keeps it refreshed.
+    /// Writes (or rewrites) an entry now; it lives as long as this edge's heartbeat.
     pub async fn put(&self, subject: String, value: Bytes) {
         self.entries().insert(subject.clone(), value.clone());
         self.publish(subject, value).await;
@@ -93,28 +133,70 @@ impl Presence {
         }
         let mut h = async_nats::HeaderMap::new();
         h.insert("KV-Operation", "DEL");
-        // A delete marker is kept like any value: let it expire too, or every connection
-        // ever made would leave one behind. Watchers see it live; five minutes is plenty.
+        // A delete marker is kept like any value: let it expire, or every connection ever
+        // made would leave one behind. Watchers see it live; five minutes is plenty.
         h.insert(headers::NATS_TTL, DELETE_MARKER_TTL);
         if let Err(e) = self
             .nats
             .publish_with_headers(subject, h, Bytes::new())
             .await
         {
-            tracing::debug!(error = %e, "presence delete not sent; the entry will expire");
+            tracing::debug!(error = %e, "presence delete not sent; the heartbeat rewrites the rest");
         }
     }
 
     async fn publish(&self, subject: String, value: Bytes) {
-        let mut h = async_nats::HeaderMap::new();
-        h.insert(headers::NATS_TTL, self.ttl.as_str());
-        if let Err(e) = self.nats.publish_with_headers(subject, h, value).await {
-            tracing::debug!(error = %e, "presence write not sent; the next refresh retries");
+        if let Err(e) = self.nats.publish(subject, value).await {
+            tracing::debug!(error = %e, "presence write not sent; rewritten after a lapse");
         }
     }
 
-    /// Rewrites every entry with a fresh TTL, then flushes once.
-    pub async fn refresh(&self) {
+    /// Writes this edge's heartbeat with a TTL of two heartbeats, expecting the previous
+    /// one's revision. When something else came in between (the previous one expired, or
+    /// the workers ended this edge), every entry is written again first.
+    pub async fn beat(&self) -> Result<(), BeatError> {
+        let mut last = self.last_beat.lock().await;
+        let subject = format!("$KV.{EDGES_BUCKET}.{}", self.edge);
+        let value = Bytes::from(
+            serde_json::to_vec(&Heartbeat {
+                edge: &self.edge,
+                heartbeat_ms: self.heartbeat.as_millis(),
+                started: self.started,
+            })
+            .unwrap_or_default(),
+        );
+        let write = |expect: Option<u64>| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(headers::NATS_TTL, self.ttl.as_str());
+            if let Some(revision) = expect {
+                h.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    revision.to_string().as_str(),
+                );
+            }
+            let js = self.js.clone();
+            let subject = subject.clone();
+            let value = value.clone();
+            async move { js.publish_with_headers(subject, h, value).await?.await }
+        };
+        let ack = match write(*last).await {
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                tracing::warn!(
+                    edge = %self.edge,
+                    "this edge's heartbeat lapsed: writing its presence entries again"
+                );
+                let ack = write(None).await?;
+                self.rewrite().await;
+                ack
+            }
+            other => other?,
+        };
+        *last = Some(ack.sequence);
+        Ok(())
+    }
+
+    /// Writes every entry again (after a lapse of the heartbeat), then flushes once.
+    async fn rewrite(&self) {
         let entries: Vec<(String, Bytes)> = self
             .entries()
             .iter()
@@ -126,25 +208,36 @@ impl Presence {
         let _ = self.nats.flush().await;
     }
 
-    /// Refreshes every heartbeat for as long as the presence registry lives.
-    pub async fn refresh_every(presence: Weak<Presence>, heartbeat: Duration) {
+    /// Beats every heartbeat for as long as the presence registry lives.
+    async fn beat_every(presence: Weak<Presence>, heartbeat: Duration) {
         let mut ticker = tokio::time::interval(heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
             ticker.tick().await;
             let Some(presence) = presence.upgrade() else {
                 break;
             };
-            presence.refresh().await;
+            if let Err(e) = presence.beat().await {
+                tracing::warn!(error = %e, "edge heartbeat not written; retrying next beat");
+            }
         }
     }
 
-    /// Deletes everything this edge wrote (a drained edge leaves nothing to expire).
+    /// Deletes everything this edge wrote, its heartbeat last (a drained edge leaves
+    /// nothing behind).
     pub async fn clear(&self) {
         let subjects: Vec<String> = self.entries().keys().cloned().collect();
         for subject in subjects {
             self.delete(subject).await;
         }
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("KV-Operation", "DEL");
+        h.insert(headers::NATS_TTL, DELETE_MARKER_TTL);
+        let _ = self
+            .nats
+            .publish_with_headers(format!("$KV.{EDGES_BUCKET}.{}", self.edge), h, Bytes::new())
+            .await;
         let _ = self.nats.flush().await;
     }
 }
@@ -166,20 +259,28 @@ impl ConnState {
             status: self.status,
             text: self.text.as_deref(),
             edge,
-            at: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+            at: now_ms(),
         };
         Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
     }
 
-    /// The occupancy value: enough for `who` to aggregate statuses.
-    pub fn occupancy(&self) -> Bytes {
+    /// The occupancy value: enough for `who` to aggregate statuses, and the edge whose
+    /// heartbeat keeps it.
+    pub fn occupancy(&self, edge: &str) -> Bytes {
         Bytes::from(
-            serde_json::to_vec(&serde_json::json!({ "status": self.status })).unwrap_or_default(),
+            serde_json::to_vec(&serde_json::json!({ "status": self.status, "edge": edge }))
+                .unwrap_or_default(),
         )
     }
 }
 
-/// Keeps [`Presence::refresh_every`] running for `presence`.
-pub fn start(presence: &Arc<Presence>, heartbeat: Duration) {
-    tokio::spawn(Presence::refresh_every(Arc::downgrade(presence), heartbeat));
+/// Writes the first heartbeat (before any connection has an entry), then keeps beating.
+pub async fn start(presence: &Arc<Presence>, heartbeat: Duration) -> Result<(), BeatError> {
+    presence.beat().await?;
+    tokio::spawn(Presence::beat_every(Arc::downgrade(presence), heartbeat));
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

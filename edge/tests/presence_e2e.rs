@@ -44,7 +44,16 @@ async fn devices_come_and_go_and_a_killed_edge_makes_its_user_offline() {
         .await;
     watcher.sub(json!({"ch":"presence:u1"})).await;
 
-    let phone = edge_a.connect("u1").await;
+    // Both are in a project, and u1 lets everyone see them there (`who`).
+    stack.add_member("project:p1", "u1").await;
+    stack.add_member("project:p1", "w1").await;
+    let mut phone = edge_a.connect("u1").await;
+    let everyone = phone
+        .request(json!({"op":"rpc","method":"presence.privacy.set",
+                        "params":{"visibility":"everyone"}}))
+        .await;
+    assert_eq!(everyone["op"], "ok", "{everyone}");
+    phone.sub(json!({"ch":"project:p1"})).await;
     let online = presence(&mut watcher).await;
     assert_eq!(
         (online["status"].as_str(), online["devices"].as_u64()),
@@ -59,7 +68,15 @@ async fn devices_come_and_go_and_a_killed_edge_makes_its_user_offline() {
         (Some("online"), Some(1))
     );
 
-    // SIGKILL: no clean close, only entries that stop being refreshed (TTL 1 s).
+    let who = watcher.request(json!({"op":"who","ch":"project:p1"})).await;
+    assert_eq!(
+        who["members"],
+        json!([{"user":"u1","status":"online"}]),
+        "{who}"
+    );
+
+    // SIGKILL: no clean close; the edge's heartbeat (TTL 1 s) lapses and the workers end
+    // its entries.
     edge_a.process.kill();
     let killed = Instant::now();
     let offline = presence(&mut watcher).await;
@@ -70,6 +87,9 @@ async fn devices_come_and_go_and_a_killed_edge_makes_its_user_offline() {
         "offline after {:?}",
         killed.elapsed()
     );
+    // Its occupancy went with it: `who` on another edge no longer lists u1.
+    let who = watcher.request(json!({"op":"who","ch":"project:p1"})).await;
+    assert_eq!(who["members"], json!([]), "{who}");
     // (The worker's own tests check that last-seen is stored in PostgreSQL.)
     drop(phone);
 }

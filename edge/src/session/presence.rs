@@ -66,7 +66,10 @@ impl Session {
         for channel in occupied {
             self.edge
                 .presence
-                .put(self.occupancy_subject(&channel), self.me.occupancy())
+                .put(
+                    self.occupancy_subject(&channel),
+                    self.me.occupancy(&self.edge.id),
+                )
                 .await;
         }
         self.reply(ServerFrame::ok(id).encode());
@@ -99,7 +102,10 @@ impl Session {
     pub(super) async fn occupy(&mut self, channel: &ChannelName) {
         self.edge
             .presence
-            .put(self.occupancy_subject(channel), self.me.occupancy())
+            .put(
+                self.occupancy_subject(channel),
+                self.me.occupancy(&self.edge.id),
+            )
             .await;
         if self.me.status != PresenceStatus::Invisible {
             self.announce(channel, JOIN).await;

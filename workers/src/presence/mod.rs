@@ -3,14 +3,16 @@
 //! see it (docs/protocol.md §9).
 //!
 //! Unlike the other jobs it has no durable consumer: every copy watches the whole
-//! bucket, expiry markers included, so a user whose edge died still goes offline when
-//! their entries' TTL runs out.
+//! bucket, delete markers included, so a user whose edge died goes offline when the
+//! reaper ends that edge's entries.
 //!
 //! - [`entry`]: a bucket entry becomes a typed change to one connection.
 //! - [`board`]: connections per user, the aggregate others see, and the transitions
 //!   between it and what was last published (pure).
 //! - [`watcher`]: follows the bucket, publishes transitions with event ids derived from
 //!   the revision behind them, rebuilds after a restart without false transitions.
+//! - [`reaper`]: ends the entries of an edge whose heartbeat (bucket `edges`) lapsed, so a
+//!   user whose edge died goes offline although entries carry no TTL of their own.
 //! - [`state`]: the last published summary per user and last-seen, in PostgreSQL.
 //! - [`privacy`]: each user's setting and the one rule of who may see whom.
 //! - [`service`]: the RPCs (`presence.privacy.set|get`, `presence.get`, and the edge's
@@ -18,12 +20,13 @@
 //!   notice of a changed setting.
 //!
 //! It owns `switchboard.presence_state`, `switchboard.presence_last_seen` and
-//! `switchboard.presence_privacy`; it only reads the bucket (the edges own it) and
-//! `switchboard.channel_members`.
+//! `switchboard.presence_privacy`; of the buckets (the edges own them) it only reads, and
+//! deletes the entries of gone edges; it reads `switchboard.channel_members`.
 
 pub mod board;
 pub mod entry;
 pub mod privacy;
+pub mod reaper;
 pub mod service;
 pub mod state;
 pub mod watcher;
@@ -50,6 +53,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let state = State::new(db.clone());
+    let reaper = reaper::Reaper::new(js.clone());
     let watcher = Watcher::new(js, state.clone(), readiness);
     let service = Arc::new(PresenceService::new(
         Privacy::new(db),
@@ -58,6 +62,7 @@ pub async fn run(
     ));
     tokio::join!(
         watcher.run(&shutdown),
+        reaper.run(&shutdown),
         responder::serve(service, client, shutdown.clone()),
     );
 }
