@@ -238,7 +238,8 @@ async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_
     ];
     let mut worker_env = exporting.to_vec();
     worker_env.push(("SWITCHBOARD_NOTIFY_WEBHOOK_URL", hook));
-    let worker = Worker::start(&setup, "membership,notifications", &worker_env);
+    worker_env.push(("SWITCHBOARD_LOG_FORMAT", "json".to_string()));
+    let (worker, log) = Worker::start_logged(&setup, "membership,notifications", &worker_env);
     let (edge, addr) = edge(&setup, &exporting);
     owners(&setup).await;
 
@@ -308,6 +309,12 @@ async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_
             "{traceparent} names an exported webhook span: {webhooks:?}"
         );
     }
+    // The JSON log lines written inside the job's span name the same trace.
+    let named = format!("\"trace_id\":\"{TRACE_ID}\"");
+    eventually("a log line naming the trace", || async {
+        (log.count(&named) > 0).then_some(())
+    })
+    .await;
     assert!(exporter_thread(worker.pid().unwrap()));
     assert!(exporter_thread(edge.pid().unwrap()));
 }
