@@ -34,6 +34,8 @@ static SECRET: std::sync::LazyLock<String> =
 /// The publisher's own span: what the edge continues.
 const TRACE_ID: &str = "5e2d6f0a9b1c4d3e8f7a6b5c4d3e2f1a";
 const CLIENT_SPAN: &str = "1122334455667788";
+/// Another trace, for an RPC.
+const RPC_TRACE_ID: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
 fn client_traceparent() -> String {
     format!("00-{TRACE_ID}-{CLIENT_SPAN}-01")
@@ -160,6 +162,10 @@ fn edge(setup: &Setup, env: &[(&str, String)]) -> (Process, String) {
 }
 
 fn service_token() -> String {
+    token("billing", "service")
+}
+
+fn token(user: &str, role: &str) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -167,7 +173,7 @@ fn service_token() -> String {
         + 3600;
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({"sub": "billing", "exp": exp, "role": "service"}),
+        &json!({"sub": user, "exp": exp, "role": role}),
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
@@ -176,12 +182,16 @@ fn service_token() -> String {
 /// `POST /v1/publish` with a service token and `traceparent`; the status, retried while
 /// the edge is not listening yet.
 async fn publish_over_http(addr: &str, body: Value, traceparent: &str) -> u16 {
+    http_post(addr, "/v1/publish", &service_token(), body, traceparent).await
+}
+
+/// `POST path` with `token` and `traceparent`; the status.
+async fn http_post(addr: &str, path: &str, token: &str, body: Value, traceparent: &str) -> u16 {
     let body = body.to_string();
     let request = format!(
-        "POST /v1/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          traceparent: {traceparent}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        service_token(),
         body.len()
     );
     let mut socket = eventually("the edge to listen", || async {
@@ -309,6 +319,30 @@ async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_
             "{traceparent} names an exported webhook span: {webhooks:?}"
         );
     }
+    // An RPC over HTTP is span `rpc` of the caller's trace.
+    let caller = format!("00-{RPC_TRACE_ID}-{CLIENT_SPAN}-01");
+    let listed = http_post(
+        &addr,
+        "/v1/rpc/notifications.list",
+        &token("u1", "user"),
+        json!({}),
+        &caller,
+    )
+    .await;
+    assert_eq!(listed, 200);
+    let rpc = eventually("the edge's rpc span", || async {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.trace_id == RPC_TRACE_ID && s.name == "rpc")
+            .cloned()
+    })
+    .await;
+    assert_eq!(rpc.service, "switchboard-edge");
+    assert_eq!(rpc.parent_span_id, CLIENT_SPAN, "{rpc:?}");
+    assert_eq!(rpc.attributes["method"], "notifications.list", "{rpc:?}");
+
     // The JSON log lines written inside the job's span name the same trace.
     let named = format!("\"trace_id\":\"{TRACE_ID}\"");
     eventually("a log line naming the trace", || async {
