@@ -44,9 +44,12 @@
 //! `channel_members` and the `presence` bucket. It publishes no event itself: its events
 //! are outbox rows, so the outbox relay must run somewhere for them to reach clients.
 
+pub mod apns;
 pub mod contacts;
 pub mod email;
 pub mod escalation;
+pub mod fcm;
+pub mod mobile;
 pub mod preferences;
 pub mod presence;
 pub mod push;
@@ -176,6 +179,47 @@ pub struct NotificationsConfig {
     )]
     pub push_endpoint_hosts: String,
 
+    /// FCM service-account JSON (inline, or the path of the file Firebase gives) for
+    /// push to Android and other FCM apps through the HTTP v1 API. None: no FCM.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FCM_CREDENTIALS",
+        hide_env_values = true,
+        value_parser = webhook::SecretParser::new("SWITCHBOARD_FCM_CREDENTIALS", |text| Ok(webhook::Hidden(text.to_string())))
+    )]
+    pub fcm_credentials: Option<webhook::Hidden>,
+
+    /// OAuth token URL for FCM. Default: the credentials' token_uri.
+    #[arg(long, env = "SWITCHBOARD_FCM_TOKEN_URL")]
+    pub fcm_token_url: Option<String>,
+
+    /// FCM API base URL; messages go to <it>/v1/projects/<project>/messages:send.
+    #[arg(long, env = "SWITCHBOARD_FCM_ENDPOINT", default_value = fcm::DEFAULT_ENDPOINT)]
+    pub fcm_endpoint: String,
+
+    /// APNs token key: the .p8 P-256 key Apple gives (PEM inline, or its path). None: no
+    /// APNs.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_APNS_KEY",
+        hide_env_values = true,
+        value_parser = webhook::SecretParser::new("SWITCHBOARD_APNS_KEY", |text| Ok(webhook::Hidden(text.to_string())))
+    )]
+    pub apns_key: Option<webhook::Hidden>,
+
+    /// The APNs key's id (10 characters).
+    #[arg(long, env = "SWITCHBOARD_APNS_KEY_ID")]
+    pub apns_key_id: Option<String>,
+
+    /// The Apple developer team id (10 characters).
+    #[arg(long, env = "SWITCHBOARD_APNS_TEAM_ID")]
+    pub apns_team_id: Option<String>,
+
+    /// APNs base URL (HTTP/2; http:// means cleartext HTTP/2 with prior knowledge, for a
+    /// local test server). Development builds use https://api.sandbox.push.apple.com.
+    #[arg(long, env = "SWITCHBOARD_APNS_ENDPOINT", default_value = apns::DEFAULT_ENDPOINT)]
+    pub apns_endpoint: String,
+
     /// How long a push service keeps an undelivered push (the TTL header), in seconds.
     #[arg(long, env = "SWITCHBOARD_PUSH_TTL_S", default_value_t = 86_400)]
     pub push_ttl_s: u64,
@@ -267,6 +311,10 @@ pub enum SetupError {
     WebPush(#[from] PushError),
     #[error(transparent)]
     Email(#[from] EmailError),
+    #[error(transparent)]
+    Fcm(#[from] fcm::FcmError),
+    #[error(transparent)]
+    Apns(#[from] apns::ApnsError),
 }
 
 impl NotificationsConfig {
@@ -310,10 +358,32 @@ impl NotificationsConfig {
             )?)),
             None => None,
         };
+        let fcm = match &self.fcm_credentials {
+            Some(credentials) => Some(Arc::new(fcm::Fcm::new(
+                &credentials.0,
+                self.fcm_token_url.as_deref(),
+                Some(&self.fcm_endpoint),
+                timeout,
+            )?)),
+            None => None,
+        };
+        let apns = match &self.apns_key {
+            Some(key) => Some(Arc::new(apns::Apns::new(
+                &key.0,
+                self.apns_key_id.as_deref(),
+                self.apns_team_id.as_deref(),
+                Some(&self.apns_endpoint),
+                Duration::from_secs(self.push_ttl_s),
+                timeout,
+            )?)),
+            None => None,
+        };
         Ok(SinkConfig {
             webhook,
             webpush,
             mailer,
+            fcm,
+            apns,
             push_hosts: EndpointHosts::parse(&self.push_endpoint_hosts),
             webhook_timeout: timeout,
             subjects: self.notify_subjects,
@@ -352,6 +422,8 @@ impl Service {
             webhook = ?config.notify_webhook_url.as_ref().map(ToString::to_string),
             subjects = config.notify_subjects,
             web_push = config.vapid_private_key.is_some(),
+            fcm = config.fcm_credentials.is_some(),
+            apns = config.apns_key.is_some(),
             smtp = ?config.smtp_url.as_ref().map(ToString::to_string),
             "notification rules loaded"
         );
@@ -377,7 +449,12 @@ impl Service {
                 membership_missing: AtomicBool::new(false),
             },
             rpc: Rpc::new(db.clone()),
-            push: push::Push::new(db.clone(), sinks.webpush.clone(), sinks.push_hosts.clone()),
+            push: push::Push::new(
+                db.clone(),
+                sinks.webpush.clone(),
+                sinks.push_hosts.clone(),
+                sinks.mobile(),
+            ),
             dispatcher: Dispatcher::new(db, client.clone(), sinks, wake),
             client,
             retention_days: config.notifications_retention_days,
@@ -825,21 +902,30 @@ impl Notifications {
             let outbound = decided.outbound(user, medium, in_app);
             let payload =
                 serde_json::to_string(&outbound).map_err(|e| StoreError::Row(e.to_string()))?;
-            // A push goes to each of the user's Web Push devices, one row each; to the
-            // webhook (`push_due`) only when the user has none.
-            let devices = if medium == sink::PUSH && self.sinks.contains(&sink::WEBPUSH) {
-                store::push_targets(tx, user).await?
-            } else {
-                Vec::new()
-            };
+            // A push goes to each of the user's devices (Web Push, FCM, APNs), one row
+            // each; to the webhook (`push_due`) only when the user has none.
+            let mut devices: HashMap<&'static str, Vec<String>> = HashMap::new();
+            if medium == sink::PUSH {
+                for sink in &self.sinks {
+                    let targets = match *sink {
+                        sink::WEBPUSH => store::push_targets(tx, user).await?,
+                        sink::FCM | sink::APNS => store::mobile_targets(tx, user, sink).await?,
+                        _ => continue,
+                    };
+                    devices.insert(sink, targets);
+                }
+            }
+            let has_device = devices.values().any(|targets| !targets.is_empty());
             for sink in &self.sinks {
                 if !sink::carries(sink, medium, self.email_by_smtp) {
                     continue;
                 }
-                let targets = match *sink {
-                    sink::WEBPUSH => devices.clone(),
-                    sink::WEBHOOK if medium == sink::PUSH && !devices.is_empty() => Vec::new(),
-                    _ => vec![String::new()],
+                let targets = match devices.get(sink) {
+                    Some(targets) => targets.clone(),
+                    None if *sink == sink::WEBHOOK && medium == sink::PUSH && has_device => {
+                        Vec::new()
+                    }
+                    None => vec![String::new()],
                 };
                 for target in &targets {
                     let new = NewDelivery {

@@ -6,15 +6,20 @@
 //! | --- | --- | --- |
 //! | `push.vapid` | `{}` | `{"publicKey":"<base64url P-256 point>"}` |
 //! | `push.subscribe` | `{"subscription":{"endpoint":"https://...","keys":{"p256dh":"...","auth":"..."}},"device":"d1"}` | `{"device":"d1"}` |
-//! | `push.unsubscribe` | `{"endpoint":"https://..."}` | `{"removed":true\|false}` |
+//! | `push.subscribe` | `{"fcm":"<registration token>","device":"d1"}` | `{"device":"d1"}` |
+//! | `push.subscribe` | `{"apns":"<device token>","topic":"<bundle id>","device":"d1"}` | `{"device":"d1"}` |
+//! | `push.unsubscribe` | `{"endpoint":"https://..."}`, `{"fcm":"..."}` or `{"apns":"..."}` | `{"removed":true\|false}` |
 //!
-//! A device has one subscription: subscribing again replaces it, and an endpoint belongs
-//! to one user (the last who subscribed it, as when another person signs in on the same
-//! browser). Endpoints must be on a host in `SWITCHBOARD_PUSH_ENDPOINT_HOSTS`: the
-//! workers never send a request to an address a user chose.
+//! A device has one registration, of one kind: subscribing again replaces it, and an
+//! endpoint or token belongs to one user (the last who subscribed it, as when another
+//! person signs in on the same browser or phone). Endpoints must be on a host in
+//! `SWITCHBOARD_PUSH_ENDPOINT_HOSTS`: the workers never send a request to an address a
+//! user chose; FCM and APNs tokens go only to the configured push service. A kind that
+//! is not configured is refused with `not_found`.
 //!
-//! It owns `switchboard.push_subscriptions`; the dispatcher reads it and deletes the
-//! subscriptions push services refuse (404/410).
+//! It owns `switchboard.push_subscriptions` (Web Push) and `switchboard.mobile_devices`
+//! (FCM, APNs); the dispatcher reads them and deletes the registrations push services
+//! refuse (404/410, unregistered or invalid tokens).
 
 use std::sync::Arc;
 
@@ -22,6 +27,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use switchboard_schemas::{ErrorCode, UserId};
 
+use super::mobile::{self, APNS, FCM};
 use super::webpush::{EndpointHosts, Subscription, WebPush};
 use crate::responder::{Call, Method, Reply, RpcError, Service};
 
@@ -41,12 +47,22 @@ pub struct Push {
     db: PgPool,
     webpush: Option<Arc<WebPush>>,
     hosts: EndpointHosts,
+    /// The mobile push services configured: `fcm`, `apns`.
+    mobile: Vec<&'static str>,
 }
 
+/// One of `subscription`, `fcm` or `apns` (with `topic`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubscribeParams {
-    subscription: BrowserSubscription,
+    #[serde(default)]
+    subscription: Option<BrowserSubscription>,
+    #[serde(default)]
+    fcm: Option<String>,
+    #[serde(default)]
+    apns: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
     device: String,
 }
 
@@ -67,15 +83,43 @@ struct SubscriptionKeys {
     auth: String,
 }
 
+/// One of `endpoint`, `fcm` or `apns`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UnsubscribeParams {
-    endpoint: String,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    fcm: Option<String>,
+    #[serde(default)]
+    apns: Option<String>,
 }
 
 impl Push {
-    pub fn new(db: PgPool, webpush: Option<Arc<WebPush>>, hosts: EndpointHosts) -> Push {
-        Push { db, webpush, hosts }
+    pub fn new(
+        db: PgPool,
+        webpush: Option<Arc<WebPush>>,
+        hosts: EndpointHosts,
+        mobile: Vec<&'static str>,
+    ) -> Push {
+        Push {
+            db,
+            webpush,
+            hosts,
+            mobile,
+        }
+    }
+
+    fn mobile(&self, platform: &'static str) -> Result<(), RpcError> {
+        if self.mobile.contains(&platform) {
+            Ok(())
+        } else {
+            let name = if platform == FCM { "FCM" } else { "APNs" };
+            Err(RpcError::new(
+                ErrorCode::NotFound,
+                format!("{name} is not configured on this server"),
+            ))
+        }
     }
 
     fn webpush(&self) -> Result<&WebPush, RpcError> {
@@ -88,17 +132,114 @@ impl Push {
     }
 
     async fn subscribe(&self, caller: &UserId, params: SubscribeParams) -> Reply {
-        self.webpush()?;
         let device = device_id(&params.device)?;
-        let endpoint = &params.subscription.endpoint;
+        if params.topic.is_some() && params.apns.is_none() {
+            return Err(bad_request("topic goes with apns only"));
+        }
+        match (&params.subscription, &params.fcm, &params.apns) {
+            (Some(subscription), None, None) => {
+                self.subscribe_browser(caller, device, subscription).await
+            }
+            (None, Some(token), None) => {
+                self.mobile(FCM)?;
+                let token = mobile::fcm_token(token).map_err(bad_request)?;
+                self.subscribe_mobile(caller, device, FCM, token, None)
+                    .await
+            }
+            (None, None, Some(token)) => {
+                self.mobile(APNS)?;
+                let token = mobile::apns_token(token).map_err(bad_request)?;
+                let topic = params
+                    .topic
+                    .as_deref()
+                    .ok_or_else(|| bad_request("apns needs topic, the app's bundle id"))?;
+                let topic = mobile::apns_topic(topic).map_err(bad_request)?;
+                self.subscribe_mobile(caller, device, APNS, &token, Some(topic))
+                    .await
+            }
+            _ => Err(bad_request(
+                "give exactly one of subscription (Web Push), fcm or apns",
+            )),
+        }
+    }
+
+    async fn subscribe_mobile(
+        &self,
+        caller: &UserId,
+        device: &str,
+        platform: &'static str,
+        token: &str,
+        topic: Option<&str>,
+    ) -> Reply {
+        let unavailable = |e| RpcError::unavailable(SUBSCRIBE, e);
+        let mut tx = self.db.begin().await.map_err(unavailable)?;
+        sqlx::query(
+            "DELETE FROM switchboard.push_subscriptions WHERE user_id = $1 AND device = $2",
+        )
+        .bind(caller.as_str())
+        .bind(device)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "DELETE FROM switchboard.mobile_devices
+              WHERE (platform = $3 AND token = $4) OR (user_id = $1 AND device = $2)",
+        )
+        .bind(caller.as_str())
+        .bind(device)
+        .bind(platform)
+        .bind(token)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO switchboard.mobile_devices (user_id, device, platform, token, topic)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(caller.as_str())
+        .bind(device)
+        .bind(platform)
+        .bind(token)
+        .bind(topic)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query(
+            "DELETE FROM switchboard.mobile_devices WHERE id IN (
+                SELECT id FROM switchboard.mobile_devices WHERE user_id = $1
+                 ORDER BY updated_at DESC, id DESC OFFSET $2)",
+        )
+        .bind(caller.as_str())
+        .bind(MAX_DEVICES)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(serde_json::json!({ "device": device }))
+    }
+
+    async fn subscribe_browser(
+        &self,
+        caller: &UserId,
+        device: &str,
+        browser: &BrowserSubscription,
+    ) -> Reply {
+        self.webpush()?;
+        let endpoint = &browser.endpoint;
         if endpoint.len() > MAX_ENDPOINT {
             return Err(bad_request("subscription.endpoint is too long"));
         }
-        let keys = &params.subscription.keys;
+        let keys = &browser.keys;
         let subscription = Subscription::parse(endpoint, &keys.p256dh, &keys.auth, &self.hosts)
             .map_err(|e| bad_request(format!("subscription: {e}")))?;
         let unavailable = |e| RpcError::unavailable(SUBSCRIBE, e);
         let mut tx = self.db.begin().await.map_err(unavailable)?;
+        sqlx::query("DELETE FROM switchboard.mobile_devices WHERE user_id = $1 AND device = $2")
+            .bind(caller.as_str())
+            .bind(device)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         sqlx::query(
             "DELETE FROM switchboard.push_subscriptions
               WHERE endpoint = $3 OR (user_id = $1 AND device = $2)",
@@ -160,15 +301,35 @@ impl Service for Push {
             }
             UNSUBSCRIBE => {
                 let params: UnsubscribeParams = call.params()?;
-                let removed = sqlx::query(
-                    "DELETE FROM switchboard.push_subscriptions WHERE user_id = $1 AND endpoint = $2",
-                )
-                .bind(call.caller.as_str())
-                .bind(&params.endpoint)
-                .execute(&self.db)
-                .await
-                .map_err(|e| RpcError::unavailable(method, e))?
-                .rows_affected();
+                let query = match (&params.endpoint, &params.fcm, &params.apns) {
+                    (Some(endpoint), None, None) => sqlx::query(
+                        "DELETE FROM switchboard.push_subscriptions WHERE user_id = $1 AND endpoint = $2",
+                    )
+                    .bind(call.caller.as_str())
+                    .bind(endpoint.clone()),
+                    (None, Some(token), None) => sqlx::query(
+                        "DELETE FROM switchboard.mobile_devices
+                          WHERE user_id = $1 AND platform = 'fcm' AND token = $2",
+                    )
+                    .bind(call.caller.as_str())
+                    .bind(token.clone()),
+                    (None, None, Some(token)) => sqlx::query(
+                        "DELETE FROM switchboard.mobile_devices
+                          WHERE user_id = $1 AND platform = 'apns' AND token = lower($2)",
+                    )
+                    .bind(call.caller.as_str())
+                    .bind(token.clone()),
+                    _ => {
+                        return Err(bad_request(
+                            "give exactly one of endpoint (Web Push), fcm or apns",
+                        ));
+                    }
+                };
+                let removed = query
+                    .execute(&self.db)
+                    .await
+                    .map_err(|e| RpcError::unavailable(method, e))?
+                    .rows_affected();
                 Ok(serde_json::json!({ "removed": removed > 0 }))
             }
             _ => Err(RpcError::new(ErrorCode::NotFound, "no such method")),

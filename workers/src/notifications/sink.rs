@@ -1,7 +1,7 @@
 //! Push and email on their way out: the outbound sinks and the dispatcher that feeds
 //! them from `switchboard.notification_deliveries`.
 //!
-//! Four sinks, each optional:
+//! Six sinks, each optional:
 //!
 //! - **webhook**: `POST <SWITCHBOARD_NOTIFY_WEBHOOK_URL>` with the [`Outbound`] JSON:
 //!   `"event":"created"` for each notification as it is created, `"push_due"` when a
@@ -23,6 +23,10 @@
 //!   JSON of `user.notification`. 2xx delivers; 404 and 410 delete the subscription
 //!   (the browser dropped it) and end the row; 408, 429, 5xx and network errors retry;
 //!   other answers fail the row for good.
+//!
+//! - **fcm**, **apns**: the push to each of the user's phones registered with FCM or
+//!   APNs ([`super::fcm`], [`super::apns`]), one row per device. An unregistered or
+//!   invalid token deletes the device and ends the row; the rest as for Web Push.
 //!
 //! - **smtp**: the email, to the address `contacts.set` stored for the user
 //!   ([`super::email`]), plain text and HTML. With SMTP configured, email goes only here
@@ -55,7 +59,10 @@ use switchboard_schemas::shapes::{NotificationCategory, NotificationRef, Priorit
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::apns::Apns;
 use super::email::{Letter, Mailer, SendError};
+use super::fcm::Fcm;
+use super::mobile::{self, Notification, Sent};
 use super::webhook::Webhook;
 use super::webpush::{EndpointHosts, Subscription, WebPush};
 use crate::backoff::Backoff;
@@ -64,6 +71,8 @@ pub const WEBHOOK: &str = "webhook";
 pub const SUBJECT: &str = "subject";
 pub const WEBPUSH: &str = "webpush";
 pub const SMTP: &str = "smtp";
+pub const FCM: &str = mobile::FCM;
+pub const APNS: &str = mobile::APNS;
 pub const PUSH: &str = "push";
 pub const EMAIL: &str = "email";
 /// The medium of the webhook's copy of a notification as it is created.
@@ -127,6 +136,8 @@ pub struct SinkConfig {
     pub webhook: Option<Webhook>,
     pub webpush: Option<Arc<WebPush>>,
     pub mailer: Option<Arc<Mailer>>,
+    pub fcm: Option<Arc<Fcm>>,
+    pub apns: Option<Arc<Apns>>,
     pub push_hosts: EndpointHosts,
     pub webhook_timeout: Duration,
     pub subjects: bool,
@@ -152,7 +163,21 @@ impl SinkConfig {
         if self.mailer.is_some() {
             sinks.push(SMTP);
         }
+        if self.fcm.is_some() {
+            sinks.push(FCM);
+        }
+        if self.apns.is_some() {
+            sinks.push(APNS);
+        }
         sinks
+    }
+
+    /// The mobile push services configured, as `push.subscribe` offers them.
+    pub fn mobile(&self) -> Vec<&'static str> {
+        self.sinks()
+            .into_iter()
+            .filter(|sink| [FCM, APNS].contains(sink))
+            .collect()
     }
 }
 
@@ -160,7 +185,7 @@ impl SinkConfig {
 /// only the webhook `created`, and with SMTP configured (`smtp`) the others no email.
 pub fn carries(sink: &str, medium: &str, smtp: bool) -> bool {
     match (sink, medium) {
-        (WEBPUSH, _) => medium == PUSH,
+        (WEBPUSH | FCM | APNS, _) => medium == PUSH,
         (SMTP, _) => medium == EMAIL,
         (_, CREATED) => sink == WEBHOOK,
         (_, EMAIL) => !smtp,
@@ -202,23 +227,6 @@ pub struct Outbound {
     pub created_at: Timestamp,
     /// The user's unread count with the in-app notification (`null` without one).
     pub unread: Option<u64>,
-}
-
-/// The notification JSON of `user.notification` (docs/protocol.md), what a Web Push
-/// service worker receives.
-#[derive(Debug, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PushPayload {
-    #[serde(alias = "notificationId")]
-    id: Option<String>,
-    category: NotificationCategory,
-    title: String,
-    message: String,
-    priority: Priority,
-    #[serde(rename = "ref")]
-    reference: NotificationRef,
-    unread: Option<u64>,
-    created_at: Timestamp,
 }
 
 /// `id, user_id, medium, sink, payload, payload.key, attempts, traceparent`.
@@ -387,6 +395,7 @@ impl Dispatcher {
                 None => Attempt::Failed("Web Push is not configured any more".into()),
             },
             SMTP => self.mail(std::slice::from_ref(delivery)).await,
+            FCM | APNS => self.push_mobile(delivery).await,
             other => Attempt::Failed(format!("unknown sink {other:?}")),
         }
     }
@@ -417,7 +426,7 @@ impl Dispatcher {
         };
         let mut items = Vec::with_capacity(digest.len());
         for delivery in digest {
-            match serde_json::from_str::<PushPayload>(&delivery.payload) {
+            match serde_json::from_str::<Notification>(&delivery.payload) {
                 Ok(payload) => items.push((payload.title, payload.message)),
                 Err(error) => return Attempt::Failed(format!("unreadable delivery: {error}")),
             }
@@ -432,6 +441,55 @@ impl Dispatcher {
             Ok(Err(SendError::Permanent(reason))) => Attempt::Failed(reason),
             Ok(Err(SendError::Transient(reason))) => Attempt::Retry(reason),
             Err(_) => Attempt::Retry(format!("SMTP took over {timeout:?}")),
+        }
+    }
+
+    /// The push to one phone, by FCM or APNs.
+    async fn push_mobile(&self, delivery: &Claimed) -> Attempt {
+        let Ok(device_id) = delivery.target.parse::<i64>() else {
+            return Attempt::Failed("no device id".into());
+        };
+        let row: Option<(String, Option<String>)> = match sqlx::query_as(
+            "SELECT token, topic FROM switchboard.mobile_devices WHERE id = $1 AND platform = $2",
+        )
+        .bind(device_id)
+        .bind(&delivery.sink)
+        .fetch_optional(&self.db)
+        .await
+        {
+            Ok(row) => row,
+            Err(error) => return Attempt::Retry(format!("reading the device: {error}")),
+        };
+        let Some((token, topic)) = row else {
+            return Attempt::Failed("the device unsubscribed".into());
+        };
+        let notification: Notification = match serde_json::from_str(&delivery.payload) {
+            Ok(notification) => notification,
+            Err(error) => return Attempt::Failed(format!("unreadable delivery: {error}")),
+        };
+        let sent = match (delivery.sink.as_str(), &self.config.fcm, &self.config.apns) {
+            (FCM, Some(fcm), _) => fcm.send(&token, &notification).await,
+            (APNS, _, Some(apns)) => {
+                apns.send(&token, topic.as_deref().unwrap_or_default(), &notification)
+                    .await
+            }
+            _ => return Attempt::Failed(format!("{} is not configured any more", delivery.sink)),
+        };
+        match sent {
+            Sent::Delivered => Attempt::Delivered,
+            Sent::Gone(reason) => {
+                let removed = sqlx::query("DELETE FROM switchboard.mobile_devices WHERE id = $1")
+                    .bind(device_id)
+                    .execute(&self.db)
+                    .await;
+                if let Err(error) = removed {
+                    return Attempt::Retry(format!("removing the unregistered device: {error}"));
+                }
+                tracing::info!(user = %delivery.user, sink = %delivery.sink, %reason, "push service refused the device token; device removed");
+                Attempt::Failed(format!("{reason}: device removed"))
+            }
+            Sent::Retry(reason) => Attempt::Retry(reason),
+            Sent::Failed(reason) => Attempt::Failed(reason),
         }
     }
 
@@ -477,7 +535,7 @@ impl Dispatcher {
                 Err(error) => return Attempt::Failed(format!("subscription unusable: {error}")),
             };
         // The stored Outbound JSON, read as the fields the notification JSON has.
-        let payload: PushPayload = match serde_json::from_str(&delivery.payload) {
+        let payload: Notification = match serde_json::from_str(&delivery.payload) {
             Ok(payload) => payload,
             Err(error) => return Attempt::Failed(format!("unreadable delivery: {error}")),
         };
@@ -607,6 +665,10 @@ mod tests {
             (SUBJECT, CREATED, false, false),
             (WEBPUSH, CREATED, false, false),
             (SMTP, CREATED, true, false),
+            (FCM, PUSH, true, true),
+            (APNS, PUSH, false, true),
+            (APNS, EMAIL, false, false),
+            (FCM, CREATED, false, false),
         ] {
             assert_eq!(
                 carries(sink, medium, smtp),

@@ -365,6 +365,23 @@ pub async fn push_targets(
     .await?)
 }
 
+/// The ids of `user`'s phones registered with `platform` (`fcm`, `apns`), as delivery
+/// targets.
+pub async fn mobile_targets(
+    conn: &mut PgConnection,
+    user: &UserId,
+    platform: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id::text FROM switchboard.mobile_devices
+          WHERE user_id = $1 AND platform = $2 ORDER BY id",
+    )
+    .bind(user.as_str())
+    .bind(platform)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// One stored notification, as `list` reads it.
 #[derive(Debug, Clone)]
 pub struct StoredNotification {
