@@ -343,6 +343,29 @@ pub async fn newest(
     })
 }
 
+/// The seq of the newest archived event of `channel` (a base channel), when the
+/// archive holds the channel and answers; 0 otherwise. For a channel the stream holds
+/// nothing of any more, this is its last seq.
+pub async fn newest_archived(edge: &Edge, user: &str, channel: &ChannelName) -> u64 {
+    if !edge.archive.holds(channel) {
+        return 0;
+    }
+    let epoch = edge.position().epoch;
+    let request = Request {
+        ch: channel.as_str(),
+        epoch: &epoch,
+        after: 0,
+        before: None,
+        limit: 1,
+        order: Order::Desc,
+    };
+    read(edge, user, &request)
+        .await
+        .ok()
+        .and_then(|page| page.events.first().map(|k| k.seq))
+        .unwrap_or(0)
+}
+
 /// How a resume by seq continues when the stream lost events after `since`: the
 /// archive's first page of what follows `since`, up to `before` (the stream's oldest
 /// event of the channel after `since`), the rest read on from there.

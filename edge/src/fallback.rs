@@ -21,8 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchboard_schemas::{
-    ByeCode, ChannelName, ErrorCode, PresenceStatus, ResumeFrom, ServerFrame, SubjectKind,
-    TypeFilters,
+    ByeCode, ChannelName, ErrorCode, PresenceStatus, ResumeFrom, ServerFrame, TypeFilters,
 };
 
 use crate::Edge;
@@ -374,12 +373,10 @@ pub async fn poll(
                 seqs: BTreeMap::new(),
             };
             for channel in &opening.channels {
-                let subject = channel.base().subject(SubjectKind::Durable);
-                let head = match edge.store.last_at_or_before(&subject, None).await {
-                    Ok(last) => last.map_or(0, |e| e.seq),
-                    Err(e) => {
-                        return Refusal::new(ErrorCode::Unavailable, e.to_string()).into_response();
-                    }
+                let user = &opening.identity.user;
+                let head = match subscribe::last_seq(&edge, user, &channel.base()).await {
+                    Ok(head) => head,
+                    Err(refusal) => return refusal.into_response(),
                 };
                 cursor.seqs.insert(channel.to_string(), head);
             }
@@ -403,12 +400,10 @@ pub async fn poll(
     let mut opening = opening;
     for channel in &opening.channels {
         if !cursor.seqs.contains_key(channel.as_str()) {
-            let subject = channel.base().subject(SubjectKind::Durable);
-            let head = match edge.store.last_at_or_before(&subject, None).await {
-                Ok(last) => last.map_or(0, |e| e.seq),
-                Err(e) => {
-                    return Refusal::new(ErrorCode::Unavailable, e.to_string()).into_response();
-                }
+            let user = &opening.identity.user;
+            let head = match subscribe::last_seq(&edge, user, &channel.base()).await {
+                Ok(head) => head,
+                Err(refusal) => return refusal.into_response(),
             };
             cursor.seqs.insert(channel.to_string(), head);
         }

@@ -79,12 +79,20 @@ pub async fn subscribe(
     let key = subscription.key;
     let epoch = position.epoch.clone();
     let ok_label = label.clone();
+    // A channel the stream holds nothing of may have its events in the archive: `ok`
+    // names its last seq all the same, so a client that resumes from it later is not
+    // sent the whole archive.
+    let archived_last = if channel.head() == 0 {
+        archive::newest_archived(edge, &user, &channel.name).await
+    } else {
+        0
+    };
     let head = channel.add(subscription, start.is_some(), move |head| {
         let frame = ServerFrame::Ok {
             id,
             reply: OkReply::Subscribed {
                 ch: ok_label,
-                seq: head,
+                seq: head.max(archived_last),
                 epoch,
                 recovered,
             },
@@ -332,6 +340,21 @@ pub async fn continuous(
         .await
         .map_err(Refusal::unavailable)?;
     Ok(kept.is_some())
+}
+
+/// The last seq of `channel` (a base channel): the stream's newest event of it, or,
+/// when the stream holds none, the archive's newest (0 for a channel never used).
+pub async fn last_seq(edge: &Edge, user: &str, channel: &ChannelName) -> Result<u64, Refusal> {
+    let durable = channel.subject(SubjectKind::Durable);
+    let stored = edge
+        .store
+        .last_at_or_before(&durable, None)
+        .await
+        .map_err(Refusal::unavailable)?;
+    Ok(match stored {
+        Some(event) => event.seq,
+        None => archive::newest_archived(edge, user, channel).await,
+    })
 }
 
 /// Where a replay starts.

@@ -304,6 +304,22 @@ async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
     let mut latest = edge.connect("u1").await;
     let ok = latest.sub(json!({"ch": CH, "since": {"last": 5}})).await;
     assert_eq!(ok["op"], "ok", "{ok}");
+    assert_eq!(
+        ok["seq"],
+        *all.last().unwrap(),
+        "ok names the archive's last seq"
+    );
+    // So does a long poll's first cursor.
+    let bearer = format!("Bearer {}", token("u1", 3600, &[]));
+    let path = format!("/v1/poll?ch={CH}");
+    let (status, body) = http(&edge.addr, "GET", &path, &[("Authorization", &bearer)], "").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(answer["cursor"].as_str().unwrap())
+        .unwrap();
+    let cursor: Value = serde_json::from_slice(&cursor).unwrap();
+    assert_eq!(cursor["s"][CH], *all.last().unwrap(), "{cursor}");
     assert_eq!(seqs(&latest.events(5).await), all[all.len() - 5..].to_vec());
     let epoch = epoch(&stack).await;
     let ok = client
