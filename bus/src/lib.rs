@@ -10,6 +10,8 @@
 //! - [`headers`]: the header names that cross process boundaries.
 //! - [`exposition`] and [`logging`]: the metrics registry and the log set-up every binary
 //!   shares (docs/operations.md §7).
+//! - [`traces`]: W3C trace context continued in spans, exported over OTLP when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set (docs/operations.md, "Traces").
 //!
 //! Non-Rust services need none of this: they publish a JSON envelope on `rt.<ns>.<id>`
 //! with the headers listed in `docs/protocol.md`.
