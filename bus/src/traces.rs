@@ -2,9 +2,8 @@
 //! (docs/operations.md, "Traces").
 //!
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set,
-//! [`exporter`] builds a batch exporter sending OTLP over HTTP/protobuf, and
-//! [`crate::logging::init_traced`] adds the layer that turns our spans into OpenTelemetry
-//! spans. The standard `OTEL_*` variables apply (endpoint, headers, timeout, compression,
+//! [`crate::logging::init_traced`] builds a batch exporter sending OTLP over
+//! HTTP/protobuf and adds the layer that turns our spans into OpenTelemetry spans. The standard `OTEL_*` variables apply (endpoint, headers, timeout, compression,
 //! `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, the batch
 //! processor's `OTEL_BSP_*`). Without the variable there is no exporter and no layer, and
 //! the helpers here cost a flag read: the spans they would have made are never created.
