@@ -6,6 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::*;
 use switchboard_testkit::{Postgres, Process, binary};
@@ -17,7 +18,10 @@ fn workers(stack: &Stack, database_url: &str, jobs: &str) -> Process {
         // Tests run side by side: each worker serves HTTP on a port of its own.
         .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
         .env("SWITCHBOARD_WORKERS", jobs)
-        .env("SWITCHBOARD_LOG", "warn")
+        .env(
+            "SWITCHBOARD_LOG",
+            "info,switchboard_workers::presence::reaper=debug",
+        )
         .stdin(Stdio::null());
     Process::spawn(cmd).expect("start switchboard-workers")
 }
@@ -290,4 +294,61 @@ async fn a_private_user_is_absent_from_who_and_silent_and_watchers_are_revoked()
         .filter_map(|m| m["user"].as_str())
         .collect();
     assert_eq!(listed, ["hider", "u1"], "{own}");
+}
+
+/// An edge whose heartbeat lapsed while it lived (say NATS was out of its reach for longer
+/// than the TTL) has its entries ended by the workers; its next heartbeat notices the
+/// marker in between and writes them again, so its users come back without reconnecting.
+/// The lapse is made by deleting the heartbeat, as its expiry would.
+#[tokio::test]
+async fn an_edge_whose_heartbeat_lapsed_writes_its_entries_again() {
+    let stack = Stack::start().await;
+    let pg = Postgres::start().unwrap();
+    let database_url = pg.database().await.unwrap();
+    let _workers = workers(&stack, &database_url, "presence");
+    let edge = stack.edge(&[
+        ("SWITCHBOARD_HEARTBEAT_MS", "500"),
+        ("SWITCHBOARD_EDGE_ID", "edge-lapsing"),
+    ]);
+    let mut phone = edge.connect("u1").await;
+    // Read what comes, so the edge's pings are answered and the session stays open.
+    let reading = tokio::spawn(async move { phone.until_closed().await });
+    entries_become(&stack, "u1", 1).await;
+    let presence = stack.js.get_key_value("presence").await.unwrap();
+    let mut writes = presence.watch("u1.>").await.unwrap();
+
+    let edges = stack.js.get_key_value("edges").await.unwrap();
+    edges.delete("edge-lapsing").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), writes.next())
+        .await
+        .expect("the workers end the entry")
+        .unwrap()
+        .unwrap();
+    assert_ne!(ended.operation, async_nats::jetstream::kv::Operation::Put);
+    let again = tokio::time::timeout(Duration::from_secs(10), writes.next())
+        .await
+        .expect("the edge writes it again")
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.operation, async_nats::jetstream::kv::Operation::Put);
+    // And it stays: the workers do not end an edge that beats again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(presence_entries(&stack, "u1").await, 1);
+    assert!(!reading.is_finished(), "the session stayed open throughout");
+}
+
+async fn presence_entries(stack: &Stack, user: &str) -> usize {
+    switchboard_bus::store::Store::new(stack.client.clone())
+        .scan_bucket("presence", &format!("{user}.>"))
+        .await
+        .map(|e| e.len())
+        .unwrap_or_else(|e| panic!("reading the presence bucket: {e}"))
+}
+
+async fn entries_become(stack: &Stack, user: &str, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while presence_entries(stack, user).await != want {
+        assert!(Instant::now() < deadline, "{user} never had {want} entries");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
