@@ -129,13 +129,22 @@ impl Traces {
 
 /// The tracer provider for `service` (`switchboard-edge`, `switchboard-workers`;
 /// `OTEL_SERVICE_NAME` overrides it) when an OTLP endpoint variable is set; `None`
-/// otherwise. Only HTTP/protobuf is built in: another `OTEL_EXPORTER_OTLP_PROTOCOL` is
+/// otherwise, or when `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`. Only HTTP/protobuf is built in: another `OTEL_EXPORTER_OTLP_PROTOCOL` is
 /// noted and HTTP/protobuf used.
 pub(crate) fn exporter(service: &str) -> Result<Option<(SdkTracerProvider, Traces)>, ExportError> {
     let configured = ENDPOINT_VARIABLES
         .iter()
         .any(|name| std::env::var(name).is_ok_and(|value| !value.trim().is_empty()));
-    if !configured {
+    // The standard switches that turn tracing off whatever the endpoint says.
+    let setting = |name| {
+        std::env::var(name)
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let disabled =
+        setting("OTEL_SDK_DISABLED") == "true" || setting("OTEL_TRACES_EXPORTER") == "none";
+    if !configured || disabled {
         return Ok(None);
     }
     // An https endpoint needs rustls' provider; ring is the one in the build.
