@@ -65,7 +65,13 @@ pub async fn subscribe(
     let (start, recovered) = match &since {
         None => (None, true),
         Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => {
-            let resume = resume(edge, &user, &channel.name, *seq, &position).await?;
+            let resume = match resume(edge, &user, &channel.name, *seq, &position).await {
+                Ok(resume) => resume,
+                Err(refusal) => {
+                    edge.hub.abandon(&channel);
+                    return Err(refusal);
+                }
+            };
             archived = resume.archive;
             (Some(Start::Seq(seq + 1)), resume.recovered)
         }
@@ -122,9 +128,7 @@ pub async fn subscribe(
     };
     // The first pass depends on the form of `since`; later passes read forward from the
     // last seq replayed. `last` reads back from the head, and everything after the head
-    // is in the catch-up buffer already.
-    // Events at or below `floor` were sent already (or, for `last`, are past the
-    // head); a `last` read covers everything up to the head.
+    // is in the catch-up buffer already. Events at or below `floor` were sent already.
     let (mut batch, mut replayed, mut floor) = match start {
         Start::Seq(from) => {
             let mut replayed = from - 1;
