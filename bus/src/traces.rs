@@ -53,8 +53,11 @@ pub fn span(make: impl FnOnce() -> Span) -> Span {
 /// so log lines inside it name the trace. Without an incoming trace, an exported span
 /// starts a new one.
 pub fn continue_trace(span: &Span, incoming: Option<&str>) {
+    if span.is_disabled() {
+        return;
+    }
     let parent = incoming.and_then(remote_context);
-    if exporting() && !span.is_disabled() {
+    if exporting() {
         if let Some(parent) = &parent {
             let context = opentelemetry::Context::new().with_remote_span_context(parent.clone());
             let _ = span.set_parent(context);
