@@ -206,19 +206,21 @@ async fn what_stays_unread_is_emailed_after_the_delay_and_several_make_one_diges
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn reading_in_time_by_rpc_or_by_a_read_receipt_cancels_the_email() {
+async fn reading_in_time_by_rpc_or_by_a_read_receipt_or_deleting_cancels_the_email() {
     let setup = setup().await;
     let mut smtp = Peer::start("smtp_server.py", &[]);
     let port = smtp.next().await["port"].as_u64().unwrap();
     let _worker = Worker::start(&setup, &format!("{JOBS},receipts"), &smtp_env(port, "4"));
-    for user in ["u1", "u2", "u4"] {
+    for user in ["u1", "u2", "u4", "u5"] {
         set_contact(&setup, user).await;
     }
     want_email(&setup, "u1", "bid").await;
     want_email(&setup, "u4", "bid").await;
+    want_email(&setup, "u5", "bid").await;
     want_email(&setup, "u2", "message").await;
     add_member(&setup, "project:p1", "u1", "owner").await;
     add_member(&setup, "project:p4", "u4", "owner").await;
+    add_member(&setup, "project:p5", "u5", "owner").await;
     for user in ["u2", "u3"] {
         let added = event("conversation.participant_added", json!({"user": user}));
         publish(&setup, "conversation:c1", &added).await;
@@ -262,13 +264,21 @@ async fn reading_in_time_by_rpc_or_by_a_read_receipt_cancels_the_email() {
         "read by the receipt: {listed}"
     );
 
+    // u5's notification is deleted (as erasure does): nothing is left to email about.
+    publish(&setup, "project:p5", &bid(5)).await;
+    notifications_of(&setup, "u5", 1).await;
+    sqlx::query("DELETE FROM switchboard.notifications WHERE user_id = 'u5'")
+        .execute(&setup.db)
+        .await
+        .unwrap();
+
     // u4 reads nothing: the one email, planned last, arrives after the others were due.
     publish(&setup, "project:p4", &bid(4)).await;
     let email = next_email(&mut smtp).await;
     assert_eq!(email["to"], "u4@example.com");
     let more = emails_within(&mut smtp, Duration::from_secs(1)).await;
     assert!(more.is_empty(), "nothing for what was read: {more:?}");
-    for user in ["u1", "u2"] {
+    for user in ["u1", "u2", "u5"] {
         assert_eq!(
             email_rows(&setup, user).await,
             [(false, true, 0)],

@@ -101,6 +101,17 @@ UPDATE switchboard.notification_deliveries AS d
 RETURNING d.id, d.user_id, d.medium, d.sink, d.payload::text, d.payload ->> 'key', d.attempts,
           d.traceparent, d.target";
 
+/// Due push and email rows about a notification that is read or gone (deleted with its
+/// message, erased) are cancelled rather than sent: reading cancels in its own
+/// transaction, this catches whatever else removed the notification.
+const CANCEL_STALE: &str = "
+UPDATE switchboard.notification_deliveries AS d SET cancelled_at = now()
+ WHERE d.delivered_at IS NULL AND d.failed_at IS NULL AND d.cancelled_at IS NULL
+   AND d.next_attempt_at <= now() AND d.medium IN ('push', 'email')
+   AND d.notification_id IS NOT NULL
+   AND NOT EXISTS (SELECT 1 FROM switchboard.notifications n
+                    WHERE n.id = d.notification_id AND n.read_at IS NULL)";
+
 /// The user's other emails that nobody holds: waiting for their first attempt (even if
 /// not yet due), or due. Rows another copy leased or that wait for a retry stay.
 const CLAIM_DIGEST: &str = "
@@ -111,6 +122,9 @@ UPDATE switchboard.notification_deliveries AS d
      WHERE user_id = $1 AND sink = 'smtp'
        AND delivered_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL
        AND (attempts = 0 OR next_attempt_at <= now())
+       AND (notification_id IS NULL OR EXISTS (
+            SELECT 1 FROM switchboard.notifications n
+             WHERE n.id = notification_id AND n.read_at IS NULL))
      ORDER BY id
      LIMIT $3
        FOR UPDATE SKIP LOCKED)
@@ -336,6 +350,16 @@ impl Dispatcher {
     /// Claims a batch of due deliveries and attempts each; how many were claimed.
     async fn dispatch_due(&self) -> Result<usize, sqlx::Error> {
         let lease = self.config.webhook_timeout + LEASE_MARGIN;
+        let stale = sqlx::query(CANCEL_STALE)
+            .execute(&self.db)
+            .await?
+            .rows_affected();
+        if stale > 0 {
+            tracing::info!(
+                stale,
+                "push and email about notifications read or deleted cancelled"
+            );
+        }
         let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM)
             .bind(BATCH)
             .bind(lease.as_secs_f64())
