@@ -165,6 +165,31 @@ impl Store {
         Ok(self.batch(request).await?.pop())
     }
 
+    /// The seq of the newest event on each of `subjects` (0 for a subject with none), in
+    /// one request: the heads of many channels for the price of one. At most
+    /// [`MAX_BATCH`] subjects.
+    pub async fn heads(&self, subjects: &[String]) -> Result<Vec<u64>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = serde_json::json!({
+            "multi_last": subjects,
+            "batch": subjects.len().min(MAX_BATCH),
+        });
+        let newest = self.batch(request).await?;
+        Ok(subjects
+            .iter()
+            .map(|subject| {
+                newest
+                    .iter()
+                    .filter(|e| &e.subject == subject)
+                    .map(|e| e.seq)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
     /// The newest `count` events on `subject` with seq < `before`, ascending.
     ///
     /// JetStream pages only forwards, so this steps back one event per request; callers

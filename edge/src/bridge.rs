@@ -10,11 +10,18 @@
 //! - after a NATS reconnect or a client-side slow-consumer drop the hub pokes every
 //!   channel, which re-reads the stream past its head.
 //!
+//! A new channel's head (the seq of its newest stored event) is read through [`Heads`],
+//! which asks for the heads of every channel waiting at that moment in one direct get:
+//! when each connection brings a channel of its own (`user:<id>`), set-up costs one
+//! JetStream request per batch of connections, not one per connection.
+//!
 //! Everything from NATS is untrusted: undecodable messages are counted, logged and
 //! skipped, never a crash.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
@@ -31,12 +38,57 @@ use crate::metrics::Metrics;
 /// sender's own connection does not get it back.
 pub const RT_ORIGIN: &str = "Rt-Origin";
 const REPAIR_BATCH: usize = 256;
+/// Most channel heads asked for in one request.
+const HEADS_BATCH: usize = 256;
+
+/// A channel waiting for its head, and where to send it.
+type HeadRequest = (String, oneshot::Sender<Result<u64, String>>);
+
+/// Reads channel heads in batches: one task takes every request waiting when it is free
+/// and asks for all of them at once, so batches grow with the load and a lone request
+/// is not delayed.
+#[derive(Debug, Clone)]
+pub struct Heads {
+    requests: mpsc::UnboundedSender<HeadRequest>,
+}
+
+impl Heads {
+    pub fn start(store: Store) -> Heads {
+        let (requests, mut waiting) = mpsc::unbounded_channel::<HeadRequest>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(HEADS_BATCH);
+            while waiting.recv_many(&mut batch, HEADS_BATCH).await > 0 {
+                let subjects: Vec<String> = batch.iter().map(|(s, _)| s.clone()).collect();
+                let answer = store.heads(&subjects).await;
+                for (i, (_, reply)) in batch.drain(..).enumerate() {
+                    let _ = reply.send(match &answer {
+                        Ok(heads) => Ok(heads[i]),
+                        Err(e) => Err(e.to_string()),
+                    });
+                }
+            }
+        });
+        Heads { requests }
+    }
+
+    /// The seq of the newest event stored on `subject` (0 when none).
+    pub async fn of(&self, subject: String) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((subject, reply))
+            .map_err(|_| "the head reader stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the head reader stopped".to_string())?
+    }
+}
 
 /// Starts and runs channel bridges; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Bridge {
     client: async_nats::Client,
     store: Store,
+    heads: Heads,
     hub: Arc<Hub>,
     edge_id: Arc<str>,
     metrics: Arc<Metrics>,
@@ -49,8 +101,10 @@ impl Bridge {
         edge_id: Arc<str>,
         metrics: Arc<Metrics>,
     ) -> Bridge {
+        let store = Store::new(client.clone());
         Bridge {
-            store: Store::new(client.clone()),
+            heads: Heads::start(store.clone()),
+            store,
             client,
             hub,
             edge_id,
@@ -80,12 +134,12 @@ impl Bridge {
                 .await?;
             // The server must know the subscriptions before the head is read, or an
             // event stored in between would be neither in the head nor delivered live.
-            self.client.flush().await?;
+            // It handles a connection's messages in order, and the head request goes out
+            // on the same connection after both `SUB`s.
             let head = self
-                .store
-                .last_at_or_before(&channel.name.subject(SubjectKind::Durable), None)
-                .await?
-                .map_or(0, |e| e.seq);
+                .heads
+                .of(channel.name.subject(SubjectKind::Durable))
+                .await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((live, signals, head))
         };
         // Everything awaited here but the subscriptions themselves is boxed: the task lives
