@@ -92,3 +92,28 @@ async fn an_alias_channel_publishes_to_its_base_subject() {
     let stored = stream.get_raw_message(published.seq).await.unwrap();
     assert_eq!(stored.subject.as_str(), "rt.user.u1");
 }
+
+/// `Store::heads` answers the newest seq of many channels in one request, 0 for a
+/// channel with nothing stored, in the order asked.
+#[tokio::test]
+async fn heads_of_many_channels_come_in_one_request() {
+    let (_nats, client, _js) = stack().await;
+    let publisher = Publisher::new(client.clone());
+    let p1 = ChannelName::parse("project:p1").unwrap();
+    let p2 = ChannelName::parse("project:p2").unwrap();
+    let mut newest = Vec::new();
+    for channel in [&p1, &p2, &p1] {
+        newest.push(publisher.publish(channel, &bid()).await.unwrap().seq);
+    }
+    let store = switchboard_bus::store::Store::new(client.clone());
+    let heads = store
+        .heads(&[
+            "rt.project.p2".to_string(),
+            "rt.project.empty".to_string(),
+            "rt.project.p1".to_string(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(heads, [newest[1], 0, newest[2]]);
+    assert!(store.heads(&[]).await.unwrap().is_empty());
+}
