@@ -376,13 +376,15 @@ pub struct Bridgehead {
 }
 
 /// Whether the archive covers what the stream lost of `channel` after `since`; if so,
-/// where the replay starts. `None`: not archived, behind, or not answering.
+/// where the replay starts (its first page holds at most `limit` events). `None`: not
+/// archived, behind, or not answering.
 pub async fn bridgehead(
     edge: &Edge,
     user: &str,
     channel: &ChannelName,
     since: u64,
     position: &StreamPosition,
+    limit: usize,
 ) -> Result<Option<Bridgehead>, Refusal> {
     if !edge.archive.holds(channel) {
         return Ok(None);
@@ -400,7 +402,7 @@ pub async fn bridgehead(
         epoch: &position.epoch,
         after: since,
         before: first_kept,
-        limit: PAGE,
+        limit: limit.clamp(1, PAGE),
         order: Order::Asc,
     };
     let needed = resume_needed(first_kept, position.last_seq);

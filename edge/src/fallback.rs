@@ -390,8 +390,8 @@ pub async fn poll(
     for channel in &opening.channels {
         if let Some(seq) = cursor.seqs.get(channel.as_str()) {
             let user = &opening.identity.user;
-            match subscribe::resume(&edge, user, &channel.base(), *seq, &position).await {
-                Ok(resume) => recovered &= resume.recovered,
+            match subscribe::recoverable(&edge, user, &channel.base(), *seq, &position).await {
+                Ok(kept) => recovered &= kept,
                 Err(refusal) => return refusal.into_response(),
             }
         }

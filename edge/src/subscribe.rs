@@ -290,6 +290,18 @@ pub async fn resume(
     since: u64,
     position: &StreamPosition,
 ) -> Result<Resume, Refusal> {
+    judge(edge, user, channel, since, position, archive::PAGE).await
+}
+
+/// [`resume`] with the archive's first page holding at most `limit` events.
+async fn judge(
+    edge: &Edge,
+    user: &str,
+    channel: &ChannelName,
+    since: u64,
+    position: &StreamPosition,
+    limit: usize,
+) -> Result<Resume, Refusal> {
     let durable = channel.subject(SubjectKind::Durable);
     if continuous(edge, &durable, since, position.first_seq).await? {
         return Ok(Resume {
@@ -297,11 +309,24 @@ pub async fn resume(
             archive: None,
         });
     }
-    let archive = archive::bridgehead(edge, user, channel, since, position).await?;
+    let archive = archive::bridgehead(edge, user, channel, since, position, limit).await?;
     Ok(Resume {
         recovered: archive.is_some(),
         archive,
     })
+}
+
+/// [`resume`]'s judgement alone, for a long poll (its subscription replays later): the
+/// archive is asked for one event, only to learn how far it reaches.
+pub async fn recoverable(
+    edge: &Edge,
+    user: &str,
+    channel: &ChannelName,
+    since: u64,
+    position: &StreamPosition,
+) -> Result<bool, Refusal> {
+    let judged = judge(edge, user, channel, since, position, 1).await?;
+    Ok(judged.recovered)
 }
 
 /// One read of the stream during a replay.
