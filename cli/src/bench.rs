@@ -101,6 +101,9 @@ enum Scenario {
     /// Opens C authenticated connections as fast as it can, each with `subs`
     /// subscriptions, then holds them idle and reads the edge's RSS per connection.
     ///
+    /// Like real clients, each connection's first subscription is its own `user:<id>`
+    /// (a channel nobody else has); the others are among 100 shared ones.
+    ///
     /// Example: switchboard bench connect --connections 2000 --subs 2
     Connect {
         #[arg(long, default_value_t = 2000)]
@@ -745,11 +748,13 @@ impl Bench {
         let Some((_, rss_before)) = self.usage() else {
             bail!("connect needs --edge-pid to read the edge's memory");
         };
+        let user = |i: usize| format!("c{}-{i}", self.run_id);
         let channels: Vec<Vec<String>> = (0..connections)
             .map(|i| {
-                (0..subs)
-                    .map(|s| format!("domain:idle-{}-{}", self.run_id, (i * subs + s) % 997))
-                    .collect()
+                let own = std::iter::once(format!("user:{}", user(i)));
+                let shared = (1..subs)
+                    .map(|s| format!("domain:shared-{}-{}", self.run_id, (i * subs + s) % 100));
+                own.chain(shared).take(subs).collect()
             })
             .collect();
         let started = Instant::now();
@@ -760,7 +765,7 @@ impl Bench {
         let mut next = 0;
         while sockets.len() < connections {
             while next < connections && opening.len() < concurrency {
-                let user = format!("c{next}");
+                let user = user(next);
                 let subs = channels[next].clone();
                 let dialer = self.dialer.clone();
                 opening.spawn(async move {
