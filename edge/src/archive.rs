@@ -15,8 +15,8 @@
 //! that it carries the event as the archive holds it now (an edited message's current
 //! text, a deleted one's empty data and `"deleted": true`).
 //!
-//! Owns: the request and answer of `int.archive.read`, the archived namespaces
-//! (`SWITCHBOARD_ARCHIVE_NAMESPACES`), and the pure decisions of where the stream ends
+//! Owns: the request and answer of `int.archive.read`, which channels are archived
+//! (`SWITCHBOARD_ARCHIVE_NAMESPACES` in [`crate::config`]), and the pure decisions of where the stream ends
 //! and the archive must begin. It must not touch the hub or a session.
 
 use std::time::Duration;
@@ -32,10 +32,6 @@ use crate::Edge;
 use crate::mailbox::text;
 use crate::refusal::Refusal;
 
-/// The variable naming the archived namespaces; the workers' archive job reads the same.
-pub const NAMESPACES_VAR: &str = "SWITCHBOARD_ARCHIVE_NAMESPACES";
-/// Archived when the variable is unset.
-const DEFAULT_NAMESPACES: &str = "conversation";
 /// Most events one `int.archive.read` answers (the workers' cap).
 pub const PAGE: usize = 1000;
 /// How long a read waits for an archive that has not yet processed what it needs.
@@ -50,23 +46,11 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// From `SWITCHBOARD_ARCHIVE_NAMESPACES` (comma separated; default `conversation`;
-    /// empty: nothing is archived). It must name what the workers' archive job archives.
-    pub fn from_env() -> Result<Archive, String> {
-        let value =
-            std::env::var(NAMESPACES_VAR).unwrap_or_else(|_| DEFAULT_NAMESPACES.to_string());
-        Archive::parse(&value).map_err(|e| format!("{NAMESPACES_VAR}: {e}"))
-    }
-
-    pub fn parse(list: &str) -> Result<Archive, String> {
-        let mut namespaces = Vec::new();
-        for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            let namespace: Namespace = word.parse().map_err(|e| format!("{e}"))?;
-            if !namespaces.contains(&namespace) {
-                namespaces.push(namespace);
-            }
+    /// The namespaces of `SWITCHBOARD_ARCHIVE_NAMESPACES` (the edge's configuration).
+    pub fn new(namespaces: &[Namespace]) -> Archive {
+        Archive {
+            namespaces: namespaces.to_vec(),
         }
-        Ok(Archive { namespaces })
     }
 
     /// Whether the archive holds the events of `channel` (any spelling).
@@ -456,15 +440,13 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_default_to_conversation_and_unknown_ones_are_refused() {
+    fn only_the_archived_namespaces_are_read_from_the_archive() {
         let conversation = ChannelName::parse("conversation:c1").unwrap();
-        let project = ChannelName::parse("project:p1").unwrap();
-        let archive = Archive::parse(DEFAULT_NAMESPACES).unwrap();
-        assert!(archive.holds(&conversation) && !archive.holds(&project));
-        let both = Archive::parse(" conversation , project,project").unwrap();
-        assert!(both.holds(&project));
-        assert!(!Archive::parse("").unwrap().holds(&conversation));
-        assert!(Archive::parse("conversation,chat").is_err());
+        let alias = ChannelName::parse("user:u1:messages").unwrap();
+        let archive = Archive::new(&[Namespace::Conversation]);
+        assert!(archive.holds(&conversation) && !archive.holds(&alias));
+        assert!(Archive::new(&[Namespace::User]).holds(&alias));
+        assert!(!Archive::new(&[]).holds(&conversation));
     }
 
     /// A full page from the stream needs nothing more; a short one continues below the

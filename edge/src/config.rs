@@ -244,6 +244,18 @@ pub struct EdgeConfig {
         value_parser = clap::builder::FalseyValueParser::new()
     )]
     pub publish_hook_fail_open: bool,
+
+    /// Namespaces the workers' archive job keeps (comma separated; give the edge the
+    /// workers' value): `history` and resumes read what `EVENTS` no longer holds of
+    /// their channels from the archive (docs/protocol.md, section 10.10).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ARCHIVE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "conversation",
+        value_parser = crate::hook::parse_namespace
+    )]
+    pub archive_namespaces: Vec<switchboard_schemas::channel::Namespace>,
 }
 
 impl EdgeConfig {

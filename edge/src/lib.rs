@@ -171,7 +171,7 @@ impl Edge {
             users: Arc::new(Users::new(&config)),
             presence: Arc::new(Presence::new(nats.clone(), id.clone(), config.heartbeat())),
             publisher: Publisher::new(nats.clone()),
-            archive: archive::Archive::from_env().map_err(anyhow::Error::msg)?,
+            archive: archive::Archive::new(&config.archive_namespaces),
             hook: hook::PublishHook::from_config(&config),
             store,
             nats,
