@@ -19,13 +19,14 @@ use crate::output;
 /// Who the workers' logs name as the caller of an erasure from this command.
 const CALLER: &str = "switchboard-cli";
 /// The places an erasure reports on, in the order printed.
-const PLACES: [(&str, &str); 6] = [
+const PLACES: [(&str, &str); 7] = [
     ("events", "copies in the EVENTS stream"),
     ("archive", "archive rows"),
     ("search", "messages search could find"),
     ("inbox", "inbox entries"),
     ("notifications", "notifications"),
     ("deliveries", "push and email deliveries"),
+    ("outbox", "outbox rows of notification events"),
 ];
 
 #[derive(Debug, clap::Args)]

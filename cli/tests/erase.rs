@@ -123,6 +123,7 @@ async fn erase_prints_what_it_removed_and_the_text_is_gone() {
             ("0", "inbox entries"),
             ("0", "notifications"),
             ("0", "push and email deliveries"),
+            ("0", "outbox rows of notification events"),
         ]
         .map(|(c, p)| (c.to_string(), p.to_string())),
         "{out}"

@@ -1,5 +1,5 @@
 //! Erasure as a process, against a real nats-server and PostgreSQL: the archive,
-//! membership and notifications jobs run, conversation events go in on
+//! membership and notifications jobs and the outbox relay run, conversation events go in on
 //! `rt.conversation.<id>`, and `erase.user` / `erase.channel` are called as a backend's
 //! request reaches the workers (`Rt-Role: service`). Afterwards the erased text is
 //! nowhere a client, a search or an operator could read it.
@@ -12,7 +12,7 @@ use switchboard_schemas::Actor;
 
 use support::{Setup, Worker, call, event, eventually, request, setup, stored_events};
 
-const JOBS: &str = "archive,membership,notifications";
+const JOBS: &str = "archive,membership,notifications,outbox";
 
 async fn publish(setup: &Setup, ch: &str, ty: &str, actor: Option<&str>, data: Value) -> u64 {
     let mut event = event(ty, data);
@@ -66,6 +66,10 @@ async fn rows_holding(db: &PgPool, needle: &str) -> Vec<String> {
         (
             "deliveries",
             "SELECT id::text FROM switchboard.notification_deliveries WHERE payload::text LIKE $1",
+        ),
+        (
+            "outbox",
+            "SELECT event_id FROM switchboard.outbox WHERE data::text LIKE $1",
         ),
     ] {
         let rows: Vec<String> = sqlx::query_scalar(sql)
@@ -142,7 +146,12 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
         let found = searchable["results"].as_array().map_or(0, Vec::len);
         let inbox = call(&setup, "inbox.list", "u2", json!({})).await;
         let notified = notifications_about(&setup.db, "pineapple").await;
-        (found == 1 && inbox["conversations"][0]["last"]["seq"] == last && notified == 2)
+        let announced = stream_holding(&setup, "pineapple").await.len();
+        // Two messages (the edit says mango), and the user.notification events made from them.
+        (found == 1
+            && inbox["conversations"][0]["last"]["seq"] == last
+            && notified == 2
+            && announced == 4)
             .then_some(())
     })
     .await;
@@ -151,7 +160,10 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
     let result = &reply["result"];
     assert_eq!(result["user"], "u1", "{reply}");
     let removed = &result["removed"];
-    assert_eq!(removed["events"], 3, "two messages and an edit: {reply}");
+    assert_eq!(
+        removed["events"], 5,
+        "two messages, an edit, two user.notification events: {reply}"
+    );
     assert_eq!(removed["archive"], 3, "{reply}");
     assert_eq!(removed["search"], 2, "{reply}");
     assert_eq!(
@@ -159,6 +171,7 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
         "both entries' last message changed: {reply}"
     );
     assert_eq!(removed["notifications"], 2, "{reply}");
+    assert_eq!(removed["outbox"], 2, "{reply}");
 
     for needle in ["pineapple", "mango"] {
         assert_eq!(rows_holding(&setup.db, needle).await, Vec::<String>::new());
@@ -196,7 +209,7 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
     let again = erase(&setup, "user", "service", json!({"user": "u1"})).await;
     assert_eq!(
         again["result"]["removed"],
-        json!({"events":0,"archive":0,"search":0,"inbox":0,"notifications":0,"deliveries":0}),
+        json!({"events":0,"archive":0,"search":0,"inbox":0,"notifications":0,"deliveries":0,"outbox":0}),
         "{again}"
     );
 }
@@ -216,7 +229,9 @@ async fn a_conversation_is_erased_everywhere() {
     eventually("both conversations archived and notified", || async {
         let notified = notifications_about(&setup.db, "durian").await;
         let other = notifications_about(&setup.db, "stays").await;
-        (archived(&setup.db, c1).await == 4 && notified == 2 && other == 1).then_some(())
+        let announced = stream_holding(&setup, "durian").await.len();
+        (archived(&setup.db, c1).await == 4 && notified == 2 && other == 1 && announced == 4)
+            .then_some(())
     })
     .await;
 
@@ -224,11 +239,15 @@ async fn a_conversation_is_erased_everywhere() {
     let result = &reply["result"];
     assert_eq!(result["ch"], c1, "{reply}");
     let removed = &result["removed"];
-    assert_eq!(removed["events"], 4, "two joins, two messages: {reply}");
+    assert_eq!(
+        removed["events"], 6,
+        "two joins, two messages, two user.notification events: {reply}"
+    );
     assert_eq!(removed["archive"], 4, "{reply}");
     assert_eq!(removed["search"], 2, "{reply}");
     assert_eq!(removed["inbox"], 2, "{reply}");
     assert_eq!(removed["notifications"], 2, "{reply}");
+    assert_eq!(removed["outbox"], 2, "{reply}");
 
     assert_eq!(
         rows_holding(&setup.db, "durian").await,
@@ -320,4 +339,38 @@ async fn users_may_not_erase_and_bad_params_are_refused() {
         );
     }
     assert_eq!(stored_events(&setup, "rt.conversation.c1").await.len(), 2);
+}
+
+#[tokio::test]
+async fn an_erasure_racing_the_jobs_leaves_nothing_behind() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, JOBS, &[]);
+    let c1 = "conversation:c1";
+    join(&setup, c1, "u1").await;
+    join(&setup, c1, "u2").await;
+    for n in 0..30 {
+        say(&setup, c1, "u1", &format!("lychee {n}")).await;
+    }
+    // No wait: the jobs may be copying these messages while they are erased.
+    let reply = erase(&setup, "user", "service", json!({"user": "u1"})).await;
+    assert!(
+        reply["result"]["removed"]["events"].as_u64().unwrap() > 0,
+        "{reply}"
+    );
+    // Once a later message is archived and notified, the jobs are past the erased ones.
+    say(&setup, c1, "u2", "marker").await;
+    eventually("the marker archived and notified", || async {
+        let archived: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM switchboard.archive WHERE text = 'marker'")
+                .fetch_one(&setup.db)
+                .await
+                .unwrap();
+        (archived == 1 && notifications_about(&setup.db, "marker").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        rows_holding(&setup.db, "lychee").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(stream_holding(&setup, "lychee").await, Vec::<u64>::new());
 }

@@ -3,7 +3,7 @@
 //!
 //! | method | params | result |
 //! | --- | --- | --- |
-//! | `erase.user` | `{"user":"u1"}` | `{"user":"u1","removed":{"events":..,"archive":..,"search":..,"inbox":..,"notifications":..,"deliveries":..}}` |
+//! | `erase.user` | `{"user":"u1"}` | `{"user":"u1","removed":{"events":..,"archive":..,"search":..,"inbox":..,"notifications":..,"deliveries":..,"outbox":..}}` |
 //! | `erase.channel` | `{"ch":"conversation:c1"}` | `{"ch":"conversation:c1","removed":{...}}` |
 //!
 //! `erase.user` removes every message the user sent (`message.new`, `.edited`,
@@ -12,13 +12,21 @@
 //! blanked like a deleted message (the seq stays, the text and data go, so history keeps
 //! its order and search finds nothing), the inbox entries of their conversations are
 //! recounted, and the notifications made from them are deleted with their push and
-//! email copies. `erase.channel` purges the channel's subject from `EVENTS` and deletes
-//! its archive rows, inbox entries and notifications. Both answer what they removed.
+//! email copies and the `user.notification` events that announced them (outbox rows and
+//! copies in `EVENTS`). `erase.channel` purges the channel's subject from `EVENTS` and
+//! deletes its archive rows, inbox entries and notifications (with the same copies).
+//! Both answer what they removed.
 //!
-//! `EVENTS` is done first: once a message is gone from the stream the archive job cannot
-//! archive it again after the archive was cleaned. Finding a user's messages reads the
-//! whole stream (batched direct gets), so an erasure takes time on a large stream; the
-//! CLI waits as long as it needs.
+//! # Order, and jobs working meanwhile
+//!
+//! 1. The stream is read for the events to erase (a user's messages: the whole stream,
+//!    in batched direct gets, so this takes time on a large stream; the CLI waits).
+//! 2. Their ids go to `switchboard.erased_events`: from then on triggers drop any row a
+//!    job would still write for them (a message it fetched before it left the stream).
+//! 3. They leave `EVENTS`; the erasure then waits (at most [`SETTLE`]) until the jobs
+//!    that copy events into PostgreSQL (`archive`, `notifications`) are past them.
+//! 4. One PostgreSQL transaction cleans the archive, the inbox and the notifications.
+//! 5. The `user.notification` events of the deleted notifications leave `EVENTS`.
 //!
 //! The methods are service-only (backends and operators decide on erasure, not users):
 //! the responder refuses a user's token with `forbidden` before anything here runs.
@@ -26,13 +34,15 @@
 
 mod store;
 
+use std::time::{Duration, Instant};
+
 use async_nats::jetstream;
 use serde::Deserialize;
 use sqlx::PgPool;
 use switchboard_bus::EVENTS_STREAM;
 use switchboard_bus::store::Store;
 use switchboard_schemas::event::types;
-use switchboard_schemas::{ChannelName, Envelope, ErrorCode, SubjectKind, UserId};
+use switchboard_schemas::{ChannelName, Envelope, ErrorCode, Namespace, SubjectKind, UserId};
 
 use crate::job::Delivery;
 use crate::responder::{Call, Method, Reply, RpcError, Service};
@@ -46,6 +56,10 @@ const SENT: [&str; 3] = [
     types::MESSAGE_EDITED,
     types::MESSAGE_DELETED,
 ];
+/// The durable consumers whose jobs copy events into PostgreSQL.
+const COPIERS: [&str; 2] = ["archive", "notifications"];
+/// Longest wait for them before PostgreSQL is cleaned anyway.
+const SETTLE: Duration = Duration::from_secs(30);
 /// Events read from the stream per direct-get request.
 const SCAN_BATCH: usize = 1000;
 
@@ -78,12 +92,13 @@ impl Erase {
     }
 
     async fn erase_user(&self, user: &UserId) -> Result<Removed, String> {
-        let found = self
+        let (found, through) = self
             .scan("rt.>", |event| {
                 SENT.contains(&event.ty.as_str())
                     && event.actor.as_ref().is_some_and(|a| a.id == user.as_str())
             })
             .await?;
+        self.mark(&found).await?;
         let stream = self.stream().await?;
         let mut events = 0;
         for (seq, _) in &found {
@@ -91,30 +106,66 @@ impl Erase {
                 events += 1;
             }
         }
+        self.settle(&stream, through).await;
         let ids = found.into_iter().map(|(_, id)| id).collect();
-        let mut removed = store::erase_user(&self.db, user.as_str(), &ids)
+        let (mut removed, announced) = store::erase_user(&self.db, user.as_str(), &ids)
             .await
             .map_err(|e| e.to_string())?;
-        removed.events = events;
+        removed.events = events + self.unannounce(&stream, &announced).await?;
         Ok(removed)
     }
 
     async fn erase_channel(&self, channel: &ChannelName) -> Result<Removed, String> {
         let subject = channel.subject(SubjectKind::Durable);
-        let found = self.scan(&subject, |_| true).await?;
-        let purged = self
-            .stream()
-            .await?
+        let (found, through) = self.scan(&subject, |_| true).await?;
+        self.mark(&found).await?;
+        let stream = self.stream().await?;
+        let purged = stream
             .purge()
             .filter(subject)
             .await
             .map_err(|e| format!("purging EVENTS: {e}"))?;
+        self.settle(&stream, through).await;
         let ids = found.into_iter().map(|(_, id)| id).collect();
-        let mut removed = store::erase_channel(&self.db, channel.as_str(), &ids)
+        let (mut removed, announced) = store::erase_channel(&self.db, channel.as_str(), &ids)
             .await
             .map_err(|e| e.to_string())?;
-        removed.events = purged.purged;
+        removed.events = purged.purged + self.unannounce(&stream, &announced).await?;
         Ok(removed)
+    }
+
+    /// Marks the events erased before they leave the stream (see [`store::record_erased`]).
+    async fn mark(&self, found: &[(u64, String)]) -> Result<(), String> {
+        let ids: Vec<String> = found.iter().map(|(_, id)| id.clone()).collect();
+        store::record_erased(&self.db, &ids)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Erases from the stream the `user.notification` events that announced deleted
+    /// notifications (their outbox rows are gone, so no more can come); how many.
+    async fn unannounce(
+        &self,
+        stream: &jetstream::stream::Stream,
+        announced: &store::Announced,
+    ) -> Result<u64, String> {
+        if announced.is_empty() {
+            return Ok(0);
+        }
+        let user_channels = format!("rt.{}.>", Namespace::User.as_str());
+        let (found, _) = self
+            .scan(&user_channels, |event| {
+                event.ty.as_str() == types::USER_NOTIFICATION
+                    && announced.contains(event.id.as_str())
+            })
+            .await?;
+        let mut erased = 0;
+        for (seq, _) in &found {
+            if erase_one(stream, *seq).await? {
+                erased += 1;
+            }
+        }
+        Ok(erased)
     }
 
     async fn stream(&self) -> Result<jetstream::stream::Stream, String> {
@@ -125,12 +176,13 @@ impl Erase {
     }
 
     /// (seq, event id) of every stored event on `subject` (wildcards allowed) that
-    /// `wanted` picks; undecodable events are skipped.
+    /// `wanted` picks, and the stream's last seq when the scan began; undecodable events
+    /// are skipped.
     async fn scan(
         &self,
         subject: &str,
         wanted: impl Fn(&Envelope) -> bool,
-    ) -> Result<Vec<(u64, String)>, String> {
+    ) -> Result<(Vec<(u64, String)>, u64), String> {
         let position = self.store.position().await.map_err(|e| e.to_string())?;
         let mut found = Vec::new();
         let mut next = position.first_seq.max(1);
@@ -153,7 +205,36 @@ impl Erase {
                 }
             }
         }
-        Ok(found)
+        Ok((found, position.last_seq))
+    }
+
+    /// Waits until every copying job has handled the stream up to `through` (or has
+    /// nothing left to handle), at most [`SETTLE`]; a job that is not set up counts as
+    /// done.
+    async fn settle(&self, stream: &jetstream::stream::Stream, through: u64) {
+        let deadline = Instant::now() + SETTLE;
+        for name in COPIERS {
+            loop {
+                let Ok(info) = stream.consumer_info(name).await else {
+                    break;
+                };
+                let idle = info.num_pending == 0 && info.num_ack_pending == 0;
+                if idle || info.ack_floor.stream_sequence >= through {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    tracing::warn!(
+                        consumer = name,
+                        through,
+                        ack_floor = info.ack_floor.stream_sequence,
+                        "erasing without waiting longer for this job: a message it fetched \
+                         before the erasure may still be copied (run the erasure again later)"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 

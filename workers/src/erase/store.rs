@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
+use switchboard_schemas::EventId;
+use switchboard_schemas::event::types;
 
 /// What one erasure removed, per place.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -27,7 +29,14 @@ pub struct Removed {
     pub notifications: u64,
     /// Push and email deliveries (sent or waiting) deleted.
     pub deliveries: u64,
+    /// Outbox rows of the `user.notification` events announcing those notifications
+    /// (sent or waiting) deleted.
+    pub outbox: u64,
 }
+
+/// What an erasure still has to take out of `EVENTS` after PostgreSQL: the ids of the
+/// `user.notification` events that announced the deleted notifications.
+pub type Announced = BTreeSet<String>;
 
 const LOCK: &str = "
 SELECT count(pg_advisory_xact_lock(hashtextextended('switchboard.inbox:' || channel, 0)))
@@ -99,7 +108,17 @@ const DELETE_INBOX: &str = "DELETE FROM switchboard.inbox_entries WHERE channel 
 const DELETE_NOTIFICATIONS: &str = "
 DELETE FROM switchboard.notifications
  WHERE event_id = ANY($1::text[]) OR ($2::text IS NOT NULL AND ref_channel = $2)
-RETURNING event_id";
+RETURNING id, event_id";
+
+const DELETE_OUTBOX: &str = "DELETE FROM switchboard.outbox WHERE event_id = ANY($1::text[])";
+
+const RECORD_ERASED: &str = "
+INSERT INTO switchboard.erased_events (event_id)
+SELECT unnest($1::text[])
+ON CONFLICT (event_id) DO UPDATE SET erased_at = now()";
+
+const PRUNE_ERASED: &str =
+    "DELETE FROM switchboard.erased_events WHERE erased_at < now() - interval '7 days'";
 
 const DELETE_DELIVERIES: &str = "
 DELETE FROM switchboard.notification_deliveries WHERE event_id = ANY($1::text[])";
@@ -109,11 +128,37 @@ DELETE FROM switchboard.notification_deliveries WHERE event_id = ANY($1::text[])
 const BLANK_NOTIFICATIONS: &str = "
 UPDATE switchboard.notifications SET message = ''
  WHERE ref_channel = $1 AND ref_seq = $2 AND message <> ''
-RETURNING event_id";
+RETURNING id, event_id";
+
+const BLANK_OUTBOX: &str = "
+UPDATE switchboard.outbox SET data = jsonb_set(data, '{message}', '\"\"')
+ WHERE event_id = ANY($1::text[]) AND jsonb_typeof(data) = 'object' AND data ? 'message'";
 
 const BLANK_DELIVERIES: &str = "
 UPDATE switchboard.notification_deliveries SET payload = jsonb_set(payload, '{message}', '\"\"')
- WHERE event_id = ANY($1::text[]) AND payload ? 'message'";
+ WHERE event_id = ANY($1::text[]) AND jsonb_typeof(payload) = 'object' AND payload ? 'message'";
+
+/// Marks `event_ids` erased before they leave `EVENTS`, so that no job copies them into
+/// PostgreSQL after the erasure (see the migration `erasure`); forgets marks a week old.
+pub async fn record_erased(db: &PgPool, event_ids: &[String]) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query(PRUNE_ERASED).execute(&mut *tx).await?;
+    for chunk in event_ids.chunks(10_000) {
+        sqlx::query(RECORD_ERASED)
+            .bind(chunk)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// The id of the `user.notification` event announcing notification `id` (the
+/// notifications job derives it the same way).
+fn announcement(id: &str) -> String {
+    EventId::derive(&[types::USER_NOTIFICATION, id])
+        .as_str()
+        .to_string()
+}
 
 /// Blanks `user`'s messages in the archive, recounts the inbox entries of their
 /// conversations, and deletes the notifications made from `event_ids` (the messages
@@ -122,7 +167,7 @@ pub async fn erase_user(
     db: &PgPool,
     user: &str,
     event_ids: &BTreeSet<String>,
-) -> Result<Removed, sqlx::Error> {
+) -> Result<(Removed, Announced), sqlx::Error> {
     let mut tx = db.begin().await?;
     let channels: Vec<String> = sqlx::query_scalar(USER_CHANNELS)
         .bind(user)
@@ -146,9 +191,9 @@ pub async fn erase_user(
         .into_iter()
         .collect();
     ids.extend(event_ids.iter().cloned());
-    forget_notifications(&mut tx, &ids, None, &mut removed).await?;
+    let announced = forget_notifications(&mut tx, &ids, None, &mut removed).await?;
     tx.commit().await?;
-    Ok(removed)
+    Ok((removed, announced))
 }
 
 /// Deletes everything the archive, the inbox and the notifications hold of `channel`;
@@ -157,7 +202,7 @@ pub async fn erase_channel(
     db: &PgPool,
     channel: &str,
     event_ids: &BTreeSet<String>,
-) -> Result<Removed, sqlx::Error> {
+) -> Result<(Removed, Announced), sqlx::Error> {
     let mut tx = db.begin().await?;
     lock(&mut tx, &[channel.to_string()]).await?;
     let deleted: Vec<(String, bool)> = sqlx::query_as(DELETE_CHANNEL)
@@ -178,28 +223,34 @@ pub async fn erase_channel(
     }
     let mut ids: BTreeSet<String> = deleted.into_iter().map(|(id, _)| id).collect();
     ids.extend(event_ids.iter().cloned());
-    forget_notifications(&mut tx, &ids, Some(channel), &mut removed).await?;
+    let announced = forget_notifications(&mut tx, &ids, Some(channel), &mut removed).await?;
     tx.commit().await?;
-    Ok(removed)
+    Ok((removed, announced))
 }
 
 /// Blanks the notifications made from the message at `seq` on `channel` (it was deleted);
 /// returns how many were changed.
 pub async fn blank_notifications(db: &PgPool, channel: &str, seq: i64) -> Result<u64, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let ids: Vec<String> = sqlx::query_scalar(BLANK_NOTIFICATIONS)
+    let blanked: Vec<(String, String)> = sqlx::query_as(BLANK_NOTIFICATIONS)
         .bind(channel)
         .bind(seq)
         .fetch_all(&mut *tx)
         .await?;
-    if !ids.is_empty() {
+    if !blanked.is_empty() {
+        let events: Vec<&str> = blanked.iter().map(|(_, event)| event.as_str()).collect();
         sqlx::query(BLANK_DELIVERIES)
-            .bind(&ids)
+            .bind(&events)
+            .execute(&mut *tx)
+            .await?;
+        let announced: Vec<String> = blanked.iter().map(|(id, _)| announcement(id)).collect();
+        sqlx::query(BLANK_OUTBOX)
+            .bind(&announced)
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
-    Ok(ids.len() as u64)
+    Ok(blanked.len() as u64)
 }
 
 async fn lock(tx: &mut PgConnection, channels: &[String]) -> Result<(), sqlx::Error> {
@@ -233,20 +284,26 @@ async fn forget_notifications(
     event_ids: &BTreeSet<String>,
     channel: Option<&str>,
     removed: &mut Removed,
-) -> Result<(), sqlx::Error> {
+) -> Result<Announced, sqlx::Error> {
     let ids: Vec<&str> = event_ids.iter().map(String::as_str).collect();
-    let notified: Vec<String> = sqlx::query_scalar(DELETE_NOTIFICATIONS)
+    let notified: Vec<(String, String)> = sqlx::query_as(DELETE_NOTIFICATIONS)
         .bind(&ids)
         .bind(channel)
         .fetch_all(&mut *tx)
         .await?;
     removed.notifications = notified.len() as u64;
     let mut all: BTreeSet<&str> = ids.into_iter().collect();
-    all.extend(notified.iter().map(String::as_str));
+    all.extend(notified.iter().map(|(_, event)| event.as_str()));
     removed.deliveries = sqlx::query(DELETE_DELIVERIES)
         .bind(all.into_iter().collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    Ok(())
+    let announced: Announced = notified.iter().map(|(id, _)| announcement(id)).collect();
+    removed.outbox = sqlx::query(DELETE_OUTBOX)
+        .bind(announced.iter().map(String::as_str).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    Ok(announced)
 }
