@@ -116,10 +116,25 @@ pub struct Args {
     /// At the end, print figures as one JSON object on stderr: events, rate, peak RSS.
     #[arg(long)]
     stats: bool,
+    /// Namespaces the workers' archive job keeps (comma separated, as the workers are
+    /// told): what EVENTS no longer holds of their channels is read from the archive.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ARCHIVE_NAMESPACES",
+        value_name = "NS",
+        value_delimiter = ',',
+        default_value = "conversation",
+        value_parser = parse_namespace
+    )]
+    archive_namespaces: Vec<Namespace>,
 }
 
 fn parse_channel(text: &str) -> Result<ChannelName, String> {
     ChannelName::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_namespace(text: &str) -> Result<Namespace, String> {
+    text.trim().parse().map_err(|e| format!("{e}"))
 }
 
 fn parse_user(text: &str) -> Result<UserId, String> {
@@ -162,7 +177,7 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
     }
     let sources = merge::group(channels);
     let filters: TypeFilters = args.types.iter().cloned().collect();
-    let namespaces = archived_namespaces()?;
+    let namespaces = &args.archive_namespaces;
     let archived_sources = sources
         .iter()
         .any(|s| namespaces.contains(&s.base().namespace()));
@@ -202,7 +217,7 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
                 since: args.since,
                 until: args.until,
             };
-            Archived::open(&client, &store, &sources, &namespaces, reach).await?
+            Archived::open(&client, &store, &sources, namespaces, reach).await?
         } else {
             Archived::default()
         };
@@ -719,6 +734,11 @@ fn resume_command(args: &Args, sources: &[Source], from: u64, last: u64) -> Stri
     if args.stats {
         words.push("--stats".to_string());
     }
+    if args.archive_namespaces != [Namespace::Conversation] {
+        let list: Vec<&str> = args.archive_namespaces.iter().map(|n| n.as_str()).collect();
+        words.push("--archive-namespaces".to_string());
+        words.push(shell_quote(&list.join(",")));
+    }
     words.join(" ")
 }
 
@@ -734,26 +754,10 @@ fn shell_quote(word: &str) -> String {
     }
 }
 
-/// The variable naming the archived namespaces, as the workers' archive job and the
-/// edge read it.
-const ARCHIVE_NAMESPACES: &str = "SWITCHBOARD_ARCHIVE_NAMESPACES";
 /// How long the replay waits for an archive that has not yet processed what it needs.
 const ARCHIVE_LAG_WAIT: Duration = Duration::from_secs(2);
 /// Archived events read per request (the workers' cap).
 const ARCHIVE_PAGE: usize = 1000;
-
-/// The archived namespaces (`SWITCHBOARD_ARCHIVE_NAMESPACES`, default `conversation`).
-fn archived_namespaces() -> anyhow::Result<Vec<Namespace>> {
-    let list = std::env::var(ARCHIVE_NAMESPACES).unwrap_or_else(|_| "conversation".into());
-    list.split(',')
-        .map(str::trim)
-        .filter(|word| !word.is_empty())
-        .map(|word| {
-            word.parse::<Namespace>()
-                .map_err(|e| anyhow::anyhow!("{ARCHIVE_NAMESPACES}: {e}"))
-        })
-        .collect()
-}
 
 /// What the archive part of a replay covers.
 struct Reach<'a> {
