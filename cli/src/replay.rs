@@ -16,7 +16,7 @@
 //! `conversation`) reach back past the stream: what `EVENTS` no longer holds of them is
 //! read from the workers' archive over `int.archive.read` ([`Archived`]), below each
 //! channel's oldest event in the stream, and merged in by seq (docs/protocol.md, section
-//! 11.1). Archived events carry the event as the archive holds it now (an edited
+//! 10.10). Archived events carry the event as the archive holds it now (an edited
 //! message's current text, a deleted one's empty data) and are kept by their own
 //! timestamp when `--since`/`--until` are given.
 

@@ -1,4 +1,4 @@
-//! `switchboard replay` past the stream (docs/protocol.md, section 11.1): a conversation's
+//! `switchboard replay` past the stream (docs/protocol.md, section 10.10): a conversation's
 //! older events, purged from `EVENTS`, come from the workers' archive (a real
 //! `switchboard-workers` process with the archive job, real PostgreSQL), merged by seq
 //! with the stream's part and with other channels.

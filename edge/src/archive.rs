@@ -1,6 +1,6 @@
 //! The archive as the edge sees it: what `EVENTS` no longer holds of a channel in an
 //! archived namespace, asked of the workers over `int.archive.read` (docs/protocol.md,
-//! section 11.1). The edge never touches PostgreSQL.
+//! sections 4.7, 6 and 10.10). The edge never touches PostgreSQL.
 //!
 //! The stream keeps a suffix of each channel's events (retention, the per-channel cap and
 //! purges all drop the oldest first); the archive keeps every event of the channel up to
@@ -16,8 +16,9 @@
 //! text, a deleted one's empty data and `"deleted": true`).
 //!
 //! Owns: the request and answer of `int.archive.read`, which channels are archived
-//! (`SWITCHBOARD_ARCHIVE_NAMESPACES` in [`crate::config`]), and the pure decisions of where the stream ends
-//! and the archive must begin. It must not touch the hub or a session.
+//! (`SWITCHBOARD_ARCHIVE_NAMESPACES` in [`crate::config`]), and the pure decisions of
+//! where the stream ends and the archive must begin. It must not touch the hub or a
+//! session.
 
 use std::time::Duration;
 

@@ -384,7 +384,7 @@ pub async fn poll(
         }
     };
     // Judged per channel, as for a socket's `since` (docs/protocol.md, sections 6 and
-    // 11.1): the stream, or the archive where the stream lost events.
+    // 10.10): the stream, or the archive where the stream lost events.
     let mut recovered = recovered;
     let position = edge.position();
     for channel in &opening.channels {

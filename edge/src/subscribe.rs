@@ -133,7 +133,7 @@ pub async fn subscribe(
         Start::Seq(from) => {
             let mut replayed = from - 1;
             // What the stream lost after `since` comes first, from the archive, up to
-            // the stream's oldest event of the channel (docs/protocol.md, section 11.1).
+            // the stream's oldest event of the channel (docs/protocol.md, section 6).
             if let Some(archived) = archived {
                 match replay_archive(
                     edge,
@@ -274,7 +274,7 @@ async fn replay_archive(
 }
 
 /// Whether a resume after `since` is recovered (docs/protocol.md, sections 6 and
-/// 11.1), and the archive's part when the stream alone does not cover it.
+/// 10.10), and the archive's part when the stream alone does not cover it.
 pub struct Resume {
     pub recovered: bool,
     pub archive: Option<Bridgehead>,

@@ -1,4 +1,4 @@
-//! History and resume past the stream (docs/protocol.md, section 11.1): a real edge, a
+//! History and resume past the stream (docs/protocol.md, sections 4.7 and 6): a real edge, a
 //! real `switchboard-workers` process running the archive job, real NATS and
 //! PostgreSQL. A conversation's older events are purged from `EVENTS`; `history`, `sub`
 //! with `since`, SSE and long polling continue into the archive with the same frames

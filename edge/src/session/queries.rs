@@ -122,7 +122,7 @@ impl Session {
         let user = self.identity.user.clone();
         self.spawn(id, async move {
             // The stream's newest events, continued into the archive where the stream
-            // no longer holds enough (docs/protocol.md, section 11.1).
+            // no longer holds enough (docs/protocol.md, section 4.7).
             let kept = match archive::newest(&edge, &user, &ch.base(), before, limit).await {
                 Ok(kept) => kept,
                 Err(refusal) => return Some(refusal.frame(id)),
