@@ -33,14 +33,18 @@
 //!
 //! - [`rpc`] serves `svc.notifications.list|read|preferences.get|preferences.set`.
 //! - [`contacts`] serves the service-only `svc.contacts.set|get`: users' email addresses.
+//! - [`push`] serves `svc.push.vapid|subscribe|unsubscribe`: users' Web Push
+//!   subscriptions and FCM/APNs registrations.
 //! - [`sink`] hands deliveries to the webhook and the `notify.push.<user>` /
-//!   `notify.email.<user>` subjects, Web Push and SMTP, with retries.
+//!   `notify.email.<user>` subjects, Web Push, FCM, APNs and SMTP, with retries, when
+//!   they are due ([`escalation`]).
 //! - retention: a periodic pass deleting notifications, deliveries and processed-event
 //!   marks older than the configured retention. Events older than the retention create
 //!   nothing, so a replay of the stream does not resurrect expired notifications.
 //!
 //! This job owns `switchboard.notifications`, `notification_preferences`,
-//! `notification_deliveries`, `contacts` and its rows of `processed_events`. It reads
+//! `notification_deliveries`, `contacts`, `push_subscriptions`, `mobile_devices` and its
+//! rows of `processed_events`. It reads
 //! `channel_members` and the `presence` bucket. It publishes no event itself: its events
 //! are outbox rows, so the outbox relay must run somewhere for them to reach clients.
 
@@ -193,7 +197,7 @@ pub struct NotificationsConfig {
     #[arg(long, env = "SWITCHBOARD_FCM_TOKEN_URL")]
     pub fcm_token_url: Option<String>,
 
-    /// FCM API base URL; messages go to <it>/v1/projects/<project>/messages:send.
+    /// FCM API base URL; messages go to {it}/v1/projects/{project}/messages:send.
     #[arg(long, env = "SWITCHBOARD_FCM_ENDPOINT", default_value = fcm::DEFAULT_ENDPOINT)]
     pub fcm_endpoint: String,
 
