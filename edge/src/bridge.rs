@@ -2,7 +2,13 @@
 //!
 //! One task per channel owns two core NATS subscriptions, `live.<ns>.<id>` (the stream's
 //! republish of stored events) and `sig.<ns>.<id>` (ephemeral signals), and feeds the
-//! channel in stream order. It is the only place that notices loss on the live path:
+//! channel in stream order. Channels of the namespaces in [`ROUTED`] (`user:<id>`, which
+//! nearly every connection brings and nobody else shares) have no subscriptions of their
+//! own: one edge-wide pair, `live.user.*` and `sig.user.*`, is dispatched to them by
+//! subject. A NATS subscription holds a preallocated buffer of a few KiB, so this keeps
+//! an idle connection small; the price is that every edge receives every user channel's
+//! events and drops those of users it does not hold (docs/operations.md, "Sizing").
+//! The bridge is the only place that notices loss on the live path:
 //!
 //! - `Nats-Last-Sequence` on a live message names the previous event on the same
 //!   subject; if that is past the channel's head, events were missed and are read back
@@ -28,7 +34,7 @@ use futures_util::StreamExt;
 use switchboard_bus::headers;
 use switchboard_bus::store::{Store, StoredEvent};
 use switchboard_schemas::shapes::SignalMessage;
-use switchboard_schemas::{ServerFrame, SubjectKind};
+use switchboard_schemas::{ChannelName, Namespace, ServerFrame, SubjectKind};
 
 use crate::hub::{Channel, Hub};
 use crate::mailbox::{ConnId, text};
@@ -40,6 +46,8 @@ pub const RT_ORIGIN: &str = "Rt-Origin";
 const REPAIR_BATCH: usize = 256;
 /// Most channel heads asked for in one request.
 const HEADS_BATCH: usize = 256;
+/// Namespaces whose channels are fed by one edge-wide subscription pair (see above).
+pub const ROUTED: [Namespace; 1] = [Namespace::User];
 
 /// A channel waiting for its head, and where to send it.
 type HeadRequest = (String, oneshot::Sender<Result<u64, String>>);
@@ -89,6 +97,8 @@ pub struct Bridge {
     client: async_nats::Client,
     store: Store,
     heads: Heads,
+    /// True once the edge-wide subscriptions of [`ROUTED`] are made.
+    routed: tokio::sync::watch::Receiver<bool>,
     hub: Arc<Hub>,
     edge_id: Arc<str>,
     metrics: Arc<Metrics>,
@@ -102,14 +112,80 @@ impl Bridge {
         metrics: Arc<Metrics>,
     ) -> Bridge {
         let store = Store::new(client.clone());
-        Bridge {
+        let (routing, routed) = tokio::sync::watch::channel(false);
+        let bridge = Bridge {
             heads: Heads::start(store.clone()),
+            routed,
             store,
             client,
             hub,
             edge_id,
             metrics,
+        };
+        tokio::spawn(bridge.clone().route(routing));
+        bridge
+    }
+
+    /// Feeds every channel of the [`ROUTED`] namespaces from one edge-wide subscription
+    /// pair, in subject order, for as long as the client lives.
+    async fn route(self, routing: tokio::sync::watch::Sender<bool>) {
+        let subscribed = async {
+            let mut live = Vec::new();
+            let mut signals = Vec::new();
+            for ns in ROUTED {
+                let ns = ns.as_str();
+                live.push(self.client.subscribe(format!("live.{ns}.*")).await?);
+                signals.push(self.client.subscribe(format!("sig.{ns}.*")).await?);
+            }
+            Ok::<_, async_nats::SubscribeError>((
+                futures_util::stream::select_all(live),
+                futures_util::stream::select_all(signals),
+            ))
+        };
+        let (mut live, mut signals) = match subscribed.await {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Without them those channels cannot be fed: every one fails to start
+                // (as a channel whose own subscriptions fail does) instead of staying silent.
+                tracing::error!(error = %e, "cannot subscribe the edge-wide user channels");
+                drop(routing);
+                return;
+            }
+        };
+        routing.send_replace(true);
+        loop {
+            tokio::select! {
+                message = live.next() => match message {
+                    Some(message) => {
+                        let Some(channel) = self.routed_channel(&message) else { continue };
+                        if channel.is_ready() {
+                            Box::pin(self.on_live(&channel, &message)).await;
+                        } else {
+                            // Between its subscription and its head: whatever this is, the
+                            // channel reads the stream past its head once it knows it.
+                            channel.resync.notify_one();
+                        }
+                    }
+                    None => break,
+                },
+                message = signals.next() => match message {
+                    Some(message) => {
+                        if let Some(channel) = self.routed_channel(&message)
+                            && channel.is_ready()
+                        {
+                            self.on_signal(&channel, &message);
+                        }
+                    }
+                    None => break,
+                },
+            }
         }
+    }
+
+    /// The channel this edge holds for a routed message's subject, if any.
+    fn routed_channel(&self, message: &async_nats::Message) -> Option<Arc<Channel>> {
+        let (_, name) = ChannelName::from_subject(message.subject.as_str()).ok()?;
+        self.hub.get(&name)
     }
 
     /// Spawns the task feeding a newly attached channel.
@@ -123,6 +199,9 @@ impl Bridge {
     }
 
     async fn run(self, channel: Arc<Channel>) {
+        if ROUTED.contains(&channel.name.namespace()) {
+            return self.run_routed(channel).await;
+        }
         let subscribed = async {
             let live = self
                 .client
@@ -172,6 +251,37 @@ impl Bridge {
             // The client dropped the subscriptions (it is shutting down): let the next
             // subscriber start a fresh bridge.
             self.hub.forget(&channel);
+        }
+    }
+
+    /// A channel fed by [`Bridge::route`]: it only needs its head, then repairs when told.
+    async fn run_routed(self, channel: Arc<Channel>) {
+        let started = async {
+            // The edge-wide subscriptions must be known to the server before the head is
+            // read, as a channel's own must (see `run`).
+            let mut routed = self.routed.clone();
+            routed
+                .wait_for(|r| *r)
+                .await
+                .map_err(|_| "the edge-wide user channel subscriptions failed".to_string())?;
+            self.heads
+                .of(channel.name.subject(SubjectKind::Durable))
+                .await
+        };
+        match Box::pin(started).await {
+            Ok(head) => channel.set_ready(head),
+            Err(e) => {
+                tracing::warn!(channel = %channel.name, error = %e, "cannot bridge channel");
+                channel.set_failed(e);
+                self.hub.forget(&channel);
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = channel.stop.cancelled() => break,
+                _ = channel.resync.notified() => Box::pin(self.repair(&channel, None)).await,
+            }
         }
     }
 

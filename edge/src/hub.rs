@@ -267,6 +267,11 @@ impl Channel {
         }
     }
 
+    /// Whether the bridge knows the channel's head (see [`Channel::set_ready`]).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow() == Readiness::Ready
+    }
+
     /// Called by the bridge once it is subscribed and has read the head from the stream.
     pub fn set_ready(&self, head: u64) {
         self.state().head = head;

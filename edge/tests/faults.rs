@@ -124,3 +124,44 @@ async fn an_edge_stopped_while_nats_is_down_still_exits() {
         asked.elapsed().as_secs_f64()
     );
 }
+
+/// User channels are fed by one edge-wide subscription pair (docs/operations.md, "Sizing"):
+/// each user still gets exactly their own events, in order, across a NATS restart.
+#[tokio::test]
+async fn user_channels_routed_edge_wide_lose_nothing_and_mix_nothing() {
+    let mut stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut u1 = edge.connect("u1").await;
+    u1.sub(json!({"ch":"user:u1"})).await;
+    let mut u2 = edge.connect("u2").await;
+    u2.sub(json!({"ch":"user:u2"})).await;
+    let mut published = Vec::new();
+    for n in 0..3 {
+        published.push(
+            stack
+                .publish("user:u1", "user.notification", json!({"n": n}))
+                .await,
+        );
+    }
+    let to_u2 = stack
+        .publish("user:u2", "user.notification", json!({"n": "u2"}))
+        .await;
+    assert_eq!(seqs(&u1.events(3).await), published);
+    assert_eq!(seqs(&u2.events(1).await), [to_u2]);
+
+    stack.nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.nats.start_again().unwrap();
+    stack.client = stack.nats.connect(Role::Service).await.unwrap();
+    let mut after = Vec::new();
+    for n in 3..13 {
+        after.push(
+            stack
+                .publish("user:u1", "user.notification", json!({"n": n}))
+                .await,
+        );
+    }
+    assert_eq!(seqs(&u1.events(after.len()).await), after);
+    assert!(u1.no_more_events().await.is_none());
+    assert!(u2.no_more_events().await.is_none(), "u2 got u1's events");
+}
