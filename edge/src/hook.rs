@@ -20,6 +20,8 @@
 //! rejected key stays rejected with the same reason, an accepted or rewritten one is
 //! published again with the same id and data, which JetStream answers with the first
 //! seq. A retry that arrives while the first question is open waits for its answer.
+//! At most 100,000 verdicts holding at most 32 MiB of rewritten data are kept; past
+//! that the oldest are forgotten first (their retries are asked again).
 //! Failing closed is no verdict: the retry asks again. A retry that reaches another edge
 //! is asked again there (verdicts live in memory); if the first was stored, its publish
 //! still dedupes to the first seq.
@@ -41,8 +43,10 @@ use crate::refusal::Refusal;
 pub const RT_CHANNEL: &str = "Rt-Channel";
 /// How long a verdict is remembered: the `EVENTS` duplicate window (nats/jetstream).
 const REMEMBER: Duration = Duration::from_secs(600);
-/// Verdicts remembered at once; the oldest go first.
+/// Verdicts remembered at once, and bytes of rewritten data among them; past either,
+/// the oldest go first.
 const REMEMBER_MAX: usize = 100_000;
+const REMEMBER_BYTES: usize = 32 * 1024 * 1024;
 /// Longest rejection reason passed on to the client.
 const MAX_REASON: usize = 512;
 const DEFAULT_REASON: &str = "the message was rejected";
@@ -86,6 +90,8 @@ struct Verdicts {
     by_event: HashMap<String, Arc<OnceCell<Verdict>>>,
     /// Event ids in the order they were first asked about, for expiry.
     asked: VecDeque<(Instant, String)>,
+    /// Bytes of the rewritten `data` held by remembered verdicts.
+    bytes: usize,
 }
 
 /// The question a client's message poses.
@@ -143,9 +149,27 @@ impl PublishHook {
             return self.ask(nats, &question).await;
         }
         let slot = self.slot(question.event.id.as_str());
-        slot.get_or_try_init(|| self.ask(nats, &question))
+        let fresh = std::sync::atomic::AtomicBool::new(false);
+        let verdict = slot
+            .get_or_try_init(|| {
+                fresh.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.ask(nats, &question)
+            })
             .await
-            .cloned()
+            .cloned()?;
+        if let Verdict::Modify(data) = &verdict
+            && fresh.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+            let kept = verdicts
+                .by_event
+                .get(question.event.id.as_str())
+                .is_some_and(|kept| Arc::ptr_eq(kept, &slot));
+            if kept {
+                verdicts.bytes += data.as_str().len();
+            }
+        }
+        Ok(verdict)
     }
 
     /// The remembered verdict (or the place for it) of one event id.
@@ -153,12 +177,19 @@ impl PublishHook {
         let mut verdicts = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         while let Some((asked, id)) = verdicts.asked.front() {
-            if now.duration_since(*asked) < REMEMBER && verdicts.asked.len() < REMEMBER_MAX {
+            if now.duration_since(*asked) < REMEMBER
+                && verdicts.asked.len() < REMEMBER_MAX
+                && verdicts.bytes <= REMEMBER_BYTES
+            {
                 break;
             }
             let id = id.clone();
             verdicts.asked.pop_front();
-            verdicts.by_event.remove(&id);
+            if let Some(gone) = verdicts.by_event.remove(&id)
+                && let Some(Verdict::Modify(data)) = gone.get()
+            {
+                verdicts.bytes = verdicts.bytes.saturating_sub(data.as_str().len());
+            }
         }
         if let Some(slot) = verdicts.by_event.get(event_id) {
             return slot.clone();
@@ -383,6 +414,36 @@ mod tests {
         }
         assert!(read_answer(br#"{"action":"modify","data":{"seq":8}}"#, Some(7)).is_err());
         assert!(read_answer(br#"{"action":"modify","data":{"text":"x"}}"#, Some(7)).is_err());
+    }
+
+    fn hook() -> PublishHook {
+        PublishHook {
+            subject: "svc.moderation.check".into(),
+            namespaces: vec![Namespace::Conversation],
+            timeout: Duration::from_secs(1),
+            fail_open: false,
+            verdicts: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn a_retry_finds_the_first_verdict_until_rewritten_data_crowds_it_out() {
+        let hook = hook();
+        let first = hook.slot("evt_a");
+        first.set(Verdict::Reject("no".into())).unwrap();
+        assert!(Arc::ptr_eq(&first, &hook.slot("evt_a")), "remembered");
+
+        let big = RawJson::from_string(format!("{{\"text\":\"{}\"}}", "x".repeat(1024))).unwrap();
+        let rewritten = hook.slot("evt_b");
+        rewritten.set(Verdict::Modify(big)).unwrap();
+        hook.verdicts.lock().unwrap().bytes = REMEMBER_BYTES + 1;
+        // Over the byte budget: the oldest go, until the budget holds again.
+        hook.slot("evt_c");
+        let verdicts = hook.verdicts.lock().unwrap();
+        assert!(!verdicts.by_event.contains_key("evt_a"));
+        assert!(!verdicts.by_event.contains_key("evt_b"));
+        assert!(verdicts.by_event.contains_key("evt_c"));
+        assert!(verdicts.bytes <= REMEMBER_BYTES);
     }
 
     #[test]
