@@ -319,6 +319,11 @@ async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_
             "{traceparent} names an exported webhook span: {webhooks:?}"
         );
     }
+    // The requests an event causes are children of the job's span that handled it.
+    assert!(
+        webhooks.iter().all(|s| s.parent_span_id == handled.span_id),
+        "webhook spans are children of the notifications job's span: {webhooks:?} {handled:?}"
+    );
     // An RPC over HTTP is span `rpc` of the caller's trace.
     let caller = format!("00-{RPC_TRACE_ID}-{CLIENT_SPAN}-01");
     let listed = http_post(

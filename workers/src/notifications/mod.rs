@@ -638,10 +638,13 @@ impl Notifications {
         // `data` is JSON by construction; only a tree deeper than serde_json's recursion
         // limit fails to parse, and then templates see no fields.
         let data = envelope.data.decode::<Value>().unwrap_or(Value::Null);
-        let traceparent = delivery
+        // While exporting, the requests this event causes are children of the job's span
+        // for it (docs/operations.md, "Traces"); else they carry the event's own context.
+        let incoming = delivery
             .header(webhook::TRACEPARENT)
-            .filter(|t| webhook::valid_traceparent(t))
-            .map(str::to_string);
+            .filter(|t| webhook::valid_traceparent(t));
+        let traceparent = switchboard_bus::traces::traceparent(&tracing::Span::current(), incoming)
+            .map(|t| t.as_str().to_string());
         Ok(Some(Event {
             envelope,
             channel,
