@@ -42,6 +42,8 @@ use crate::telemetry::{Handled, JobMetrics};
 pub const NAME: &str = "archive";
 /// Messages written in one transaction at most.
 const BATCH: usize = 500;
+/// How long a batch waits for one more message before it is written.
+const LINGER: Duration = Duration::from_millis(2);
 /// Unacked messages the consumer hands out across all copies (two batches each for a
 /// few copies).
 const MAX_ACK_PENDING: i64 = 4_000;
@@ -152,14 +154,23 @@ impl Consumer {
             };
             let mut batch = vec![first];
             let mut failed = None;
+            // What has arrived, and what keeps arriving without a pause of LINGER: a
+            // busy stream fills batches, a quiet one waits at most LINGER per message.
             while batch.len() < BATCH {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
-                    Some(Some(Err(error))) => {
+                let next = match messages.next().now_or_never() {
+                    Some(next) => next,
+                    None => match tokio::time::timeout(LINGER, messages.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    },
+                };
+                match next {
+                    Some(Ok(message)) => batch.push(message),
+                    Some(Err(error)) => {
                         failed = Some(ConsumeError::Pull(error.to_string()));
                         break;
                     }
-                    Some(None) | None => break,
+                    None => break,
                 }
             }
             backoff.reset();

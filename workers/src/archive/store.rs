@@ -15,7 +15,8 @@
 //!    the original or a change of it: an edit archived before its original is applied
 //!    when the original comes.
 //! 4. Inbox entries: membership changes apply only when newer than the entry's
-//!    `member_seq`; read cursors only move forward; `unread` and `last_seq` are
+//!    `member_seq`; read cursors only move forward (a receipt archived before the join
+//!    waits on an inactive entry); `unread`, `last_seq` and the activity time are
 //!    recomputed from the archive rather than incremented, so the result depends on
 //!    what is archived, never on how often or in which order it was delivered.
 //!
@@ -101,6 +102,13 @@ UPDATE switchboard.archive e
                 WHERE d.channel = t.channel AND d.epoch = $1 AND d.ref_seq = t.seq
                   AND d.type = 'message.deleted')";
 
+/// Whether any of the targets has an edit or deletion archived already (one that came
+/// before its original).
+const ANY_CHANGES: &str = "
+SELECT EXISTS (SELECT 1 FROM unnest($2::text[], $3::bigint[]) AS t(channel, seq)
+                 JOIN switchboard.archive c
+                   ON c.channel = t.channel AND c.epoch = $1 AND c.ref_seq = t.seq)";
+
 /// Joining and leaving, newest membership event first wins.
 const MEMBERS: &str = "
 INSERT INTO switchboard.inbox_entries AS e
@@ -126,22 +134,21 @@ ON CONFLICT (user_id, channel) DO UPDATE
  WHERE e.epoch <> EXCLUDED.epoch OR EXCLUDED.member_seq > e.member_seq
 RETURNING user_id, channel";
 
+/// Read cursors only move forward. A receipt archived before the join it follows (a
+/// redelivery can reorder them) is kept on an inactive entry until the join comes.
 const READS: &str = "
-UPDATE switchboard.inbox_entries e
-   SET read_seq = r.read, updated_at = now()
-  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS r(user_id, channel, read)
- WHERE e.user_id = r.user_id AND e.channel = r.channel AND r.read > e.read_seq
-RETURNING e.user_id, e.channel";
+INSERT INTO switchboard.inbox_entries AS e
+       (user_id, channel, active, member_seq, joined_seq, read_seq, epoch, activity_at)
+SELECT r.user_id, r.channel, false, 0, 0, r.read, $1, timestamptz 'epoch'
+  FROM unnest($2::text[], $3::text[], $4::bigint[]) AS r(user_id, channel, read)
+ON CONFLICT (user_id, channel) DO UPDATE
+   SET read_seq = EXCLUDED.read_seq, updated_at = now()
+ WHERE EXCLUDED.read_seq > e.read_seq
+RETURNING user_id, channel, active";
 
-/// A new message is activity for every participant who was in the conversation then.
-const ACTIVITY: &str = "
-UPDATE switchboard.inbox_entries e
-   SET activity_at = greatest(e.activity_at, a.ts::timestamptz)
-  FROM unnest($1::text[], $2::bigint[], $3::text[]) AS a(channel, seq, ts)
- WHERE e.channel = a.channel AND e.active AND a.seq > e.joined_seq
-   AND e.activity_at < a.ts::timestamptz";
-
-/// Unread and last message of the touched entries, from the archive.
+/// Unread, last message and activity of the touched entries, from the archive: whatever
+/// order their events were archived in, the result is the same. Activity is the time of
+/// the newest message since the user joined (it never goes back).
 const RECOUNT: &str = "
 UPDATE switchboard.inbox_entries e
    SET unread = (SELECT count(*) FROM switchboard.archive a
@@ -152,6 +159,12 @@ UPDATE switchboard.inbox_entries e
        last_seq = (SELECT max(a.seq) FROM switchboard.archive a
                     WHERE a.channel = e.channel AND a.epoch = $1
                       AND a.type = 'message.new' AND NOT a.deleted),
+       activity_at = greatest(e.activity_at,
+                              (SELECT a.ts FROM switchboard.archive a
+                                WHERE a.channel = e.channel AND a.epoch = $1
+                                  AND a.type = 'message.new' AND NOT a.deleted
+                                  AND a.seq > e.joined_seq
+                                ORDER BY a.seq DESC LIMIT 1)),
        epoch = $1,
        updated_at = now()
  WHERE e.active
@@ -248,6 +261,20 @@ async fn reconcile(
     }
     let channels: Vec<&str> = targets.iter().map(|(c, _)| *c).collect();
     let seqs: Vec<i64> = targets.iter().map(|(_, s)| *s).collect();
+    // Most batches hold only new messages that nothing changed yet: one probe instead of
+    // three updates.
+    let changes = records.iter().any(|r| r.ref_seq.is_some());
+    if !changes {
+        let changed: bool = sqlx::query_scalar(ANY_CHANGES)
+            .bind(epoch)
+            .bind(&channels)
+            .bind(&seqs)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !changed {
+            return Ok(());
+        }
+    }
     for statement in [RECONCILE, APPLY_EDITS, BLANK_EDITS] {
         sqlx::query(statement)
             .bind(epoch)
@@ -281,16 +308,11 @@ async fn inbox(
     let mut members: BTreeMap<EntryKey, Membership> = BTreeMap::new();
     let mut reads: BTreeMap<EntryKey, u64> = BTreeMap::new();
     let mut messages: BTreeSet<&str> = BTreeSet::new();
-    let mut activity: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
     for record in sorted {
         let channel = record.channel.as_str();
         match &record.fact {
             Some(Fact::Message) => {
                 messages.insert(channel);
-                if record.ty == "message.new" {
-                    // Sorted by seq: the newest message of each conversation stays.
-                    activity.insert(channel, (bigint(record.seq), &record.timestamp));
-                }
             }
             Some(Fact::Member { user, active }) => {
                 let key = (user.to_string(), channel.to_string());
@@ -355,21 +377,19 @@ async fn inbox(
         changed.extend(rows);
     }
     if !reads.is_empty() {
-        let rows: Vec<(String, String)> = sqlx::query_as(READS)
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(READS)
+            .bind(epoch)
             .bind(reads.keys().map(|(u, _)| u.as_str()).collect::<Vec<_>>())
             .bind(reads.keys().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
             .bind(reads.values().map(|r| bigint(*r)).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
-        changed.extend(rows);
-    }
-    if !activity.is_empty() {
-        sqlx::query(ACTIVITY)
-            .bind(activity.keys().copied().collect::<Vec<_>>())
-            .bind(activity.values().map(|a| a.0).collect::<Vec<_>>())
-            .bind(activity.values().map(|a| a.1).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
+        // A user who is not (yet) in the conversation has no entry to tell about.
+        changed.extend(
+            rows.into_iter()
+                .filter(|(_, _, active)| *active)
+                .map(|(user, channel, _)| (user, channel)),
+        );
     }
     if messages.is_empty() && changed.is_empty() {
         return Ok(changed);
