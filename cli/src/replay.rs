@@ -910,14 +910,22 @@ impl Archived {
             (Some(page), _) => page,
             (None, error) => anyhow::bail!("int.archive.read refused: {error:?}"),
         };
-        pager.done = page.events.len() < ARCHIVE_PAGE;
+        let previous = pager.after;
+        let full = page.events.len() >= ARCHIVE_PAGE;
         for item in page.events {
-            pager.after = pager.after.max(item.seq);
+            // In order and inside the window only: anything else is the archive's
+            // mistake, and would repeat or skip events.
+            if item.seq <= pager.after || item.seq >= pager.before {
+                continue;
+            }
+            pager.after = item.seq;
             let Some(stored) = self.stored(pager, item) else {
                 continue;
             };
             pager.page.push_back(stored);
         }
+        // A page that moved nothing forward would be asked for again and again.
+        pager.done = !full || pager.after == previous;
         Ok(page.through)
     }
 

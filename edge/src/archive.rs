@@ -263,16 +263,19 @@ pub fn shortfall(
 }
 
 /// The archive's events (newest first, all below the stream's oldest) and the stream's
-/// (ascending) as one ascending page. Anything the archive sent at or above the stream's
-/// oldest is the stream's to give, and is dropped.
-pub fn join_newest(archive_desc: Vec<Kept>, stream_asc: Vec<Kept>) -> Vec<Kept> {
+/// (ascending) as one ascending page, with at most `limit` of the archive's: the newest.
+/// Anything the archive sent at or above the stream's oldest is the stream's to give,
+/// and is dropped.
+pub fn join_newest(archive_desc: Vec<Kept>, stream_asc: Vec<Kept>, limit: usize) -> Vec<Kept> {
     let boundary = stream_asc.first().map_or(u64::MAX, |k| k.seq);
     let mut page: Vec<Kept> = archive_desc
         .into_iter()
         .filter(|k| k.seq < boundary)
         .collect();
-    page.sort_by_key(|k| k.seq);
+    page.sort_by_key(|k| std::cmp::Reverse(k.seq));
     page.dedup_by_key(|k| k.seq);
+    page.truncate(limit);
+    page.reverse();
     page.extend(stream_asc);
     page
 }
@@ -323,7 +326,7 @@ pub async fn newest(
         read(edge, user, &request).await.ok()
     };
     Ok(match page {
-        Some(page) => join_newest(page.events, stream),
+        Some(page) => join_newest(page.events, stream, short.limit),
         None => stream,
     })
 }
@@ -479,9 +482,17 @@ mod tests {
     fn archive_and_stream_join_in_order_without_duplicates() {
         let archive = vec![kept(39), kept(30), kept(30), kept(12), kept(40)];
         let stream = vec![kept(40), kept(44)];
-        assert_eq!(seqs(&join_newest(archive, stream)), [12, 30, 39, 40, 44]);
-        assert_eq!(seqs(&join_newest(vec![kept(9), kept(3)], vec![])), [3, 9]);
-        assert_eq!(seqs(&join_newest(vec![], vec![kept(1)])), [1]);
+        assert_eq!(
+            seqs(&join_newest(archive.clone(), stream.clone(), 10)),
+            [12, 30, 39, 40, 44]
+        );
+        // An archive that sends more than asked gives only its newest.
+        assert_eq!(seqs(&join_newest(archive, stream, 2)), [30, 39, 40, 44]);
+        assert_eq!(
+            seqs(&join_newest(vec![kept(9), kept(3)], vec![], 5)),
+            [3, 9]
+        );
+        assert_eq!(seqs(&join_newest(vec![], vec![kept(1)], 5)), [1]);
     }
 
     #[test]

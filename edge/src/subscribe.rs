@@ -243,8 +243,11 @@ async fn replay_archive(
     let mut last = 0;
     loop {
         let complete = page.events.len() < archive::PAGE;
+        let previous = last;
         for event in &page.events {
-            if event.seq <= last {
+            // In order, and below the stream's part: a seq past it would skip the
+            // stream's events before it.
+            if event.seq <= last || before.is_some_and(|before| event.seq >= before) {
                 continue;
             }
             if let Some(frame) = send(event) {
@@ -258,7 +261,8 @@ async fn replay_archive(
         if cancel.is_cancelled() {
             return Ok(None);
         }
-        if complete || last == 0 {
+        // A page that moved nothing forward would be asked for again and again.
+        if complete || last == previous {
             return Ok(Some(last));
         }
         let request = archive::Request {

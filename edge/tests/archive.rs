@@ -418,3 +418,107 @@ async fn channels_that_are_not_archived_behave_as_before() {
     assert_eq!(ok["recovered"], false, "{ok}");
     assert_eq!(seqs(&client.events(2).await), seqs_p9[3..].to_vec());
 }
+
+/// The edge trusts the archive only as far as its `through` reaches: a scripted archive
+/// (a service on the real NATS, answering `int.archive.read` as the workers would) that
+/// lags or answers nonsense leaves a resume `recovered: false`; one that covers the
+/// lost part is replayed before the stream's. The requests follow docs/protocol.md,
+/// section 10.10.
+#[tokio::test]
+async fn the_archive_is_trusted_only_as_far_as_its_through() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let ch = "conversation:c3";
+    stack.add_member(ch, "u1").await;
+    let mut live = edge.connect("u1").await;
+    assert_eq!(live.sub_member(json!({"ch": ch})).await["op"], "ok");
+    for n in 0..5 {
+        stack
+            .publish(ch, "message.new", json!({"text": format!("m{n}")}))
+            .await;
+    }
+    let frames = live.events(5).await;
+    let all = seqs(&frames);
+    let stream = stack.js.get_stream("EVENTS").await.unwrap();
+    stream
+        .purge()
+        .filter("rt.conversation.c3")
+        .keep(2)
+        .await
+        .unwrap();
+
+    // 0: lagging, 1: covering, 2: nonsense.
+    let mode = Arc::new(AtomicU64::new(0));
+    let asked: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let archived: Vec<Value> = frames[..3]
+        .iter()
+        .map(|f| json!({"seq": f["seq"], "event": f["event"]}))
+        .collect();
+    {
+        let (mode, asked) = (mode.clone(), asked.clone());
+        stack
+            .serve(
+                "int.archive.read",
+                "int.archive.read",
+                move |_, _, params| {
+                    asked.lock().unwrap().push(params.clone());
+                    let after = params["after"].as_u64().unwrap_or(0);
+                    let events: Vec<Value> = archived
+                        .iter()
+                        .filter(|e| e["seq"].as_u64().unwrap() > after)
+                        .cloned()
+                        .collect();
+                    Some(match mode.load(Ordering::SeqCst) {
+                        0 => json!({"result": {"events": events, "through": 0}}),
+                        1 => json!({"result": {"events": events, "through": u64::MAX / 2}}),
+                        _ => json!({"result": {"nope": true}}),
+                    })
+                },
+            )
+            .await;
+    }
+    let epoch = epoch(&stack).await;
+    let since = json!({"seq": all[0], "epoch": epoch});
+
+    let mut client = edge.connect("u1").await;
+    let ok = client.sub(json!({"ch": ch, "since": since})).await;
+    assert_eq!(
+        ok["recovered"], false,
+        "a lagging archive is not trusted: {ok}"
+    );
+    assert_eq!(seqs(&client.events(2).await), all[3..].to_vec());
+    let request = asked.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        request,
+        json!({"ch": ch, "epoch": epoch, "after": all[0], "before": all[3], "limit": 1000, "order": "asc"})
+    );
+
+    mode.store(2, Ordering::SeqCst);
+    let mut other = edge.connect("u1").await;
+    let ok = other.sub(json!({"ch": ch, "since": since})).await;
+    assert_eq!(ok["recovered"], false, "an unreadable answer: {ok}");
+    assert_eq!(seqs(&other.events(2).await), all[3..].to_vec());
+    let pong = other.request(json!({"op": "ping"})).await;
+    assert_eq!(pong["op"], "pong");
+
+    mode.store(1, Ordering::SeqCst);
+    let mut third = edge.connect("u1").await;
+    let ok = third.sub(json!({"ch": ch, "since": since})).await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    let replayed = third.events(4).await;
+    assert_eq!(seqs(&replayed), all[1..].to_vec());
+    assert_eq!(replayed, frames[1..].to_vec(), "the same frames");
+    // History asks newest first, below the stream's oldest.
+    let page = third
+        .request(json!({"op": "history", "ch": ch, "limit": 4}))
+        .await;
+    assert_eq!(seqs(page["events"].as_array().unwrap()), all[1..].to_vec());
+    let request = asked.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        request,
+        json!({"ch": ch, "epoch": epoch, "after": 0, "before": all[3], "limit": 2, "order": "desc"})
+    );
+}
