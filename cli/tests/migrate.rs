@@ -47,8 +47,12 @@ async fn migrations_apply_to_an_empty_database_twice() {
     assert_eq!(
         tables,
         [
+            "archive",
             "channel_members",
             "contacts",
+            "erased_events",
+            "inbox_entries",
+            "mobile_devices",
             "notification_deliveries",
             "notification_preferences",
             "notifications",
