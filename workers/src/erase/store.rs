@@ -138,6 +138,13 @@ const BLANK_DELIVERIES: &str = "
 UPDATE switchboard.notification_deliveries SET payload = jsonb_set(payload, '{message}', '\"\"')
  WHERE event_id = ANY($1::text[]) AND jsonb_typeof(payload) = 'object' AND payload ? 'message'";
 
+/// A push or email still waiting (escalation, retries) about a deleted message is not
+/// sent at all: a notification with its text blanked is no news.
+const CANCEL_PENDING: &str = "
+UPDATE switchboard.notification_deliveries SET cancelled_at = now()
+ WHERE event_id = ANY($1::text[])
+   AND delivered_at IS NULL AND failed_at IS NULL AND cancelled_at IS NULL";
+
 /// Marks `event_ids` erased before they leave `EVENTS`, so that no job copies them into
 /// PostgreSQL after the erasure (see the migration `erasure`); forgets marks a week old.
 pub async fn record_erased(db: &PgPool, event_ids: &[String]) -> Result<(), sqlx::Error> {
@@ -240,6 +247,10 @@ pub async fn blank_notifications(db: &PgPool, channel: &str, seq: i64) -> Result
     if !blanked.is_empty() {
         let events: Vec<&str> = blanked.iter().map(|(_, event)| event.as_str()).collect();
         sqlx::query(BLANK_DELIVERIES)
+            .bind(&events)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(CANCEL_PENDING)
             .bind(&events)
             .execute(&mut *tx)
             .await?;
