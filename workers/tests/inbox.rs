@@ -522,3 +522,74 @@ fn count_from_u1(ch: &str, conversations: &[String]) -> u64 {
         .filter(|n| n % conversations.len() == index && n % 5 == 0)
         .count() as u64
 }
+
+/// `inbox.list` for a user in 1,000 conversations over 1,000,000 archived messages
+/// (budget: p99 <= 20 ms, issue 17). A measurement, not a check:
+/// `cargo nextest run -p switchboard-workers --test inbox --run-ignored only --no-capture`.
+#[tokio::test]
+#[ignore = "measurement"]
+async fn list_latency_over_a_large_archive() {
+    let setup = setup().await;
+    let epoch = setup.store.position().await.unwrap().epoch;
+    sqlx::query(
+        "INSERT INTO switchboard.archive (channel, epoch, seq, event_id, type, actor_id, ts, envelope, text)
+         SELECT 'conversation:c' || (n % 1000), $1, n, 'evt_' || n, 'message.new', 'u' || (n % 5),
+                now() - (1000000 - n) * interval '1 second',
+                jsonb_build_object('id', 'evt_' || n, 'type', 'message.new',
+                                   'timestamp', to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                                   'data', jsonb_build_object('text', 'message ' || n)),
+                'message ' || n
+           FROM generate_series(1, 1000000) AS n",
+    )
+    .bind(&epoch)
+    .execute(&setup.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO switchboard.inbox_entries
+                (user_id, channel, active, member_seq, joined_seq, read_seq, epoch, activity_at)
+         SELECT 'u1', 'conversation:c' || c, true, 1, 0, 990000 + c, $1, now() - c * interval '1 second'
+           FROM generate_series(0, 999) AS c",
+    )
+    .bind(&epoch)
+    .execute(&setup.db)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE switchboard.archive")
+        .execute(&setup.db)
+        .await
+        .unwrap();
+    let _worker = Worker::start(&setup, "archive", &[]);
+    // One conversation event makes the job recount nothing but proves it is serving.
+    list(&setup, "u1", json!({})).await;
+    let mut took = Vec::new();
+    for _ in 0..300 {
+        let started = std::time::Instant::now();
+        let page = list(&setup, "u1", json!({"limit": 20})).await;
+        took.push(started.elapsed());
+        assert_eq!(page["conversations"].as_array().unwrap().len(), 20);
+    }
+    took.sort();
+    println!(
+        "inbox.list over 1,000 entries / 1,000,000 messages: p50 {:?}, p99 {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() * 99 / 100],
+        took[took.len() - 1]
+    );
+    // A recount of every entry, as a message to each conversation would cause.
+    let started = std::time::Instant::now();
+    sqlx::query(
+        "UPDATE switchboard.inbox_entries e
+            SET unread = (SELECT count(*) FROM switchboard.archive a
+                           WHERE a.channel = e.channel AND a.epoch = $1
+                             AND a.type = 'message.new' AND NOT a.deleted
+                             AND a.seq > greatest(e.read_seq, e.joined_seq)
+                             AND a.actor_id IS DISTINCT FROM e.user_id)
+          WHERE e.user_id = 'u1'",
+    )
+    .bind(&epoch)
+    .execute(&setup.db)
+    .await
+    .unwrap();
+    println!("recounting 1,000 entries: {:?}", started.elapsed());
+}
