@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_schemas::Actor;
 
@@ -521,6 +521,166 @@ fn count_from_u1(ch: &str, conversations: &[String]) -> u64 {
     (0..240usize)
         .filter(|n| n % conversations.len() == index && n % 5 == 0)
         .count() as u64
+}
+
+/// Made afresh per test process: the edge refuses secrets the repository holds.
+static SECRET: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
+
+/// A `switchboard-edge` process on a free port; its address.
+fn edge(setup: &Setup) -> (switchboard_testkit::Process, String) {
+    let addr = format!("127.0.0.1:{}", switchboard_testkit::free_port());
+    let mut command = std::process::Command::new(switchboard_testkit::binary("switchboard-edge"));
+    command
+        .envs(setup.nats.env(support::Role::Edge))
+        .env("SWITCHBOARD_EDGE_ADDR", &addr)
+        .env("SWITCHBOARD_JWT_SECRET", &*SECRET)
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    let process = switchboard_testkit::Process::spawn(command).expect("start switchboard-edge");
+    (process, addr)
+}
+
+/// One of a user's devices: a `switchboard.v1` WebSocket on the edge.
+struct Socket(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+);
+
+impl Socket {
+    async fn connect(addr: &str, user: &str) -> Socket {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": user, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let socket = eventually("the edge to accept a connection", || async {
+            let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+            let headers = request.headers_mut();
+            headers.insert("Sec-WebSocket-Protocol", "switchboard.v1".parse().unwrap());
+            headers.insert("Authorization", format!("Bearer {token}").parse().unwrap());
+            tokio_tungstenite::connect_async(request).await.ok()
+        })
+        .await
+        .0;
+        let mut socket = Socket(socket);
+        socket.next_where("welcome", |f| f["op"] == "welcome").await;
+        socket
+    }
+
+    async fn send(&mut self, frame: Value) {
+        let text = tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into());
+        self.0.send(text).await.unwrap();
+    }
+
+    async fn next_where(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let wait = async {
+            loop {
+                let message = self.0.next().await.expect("the socket is open").unwrap();
+                if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if wanted(&frame) {
+                        return frame;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within {DEADLINE:?}"))
+    }
+
+    async fn subscribe(&mut self, id: u64, channel: &str) {
+        self.send(json!({"op": "sub", "id": id, "ch": channel}))
+            .await;
+        let reply = self.next_where("the sub's reply", |f| f["id"] == id).await;
+        assert_eq!(reply["op"], "ok", "{reply}");
+    }
+
+    /// The data of the next `inbox` signal on `user:<user>` that satisfies `check`.
+    async fn inbox_signal(
+        &mut self,
+        user: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let channel = format!("user:{user}");
+        let frame = self
+            .next_where(what, |f| {
+                f["op"] == "sig"
+                    && f["ch"] == channel.as_str()
+                    && f["type"] == "inbox"
+                    && check(&f["data"])
+            })
+            .await;
+        assert_eq!(frame["from"], "switchboard");
+        frame["data"].clone()
+    }
+}
+
+#[tokio::test]
+async fn both_devices_hear_of_new_messages_and_of_a_read_on_the_other_through_an_edge() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "archive,receipts,membership", &[]);
+    let (_edge, addr) = edge(&setup);
+    let ch = "conversation:c1";
+    join(&setup, ch, "u1").await;
+    join(&setup, ch, "u2").await;
+    let mut phone = Socket::connect(&addr, "u1").await;
+    let mut laptop = Socket::connect(&addr, "u1").await;
+    for device in [&mut phone, &mut laptop] {
+        device.subscribe(1, "user:u1").await;
+    }
+    // The joins are archived: the inbox lists the conversation.
+    entry_when(&setup, "u1", ch, "joined", |_, _| true).await;
+
+    say(&setup, ch, "u2", "one").await;
+    say(&setup, ch, "u2", "two").await;
+    let third = say(&setup, ch, "u2", "three").await;
+    for device in [&mut phone, &mut laptop] {
+        let data = device
+            .inbox_signal("u1", "3 unread", |d| d["unread"] == 3)
+            .await;
+        assert_eq!(
+            (data["ch"].clone(), data["total"].clone()),
+            (json!(ch), json!(3))
+        );
+    }
+
+    // Read on the phone (a `read` frame, as the SDK sends it): the laptop hears 0.
+    // Sent again until the edge knows u1 is a participant (the membership job mirrors the
+    // join into the `members` bucket the edge reads).
+    let mut heard = None;
+    for _ in 0..10 {
+        phone
+            .send(json!({"op": "read", "ch": ch, "seq": third}))
+            .await;
+        let read = laptop.inbox_signal("u1", "read", |d| d["unread"] == 0);
+        if let Ok(data) = tokio::time::timeout(Duration::from_secs(2), read).await {
+            heard = Some(data);
+            break;
+        }
+    }
+    let data = heard.expect("the laptop hears the phone's read");
+    assert_eq!(data["read"], third);
+    let (entry, total) = entry_when(&setup, "u1", ch, "read", |e, _| e["unread"] == 0).await;
+    assert_eq!((entry["read"].clone(), total), (json!(third), 0));
+
+    // inbox.list over the socket, as the SDK calls it after (re)connecting.
+    laptop
+        .send(json!({"op": "rpc", "id": 7, "method": "inbox.list", "params": {"limit": 5}}))
+        .await;
+    let reply = laptop.next_where("the rpc's reply", |f| f["id"] == 7).await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    assert_eq!(reply["result"]["unread"], 0);
+    assert_eq!(reply["result"]["conversations"][0]["ch"], ch);
+    assert_eq!(reply["result"]["conversations"][0]["last"]["text"], "three");
 }
 
 /// `inbox.list` for a user in 1,000 conversations over 1,000,000 archived messages
