@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -11,7 +10,7 @@ use support::*;
 use switchboard_bus::Publisher;
 use switchboard_bus::store::Store;
 use switchboard_schemas::{Actor, ChannelName, Envelope, EventType, RawJson};
-use switchboard_testkit::{Postgres, Process, binary};
+use switchboard_testkit::{Postgres, Process, Workers};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -32,14 +31,7 @@ async fn say(bus: &Bus, ch: &str, user: &str, text: &str) -> u64 {
 }
 
 fn workers(bus: &Bus, database_url: &str) -> Process {
-    let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.envs(bus.nats.env(Role::Workers))
-        .env("DATABASE_URL", database_url)
-        .env("SWITCHBOARD_WORKERS", "archive")
-        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    Process::spawn(cmd).expect("spawn switchboard-workers")
+    Workers::new(bus.nats.env(Role::Workers), database_url, "archive").start()
 }
 
 /// Waits until the archive holds `count` events of `ch` (read as the edges read it).

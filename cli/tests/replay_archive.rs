@@ -5,24 +5,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{Bus, Role, ok, replayed, switchboard};
-use switchboard_testkit::{Postgres, Process, binary};
-
-fn workers(bus: &Bus, database_url: &str) -> Process {
-    let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.envs(bus.nats.env(Role::Workers))
-        .env("DATABASE_URL", database_url)
-        // Tests run side by side: each worker serves HTTP on a port of its own.
-        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_WORKERS", "archive")
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    Process::spawn(cmd).expect("start switchboard-workers")
-}
+use switchboard_testkit::{Postgres, Workers};
 
 async fn epoch(bus: &Bus) -> String {
     let mut stream = bus.js.get_stream("EVENTS").await.unwrap();
@@ -59,7 +46,7 @@ async fn replay_reads_what_the_stream_lost_from_the_archive() {
     let bus = Bus::start().await;
     let pg = Postgres::start().unwrap();
     let database_url = pg.database().await.unwrap();
-    let _workers = workers(&bus, &database_url);
+    let _workers = Workers::new(bus.nats.env(Role::Workers), &database_url, "archive").start();
     let mut conversation = Vec::new();
     let mut project = Vec::new();
     for i in 0..12 {

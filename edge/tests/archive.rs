@@ -7,28 +7,19 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::*;
-use switchboard_testkit::{Postgres, Process, binary};
+use switchboard_testkit::{Postgres, Process, Workers};
 
 const CH: &str = "conversation:c1";
 /// Events of the conversation the stream keeps after the purge.
 const KEPT: u64 = 6;
 
 fn workers(stack: &Stack, database_url: &str) -> Process {
-    let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.envs(stack.nats.env(Role::Workers))
-        .env("DATABASE_URL", database_url)
-        // Tests run side by side: each worker serves HTTP on a port of its own.
-        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_WORKERS", "archive")
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    Process::spawn(cmd).expect("start switchboard-workers")
+    Workers::new(stack.nats.env(Role::Workers), database_url, "archive").start()
 }
 
 async fn epoch(stack: &Stack) -> String {

@@ -16,7 +16,6 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -25,7 +24,7 @@ use support::*;
 use switchboard_bus::definitions::Definitions;
 use switchboard_bus::{EVENTS_STREAM, Published, Publisher};
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
-use switchboard_testkit::{NatsCluster, Postgres, Process, binary};
+use switchboard_testkit::{NatsCluster, Postgres, Workers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -181,7 +180,9 @@ async fn a_cluster_node_killed_under_load_loses_no_acknowledged_event() {
 
     let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
     let database_url = pg.database().await.unwrap();
-    let _workers = membership_worker(&cluster.env(Role::Workers), &database_url);
+    let _workers = Workers::new(cluster.env(Role::Workers), &database_url, "membership")
+        .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")
+        .start();
     let edge = Edge::start(
         &cluster.env(Role::Edge),
         &[("SWITCHBOARD_EDGE_ID", EDGE_ID)],
@@ -616,19 +617,6 @@ fn check_delivery(seen: &[Seen], feed: &Feed) -> Tally {
 }
 
 // --- the cluster ----------------------------------------------------------------------
-
-fn membership_worker(nats: &[(String, String)], database_url: &str) -> Process {
-    let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.envs(nats.iter().cloned())
-        .env("DATABASE_URL", database_url)
-        // Tests run side by side: each worker serves HTTP on a port of its own.
-        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_WORKERS", "membership")
-        .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    Process::spawn(cmd).expect("start switchboard-workers")
-}
 
 /// Publishes `member.added` for `user` on `channel` and returns how long it took until
 /// `user` may subscribe there on `edge`: the membership worker mirrors the event into the

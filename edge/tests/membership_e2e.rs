@@ -4,31 +4,18 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
-use switchboard_testkit::{Postgres, Process, binary};
-
-fn worker(stack: &Stack, database_url: &str) -> Process {
-    let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.envs(stack.nats.env(Role::Workers))
-        .env("DATABASE_URL", database_url)
-        // Tests run side by side: each worker serves HTTP on a port of its own.
-        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_WORKERS", "membership")
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    Process::spawn(cmd).expect("start switchboard-workers")
-}
+use switchboard_testkit::{Postgres, Workers};
 
 #[tokio::test]
 async fn membership_events_take_effect_within_a_second_on_two_edges() {
     let stack = Stack::start().await;
     let pg = Postgres::start().unwrap();
     let database_url = pg.database().await.unwrap();
-    let _worker = worker(&stack, &database_url);
+    let _worker = Workers::new(stack.nats.env(Role::Workers), &database_url, "membership").start();
     let edge_a = stack.edge(&[]);
     let edge_b = stack.edge(&[]);
     let mut a = edge_a.connect("u1").await;

@@ -4,12 +4,12 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
-use switchboard_testkit::{Nats, Postgres, Process, binary};
+use switchboard_testkit::{Nats, Postgres, Workers, binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_workers_and_cli_work_through_tls_to_nats() {
@@ -36,15 +36,7 @@ async fn edge_workers_and_cli_work_through_tls_to_nats() {
     // The workers (membership) and the edge, each over TLS as its own role.
     let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
     let database_url = pg.database().await.unwrap();
-    let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.envs(stack.nats.env(Role::Workers))
-        .env("DATABASE_URL", &database_url)
-        // Tests run side by side: each worker serves HTTP on a port of its own.
-        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_WORKERS", "membership")
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    let _workers = Process::spawn(cmd).expect("start switchboard-workers");
+    let _workers = Workers::new(stack.nats.env(Role::Workers), &database_url, "membership").start();
     let edge = stack.edge(&[]);
     let mut client = edge.connect("u1").await;
 

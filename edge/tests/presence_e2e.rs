@@ -3,27 +3,20 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::*;
-use switchboard_testkit::{Postgres, Process, binary};
+use switchboard_testkit::{Postgres, Process, Workers};
 
 fn workers(stack: &Stack, database_url: &str, jobs: &str) -> Process {
-    let mut cmd = Command::new(binary("switchboard-workers"));
-    cmd.envs(stack.nats.env(Role::Workers))
-        .env("DATABASE_URL", database_url)
-        // Tests run side by side: each worker serves HTTP on a port of its own.
-        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_WORKERS", jobs)
+    Workers::new(stack.nats.env(Role::Workers), database_url, jobs)
         .env(
             "SWITCHBOARD_LOG",
             "info,switchboard_workers::presence::reaper=debug",
         )
-        .stdin(Stdio::null());
-    Process::spawn(cmd).expect("start switchboard-workers")
+        .start()
 }
 
 /// The next `user.presence` event's data.

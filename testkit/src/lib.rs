@@ -27,10 +27,12 @@
 mod nats;
 mod postgres;
 mod process;
+mod workers;
 
 pub use nats::{Nats, NatsCluster, synced};
 pub use postgres::Postgres;
 pub use process::{Process, binary, free_port, workspace_root};
+pub use workers::Workers;
 
 /// A JWT secret made afresh for each call: 64 hex characters that no file of the
 /// repository holds, as the edge requires (docs/operations.md, "Token keys").
