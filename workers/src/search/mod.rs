@@ -8,6 +8,12 @@
 //! deleted message never. Participation is read from `switchboard.channel_members` at
 //! the time of the call; a `ch` the caller is not in is refused exactly like one that
 //! does not exist.
+//!
+//! Two plans give the same page: walking the archive back from the newest message
+//! (fast when matches are common) and, when that has not answered within
+//! [`NEWEST_FIRST_BUDGET_MS`], collecting the matches from the GIN index first (fast when
+//! they are rare, such as a phrase that never occurs). PostgreSQL's estimate cannot tell
+//! the two cases apart, so the time budget does.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -22,21 +28,49 @@ const MAX_LIMIT: u32 = 100;
 /// Longest query text, in bytes: far above anything typed, well under the RPC's cap.
 const MAX_QUERY: usize = 16 * 1024;
 
-/// Matched words are marked `**word**` in snippets, which are plain text (not HTML).
-const SEARCH: &str = "
+/// Newest first by walking the archive back in time and testing each message: quick
+/// when matches are common (the usual case), slow when they are rare.
+const SEARCH_NEWEST: &str = "
+WITH hit AS (
+    SELECT a.channel, a.epoch, a.seq, a.ts
+      FROM switchboard.archive a, websearch_to_tsquery('simple', $2) q
+     WHERE a.type = 'message.new' AND NOT a.deleted AND a.search @@ q
+       AND a.channel IN (SELECT m.channel FROM switchboard.channel_members m
+                          WHERE m.user_id = $1 AND m.active)
+       AND ($3::text IS NULL OR a.channel = $3)
+       AND ($4::bigint IS NULL
+            OR (a.ts, a.seq) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
+     ORDER BY a.ts DESC, a.seq DESC
+     LIMIT $6
+)";
+
+/// Every match from the full-text index first, then the newest of them: quick when
+/// matches are rare, which is when [`SEARCH_NEWEST`] is slow.
+const SEARCH_MATCHES: &str = "
+WITH hit AS MATERIALIZED (
+    SELECT a.channel, a.epoch, a.seq, a.ts
+      FROM switchboard.archive a, websearch_to_tsquery('simple', $2) q
+     WHERE a.type = 'message.new' AND NOT a.deleted AND a.search @@ q
+       AND a.channel IN (SELECT m.channel FROM switchboard.channel_members m
+                          WHERE m.user_id = $1 AND m.active)
+       AND ($3::text IS NULL OR a.channel = $3)
+       AND ($4::bigint IS NULL
+            OR (a.ts, a.seq) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
+)";
+
+/// The page itself, from `hit` (either CTE above, limited to `$6`). Matched words are
+/// marked `**word**` in snippets, which are plain text (not HTML).
+const PAGE: &str = "
 SELECT a.channel, a.seq, a.envelope::text,
-       ts_headline('simple', a.text, q,
+       ts_headline('simple', a.text, websearch_to_tsquery('simple', $2),
                    'StartSel=**, StopSel=**, MaxWords=24, MinWords=8, MaxFragments=2, FragmentDelimiter=\" … \"'),
        (extract(epoch FROM a.ts) * 1000000)::bigint
-  FROM switchboard.archive a, websearch_to_tsquery('simple', $2) q
- WHERE a.type = 'message.new' AND NOT a.deleted AND a.search @@ q
-   AND a.channel IN (SELECT m.channel FROM switchboard.channel_members m
-                      WHERE m.user_id = $1 AND m.active)
-   AND ($3::text IS NULL OR a.channel = $3)
-   AND ($4::bigint IS NULL
-        OR (a.ts, a.seq) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
- ORDER BY a.ts DESC, a.seq DESC
- LIMIT $6";
+  FROM (SELECT * FROM hit ORDER BY ts DESC, seq DESC LIMIT $6) h
+  JOIN switchboard.archive a ON a.channel = h.channel AND a.epoch = h.epoch AND a.seq = h.seq
+ ORDER BY h.ts DESC, h.seq DESC";
+
+/// How long the newest-first plan may take before the index-first plan answers instead.
+const NEWEST_FIRST_BUDGET_MS: u32 = 40;
 
 const PARTICIPANT: &str = "
 SELECT EXISTS (SELECT 1 FROM switchboard.channel_members
@@ -112,16 +146,14 @@ impl Service for SearchService {
         };
         // PostgreSQL's text cannot hold NUL; it separates words like any punctuation.
         let query = params.q.replace('\0', " ");
-        let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(SEARCH)
-            .bind(call.caller.as_str())
-            .bind(query)
-            .bind(channel.as_ref().map(ChannelName::as_str))
-            .bind(before.map(|(micros, _)| micros))
-            .bind(before.map(|(_, seq)| seq))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&self.db)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let search = Search {
+            caller: call.caller.as_str(),
+            query: &query,
+            channel: channel.as_ref().map(ChannelName::as_str),
+            before,
+            limit: i64::from(limit) + 1,
+        };
+        let rows = search.run(&self.db).await.map_err(|e| unavailable(&e))?;
         let more = rows.len() > limit as usize;
         let mut results = Vec::with_capacity(rows.len().min(limit as usize));
         let mut next = None;
@@ -138,4 +170,62 @@ impl Service for SearchService {
         }
         Ok(json!({ "results": results, "next": next }))
     }
+}
+
+type Row = (String, i64, String, String, i64);
+
+/// One search's bound parameters.
+struct Search<'a> {
+    caller: &'a str,
+    query: &'a str,
+    channel: Option<&'a str>,
+    before: Option<(i64, i64)>,
+    limit: i64,
+}
+
+impl Search<'_> {
+    /// Newest-first within [`NEWEST_FIRST_BUDGET_MS`]; past it (rare matches: the walk
+    /// back finds too few), from the full-text index. Both give the same page.
+    async fn run(&self, db: &PgPool) -> Result<Vec<Row>, sqlx::Error> {
+        let mut tx = db.begin().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL statement_timeout = {NEWEST_FIRST_BUDGET_MS}"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        match self.fetch(&mut tx, SEARCH_NEWEST).await {
+            Ok(rows) => {
+                tx.commit().await?;
+                return Ok(rows);
+            }
+            Err(error) if is_cancelled(&error) => tx.rollback().await?,
+            Err(error) => return Err(error),
+        }
+        let mut conn = db.acquire().await?;
+        self.fetch(&mut conn, SEARCH_MATCHES).await
+    }
+
+    async fn fetch(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        hit: &'static str,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{hit}{PAGE}")))
+            .bind(self.caller)
+            .bind(self.query)
+            .bind(self.channel)
+            .bind(self.before.map(|(micros, _)| micros))
+            .bind(self.before.map(|(_, seq)| seq))
+            .bind(self.limit)
+            .fetch_all(conn)
+            .await
+    }
+}
+
+/// `query_canceled`: the statement timeout fired.
+fn is_cancelled(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "57014")
 }
