@@ -10,7 +10,7 @@ use support::*;
 use switchboard_bus::Publisher;
 use switchboard_bus::store::Store;
 use switchboard_schemas::{Actor, ChannelName, Envelope, EventType, RawJson};
-use switchboard_testkit::{Postgres, Process, Workers};
+use switchboard_testkit::{Workers, WorkersWithPostgres};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -30,8 +30,10 @@ async fn say(bus: &Bus, ch: &str, user: &str, text: &str) -> u64 {
         .seq
 }
 
-fn workers(bus: &Bus, database_url: &str) -> Process {
-    Workers::new(bus.nats.env(Role::Workers), database_url, "archive").start()
+async fn workers(bus: &Bus) -> WorkersWithPostgres {
+    Workers::new(bus.nats.env(Role::Workers), "archive")
+        .start_with_postgres()
+        .await
 }
 
 /// Waits until the archive holds `count` events of `ch` (read as the edges read it).
@@ -85,9 +87,7 @@ async fn in_stream(bus: &Bus, needle: &str) -> usize {
 #[tokio::test]
 async fn erase_prints_what_it_removed_and_the_text_is_gone() {
     let bus = Bus::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&bus, &database_url);
+    let _workers = workers(&bus).await;
     let (c1, c2) = ("conversation:c1", "conversation:c2");
     say(&bus, c1, "u1", "the papaya secret").await;
     say(&bus, c1, "u2", "tell me").await;
@@ -203,9 +203,7 @@ fn post_rpc(addr: &str, method: &str, bearer: &str, params: &Value) -> (u16, Str
 #[tokio::test]
 async fn through_the_edge_a_user_may_not_erase_and_a_backend_may() {
     let bus = Bus::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&bus, &database_url);
+    let _workers = workers(&bus).await;
     let (_edge, addr) = start_edge(&bus.nats, &SECRET);
     say(&bus, "conversation:c1", "u1", "the guava note").await;
     archived(&bus, "conversation:c1", 1).await;

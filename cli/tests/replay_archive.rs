@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{Bus, Role, ok, replayed, switchboard};
-use switchboard_testkit::{Postgres, Workers};
+use switchboard_testkit::Workers;
 
 async fn epoch(bus: &Bus) -> String {
     let mut stream = bus.js.get_stream("EVENTS").await.unwrap();
@@ -44,9 +44,9 @@ async fn archived_through(bus: &Bus, ch: &str, seq: u64) {
 #[tokio::test]
 async fn replay_reads_what_the_stream_lost_from_the_archive() {
     let bus = Bus::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = Workers::new(bus.nats.env(Role::Workers), &database_url, "archive").start();
+    let _workers = Workers::new(bus.nats.env(Role::Workers), "archive")
+        .start_with_postgres()
+        .await;
     let mut conversation = Vec::new();
     let mut project = Vec::new();
     for i in 0..12 {

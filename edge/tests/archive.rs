@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::*;
-use switchboard_testkit::{Postgres, Process, Workers};
+use switchboard_testkit::{Workers, WorkersWithPostgres};
 
 const CH: &str = "conversation:c1";
 /// Events of the conversation the stream keeps after the purge.
 const KEPT: u64 = 6;
 
-fn workers(stack: &Stack, database_url: &str) -> Process {
-    Workers::new(stack.nats.env(Role::Workers), database_url, "archive").start()
+async fn workers(stack: &Stack) -> WorkersWithPostgres {
+    Workers::new(stack.nats.env(Role::Workers), "archive")
+        .start_with_postgres()
+        .await
 }
 
 async fn epoch(stack: &Stack) -> String {
@@ -176,9 +178,7 @@ fn assert_same(conversation: &Conversation, frames: &[Value]) {
 #[tokio::test]
 async fn history_and_resume_continue_into_the_archive_after_a_purge() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&stack, &database_url);
+    let _workers = workers(&stack).await;
     let edge = stack.edge(&[]);
     let conversation = converse(&stack, &edge).await;
     let all = conversation.seqs();
@@ -280,9 +280,7 @@ async fn history_and_resume_continue_into_the_archive_after_a_purge() {
 #[tokio::test]
 async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&stack, &database_url);
+    let _workers = workers(&stack).await;
     let edge = stack.edge(&[]);
     let conversation = converse(&stack, &edge).await;
     let all = conversation.seqs();
@@ -385,9 +383,7 @@ async fn without_the_archive_a_resume_is_not_recovered_and_the_session_lives() {
 #[tokio::test]
 async fn channels_that_are_not_archived_behave_as_before() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&stack, &database_url);
+    let _workers = workers(&stack).await;
     let edge = stack.edge(&[]);
     stack.add_member("project:p9", "u1").await;
     let mut seqs_p9 = Vec::new();

@@ -180,9 +180,9 @@ async fn a_cluster_node_killed_under_load_loses_no_acknowledged_event() {
 
     let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
     let database_url = pg.database().await.unwrap();
-    let _workers = Workers::new(cluster.env(Role::Workers), &database_url, "membership")
+    let _workers = Workers::new(cluster.env(Role::Workers), "membership")
         .env("SWITCHBOARD_WORKERS_ACK_WAIT_MS", "2000")
-        .start();
+        .start(&database_url);
     let edge = Edge::start(
         &cluster.env(Role::Edge),
         &[("SWITCHBOARD_EDGE_ID", EDGE_ID)],

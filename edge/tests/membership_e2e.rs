@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
-use switchboard_testkit::{Postgres, Workers};
+use switchboard_testkit::Workers;
 
 #[tokio::test]
 async fn membership_events_take_effect_within_a_second_on_two_edges() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _worker = Workers::new(stack.nats.env(Role::Workers), &database_url, "membership").start();
+    let _worker = Workers::new(stack.nats.env(Role::Workers), "membership")
+        .start_with_postgres()
+        .await;
     let edge_a = stack.edge(&[]);
     let edge_b = stack.edge(&[]);
     let mut a = edge_a.connect("u1").await;

@@ -36,7 +36,7 @@ async fn edge_workers_and_cli_work_through_tls_to_nats() {
     // The workers (membership) and the edge, each over TLS as its own role.
     let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
     let database_url = pg.database().await.unwrap();
-    let _workers = Workers::new(stack.nats.env(Role::Workers), &database_url, "membership").start();
+    let _workers = Workers::new(stack.nats.env(Role::Workers), "membership").start(&database_url);
     let edge = stack.edge(&[]);
     let mut client = edge.connect("u1").await;
 

@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::*;
-use switchboard_testkit::{Postgres, Process, Workers};
+use switchboard_testkit::{Workers, WorkersWithPostgres};
 
-fn workers(stack: &Stack, database_url: &str, jobs: &str) -> Process {
-    Workers::new(stack.nats.env(Role::Workers), database_url, jobs)
+async fn workers(stack: &Stack, jobs: &str) -> WorkersWithPostgres {
+    Workers::new(stack.nats.env(Role::Workers), jobs)
         .env(
             "SWITCHBOARD_LOG",
             "info,switchboard_workers::presence::reaper=debug",
         )
-        .start()
+        .start_with_postgres()
+        .await
 }
 
 /// The next `user.presence` event's data.
@@ -30,9 +31,7 @@ async fn presence(watcher: &mut Client) -> Value {
 #[tokio::test]
 async fn devices_come_and_go_and_a_killed_edge_makes_its_user_offline() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&stack, &database_url, "presence");
+    let _workers = workers(&stack, "presence").await;
     let heartbeat = [("SWITCHBOARD_HEARTBEAT_MS", "500")];
     let mut edge_a = stack.edge(&heartbeat);
     let edge_b = stack.edge(&heartbeat);
@@ -94,9 +93,7 @@ async fn devices_come_and_go_and_a_killed_edge_makes_its_user_offline() {
 #[tokio::test]
 async fn invisible_users_look_offline_and_privacy_is_enforced() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&stack, &database_url, "presence");
+    let _workers = workers(&stack, "presence").await;
     let edge = stack.edge(&[]);
     let mut target = edge.connect("u1").await;
     let mut stranger = edge.connect("u9").await;
@@ -131,10 +128,8 @@ async fn invisible_users_look_offline_and_privacy_is_enforced() {
 #[tokio::test]
 async fn receipts_move_from_sent_to_delivered_to_read() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
     // Participants come from events, through the membership worker, as in production.
-    let _workers = workers(&stack, &database_url, "membership,receipts");
+    let _workers = workers(&stack, "membership,receipts").await;
     for user in ["alice", "bob"] {
         stack
             .publish(
@@ -201,9 +196,7 @@ async fn receipts_move_from_sent_to_delivered_to_read() {
 #[tokio::test]
 async fn a_private_user_is_absent_from_who_and_silent_and_watchers_are_revoked() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&stack, &database_url, "presence,membership");
+    let _workers = workers(&stack, "presence,membership").await;
     for user in ["u1", "hider"] {
         stack
             .publish(
@@ -296,9 +289,7 @@ async fn a_private_user_is_absent_from_who_and_silent_and_watchers_are_revoked()
 #[tokio::test]
 async fn an_edge_whose_heartbeat_lapsed_writes_its_entries_again() {
     let stack = Stack::start().await;
-    let pg = Postgres::start().unwrap();
-    let database_url = pg.database().await.unwrap();
-    let _workers = workers(&stack, &database_url, "presence");
+    let _workers = workers(&stack, "presence").await;
     let edge = stack.edge(&[
         ("SWITCHBOARD_HEARTBEAT_MS", "500"),
         ("SWITCHBOARD_EDGE_ID", "edge-lapsing"),

@@ -32,7 +32,7 @@ mod workers;
 pub use nats::{Nats, NatsCluster, synced};
 pub use postgres::Postgres;
 pub use process::{Process, binary, free_port, workspace_root};
-pub use workers::Workers;
+pub use workers::{Workers, WorkersWithPostgres};
 
 /// A JWT secret made afresh for each call: 64 hex characters that no file of the
 /// repository holds, as the edge requires (docs/operations.md, "Token keys").
