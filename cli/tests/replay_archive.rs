@@ -5,41 +5,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 use support::{Bus, Role, ok, replayed, switchboard};
-use switchboard_testkit::Workers;
-
-async fn epoch(bus: &Bus) -> String {
-    let mut stream = bus.js.get_stream("EVENTS").await.unwrap();
-    let info = stream.info().await.unwrap();
-    info.created.unix_timestamp_nanos().to_string()
-}
-
-/// Waits until the archive has processed the stream up to `seq`.
-async fn archived_through(bus: &Bus, ch: &str, seq: u64) {
-    let epoch = epoch(bus).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let params = json!({"ch": ch, "epoch": epoch, "after": 0, "limit": 1});
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Rt-User", "operator");
-        headers.insert("Rt-Role", "service");
-        let through = bus
-            .client
-            .request_with_headers("int.archive.read", headers, params.to_string().into())
-            .await
-            .ok()
-            .and_then(|reply| serde_json::from_slice::<Value>(&reply.payload).ok())
-            .and_then(|reply| reply["result"]["through"].as_u64());
-        if through.is_some_and(|through| through >= seq) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "archive not through {seq}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use switchboard_testkit::{Workers, archived_through};
 
 #[tokio::test]
 async fn replay_reads_what_the_stream_lost_from_the_archive() {
@@ -68,7 +36,7 @@ async fn replay_reads_what_the_stream_lost_from_the_archive() {
             json!({"seq": conversation[2].0, "text": "edited"}),
         )
         .await;
-    archived_through(&bus, "conversation:c1", edit).await;
+    archived_through(&bus.client, "conversation:c1", edit).await;
     let stream = bus.js.get_stream("EVENTS").await.unwrap();
     stream
         .purge()

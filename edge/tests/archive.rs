@@ -7,12 +7,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::*;
-use switchboard_testkit::{Workers, WorkersWithPostgres};
+use switchboard_testkit::{Workers, WorkersWithPostgres, archived_through, events_epoch};
 
 const CH: &str = "conversation:c1";
 /// Events of the conversation the stream keeps after the purge.
@@ -22,40 +21,6 @@ async fn workers(stack: &Stack) -> WorkersWithPostgres {
     Workers::new(stack.nats.env(Role::Workers), "archive")
         .start_with_postgres()
         .await
-}
-
-async fn epoch(stack: &Stack) -> String {
-    let mut stream = stack.js.get_stream("EVENTS").await.unwrap();
-    let info = stream.info().await.unwrap();
-    info.created.unix_timestamp_nanos().to_string()
-}
-
-/// Waits until the archive has processed the stream up to `seq`, asking it as an edge
-/// does.
-async fn archived_through(stack: &Stack, seq: u64) {
-    let epoch = epoch(stack).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let params = json!({"ch": CH, "epoch": epoch, "after": 0, "limit": 1});
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Rt-User", "u1");
-        headers.insert("Rt-Role", "user");
-        let through = stack
-            .client
-            .request_with_headers("int.archive.read", headers, params.to_string().into())
-            .await
-            .ok()
-            .and_then(|reply| serde_json::from_slice::<Value>(&reply.payload).ok())
-            .and_then(|reply| reply["result"]["through"].as_u64());
-        if through.is_some_and(|through| through >= seq) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the archive is not through seq {seq} (at {through:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Removes the conversation's events from `EVENTS` but the newest `keep`.
@@ -183,7 +148,7 @@ async fn history_and_resume_continue_into_the_archive_after_a_purge() {
     let conversation = converse(&stack, &edge).await;
     let all = conversation.seqs();
     let last = *all.last().unwrap();
-    archived_through(&stack, last).await;
+    archived_through(&stack.client, CH, last).await;
     purge(&stack, KEPT).await;
     let boundary = all[all.len() - KEPT as usize];
 
@@ -219,7 +184,7 @@ async fn history_and_resume_continue_into_the_archive_after_a_purge() {
 
     // (b) A resume from before the purge: recovered, everything after `since` once, in
     // order, then live events.
-    let epoch = epoch(&stack).await;
+    let epoch = events_epoch(&stack.client).await;
     let since = all[1];
     let ok = client
         .sub(json!({"ch": CH, "since": {"seq": since, "epoch": epoch}}))
@@ -284,7 +249,7 @@ async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
     let edge = stack.edge(&[]);
     let conversation = converse(&stack, &edge).await;
     let all = conversation.seqs();
-    archived_through(&stack, *all.last().unwrap()).await;
+    archived_through(&stack.client, CH, *all.last().unwrap()).await;
     purge(&stack, 0).await;
 
     let mut client = edge.connect("u1").await;
@@ -310,7 +275,7 @@ async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
     let cursor: Value = serde_json::from_slice(&cursor).unwrap();
     assert_eq!(cursor["s"][CH], *all.last().unwrap(), "{cursor}");
     assert_eq!(seqs(&latest.events(5).await), all[all.len() - 5..].to_vec());
-    let epoch = epoch(&stack).await;
+    let epoch = events_epoch(&stack.client).await;
     let ok = client
         .sub(json!({"ch": CH, "since": {"seq": all[0], "epoch": epoch}}))
         .await;
@@ -367,7 +332,7 @@ async fn without_the_archive_a_resume_is_not_recovered_and_the_session_lives() {
         .request(json!({"op": "history", "ch": CH, "limit": 50}))
         .await;
     assert_eq!(seqs(page["events"].as_array().unwrap()), kept);
-    let epoch = epoch(&stack).await;
+    let epoch = events_epoch(&stack.client).await;
     let ok = client
         .sub(json!({"ch": CH, "since": {"seq": all[1], "epoch": epoch}}))
         .await;
@@ -398,7 +363,7 @@ async fn channels_that_are_not_archived_behave_as_before() {
         .await
         .unwrap();
     let mut client = edge.connect("u1").await;
-    let epoch = epoch(&stack).await;
+    let epoch = events_epoch(&stack.client).await;
     let ok = client
         .sub_member(json!({"ch": "project:p9", "since": {"seq": seqs_p9[0], "epoch": epoch}}))
         .await;
@@ -467,7 +432,7 @@ async fn the_archive_is_trusted_only_as_far_as_its_through() {
             )
             .await;
     }
-    let epoch = epoch(&stack).await;
+    let epoch = events_epoch(&stack.client).await;
     let since = json!({"seq": all[0], "epoch": epoch});
 
     let mut client = edge.connect("u1").await;

@@ -24,11 +24,13 @@
 //! When running as root, PostgreSQL runs as the `postgres` user, since `initdb` refuses
 //! root.
 
+mod archive;
 mod nats;
 mod postgres;
 mod process;
 mod workers;
 
+pub use archive::{archived_through, events_epoch};
 pub use nats::{Nats, NatsCluster, synced};
 pub use postgres::Postgres;
 pub use process::{Process, binary, free_port, workspace_root};
