@@ -515,6 +515,55 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_no_count() {
     }
 }
 
+#[tokio::test]
+async fn two_copies_of_the_job_agree_on_every_count() {
+    let setup = setup().await;
+    let conversations: Vec<String> = (0..3).map(|n| format!("conversation:p{n}")).collect();
+    for ch in &conversations {
+        join(&setup, ch, "u1").await;
+    }
+    // Two processes compete for the consumer's messages, so neighbours are archived by
+    // different copies, in either order.
+    let _one = Worker::start(&setup, "archive", &[]);
+    let _two = Worker::start(&setup, "archive", &[]);
+    let mut expected: BTreeMap<&str, u64> = BTreeMap::new();
+    for n in 0..300usize {
+        let ch = conversations[n % conversations.len()].as_str();
+        let seq = say(&setup, ch, "u2", &format!("m{n}")).await;
+        *expected.entry(ch).or_default() += 1;
+        if n % 11 == 0 {
+            publish(
+                &setup,
+                ch,
+                "message.deleted",
+                Some("u2"),
+                json!({"seq": seq}),
+            )
+            .await;
+            *expected.get_mut(ch).unwrap() -= 1;
+        }
+        if n == 200 {
+            // u1 reads p2 up to here, as the receipts job announces it.
+            let data = json!({"user": "u1", "delivered": seq, "read": seq});
+            publish(&setup, ch, "message.receipt", Some("u1"), data).await;
+            expected.insert(ch, 0);
+        }
+    }
+    let total: u64 = expected.values().sum();
+    eventually("every count to settle", || async {
+        let (entries, sum) = inbox(&setup, "u1").await;
+        let counts: BTreeMap<&str, u64> = conversations
+            .iter()
+            .map(|ch| {
+                let unread = entries.get(ch.as_str()).and_then(|e| e["unread"].as_u64());
+                (ch.as_str(), unread.unwrap_or(u64::MAX))
+            })
+            .collect();
+        (counts == expected && sum == total).then_some(())
+    })
+    .await;
+}
+
 /// u1 sent every fifth message (n % 5 == 0); none was deleted: u2's unread per conversation.
 fn count_from_u1(ch: &str, conversations: &[String]) -> u64 {
     let index = conversations.iter().position(|c| c == ch).unwrap();
