@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::{Bus, Role, ok, replayed, switchboard};
-use switchboard_testkit::{Workers, archived_through};
+use switchboard_testkit::{Workers, archived_through, purge_events};
 
 #[tokio::test]
 async fn replay_reads_what_the_stream_lost_from_the_archive() {
@@ -37,13 +37,7 @@ async fn replay_reads_what_the_stream_lost_from_the_archive() {
         )
         .await;
     archived_through(&bus.client, "conversation:c1", edit).await;
-    let stream = bus.js.get_stream("EVENTS").await.unwrap();
-    stream
-        .purge()
-        .filter("rt.conversation.c1")
-        .keep(4)
-        .await
-        .unwrap();
+    purge_events(&bus.client, "rt.conversation.c1", 4).await;
 
     let out = ok(&switchboard(
         &bus.admin_env(),
@@ -125,13 +119,7 @@ async fn without_the_archive_replay_says_so_and_gives_what_the_stream_holds() {
             .await;
         seqs.push(seq);
     }
-    let stream = bus.js.get_stream("EVENTS").await.unwrap();
-    stream
-        .purge()
-        .filter("rt.conversation.c2")
-        .keep(2)
-        .await
-        .unwrap();
+    purge_events(&bus.client, "rt.conversation.c2", 2).await;
     let output = switchboard(
         &bus.admin_env(),
         &["replay", "--channel", "conversation:c2"],

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use support::*;
-use switchboard_testkit::{Workers, WorkersWithPostgres, archived_through, events_epoch};
+use switchboard_testkit::{
+    Workers, WorkersWithPostgres, archived_through, events_epoch, purge_events,
+};
 
 const CH: &str = "conversation:c1";
 /// Events of the conversation the stream keeps after the purge.
@@ -21,17 +23,6 @@ async fn workers(stack: &Stack) -> WorkersWithPostgres {
     Workers::new(stack.nats.env(Role::Workers), "archive")
         .start_with_postgres()
         .await
-}
-
-/// Removes the conversation's events from `EVENTS` but the newest `keep`.
-async fn purge(stack: &Stack, keep: u64) {
-    let stream = stack.js.get_stream("EVENTS").await.unwrap();
-    let purge = stream.purge().filter("rt.conversation.c1");
-    if keep == 0 {
-        purge.await.unwrap();
-    } else {
-        purge.keep(keep).await.unwrap();
-    }
 }
 
 /// What the conversation holds: its evt frames as a subscriber saw them live, by seq.
@@ -149,7 +140,7 @@ async fn history_and_resume_continue_into_the_archive_after_a_purge() {
     let all = conversation.seqs();
     let last = *all.last().unwrap();
     archived_through(&stack.client, CH, last).await;
-    purge(&stack, KEPT).await;
+    purge_events(&stack.client, "rt.conversation.c1", KEPT).await;
     let boundary = all[all.len() - KEPT as usize];
 
     let mut client = edge.connect("u1").await;
@@ -250,7 +241,7 @@ async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
     let conversation = converse(&stack, &edge).await;
     let all = conversation.seqs();
     archived_through(&stack.client, CH, *all.last().unwrap()).await;
-    purge(&stack, 0).await;
+    purge_events(&stack.client, "rt.conversation.c1", 0).await;
 
     let mut client = edge.connect("u1").await;
     assert_same(&conversation, &history_pages(&mut client, 7).await);
@@ -324,7 +315,7 @@ async fn without_the_archive_a_resume_is_not_recovered_and_the_session_lives() {
     let edge = stack.edge(&[]);
     let conversation = converse(&stack, &edge).await;
     let all = conversation.seqs();
-    purge(&stack, KEPT).await;
+    purge_events(&stack.client, "rt.conversation.c1", KEPT).await;
     let kept = all[all.len() - KEPT as usize..].to_vec();
 
     let mut client = edge.connect("u1").await;
@@ -355,13 +346,7 @@ async fn channels_that_are_not_archived_behave_as_before() {
     for _ in 0..5 {
         seqs_p9.push(stack.publish("project:p9", "bid.new", json!({})).await);
     }
-    let stream = stack.js.get_stream("EVENTS").await.unwrap();
-    stream
-        .purge()
-        .filter("rt.project.p9")
-        .keep(2)
-        .await
-        .unwrap();
+    purge_events(&stack.client, "rt.project.p9", 2).await;
     let mut client = edge.connect("u1").await;
     let epoch = events_epoch(&stack.client).await;
     let ok = client
@@ -394,13 +379,7 @@ async fn the_archive_is_trusted_only_as_far_as_its_through() {
     }
     let frames = live.events(5).await;
     let all = seqs(&frames);
-    let stream = stack.js.get_stream("EVENTS").await.unwrap();
-    stream
-        .purge()
-        .filter("rt.conversation.c3")
-        .keep(2)
-        .await
-        .unwrap();
+    purge_events(&stack.client, "rt.conversation.c3", 2).await;
 
     // 0: lagging, 1: covering, 2: nonsense.
     let mode = Arc::new(AtomicU64::new(0));

@@ -38,3 +38,16 @@ pub async fn archived_through(client: &async_nats::Client, ch: &str, seq: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Removes the events of `subject` (e.g. `rt.conversation.c1`) from `EVENTS` but the
+/// newest `keep` (all of them when `keep` is 0), as the stream's limits would.
+pub async fn purge_events(client: &async_nats::Client, subject: &str, keep: u64) {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream("EVENTS").await.expect("the EVENTS stream");
+    let purge = stream.purge().filter(subject);
+    if keep == 0 {
+        purge.await.expect("purge EVENTS");
+    } else {
+        purge.keep(keep).await.expect("purge EVENTS");
+    }
+}

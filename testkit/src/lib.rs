@@ -30,7 +30,7 @@ mod postgres;
 mod process;
 mod workers;
 
-pub use archive::{archived_through, events_epoch};
+pub use archive::{archived_through, events_epoch, purge_events};
 pub use nats::{Nats, NatsCluster, synced};
 pub use postgres::Postgres;
 pub use process::{Process, binary, free_port, workspace_root};
