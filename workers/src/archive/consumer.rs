@@ -44,6 +44,9 @@ pub const NAME: &str = "archive";
 const BATCH: usize = 500;
 /// How long a batch waits for one more message before it is written.
 const LINGER: Duration = Duration::from_millis(2);
+/// The longest a batch gathers messages, so a steady trickle is still archived within
+/// the second the protocol promises.
+const GATHER: Duration = Duration::from_millis(50);
 /// Unacked messages the consumer hands out across all copies (two batches each for a
 /// few copies).
 const MAX_ACK_PENDING: i64 = 4_000;
@@ -154,9 +157,10 @@ impl Consumer {
             };
             let mut batch = vec![first];
             let mut failed = None;
-            // What has arrived, and what keeps arriving without a pause of LINGER: a
-            // busy stream fills batches, a quiet one waits at most LINGER per message.
-            while batch.len() < BATCH {
+            // What has arrived, and what keeps arriving without a pause of LINGER, for at
+            // most GATHER: a busy stream fills batches, a quiet one waits at most LINGER.
+            let gathering = Instant::now();
+            while batch.len() < BATCH && gathering.elapsed() < GATHER {
                 let next = match messages.next().now_or_never() {
                     Some(next) => next,
                     None => match tokio::time::timeout(LINGER, messages.next()).await {
