@@ -564,6 +564,44 @@ async fn two_copies_of_the_job_agree_on_every_count() {
     .await;
 }
 
+#[tokio::test]
+async fn a_recreated_stream_starts_the_counts_again() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "archive", &[]);
+    let ch = "conversation:c1";
+    join(&setup, ch, "u1").await;
+    say(&setup, ch, "u2", "one").await;
+    let last = say(&setup, ch, "u2", "two").await;
+    let data = json!({"user": "u1", "delivered": last, "read": last});
+    publish(&setup, ch, "message.receipt", Some("u1"), data).await;
+    entry_when(&setup, "u1", ch, "all read", |e, _| {
+        e["read"] == last && e["unread"] == 0
+    })
+    .await;
+
+    // EVENTS is deleted and made again (a new epoch): its seqs start at 1, below the old
+    // read cursor, and must count all the same.
+    setup
+        .js
+        .delete_stream(switchboard_bus::EVENTS_STREAM)
+        .await
+        .unwrap();
+    switchboard_bus::definitions::Definitions::builtin()
+        .apply(&setup.js)
+        .await
+        .unwrap();
+    let first = say(&setup, ch, "u2", "after the reset").await;
+    assert!(first < last);
+    let (entry, total) = entry_when(&setup, "u1", ch, "the new message", |e, _| {
+        e["last"]["text"] == "after the reset"
+    })
+    .await;
+    assert_eq!(
+        (entry["unread"].clone(), entry["read"].clone(), total),
+        (json!(1), json!(0), 1)
+    );
+}
+
 /// u1 sent every fifth message (n % 5 == 0); none was deleted: u2's unread per conversation.
 fn count_from_u1(ch: &str, conversations: &[String]) -> u64 {
     let index = conversations.iter().position(|c| c == ch).unwrap();

@@ -142,20 +142,28 @@ INSERT INTO switchboard.inbox_entries AS e
 SELECT r.user_id, r.channel, false, 0, 0, r.read, $1, timestamptz 'epoch'
   FROM unnest($2::text[], $3::text[], $4::bigint[]) AS r(user_id, channel, read)
 ON CONFLICT (user_id, channel) DO UPDATE
-   SET read_seq = EXCLUDED.read_seq, updated_at = now()
- WHERE EXCLUDED.read_seq > e.read_seq
+   SET read_seq = EXCLUDED.read_seq,
+       joined_seq = CASE WHEN e.epoch = EXCLUDED.epoch THEN e.joined_seq ELSE 0 END,
+       epoch = EXCLUDED.epoch,
+       updated_at = now()
+ WHERE EXCLUDED.read_seq > e.read_seq OR e.epoch <> EXCLUDED.epoch
 RETURNING user_id, channel, active";
 
 /// Unread, last message and activity of the touched entries, from the archive: whatever
 /// order their events were archived in, the result is the same. Activity is the time of
-/// the newest message since the user joined (it never goes back).
+/// the newest message since the user joined (it never goes back). An entry whose cursors
+/// belong to an earlier epoch (EVENTS was recreated) starts again from 0: its old seqs
+/// say nothing about the new stream's.
 const RECOUNT: &str = "
 UPDATE switchboard.inbox_entries e
    SET unread = (SELECT count(*) FROM switchboard.archive a
                   WHERE a.channel = e.channel AND a.epoch = $1
                     AND a.type = 'message.new' AND NOT a.deleted
-                    AND a.seq > greatest(e.read_seq, e.joined_seq)
+                    AND a.seq > CASE WHEN e.epoch = $1
+                                     THEN greatest(e.read_seq, e.joined_seq) ELSE 0 END
                     AND a.actor_id IS DISTINCT FROM e.user_id),
+       read_seq = CASE WHEN e.epoch = $1 THEN e.read_seq ELSE 0 END,
+       joined_seq = CASE WHEN e.epoch = $1 THEN e.joined_seq ELSE 0 END,
        last_seq = (SELECT max(a.seq) FROM switchboard.archive a
                     WHERE a.channel = e.channel AND a.epoch = $1
                       AND a.type = 'message.new' AND NOT a.deleted),
@@ -163,7 +171,7 @@ UPDATE switchboard.inbox_entries e
                               (SELECT a.ts FROM switchboard.archive a
                                 WHERE a.channel = e.channel AND a.epoch = $1
                                   AND a.type = 'message.new' AND NOT a.deleted
-                                  AND a.seq > e.joined_seq
+                                  AND a.seq > CASE WHEN e.epoch = $1 THEN e.joined_seq ELSE 0 END
                                 ORDER BY a.seq DESC LIMIT 1)),
        epoch = $1,
        updated_at = now()
