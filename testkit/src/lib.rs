@@ -25,12 +25,14 @@
 //! root.
 
 mod archive;
+mod members;
 mod nats;
 mod postgres;
 mod process;
 mod workers;
 
 pub use archive::{archived_through, events_epoch, purge_events};
+pub use members::{add_member, remove_member};
 pub use nats::{Nats, NatsCluster, synced};
 pub use postgres::Postgres;
 pub use process::{Process, binary, free_port, workspace_root};

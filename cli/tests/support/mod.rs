@@ -65,15 +65,11 @@ impl Bus {
 
     /// Makes `user` a member of `channel` as the membership worker does.
     pub async fn add_member(&self, channel: &str, user: &str) {
-        let kv = self.js.get_key_value("members").await.unwrap();
-        kv.put(key(channel, user), r#"{"role":"member"}"#.into())
-            .await
-            .unwrap();
+        switchboard_testkit::add_member(&self.js, channel, user).await;
     }
 
     pub async fn remove_member(&self, channel: &str, user: &str) {
-        let kv = self.js.get_key_value("members").await.unwrap();
-        kv.delete(key(channel, user)).await.unwrap();
+        switchboard_testkit::remove_member(&self.js, channel, user).await;
     }
 
     /// Messages stored by `stream` now.
@@ -81,11 +77,6 @@ impl Bus {
         let mut stream = self.js.get_stream(stream).await.unwrap();
         stream.info().await.unwrap().state.messages
     }
-}
-
-fn key(channel: &str, user: &str) -> String {
-    let (ns, id) = channel.split_once(':').unwrap();
-    format!("{ns}.{id}.{user}")
 }
 
 /// `switchboard <args>` with the NATS settings `nats` (e.g. [`Bus::admin_env`]).

@@ -112,21 +112,12 @@ impl Stack {
 
     /// Makes `user` a member of `channel` the way the membership worker does.
     pub async fn add_member(&self, channel: &str, user: &str) {
-        let kv = self.js.get_key_value("members").await.unwrap();
-        kv.put(member_key(channel, user), r#"{"role":"member"}"#.into())
-            .await
-            .unwrap();
+        switchboard_testkit::add_member(&self.js, channel, user).await;
     }
 
     pub async fn remove_member(&self, channel: &str, user: &str) {
-        let kv = self.js.get_key_value("members").await.unwrap();
-        kv.delete(member_key(channel, user)).await.unwrap();
+        switchboard_testkit::remove_member(&self.js, channel, user).await;
     }
-}
-
-fn member_key(channel: &str, user: &str) -> String {
-    let (ns, id) = channel.split_once(':').unwrap();
-    format!("{ns}.{id}.{user}")
 }
 
 /// A running `switchboard-edge` process.
