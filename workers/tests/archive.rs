@@ -454,6 +454,39 @@ async fn bad_requests_are_refused() {
     }
 }
 
+#[tokio::test]
+async fn a_page_of_large_events_stops_early_and_says_so() {
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "archive", &[]);
+    let ch = "conversation:big";
+    let text = "x".repeat(300 * 1024);
+    let mut seqs = Vec::new();
+    for _ in 0..5 {
+        seqs.push(publish(&setup, ch, "message.new", "u1", json!({"text": text})).await);
+    }
+    wait_through(&setup, ch, *seqs.last().unwrap()).await;
+    let epoch = epoch(&setup).await;
+    let mut got = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = read(
+            &setup,
+            json!({"ch": ch, "epoch": epoch, "after": after, "limit": 10}),
+        )
+        .await;
+        let events = page["events"].as_array().unwrap().clone();
+        assert!(!events.is_empty() || got.len() == seqs.len(), "{page}");
+        let Some(last) = events.last() else { break };
+        after = last["seq"].as_u64().unwrap();
+        got.extend(events.iter().map(|e| e["seq"].as_u64().unwrap()));
+        if page.get("truncated").is_none() {
+            break;
+        }
+        assert!(events.len() < 5, "a truncated page is short");
+    }
+    assert_eq!(got, seqs);
+}
+
 /// The archive's write rate (docs/operations.md §12: >= 10,000 events/s). A measurement,
 /// not a check: `cargo nextest run -p switchboard-workers --test archive --run-ignored
 /// only --no-capture` (a release build measures what production gets).

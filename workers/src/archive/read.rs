@@ -14,6 +14,8 @@ use super::store::bigint;
 use crate::responder::{Call, Method, Reply, RpcError, Service};
 
 const MAX_LIMIT: u32 = 1000;
+/// Bytes of events in one answer at most: well under NATS's 1 MB message limit.
+const MAX_ANSWER: usize = 768 * 1024;
 const DEFAULT_LIMIT: u32 = 100;
 
 const ASCENDING: &str = "
@@ -141,11 +143,24 @@ impl Service for ArchiveReader {
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         let mut events = Vec::with_capacity(rows.len());
+        let mut size = 0;
+        let mut truncated = false;
         for (seq, envelope) in rows {
+            // The answer is one NATS message: a page of large events stops early (never
+            // empty) and says so; the caller asks again from its last seq.
+            size += envelope.len() + 32;
+            if size > MAX_ANSWER && !events.is_empty() {
+                truncated = true;
+                break;
+            }
             let event: serde_json::Value =
                 serde_json::from_str(&envelope).map_err(|e| unavailable(e.to_string()))?;
             events.push(serde_json::json!({ "seq": seq, "event": event }));
         }
-        Ok(serde_json::json!({ "events": events, "through": through }))
+        let mut answer = serde_json::json!({ "events": events, "through": through });
+        if truncated {
+            answer["truncated"] = serde_json::json!(true);
+        }
+        Ok(answer)
     }
 }
