@@ -1195,14 +1195,8 @@ async fn injected_channel_names_are_bad_requests_and_never_reach_a_subject() {
         "domain:a%20b",
     ] {
         for path in ["/v1/poll", "/v1/sse"] {
-            let (status, body) = http(
-                &edge.addr,
-                "GET",
-                &format!("{path}?ch={ch}"),
-                &[("Authorization", &auth)],
-                "",
-            )
-            .await;
+            let (status, body) =
+                http_as(&edge.addr, "GET", &format!("{path}?ch={ch}"), &auth, "").await;
             assert_eq!(status, 400, "{path}?ch={ch}: {body}");
         }
     }

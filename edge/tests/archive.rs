@@ -214,8 +214,7 @@ async fn history_and_resume_continue_into_the_archive_after_a_purge() {
     for round in 0.. {
         assert!(round < 20, "polled only {:?}", seqs(&polled));
         let path = format!("/v1/poll?ch={CH}&cursor={cursor}&wait=2");
-        let (status, body) =
-            http(&edge.addr, "GET", &path, &[("Authorization", &bearer)], "").await;
+        let (status, body) = http_as(&edge.addr, "GET", &path, &bearer, "").await;
         assert_eq!(status, 200, "{body}");
         let answer: Value = serde_json::from_str(&body).unwrap();
         if round == 0 {
@@ -257,7 +256,7 @@ async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
     // So does a long poll's first cursor.
     let bearer = format!("Bearer {}", token("u1", 3600, &[]));
     let path = format!("/v1/poll?ch={CH}");
-    let (status, body) = http(&edge.addr, "GET", &path, &[("Authorization", &bearer)], "").await;
+    let (status, body) = http_as(&edge.addr, "GET", &path, &bearer, "").await;
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -84,33 +84,19 @@ async fn sse_refuses_before_streaming() {
     let auth = bearer(&token("u1", 600, &[]));
     let (status, body) = http(&edge.addr, "GET", "/v1/sse?ch=domain:s", &[], "").await;
     assert_eq!(status, 401, "{body}");
-    let (status, body) = http(
-        &edge.addr,
-        "GET",
-        "/v1/sse?ch=project:p1",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, body) = http_as(&edge.addr, "GET", "/v1/sse?ch=project:p1", &auth, "").await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["code"],
         "forbidden"
     );
-    let (status, _) = http(
-        &edge.addr,
-        "GET",
-        "/v1/sse?ch=project:p1.>",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, _) = http_as(&edge.addr, "GET", "/v1/sse?ch=project:p1.>", &auth, "").await;
     assert_eq!(status, 400);
-    let (status, _) = http(
+    let (status, _) = http_as(
         &edge.addr,
         "GET",
         "/v1/sse?ch=domain:s&cursor=garbage",
-        &[("Authorization", &auth)],
+        &auth,
         "",
     )
     .await;
@@ -123,14 +109,7 @@ async fn long_polling_hands_out_a_cursor_then_events_after_it() {
     let edge = stack.edge(&[]);
     let auth = bearer(&token("u1", 600, &[]));
     let before = stack.publish("domain:p", "project.update", json!({})).await;
-    let (status, body) = http(
-        &edge.addr,
-        "GET",
-        "/v1/poll?ch=domain:p",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, body) = http_as(&edge.addr, "GET", "/v1/poll?ch=domain:p", &auth, "").await;
     assert_eq!(status, 200, "{body}");
     let first: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -149,7 +128,7 @@ async fn long_polling_hands_out_a_cursor_then_events_after_it() {
         );
     }
     let path = format!("/v1/poll?ch=domain:p&cursor={cursor}&wait=5");
-    let (_, body) = http(&edge.addr, "GET", &path, &[("Authorization", &auth)], "").await;
+    let (_, body) = http_as(&edge.addr, "GET", &path, &auth, "").await;
     let second: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seqs(second["events"].as_array().unwrap()), published);
     assert!(!published.contains(&before));
@@ -158,7 +137,7 @@ async fn long_polling_hands_out_a_cursor_then_events_after_it() {
     let cursor = second["cursor"].as_str().unwrap();
     let path = format!("/v1/poll?ch=domain:p&cursor={cursor}&wait=1");
     let started = std::time::Instant::now();
-    let (_, body) = http(&edge.addr, "GET", &path, &[("Authorization", &auth)], "").await;
+    let (_, body) = http_as(&edge.addr, "GET", &path, &auth, "").await;
     let third: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(third["events"], json!([]));
     assert!(started.elapsed() >= Duration::from_millis(900));
@@ -169,10 +148,7 @@ async fn long_polling_hands_out_a_cursor_then_events_after_it() {
         third["cursor"].as_str().unwrap()
     );
     let addr = edge.addr.clone();
-    let waiting =
-        tokio::spawn(
-            async move { http(&addr, "GET", &path, &[("Authorization", &auth)], "").await },
-        );
+    let waiting = tokio::spawn(async move { http_as(&addr, "GET", &path, &auth, "").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let late = stack.publish("domain:p", "project.update", json!({})).await;
     let (_, body) = waiting.await.unwrap();
@@ -190,26 +166,12 @@ async fn http_publish_needs_a_service_token_and_honours_event_ids() {
     let body = json!({"channel":"project:p1","type":"bid.new","data":{"amount":5000},
                       "id":"evt_bid_42","actor":{"id":"user_456","type":"contractor"},"source":"bidding-service"})
     .to_string();
-    let (status, answer) = http(
-        &edge.addr,
-        "POST",
-        "/v1/publish",
-        &[("Authorization", &service)],
-        &body,
-    )
-    .await;
+    let (status, answer) = http_as(&edge.addr, "POST", "/v1/publish", &service, &body).await;
     assert_eq!(status, 200, "{answer}");
     let first: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(first["event_id"], "evt_bid_42");
     assert_eq!(first["duplicate"], false);
-    let (_, again) = http(
-        &edge.addr,
-        "POST",
-        "/v1/publish",
-        &[("Authorization", &service)],
-        &body,
-    )
-    .await;
+    let (_, again) = http_as(&edge.addr, "POST", "/v1/publish", &service, &body).await;
     let again: Value = serde_json::from_str(&again).unwrap();
     assert_eq!(again["seq"], first["seq"]);
     assert_eq!(again["duplicate"], true);
@@ -218,14 +180,7 @@ async fn http_publish_needs_a_service_token_and_honours_event_ids() {
     assert!(client.no_more_events().await.is_none(), "stored once");
 
     let user = bearer(&token("u1", 600, &[]));
-    let (status, _) = http(
-        &edge.addr,
-        "POST",
-        "/v1/publish",
-        &[("Authorization", &user)],
-        &body,
-    )
-    .await;
+    let (status, _) = http_as(&edge.addr, "POST", "/v1/publish", &user, &body).await;
     assert_eq!(status, 403);
     for bad in [
         json!({"channel":"project:p1.x","type":"bid.new"}),
@@ -234,24 +189,17 @@ async fn http_publish_needs_a_service_token_and_honours_event_ids() {
         json!({"channel":"user:u1:messages","type":"bid.new"}),
         json!({"channel":"project:p1","type":"bid.new","unknown":1}),
     ] {
-        let (status, answer) = http(
+        let (status, answer) = http_as(
             &edge.addr,
             "POST",
             "/v1/publish",
-            &[("Authorization", &service)],
+            &service,
             &bad.to_string(),
         )
         .await;
         assert_eq!(status, 400, "{bad}: {answer}");
     }
-    let (status, _) = http(
-        &edge.addr,
-        "POST",
-        "/v1/publish",
-        &[("Authorization", &service)],
-        "{not json",
-    )
-    .await;
+    let (status, _) = http_as(&edge.addr, "POST", "/v1/publish", &service, "{not json").await;
     assert_eq!(status, 400);
 }
 
@@ -265,36 +213,15 @@ async fn http_rpc_forwards_like_the_socket() {
         })
         .await;
     let auth = bearer(&token("u7", 600, &[]));
-    let (status, body) = http(
-        &edge.addr,
-        "POST",
-        "/v1/rpc/test.echo",
-        &[("Authorization", &auth)],
-        "{}",
-    )
-    .await;
+    let (status, body) = http_as(&edge.addr, "POST", "/v1/rpc/test.echo", &auth, "{}").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
         json!({"result":{"user":"u7"}})
     );
-    let (status, body) = http(
-        &edge.addr,
-        "POST",
-        "/v1/rpc/nobody.home",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, body) = http_as(&edge.addr, "POST", "/v1/rpc/nobody.home", &auth, "").await;
     assert_eq!(status, 404, "{body}");
-    let (status, _) = http(
-        &edge.addr,
-        "POST",
-        "/v1/rpc/Bad..Method",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, _) = http_as(&edge.addr, "POST", "/v1/rpc/Bad..Method", &auth, "").await;
     assert_eq!(status, 400);
     let (status, _) = http(&edge.addr, "POST", "/v1/rpc/test.echo", &[], "").await;
     assert_eq!(status, 401);
@@ -450,14 +377,7 @@ async fn origins_outside_the_allowed_list_are_refused() {
     )
     .await;
     assert_eq!(status, 200);
-    let (status, _) = http(
-        &edge.addr,
-        "GET",
-        "/v1/poll?ch=domain:o",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, _) = http_as(&edge.addr, "GET", "/v1/poll?ch=domain:o", &auth, "").await;
     assert_eq!(status, 200, "no Origin: not a browser");
 }
 
@@ -536,14 +456,7 @@ async fn a_waiting_long_poll_ends_when_its_membership_is_removed() {
     stack.add_member("project:p1", "u1").await;
     let edge = stack.edge(&[]);
     let auth = bearer(&token("u1", 600, &[]));
-    let (status, body) = http(
-        &edge.addr,
-        "GET",
-        "/v1/poll?ch=project:p1",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (status, body) = http_as(&edge.addr, "GET", "/v1/poll?ch=project:p1", &auth, "").await;
     assert_eq!(status, 200, "{body}");
     let cursor: Value = serde_json::from_str(&body).unwrap();
     let path = format!(
@@ -554,14 +467,7 @@ async fn a_waiting_long_poll_ends_when_its_membership_is_removed() {
     let (addr, waiting_path, waiting_auth) = (edge.addr.clone(), path.clone(), auth.clone());
     let waiting = tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let answer = http(
-            &addr,
-            "GET",
-            &waiting_path,
-            &[("Authorization", &waiting_auth)],
-            "",
-        )
-        .await;
+        let answer = http_as(&addr, "GET", &waiting_path, &waiting_auth, "").await;
         (answer, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -577,7 +483,7 @@ async fn a_waiting_long_poll_ends_when_its_membership_is_removed() {
         "the poll waited {waited:?} after its membership was removed"
     );
 
-    let (status, _) = http(&edge.addr, "GET", &path, &[("Authorization", &auth)], "").await;
+    let (status, _) = http_as(&edge.addr, "GET", &path, &auth, "").await;
     assert_eq!(status, 403, "the next poll is refused");
 }
 
@@ -602,14 +508,7 @@ async fn a_channel_purged_past_a_resume_point_says_not_recovered_on_every_transp
                 .await,
         );
     }
-    let (_, body) = http(
-        &edge.addr,
-        "GET",
-        "/v1/poll?ch=domain:cut",
-        &[("Authorization", &auth)],
-        "",
-    )
-    .await;
+    let (_, body) = http_as(&edge.addr, "GET", "/v1/poll?ch=domain:cut", &auth, "").await;
     let cursor = serde_json::from_str::<Value>(&body).unwrap()["cursor"]
         .as_str()
         .unwrap()
@@ -646,7 +545,7 @@ async fn a_channel_purged_past_a_resume_point_says_not_recovered_on_every_transp
     assert_eq!(intact["recovered"], true, "{intact}");
 
     let path = format!("/v1/poll?ch=domain:cut&cursor={cursor}&wait=2");
-    let (status, body) = http(&edge.addr, "GET", &path, &[("Authorization", &auth)], "").await;
+    let (status, body) = http_as(&edge.addr, "GET", &path, &auth, "").await;
     assert_eq!(status, 200, "{body}");
     let poll: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(poll["recovered"], false, "{poll}");

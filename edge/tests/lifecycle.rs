@@ -52,14 +52,7 @@ async fn a_privacy_change_revokes_watches_on_the_socket_sse_and_polls() {
     let mut sse =
         SseStream::open(&edge.addr, "ch=presence:u2", &[("Authorization", &bearer)]).await;
     assert_eq!(sse.next().await.0, "ok");
-    let (status, body) = http(
-        &edge.addr,
-        "GET",
-        "/v1/poll?ch=presence:u2",
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
+    let (status, body) = http_as(&edge.addr, "GET", "/v1/poll?ch=presence:u2", &bearer, "").await;
     assert_eq!(status, 200, "{body}");
     let cursor = serde_json::from_str::<Value>(&body).unwrap()["cursor"]
         .as_str()
@@ -70,7 +63,7 @@ async fn a_privacy_change_revokes_watches_on_the_socket_sse_and_polls() {
     let waiting = tokio::spawn(async move {
         let path = format!("/v1/poll?ch=presence:u2&cursor={cursor}&wait=20");
         let started = Instant::now();
-        let (status, _) = http(&addr, "GET", &path, &[("Authorization", &poll_bearer)], "").await;
+        let (status, _) = http_as(&addr, "GET", &path, &poll_bearer, "").await;
         (status, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -105,14 +98,7 @@ async fn a_privacy_change_revokes_watches_on_the_socket_sse_and_polls() {
         socket.sub(json!({"ch":"presence:u2"})).await["code"],
         "forbidden"
     );
-    let (status, _) = http(
-        &edge.addr,
-        "GET",
-        "/v1/poll?ch=presence:u2",
-        &[("Authorization", &bearer)],
-        "",
-    )
-    .await;
+    let (status, _) = http_as(&edge.addr, "GET", "/v1/poll?ch=presence:u2", &bearer, "").await;
     assert_eq!(status, 403);
 }
 

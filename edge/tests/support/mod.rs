@@ -453,6 +453,24 @@ pub fn seqs(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
 }
 
+/// [`http`] with one header, `Authorization: <authorization>` (e.g. `Bearer <token>`).
+pub async fn http_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    authorization: &str,
+    body: &str,
+) -> (u16, String) {
+    http(
+        addr,
+        method,
+        path,
+        &[("Authorization", authorization)],
+        body,
+    )
+    .await
+}
+
 /// One HTTP/1.0 request (so the body ends with the connection): (status, body).
 pub async fn http(
     addr: &str,
