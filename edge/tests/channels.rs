@@ -473,16 +473,7 @@ async fn a_gap_on_the_live_path_is_repaired_from_the_stream() {
     assert_eq!(seqs(&client.events(1).await), [before]);
 
     // Events stored while the stream republishes nothing never reach the edge live.
-    let mut config = stack
-        .js
-        .get_stream("EVENTS")
-        .await
-        .unwrap()
-        .cached_info()
-        .config
-        .clone();
-    let republish = config.republish.take();
-    stack.js.update_stream(&config).await.unwrap();
+    let config = stack.stop_republishing().await;
     let mut missed = Vec::new();
     for n in 1..=3 {
         missed.push(
@@ -492,8 +483,7 @@ async fn a_gap_on_the_live_path_is_repaired_from_the_stream() {
         );
     }
     assert!(client.no_more_events().await.is_none());
-    config.republish = republish;
-    stack.js.update_stream(&config).await.unwrap();
+    stack.republish_again(&config).await;
     // The next live event names its predecessor, which the edge has not seen.
     let after = stack
         .publish("domain:g", "project.update", json!({"n": 4}))

@@ -56,16 +56,7 @@ async fn events_stored_but_never_forwarded_arrive_when_the_stream_gets_a_new_lea
 
     // A leader that stores events and dies before republishing them looks, from the
     // edge, like a stream that republishes nothing for a while, then a new leader.
-    let mut config = stack
-        .js
-        .get_stream("EVENTS")
-        .await
-        .unwrap()
-        .cached_info()
-        .config
-        .clone();
-    let republish = config.republish.take();
-    stack.js.update_stream(&config).await.unwrap();
+    let config = stack.stop_republishing().await;
     let mut stored = Vec::new();
     for n in 0..3 {
         stored.push(
@@ -75,8 +66,7 @@ async fn events_stored_but_never_forwarded_arrive_when_the_stream_gets_a_new_lea
         );
     }
     assert!(client.no_more_events().await.is_none());
-    config.republish = republish;
-    stack.js.update_stream(&config).await.unwrap();
+    stack.republish_again(&config).await;
 
     // No further event on the channel: only the election tells the edge to look.
     stack

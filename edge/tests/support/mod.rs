@@ -110,6 +110,29 @@ impl Stack {
             .expect("the test service answers");
     }
 
+    /// Turns `EVENTS` republishing off: events are still stored, but nothing reaches the
+    /// edges live (as when a leader dies before republishing). Returns the stream's
+    /// settings for [`Stack::republish_again`].
+    pub async fn stop_republishing(&self) -> async_nats::jetstream::stream::Config {
+        let config = self
+            .js
+            .get_stream("EVENTS")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        let mut paused = config.clone();
+        paused.republish = None;
+        self.js.update_stream(&paused).await.unwrap();
+        config
+    }
+
+    /// Restores the settings [`Stack::stop_republishing`] returned.
+    pub async fn republish_again(&self, config: &async_nats::jetstream::stream::Config) {
+        self.js.update_stream(config).await.unwrap();
+    }
+
     /// Makes `user` a member of `channel` the way the membership worker does.
     pub async fn add_member(&self, channel: &str, user: &str) {
         switchboard_testkit::add_member(&self.js, channel, user).await;
