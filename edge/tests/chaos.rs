@@ -22,7 +22,7 @@ use async_nats::jetstream;
 use serde_json::{Value, json};
 use support::*;
 use switchboard_bus::definitions::Definitions;
-use switchboard_bus::{EVENTS_STREAM, Published, Publisher};
+use switchboard_bus::{EVENTS_STREAM, NatsOptions, Published, Publisher};
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
 use switchboard_testkit::{NatsCluster, Postgres, Workers};
 use tokio::sync::watch;
@@ -50,16 +50,7 @@ async fn an_edge_killed_during_fan_out_loses_nothing_for_clients_resuming_elsewh
         followers.push(follower.spawn(last.clone()));
     }
 
-    let (publisher, mut progress) = publish_steadily(
-        stack.client.clone(),
-        CHANNEL,
-        EVENTS,
-        Duration::from_millis(5),
-    );
-    wait_for(&mut progress, "a third of the events acknowledged", |p| {
-        p.acked >= EVENTS / 3
-    })
-    .await;
+    let (publisher, progress) = feed_a_third(stack.client.clone(), CHANNEL, EVENTS).await;
     edge_a.process.kill();
     let killed_after = progress.borrow().acked;
     let feed = publisher.await.expect("the publisher finishes");
@@ -100,21 +91,8 @@ async fn a_nats_restart_under_a_running_publisher_loses_no_acknowledged_event() 
         followers.push(follower.spawn(last.clone()));
     }
 
-    let service = stack.nats.options(Role::Service);
-    let backend = service
-        .connect_options(Role::Service, "backend")
-        .await
-        .unwrap()
-        .retry_on_initial_connect()
-        .connect(service.servers())
-        .await
-        .expect("connect the publisher");
-    let (publisher, mut progress) =
-        publish_steadily(backend, CHANNEL, EVENTS, Duration::from_millis(5));
-    wait_for(&mut progress, "a third of the events acknowledged", |p| {
-        p.acked >= EVENTS / 3
-    })
-    .await;
+    let backend = backend(stack.nats.options(Role::Service)).await;
+    let (publisher, mut progress) = feed_a_third(backend, CHANNEL, EVENTS).await;
     let failed_before = progress.borrow().failed;
     tokio::task::block_in_place(|| stack.nats.stop());
     let acked_before_kill = progress.borrow().acked;
@@ -206,21 +184,8 @@ async fn a_cluster_node_killed_under_load_loses_no_acknowledged_event() {
         let follower = Follower::join(&edge, user, CHANNEL, None).await;
         followers.push(follower.spawn(last.clone()));
     }
-    let service = cluster.options(Role::Service);
-    let backend = service
-        .connect_options(Role::Service, "backend")
-        .await
-        .unwrap()
-        .retry_on_initial_connect()
-        .connect(service.servers())
-        .await
-        .expect("connect the publisher");
-    let (feeder, mut progress) =
-        publish_steadily(backend, CHANNEL, EVENTS, Duration::from_millis(5));
-    wait_for(&mut progress, "a third of the events acknowledged", |p| {
-        p.acked >= EVENTS / 3
-    })
-    .await;
+    let backend = backend(cluster.options(Role::Service)).await;
+    let (feeder, mut progress) = feed_a_third(backend, CHANNEL, EVENTS).await;
     tokio::task::block_in_place(|| cluster.stop_node(victim));
     let killed_after = progress.borrow().acked;
     let killed_at = Instant::now();
@@ -309,6 +274,35 @@ impl Feed {
     fn last_seq(&self) -> u64 {
         self.acked.last().map_or(0, |a| a.seq)
     }
+}
+
+/// A backend's connection as the `service` role, retrying while NATS is down (even
+/// at first), as a production publisher would.
+async fn backend(service: NatsOptions) -> async_nats::Client {
+    service
+        .connect_options(Role::Service, "backend")
+        .await
+        .unwrap()
+        .retry_on_initial_connect()
+        .connect(service.servers())
+        .await
+        .expect("connect the publisher")
+}
+
+/// [`publish_steadily`] `count` events on `channel`, one every 5 ms; returns once a third
+/// of them are acknowledged.
+async fn feed_a_third(
+    client: async_nats::Client,
+    channel: &str,
+    count: usize,
+) -> (JoinHandle<Feed>, watch::Receiver<Progress>) {
+    let (publisher, mut progress) =
+        publish_steadily(client, channel, count, Duration::from_millis(5));
+    wait_for(&mut progress, "a third of the events acknowledged", |p| {
+        p.acked >= count / 3
+    })
+    .await;
+    (publisher, progress)
 }
 
 /// Publishes `count` events on `channel`, one per `every`, as a backend that must not lose
