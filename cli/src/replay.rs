@@ -795,6 +795,9 @@ struct Pager {
 struct ArchivePage {
     events: Vec<ArchiveItem>,
     through: u64,
+    /// The page stopped early to fit one NATS message: more may follow.
+    #[serde(default)]
+    truncated: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -911,7 +914,7 @@ impl Archived {
             (None, error) => anyhow::bail!("int.archive.read refused: {error:?}"),
         };
         let previous = pager.after;
-        let full = page.events.len() >= ARCHIVE_PAGE;
+        let full = page.truncated || page.events.len() >= ARCHIVE_PAGE;
         for item in page.events {
             // In order and inside the window only: anything else is the archive's
             // mistake, and would repeat or skip events.

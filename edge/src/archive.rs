@@ -121,6 +121,9 @@ pub struct Page {
     pub events: Vec<Kept>,
     /// Every archived event of the channel with a seq up to this is present.
     pub through: u64,
+    /// The archive stopped the page early (to fit one NATS message): fewer events than
+    /// asked for do not mean there are no more.
+    pub truncated: bool,
 }
 
 impl Page {
@@ -132,6 +135,8 @@ impl Page {
         struct Answer {
             events: Vec<Item>,
             through: u64,
+            #[serde(default)]
+            truncated: bool,
         }
         #[derive(Deserialize)]
         struct Item {
@@ -165,6 +170,7 @@ impl Page {
         Ok(Page {
             events,
             through: answer.through,
+            truncated: answer.truncated,
         })
     }
 }
@@ -325,10 +331,29 @@ pub async fn newest(
     } else {
         read(edge, user, &request).await.ok()
     };
-    Ok(match page {
-        Some(page) => join_newest(page.events, stream, short.limit),
-        None => stream,
-    })
+    let Some(mut page) = page else {
+        return Ok(stream);
+    };
+    // A page the archive stopped early (large events) is continued below its oldest.
+    let mut events = std::mem::take(&mut page.events);
+    while page.truncated && events.len() < short.limit {
+        let Some(oldest) = events.last().map(|e| e.seq) else {
+            break;
+        };
+        let more = Request {
+            before: Some(oldest),
+            limit: short.limit - events.len(),
+            ..request.clone()
+        };
+        match read(edge, user, &more).await {
+            Ok(next) if next.events.first().is_some_and(|e| e.seq < oldest) => {
+                page = next;
+                events.append(&mut page.events);
+            }
+            _ => break,
+        }
+    }
+    Ok(join_newest(events, stream, short.limit))
 }
 
 /// The seq of the newest archived event of `channel` (a base channel), when the

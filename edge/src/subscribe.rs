@@ -242,7 +242,7 @@ async fn replay_archive(
     let mut page = first;
     let mut last = 0;
     loop {
-        let complete = page.events.len() < archive::PAGE;
+        let complete = !page.truncated && page.events.len() < archive::PAGE;
         let previous = last;
         for event in &page.events {
             // In order, and below the stream's part: a seq past it would skip the

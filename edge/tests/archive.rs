@@ -452,3 +452,43 @@ async fn the_archive_is_trusted_only_as_far_as_its_through() {
         json!({"ch": ch, "epoch": epoch, "after": 0, "before": all[3], "limit": 2, "order": "desc"})
     );
 }
+
+/// Large messages: the archive stops a page early to fit one NATS message (`truncated`);
+/// a resume and a history page read on instead of taking the short page for the end.
+#[tokio::test]
+async fn pages_the_archive_stops_early_are_read_on() {
+    let stack = Stack::start().await;
+    let _workers = workers(&stack).await;
+    let edge = stack.edge(&[]);
+    stack.add_member(CH, "u1").await;
+    // 8 KiB each: 100 of them do not fit the archive's 768 KiB page.
+    let text = "x".repeat(8 * 1024);
+    let mut all = Vec::new();
+    for _ in 0..150 {
+        all.push(
+            stack
+                .publish(CH, "message.new", json!({"text": text}))
+                .await,
+        );
+    }
+    let last = *all.last().unwrap();
+    archived_through(&stack.client, CH, last).await;
+    purge_events(&stack.client, "rt.conversation.c1", 2).await;
+
+    let mut client = edge.connect("u1").await;
+    let page = client
+        .request(json!({"op": "history", "ch": CH, "limit": 100}))
+        .await;
+    assert_eq!(
+        seqs(page["events"].as_array().unwrap()),
+        all[50..].to_vec(),
+        "a full page across the archive's short pages"
+    );
+    let epoch = events_epoch(&stack.client).await;
+    let ok = client
+        .sub(json!({"ch": CH, "since": {"seq": all[0], "epoch": epoch}}))
+        .await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    assert_eq!(seqs(&client.events(149).await), all[1..].to_vec());
+    assert_eq!(client.no_more_events().await, None);
+}
