@@ -257,6 +257,10 @@ async fn invalid_channels_are_bad_requests_and_never_reach_a_subject() {
     .await
     {
         let subject = message.subject.to_string();
+        // Replies go to random inbox names, which may hold anything, "p1." included.
+        if subject.starts_with("_INBOX") {
+            continue;
+        }
         for token in subject.split('.') {
             assert!(
                 !token.is_empty() && !token.contains(['*', '>', ' ']),

@@ -131,9 +131,9 @@ async fn idle_connections_cost_no_writes_and_a_killed_edge_stops_its_heartbeat()
         .unwrap()
         .unwrap();
     assert_ne!(marker.operation, async_nats::jetstream::kv::Operation::Put);
-    // The TTL is two heartbeats (1 s): gone well within three TTL periods.
+    // The TTL is two heartbeats (1 s); bounded loosely, as CI runs beside other tests.
     assert!(
-        killed.elapsed() < Duration::from_secs(3),
+        killed.elapsed() < Duration::from_secs(10),
         "{:?}",
         killed.elapsed()
     );

@@ -78,8 +78,10 @@ async fn devices_come_and_go_and_a_killed_edge_makes_its_user_offline() {
     let offline = presence(&mut watcher).await;
     assert_eq!(offline["status"], "offline");
     assert!(offline["lastSeen"].is_string(), "{offline}");
+    // The heartbeat's TTL is 1 s; the workers then end its entries. Bounded loosely:
+    // CI runs this beside other tests on two cores.
     assert!(
-        killed.elapsed() < Duration::from_secs(3),
+        killed.elapsed() < Duration::from_secs(10),
         "offline after {:?}",
         killed.elapsed()
     );
