@@ -121,6 +121,9 @@ pub struct Page {
     pub events: Vec<Kept>,
     /// Every archived event of the channel with a seq up to this is present.
     pub through: u64,
+    /// ... and from this seq on: what came before may never have reached the archive
+    /// (it started later, or fell behind the stream's retention).
+    pub from: u64,
     /// The archive stopped the page early (to fit one NATS message): fewer events than
     /// asked for do not mean there are no more.
     pub truncated: bool,
@@ -135,6 +138,8 @@ impl Page {
         struct Answer {
             events: Vec<Item>,
             through: u64,
+            #[serde(default)]
+            from: u64,
             #[serde(default)]
             truncated: bool,
         }
@@ -170,6 +175,7 @@ impl Page {
         Ok(Page {
             events,
             through: answer.through,
+            from: answer.from,
             truncated: answer.truncated,
         })
     }
@@ -421,6 +427,8 @@ pub async fn bridgehead(
     let needed = resume_needed(first_kept, position.last_seq);
     Ok(read_covering(edge, user, &request, needed)
         .await
+        // The archive must also reach back to the first event after `since`.
+        .filter(|first| first.from <= since + 1)
         .map(|first| Bridgehead {
             first,
             before: first_kept,

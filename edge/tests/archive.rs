@@ -492,3 +492,50 @@ async fn pages_the_archive_stops_early_are_read_on() {
     assert_eq!(seqs(&client.events(149).await), all[1..].to_vec());
     assert_eq!(client.no_more_events().await, None);
 }
+
+/// What EVENTS lost before the archive job ever ran is in no archive: a resume from
+/// before it is not recovered, though the archive has everything since it started
+/// (int.archive.read `from`).
+#[tokio::test]
+async fn what_the_stream_lost_before_the_archive_began_is_not_recovered() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    stack.add_member(CH, "u1").await;
+    let mut before = Vec::new();
+    for n in 0..5 {
+        before.push(
+            stack
+                .publish(CH, "message.new", json!({"text": format!("early {n}")}))
+                .await,
+        );
+    }
+    purge_events(&stack.client, "rt.conversation.c1", 0).await;
+    let _workers = workers(&stack).await;
+    let mut after = Vec::new();
+    for n in 0..3 {
+        after.push(
+            stack
+                .publish(CH, "message.new", json!({"text": format!("late {n}")}))
+                .await,
+        );
+    }
+    archived_through(&stack.client, CH, *after.last().unwrap()).await;
+    purge_events(&stack.client, "rt.conversation.c1", 1).await;
+
+    let epoch = events_epoch(&stack.client).await;
+    let mut client = edge.connect("u1").await;
+    // From before the archive began: events are gone for good.
+    let ok = client
+        .sub(json!({"ch": CH, "since": {"seq": before[1], "epoch": epoch}}))
+        .await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+    // ... and what the stream still holds follows.
+    assert_eq!(seqs(&client.events(1).await), [after[2]]);
+    client.request(json!({"op": "unsub", "ch": CH})).await;
+    // From after it began: the archive and the stream cover everything.
+    let ok = client
+        .sub(json!({"ch": CH, "since": {"seq": before[4], "epoch": epoch}}))
+        .await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    assert_eq!(seqs(&client.events(3).await), after);
+}

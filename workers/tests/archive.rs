@@ -144,6 +144,8 @@ async fn events_are_archived_with_their_seqs_and_read_back_in_pages() {
     // Caught up: `through` is the stream's last seq, whatever channel it is on.
     let stream_last = setup.store.position().await.unwrap().last_seq;
     assert!(page["through"].as_u64().unwrap() >= last);
+    // The job ran from the stream's start: complete from its first seq.
+    assert!(page["from"].as_u64().unwrap() <= seqs[0], "{page}");
     eventually("through to reach the stream's end", || async {
         let page = read(
             &setup,
@@ -160,7 +162,7 @@ async fn events_are_archived_with_their_seqs_and_read_back_in_pages() {
         json!({"ch": "conversation:c1", "epoch": "1", "limit": 10}),
     )
     .await;
-    assert_eq!(other, json!({"events": [], "through": 0}));
+    assert_eq!(other, json!({"events": [], "through": 0, "from": 1}));
 
     // Namespaces outside SWITCHBOARD_ARCHIVE_NAMESPACES are not archived.
     let projects: i64 =

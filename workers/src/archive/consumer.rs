@@ -119,17 +119,31 @@ impl Consumer {
             max_ack_pending: MAX_ACK_PENDING,
             ..Default::default()
         };
-        let consumer = self
+        let mut consumer = self
             .js
             .create_consumer_on_stream(config, EVENTS_STREAM)
             .await
             .map_err(ConsumeError::Bind)?;
-        let epoch = self
+        let position = self
             .positions
             .position()
             .await
-            .map_err(ConsumeError::Epoch)?
-            .epoch;
+            .map_err(ConsumeError::Epoch)?;
+        let epoch = position.epoch;
+        // Where the archive is complete from (int.archive.read `from`): a fresh consumer
+        // starts at the stream's oldest event; one that finds the stream's oldest event
+        // past what it had been handed may have missed events retention took meanwhile.
+        let delivered = consumer
+            .info()
+            .await
+            .map_err(|e| ConsumeError::Pull(e.to_string()))?
+            .delivered
+            .stream_sequence;
+        let missed = delivered == 0 || position.first_seq > delivered + 1;
+        self.store
+            .note_coverage(&epoch, position.first_seq, missed)
+            .await
+            .map_err(|e| ConsumeError::Pull(format!("recording the archive's coverage: {e}")))?;
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(BATCH)

@@ -30,6 +30,10 @@ SELECT seq, envelope::text FROM switchboard.archive
  ORDER BY seq DESC
  LIMIT $5";
 
+/// Where the archive is complete from in an epoch (see the migration `archive_coverage`).
+const COVERAGE: &str = "
+SELECT complete_from FROM switchboard.archive_coverage WHERE epoch = $1";
+
 const HIGHEST: &str = "
 SELECT coalesce(max(seq), 0) FROM switchboard.archive WHERE channel = $1 AND epoch = $2";
 
@@ -129,6 +133,14 @@ impl Service for ArchiveReader {
             .through(&channel, &params.epoch)
             .await
             .map_err(unavailable)?;
+        // Without a record the archive holds nothing of this epoch: complete from
+        // nowhere below `through`.
+        let from: Option<i64> = sqlx::query_scalar(COVERAGE)
+            .bind(&params.epoch)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let from = from.map_or(through + 1, |f| u64::try_from(f).unwrap_or(0));
         let sql = match params.order.unwrap_or(Order::Asc) {
             Order::Asc => ASCENDING,
             Order::Desc => DESCENDING,
@@ -157,7 +169,7 @@ impl Service for ArchiveReader {
                 serde_json::from_str(&envelope).map_err(|e| unavailable(e.to_string()))?;
             events.push(serde_json::json!({ "seq": seq, "event": event }));
         }
-        let mut answer = serde_json::json!({ "events": events, "through": through });
+        let mut answer = serde_json::json!({ "events": events, "through": through, "from": from });
         if truncated {
             answer["truncated"] = serde_json::json!(true);
         }

@@ -189,7 +189,43 @@ pub struct ArchiveStore {
     db: PgPool,
 }
 
+/// Raises where the archive is complete from (`switchboard.archive_coverage`).
+const RAISE_COVERAGE: &str = "
+INSERT INTO switchboard.archive_coverage (epoch, complete_from) VALUES ($1, $2)
+ON CONFLICT (epoch) DO UPDATE
+   SET complete_from = greatest(archive_coverage.complete_from, excluded.complete_from),
+       updated_at = now()";
+
+/// Records a starting point only where none is known.
+const START_COVERAGE: &str = "
+INSERT INTO switchboard.archive_coverage (epoch, complete_from) VALUES ($1, $2)
+ON CONFLICT (epoch) DO NOTHING";
+
 impl ArchiveStore {
+    /// Notes, as the consumer binds, from which seq of `epoch` the archive is complete.
+    /// `missed`: the consumer is fresh, or the stream's oldest event is past what it had
+    /// been handed, so what came before `first_seq` may never have reached the archive.
+    /// Otherwise only a first record is made (an archive from before this table is taken
+    /// as complete from the stream's oldest event, not from the beginning).
+    pub async fn note_coverage(
+        &self,
+        epoch: &str,
+        first_seq: u64,
+        missed: bool,
+    ) -> Result<(), sqlx::Error> {
+        let query = if missed {
+            RAISE_COVERAGE
+        } else {
+            START_COVERAGE
+        };
+        sqlx::query(query)
+            .bind(epoch)
+            .bind(bigint(first_seq))
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
     pub fn new(db: PgPool) -> ArchiveStore {
         ArchiveStore { db }
     }
