@@ -48,6 +48,7 @@ async fn migrations_apply_to_an_empty_database_twice() {
         tables,
         [
             "archive",
+            "archive_coverage",
             "channel_members",
             "contacts",
             "erased_events",
