@@ -7,7 +7,8 @@ mod support;
 use std::process::Output;
 
 use serde_json::Value;
-use support::{Bus, command, ok, start_edge};
+use support::{Bus, Role, command, ok, start_edge};
+use switchboard_testkit::Workers;
 
 /// Made afresh per test process: the edge refuses secrets the repository holds.
 static SECRET: std::sync::LazyLock<String> =
@@ -39,7 +40,7 @@ fn refused(output: &Output) -> String {
 fn bad_targets_and_sizes_are_refused_before_anything_connects() {
     // Nothing listens on port 1: a refusal must come from the checks, not a connection.
     let nats = &url_only("nats://127.0.0.1:1");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--edge-url", "ws://203.0.113.7:8080/v1/ws", "resume"],
             "the edge URL ws://203.0.113.7:8080/v1/ws is not a loopback address",
@@ -61,6 +62,14 @@ fn bad_targets_and_sizes_are_refused_before_anything_connects() {
             "--subs must be between 0 and 100, not 500",
         ),
         (&["resume", "--size", "100000"], "--size must be between"),
+        (
+            &["inbox", "--conversations", "0"],
+            "--conversations must be between 1 and 10000, not 0",
+        ),
+        (
+            &["inbox", "--messages", "6000000"],
+            "--messages must be between 1 and 5000000, not 6000000",
+        ),
     ];
     for (args, expected) in cases {
         let error = refused(&bench(nats, None, args));
@@ -157,5 +166,48 @@ async fn every_scenario_accounts_for_every_event_against_a_real_edge() {
         number(&chat, "deliveries"),
         number(&connect, "connections_per_s"),
         number(&resume, "deliveries"),
+    );
+}
+
+/// `bench inbox` at a small size against the stack it needs: the edge, and the workers'
+/// `archive` and `membership` jobs on PostgreSQL. Every live message must reach the
+/// user's device as an `inbox` signal covering it; no timing is asserted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_inbox_scenario_accounts_for_every_message() {
+    let bus = Bus::start().await;
+    let _workers = Workers::new(bus.nats.env(Role::Workers), "archive,membership")
+        .start_with_postgres()
+        .await;
+    let url = bus.admin_env();
+    let (edge, addr) = start_edge(&bus.nats, &SECRET);
+    let pid = edge.pid().expect("the edge's pid");
+    let args = [
+        "inbox",
+        "--conversations",
+        "20",
+        "--messages",
+        "2000",
+        "--requests",
+        "20",
+        "--rate",
+        "50",
+        "--duration",
+        "2",
+    ];
+    let inbox =
+        tokio::task::spawn_blocking(move || report(&bench(&url, Some((&addr, pid)), &args)))
+            .await
+            .unwrap();
+    assert_eq!(number(&inbox, "archived"), 2020.0, "{inbox}");
+    assert_eq!(number(&inbox, "published"), 100.0, "{inbox}");
+    assert_eq!(number(&inbox, "deliveries"), 100.0, "{inbox}");
+    assert_eq!(number(&inbox, "missing"), 0.0, "{inbox}");
+    assert!(number(&inbox, "archive_events_per_s") > 0.0, "{inbox}");
+    assert!(number(&inbox["list_latency_ms"], "max") > 0.0, "{inbox}");
+    assert!(number(&inbox["search_latency_ms"], "max") > 0.0, "{inbox}");
+    println!(
+        "bench inbox: {} archived, {} live messages all covered by inbox signals: {inbox}",
+        number(&inbox, "archived"),
+        number(&inbox, "deliveries"),
     );
 }
