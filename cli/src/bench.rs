@@ -185,6 +185,9 @@ pub struct Report {
     /// inbox: `messages.search` latency over the user's socket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search_latency_ms: Option<Latency>,
+    /// inbox: `messages.search` latency for each query asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_by_query_ms: Option<std::collections::BTreeMap<String, Latency>>,
     pub seconds: f64,
 }
 
@@ -327,6 +330,12 @@ fn print_report(r: &Report) {
                 l.p50, l.p99, l.p999, l.max
             );
         }
+    }
+    for (q, l) in r.search_by_query_ms.iter().flatten() {
+        println!(
+            "  q={q:<18} p50 {:.2}  p99 {:.2}  max {:.2}",
+            l.p50, l.p99, l.max
+        );
     }
 }
 
@@ -1138,13 +1147,21 @@ impl Bench {
             listed.record(took.as_micros() as u64)?;
         }
         let mut searched = Histogram::<u64>::new(3)?;
+        let mut by_query = std::collections::BTreeMap::new();
+        for q in QUERIES {
+            by_query.insert(q, Histogram::<u64>::new(3)?);
+        }
         for i in 0..size.requests {
             let q = QUERIES[(i % QUERIES.len() as u64) as usize];
             let (result, took) = rpc.call("messages.search", json!({"q": q})).await?;
             if q == "quixotic" && result["results"].as_array().is_none_or(|r| !r.is_empty()) {
                 bail!("messages.search found a word no message has: {result}");
             }
-            searched.record(took.as_micros() as u64)?;
+            let micros = took.as_micros() as u64;
+            searched.record(micros)?;
+            if let Some(histogram) = by_query.get_mut(q) {
+                histogram.record(micros)?;
+            }
         }
 
         // Unread updates: the user's device listens on user:<id> while others write.
@@ -1209,6 +1226,13 @@ impl Bench {
             archive_events_per_s: Some(archived as f64 / archive_seconds),
             list_latency_ms: Some(Latency::of(&listed)),
             search_latency_ms: Some(Latency::of(&searched)),
+            search_by_query_ms: Some(
+                by_query
+                    .iter()
+                    .filter(|(_, h)| !h.is_empty())
+                    .map(|(q, h)| (q.to_string(), Latency::of(h)))
+                    .collect(),
+            ),
             seconds: run_started.elapsed().as_secs_f64(),
             ..Report::default()
         };

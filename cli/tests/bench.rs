@@ -205,6 +205,9 @@ async fn the_inbox_scenario_accounts_for_every_message() {
     assert!(number(&inbox, "archive_events_per_s") > 0.0, "{inbox}");
     assert!(number(&inbox["list_latency_ms"], "max") > 0.0, "{inbox}");
     assert!(number(&inbox["search_latency_ms"], "max") > 0.0, "{inbox}");
+    // Each query kind (words, a phrase, a word no message has) was asked.
+    let queries = inbox["search_by_query_ms"].as_object().expect("per query");
+    assert_eq!(queries.len(), 4, "{inbox}");
     println!(
         "bench inbox: {} archived, {} live messages all covered by inbox signals: {inbox}",
         number(&inbox, "archived"),
