@@ -296,22 +296,36 @@ test('the service worker is registered and shows notifications; push.enable gets
     assert.equal(state, 'shown', `Web Push is off on this stack (${probes.vapid.reason}); notifications still show`);
   }
 
-  // A live notification is shown by the service worker, as a push would be.
-  const title = `Bid accepted ${uniq('t')}`;
-  await publish(`user:${hana}`, 'user.notification', {
-    id: uniq('ntf'), category: 'bid', title, message: 'Carlos starts Monday', priority: 'normal',
-    ref: { channel: `project:${project}`, seq: 1 }, unread: 1, createdAt: new Date().toISOString(),
-  });
-  const shown = await page.evaluate(async (wanted) => {
-    const reg = await navigator.serviceWorker.getRegistration('/web/sdk/');
-    for (let i = 0; i < 150; i++) {
-      const found = (await reg.getNotifications()).find((n) => n.title === wanted);
-      if (found) return { title: found.title, body: found.body };
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return null;
-  }, title);
-  assert.deepEqual(shown, { title, body: 'Carlos starts Monday' });
+  // A live notification is shown by the service worker, as a push would be. The page must
+  // have it first (its bell takes the unread count the event carries): that tells a
+  // delivery problem from a service-worker one. Up to three notifications are sent, each
+  // waited for 10 s: once in a while (seen in CI only) a headless Chromium shows none of
+  // the first one through its service worker although the page received it.
+  const attempts = [];
+  let shown = null;
+  for (let attempt = 1; attempt <= 3 && !shown; attempt++) {
+    const title = `Bid accepted ${uniq('t')}`;
+    const unread = 700 + attempt;
+    await publish(`user:${hana}`, 'user.notification', {
+      id: uniq('ntf'), category: 'bid', title, message: 'Carlos starts Monday', priority: 'normal',
+      ref: { channel: `project:${project}`, seq: 1 }, unread, createdAt: new Date().toISOString(),
+    });
+    await page.locator(`[data-testid="bell-count"][data-count="${unread}"]`).waitFor({ timeout: 15_000 });
+    const found = await page.evaluate(async (wanted) => {
+      const reg = await navigator.serviceWorker.getRegistration('/web/sdk/');
+      for (let i = 0; i < 100; i++) {
+        const hit = (await reg.getNotifications()).find((n) => n.title === wanted);
+        if (hit) return { title: hit.title, body: hit.body };
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return null;
+    }, title);
+    attempts.push({ attempt, delivered: true, shown: Boolean(found) });
+    if (found) shown = { expected: { title, body: 'Carlos starts Monday' }, found };
+  }
+  assert.ok(shown, `the service worker showed none of the notifications the page received: ${JSON.stringify(attempts)}`);
+  assert.deepEqual(shown.found, shown.expected);
+  if (attempts.length > 1) console.log(`# service worker notification shown at attempt ${attempts.length}: ${JSON.stringify(attempts)}`);
   await page.close();
 });
 
