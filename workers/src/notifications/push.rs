@@ -41,6 +41,30 @@ const MAX_DEVICE: usize = 128;
 const MAX_ENDPOINT: usize = 2048;
 /// Most devices one user may register; the oldest goes when one more subscribes.
 const MAX_DEVICES: i64 = 20;
+/// The rows of a user past their `MAX_DEVICES` newest, in each device table.
+const PRUNE_MOBILE: &str = "
+DELETE FROM switchboard.mobile_devices WHERE id IN (
+    SELECT id FROM switchboard.mobile_devices WHERE user_id = $1
+     ORDER BY updated_at DESC, id DESC OFFSET $2)";
+const PRUNE_BROWSERS: &str = "
+DELETE FROM switchboard.push_subscriptions WHERE id IN (
+    SELECT id FROM switchboard.push_subscriptions WHERE user_id = $1
+     ORDER BY updated_at DESC, id DESC OFFSET $2)";
+
+/// Keeps a user's `MAX_DEVICES` newest devices of one kind (`prune` is one of the two
+/// queries above), inside the subscribing transaction.
+async fn keep_newest(
+    tx: &mut sqlx::PgConnection,
+    prune: &'static str,
+    user: &UserId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(prune)
+        .bind(user.as_str())
+        .bind(MAX_DEVICES)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
 
 /// `push.*` in the queue group `push`.
 pub struct Push {
@@ -204,16 +228,9 @@ impl Push {
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        sqlx::query(
-            "DELETE FROM switchboard.mobile_devices WHERE id IN (
-                SELECT id FROM switchboard.mobile_devices WHERE user_id = $1
-                 ORDER BY updated_at DESC, id DESC OFFSET $2)",
-        )
-        .bind(caller.as_str())
-        .bind(MAX_DEVICES)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+        keep_newest(&mut tx, PRUNE_MOBILE, caller)
+            .await
+            .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(serde_json::json!({ "device": device }))
     }
@@ -262,16 +279,9 @@ impl Push {
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        sqlx::query(
-            "DELETE FROM switchboard.push_subscriptions WHERE id IN (
-                SELECT id FROM switchboard.push_subscriptions WHERE user_id = $1
-                 ORDER BY updated_at DESC, id DESC OFFSET $2)",
-        )
-        .bind(caller.as_str())
-        .bind(MAX_DEVICES)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+        keep_newest(&mut tx, PRUNE_BROWSERS, caller)
+            .await
+            .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(serde_json::json!({ "device": device }))
     }
