@@ -27,6 +27,7 @@ use switchboard_bus::logging::error_chain;
 use tokio::sync::Mutex;
 
 use super::mobile::{Notification, Sent, inline_or_file};
+use super::settings::http_client;
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.push.apple.com";
 /// How long a provider token is used before a new one is made.
@@ -101,14 +102,8 @@ impl Apns {
         if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
             return Err(ApnsError::Endpoint);
         }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let client = http_client(timeout, Duration::from_secs(300))
             .http2_prior_knowledge()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(300))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchboard-workers/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApnsError::Client(error_chain(&e)))?;
         Ok(Apns {

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use switchboard_bus::connect::redact_url;
 use switchboard_bus::logging::error_chain;
 
-use super::webhook::SecretParser;
+use super::settings::{SecretParser, UrlError, parse_url};
 
 /// The standard ports (RFC 5321, RFC 6409, RFC 8314) when the URL names none.
 const SMTP_PORT: u16 = 25;
@@ -52,26 +52,12 @@ pub struct SmtpUrl {
     shown: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid SMTP URL {url}: {reason}")]
-pub struct UrlError {
-    /// Redacted: never the credentials or the query.
-    url: String,
-    reason: &'static str,
-}
-
 impl FromStr for SmtpUrl {
     type Err = UrlError;
 
     fn from_str(text: &str) -> Result<SmtpUrl, UrlError> {
-        let error = |reason| UrlError {
-            url: redact_url(text),
-            reason,
-        };
-        if text.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(error("it contains spaces or control characters"));
-        }
-        let url = reqwest::Url::parse(text).map_err(|_| error("not a URL"))?;
+        let error = |reason| UrlError::new("SMTP", text, reason);
+        let url = parse_url("SMTP", text)?;
         let mut starttls = false;
         for (name, value) in url.query_pairs() {
             match (name.as_ref(), value.as_ref()) {

@@ -22,6 +22,7 @@ use switchboard_bus::logging::error_chain;
 use tokio::sync::Mutex;
 
 use super::mobile::{Notification, Sent, inline_or_file};
+use super::settings::http_client;
 
 /// Google's endpoints, when the settings do not override them.
 pub const DEFAULT_ENDPOINT: &str = "https://fcm.googleapis.com";
@@ -128,13 +129,7 @@ impl Fcm {
             "{endpoint}/v1/projects/{}/messages:send",
             account.project_id
         );
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchboard-workers/", env!("CARGO_PKG_VERSION")))
+        let client = http_client(timeout, Duration::from_secs(60))
             .build()
             .map_err(|e| FcmError::Client(error_chain(&e)))?;
         Ok(Fcm {

@@ -59,6 +59,7 @@ pub mod presence;
 pub mod push;
 pub mod rpc;
 pub mod rules;
+pub mod settings;
 pub mod sink;
 pub mod store;
 pub mod template;
@@ -94,6 +95,7 @@ use preferences::Preferences;
 use presence::Presence;
 use rpc::{Rpc, user_channel};
 use rules::{MAX_RECIPIENTS, MemberFilter, Rule, Rules, RulesError};
+use settings::Hidden;
 use sink::{Dispatcher, Outbound, SinkConfig};
 use store::{NewDelivery, NewNotification, ReadTarget, StoreError};
 use webhook::{Webhook, WebhookError, WebhookSecret, WebhookUrl};
@@ -166,9 +168,9 @@ pub struct NotificationsConfig {
         long,
         env = "SWITCHBOARD_VAPID_PRIVATE_KEY",
         hide_env_values = true,
-        value_parser = webhook::SecretParser::new("SWITCHBOARD_VAPID_PRIVATE_KEY", |text| Ok(webhook::Hidden(text.to_string())))
+        value_parser = Hidden::parser("SWITCHBOARD_VAPID_PRIVATE_KEY")
     )]
-    pub vapid_private_key: Option<webhook::Hidden>,
+    pub vapid_private_key: Option<Hidden>,
 
     /// Contact push services can reach the operator at: `mailto:` or `https:` URL.
     #[arg(long, env = "SWITCHBOARD_VAPID_SUBJECT")]
@@ -189,9 +191,9 @@ pub struct NotificationsConfig {
         long,
         env = "SWITCHBOARD_FCM_CREDENTIALS",
         hide_env_values = true,
-        value_parser = webhook::SecretParser::new("SWITCHBOARD_FCM_CREDENTIALS", |text| Ok(webhook::Hidden(text.to_string())))
+        value_parser = Hidden::parser("SWITCHBOARD_FCM_CREDENTIALS")
     )]
-    pub fcm_credentials: Option<webhook::Hidden>,
+    pub fcm_credentials: Option<Hidden>,
 
     /// OAuth token URL for FCM. Default: the credentials' token_uri.
     #[arg(long, env = "SWITCHBOARD_FCM_TOKEN_URL")]
@@ -207,9 +209,9 @@ pub struct NotificationsConfig {
         long,
         env = "SWITCHBOARD_APNS_KEY",
         hide_env_values = true,
-        value_parser = webhook::SecretParser::new("SWITCHBOARD_APNS_KEY", |text| Ok(webhook::Hidden(text.to_string())))
+        value_parser = Hidden::parser("SWITCHBOARD_APNS_KEY")
     )]
-    pub apns_key: Option<webhook::Hidden>,
+    pub apns_key: Option<Hidden>,
 
     /// The APNs key's id (10 characters).
     #[arg(long, env = "SWITCHBOARD_APNS_KEY_ID")]

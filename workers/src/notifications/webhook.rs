@@ -25,12 +25,12 @@ use switchboard_bus::connect::redact_url;
 use switchboard_bus::traces;
 use tracing::Instrument as _;
 
+use super::settings::{SecretParser, UrlError, http_client, parse_url};
+
 /// How long an idle connection to the receiver is kept for the next request.
 const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 /// Idle connections kept per receiver host.
 const IDLE_PER_HOST: usize = 8;
-/// The longest wait for a TCP (and TLS) connection, within the request timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Secrets shorter than this are refused: an HMAC key guessable by brute force is none.
 const MIN_SECRET_BYTES: usize = 16;
 
@@ -41,26 +41,12 @@ pub const TRACEPARENT: &str = "traceparent";
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookUrl(reqwest::Url);
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid webhook URL {url}: {reason}")]
-pub struct UrlError {
-    /// Redacted: never the credentials or the query.
-    url: String,
-    reason: &'static str,
-}
-
 impl FromStr for WebhookUrl {
     type Err = UrlError;
 
     fn from_str(text: &str) -> Result<WebhookUrl, UrlError> {
-        let error = |reason| UrlError {
-            url: redact_url(text),
-            reason,
-        };
-        if text.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(error("it contains spaces or control characters"));
-        }
-        let url = reqwest::Url::parse(text).map_err(|_| error("not a URL"))?;
+        let error = |reason| UrlError::new("webhook", text, reason);
+        let url = parse_url("webhook", text)?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(error("only http:// and https:// are supported"));
         }
@@ -141,55 +127,6 @@ impl WebhookSecret {
     }
 }
 
-/// A secret setting's text, never shown (`Debug` prints `***`).
-#[derive(Clone)]
-pub struct Hidden(pub String);
-
-impl fmt::Debug for Hidden {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// A clap value parser whose refusal names the setting and the reason, never the value:
-/// clap's own message would repeat the value whole, and it may be a credential.
-#[derive(Clone, Copy)]
-pub struct SecretParser<T> {
-    setting: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-}
-
-impl<T> SecretParser<T> {
-    pub const fn new(setting: &'static str, parse: fn(&str) -> Result<T, String>) -> Self {
-        SecretParser { setting, parse }
-    }
-}
-
-impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretParser<T> {
-    type Value = T;
-
-    fn parse_ref(
-        &self,
-        _command: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<T, clap::Error> {
-        use clap::error::ErrorKind;
-        let text = value.to_str().ok_or_else(|| {
-            clap::Error::raw(
-                ErrorKind::InvalidUtf8,
-                format!("{} is not UTF-8\n", self.setting),
-            )
-        })?;
-        (self.parse)(text).map_err(|reason| {
-            clap::Error::raw(
-                ErrorKind::ValueValidation,
-                format!("{}: {reason}\n", self.setting),
-            )
-        })
-    }
-}
-
 /// `--notify-webhook-url`: the URL redacted in a refusal.
 pub fn url_parser() -> SecretParser<WebhookUrl> {
     SecretParser::new("SWITCHBOARD_NOTIFY_WEBHOOK_URL", |text| {
@@ -243,18 +180,9 @@ impl Webhook {
         ca: Option<&Path>,
         timeout: Duration,
     ) -> Result<Webhook, WebhookError> {
-        // reqwest is built without a bundled provider and uses the process default; ring
-        // is the provider async-nats's rustls already brings. An error means one is
-        // installed already, which serves as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
-            .pool_idle_timeout(IDLE_CONNECTION)
-            .pool_max_idle_per_host(IDLE_PER_HOST)
-            // A redirect is an answer (failed for good), not a new target to sign for.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchboard-workers/", env!("CARGO_PKG_VERSION")));
+        // A redirect is an answer (failed for good), not a new target to sign for.
+        let mut builder =
+            http_client(timeout, IDLE_CONNECTION).pool_max_idle_per_host(IDLE_PER_HOST);
         if let Some(path) = ca {
             let pem = std::fs::read(path).map_err(|e| WebhookError::ReadCa {
                 path: path.display().to_string(),

@@ -34,6 +34,8 @@ use switchboard_bus::traces;
 use switchboard_schemas::shapes::Priority;
 use tracing::Instrument as _;
 
+use super::settings::http_client;
+
 /// RFC 8291 §4: the record size advertised in the header; one record holds it all.
 const RECORD_SIZE: u32 = 4096;
 /// The largest payload (before encryption) a push service must accept: 4096 bytes of
@@ -328,13 +330,7 @@ pub struct WebPush {
 impl WebPush {
     pub fn new(vapid: Vapid, ttl: Duration, timeout: Duration) -> Result<WebPush, PushError> {
         // The process-wide rustls provider, as for the webhook (ring).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchboard-workers/", env!("CARGO_PKG_VERSION")))
+        let client = http_client(timeout, Duration::from_secs(60))
             .build()
             .map_err(|e| PushError::Request(e.without_url().to_string()))?;
         Ok(WebPush { vapid, client, ttl })
