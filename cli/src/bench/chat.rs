@@ -1,0 +1,110 @@
+//! `bench chat`: pairs in conversations send `pub` frames to each other at a total rate;
+//! measures send -> recipient (the publisher's timestamp in the event) and send -> `ok`
+//! (the frame id is the send time). Conversations are granted by the token, so the
+//! scenario needs no workers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::reader::{scan_number, spawn_reader};
+use super::{Bench, Latency, Report, unix_micros};
+
+impl Bench {
+    pub(super) async fn chat(
+        &self,
+        pairs: usize,
+        rate: u64,
+        duration: u64,
+    ) -> anyhow::Result<Report> {
+        // A token grant instead of membership: the bench needs no workers.
+        let pattern = "conversation:*";
+        let mut senders = Vec::new();
+        let acked = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+        let mut readers = Vec::new();
+        for p in 0..pairs {
+            let channel = format!("conversation:bench-{}-{p}", self.run_id);
+            // Senders do not subscribe: their socket carries only their own `ok`s.
+            let a = self.open(&format!("a{p}"), &[pattern]).await?;
+            let mut b = self.open(&format!("b{p}"), &[pattern]).await?;
+            Self::subscribe(&mut b, std::slice::from_ref(&channel)).await?;
+            readers.push(spawn_reader(b));
+            senders.push((channel, a));
+        }
+        let total = rate * duration;
+        let before = self.usage();
+        let started = Instant::now();
+        let sent = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        let per_pair_rate = (rate as f64 / pairs as f64).max(0.001);
+        let per_pair = total / pairs as u64;
+        for (channel, socket) in senders {
+            let acked = acked.clone();
+            let sent = sent.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut write, mut read) = socket.split();
+                let acks = tokio::spawn(async move {
+                    while let Some(Ok(Message::Text(text))) = read.next().await {
+                        if let Some(t) = scan_number(&text, "\"id\":") {
+                            let _ = acked.lock().await.record(unix_micros().saturating_sub(t));
+                        }
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..per_pair {
+                    let due = start + Duration::from_secs_f64(i as f64 / per_pair_rate);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                    // The frame id is the send time, so the `ok` says how long it took.
+                    let t = unix_micros();
+                    let frame = json!({"op":"pub","id": t,"ch": channel,"type":"message.new",
+                                       "data":{"text":"hello","t": t}});
+                    if write
+                        .send(Message::Text(frame.to_string().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                acks.abort();
+            }));
+        }
+        for task in tasks {
+            task.await?;
+        }
+        let after = self.usage();
+        let elapsed = started.elapsed().as_secs_f64() - 2.0;
+        let mut report = Report {
+            scenario: "chat".into(),
+            parameters: json!({"pairs": pairs, "rate": rate, "duration": duration}),
+            published: sent.load(Ordering::Relaxed),
+            ..Report::default()
+        };
+        let mut delivered = Histogram::<u64>::new(3)?;
+        for reader in readers {
+            let (tally, histogram) = reader.finish();
+            report.deliveries += tally.received;
+            report.duplicated += tally.duplicated;
+            delivered.add(&histogram)?;
+        }
+        report.missing = report
+            .published
+            .saturating_sub(report.deliveries - report.duplicated);
+        report.deliveries_per_s = report.deliveries as f64 / elapsed;
+        report.latency_ms = Latency::of(&delivered);
+        report.ack_latency_ms = Some(Latency::of(&*acked.lock().await));
+        self.fill_usage(&mut report, before, after);
+        report.seconds = elapsed;
+        Ok(report)
+    }
+}
