@@ -18,15 +18,14 @@
 //!   `ExpiredProviderToken` / `InvalidProviderToken` make a new provider token and retry,
 //!   as do 429, 5xx and network errors; anything else fails the row.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use serde_json::{Value, json};
 use switchboard_bus::logging::error_chain;
-use tokio::sync::Mutex;
 
-use super::mobile::{Notification, Sent, inline_or_file};
+use super::mobile::{CachedToken, Notification, Sent, inline_or_file};
 use super::settings::http_client;
 
 pub const DEFAULT_ENDPOINT: &str = "https://api.push.apple.com";
@@ -61,7 +60,7 @@ pub struct Apns {
     endpoint: String,
     ttl: Duration,
     client: reqwest::Client,
-    token: Mutex<Option<(String, Instant)>>,
+    token: CachedToken,
 }
 
 impl std::fmt::Debug for Apns {
@@ -113,13 +112,13 @@ impl Apns {
             endpoint,
             ttl,
             client,
-            token: Mutex::new(None),
+            token: CachedToken::default(),
         })
     }
 
     /// Sends `notification` to the device `token` of the app `topic`.
     pub async fn send(&self, token: &str, topic: &str, notification: &Notification) -> Sent {
-        let provider = match self.provider_token().await {
+        let provider = match self.token.get(|| async { self.provider_token() }).await {
             Ok(provider) => provider,
             Err(reason) => return Sent::Failed(reason),
         };
@@ -174,7 +173,7 @@ impl Apns {
         match (status, reason_code.as_str()) {
             (410, _) | (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => Sent::Gone(reason),
             (403, "ExpiredProviderToken" | "InvalidProviderToken") => {
-                *self.token.lock().await = None;
+                self.token.forget().await;
                 Sent::Retry(reason)
             }
             (429, _) | (500.., _) => Sent::Retry(reason),
@@ -182,14 +181,8 @@ impl Apns {
         }
     }
 
-    /// The current provider token, made again when it is 50 minutes old.
-    async fn provider_token(&self) -> Result<String, String> {
-        let mut token = self.token.lock().await;
-        if let Some((jwt, until)) = token.as_ref()
-            && Instant::now() < *until
-        {
-            return Ok(jwt.clone());
-        }
+    /// A new provider token, and how long to use it: 50 minutes.
+    fn provider_token(&self) -> Result<(String, Duration), String> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.key_id.clone());
         let claims = Claims {
@@ -200,8 +193,7 @@ impl Apns {
         };
         let jwt = jsonwebtoken::encode(&header, &claims, &self.key)
             .map_err(|e| format!("signing the APNs provider token: {e}"))?;
-        *token = Some((jwt.clone(), Instant::now() + TOKEN_LIFETIME));
-        Ok(jwt)
+        Ok((jwt, TOKEN_LIFETIME))
     }
 }
 

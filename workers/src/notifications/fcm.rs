@@ -13,15 +13,14 @@
 //!   `SENDER_ID_MISMATCH` mean the token is no good: [`Sent::Gone`], the device is
 //!   removed; 401, 408, 429, 5xx and network errors retry; anything else fails the row.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_bus::logging::error_chain;
-use tokio::sync::Mutex;
 
-use super::mobile::{Notification, Sent, inline_or_file};
+use super::mobile::{CachedToken, Notification, Sent, inline_or_file};
 use super::settings::http_client;
 
 /// Google's endpoints, when the settings do not override them.
@@ -75,7 +74,7 @@ pub struct Fcm {
     token_url: String,
     send_url: String,
     client: reqwest::Client,
-    access: Mutex<Option<(String, Instant)>>,
+    access: CachedToken,
 }
 
 impl std::fmt::Debug for Fcm {
@@ -139,13 +138,13 @@ impl Fcm {
             token_url,
             send_url,
             client,
-            access: Mutex::new(None),
+            access: CachedToken::default(),
         })
     }
 
     /// Sends `notification` to the device with registration `token`.
     pub async fn send(&self, token: &str, notification: &Notification) -> Sent {
-        let access = match self.access_token().await {
+        let access = match self.access.get(|| self.fetch_access_token()).await {
             Ok(access) => access,
             Err(reason) => return Sent::Retry(reason),
         };
@@ -188,7 +187,7 @@ impl Fcm {
             }
             (401, _) => {
                 // The access token was revoked or expired early: fetch another.
-                *self.access.lock().await = None;
+                self.access.forget().await;
                 Sent::Retry(reason)
             }
             (408 | 429, _) | (500.., _) => Sent::Retry(reason),
@@ -196,14 +195,8 @@ impl Fcm {
         }
     }
 
-    /// The current access token, fetched when there is none or it is about to expire.
-    async fn access_token(&self) -> Result<String, String> {
-        let mut access = self.access.lock().await;
-        if let Some((token, until)) = access.as_ref()
-            && Instant::now() < *until
-        {
-            return Ok(token.clone());
-        }
+    /// A new access token, and how long to keep it: until a minute before it expires.
+    async fn fetch_access_token(&self) -> Result<(String, Duration), String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -242,9 +235,7 @@ impl Fcm {
         let token: AccessToken = serde_json::from_slice(&bytes)
             .map_err(|_| "FCM token URL sent no access_token".to_string())?;
         let lifetime = Duration::from_secs(token.expires_in.unwrap_or(ASSERTION_LIFETIME));
-        let until = Instant::now() + lifetime.saturating_sub(REFRESH_EARLY);
-        *access = Some((token.access_token.clone(), until));
-        Ok(token.access_token)
+        Ok((token.access_token, lifetime.saturating_sub(REFRESH_EARLY)))
     }
 }
 

@@ -1,15 +1,19 @@
 //! What FCM ([`super::fcm`]) and APNs ([`super::apns`]) share: the registration tokens
-//! `push.subscribe` takes, how one send ends, and the message a phone receives.
+//! `push.subscribe` takes, how one send ends, the message a phone receives, and the
+//! bearer token each keeps for its requests.
 //!
 //! Registrations live in `switchboard.mobile_devices`, one per (user, device), written by
 //! [`super::push`] and read by the dispatcher ([`super::sink`]), which deletes a device
 //! its push service calls unregistered or invalid.
 
+use std::future::Future;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use switchboard_schemas::Timestamp;
 use switchboard_schemas::shapes::{NotificationCategory, NotificationRef, Priority};
+use tokio::sync::Mutex;
 
 /// `fcm`, `apns`: the `platform` column, and the sink names.
 pub const FCM: &str = "fcm";
@@ -88,6 +92,37 @@ pub fn apns_topic(text: &str) -> Result<&str, &'static str> {
         .ok_or("topic must be the app's bundle id (A-Z, a-z, 0-9, '.', '-', '_')")
 }
 
+/// The bearer token a push service takes (FCM's OAuth access token, APNs' provider
+/// token), kept until it is due to be made again. One is made at a time: senders that
+/// find none wait for it rather than each asking for their own.
+#[derive(Default)]
+pub struct CachedToken(Mutex<Option<(String, Instant)>>);
+
+impl CachedToken {
+    /// The kept token while it is fresh; otherwise the one `make` returns, kept for the
+    /// time `make` says.
+    pub async fn get<F>(&self, make: impl FnOnce() -> F) -> Result<String, String>
+    where
+        F: Future<Output = Result<(String, Duration), String>>,
+    {
+        let mut kept = self.0.lock().await;
+        if let Some((token, until)) = kept.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        let (token, keep_for) = make().await?;
+        *kept = Some((token.clone(), Instant::now() + keep_for));
+        Ok(token)
+    }
+
+    /// The service refused the kept token (revoked, expired early): the next send makes
+    /// another.
+    pub async fn forget(&self) {
+        *self.0.lock().await = None;
+    }
+}
+
 /// A secret setting that holds either the text itself or the path of a file with it:
 /// text that starts like JSON or PEM is the value.
 pub fn inline_or_file(setting: &'static str, value: &str) -> Result<String, String> {
@@ -132,5 +167,30 @@ mod tests {
         );
         let error = inline_or_file("SWITCHBOARD_X", "/nonexistent/file").unwrap_err();
         assert!(error.starts_with("SWITCHBOARD_X: cannot read"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_token_is_kept_while_fresh_and_made_again_when_due_or_forgotten() {
+        let made = std::sync::atomic::AtomicU32::new(0);
+        let make = |keep_for| {
+            let n = made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move { Ok((format!("t{n}"), keep_for)) }
+        };
+        let hour = Duration::from_secs(3600);
+        let cache = CachedToken::default();
+        assert_eq!(cache.get(|| make(hour)).await.unwrap(), "t0");
+        assert_eq!(cache.get(|| make(hour)).await.unwrap(), "t0", "still fresh");
+        cache.forget().await;
+        assert_eq!(cache.get(|| make(Duration::ZERO)).await.unwrap(), "t1");
+        assert_eq!(
+            cache.get(|| make(hour)).await.unwrap(),
+            "t2",
+            "t1 was due at once"
+        );
+        let refused = cache.get(|| async { Err("down".to_string()) }).await;
+        assert_eq!(refused.unwrap(), "t2", "a fresh token is not made again");
+        cache.forget().await;
+        let refused = cache.get(|| async { Err("down".to_string()) }).await;
+        assert_eq!(refused.unwrap_err(), "down");
     }
 }
