@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use switchboard_bus::{headers, traces};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -394,7 +394,10 @@ impl<J: Job> Runner<J> {
 /// delivered plus those delivered and not acked, across every copy of the worker. A
 /// failed read leaves the last value; a consumer gone for good fails the pull too, and
 /// binding again starts a new watch.
-async fn watch_pending(mut consumer: jetstream::consumer::PullConsumer, metrics: JobMetrics) {
+pub(crate) async fn watch_pending(
+    mut consumer: jetstream::consumer::PullConsumer,
+    metrics: JobMetrics,
+) {
     let mut every = tokio::time::interval(PENDING_EVERY);
     loop {
         every.tick().await;
@@ -405,10 +408,12 @@ async fn watch_pending(mut consumer: jetstream::consumer::PullConsumer, metrics:
     }
 }
 
-/// Naks what this process fetched but will not handle, so another copy gets it at once
-/// instead of after `ack_wait`.
-async fn hand_back(batch: &mut pull::Batch) {
-    while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+/// Naks what this process fetched but will not handle (a pull batch or a message stream),
+/// so another copy gets it at once instead of after `ack_wait`.
+pub(crate) async fn hand_back<E>(
+    messages: &mut (impl Stream<Item = Result<jetstream::Message, E>> + Unpin),
+) {
+    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
         let _ = message.ack_with(AckKind::Nak(None)).await;
     }
 }

@@ -35,7 +35,7 @@ use super::record::Record;
 use super::store::ArchiveStore;
 use crate::backoff::Backoff;
 use crate::inbox::Signals;
-use crate::job::Settings;
+use crate::job::{Settings, hand_back, watch_pending};
 use crate::telemetry::{Handled, JobMetrics};
 
 /// The durable consumer's name, and the job's name in logs and metrics.
@@ -53,7 +53,6 @@ const MAX_ACK_PENDING: i64 = 4_000;
 /// How long one pull request waits on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
-const PENDING_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs the consumer until `shutdown` fires.
 pub struct Consumer {
@@ -336,23 +335,4 @@ fn is_bad_data(error: &sqlx::Error) -> bool {
         .as_database_error()
         .and_then(|e| e.code())
         .is_some_and(|code| code.starts_with("22"))
-}
-
-/// `switchboard_worker_pending{job="archive"}`: not yet delivered plus unacked.
-async fn watch_pending(mut consumer: jetstream::consumer::PullConsumer, metrics: JobMetrics) {
-    let mut every = tokio::time::interval(PENDING_EVERY);
-    loop {
-        every.tick().await;
-        match consumer.info().await {
-            Ok(info) => metrics.pending(info.num_pending + info.num_ack_pending as u64),
-            Err(error) => tracing::debug!(%error, "reading the consumer's backlog failed"),
-        }
-    }
-}
-
-/// Naks what was fetched but will not be handled, so another copy gets it at once.
-async fn hand_back(messages: &mut pull::Stream) {
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
-    }
 }
