@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::{PullConsumer, pull, push};
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, HeaderMap};
 use futures_util::StreamExt;
@@ -59,6 +60,7 @@ enum Family {
     CmdPublish,
     ServeAppMethod,
     ServeSwitchboardMethod,
+    ServeSwitchboardMethodByWildcard,
     ServeInternal,
     PrivacyChangePublish,
     PrivacyChangeSubscribe,
@@ -70,18 +72,41 @@ enum Family {
     EdgesWrite,
     EventsRead,
     PresenceRead,
+    MembersRead,
     EventsErase,
     EventsPurge,
+    PullFromWorkersConsumer,
+    AckForWorkersConsumer,
+    DeleteWorkersConsumer,
     StreamCreate,
+    StreamUpdate,
     StreamPurge,
     StreamDelete,
 }
+
+/// The RPC families Switchboard's workers answer (nats/auth.conf); only the workers (and
+/// the admin) may serve them.
+const SWITCHBOARD_METHODS: [&str; 9] = [
+    "notifications",
+    "presence",
+    "receipts",
+    "inbox",
+    "messages",
+    "push",
+    "contacts",
+    "erase",
+    "switchboard",
+];
+
+/// The workers' durable consumers on EVENTS (workers/src: archive, membership,
+/// notifications); no other role may pull from, ack for, or delete them.
+const WORKERS_CONSUMERS: [&str; 3] = ["archive", "membership", "notifications"];
 
 use Family::*;
 
 /// Each family, and whether edge, workers, service, admin may use it (docs/operations.md,
 /// "NATS roles").
-const TABLE: [(Family, [bool; 4]); 23] = [
+const TABLE: [(Family, [bool; 4]); 29] = [
     (RtPublish, [true, true, true, true]),
     (LivePublish, [false, false, false, true]),
     (LiveSubscribe, [true, false, false, true]),
@@ -89,6 +114,12 @@ const TABLE: [(Family, [bool; 4]); 23] = [
     (CmdPublish, [true, false, false, true]),
     (ServeAppMethod, [false, false, true, true]),
     (ServeSwitchboardMethod, [false, true, false, true]),
+    // A subscription to svc.> is the service role's right, but what it receives leaves
+    // out the methods it may not serve.
+    (
+        ServeSwitchboardMethodByWildcard,
+        [false, false, false, true],
+    ),
     (ServeInternal, [false, true, false, true]),
     (PrivacyChangePublish, [true, true, false, true]),
     (PrivacyChangeSubscribe, [true, true, false, true]),
@@ -102,10 +133,15 @@ const TABLE: [(Family, [bool; 4]); 23] = [
     (EdgesWrite, [true, false, false, true]),
     (EventsRead, [true, true, true, true]),
     (PresenceRead, [true, true, true, true]),
+    (MembersRead, [true, true, true, true]),
     // erase.user deletes single messages, erase.channel purges one channel's subject.
     (EventsErase, [false, true, false, true]),
     (EventsPurge, [false, true, false, true]),
+    (PullFromWorkersConsumer, [false, true, false, true]),
+    (AckForWorkersConsumer, [false, true, false, true]),
+    (DeleteWorkersConsumer, [false, true, false, true]),
     (StreamCreate, [false, false, false, true]),
+    (StreamUpdate, [false, false, false, true]),
     (StreamPurge, [false, false, false, true]),
     (StreamDelete, [false, false, false, true]),
 ];
@@ -186,11 +222,29 @@ impl Bench {
                     .await
             }
             ServeAppMethod => {
-                self.actor_answers(actor, &format!("svc.quotes.{unique}"))
+                let subject = format!("svc.quotes.{unique}");
+                self.actor_answers(actor, &subject, &[subject.clone()])
                     .await
+                    .all_or_none(&["svc.quotes"])
             }
-            ServeSwitchboardMethod => self.actor_answers(actor, "svc.notifications.list").await,
-            ServeInternal => self.actor_answers(actor, "int.archive.read").await,
+            ServeSwitchboardMethod => {
+                let subjects = SWITCHBOARD_METHODS.map(|m| format!("svc.{m}.{unique}"));
+                let mut answered = Vec::new();
+                for subject in &subjects {
+                    answered.extend(self.actor_answers(actor, subject, &[subject.clone()]).await);
+                }
+                answered.all_or_none(&SWITCHBOARD_METHODS)
+            }
+            ServeSwitchboardMethodByWildcard => {
+                let subjects = SWITCHBOARD_METHODS.map(|m| format!("svc.{m}.{unique}"));
+                self.actor_answers(actor, "svc.>", &subjects)
+                    .await
+                    .all_or_none(&SWITCHBOARD_METHODS)
+            }
+            ServeInternal => self
+                .actor_answers(actor, "int.archive.read", &["int.archive.read".to_string()])
+                .await
+                .all_or_none(&["int.archive.read"]),
             PrivacyChangePublish => {
                 let subject = format!("int.privacy.{unique}");
                 self.admin_receives(&subject, || actor.publish(subject.clone(), "{}".into()))
@@ -235,16 +289,8 @@ impl Bench {
                 };
                 read.await.is_ok()
             }
-            PresenceRead => {
-                let key = format!("u1.{unique}");
-                let admin_kv = self.admin_js.get_key_value("presence").await.unwrap();
-                admin_kv.put(&key, "online".into()).await.unwrap();
-                let read = async {
-                    let kv = js.get_key_value("presence").await.map_err(anyhow_free)?;
-                    kv.get(&key).await.map_err(anyhow_free)
-                };
-                matches!(read.await, Ok(Some(_)))
-            }
+            PresenceRead => self.bucket_read(&js, "presence", &unique).await,
+            MembersRead => self.bucket_read(&js, "members", &unique).await,
             EventsErase => {
                 let seq = self
                     .admin_js
@@ -285,6 +331,78 @@ impl Bench {
                 }
                 .await;
                 !self.stored_on("EVENTS", &subject).await
+            }
+            PullFromWorkersConsumer => {
+                let mut pulled = Vec::new();
+                for name in WORKERS_CONSUMERS {
+                    self.workers_consumer(name, &unique).await;
+                    // The raw request, so that nothing (such as consumer info) stops the
+                    // attempt before the pull itself.
+                    let inbox = actor.new_inbox();
+                    if let Ok(mut replies) = actor.subscribe(inbox.clone()).await {
+                        let _ = actor
+                            .publish_with_reply(
+                                format!("$JS.API.CONSUMER.MSG.NEXT.EVENTS.{name}"),
+                                inbox,
+                                r#"{"batch":1,"expires":500000000}"#.into(),
+                            )
+                            .await;
+                        if let Ok(Some(message)) = tokio::time::timeout(WAIT, replies.next()).await
+                            && let Some(reply) = message.reply
+                        {
+                            let _ = actor.publish(reply, "".into()).await;
+                            let _ = actor.flush().await;
+                        }
+                    }
+                    let info = self.workers_consumer_info(name).await;
+                    pulled.push(info.delivered.consumer_sequence > 0);
+                }
+                pulled.all_or_none(&WORKERS_CONSUMERS)
+            }
+            AckForWorkersConsumer => {
+                let mut acked = Vec::new();
+                for name in WORKERS_CONSUMERS {
+                    let consumer = self.workers_consumer(name, &unique).await;
+                    // The admin stands in for the worker: it holds the message, unacked.
+                    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+                    let held = batch.next().await.unwrap().unwrap();
+                    let reply = held.reply.clone().unwrap();
+                    let _ = actor.publish(reply, "".into()).await;
+                    let _ = actor.flush().await;
+                    acked.push(
+                        repeatedly(|| async {
+                            self.workers_consumer_info(name).await.num_ack_pending == 0
+                        })
+                        .await,
+                    );
+                }
+                acked.all_or_none(&WORKERS_CONSUMERS)
+            }
+            DeleteWorkersConsumer => {
+                let mut deleted = Vec::new();
+                for name in WORKERS_CONSUMERS {
+                    self.workers_consumer(name, &unique).await;
+                    let _ = js.delete_consumer_from_stream(name, "EVENTS").await;
+                    deleted.push(
+                        self.admin_js
+                            .get_consumer_from_stream::<pull::Config, _, _>(name, "EVENTS")
+                            .await
+                            .is_err(),
+                    );
+                }
+                deleted.all_or_none(&WORKERS_CONSUMERS)
+            }
+            StreamUpdate => {
+                let _ = js
+                    .update_stream(stream::Config {
+                        name: "SCRATCH".into(),
+                        subjects: vec!["scratch.>".into()],
+                        description: Some(unique.clone()),
+                        ..Default::default()
+                    })
+                    .await;
+                let stream = self.admin_js.get_stream("SCRATCH").await.unwrap();
+                stream.cached_info().config.description.as_deref() == Some(unique.as_str())
             }
             StreamCreate => {
                 let name = format!("NEW_{unique}");
@@ -372,13 +490,14 @@ impl Bench {
         .await
     }
 
-    /// Whether `actor`, serving `subject` in a queue group, answers an admin's request.
-    async fn actor_answers(&self, actor: &Client, subject: &str) -> bool {
+    /// For each subject of `ask`, whether an admin's request there is answered by `actor`
+    /// serving `serve` in a queue group.
+    async fn actor_answers(&self, actor: &Client, serve: &str, ask: &[String]) -> Vec<bool> {
         let Ok(mut requests) = actor
-            .queue_subscribe(subject.to_string(), "roles-test".into())
+            .queue_subscribe(serve.to_string(), "roles-test".into())
             .await
         else {
-            return false;
+            return vec![false; ask.len()];
         };
         let _ = actor.flush().await;
         let answerer = actor.clone();
@@ -392,15 +511,63 @@ impl Bench {
         });
         // The actor's subscription reaches the server on its own connection: until it
         // does, a request finds no responder. Ask again until one answers or time is up.
-        let answered = repeatedly(|| async {
-            matches!(
-                self.admin.request(subject.to_string(), "{}".into()).await,
-                Ok(message) if message.payload.as_ref() == b"answered"
-            )
-        })
+        let answered = futures_util::future::join_all(ask.iter().map(|subject| {
+            repeatedly(move || async move {
+                matches!(
+                    self.admin.request(subject.clone(), "{}".into()).await,
+                    Ok(message) if message.payload.as_ref() == b"answered"
+                )
+            })
+        }))
         .await;
         serving.abort();
         answered
+    }
+
+    /// A durable pull consumer on EVENTS named as one of the workers', holding one event.
+    async fn workers_consumer(&self, name: &str, unique: &str) -> PullConsumer {
+        let subject = format!("rt.project.{unique}_{name}");
+        let consumer = self
+            .admin_js
+            .create_consumer_on_stream(
+                pull::Config {
+                    durable_name: Some(name.to_string()),
+                    filter_subject: subject.clone(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                },
+                "EVENTS",
+            )
+            .await
+            .unwrap();
+        self.admin_js
+            .publish(subject, "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        consumer
+    }
+
+    async fn workers_consumer_info(&self, name: &str) -> jetstream::consumer::Info {
+        let mut consumer: PullConsumer = self
+            .admin_js
+            .get_consumer_from_stream(name, "EVENTS")
+            .await
+            .unwrap();
+        consumer.info().await.unwrap().clone()
+    }
+
+    /// Whether `actor` reads from `bucket` an entry the admin wrote.
+    async fn bucket_read(&self, js: &jetstream::Context, bucket: &str, unique: &str) -> bool {
+        let key = format!("u1.{unique}");
+        let admin_kv = self.admin_js.get_key_value(bucket).await.unwrap();
+        admin_kv.put(&key, "x".into()).await.unwrap();
+        let read = async {
+            let kv = js.get_key_value(bucket).await.map_err(anyhow_free)?;
+            kv.get(&key).await.map_err(anyhow_free)
+        };
+        matches!(read.await, Ok(Some(_)))
     }
 
     /// Whether `actor`'s write to `bucket` lands.
@@ -417,6 +584,26 @@ impl Bench {
         .await;
         let admin_kv = self.admin_js.get_key_value(bucket).await.unwrap();
         admin_kv.get(&key).await.unwrap().is_some()
+    }
+}
+
+/// A family tried on several subjects must work on all of them or none: anything in
+/// between is a hole in the permissions, named here.
+trait AllOrNone {
+    fn all_or_none(&self, names: &[&str]) -> bool;
+}
+
+impl AllOrNone for Vec<bool> {
+    fn all_or_none(&self, names: &[&str]) -> bool {
+        let worked: Vec<&str> = (names.iter().zip(self))
+            .filter(|(_, worked)| **worked)
+            .map(|(name, _)| *name)
+            .collect();
+        assert!(
+            worked.is_empty() || worked.len() == names.len(),
+            "worked for {worked:?} only, of {names:?}"
+        );
+        !worked.is_empty()
     }
 }
 
@@ -525,6 +712,73 @@ async fn no_role_reads_another_roles_replies() {
                 !matches!(got, Ok(Some(_))),
                 "{role} read a reply meant for {other}"
             );
+        }
+    }
+}
+
+/// A push consumer's deliver subject is published by the server, which nats-server (up to
+/// at least 2.15) does not check against its creator's publish permissions
+/// (nats-io/nats-server#8274). What must hold regardless: such a delivery is never stored,
+/// so no role reaches a command stream or a bucket this way. What does reach core
+/// subscribers is a copy of an event the creator was allowed to store, with the stored
+/// headers and a `$JS.ACK` reply subject (docs/operations.md, "NATS roles").
+#[tokio::test]
+async fn a_push_consumer_cannot_store_where_its_creator_may_not_publish() {
+    let bench = Bench::start().await;
+    for role in [Role::Edge, Role::Workers, Role::Service] {
+        let actor = bench.nats.connect(role).await.unwrap();
+        let js = jetstream::new(actor.clone());
+        let unique = format!("x{}", bench.admin.new_inbox().replace('.', "_"));
+        let targets = [
+            ("CMDS", format!("cmd.receipts.{unique}")),
+            ("KV_members", format!("$KV.members.u1.{unique}")),
+            ("", format!("live.project.{unique}")),
+        ];
+        for (n, (stream, target)) in targets.iter().enumerate() {
+            let source = format!("rt.project.{unique}_{n}");
+            let mut seen = bench.admin.subscribe(target.clone()).await.unwrap();
+            switchboard_testkit::synced(&bench.admin).await.unwrap();
+            js.create_consumer_on_stream(
+                push::Config {
+                    deliver_subject: target.clone(),
+                    filter_subject: source.clone(),
+                    ..Default::default()
+                },
+                "EVENTS",
+            )
+            .await
+            .unwrap();
+            bench
+                .admin_js
+                .publish(source, "forged".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            // The delivery reached the subject (so a stream there had its chance)...
+            // This is the upstream hole, kept in sight: once nats-server checks deliver
+            // subjects, this fails, and the case belongs in TABLE as refused.
+            let delivered = tokio::time::timeout(WAIT * 5, seen.next())
+                .await
+                .ok()
+                .flatten()
+                .expect("nats-server now checks deliver subjects");
+            if stream.is_empty() {
+                assert!(
+                    delivered
+                        .reply
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("$JS.ACK.EVENTS.")),
+                    "{delivered:?}"
+                );
+            } else {
+                // ...and no stream there stored it.
+                tokio::time::sleep(WAIT).await;
+                assert!(
+                    !bench.stored_on(stream, target).await,
+                    "{role}: a push consumer stored on {target}"
+                );
+            }
         }
     }
 }
