@@ -28,10 +28,10 @@ const MAX_LIMIT: u32 = 100;
 /// Longest query text, in bytes: far above anything typed, well under the RPC's cap.
 const MAX_QUERY: usize = 16 * 1024;
 
-/// Newest first by walking the archive back in time and testing each message: quick
-/// when matches are common (the usual case), slow when they are rare.
-const SEARCH_NEWEST: &str = "
-WITH hit AS (
+/// The messages `$1` may read that match `$2`, in channel `$3` if given, before
+/// (`$4` µs, `$5` seq) if given: both plans below select from these, so the membership
+/// check is written once.
+const MATCHING: &str = "
     SELECT a.channel, a.epoch, a.seq, a.ts
       FROM switchboard.archive a, websearch_to_tsquery('simple', $2) q
      WHERE a.type = 'message.new' AND NOT a.deleted AND a.search @@ q
@@ -39,24 +39,30 @@ WITH hit AS (
                           WHERE m.user_id = $1 AND m.active)
        AND ($3::text IS NULL OR a.channel = $3)
        AND ($4::bigint IS NULL
-            OR (a.ts, a.seq) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
-     ORDER BY a.ts DESC, a.seq DESC
-     LIMIT $6
-)";
+            OR (a.ts, a.seq) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))";
 
-/// Every match from the full-text index first, then the newest of them: quick when
-/// matches are rare, which is when [`SEARCH_NEWEST`] is slow.
-const SEARCH_MATCHES: &str = "
-WITH hit AS MATERIALIZED (
-    SELECT a.channel, a.epoch, a.seq, a.ts
-      FROM switchboard.archive a, websearch_to_tsquery('simple', $2) q
-     WHERE a.type = 'message.new' AND NOT a.deleted AND a.search @@ q
-       AND a.channel IN (SELECT m.channel FROM switchboard.channel_members m
-                          WHERE m.user_id = $1 AND m.active)
-       AND ($3::text IS NULL OR a.channel = $3)
-       AND ($4::bigint IS NULL
-            OR (a.ts, a.seq) < (timestamptz 'epoch' + $4 * interval '1 microsecond', $5))
-)";
+/// How the `hit` CTE finds the page's matches.
+#[derive(Debug, Clone, Copy)]
+enum Plan {
+    /// By walking the archive back in time and testing each message: quick when matches
+    /// are common (the usual case), slow when they are rare.
+    NewestFirst,
+    /// Every match from the full-text index first, then the newest of them: quick when
+    /// matches are rare, which is when [`Plan::NewestFirst`] is slow.
+    IndexFirst,
+}
+
+impl Plan {
+    /// `WITH hit AS (...)` for this plan.
+    fn hit(self) -> String {
+        match self {
+            Plan::NewestFirst => {
+                format!("WITH hit AS ({MATCHING}\n ORDER BY a.ts DESC, a.seq DESC LIMIT $6)")
+            }
+            Plan::IndexFirst => format!("WITH hit AS MATERIALIZED ({MATCHING})"),
+        }
+    }
+}
 
 /// The page itself, from `hit` (either CTE above, limited to `$6`). Matched words are
 /// marked `**word**` in snippets, which are plain text (not HTML).
@@ -193,7 +199,7 @@ impl Search<'_> {
         )))
         .execute(&mut *tx)
         .await?;
-        match self.fetch(&mut tx, SEARCH_NEWEST).await {
+        match self.fetch(&mut tx, Plan::NewestFirst).await {
             Ok(rows) => {
                 tx.commit().await?;
                 return Ok(rows);
@@ -202,15 +208,15 @@ impl Search<'_> {
             Err(error) => return Err(error),
         }
         let mut conn = db.acquire().await?;
-        self.fetch(&mut conn, SEARCH_MATCHES).await
+        self.fetch(&mut conn, Plan::IndexFirst).await
     }
 
     async fn fetch(
         &self,
         conn: &mut sqlx::PgConnection,
-        hit: &'static str,
+        plan: Plan,
     ) -> Result<Vec<Row>, sqlx::Error> {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("{hit}{PAGE}")))
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("{}{PAGE}", plan.hit())))
             .bind(self.caller)
             .bind(self.query)
             .bind(self.channel)
