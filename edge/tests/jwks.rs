@@ -75,9 +75,19 @@ impl Signer {
     }
 
     fn token_as(&self, alg: Algorithm, kid: Option<&str>) -> String {
+        self.token_with(alg, kid, claims())
+    }
+
+    fn token_with(&self, alg: Algorithm, kid: Option<&str>, claims: Value) -> String {
         let mut header = Header::new(alg);
         header.kid = kid.map(str::to_owned);
-        jsonwebtoken::encode(&header, &claims(), &self.key).unwrap()
+        jsonwebtoken::encode(&header, &claims, &self.key).unwrap()
+    }
+
+    /// A token of this key that expired a minute ago (past the edge's 5 s leeway).
+    fn expired_token(&self) -> String {
+        let expired = json!({"sub": "u1", "exp": now() - 60});
+        self.token_with(self.alg, Some(self.kid), expired)
     }
 }
 
@@ -239,6 +249,10 @@ async fn keys_rotate_k1_then_k1_and_k2_then_k2_without_a_restart() {
     let edge = jwks_edge(&stack, ("SWITCHBOARD_JWT_JWKS_URL", &server.url()), "1");
 
     assert!(accepted(&edge, &k1.token()).await, "k1 from the first set");
+    assert!(
+        !accepted(&edge, &k1.expired_token()).await,
+        "an expired token of a published key"
+    );
     // A set of exactly one key also serves tokens without kid.
     assert!(accepted(&edge, &k1.token_as(Algorithm::RS256, None)).await);
     assert!(
@@ -258,10 +272,14 @@ async fn keys_rotate_k1_then_k1_and_k2_then_k2_without_a_restart() {
     server.answer(Answer::Json(set(&[&k2.jwk])));
     until(&edge, &k1.token(), false, "k1 refused once withdrawn").await;
     assert!(accepted(&edge, &k2.token()).await, "k2 accepted alone");
+    assert!(
+        !accepted(&edge, &k2.expired_token()).await,
+        "an expired k2 token"
+    );
     assert!(accepted(&edge, &k2.token_as(Algorithm::RS256, None)).await);
     println!(
         "rotation over a URL with a 1 s refresh: k1 accepted, then k1 and k2, then k2 \
-         only and k1 refused, without restarting the edge"
+         only and k1 refused, without restarting the edge; expired tokens of either refused"
     );
 }
 
