@@ -216,3 +216,33 @@ fn keys_prints_public_keys_only() {
     assert_eq!(said.matches("_PUBKEY=U").count(), 4, "{said}");
     secrets.assert_absent("switchboard keys' output", &said);
 }
+
+#[test]
+fn keys_makes_owner_only_seeds_once_and_keeps_them() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("nats-keys");
+    let dir_arg = dir.display().to_string();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let first = run("switchboard", &["keys", "--dir", &dir_arg], &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert_eq!(mode(&dir), 0o700, "the seeds' directory");
+    let mut seeds = Vec::new();
+    for role in ["edge", "workers", "service", "admin"] {
+        let seed = dir.join(format!("{role}.nk"));
+        assert_eq!(mode(&seed), 0o600, "{role}.nk");
+        seeds.push(std::fs::read(&seed).unwrap());
+    }
+    // Again: the same seeds, the same public keys.
+    let second = run("switchboard", &["keys", "--dir", &dir_arg], &[]);
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(first.stdout, second.stdout, "the public keys changed");
+    for (role, seed) in ["edge", "workers", "service", "admin"].iter().zip(&seeds) {
+        assert_eq!(
+            &std::fs::read(dir.join(format!("{role}.nk"))).unwrap(),
+            seed,
+            "{role}.nk was rewritten"
+        );
+    }
+}
