@@ -15,13 +15,15 @@
 //! [`Bench`] (a NATS client, a publisher, a [`Dialer`] for sockets) and process usage
 //! from `/proc`. Each scenario family has a file of its own: [`fanout`] (one channel or
 //! many), [`chat`], [`connect`], [`resume`], [`inbox`]; [`publish`] paces publishes
-//! through JetStream for them.
+//! through JetStream for them. [`peer`] runs `fanout`, `channels` and `connect` against the
+//! servers issue 20 compares Switchboard with (Socket.IO, nats-server's WebSocket listener).
 
 mod chat;
 mod connect;
 mod fanout;
 mod inbox;
 mod limits;
+mod peer;
 mod publish;
 mod reader;
 mod resume;
@@ -62,6 +64,8 @@ pub struct Args {
     /// The edge's process id, for its CPU time and RSS (`pgrep switchboard-edge`).
     #[arg(long, env = "SWITCHBOARD_EDGE_PID")]
     edge_pid: Option<u32>,
+    #[command(flatten)]
+    peer: peer::PeerArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -225,6 +229,10 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
     loopback_targets(&args.edge_url, &nats.options.url)?;
     args.scenario.check()?;
     raise_fd_limit();
+    if let Some(kind) = args.peer.peer {
+        let report = peer::run(kind, nats, &args).await?;
+        return show(json, &report);
+    }
     let bench = Bench::new(nats, &args).await?;
     let report = match args.scenario {
         Scenario::Fanout {
@@ -234,9 +242,17 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
             duration,
         } => {
             let params = json!({"subscribers": subscribers, "rate": rate, "size": size, "duration": duration});
-            bench
-                .fanout("fanout", params, 1, subscribers, rate, size, duration)
-                .await?
+            fanout::fanout(
+                &bench,
+                "fanout",
+                params,
+                1,
+                subscribers,
+                rate,
+                size,
+                duration,
+            )
+            .await?
         }
         Scenario::Channels {
             channels,
@@ -246,17 +262,17 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
             duration,
         } => {
             let params = json!({"channels": channels, "per_channel": per_channel, "rate": rate, "size": size, "duration": duration});
-            bench
-                .fanout(
-                    "channels",
-                    params,
-                    channels,
-                    per_channel,
-                    rate,
-                    size,
-                    duration,
-                )
-                .await?
+            fanout::fanout(
+                &bench,
+                "channels",
+                params,
+                channels,
+                per_channel,
+                rate,
+                size,
+                duration,
+            )
+            .await?
         }
         Scenario::Chat {
             pairs,
@@ -267,7 +283,7 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
             connections,
             subs,
             concurrency,
-        } => bench.connect(connections, subs, concurrency).await?,
+        } => connect::connect(&bench, connections, subs, concurrency).await?,
         Scenario::Resume { missed, size } => bench.resume(missed, size).await?,
         Scenario::Inbox {
             conversations,
@@ -286,10 +302,14 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
             bench.inbox(size).await?
         }
     };
+    show(json, &report)
+}
+
+fn show(json: bool, report: &Report) -> anyhow::Result<()> {
     if json {
-        return output::json(&report);
+        return output::json(report);
     }
-    print_report(&report);
+    print_report(report);
     Ok(())
 }
 
@@ -468,13 +488,18 @@ impl Bench {
         before: Option<(f64, u64)>,
         after: Option<(f64, u64)>,
     ) {
-        if let (Some((cpu0, _)), Some((cpu1, rss))) = (before, after) {
-            report.edge_cpu_s = Some(cpu1 - cpu0);
-            report.edge_rss_kib = Some(rss);
-            if report.deliveries > 0 {
-                report.edge_cpu_us_per_delivery =
-                    Some((cpu1 - cpu0) * 1e6 / report.deliveries as f64);
-            }
+        fill_usage(report, before, after);
+    }
+}
+
+/// The edge's CPU time over a run (from its usage `before` and `after`), per delivery,
+/// and its RSS after.
+fn fill_usage(report: &mut Report, before: Option<(f64, u64)>, after: Option<(f64, u64)>) {
+    if let (Some((cpu0, _)), Some((cpu1, rss))) = (before, after) {
+        report.edge_cpu_s = Some(cpu1 - cpu0);
+        report.edge_rss_kib = Some(rss);
+        if report.deliveries > 0 {
+            report.edge_cpu_us_per_delivery = Some((cpu1 - cpu0) * 1e6 / report.deliveries as f64);
         }
     }
 }

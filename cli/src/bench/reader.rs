@@ -41,8 +41,8 @@ impl Tally {
 
 /// A task reading one subscriber's socket; its tally and latencies, merged at the end.
 pub(super) struct Reader {
-    task: tokio::task::JoinHandle<()>,
-    state: Arc<std::sync::Mutex<(Tally, Histogram<u64>)>>,
+    pub(super) task: tokio::task::JoinHandle<()>,
+    pub(super) state: Arc<std::sync::Mutex<(Tally, Histogram<u64>)>>,
 }
 
 impl Reader {
