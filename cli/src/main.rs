@@ -117,8 +117,9 @@ enum Command {
     /// Load generator: measure an edge with real sockets (release build; loopback).
     ///
     /// The edge and NATS URLs must be loopback addresses. A run opens at most 50,000
-    /// sockets, lasts at most 600 s, and publishes at most 1,000,000 events/s and
-    /// 10,000,000 events in all, of at most 60 KiB each.
+    /// sockets (`scale`: 100,000, from generator processes of at most 18,000 each), lasts
+    /// at most 600 s, and publishes at most 1,000,000 events/s and 10,000,000 events in
+    /// all, of at most 60 KiB each.
     ///
     /// Example: switchboard bench fanout --subscribers 5000 --rate 10 --edge-pid $(pgrep -n switchboard-edge)
     Bench(bench::Args),

@@ -214,3 +214,118 @@ async fn the_inbox_scenario_accounts_for_every_message() {
         number(&inbox, "deliveries"),
     );
 }
+
+/// `bench scale` at a small size: 100 connections over two edges from two generator
+/// processes. Every connection must get the one broadcast exactly once, and the report
+/// must carry every figure of the scenario; no timing is asserted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scale_scenario_reaches_every_connection_over_several_edges_once() {
+    let bus = Bus::start().await;
+    let url = bus.admin_env();
+    let (first, first_addr) = start_edge(&bus.nats, &SECRET);
+    let (second, second_addr) = start_edge(&bus.nats, &SECRET);
+    let edge_urls = format!("ws://{first_addr}/v1/ws,ws://{second_addr}/v1/ws");
+    let edge_pids = format!(
+        "{},{}",
+        first.pid().expect("the first edge's pid"),
+        second.pid().expect("the second edge's pid")
+    );
+    let nats_pid = bus.nats.pid().expect("nats-server's pid").to_string();
+    let scale = tokio::task::spawn_blocking(move || {
+        let args = [
+            "scale",
+            "--connections",
+            "100",
+            "--per-generator",
+            "50",
+            "--concurrency",
+            "16",
+            "--idle",
+            "1",
+            "--edge-urls",
+            &edge_urls,
+            "--edge-pids",
+            &edge_pids,
+            "--stack-pids",
+            &nats_pid,
+        ];
+        report(&bench(&url, None, &args))
+    })
+    .await
+    .unwrap();
+    assert_eq!(scale["parameters"]["generators"], 2, "{scale}");
+    assert_eq!(scale["parameters"]["edges"], 2, "{scale}");
+    assert_eq!(number(&scale, "published"), 1.0, "{scale}");
+    assert_eq!(number(&scale, "deliveries"), 100.0, "{scale}");
+    assert_eq!(
+        (number(&scale, "missing"), number(&scale, "duplicated")),
+        (0.0, 0.0),
+        "{scale}"
+    );
+    for field in [
+        "setup_s",
+        "connections_per_s",
+        "rss_kib_per_connection",
+        "edge_rss_kib",
+        "idle_cpu_cores",
+        "generator_idle_cpu_cores",
+    ] {
+        number(&scale, field);
+    }
+    for quantile in ["p50", "p99", "p999", "max"] {
+        number(&scale["latency_ms"], quantile);
+    }
+    // The two edges and nats-server, each by name.
+    let processes = scale["idle_cpu_by_process"]
+        .as_array()
+        .expect("per process");
+    assert_eq!(processes.len(), 3, "{scale}");
+    assert!(
+        processes
+            .iter()
+            .all(|p| p["name"].as_str().is_some_and(|n| !n.is_empty())),
+        "{scale}"
+    );
+    println!("bench scale: 100 connections over 2 edges, each got the broadcast once: {scale}");
+}
+
+#[test]
+fn scale_plans_out_of_bounds_are_refused_before_anything_connects() {
+    let nats = &url_only("nats://127.0.0.1:1");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["scale", "--connections", "100001"],
+            "--connections must be between 1 and 100000, not 100001",
+        ),
+        (
+            &[
+                "scale",
+                "--connections",
+                "100000",
+                "--per-generator",
+                "1000",
+            ],
+            "--per-generator must be between 3125 and 18000, not 1000",
+        ),
+        (
+            &["scale", "--per-generator", "20000"],
+            "--per-generator must be between 313 and 18000, not 20000",
+        ),
+        (
+            &[
+                "scale",
+                "--edge-urls",
+                "ws://127.0.0.1:8080/v1/ws,ws://10.0.0.2:8080/v1/ws",
+            ],
+            "the edge URL ws://10.0.0.2:8080/v1/ws is not a loopback address",
+        ),
+        (
+            &["scale", "--edge-urls", "wss://127.0.0.1:8443/v1/ws"],
+            "bench scale speaks plain ws:// to the edges",
+        ),
+    ];
+    for (args, expected) in cases {
+        let error = refused(&bench(nats, None, args));
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+}

@@ -8,7 +8,7 @@ use std::ops::RangeInclusive;
 use anyhow::{Context, bail};
 use tokio_tungstenite::tungstenite::http::Uri;
 
-use super::Scenario;
+use super::{Scenario, scale};
 
 /// Sockets one run may open in all: each costs a descriptor here and one in the edge.
 const MAX_SOCKETS: u64 = 50_000;
@@ -83,6 +83,49 @@ impl Scenario {
                 within("--requests", requests, 1..=10_000)?;
                 paced(rate, duration, 1)
             }
+            Scenario::Scale(ref plan) => {
+                let connections = plan.connections as u64;
+                within("--connections", connections, 1..=scale::MAX_CONNECTIONS)?;
+                // As many generators as needed, at most MAX_GENERATORS of them.
+                let fewest = connections.div_ceil(scale::MAX_GENERATORS).max(1);
+                within(
+                    "--per-generator",
+                    plan.per_generator as u64,
+                    fewest..=scale::MAX_PER_GENERATOR,
+                )?;
+                within("--concurrency", plan.concurrency as u64, 1..=1024)?;
+                within("--idle", plan.idle, 1..=MAX_DURATION)?;
+                within(
+                    "--edge-urls",
+                    plan.edge_urls.len() as u64,
+                    0..=scale::MAX_EDGES,
+                )?;
+                plan.edge_urls
+                    .iter()
+                    .try_for_each(|url| plain_loopback(url))
+            }
+            Scenario::ScaleGenerator(ref share) => {
+                within("--count", share.count as u64, 1..=scale::MAX_PER_GENERATOR)?;
+                within(
+                    "--generator",
+                    share.generator as u64,
+                    0..=scale::MAX_GENERATORS - 1,
+                )?;
+                within("--concurrency", share.concurrency as u64, 1..=1024)?;
+                if share.run.is_empty()
+                    || share.run.len() > 32
+                    || !share.run.chars().all(|c| c.is_ascii_alphanumeric())
+                {
+                    bail!(
+                        "--run must be 1 to 32 letters and digits, not {:?}",
+                        share.run
+                    );
+                }
+                share
+                    .edge_urls
+                    .iter()
+                    .try_for_each(|url| plain_loopback(url))
+            }
         }
     }
 }
@@ -117,6 +160,16 @@ pub(super) fn loopback_targets(edge_url: &str, nats_url: &str) -> anyhow::Result
     switchboard_bus::nats_servers(nats_url)
         .into_iter()
         .try_for_each(|url| loopback_only("the NATS URL", url))
+}
+
+/// An edge URL of `bench scale`: loopback, and plain `ws://` (its generators open the
+/// TCP connection themselves).
+fn plain_loopback(url: &str) -> anyhow::Result<()> {
+    loopback_only("the edge URL", url)?;
+    if !url.starts_with("ws://") {
+        bail!("bench scale speaks plain ws:// to the edges, and {url} is not");
+    }
+    Ok(())
 }
 
 fn loopback_only(what: &str, url: &str) -> anyhow::Result<()> {

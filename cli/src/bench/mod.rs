@@ -27,6 +27,7 @@ mod peer;
 mod publish;
 mod reader;
 mod resume;
+mod scale;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ use switchboard_bus::Publisher;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use self::inbox::Size;
@@ -161,6 +163,20 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
+    /// N idle connections spread over several edges, opened by several generator
+    /// processes (copies of this command, at most 18,000 sockets each): set-up time, the
+    /// edges' RSS per connection, the whole stack's idle CPU, then one `system:broadcast`
+    /// event that every connection must get exactly once, and its delivery latency.
+    ///
+    /// Like `connect`, each connection subscribes its own `user:<id>` and one of 100
+    /// shared channels.
+    ///
+    /// Example: switchboard bench scale --connections 100000 --edge-urls ws://127.0.0.1:8080/v1/ws,ws://127.0.0.1:8081/v1/ws --edge-pids 4242,4243 --stack-pids 4100,4101
+    Scale(scale::Plan),
+    /// One generator process of `bench scale`, which starts it: opens its share of the
+    /// connections and reports on stdout as JSON lines.
+    #[command(hide = true)]
+    ScaleGenerator(scale::Share),
 }
 
 /// What every scenario reports.
@@ -202,7 +218,29 @@ pub struct Report {
     /// inbox: `messages.search` latency for each query asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search_by_query_ms: Option<std::collections::BTreeMap<String, Latency>>,
+    /// scale: seconds from starting the generators to every connection subscribed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_s: Option<f64>,
+    /// scale: CPU cores the stack (edges and `--stack-pids`) used while every connection
+    /// was idle, over the `--idle` window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_cpu_cores: Option<f64>,
+    /// scale: the same, per process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_cpu_by_process: Option<Vec<ProcessCpu>>,
+    /// scale: CPU cores the generator processes used in the same window (not the stack's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator_idle_cpu_cores: Option<f64>,
     pub seconds: f64,
+}
+
+/// One process's share of the stack's idle CPU.
+#[derive(Debug, Serialize)]
+pub struct ProcessCpu {
+    pub pid: u32,
+    /// Its command name (`/proc/<pid>/comm`).
+    pub name: String,
+    pub cores: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -229,6 +267,10 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
     loopback_targets(&args.edge_url, &nats.options.url)?;
     args.scenario.check()?;
     raise_fd_limit();
+    if let Scenario::ScaleGenerator(share) = &args.scenario {
+        // A generator answers its parent on stdout and needs no NATS.
+        return scale::generate(share, &args.secret).await;
+    }
     if let Some(kind) = args.peer.peer {
         let report = peer::run(kind, nats, &args).await?;
         return show(json, &report);
@@ -301,6 +343,8 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
             };
             bench.inbox(size).await?
         }
+        Scenario::Scale(plan) => bench.scale(plan, &args.edge_url, args.edge_pid).await?,
+        Scenario::ScaleGenerator(_) => unreachable!("a generator returned above"),
     };
     show(json, &report)
 }
@@ -361,6 +405,18 @@ fn print_report(r: &Report) {
             );
         }
     }
+    if let Some(s) = r.setup_s {
+        println!("set-up              {s:.1} s");
+    }
+    if let Some(cores) = r.idle_cpu_cores {
+        println!("idle stack cpu      {cores:.4} cores");
+        for p in r.idle_cpu_by_process.iter().flatten() {
+            println!("  {:<16} {:>7} {:.4} cores", p.name, p.pid, p.cores);
+        }
+    }
+    if let Some(cores) = r.generator_idle_cpu_cores {
+        println!("idle generator cpu  {cores:.4} cores");
+    }
     for (q, l) in r.search_by_query_ms.iter().flatten() {
         println!(
             "  q={q:<18} p50 {:.2}  p99 {:.2}  max {:.2}",
@@ -415,8 +471,8 @@ impl Dialer {
         )?)
     }
 
-    /// Opens an authenticated socket (bearer on the upgrade) and reads its `welcome`.
-    async fn open(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
+    /// The upgrade request of `user`'s socket: bearer token and subprotocol.
+    fn request(&self, user: &str, channels: &[&str]) -> anyhow::Result<Request> {
         let mut request = self.url.as_str().into_client_request()?;
         let token = self.token(user, channels)?;
         request
@@ -425,10 +481,21 @@ impl Dialer {
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "switchboard.v1".parse()?);
+        Ok(request)
+    }
+
+    /// Opens an authenticated socket (bearer on the upgrade) and reads its `welcome`.
+    async fn open(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
+        let request = self.request(user, channels)?;
         // No Nagle: a client's small `pub` frames must not wait for the edge's ACKs.
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .with_context(|| format!("cannot connect to the edge at {}", self.url))?;
+        Self::welcome(socket).await
+    }
+
+    /// Reads the first frame of a new socket, which must be `welcome`.
+    async fn welcome(mut socket: Socket) -> anyhow::Result<Socket> {
         match socket.next().await {
             Some(Ok(Message::Text(text))) if text.contains("\"welcome\"") => Ok(socket),
             other => bail!("expected welcome, got {other:?}"),
@@ -517,6 +584,19 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// How many files this process may open (its soft limit; `u64::MAX` when unlimited).
+fn open_files_allowed() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    limit.rlim_cur
 }
 
 fn unix_micros() -> u64 {
