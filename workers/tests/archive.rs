@@ -13,12 +13,7 @@ use support::{Setup, Worker, channel, event, eventually, request, setup};
 
 /// Publishes `ty` on `channel_name` as `actor`; its stream sequence.
 async fn publish(setup: &Setup, channel_name: &str, ty: &str, actor: &str, data: Value) -> u64 {
-    let mut event = event(ty, data);
-    event.actor = Some(Actor {
-        id: actor.into(),
-        kind: "user".into(),
-    });
-    support::publish(setup, channel_name, &event).await
+    support::publish_by(setup, channel_name, ty, Some(actor), data).await
 }
 
 async fn epoch(setup: &Setup) -> String {

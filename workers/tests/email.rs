@@ -11,34 +11,11 @@ use serde_json::{Value, json};
 use switchboard_schemas::Actor;
 
 use support::http::Receiver;
-use support::{Peer, Setup, Worker, call, event, eventually, publish, request, setup};
+use support::{
+    Peer, Setup, Worker, add_member, call, event, eventually, publish, set_contact, setup,
+};
 
 const JOBS: &str = "membership,notifications,outbox";
-
-async fn add_member(setup: &Setup, channel: &str, user: &str, role: &str) {
-    publish(
-        setup,
-        channel,
-        &event("member.added", json!({"user": user, "role": role})),
-    )
-    .await;
-}
-
-/// `contacts.set` as a backend's service token makes the edge send it.
-async fn set_contact(setup: &Setup, user: &str, address: &str) {
-    let answer = request(
-        setup,
-        "svc.contacts.set",
-        &[("Rt-User", "backend"), ("Rt-Role", "service")],
-        json!({"user": user, "email": address}),
-    )
-    .await;
-    assert_eq!(
-        answer["result"],
-        json!({"user": user, "email": address}),
-        "{answer}"
-    );
-}
 
 /// (delivered, failed, attempts, last_error) of `user`'s email delivery by SMTP.
 async fn smtp_delivery(setup: &Setup, user: &str) -> Option<(bool, bool, i32, Option<String>)> {

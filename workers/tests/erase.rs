@@ -8,35 +8,12 @@ mod support;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use switchboard_schemas::Actor;
 
-use support::{Setup, Worker, call, event, eventually, request, setup, stored_events};
+use support::{
+    Setup, Worker, call, eventually, join, publish_by, request, say, setup, stored_events,
+};
 
 const JOBS: &str = "archive,membership,notifications,outbox";
-
-async fn publish(setup: &Setup, ch: &str, ty: &str, actor: Option<&str>, data: Value) -> u64 {
-    let mut event = event(ty, data);
-    event.actor = actor.map(|id| Actor {
-        id: id.into(),
-        kind: "user".into(),
-    });
-    support::publish(setup, ch, &event).await
-}
-
-async fn join(setup: &Setup, ch: &str, user: &str) {
-    publish(
-        setup,
-        ch,
-        "conversation.participant_added",
-        None,
-        json!({"user": user}),
-    )
-    .await;
-}
-
-async fn say(setup: &Setup, ch: &str, user: &str, text: &str) -> u64 {
-    publish(setup, ch, "message.new", Some(user), json!({"text": text})).await
-}
 
 /// `erase.<what>` as a backend calls it; the whole reply.
 async fn erase(setup: &Setup, what: &str, role: &str, params: Value) -> Value {
@@ -121,7 +98,7 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
     join(&setup, c1, "u2").await;
     let kept = say(&setup, c1, "u2", "hello from u2, keep me").await;
     let secret = say(&setup, c1, "u1", "my number is pineapple 555").await;
-    publish(
+    publish_by(
         &setup,
         c1,
         "message.edited",
@@ -131,7 +108,7 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
     .await;
     let last = say(&setup, c1, "u1", "see you at the pineapple stand").await;
     // A receipt about u1 is no message of u1's: it stays.
-    let receipt = publish(
+    let receipt = publish_by(
         &setup,
         c1,
         "message.receipt",
@@ -283,7 +260,7 @@ async fn a_deleted_message_leaves_the_notifications_made_from_it() {
         (notifications_about(&setup.db, "kiwi").await == 1).then_some(())
     })
     .await;
-    publish(
+    publish_by(
         &setup,
         c1,
         "message.deleted",

@@ -16,25 +16,11 @@ use switchboard_schemas::Actor;
 use tokio::time::Instant;
 
 use support::http::Receiver;
-use support::{Peer, Setup, Worker, call, event, eventually, publish, request, setup, stored};
+use support::{
+    Peer, Setup, Worker, add_member, call, event, eventually, publish, set_contact, setup, stored,
+};
 
 const JOBS: &str = "membership,notifications,outbox";
-
-async fn add_member(setup: &Setup, channel: &str, user: &str, role: &str) {
-    let added = event("member.added", json!({"user": user, "role": role}));
-    publish(setup, channel, &added).await;
-}
-
-async fn set_contact(setup: &Setup, user: &str) {
-    let answer = request(
-        setup,
-        "svc.contacts.set",
-        &[("Rt-User", "backend"), ("Rt-Role", "service")],
-        json!({"user": user, "email": format!("{user}@example.com")}),
-    )
-    .await;
-    assert!(answer.get("result").is_some(), "{answer}");
-}
 
 async fn want_email(setup: &Setup, user: &str, category: &str) {
     let set = call(
@@ -163,7 +149,7 @@ async fn what_stays_unread_is_emailed_after_the_delay_and_several_make_one_diges
     // Long enough for the three bids below to be created within one delay, under load.
     let _worker = Worker::start(&setup, JOBS, &smtp_env(port, "4"));
     for (user, project) in [("u1", "project:p1"), ("u2", "project:p2")] {
-        set_contact(&setup, user).await;
+        set_contact(&setup, user, &format!("{user}@example.com")).await;
         want_email(&setup, user, "bid").await;
         add_member(&setup, project, user, "owner").await;
     }
@@ -213,7 +199,7 @@ async fn reading_in_time_by_rpc_or_by_a_read_receipt_or_deleting_cancels_the_ema
     let port = smtp.next().await["port"].as_u64().unwrap();
     let _worker = Worker::start(&setup, &format!("{JOBS},receipts"), &smtp_env(port, "6"));
     for user in ["u1", "u2", "u4", "u5"] {
-        set_contact(&setup, user).await;
+        set_contact(&setup, user, &format!("{user}@example.com")).await;
     }
     want_email(&setup, "u1", "bid").await;
     want_email(&setup, "u4", "bid").await;
@@ -295,7 +281,7 @@ async fn an_email_pending_when_the_worker_is_killed_is_sent_once_after_restart()
     let port = smtp.next().await["port"].as_u64().unwrap();
     let env = smtp_env(port, "5");
     let worker = Worker::start(&setup, JOBS, &env);
-    set_contact(&setup, "u1").await;
+    set_contact(&setup, "u1", "u1@example.com").await;
     want_email(&setup, "u1", "bid").await;
     add_member(&setup, "project:p1", "u1", "owner").await;
     publish(&setup, "project:p1", &bid(7)).await;

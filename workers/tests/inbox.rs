@@ -13,44 +13,10 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchboard_schemas::Actor;
 
-use support::{DEADLINE, Setup, Worker, event, eventually, rpc, setup};
-
-async fn publish(setup: &Setup, ch: &str, ty: &str, actor: Option<&str>, data: Value) -> u64 {
-    let mut event = event(ty, data);
-    event.actor = actor.map(|id| Actor {
-        id: id.into(),
-        kind: "user".into(),
-    });
-    support::publish(setup, ch, &event).await
-}
-
-async fn join(setup: &Setup, ch: &str, user: &str) -> u64 {
-    publish(
-        setup,
-        ch,
-        "conversation.participant_added",
-        None,
-        json!({"user": user}),
-    )
-    .await
-}
-
-async fn leave(setup: &Setup, ch: &str, user: &str) -> u64 {
-    publish(
-        setup,
-        ch,
-        "conversation.participant_removed",
-        None,
-        json!({"user": user}),
-    )
-    .await
-}
-
-async fn say(setup: &Setup, ch: &str, user: &str, text: &str) -> u64 {
-    publish(setup, ch, "message.new", Some(user), json!({"text": text})).await
-}
+use support::{
+    DEADLINE, Setup, Worker, edge, eventually, join, leave, publish_by, rpc, say, setup,
+};
 
 /// A read receipt as an edge sends it when one of the user's devices reads up to `seq`.
 async fn read_up_to(setup: &Setup, ch: &str, user: &str, seq: u64) {
@@ -286,7 +252,7 @@ async fn deleting_or_editing_the_last_message_changes_the_entry_but_not_its_plac
     .await;
     let mut device = Device::connect(&setup, "u1").await;
 
-    publish(
+    publish_by(
         &setup,
         c1,
         "message.edited",
@@ -300,7 +266,7 @@ async fn deleting_or_editing_the_last_message_changes_the_entry_but_not_its_plac
         })
         .await;
 
-    publish(
+    publish_by(
         &setup,
         c1,
         "message.deleted",
@@ -326,7 +292,7 @@ async fn deleting_or_editing_the_last_message_changes_the_entry_but_not_its_plac
     assert_eq!(order, [c2, c1]);
 
     // The only message deleted: no last message, nothing unread.
-    publish(
+    publish_by(
         &setup,
         c1,
         "message.deleted",
@@ -465,7 +431,7 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_no_count() {
             *expected.entry(ch).or_default() += 1;
         }
         if n % 17 == 0 && sender == "u2" {
-            publish(
+            publish_by(
                 &setup,
                 ch,
                 "message.deleted",
@@ -532,7 +498,7 @@ async fn two_copies_of_the_job_agree_on_every_count() {
         let seq = say(&setup, ch, "u2", &format!("m{n}")).await;
         *expected.entry(ch).or_default() += 1;
         if n % 11 == 0 {
-            publish(
+            publish_by(
                 &setup,
                 ch,
                 "message.deleted",
@@ -545,7 +511,7 @@ async fn two_copies_of_the_job_agree_on_every_count() {
         if n == 200 {
             // u1 reads p2 up to here, as the receipts job announces it.
             let data = json!({"user": "u1", "delivered": seq, "read": seq});
-            publish(&setup, ch, "message.receipt", Some("u1"), data).await;
+            publish_by(&setup, ch, "message.receipt", Some("u1"), data).await;
             expected.insert(ch, 0);
         }
     }
@@ -573,7 +539,7 @@ async fn a_recreated_stream_starts_the_counts_again() {
     say(&setup, ch, "u2", "one").await;
     let last = say(&setup, ch, "u2", "two").await;
     let data = json!({"user": "u1", "delivered": last, "read": last});
-    publish(&setup, ch, "message.receipt", Some("u1"), data).await;
+    publish_by(&setup, ch, "message.receipt", Some("u1"), data).await;
     entry_when(&setup, "u1", ch, "all read", |e, _| {
         e["read"] == last && e["unread"] == 0
     })
@@ -610,24 +576,6 @@ fn count_from_u1(ch: &str, conversations: &[String]) -> u64 {
         .count() as u64
 }
 
-/// Made afresh per test process: the edge refuses secrets the repository holds.
-static SECRET: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
-
-/// A `switchboard-edge` process on a free port; its address.
-fn edge(setup: &Setup) -> (switchboard_testkit::Process, String) {
-    let addr = format!("127.0.0.1:{}", switchboard_testkit::free_port());
-    let mut command = std::process::Command::new(switchboard_testkit::binary("switchboard-edge"));
-    command
-        .envs(setup.nats.env(support::Role::Edge))
-        .env("SWITCHBOARD_EDGE_ADDR", &addr)
-        .env("SWITCHBOARD_JWT_SECRET", &*SECRET)
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(std::process::Stdio::null());
-    let process = switchboard_testkit::Process::spawn(command).expect("start switchboard-edge");
-    (process, addr)
-}
-
 /// One of a user's devices: a `switchboard.v1` WebSocket on the edge.
 struct Socket(
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
@@ -636,17 +584,7 @@ struct Socket(
 impl Socket {
     async fn connect(addr: &str, user: &str) -> Socket {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 3600;
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &json!({"sub": user, "exp": exp}),
-            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap();
+        let token = edge::token(user, "user");
         let socket = eventually("the edge to accept a connection", || async {
             let mut request = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
             let headers = request.headers_mut();
@@ -715,7 +653,7 @@ impl Socket {
 async fn both_devices_hear_of_new_messages_and_of_a_read_on_the_other_through_an_edge() {
     let setup = setup().await;
     let _worker = Worker::start(&setup, "archive,receipts,membership", &[]);
-    let (_edge, addr) = edge(&setup);
+    let (_edge, addr) = edge::start(&setup, &[]);
     let ch = "conversation:c1";
     join(&setup, ch, "u1").await;
     join(&setup, ch, "u2").await;

@@ -24,7 +24,7 @@ use switchboard_schemas::Actor;
 use tokio::net::TcpListener;
 
 use support::http::Receiver;
-use support::{Setup, Worker, call, event, eventually, publish, rpc, setup};
+use support::{Setup, Worker, add_member, call, event, eventually, publish, rpc, setup};
 
 const JOBS: &str = "membership,notifications,outbox";
 const PROJECT: &str = "proj-1";
@@ -350,8 +350,7 @@ async fn phones_get_pushes_by_fcm_and_apns_and_dead_tokens_remove_the_device() {
     assert_eq!(devices(&setup).await.len(), 6);
 
     for user in ["u1", "u2", "u3", "u4", "u5", "u6"] {
-        let added = event("member.added", json!({"user": user, "role": "owner"}));
-        publish(&setup, "project:p1", &added).await;
+        add_member(&setup, "project:p1", user, "owner").await;
     }
     let mut bid = event("bid.new", json!({"amount": 5000}));
     bid.actor = Some(Actor {

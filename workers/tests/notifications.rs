@@ -19,7 +19,7 @@ use switchboard_schemas::{Actor, Envelope, Timestamp};
 
 use support::http::Receiver;
 use support::{
-    DEADLINE, Setup, Worker, call, event, eventually, publish, rpc, setup, stored,
+    DEADLINE, Setup, Worker, add_member, call, event, eventually, publish, rpc, setup, stored,
     wait_until_caught_up, wait_until_sent,
 };
 
@@ -35,11 +35,6 @@ fn bid(amount: u32) -> Envelope {
         kind: "contractor".into(),
     });
     envelope
-}
-
-async fn add_member(setup: &Setup, channel: &str, user: &str, role: &str) {
-    let added = event("member.added", json!({"user": user, "role": role}));
-    publish(setup, channel, &added).await;
 }
 
 /// Users notified of `event_id`, with how many notifications each has for it.

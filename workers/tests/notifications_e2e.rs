@@ -5,59 +5,20 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_bus::PRESENCE_BUCKET;
-use switchboard_testkit::{Process, binary, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use support::{Setup, Worker, event, eventually, publish, setup};
+use support::{Setup, Worker, add_member, edge, event, eventually, publish, setup};
 
-/// Made afresh per test process: the edge refuses secrets the repository holds.
-static SECRET: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
 const WAIT: Duration = Duration::from_secs(20);
-
-fn edge(setup: &Setup) -> (Process, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(binary("switchboard-edge"));
-    command
-        .envs(setup.nats.env(support::Role::Edge))
-        .env("SWITCHBOARD_EDGE_ADDR", &addr)
-        .env("SWITCHBOARD_JWT_SECRET", &*SECRET)
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    (
-        Process::spawn(command).expect("start switchboard-edge"),
-        addr,
-    )
-}
-
-fn token(user: &str) -> String {
-    token_as(user, "user")
-}
-
-/// A token with claim `role` (`user` or `service`).
-fn token_as(user: &str, role: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "exp": exp, "role": role}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -74,7 +35,9 @@ impl Device {
             headers.insert("Sec-WebSocket-Protocol", "switchboard.v1".parse().unwrap());
             headers.insert(
                 "Authorization",
-                format!("Bearer {}", token(user)).parse().unwrap(),
+                format!("Bearer {}", edge::token(user, "user"))
+                    .parse()
+                    .unwrap(),
             );
             tokio_tungstenite::connect_async(request).await.ok()
         })
@@ -215,10 +178,9 @@ async fn two_devices_see_the_notification_and_the_read_and_only_the_offline_owne
         "membership,notifications,outbox",
         &[("SWITCHBOARD_NOTIFY_WEBHOOK_URL", hook)],
     );
-    let (_edge, addr) = edge(&setup);
+    let (_edge, addr) = edge::start(&setup, &[]);
     for owner in ["u1", "u2"] {
-        let added = event("member.added", json!({"user": owner, "role": "owner"}));
-        publish(&setup, "project:p1", &added).await;
+        add_member(&setup, "project:p1", owner, "owner").await;
     }
 
     let mut phone = Device::connect(&addr, "u1").await;
@@ -325,7 +287,7 @@ async fn two_devices_see_the_notification_and_the_read_and_only_the_offline_owne
 async fn service_only_methods_refuse_users_and_no_rpc_reaches_internal_methods() {
     let setup = setup().await;
     let _worker = Worker::start(&setup, "notifications,presence", &[]);
-    let (_edge, addr) = edge(&setup);
+    let (_edge, addr) = edge::start(&setup, &[]);
     let mut device = Device::connect(&addr, "u1").await;
     let set = json!({"user": "u1", "email": "ann@example.com"});
 
@@ -343,7 +305,13 @@ async fn service_only_methods_refuse_users_and_no_rpc_reaches_internal_methods()
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(answer["code"], "forbidden", "{answer}");
-    let (status, body) = http_rpc(&addr, &token("u1"), "contacts.set", set.clone()).await;
+    let (status, body) = http_rpc(
+        &addr,
+        &edge::token("u1", "user"),
+        "contacts.set",
+        set.clone(),
+    )
+    .await;
     assert_eq!(
         (status, body["code"].as_str()),
         (403, Some("forbidden")),
@@ -357,7 +325,7 @@ async fn service_only_methods_refuse_users_and_no_rpc_reaches_internal_methods()
     assert_eq!(stored, None, "a refused call changed nothing");
 
     // A backend service.
-    let service = token_as("billing", "service");
+    let service = edge::token("billing", "service");
     let (status, body) = http_rpc(&addr, &service, "contacts.set", set).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -399,7 +367,7 @@ async fn service_only_methods_refuse_users_and_no_rpc_reaches_internal_methods()
     assert_eq!(reply["code"], "forbidden", "{reply}");
     let (status, body) = http_rpc(
         &addr,
-        &token("u2"),
+        &edge::token("u2", "user"),
         "presence.privacy.set",
         json!({"visibility": "everyone"}),
     )

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::PublishMessage;
 use serde_json::{Value, json};
-use support::{Role, event, eventually, publish, setup};
+use support::{Role, add_member, eventually, setup};
 use switchboard_bus::{PRESENCE_BUCKET, headers};
 use switchboard_testkit::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,12 +91,7 @@ async fn readyz_follows_postgres_metrics_move_per_job_and_json_logs_parse() {
     assert_eq!(get(&addr, "/healthz").await.unwrap().0, 200);
 
     // One message for each job.
-    publish(
-        &setup,
-        "project:p1",
-        &event("member.added", json!({"user": "u1", "role": "owner"})),
-    )
-    .await;
+    add_member(&setup, "project:p1", "u1", "owner").await;
     setup
         .js
         .send_publish(

@@ -11,19 +11,12 @@ use std::time::Duration;
 use async_nats::jetstream::message::PublishMessage;
 use serde_json::{Value, json};
 use switchboard_bus::CMDS_STREAM;
-use switchboard_schemas::Actor;
 
-use support::{Setup, Worker, channel, event, eventually, next_pick, rpc, setup, stored_events};
+use support::{Setup, Worker, channel, eventually, next_pick, rpc, setup, stored_events};
 
 /// Publishes an event on `channel` as `actor`; its stream sequence.
 async fn publish(setup: &Setup, channel_name: &str, ty: &str, actor: &str, data: Value) -> u64 {
-    let mut event = event(ty, data);
-    event.actor = Some(Actor {
-        id: actor.into(),
-        kind: "user".into(),
-    });
-    let channel = channel(channel_name);
-    setup.publisher.publish(&channel, &event).await.unwrap().seq
+    support::publish_by(setup, channel_name, ty, Some(actor), data).await
 }
 
 /// Makes the last stored seq of each of `conversations` at least `seq`: filler events

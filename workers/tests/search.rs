@@ -5,33 +5,8 @@
 mod support;
 
 use serde_json::{Value, json};
-use switchboard_schemas::Actor;
 
-use support::{Setup, Worker, event, eventually, rpc, setup};
-
-async fn publish(setup: &Setup, ch: &str, ty: &str, actor: Option<&str>, data: Value) -> u64 {
-    let mut event = event(ty, data);
-    event.actor = actor.map(|id| Actor {
-        id: id.into(),
-        kind: "user".into(),
-    });
-    support::publish(setup, ch, &event).await
-}
-
-async fn join(setup: &Setup, ch: &str, user: &str) -> u64 {
-    publish(
-        setup,
-        ch,
-        "conversation.participant_added",
-        None,
-        json!({"user": user}),
-    )
-    .await
-}
-
-async fn say(setup: &Setup, ch: &str, user: &str, text: &str) -> u64 {
-    publish(setup, ch, "message.new", Some(user), json!({"text": text})).await
-}
+use support::{Setup, Worker, eventually, join, publish_by, rpc, say, setup};
 
 async fn search(setup: &Setup, user: &str, params: Value) -> Value {
     support::call(setup, "messages.search", user, params).await
@@ -111,7 +86,7 @@ async fn finds_words_in_the_users_conversations_only_newest_first() {
     finds(&setup, "u9", "bread", &[(c3, hidden)]).await;
 
     // Removed from c2: its messages are no longer found.
-    publish(
+    publish_by(
         &setup,
         c2,
         "conversation.participant_removed",
@@ -141,7 +116,7 @@ async fn edits_are_found_by_their_latest_text_and_deleted_messages_never() {
     finds(&setup, "u1", "harbour", &[(ch, edited)]).await;
     finds(&setup, "u1", "5550199", &[(ch, deleted)]).await;
 
-    publish(
+    publish_by(
         &setup,
         ch,
         "message.edited",
@@ -149,7 +124,7 @@ async fn edits_are_found_by_their_latest_text_and_deleted_messages_never() {
         json!({"seq": edited, "text": "meet at the station"}),
     )
     .await;
-    publish(
+    publish_by(
         &setup,
         ch,
         "message.deleted",
@@ -167,7 +142,7 @@ async fn edits_are_found_by_their_latest_text_and_deleted_messages_never() {
     finds(&setup, "u1", "5550199", &[]).await;
     finds(&setup, "u1", "phone", &[]).await;
     // An edit of a deleted message is not found either.
-    publish(
+    publish_by(
         &setup,
         ch,
         "message.edited",

@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,15 +20,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use serde_json::{Value, json};
-use switchboard_testkit::{Process, binary, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use support::{Setup, Worker, event, eventually, publish, setup, wait_until_caught_up};
-
-/// Made afresh per test process: the edge refuses secrets the repository holds.
-static SECRET: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(switchboard_testkit::fresh_secret);
+use support::{Setup, Worker, add_member, edge, eventually, setup, wait_until_caught_up};
 
 /// The publisher's own span: what the edge continues.
 const TRACE_ID: &str = "5e2d6f0a9b1c4d3e8f7a6b5c4d3e2f1a";
@@ -143,46 +137,17 @@ async fn webhook() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
     (url, seen)
 }
 
-fn edge(setup: &Setup, env: &[(&str, String)]) -> (Process, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(binary("switchboard-edge"));
-    command
-        .envs(setup.nats.env(support::Role::Edge))
-        .env("SWITCHBOARD_EDGE_ADDR", &addr)
-        .env("SWITCHBOARD_JWT_SECRET", &*SECRET)
-        .env("SWITCHBOARD_LOG", "warn")
-        .stdin(Stdio::null());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    (
-        Process::spawn(command).expect("start switchboard-edge"),
-        addr,
-    )
-}
-
-fn service_token() -> String {
-    token("billing", "service")
-}
-
-fn token(user: &str, role: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "exp": exp, "role": role}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 /// `POST /v1/publish` with a service token and `traceparent`; the status, retried while
 /// the edge is not listening yet.
 async fn publish_over_http(addr: &str, body: Value, traceparent: &str) -> u16 {
-    http_post(addr, "/v1/publish", &service_token(), body, traceparent).await
+    http_post(
+        addr,
+        "/v1/publish",
+        &edge::token("billing", "service"),
+        body,
+        traceparent,
+    )
+    .await
 }
 
 /// `POST path` with `token` and `traceparent`; the status.
@@ -220,8 +185,7 @@ fn exporter_thread(pid: u32) -> bool {
 /// Both owners of project:p1, applied by the membership job before the bid arrives.
 async fn owners(setup: &Setup) {
     for owner in ["u1", "u2"] {
-        let added = event("member.added", json!({"user": owner, "role": "owner"}));
-        publish(setup, "project:p1", &added).await;
+        add_member(setup, "project:p1", owner, "owner").await;
     }
     wait_until_caught_up(setup, "membership").await;
 }
@@ -250,7 +214,7 @@ async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_
     worker_env.push(("SWITCHBOARD_NOTIFY_WEBHOOK_URL", hook));
     worker_env.push(("SWITCHBOARD_LOG_FORMAT", "json".to_string()));
     let (worker, log) = Worker::start_logged(&setup, "membership,notifications", &worker_env);
-    let (edge, addr) = edge(&setup, &exporting);
+    let (edge, addr) = edge::start(&setup, &exporting);
     owners(&setup).await;
 
     assert_eq!(
@@ -329,7 +293,7 @@ async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_
     let listed = http_post(
         &addr,
         "/v1/rpc/notifications.list",
-        &token("u1", "user"),
+        &edge::token("u1", "user"),
         json!({}),
         &caller,
     )
@@ -372,7 +336,7 @@ async fn without_an_otlp_endpoint_nothing_is_exported_and_the_traceparent_goes_o
     let mut worker_env = settings.to_vec();
     worker_env.push(("SWITCHBOARD_NOTIFY_WEBHOOK_URL", hook));
     let worker = Worker::start(&setup, "membership,notifications", &worker_env);
-    let (edge, addr) = edge(&setup, &settings);
+    let (edge, addr) = edge::start(&setup, &settings);
     owners(&setup).await;
 
     assert_eq!(

@@ -13,18 +13,9 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use serde_json::{Value, json};
 use switchboard_schemas::Actor;
 
-use support::{Peer, Setup, Worker, call, event, eventually, publish, rpc, setup};
+use support::{Peer, Setup, Worker, add_member, call, event, eventually, publish, rpc, setup};
 
 const JOBS: &str = "membership,notifications,outbox";
-
-async fn add_member(setup: &Setup, channel: &str, user: &str, role: &str) {
-    publish(
-        setup,
-        channel,
-        &event("member.added", json!({"user": user, "role": role})),
-    )
-    .await;
-}
 
 /// A VAPID pair as `switchboard vapid` prints it: (private, public), base64url.
 fn vapid_pair() -> (String, String) {

@@ -2,6 +2,7 @@
 //! stream, the buckets and the database. Each test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod http;
 
 use std::collections::BTreeSet;
@@ -12,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 pub use switchboard_bus::Role;
 use switchboard_bus::definitions::Definitions;
 use switchboard_bus::store::{Store, StoredEvent};
 use switchboard_bus::{EVENTS_STREAM, MEMBERS_BUCKET, PRESENCE_BUCKET, Publisher};
-use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
+use switchboard_schemas::{Actor, ChannelName, Envelope, EventType, RawJson};
 use switchboard_testkit::{Nats, Postgres};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -413,6 +414,63 @@ pub async fn publish(setup: &Setup, channel_name: &str, envelope: &Envelope) -> 
     })
     .await
     .seq
+}
+
+/// Publishes a `ty` event with `data` on `channel_name`, by user `user` when given (as
+/// a client's message is); its stream sequence.
+pub async fn publish_by(
+    setup: &Setup,
+    channel_name: &str,
+    ty: &str,
+    user: Option<&str>,
+    data: Value,
+) -> u64 {
+    let mut event = event(ty, data);
+    event.actor = user.map(|id| Actor {
+        id: id.into(),
+        kind: "user".into(),
+    });
+    publish(setup, channel_name, &event).await
+}
+
+/// `conversation.participant_added` for `user` on conversation `ch`.
+pub async fn join(setup: &Setup, ch: &str, user: &str) -> u64 {
+    let data = json!({"user": user});
+    publish_by(setup, ch, "conversation.participant_added", None, data).await
+}
+
+/// `conversation.participant_removed` for `user` on conversation `ch`.
+pub async fn leave(setup: &Setup, ch: &str, user: &str) -> u64 {
+    let data = json!({"user": user});
+    publish_by(setup, ch, "conversation.participant_removed", None, data).await
+}
+
+/// `message.new` by `user` on `ch` saying `text`.
+pub async fn say(setup: &Setup, ch: &str, user: &str, text: &str) -> u64 {
+    publish_by(setup, ch, "message.new", Some(user), json!({"text": text})).await
+}
+
+/// `member.added` for `user` as `role` on `channel`, as a backend publishes it.
+pub async fn add_member(setup: &Setup, channel: &str, user: &str, role: &str) -> u64 {
+    let added = event("member.added", json!({"user": user, "role": role}));
+    publish(setup, channel, &added).await
+}
+
+/// `contacts.set` of `user`'s email `address`, as a backend's service token makes the
+/// edge send it; the answer must echo it.
+pub async fn set_contact(setup: &Setup, user: &str, address: &str) {
+    let answer = request(
+        setup,
+        "svc.contacts.set",
+        &[("Rt-User", "backend"), ("Rt-Role", "service")],
+        json!({"user": user, "email": address}),
+    )
+    .await;
+    assert_eq!(
+        answer["result"],
+        json!({"user": user, "email": address}),
+        "{answer}"
+    );
 }
 
 /// Every message stored on subjects matching `filter`, in stream order.
