@@ -1,60 +1,53 @@
 //! Every Switchboard process reaches NATS over TLS, trusting only a CA made for the test
 //! (by `scripts/nats-certs`, the command operators use), and a client that does not
-//! speak TLS is refused.
+//! speak TLS is refused. A server that verifies clients admits only processes that show
+//! the client certificate (`SWITCHBOARD_NATS_TLS_CERT`, `SWITCHBOARD_NATS_TLS_KEY`).
 
 mod support;
 
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
 use switchboard_testkit::{Nats, Postgres, Workers, binary};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edge_workers_and_cli_work_through_tls_to_nats() {
-    let nats = tokio::task::block_in_place(Nats::start_tls).expect("start nats-server with TLS");
-    assert!(nats.url().starts_with("tls://"));
-    let stack = Stack::on(nats).await;
+/// The `switchboard` command with `env`.
+fn cli(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new(binary("switchboard"))
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .expect("run switchboard")
+}
 
-    // Without TLS (and the CA) nothing gets in, even with a valid seed.
-    let mut plain = stack.nats.options(Role::Admin);
-    plain.url = plain.url.replace("tls://", "nats://");
-    plain.tls_ca = None;
-    let refused = plain
-        .connect_options(Role::Admin, "plain")
-        .await
-        .unwrap()
-        .connection_timeout(Duration::from_secs(2))
-        .connect(plain.servers())
-        .await;
-    assert!(
-        refused.is_err(),
-        "a plain client got into a TLS-only server"
-    );
-
-    // The workers (membership) and the edge, each over TLS as its own role.
-    let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
-    let database_url = pg.database().await.unwrap();
-    let _workers = Workers::new(stack.nats.env(Role::Workers), "membership").start(&database_url);
-    let edge = stack.edge(&[]);
-    let mut client = edge.connect("u1").await;
-
-    // The CLI, as an operator over TLS, makes u1 a member; the worker mirrors it, the edge
-    // lets u1 in, and a second CLI publish arrives on u1's socket.
-    let cli = |args: &[&str]| {
-        let output = Command::new(binary("switchboard"))
-            .args(args)
-            .envs(stack.nats.env(Role::Admin))
-            .output()
-            .expect("run switchboard");
+/// The CLI (as an operator) applies the definitions and makes u1 a member, the workers
+/// (membership) mirror it, the edge lets u1 in, and a second CLI publish arrives on u1's
+/// socket: each process connected as its own role with `nats`'s settings plus `extra`.
+async fn every_process_works_over(nats: &Nats, extra: &[(String, String)]) {
+    let env = |role| {
+        let mut env = nats.env(role);
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let admin = env(Role::Admin);
+    let run = |args: &[&str]| {
+        let output = cli(&admin, args);
         assert!(
             output.status.success(),
             "switchboard {args:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
     };
-    cli(&[
+    run(&["init"]);
+
+    let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
+    let database_url = pg.database().await.unwrap();
+    let _workers = Workers::new(env(Role::Workers), "membership").start(&database_url);
+    let edge = Edge::start(&env(Role::Edge), &[]);
+    let mut client = edge.connect("u1").await;
+
+    run(&[
         "publish",
         "--channel",
         "project:p1",
@@ -71,7 +64,7 @@ async fn edge_workers_and_cli_work_through_tls_to_nats() {
         )
         .await;
     assert_eq!(reply["op"], "ok", "{reply}");
-    cli(&[
+    run(&[
         "publish",
         "--channel",
         "project:p1",
@@ -82,10 +75,82 @@ async fn edge_workers_and_cli_work_through_tls_to_nats() {
     ]);
     let events = client.events(1).await;
     assert_eq!(events[0]["event"]["type"], "bid.new", "{events:?}");
+    assert!(nats.violations().is_empty(), "{:?}", nats.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_workers_and_cli_work_through_tls_to_nats() {
+    let nats = tokio::task::block_in_place(Nats::start_tls).expect("start nats-server with TLS");
+    assert!(nats.url().starts_with("tls://"));
+
+    // Without TLS (and the CA) nothing gets in, even with a valid seed.
+    let mut plain = nats.options(Role::Admin);
+    plain.url = plain.url.replace("tls://", "nats://");
+    plain.tls_ca = None;
+    let refused = plain
+        .connect_options(Role::Admin, "plain")
+        .await
+        .unwrap()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(plain.servers())
+        .await;
     assert!(
-        stack.nats.violations().is_empty(),
-        "{:?}",
-        stack.nats.violations()
+        refused.is_err(),
+        "a plain client got into a TLS-only server"
     );
+
+    every_process_works_over(&nats, &[]).await;
     println!("over TLS: the workers mirrored a membership, the edge delivered a CLI publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_verifies_clients_admits_only_holders_of_the_client_certificate() {
+    let mut nats =
+        tokio::task::block_in_place(Nats::start_tls).expect("start nats-server with TLS");
+    // The same server, now verifying clients against the test CA.
+    let config = nats.dir().join("nats.conf");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(text.matches("  timeout: 2\n}").count(), 1, "{text}");
+    std::fs::write(
+        &config,
+        text.replace("  timeout: 2\n}", "  timeout: 2\n  verify: true\n}"),
+    )
+    .unwrap();
+    tokio::task::block_in_place(|| nats.start_again()).expect("restart with verify");
+    let certs = nats.certs_dir().unwrap().to_path_buf();
+
+    // The CA and a valid seed are not enough any more (the same command succeeds below
+    // with the certificate).
+    let refused = cli(&nats.env(Role::Admin), &["init"]);
+    assert!(
+        !refused.status.success(),
+        "a client without a certificate got in: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    // Nor is half a client certificate: a refusal naming both settings.
+    let mut half = nats.env(Role::Admin);
+    half.push((
+        "SWITCHBOARD_NATS_TLS_CERT".into(),
+        certs.join("client.pem").display().to_string(),
+    ));
+    let said = cli(&half, &["status"]);
+    assert!(!said.status.success());
+    let stderr = String::from_utf8_lossy(&said.stderr);
+    assert!(stderr.contains("SWITCHBOARD_NATS_TLS_KEY"), "{stderr}");
+
+    let client_certificate = [
+        (
+            "SWITCHBOARD_NATS_TLS_CERT".to_string(),
+            certs.join("client.pem").display().to_string(),
+        ),
+        (
+            "SWITCHBOARD_NATS_TLS_KEY".to_string(),
+            certs.join("client-key.pem").display().to_string(),
+        ),
+    ];
+    every_process_works_over(&nats, &client_certificate).await;
+    println!(
+        "mutual TLS: refused without a client certificate; with it the CLI, the workers and \
+         the edge worked"
+    );
 }
