@@ -1204,21 +1204,15 @@ async fn notifications_across_a_postgres_restart_are_each_stored_and_announced_o
         (notification_rows(&setup).await? >= 20).then_some(())
     })
     .await;
-    setup.pg.stop();
     // Events keep coming while PostgreSQL is away: JetStream keeps them.
-    publish_all(&setup, during).await;
-    // Two failed attempts on one event: the first fails at once or when the pool gives
-    // up waiting for a connection (5 s), the second after that again; longer than the
-    // ack wait (2 s), so JetStream redelivers what the worker holds meanwhile.
-    let retries = log
-        .wait_for_retries("notifications", 2, Duration::from_secs(25))
-        .await;
-    let backoff = support::assert_backoff(&retries);
-    assert!(
-        worker.is_running(),
-        "the worker waits PostgreSQL out instead of exiting"
-    );
-    setup.pg.start_again().unwrap();
+    let backoff = support::without_postgres(
+        &mut setup,
+        &mut worker,
+        &log,
+        "notifications",
+        async |setup| publish_all(setup, during).await,
+    )
+    .await;
     publish_all(&setup, after).await;
 
     wait_until_settled(&setup).await;

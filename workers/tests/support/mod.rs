@@ -297,6 +297,31 @@ pub fn assert_backoff(retries: &[Retry]) -> String {
     )
 }
 
+/// Stops PostgreSQL under `worker` (started with [`Worker::start_logged`], `log` its log)
+/// while `during` runs, and checks that `job` waits it out: two failed attempts on one
+/// message with a growing wait, and the process still running. The first attempt fails
+/// at once or when the pool gives up waiting for a connection (5 s), the second after
+/// that again; longer than the ack wait (2 s), so JetStream redelivers what the worker
+/// holds meanwhile. Then PostgreSQL starts again; the retries, in one line.
+pub async fn without_postgres(
+    setup: &mut Setup,
+    worker: &mut Worker,
+    log: &Log,
+    job: &str,
+    during: impl AsyncFnOnce(&Setup),
+) -> String {
+    setup.pg.stop();
+    during(setup).await;
+    let retries = log.wait_for_retries(job, 2, Duration::from_secs(25)).await;
+    let backoff = assert_backoff(&retries);
+    assert!(
+        worker.is_running(),
+        "the worker waits PostgreSQL out instead of exiting"
+    );
+    setup.pg.start_again().unwrap();
+    backoff
+}
+
 /// The Python with the sinks' test peers (http-ece): scripts/lib.sh's
 /// `ensure_sink_test_peers` installs them into the project's .venv and exports
 /// `SWITCHBOARD_TEST_PYTHON`.
