@@ -63,6 +63,7 @@ enum Family {
     ServeSwitchboardMethodByWildcard,
     ServeInternal,
     PrivacyChangePublish,
+    AskInternal,
     PrivacyChangeSubscribe,
     RequestAppMethod,
     NotifySubscribe,
@@ -106,7 +107,7 @@ use Family::*;
 
 /// Each family, and whether edge, workers, service, admin may use it (docs/operations.md,
 /// "NATS roles").
-const TABLE: [(Family, [bool; 4]); 29] = [
+const TABLE: [(Family, [bool; 4]); 30] = [
     (RtPublish, [true, true, true, true]),
     (LivePublish, [false, false, false, true]),
     (LiveSubscribe, [true, false, false, true]),
@@ -121,7 +122,10 @@ const TABLE: [(Family, [bool; 4]); 29] = [
         [false, false, false, true],
     ),
     (ServeInternal, [false, true, false, true]),
-    (PrivacyChangePublish, [true, true, false, true]),
+    // Only the workers announce privacy changes; the edge asks int.archive.> and
+    // int.presence.> only.
+    (PrivacyChangePublish, [false, true, false, true]),
+    (AskInternal, [true, false, false, true]),
     (PrivacyChangeSubscribe, [true, true, false, true]),
     (RequestAppMethod, [true, false, false, true]),
     (NotifySubscribe, [false, false, true, true]),
@@ -249,6 +253,20 @@ impl Bench {
                 let subject = format!("int.privacy.{unique}");
                 self.admin_receives(&subject, || actor.publish(subject.clone(), "{}".into()))
                     .await
+            }
+            AskInternal => {
+                let mut asked = Vec::new();
+                for subject in ["int.archive.read", "int.presence.authorize"] {
+                    let mut requests = self.admin.subscribe(subject).await.unwrap();
+                    switchboard_testkit::synced(&self.admin).await.unwrap();
+                    asked.push(
+                        receives_while(&mut requests, || {
+                            actor.publish_with_reply(subject, actor.new_inbox(), "{}".into())
+                        })
+                        .await,
+                    );
+                }
+                asked.all_or_none(&["int.archive.read", "int.presence.authorize"])
             }
             PrivacyChangeSubscribe => {
                 self.actor_receives(actor, &format!("int.privacy.{unique}"))
