@@ -150,6 +150,23 @@ impl Worker {
         (output.status, text)
     }
 
+    /// Runs a worker with `env`, which it must refuse: it stops with a failure, its
+    /// output says `reason` and never shows `secret` (a credential in the setting). What
+    /// it said.
+    pub async fn refuses(
+        setup: &Setup,
+        jobs: &str,
+        env: &[(&str, String)],
+        reason: &str,
+        secret: &str,
+    ) -> String {
+        let (status, said) = Worker::refused(setup, jobs, env).await;
+        assert!(!status.success(), "{env:?} is refused: {reason}");
+        assert!(said.contains(reason), "{reason:?} in {said}");
+        assert!(!said.contains(secret), "{secret:?} is not shown: {said}");
+        said
+    }
+
     /// Whether the process is still running (it has not exited or crashed).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
