@@ -203,7 +203,7 @@ impl Feed {
                 filters: TypeFilters::all(),
                 mailbox: mailbox.clone(),
             };
-            let work = subs.begin(edge, subscription, None, since, reply);
+            let work = subs.begin(edge, &opening.identity, subscription, None, since, reply);
             let failed = control.clone();
             tokio::spawn(async move {
                 if work.await.is_err() {

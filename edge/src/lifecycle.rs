@@ -110,6 +110,26 @@ struct Held {
     key: u64,
 }
 
+/// A subscription's place on its channel until the subscriber is added. Its work gives
+/// the place back itself when it fails; when the work is dropped first (its connection
+/// ended and aborted its tasks), this does, or the channel, and its bridge, would stay
+/// for good.
+struct Attachment {
+    edge: Arc<Edge>,
+    channel: Arc<Channel>,
+    added: tokio::sync::watch::Receiver<bool>,
+    /// The work ran to its end, success or failure.
+    settled: bool,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if !self.settled && !*self.added.borrow() {
+            self.edge.hub.abandon(&self.channel);
+        }
+    }
+}
+
 /// A connection's subscriptions, by the channel as the client spelled it.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
@@ -134,12 +154,14 @@ impl Subscriptions {
             .count()
     }
 
-    /// Attaches `subscription` to its channel now and returns the work that finishes
-    /// it: wait for the bridge, reply `ok` (when `reply`), replay what `since` asks for,
-    /// hand over to live delivery. The caller runs it in a task of its own.
+    /// Attaches `subscription` (authorized for `identity`) to its channel now and returns
+    /// the work that finishes it: wait for the bridge, reply `ok` (when `reply`), replay
+    /// what `since` asks for, hand over to live delivery. The caller runs it in a task of
+    /// its own, and may drop it at any point.
     pub fn begin(
         &mut self,
         edge: &Arc<Edge>,
+        identity: &Identity,
         subscription: Subscription,
         id: Option<u64>,
         since: Option<ResumeFrom>,
@@ -148,6 +170,15 @@ impl Subscriptions {
         let channel = subscribe::attach(edge, &subscription.label);
         let cancel = CancellationToken::new();
         let (added_tx, added) = tokio::sync::watch::channel(false);
+        let attachment = Attachment {
+            edge: edge.clone(),
+            channel: channel.clone(),
+            added: added_tx.subscribe(),
+            settled: false,
+        };
+        let mut on_channel = added_tx.subscribe();
+        let (label, identity) = (subscription.label.clone(), identity.clone());
+        let control = subscription.mailbox.control.clone();
         let progress = subscribe::Progress {
             cancel: cancel.clone(),
             added: added_tx,
@@ -164,7 +195,24 @@ impl Subscriptions {
         edge.metrics.gauge(&edge.metrics.subscriptions, 1);
         let edge = edge.clone();
         async move {
-            subscribe::subscribe(&edge, channel, subscription, id, since, reply, progress).await
+            // Moved in whole, so it goes with the work (an assignment to one of its fields
+            // would capture only that field).
+            let mut attachment = attachment;
+            let work =
+                subscribe::subscribe(&edge, channel, subscription, id, since, reply, progress);
+            // A membership change is told to the subscribers on the channel; one that came
+            // while this subscription was being set up found it not there yet. Once it is,
+            // any later change finds it, and this check catches the earlier ones.
+            let recheck = async {
+                if on_channel.wait_for(|on| *on).await.is_ok()
+                    && let Access::Refused(_) = authorize(&edge, &identity, &label)
+                {
+                    control.recheck(label.base());
+                }
+            };
+            let (outcome, ()) = tokio::join!(work, recheck);
+            attachment.settled = true;
+            outcome
         }
     }
 

@@ -105,7 +105,9 @@ impl Session {
             filters: types,
             mailbox: self.mailbox.clone(),
         };
-        let work = self.subs.begin(&self.edge, subscription, id, since, reply);
+        let work = self
+            .subs
+            .begin(&self.edge, &self.identity, subscription, id, since, reply);
         let mailbox = self.mailbox.clone();
         let done = self.done.clone();
         self.tasks.spawn(async move {

@@ -540,7 +540,18 @@ pub type SseEvent = (String, Option<String>, String);
 impl SseStream {
     /// Opens `/v1/sse?<query>` with extra headers; panics unless the answer is 200.
     pub async fn open(addr: &str, query: &str, headers: &[(&str, &str)]) -> SseStream {
-        use tokio::io::AsyncWriteExt;
+        SseStream::try_open(addr, query, headers)
+            .await
+            .unwrap_or_else(|(status, body)| panic!("SSE refused: {status} {body}"))
+    }
+
+    /// Opens `/v1/sse?<query>`; a refusal is `Err((status, body))`.
+    pub async fn try_open(
+        addr: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<SseStream, (u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = TokioTcp::connect(addr).await.unwrap();
         let mut request = format!("GET /v1/sse?{query} HTTP/1.0\r\nHost: {addr}\r\n");
         for (name, value) in headers {
@@ -553,36 +564,62 @@ impl SseStream {
             buffer: String::new(),
         };
         let head = sse.read_until("\r\n\r\n").await;
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "{head}"
-        );
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if status != 200 {
+            // HTTP/1.0: the body ends with the connection.
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(WAIT, sse.stream.read_to_end(&mut rest)).await;
+            let body = sse.buffer + &String::from_utf8_lossy(&rest);
+            return Err((status, body));
+        }
         assert!(head.contains("text/event-stream"), "{head}");
-        sse
+        Ok(sse)
     }
 
     async fn read_until(&mut self, delimiter: &str) -> String {
+        match self.try_read_until(delimiter).await {
+            Some(chunk) => chunk,
+            None => panic!("SSE stream ended; unread: {:?}", self.buffer),
+        }
+    }
+
+    /// Reads up to `delimiter`; `None` when the stream ends first.
+    async fn try_read_until(&mut self, delimiter: &str) -> Option<String> {
         use tokio::io::AsyncReadExt;
         loop {
             if let Some(at) = self.buffer.find(delimiter) {
                 let chunk = self.buffer[..at].to_string();
                 self.buffer.drain(..at + delimiter.len());
-                return chunk;
+                return Some(chunk);
             }
             let mut buf = [0u8; 8192];
             let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
                 .await
                 .expect("SSE data in time")
-                .unwrap();
-            assert!(n > 0, "SSE stream ended; unread: {:?}", self.buffer);
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
             self.buffer.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     }
 
     /// The next event, skipping keep-alive comments.
     pub async fn next(&mut self) -> SseEvent {
+        match self.try_next().await {
+            Some(event) => event,
+            None => panic!("SSE stream ended; unread: {:?}", self.buffer),
+        }
+    }
+
+    /// The next event, or `None` when the server ended the stream.
+    pub async fn try_next(&mut self) -> Option<SseEvent> {
         loop {
-            let block = self.read_until("\n\n").await;
+            let block = self.try_read_until("\n\n").await?;
             let (mut name, mut id, mut data) = (String::from("message"), None, Vec::new());
             for line in block.lines() {
                 if let Some(v) = line.strip_prefix("event:") {
@@ -594,7 +631,7 @@ impl SseStream {
                 }
             }
             if !data.is_empty() {
-                return (name, id, data.join("\n"));
+                return Some((name, id, data.join("\n")));
             }
         }
     }
