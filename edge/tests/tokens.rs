@@ -1,4 +1,5 @@
-//! Token forgery and validation: every way a token can be wrong is refused.
+//! Token forgery and validation: every way a token can be wrong is refused, and the
+//! identity a relayed `rpc` carries comes from the verified token alone.
 
 mod support;
 
@@ -214,4 +215,77 @@ fn an_edge_without_its_key_refuses_to_start_with_a_clear_message() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("SWITCHBOARD_JWT_SECRET"), "{stderr}");
+}
+
+/// `Rt-User` and `Rt-Role` on a relayed `rpc` come from the verified token only
+/// (docs/protocol.md §10.4): a user token is `user` whatever the client sends, a service
+/// token is `service`, and headers a client adds to `POST /v1/rpc` are not passed on.
+#[tokio::test]
+async fn rpc_identity_comes_from_the_token_and_never_from_the_client() {
+    use futures_util::StreamExt as _;
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    // A service answering with the identity headers it received.
+    let mut requests = stack.client.subscribe("svc.test.whoami").await.unwrap();
+    switchboard_testkit::synced(&stack.client).await.unwrap();
+    let answerer = stack.client.clone();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            // Every value of the header: a second one passed on would show here.
+            let header = |name: &str| -> Vec<String> {
+                request
+                    .headers
+                    .as_ref()
+                    .map(|h| h.get_all(name).map(|v| v.as_str().to_string()).collect())
+                    .unwrap_or_default()
+            };
+            let seen = json!({"result": {"user": header("Rt-User"), "role": header("Rt-Role")}});
+            if let Some(reply) = request.reply {
+                answerer
+                    .publish(reply, seen.to_string().into())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let identity = |user: &str, role: &str| json!({"user": [user], "role": [role]});
+
+    let user = format!("Bearer {}", token("u1", 600, &[]));
+    let (status, body) = http(
+        &edge.addr,
+        "POST",
+        "/v1/rpc/test.whoami",
+        &[
+            ("Authorization", &user),
+            ("Rt-Role", "service"),
+            ("Rt-User", "someone-else"),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"], identity("u1", "user"), "{body}");
+
+    let service = token_with(json!({"sub": "billing", "role": "service", "exp": now() + 600}));
+    let (status, body) = http(
+        &edge.addr,
+        "POST",
+        "/v1/rpc/test.whoami",
+        &[("Authorization", &format!("Bearer {service}"))],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"], identity("billing", "service"), "{body}");
+
+    // Over the socket, whatever the params say.
+    let mut client = edge.connect("u2").await;
+    let reply = client
+        .request(json!({"op": "rpc", "method": "test.whoami",
+                        "params": {"Rt-Role": "service", "Rt-User": "u1"}}))
+        .await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    assert_eq!(reply["result"], identity("u2", "user"), "{reply}");
 }
