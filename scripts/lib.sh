@@ -123,3 +123,30 @@ ensure_promtool() {
   fi
   command -v promtool >/dev/null || die "promtool not found after installing prometheus"
 }
+
+# Starts one more switchboard-edge beside the stack scripts/up runs from DATA, as scripts/up
+# starts its own: the edge role's NATS seed from DATA/nats-keys, the NATS URL and the JWT
+# secret from DATA/stack.env (exported, never on a command line). Listens on ADDR, logs
+# to LOG; any VAR=VALUE after them is added to its environment. Waits (up to 30 s) until
+# it listens and sets STARTED_EDGE_PID; the caller stops it.
+start_edge() { # data_dir bin_dir addr log [VAR=VALUE...]
+  local data="$1" bin="$2" addr="$3" log="$4"
+  shift 4
+  local nats_url secret
+  nats_url="$(sed -n 's/^SWITCHBOARD_NATS_URL=//p' "$data/stack.env")"
+  secret="$(sed -n 's/^SWITCHBOARD_JWT_SECRET=//p' "$data/stack.env")"
+  [ -n "$nats_url" ] && [ -n "$secret" ] || die "$data/stack.env names no NATS URL or JWT secret"
+  (
+    export SWITCHBOARD_NATS_URL="$nats_url" SWITCHBOARD_JWT_SECRET="$secret"
+    export SWITCHBOARD_NATS_NKEY="$data/nats-keys/edge.nk" SWITCHBOARD_EDGE_ADDR="$addr"
+    exec env "$@" "$bin/switchboard-edge" >"$log" 2>&1
+  ) &
+  STARTED_EDGE_PID=$!
+  local i
+  for i in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then return 0; fi
+    kill -0 "$STARTED_EDGE_PID" 2>/dev/null || die "the edge on $addr exited (see $log)"
+    sleep 0.1
+  done
+  die "the edge did not open $addr (see $log)"
+}

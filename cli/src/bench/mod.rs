@@ -238,7 +238,7 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct ProcessCpu {
     pub pid: u32,
-    /// Its command name (`/proc/<pid>/comm`).
+    /// Its program name (the file name of its `argv[0]`).
     pub name: String,
     pub cores: f64,
 }

@@ -326,10 +326,22 @@ fn cpu_seconds(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
     pids.iter().map(|pid| Ok(usage_of(*pid)?.0)).collect()
 }
 
+/// A process's program name: the file name of its `argv[0]` (`comm` is cut to 15
+/// characters: `switchboard-edg`).
 fn process_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
+    let argv0 = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|line| {
+            let first = line.split(|b| *b == 0).next()?;
+            let name = String::from_utf8_lossy(first);
+            Some(name.rsplit('/').next().unwrap_or_default().to_string())
+        })
+        .filter(|name| !name.is_empty());
+    argv0.unwrap_or_else(|| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|name| name.trim().to_string())
+            .unwrap_or_default()
+    })
 }
 
 /// The generator processes of one run, seen from the parent.
