@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -288,4 +290,61 @@ async fn rpc_identity_comes_from_the_token_and_never_from_the_client() {
         .await;
     assert_eq!(reply["op"], "ok", "{reply}");
     assert_eq!(reply["result"], identity("u2", "user"), "{reply}");
+}
+
+/// No `rpc`, from a user or a service token, over the socket or HTTP, reaches `int.>`,
+/// where the workers answer the edge's own questions (docs/protocol.md §10.1).
+#[tokio::test]
+async fn no_rpc_reaches_internal_subjects() {
+    use futures_util::StreamExt as _;
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_RPC_TIMEOUT_MS", "300")]);
+    let mut internal = stack.client.subscribe("int.>").await.unwrap();
+    let mut relayed = stack.client.subscribe("svc.>").await.unwrap();
+    switchboard_testkit::synced(&stack.client).await.unwrap();
+    let methods = [
+        "int.archive.read",
+        "int.presence.authorize",
+        "archive.read",
+        "presence.authorize",
+        "presence.visible",
+        ".int.archive.read",
+        "int.>",
+        "int.*",
+        "int archive",
+        "svc..int.x",
+    ];
+    let service = token_with(json!({"sub": "billing", "role": "service", "exp": now() + 600}));
+    let mut client = edge.connect("u1").await;
+    for method in methods {
+        let reply = client
+            .request(json!({"op": "rpc", "method": method, "params": {}}))
+            .await;
+        assert_ne!(reply["op"], "ok", "{method}: {reply}");
+        for token in [token("u1", 600, &[]), service.clone()] {
+            let path = format!("/v1/rpc/{}", method.replace(' ', "%20"));
+            let (status, body) =
+                http_as(&edge.addr, "POST", &path, &format!("Bearer {token}"), "{}").await;
+            assert_ne!(status, 200, "{method}: {body}");
+        }
+    }
+    // Whatever was relayed went under svc., and nothing reached int.
+    let went = tokio::time::timeout(Duration::from_millis(500), internal.next()).await;
+    assert!(!matches!(went, Ok(Some(_))), "an rpc reached {went:?}");
+    let mut subjects = Vec::new();
+    while let Ok(Some(request)) =
+        tokio::time::timeout(Duration::from_millis(100), relayed.next()).await
+    {
+        subjects.push(request.subject.to_string());
+    }
+    assert!(
+        subjects
+            .iter()
+            .all(|s| s.starts_with("svc.") && !s.contains('*') && !s.contains('>')),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.contains(&"svc.int.archive.read".to_string()),
+        "the valid names were relayed under svc.: {subjects:?}"
+    );
 }
