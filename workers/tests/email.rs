@@ -8,11 +8,10 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard_schemas::Actor;
 
 use support::http::Receiver;
 use support::{
-    Peer, Setup, Worker, add_member, call, event, eventually, publish, set_contact, setup,
+    Peer, Setup, Worker, add_member, bid, call, event, eventually, publish, set_contact, setup,
 };
 
 const JOBS: &str = "membership,notifications,outbox";
@@ -83,12 +82,7 @@ async fn email_reaches_the_smtp_server_and_what_cannot_be_sent_is_recorded() {
         assert_eq!(set["categories"]["bid"]["email"], true, "{set}");
         add_member(&setup, "project:p1", user, "owner").await;
     }
-    let mut bid = event("bid.new", json!({"amount": 5000}));
-    bid.actor = Some(Actor {
-        id: "c9".into(),
-        kind: "contractor".into(),
-    });
-    publish(&setup, "project:p1", &bid).await;
+    publish(&setup, "project:p1", &bid(5000)).await;
 
     // One message, to u1 only, both parts from the notification.
     let mut received = Vec::new();

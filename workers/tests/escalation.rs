@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use support::http::Receiver;
 use support::{
-    Peer, Setup, Worker, add_member, call, event, eventually, publish, set_contact, setup, stored,
+    Peer, Setup, Worker, add_member, bid, call, event, eventually, publish, set_contact, setup,
+    stored,
 };
 
 const JOBS: &str = "membership,notifications,outbox";
@@ -31,15 +32,6 @@ async fn want_email(setup: &Setup, user: &str, category: &str) {
     )
     .await;
     assert_eq!(set["categories"][category]["email"], true, "{set}");
-}
-
-fn bid(amount: u64) -> switchboard_schemas::Envelope {
-    let mut bid = event("bid.new", json!({"amount": amount}));
-    bid.actor = Some(Actor {
-        id: "c9".into(),
-        kind: "contractor".into(),
-    });
-    bid
 }
 
 /// The ids of `user`'s notifications, oldest first, once there are `count`.

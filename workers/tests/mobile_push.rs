@@ -20,11 +20,10 @@ use bytes::Bytes;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
-use switchboard_schemas::Actor;
 use tokio::net::TcpListener;
 
 use support::http::Receiver;
-use support::{Setup, Worker, add_member, call, event, eventually, publish, rpc, setup};
+use support::{Setup, Worker, add_member, bid, call, eventually, publish, rpc, setup};
 
 const JOBS: &str = "membership,notifications,outbox";
 const PROJECT: &str = "proj-1";
@@ -352,12 +351,7 @@ async fn phones_get_pushes_by_fcm_and_apns_and_dead_tokens_remove_the_device() {
     for user in ["u1", "u2", "u3", "u4", "u5", "u6"] {
         add_member(&setup, "project:p1", user, "owner").await;
     }
-    let mut bid = event("bid.new", json!({"amount": 5000}));
-    bid.actor = Some(Actor {
-        id: "c9".into(),
-        kind: "contractor".into(),
-    });
-    publish(&setup, "project:p1", &bid).await;
+    publish(&setup, "project:p1", &bid(5000)).await;
 
     // The dead tokens' devices go; u1's two phones stay.
     let left = eventually("the refused devices removed", || async {

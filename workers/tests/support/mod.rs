@@ -492,6 +492,17 @@ pub async fn say(setup: &Setup, ch: &str, user: &str, text: &str) -> u64 {
     publish_by(setup, ch, "message.new", Some(user), json!({"text": text})).await
 }
 
+/// `bid.new` of `amount` by contractor `c9`: an event the shipped rules notify a
+/// project's owners of.
+pub fn bid(amount: u64) -> Envelope {
+    let mut bid = event("bid.new", json!({"amount": amount}));
+    bid.actor = Some(Actor {
+        id: "c9".into(),
+        kind: "contractor".into(),
+    });
+    bid
+}
+
 /// `member.added` for `user` as `role` on `channel`, as a backend publishes it.
 pub async fn add_member(setup: &Setup, channel: &str, user: &str, role: &str) -> u64 {
     let added = event("member.added", json!({"user": user, "role": role}));
