@@ -288,27 +288,36 @@ pub async fn sse(
     };
     let feed = Feed::open(&edge, opening, true);
     let leeway = edge.config.jwt_leeway_s as i64;
-    let stream = futures_util::stream::unfold(Some((feed, cursor)), move |state| async move {
-        let (mut feed, mut cursor) = state?;
-        let left = expires + leeway - time::OffsetDateTime::now_utc().unix_timestamp();
-        let expiry = tokio::time::sleep(Duration::from_secs(left.max(0) as u64));
-        let event = tokio::select! {
-            frame = feed.rx.recv() => match frame {
-                Some(frame) => sse_event(&frame, &mut cursor),
-                None => return None,
-            },
-            _ = feed.control.ended() => {
-                let code = feed.control.reason().unwrap_or(ByeCode::Draining);
-                return Some((Ok(bye(code)), None));
+    // `unsubbed` frames not yet sent: a re-check may revoke several channels at once.
+    let revoked: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    let stream =
+        futures_util::stream::unfold(Some((feed, cursor, revoked)), move |state| async move {
+            let (mut feed, mut cursor, mut revoked) = state?;
+            if let Some(frame) = revoked.pop_front() {
+                let event = Event::default()
+                    .event("unsubbed")
+                    .data(String::from_utf8_lossy(&frame));
+                return Some((Ok(event), Some((feed, cursor, revoked))));
             }
-            channels = feed.control.rechecks() => match feed.revoke(&channels).await.first() {
-                Some(frame) => Event::default().event("unsubbed").data(String::from_utf8_lossy(frame)),
-                None => return Some((Ok(Event::default().comment("membership checked")), Some((feed, cursor)))),
-            },
-            _ = expiry => return Some((Ok(bye(ByeCode::TokenExpired)), None)),
-        };
-        Some((Ok::<_, Infallible>(event), Some((feed, cursor))))
-    });
+            let left = expires + leeway - time::OffsetDateTime::now_utc().unix_timestamp();
+            let expiry = tokio::time::sleep(Duration::from_secs(left.max(0) as u64));
+            let event = tokio::select! {
+                frame = feed.rx.recv() => match frame {
+                    Some(frame) => sse_event(&frame, &mut cursor),
+                    None => return None,
+                },
+                _ = feed.control.ended() => {
+                    let code = feed.control.reason().unwrap_or(ByeCode::Draining);
+                    return Some((Ok(bye(code)), None));
+                }
+                channels = feed.control.rechecks() => {
+                    revoked.extend(feed.revoke(&channels).await);
+                    Event::default().comment("subscriptions checked")
+                }
+                _ = expiry => return Some((Ok(bye(ByeCode::TokenExpired)), None)),
+            };
+            Some((Ok::<_, Infallible>(event), Some((feed, cursor, revoked))))
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(edge.config.heartbeat()))
         .into_response()

@@ -495,3 +495,40 @@ async fn a_channel_purged_past_a_resume_point_says_not_recovered_on_every_transp
     assert_eq!(poll["recovered"], false, "{poll}");
     assert_eq!(seqs(poll["events"].as_array().unwrap()), stored[4..]);
 }
+
+/// Every revocation reaches an SSE client, also when several come at once: each channel
+/// gets its `unsubbed` event, and the stream goes on with the channel it keeps.
+#[tokio::test]
+async fn an_sse_stream_is_told_of_every_revocation() {
+    let stack = Stack::start().await;
+    for channel in ["project:p1", "project:p2", "project:p3"] {
+        stack.add_member(channel, "u1").await;
+    }
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    let mut sse = SseStream::open(
+        &edge.addr,
+        "ch=project:p1&ch=project:p2&ch=project:p3",
+        &[("Authorization", &auth)],
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(sse.next().await.0, "ok");
+    }
+    stack.remove_member("project:p1", "u1").await;
+    stack.remove_member("project:p2", "u1").await;
+    let mut revoked = Vec::new();
+    while revoked.len() < 2 {
+        let (name, _, data) = sse.next().await;
+        assert_eq!(name, "unsubbed", "{data}");
+        let frame: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(frame["code"], "revoked");
+        revoked.push(frame["ch"].as_str().unwrap().to_string());
+    }
+    revoked.sort();
+    assert_eq!(revoked, ["project:p1", "project:p2"]);
+    let kept = stack.publish("project:p3", "bid.new", json!({})).await;
+    let (name, _, data) = sse.next().await;
+    assert_eq!(name, "evt", "{data}");
+    assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["seq"], kept);
+}
