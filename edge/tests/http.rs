@@ -488,12 +488,120 @@ async fn a_channel_purged_past_a_resume_point_says_not_recovered_on_every_transp
         .await;
     assert_eq!(intact["recovered"], true, "{intact}");
 
+    let (ok, events) = sse_resumed(&edge, &auth, "domain:cut", &cursor, 2).await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+    assert_eq!(events, stored[4..]);
+
     let path = format!("/v1/poll?ch=domain:cut&cursor={cursor}&wait=2");
     let (status, body) = http_as(&edge.addr, "GET", &path, &auth, "").await;
     assert_eq!(status, 200, "{body}");
     let poll: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(poll["recovered"], false, "{poll}");
     assert_eq!(seqs(poll["events"].as_array().unwrap()), stored[4..]);
+}
+
+/// An SSE stream of `channel` resumed from `cursor`: its `ok` and the seqs of the first
+/// `count` events.
+async fn sse_resumed(
+    edge: &Edge,
+    auth: &str,
+    channel: &str,
+    cursor: &str,
+    count: usize,
+) -> (Value, Vec<u64>) {
+    let mut sse = SseStream::open(
+        &edge.addr,
+        &format!("ch={channel}"),
+        &[("Authorization", auth), ("Last-Event-ID", cursor)],
+    )
+    .await;
+    let (name, _, data) = sse.next().await;
+    assert_eq!(name, "ok", "{data}");
+    let ok: Value = serde_json::from_str(&data).unwrap();
+    let mut events = Vec::new();
+    while events.len() < count {
+        let (name, _, data) = sse.next().await;
+        assert_eq!(name, "evt", "{data}");
+        events.push(
+            serde_json::from_str::<Value>(&data).unwrap()["seq"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    (ok, events)
+}
+
+/// A channel past its own cap (`max_msgs_per_subject`) has lost its oldest events while
+/// the stream's first seq stays where it was: a resume from before them says
+/// `recovered: false` on the socket, over SSE and in a poll, and delivers from the oldest
+/// event the channel still holds (docs/protocol.md, section 6).
+#[tokio::test]
+async fn a_channel_past_its_own_cap_says_not_recovered_on_every_transport() {
+    let stack = Stack::start().await;
+    let mut config = stack
+        .js
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.max_messages_per_subject = 3;
+    stack.js.update_stream(&config).await.unwrap();
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    let kept = stack
+        .publish("domain:kept", "project.update", json!({}))
+        .await;
+    let first = stack
+        .publish("domain:capped", "project.update", json!({"i": 0}))
+        .await;
+    let (_, body) = http_as(&edge.addr, "GET", "/v1/poll?ch=domain:capped", &auth, "").await;
+    let cursor = serde_json::from_str::<Value>(&body).unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stored = Vec::new();
+    for i in 1..=5 {
+        stored.push(
+            stack
+                .publish("domain:capped", "project.update", json!({"i": i}))
+                .await,
+        );
+    }
+    let events = stack.js.get_stream("EVENTS").await.unwrap();
+    let state = events.cached_info().state.clone();
+    assert_eq!(state.first_sequence, kept, "the stream's first seq stays");
+    let oldest_kept = &stored[2..];
+
+    let mut client = edge.connect("u1").await;
+    let epoch = client.sub(json!({"ch":"domain:kept"})).await["epoch"].clone();
+    let resumed = client
+        .sub(json!({"ch":"domain:capped","since":{"seq": first, "epoch": epoch}}))
+        .await;
+    assert_eq!(resumed["recovered"], false, "{resumed}");
+    assert_eq!(seqs(&client.events(3).await), oldest_kept);
+
+    let (ok, events) = sse_resumed(&edge, &auth, "domain:capped", &cursor, 3).await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+    assert_eq!(events, oldest_kept);
+
+    let path = format!("/v1/poll?ch=domain:capped&cursor={cursor}&wait=2");
+    let (status, body) = http_as(&edge.addr, "GET", &path, &auth, "").await;
+    assert_eq!(status, 200, "{body}");
+    let poll: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(poll["recovered"], false, "{poll}");
+    assert_eq!(seqs(poll["events"].as_array().unwrap()), oldest_kept);
+
+    // A resume within what the channel holds is recovered.
+    client
+        .request(json!({"op":"unsub","ch":"domain:capped"}))
+        .await;
+    let intact = client
+        .sub(json!({"ch":"domain:capped","since":{"seq": stored[2], "epoch": epoch}}))
+        .await;
+    assert_eq!(intact["recovered"], true, "{intact}");
+    assert_eq!(seqs(&client.events(2).await), stored[3..]);
 }
 
 /// Every revocation reaches an SSE client, also when several come at once: each channel
