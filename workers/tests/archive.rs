@@ -9,12 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use switchboard_schemas::{Actor, Timestamp};
 
-use support::{Setup, Worker, channel, event, eventually, request, setup};
-
-/// Publishes `ty` on `channel_name` as `actor`; its stream sequence.
-async fn publish(setup: &Setup, channel_name: &str, ty: &str, actor: &str, data: Value) -> u64 {
-    support::publish_by(setup, channel_name, ty, Some(actor), data).await
-}
+use support::{
+    Setup, Worker, channel, delete, edit, event, eventually, publish_by, request, say, setup,
+};
 
 async fn epoch(setup: &Setup) -> String {
     setup.store.position().await.unwrap().epoch
@@ -75,26 +72,10 @@ async fn events_are_archived_with_their_seqs_and_read_back_in_pages() {
     let _worker = Worker::start(&setup, "archive", &[]);
     let mut seqs = Vec::new();
     for n in 0..5 {
-        seqs.push(
-            publish(
-                &setup,
-                "conversation:c1",
-                "message.new",
-                "u1",
-                json!({"text": format!("m{n}")}),
-            )
-            .await,
-        );
+        seqs.push(say(&setup, "conversation:c1", "u1", &format!("m{n}")).await);
         // Another channel and a namespace that is not archived, in between.
-        publish(
-            &setup,
-            "conversation:c2",
-            "message.new",
-            "u2",
-            json!({"text": "other"}),
-        )
-        .await;
-        publish(&setup, "project:p1", "bid.new", "u3", json!({})).await;
+        say(&setup, "conversation:c2", "u2", "other").await;
+        publish_by(&setup, "project:p1", "bid.new", Some("u3"), json!({})).await;
     }
     let last = *seqs.last().unwrap();
     wait_through(&setup, "conversation:c1", last).await;
@@ -173,63 +154,21 @@ async fn edits_replace_the_text_and_deletes_blank_the_message_and_its_edits() {
     let setup = setup().await;
     let _worker = Worker::start(&setup, "archive", &[]);
     let ch = "conversation:c1";
-    let kept = publish(
-        &setup,
-        ch,
-        "message.new",
-        "u1",
-        json!({"text": "lunch at noon"}),
-    )
-    .await;
-    let edit1 = publish(
-        &setup,
-        ch,
-        "message.edited",
-        "u1",
-        json!({"seq": kept, "text": "lunch at one"}),
-    )
-    .await;
-    let edit2 = publish(
-        &setup,
-        ch,
-        "message.edited",
-        "u1",
-        json!({"seq": kept, "text": "lunch at two"}),
-    )
-    .await;
-    let gone = publish(
-        &setup,
-        ch,
-        "message.new",
-        "u2",
-        json!({"text": "my secret number"}),
-    )
-    .await;
-    let gone_edit = publish(
-        &setup,
-        ch,
-        "message.edited",
-        "u2",
-        json!({"seq": gone, "text": "my secret number 555"}),
-    )
-    .await;
-    let tombstone = publish(
+    let kept = say(&setup, ch, "u1", "lunch at noon").await;
+    let edit1 = edit(&setup, ch, "u1", kept, "lunch at one").await;
+    let edit2 = edit(&setup, ch, "u1", kept, "lunch at two").await;
+    let gone = say(&setup, ch, "u2", "my secret number").await;
+    let gone_edit = edit(&setup, ch, "u2", gone, "my secret number 555").await;
+    let tombstone = publish_by(
         &setup,
         ch,
         "message.deleted",
-        "u2",
+        Some("u2"),
         json!({"seq": gone, "text": "my secret number"}),
     )
     .await;
     // An edit after the deletion is blanked too.
-    let late_edit = publish(
-        &setup,
-        ch,
-        "message.edited",
-        "u2",
-        json!({"seq": gone, "text": "secret again"}),
-    )
-    .await;
+    let late_edit = edit(&setup, ch, "u2", gone, "secret again").await;
     wait_through(&setup, ch, late_edit).await;
 
     let events = all(&setup, ch).await;
@@ -290,30 +229,10 @@ async fn an_edit_archived_before_its_original_is_applied_when_the_original_comes
     let now = setup.store.position().await.unwrap().last_seq;
     let edited_seq = now + 3;
     let deleted_seq = now + 4;
-    publish(
-        &setup,
-        ch,
-        "message.edited",
-        "u1",
-        json!({"seq": edited_seq, "text": "after"}),
-    )
-    .await;
-    publish(
-        &setup,
-        ch,
-        "message.deleted",
-        "u1",
-        json!({"seq": deleted_seq}),
-    )
-    .await;
-    assert_eq!(
-        publish(&setup, ch, "message.new", "u1", json!({"text": "before"})).await,
-        edited_seq
-    );
-    assert_eq!(
-        publish(&setup, ch, "message.new", "u1", json!({"text": "doomed"})).await,
-        deleted_seq
-    );
+    edit(&setup, ch, "u1", edited_seq, "after").await;
+    delete(&setup, ch, "u1", deleted_seq).await;
+    assert_eq!(say(&setup, ch, "u1", "before").await, edited_seq);
+    assert_eq!(say(&setup, ch, "u1", "doomed").await, deleted_seq);
     wait_through(&setup, ch, deleted_seq).await;
     let events = all(&setup, ch).await;
     let by_seq = |seq: u64| events.iter().find(|(s, _)| *s == seq).unwrap().1.clone();
@@ -327,7 +246,7 @@ async fn poison_is_skipped_and_what_postgresql_refuses_never_blocks_the_consumer
     let setup = setup().await;
     let _worker = Worker::start(&setup, "archive", &[]);
     let ch = "conversation:c1";
-    let before = publish(&setup, ch, "message.new", "u1", json!({"text": "fine"})).await;
+    let before = say(&setup, ch, "u1", "fine").await;
     // Not an envelope at all.
     setup
         .client
@@ -336,22 +255,15 @@ async fn poison_is_skipped_and_what_postgresql_refuses_never_blocks_the_consumer
         .unwrap();
     setup.client.flush().await.unwrap();
     // NUL characters, which PostgreSQL's text and jsonb refuse.
-    let nul = publish(
+    let nul = publish_by(
         &setup,
         ch,
         "message.new",
-        "u\u{0}1",
+        Some("u\u{0}1"),
         json!({"text": "a\u{0}b", "k": ["\u{0}"]}),
     )
     .await;
-    let after = publish(
-        &setup,
-        ch,
-        "message.new",
-        "u1",
-        json!({"text": "still fine"}),
-    )
-    .await;
+    let after = say(&setup, ch, "u1", "still fine").await;
     wait_through(&setup, ch, after).await;
     let events = all(&setup, ch).await;
     let seqs: Vec<u64> = events.iter().map(|(seq, _)| *seq).collect();
@@ -366,28 +278,14 @@ async fn a_killed_worker_loses_and_duplicates_nothing() {
     let ch = "conversation:c1";
     let mut last = 0;
     for n in 0..300 {
-        last = publish(
-            &setup,
-            ch,
-            "message.new",
-            "u1",
-            json!({"text": format!("m{n}")}),
-        )
-        .await;
+        last = say(&setup, ch, "u1", &format!("m{n}")).await;
         if n == 150 {
             worker.kill().await;
             break;
         }
     }
     for n in 151..300 {
-        last = publish(
-            &setup,
-            ch,
-            "message.new",
-            "u1",
-            json!({"text": format!("m{n}")}),
-        )
-        .await;
+        last = say(&setup, ch, "u1", &format!("m{n}")).await;
     }
     let _again = Worker::start(&setup, "archive", &[]);
     wait_through(&setup, ch, last).await;
@@ -415,7 +313,7 @@ async fn rows_past_the_retention_are_deleted() {
     let mut old = event("message.new", json!({"text": "long ago"}));
     old.timestamp = Timestamp::parse("2020-01-01T00:00:00Z").unwrap();
     let old_seq = support::publish(&setup, ch, &old).await;
-    let recent = publish(&setup, ch, "message.new", "u1", json!({"text": "today"})).await;
+    let recent = say(&setup, ch, "u1", "today").await;
     wait_through(&setup, ch, recent).await;
     eventually("the old row to be deleted", || async {
         let seqs: Vec<u64> = all(&setup, ch)
@@ -459,7 +357,7 @@ async fn a_page_of_large_events_stops_early_and_says_so() {
     let text = "x".repeat(300 * 1024);
     let mut seqs = Vec::new();
     for _ in 0..5 {
-        seqs.push(publish(&setup, ch, "message.new", "u1", json!({"text": text})).await);
+        seqs.push(say(&setup, ch, "u1", &text).await);
     }
     wait_through(&setup, ch, *seqs.last().unwrap()).await;
     let epoch = epoch(&setup).await;

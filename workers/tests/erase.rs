@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use support::{
-    Setup, Worker, call, eventually, join, publish_by, request, say, setup, stored_events,
+    Setup, Worker, call, delete, edit, eventually, join, publish_by, request, say, setup,
+    stored_events,
 };
 
 const JOBS: &str = "archive,membership,notifications,outbox";
@@ -98,14 +99,7 @@ async fn a_users_messages_leave_the_stream_the_archive_search_the_inbox_and_noti
     join(&setup, c1, "u2").await;
     let kept = say(&setup, c1, "u2", "hello from u2, keep me").await;
     let secret = say(&setup, c1, "u1", "my number is pineapple 555").await;
-    publish_by(
-        &setup,
-        c1,
-        "message.edited",
-        Some("u1"),
-        json!({"seq": secret, "text": "my number is mango 555"}),
-    )
-    .await;
+    edit(&setup, c1, "u1", secret, "my number is mango 555").await;
     let last = say(&setup, c1, "u1", "see you at the pineapple stand").await;
     // A receipt about u1 is no message of u1's: it stays.
     let receipt = publish_by(
@@ -260,14 +254,7 @@ async fn a_deleted_message_leaves_the_notifications_made_from_it() {
         (notifications_about(&setup.db, "kiwi").await == 1).then_some(())
     })
     .await;
-    publish_by(
-        &setup,
-        c1,
-        "message.deleted",
-        Some("u1"),
-        json!({"seq": seq}),
-    )
-    .await;
+    delete(&setup, c1, "u1", seq).await;
     eventually("the text gone from the notification", || async {
         rows_holding(&setup.db, "kiwi")
             .await

@@ -15,7 +15,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 
 use support::{
-    DEADLINE, Setup, Worker, edge, eventually, join, leave, publish_by, rpc, say, setup,
+    DEADLINE, Setup, Worker, delete, edge, edit, eventually, join, leave, publish_by, rpc, say,
+    setup,
 };
 
 /// A read receipt as an edge sends it when one of the user's devices reads up to `seq`.
@@ -252,28 +253,14 @@ async fn deleting_or_editing_the_last_message_changes_the_entry_but_not_its_plac
     .await;
     let mut device = Device::connect(&setup, "u1").await;
 
-    publish_by(
-        &setup,
-        c1,
-        "message.edited",
-        Some("u2"),
-        json!({"seq": last, "text": "second, edited"}),
-    )
-    .await;
+    edit(&setup, c1, "u2", last, "second, edited").await;
     device
         .signal("edit", |d| {
             d["ch"] == c1 && d["last"]["text"] == "second, edited"
         })
         .await;
 
-    publish_by(
-        &setup,
-        c1,
-        "message.deleted",
-        Some("u2"),
-        json!({"seq": last}),
-    )
-    .await;
+    delete(&setup, c1, "u2", last).await;
     let data = device
         .signal("delete", |d| d["ch"] == c1 && d["unread"] == 1)
         .await;
@@ -292,14 +279,7 @@ async fn deleting_or_editing_the_last_message_changes_the_entry_but_not_its_plac
     assert_eq!(order, [c2, c1]);
 
     // The only message deleted: no last message, nothing unread.
-    publish_by(
-        &setup,
-        c1,
-        "message.deleted",
-        Some("u2"),
-        json!({"seq": first}),
-    )
-    .await;
+    delete(&setup, c1, "u2", first).await;
     let data = device
         .signal("all deleted", |d| d["ch"] == c1 && d["unread"] == 0)
         .await;
@@ -431,14 +411,7 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_no_count() {
             *expected.entry(ch).or_default() += 1;
         }
         if n % 17 == 0 && sender == "u2" {
-            publish_by(
-                &setup,
-                ch,
-                "message.deleted",
-                Some("u2"),
-                json!({"seq": seq}),
-            )
-            .await;
+            delete(&setup, ch, "u2", seq).await;
             *expected.get_mut(ch.as_str()).unwrap() -= 1;
         }
         if n == 80 {
@@ -498,14 +471,7 @@ async fn two_copies_of_the_job_agree_on_every_count() {
         let seq = say(&setup, ch, "u2", &format!("m{n}")).await;
         *expected.entry(ch).or_default() += 1;
         if n % 11 == 0 {
-            publish_by(
-                &setup,
-                ch,
-                "message.deleted",
-                Some("u2"),
-                json!({"seq": seq}),
-            )
-            .await;
+            delete(&setup, ch, "u2", seq).await;
             *expected.get_mut(ch).unwrap() -= 1;
         }
         if n == 200 {

@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::{Value, json};
 
-use support::{Setup, Worker, eventually, join, publish_by, rpc, say, setup};
+use support::{Setup, Worker, delete, edit, eventually, join, publish_by, rpc, say, setup};
 
 async fn search(setup: &Setup, user: &str, params: Value) -> Value {
     support::call(setup, "messages.search", user, params).await
@@ -116,22 +116,8 @@ async fn edits_are_found_by_their_latest_text_and_deleted_messages_never() {
     finds(&setup, "u1", "harbour", &[(ch, edited)]).await;
     finds(&setup, "u1", "5550199", &[(ch, deleted)]).await;
 
-    publish_by(
-        &setup,
-        ch,
-        "message.edited",
-        Some("u1"),
-        json!({"seq": edited, "text": "meet at the station"}),
-    )
-    .await;
-    publish_by(
-        &setup,
-        ch,
-        "message.deleted",
-        Some("u1"),
-        json!({"seq": deleted}),
-    )
-    .await;
+    edit(&setup, ch, "u1", edited, "meet at the station").await;
+    delete(&setup, ch, "u1", deleted).await;
     let page = finds(&setup, "u1", "station", &[(ch, edited)]).await;
     assert_eq!(
         page["results"][0]["event"]["data"]["text"],
@@ -142,14 +128,7 @@ async fn edits_are_found_by_their_latest_text_and_deleted_messages_never() {
     finds(&setup, "u1", "5550199", &[]).await;
     finds(&setup, "u1", "phone", &[]).await;
     // An edit of a deleted message is not found either.
-    publish_by(
-        &setup,
-        ch,
-        "message.edited",
-        Some("u1"),
-        json!({"seq": deleted, "text": "phone again"}),
-    )
-    .await;
+    edit(&setup, ch, "u1", deleted, "phone again").await;
     let marker = say(&setup, ch, "u1", "marker").await;
     finds(&setup, "u1", "marker", &[(ch, marker)]).await;
     finds(&setup, "u1", "phone", &[]).await;

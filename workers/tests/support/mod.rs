@@ -492,6 +492,24 @@ pub async fn say(setup: &Setup, ch: &str, user: &str, text: &str) -> u64 {
     publish_by(setup, ch, "message.new", Some(user), json!({"text": text})).await
 }
 
+/// `message.edited` by `user` on `ch`: message `seq` now says `text`.
+pub async fn edit(setup: &Setup, ch: &str, user: &str, seq: u64, text: &str) -> u64 {
+    let data = json!({"seq": seq, "text": text});
+    publish_by(setup, ch, "message.edited", Some(user), data).await
+}
+
+/// `message.deleted` by `user` on `ch`: message `seq` is gone.
+pub async fn delete(setup: &Setup, ch: &str, user: &str, seq: u64) -> u64 {
+    publish_by(
+        setup,
+        ch,
+        "message.deleted",
+        Some(user),
+        json!({"seq": seq}),
+    )
+    .await
+}
+
 /// `bid.new` of `amount` by contractor `c9`: an event the shipped rules notify a
 /// project's owners of.
 pub fn bid(amount: u64) -> Envelope {
