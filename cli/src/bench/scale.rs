@@ -6,8 +6,8 @@
 //! over the edges it is given (connection i to the (i mod n)-th) and opens them from
 //! several generator processes, copies of this command (`bench scale-generator`, hidden),
 //! each with its share. A generator binds its sockets to a source address of its own
-//! (127.0.0.2, 127.0.0.3, ...) when the edges listen on 127.0.0.1, so no two generators
-//! compete for the same ephemeral ports.
+//! (127.0.0.2, 127.0.0.3, ...) when the edges listen on 127.0.0.1, so each has the whole
+//! ephemeral port range to every edge.
 //!
 //! The parent and its generators speak JSON lines: a generator tells on stdout how many
 //! connections it has open, then that all are open; the parent measures the edges' RSS
@@ -576,6 +576,7 @@ impl Edge {
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
         };
         if let Some(source) = self.source {
+            bind_address_only(&socket);
             socket
                 .bind(SocketAddr::new(source, 0))
                 .with_context(|| format!("cannot bind a socket to {source}"))?;
@@ -597,6 +598,26 @@ impl Edge {
         .await
         .with_context(|| format!("the upgrade at {} failed", self.dialer.url))?;
         Dialer::welcome(socket).await
+    }
+}
+
+/// Binding picks only the source address; the port is picked at `connect`, unique per
+/// destination (`IP_BIND_ADDRESS_NO_PORT`). A port picked at bind would have to be free
+/// for every destination, and the ports a previous run left in TIME_WAIT are not: a run
+/// right after a large one would find too few.
+fn bind_address_only(socket: &tokio::net::TcpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this function borrows, with a c_int it outlives. A
+    // kernel without the option refuses it, and bind picks a port as before.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
