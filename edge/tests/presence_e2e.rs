@@ -20,6 +20,25 @@ async fn workers(stack: &Stack, jobs: &str) -> WorkersWithPostgres {
         .await
 }
 
+/// Waits until the presence worker answers (it subscribes a moment after it starts), so
+/// a test does not take its absence (`unavailable`) for an answer.
+async fn presence_service_up(client: &mut Client) {
+    let started = Instant::now();
+    loop {
+        let answer = client
+            .request(json!({"op":"rpc","method":"presence.privacy.get"}))
+            .await;
+        if answer["op"] == "ok" {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the presence service does not answer: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The next `user.presence` event's data.
 async fn presence(watcher: &mut Client) -> Value {
     let event = watcher
@@ -44,6 +63,7 @@ async fn devices_come_and_go_and_a_killed_edge_makes_its_user_offline() {
     stack.add_member("project:p1", "u1").await;
     stack.add_member("project:p1", "w1").await;
     let mut phone = edge_a.connect("u1").await;
+    presence_service_up(&mut phone).await;
     let everyone = phone
         .request(json!({"op":"rpc","method":"presence.privacy.set",
                         "params":{"visibility":"everyone"}}))
@@ -99,6 +119,7 @@ async fn invisible_users_look_offline_and_privacy_is_enforced() {
     let edge = stack.edge(&[]);
     let mut target = edge.connect("u1").await;
     let mut stranger = edge.connect("u9").await;
+    presence_service_up(&mut stranger).await;
     // Contacts only (the default): a stranger may not watch.
     assert_eq!(
         stranger.sub(json!({"ch":"presence:u1"})).await["code"],
@@ -211,6 +232,7 @@ async fn a_private_user_is_absent_from_who_and_silent_and_watchers_are_revoked()
     let edge = stack.edge(&[]);
     let mut hider = edge.connect("hider").await;
     let mut watcher = edge.connect("u1").await;
+    presence_service_up(&mut watcher).await;
     // Contacts (the default) through project:p1: u1 may watch hider's presence.
     let watching = watcher
         .sub_within(
@@ -245,7 +267,8 @@ async fn a_private_user_is_absent_from_who_and_silent_and_watchers_are_revoked()
         changed.elapsed()
     );
 
-    // Now hider joins the project channel: no `join` reaches u1, and `who` leaves them out.
+    // Now hider joins the project channel: `who` leaves them out for u1 while their own
+    // view lists them (so their occupancy is written), and no `join` reaches u1.
     tokio::time::sleep(Duration::from_millis(300)).await;
     hider
         .sub_within(
@@ -254,6 +277,22 @@ async fn a_private_user_is_absent_from_who_and_silent_and_watchers_are_revoked()
             Duration::from_secs(5),
         )
         .await;
+    // Occupancy is written without waiting for an acknowledgement: ask until it shows.
+    let started = Instant::now();
+    loop {
+        let own = hider.request(json!({"op":"who","ch":"project:p1"})).await;
+        let listed: Vec<&str> = own["members"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{own}"))
+            .iter()
+            .filter_map(|m| m["user"].as_str())
+            .collect();
+        if listed == ["hider", "u1"] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{own}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let who = watcher.request(json!({"op":"who","ch":"project:p1"})).await;
     assert_eq!(
         who["members"],
@@ -261,27 +300,66 @@ async fn a_private_user_is_absent_from_who_and_silent_and_watchers_are_revoked()
         "{who}"
     );
     hider.request(json!({"op":"unsub","ch":"project:p1"})).await;
-    let heard = watcher.try_recv(Duration::from_millis(500)).await;
-    assert!(
-        heard.as_ref().is_none_or(|f| f["op"] != "sig"),
-        "a private user's join/leave reached u1: {heard:?}"
-    );
-    // Their own view still lists themself.
-    hider
-        .sub_within(
-            json!({"ch":"project:p1"}),
-            Instant::now(),
-            Duration::from_secs(5),
-        )
+    // Neither the join nor the leave: nothing from hider reaches u1.
+    while let Some(frame) = watcher.try_recv(Duration::from_millis(500)).await {
+        assert_ne!(
+            frame["from"], "hider",
+            "a private user's signal reached u1: {frame}"
+        );
+    }
+}
+
+/// A connection that opens `invisible` (docs/protocol.md, section 9) is never shown
+/// online to a watcher, with the real presence worker: the watcher's `user.presence`
+/// events never say `online` until the user chooses a visible status.
+#[tokio::test]
+async fn a_connection_opened_invisible_is_never_online_to_a_watcher() {
+    let stack = Stack::start().await;
+    let _workers = workers(&stack, "presence").await;
+    let edge = stack.edge(&[]);
+    // A grant lets the watcher watch whatever shy's privacy says.
+    let mut watcher = edge
+        .connect_with(&token("w1", 600, &["presence:shy"]))
         .await;
-    let own = hider.request(json!({"op":"who","ch":"project:p1"})).await;
-    let listed: Vec<&str> = own["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["user"].as_str())
-        .collect();
-    assert_eq!(listed, ["hider", "u1"], "{own}");
+    presence_service_up(&mut watcher).await;
+    assert_eq!(
+        watcher
+            .sub(json!({"ch":"presence:shy","since":{"last":1}}))
+            .await["op"],
+        "ok"
+    );
+    let url = format!("{}?presence=invisible", edge.ws_url());
+    let mut phone = Client::open(&url, Some(&token("shy", 600, &[])))
+        .await
+        .unwrap();
+    assert_eq!(phone.recv().await["op"], "welcome");
+    let mut laptop = Client::open(&edge.ws_url(), None).await.unwrap();
+    laptop
+        .send(json!({"op":"hello","token": token("shy", 600, &[]),
+                     "presence":{"status":"invisible"}}))
+        .await;
+    assert_eq!(laptop.recv().await["op"], "welcome");
+    stack.add_member("project:p1", "shy").await;
+    phone.sub_member(json!({"ch":"project:p1"})).await;
+    // Long enough for the worker to have published whatever it would for two devices.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ok = phone
+        .request(json!({"op":"presence","status":"away"}))
+        .await;
+    assert_eq!(ok["op"], "ok");
+    let mut seen = Vec::new();
+    loop {
+        let data = presence(&mut watcher).await;
+        let status = data["status"].as_str().unwrap().to_string();
+        seen.push(status.clone());
+        if status == "away" {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().all(|s| s == "offline" || s == "away"),
+        "the watcher saw {seen:?}"
+    );
 }
 
 /// An edge whose heartbeat lapsed while it lived (say NATS was out of its reach for longer
