@@ -772,6 +772,21 @@ mod tests {
     }
 
     #[test]
+    fn an_edge_that_could_not_hold_its_share_is_refused() {
+        // This test process stands in for an edge: its limit is read from /proc.
+        let me = std::process::id();
+        let limit = open_files_limit(me).expect("a limit on open files");
+        assert_eq!(limit, crate::bench::open_files_allowed());
+        let fits = (limit - EDGE_OWN_FILES) as usize;
+        assert!(room_on_edges(&[me], fits).is_ok());
+        assert!(room_on_edges(&[me, me], 2 * fits).is_ok());
+        let error = room_on_edges(&[me, me], 2 * fits + 2)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("start more edges"), "{error}");
+    }
+
+    #[test]
     fn generator_lines_read_back() {
         let line = Line::Received {
             received: 2,
