@@ -551,43 +551,39 @@ pub async fn mark_read(
 /// most `batch` rows per statement; the number of notifications deleted.
 pub async fn expire(db: &PgPool, days: u32, batch: i64) -> Result<u64, StoreError> {
     let days = i32::try_from(days).unwrap_or(i32::MAX);
-    let mut notifications = 0;
-    loop {
-        let deleted = sqlx::query(EXPIRE_NOTIFICATIONS)
-            .bind(days)
-            .bind(batch)
-            .execute(db)
-            .await?
-            .rows_affected();
-        notifications += deleted;
-        if deleted < batch as u64 {
-            break;
-        }
-    }
-    loop {
-        let deleted = sqlx::query(EXPIRE_DELIVERIES)
-            .bind(days)
-            .bind(batch)
-            .execute(db)
-            .await?
-            .rows_affected();
-        if deleted < batch as u64 {
-            break;
-        }
-    }
-    loop {
-        let deleted = sqlx::query(EXPIRE_PROCESSED)
+    let notifications = delete_in_batches(db, batch, || {
+        sqlx::query(EXPIRE_NOTIFICATIONS).bind(days).bind(batch)
+    })
+    .await?;
+    delete_in_batches(db, batch, || {
+        sqlx::query(EXPIRE_DELIVERIES).bind(days).bind(batch)
+    })
+    .await?;
+    delete_in_batches(db, batch, || {
+        sqlx::query(EXPIRE_PROCESSED)
             .bind(days)
             .bind(batch)
             .bind(CONSUMER)
-            .execute(db)
-            .await?
-            .rows_affected();
+    })
+    .await?;
+    Ok(notifications)
+}
+
+/// Runs `statement`, a DELETE of at most `batch` rows, until it deletes fewer; the rows
+/// deleted.
+async fn delete_in_batches<'q>(
+    db: &PgPool,
+    batch: i64,
+    statement: impl Fn() -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted = statement().execute(db).await?.rows_affected();
+        total += deleted;
         if deleted < batch as u64 {
-            break;
+            return Ok(total);
         }
     }
-    Ok(notifications)
 }
 
 pub fn priority_name(priority: Priority) -> &'static str {
