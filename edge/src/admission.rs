@@ -41,11 +41,11 @@ impl TokenQuery {
 }
 
 /// The token of an HTTP request: `Authorization: Bearer`, else `?token=`. An
-/// `Authorization` header that is not a bearer token is an error, not an absence.
+/// `Authorization` header that is not a bearer token is refused, not taken for an absence.
 pub fn token<'a>(
     headers: &'a HeaderMap,
     query_token: Option<&'a str>,
-) -> Result<Option<&'a str>, &'static str> {
+) -> Result<Option<&'a str>, Refusal> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(query_token);
     };
@@ -55,7 +55,10 @@ pub fn token<'a>(
     });
     match bearer {
         Some(token) if !token.is_empty() => Ok(Some(token)),
-        _ => Err("the Authorization header must be `Bearer <token>`"),
+        _ => Err(Refusal::new(
+            ErrorCode::Unauthorized,
+            "the Authorization header must be `Bearer <token>`",
+        )),
     }
 }
 
@@ -85,9 +88,9 @@ pub async fn authenticate(
             edge.metrics.auth_failure("missing");
             return Err(Refusal::new(ErrorCode::Unauthorized, "a token is required"));
         }
-        Err(why) => {
+        Err(refusal) => {
             edge.metrics.auth_failure("malformed");
-            return Err(Refusal::new(ErrorCode::Unauthorized, why));
+            return Err(refusal);
         }
     };
     let identity = edge.verifier.verify(token).await.map_err(|e| {

@@ -118,9 +118,9 @@ async fn websocket(
                     .into_response();
             }
         },
-        Err(why) => {
+        Err(refused) => {
             edge.metrics.auth_failure("malformed");
-            return Refusal::new(ErrorCode::Unauthorized, why).into_response();
+            return refused.into_response();
         }
     };
     let hard = edge.config.hard_frame_bytes;

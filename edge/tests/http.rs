@@ -640,3 +640,29 @@ async fn an_sse_stream_is_told_of_every_revocation() {
     assert_eq!(name, "evt", "{data}");
     assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["seq"], kept);
 }
+
+/// An `Authorization` header that is not `Bearer <token>` is refused as such (401 naming
+/// the form), not taken for a request without a token, on every HTTP door.
+#[tokio::test]
+async fn an_authorization_header_that_is_not_bearer_is_refused_naming_the_form() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    for (method, path) in [
+        ("GET", "/v1/sse?ch=domain:s"),
+        ("GET", "/v1/poll?ch=domain:s"),
+        ("POST", "/v1/publish"),
+        ("POST", "/v1/rpc/presence.get"),
+    ] {
+        let (status, body) = http_as(&edge.addr, method, path, "Basic dTE6cHc=", "{}").await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        let refusal: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(refusal["code"], "unauthorized", "{method} {path}");
+        assert!(
+            refusal["message"]
+                .as_str()
+                .unwrap()
+                .contains("Bearer <token>"),
+            "{method} {path}: {refusal}"
+        );
+    }
+}

@@ -31,7 +31,7 @@ impl Session {
         let edits = ty.as_str() != types::MESSAGE_NEW;
         let target = match message_target(&data, edits) {
             Ok(target) => target,
-            Err(why) => return self.bad_frame(id, ErrorCode::BadRequest, why),
+            Err(refusal) => return self.bad_frame(id, refusal.code, refusal.message),
         };
         let user = self.identity.user.clone();
         let event_id = match &key {
@@ -68,7 +68,7 @@ impl Session {
                             format!("no message with seq {seq} on {ch}"),
                         ));
                     }
-                    Err(e) => return Some(err(id, ErrorCode::Unavailable, e)),
+                    Err(refusal) => return Some(refusal.frame(id)),
                 }
             }
             let mut event = Envelope::new(ty, data);
@@ -122,24 +122,23 @@ impl Session {
 pub(super) fn message_target(
     data: &switchboard_schemas::RawJson,
     edits: bool,
-) -> Result<Option<u64>, &'static str> {
+) -> Result<Option<u64>, Refusal> {
     #[derive(serde::Deserialize)]
     struct Target {
         seq: Option<u64>,
     }
     if !data.as_str().trim_start().starts_with('{') {
-        return Err("message data must be a JSON object");
+        return Err(Refusal::bad_request("message data must be a JSON object"));
     }
     let target: Target = data
         .decode()
-        .map_err(|_| "message data.seq must be a sequence number")?;
+        .map_err(|_| Refusal::bad_request("message data.seq must be a sequence number"))?;
     if !edits {
         return Ok(None);
     }
-    target
-        .seq
-        .map(Some)
-        .ok_or("message.edited and message.deleted need data.seq, the original's seq")
+    target.seq.map(Some).ok_or_else(|| {
+        Refusal::bad_request("message.edited and message.deleted need data.seq, the original's seq")
+    })
 }
 
 /// The sender of the `message.new` stored at `seq` on `ch`; `None` if there is none.
@@ -147,8 +146,8 @@ pub(super) async fn original_sender(
     edge: &Edge,
     ch: &ChannelName,
     seq: u64,
-) -> Result<Option<String>, String> {
-    let Some(stored) = edge.store.get(seq).await.map_err(|e| e.to_string())? else {
+) -> Result<Option<String>, Refusal> {
+    let Some(stored) = edge.store.get(seq).await.map_err(Refusal::unavailable)? else {
         return Ok(None);
     };
     if stored.subject != ch.subject(SubjectKind::Durable) {
