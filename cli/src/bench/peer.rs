@@ -65,8 +65,11 @@ impl PeerKind {
 #[derive(Debug, clap::Args)]
 pub struct PeerArgs {
     /// Loads a peer instead of Switchboard's edge (fanout, channels and connect):
-    /// `--edge-url` is then the peer's WebSocket URL and `--edge-pid` its process.
-    #[arg(long, value_enum, env = "SWITCHBOARD_BENCH_PEER")]
+    /// `--edge-url` is then the peer's WebSocket URL and `--edge-pid` its process; the
+    /// socketio peer checks tokens minted with `--secret` (nats-ws ignores it). A flag
+    /// only, never taken from the environment, so that no setting left behind turns a
+    /// run of the edge into one of a peer.
+    #[arg(long, value_enum)]
     pub peer: Option<PeerKind>,
     /// socketio: the node the publisher's socket connects to (another node on the same
     /// Redis, so that events cross the Redis adapter); `--edge-url` when not given.
