@@ -8,7 +8,9 @@
 //   the `user:` rooms) and is acknowledged, so the client knows it is in them;
 // - a `publish` event from a socket whose token says `"publish": true` is broadcast to
 //   the room as an `evt` event, through the Redis adapter: with two processes on one
-//   Redis, an event published on one reaches the other's sockets through Redis.
+//   Redis, an event published on one reaches the other's sockets through Redis (so do
+//   events a backend writes to Redis with @socket.io/redis-emitter: the adapter reads
+//   them from the same channel).
 //
 // GET /stats answers {"sockets": N} so the script can wait for a run's sockets to close.
 //
