@@ -161,3 +161,46 @@ async fn a_draining_edge_refuses_new_sockets() {
         Ok(_) => panic!("a draining edge accepted a new socket"),
     }
 }
+
+/// The send queue is bounded in bytes as well as frames (`SWITCHBOARD_SEND_QUEUE_BYTES`,
+/// docs/protocol.md, section 6): with room for far more frames than are sent, a socket
+/// that reads nothing is still closed as a slow consumer once its queued events pass the
+/// byte bound, and resumes without loss.
+#[tokio::test]
+async fn the_send_queue_is_bounded_in_bytes_too() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[
+        ("SWITCHBOARD_SEND_QUEUE", "100000"),
+        ("SWITCHBOARD_SEND_QUEUE_BYTES", "262144"),
+    ]);
+    let mut slow = edge.connect("u1").await;
+    let epoch = slow.sub(json!({"ch":"domain:heavy"})).await["epoch"].clone();
+    // 3,000 frames of 8 KiB: a fraction of the frame bound, about 90 times the byte bound.
+    let published = publish_in_background(&stack, "domain:heavy", 3000, 8192, Duration::ZERO)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while edge.metric("switchboard_edge_slow_consumer_closes_total") != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no slow consumer close"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (frames, code) = slow.until_closed().await;
+    assert_eq!(
+        frames.iter().find(|f| f["op"] == "bye"),
+        Some(&json!({"op":"bye","code":"slow_consumer","reconnect":true}))
+    );
+    assert_eq!(code, Some(4409));
+    let mut received = evt_seqs(&frames);
+    let last = *received.last().unwrap_or(&0);
+    let mut again = edge.connect("u1").await;
+    let resumed = again
+        .sub(json!({"ch":"domain:heavy","since":{"seq": last, "epoch": epoch}}))
+        .await;
+    assert_eq!(resumed["recovered"], true);
+    let missing = published.len() - received.len();
+    received.extend(evt_seqs(&again.events(missing).await));
+    assert_eq!(received, published, "every event exactly once, in order");
+}
