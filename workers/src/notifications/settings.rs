@@ -1,6 +1,7 @@
 //! What the sinks' settings share (docs/operations.md §4): a URL setting checked once at
 //! start-up and refused with its credentials and query hidden, a clap parser whose
-//! refusal never repeats the value, and the HTTP client every sender starts from.
+//! refusal never repeats the value, the HTTP client every sender starts from, and a
+//! request sent in the event's trace (docs/protocol.md §10.4).
 //!
 //! Each sink keeps its own rules (schemes, credentials, ports): this module only does
 //! what every one of them does first.
@@ -9,6 +10,10 @@ use std::fmt;
 use std::time::Duration;
 
 use switchboard_bus::connect::redact_url;
+use switchboard_bus::traces;
+use tracing::Instrument as _;
+
+use super::webhook::TRACEPARENT;
 
 /// The longest wait for a TCP (and TLS) connection, within the request timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,6 +125,21 @@ pub fn http_client(timeout: Duration, idle: Duration) -> reqwest::ClientBuilder 
         .pool_idle_timeout(idle)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("switchboard-workers/", env!("CARGO_PKG_VERSION")))
+}
+
+/// Sends `request` inside `span`, which continues the event's trace (`traceparent`, when
+/// it had one); the receiver gets the span as its parent in a `traceparent` header.
+pub async fn send_traced(
+    request: reqwest::RequestBuilder,
+    span: tracing::Span,
+    traceparent: Option<&str>,
+) -> Result<reqwest::Response, reqwest::Error> {
+    traces::continue_trace(&span, traceparent);
+    let request = match traces::traceparent(&span, traceparent) {
+        Some(traceparent) => request.header(TRACEPARENT, traceparent.as_str()),
+        None => request,
+    };
+    request.send().instrument(span).await
 }
 
 #[cfg(test)]

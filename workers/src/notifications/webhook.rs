@@ -23,9 +23,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use switchboard_bus::connect::redact_url;
 use switchboard_bus::traces;
-use tracing::Instrument as _;
 
-use super::settings::{SecretParser, UrlError, http_client, parse_url};
+use super::settings::{SecretParser, UrlError, http_client, parse_url, send_traced};
 
 /// How long an idle connection to the receiver is kept for the next request.
 const IDLE_CONNECTION: Duration = Duration::from_secs(60);
@@ -240,17 +239,9 @@ impl Webhook {
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", secret.sign(id, timestamp, body));
         }
-        // Span `webhook` continues the event's trace; the receiver gets it as its parent.
         let span =
             traces::span(|| tracing::info_span!("webhook", trace_id = tracing::field::Empty));
-        traces::continue_trace(&span, traceparent);
-        if let Some(traceparent) = traces::traceparent(&span, traceparent) {
-            request = request.header(TRACEPARENT, traceparent.as_str());
-        }
-        let response = request
-            .body(body.to_vec())
-            .send()
-            .instrument(span)
+        let response = send_traced(request.body(body.to_vec()), span, traceparent)
             .await
             // reqwest's message names the URL, query included: leave it out.
             .map_err(|e| WebhookError::Request(error_chain(&e.without_url())))?;

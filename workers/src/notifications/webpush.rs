@@ -32,9 +32,8 @@ use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
 use switchboard_bus::traces;
 use switchboard_schemas::shapes::Priority;
-use tracing::Instrument as _;
 
-use super::settings::http_client;
+use super::settings::{http_client, send_traced};
 
 /// RFC 8291 §4: the record size advertised in the header; one record holds it all.
 const RECORD_SIZE: u32 = 4096;
@@ -353,7 +352,7 @@ impl WebPush {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut request = self
+        let request = self
             .client
             .post(subscription.endpoint.clone())
             .header("Content-Encoding", "aes128gcm")
@@ -361,16 +360,8 @@ impl WebPush {
             .header("TTL", self.ttl.as_secs().to_string())
             .header("Urgency", urgency(priority))
             .header("Authorization", self.vapid.authorization(&origin, now));
-        // Span `push` continues the event's trace; the push service gets it as its parent.
         let span = traces::span(|| tracing::info_span!("push", trace_id = tracing::field::Empty));
-        traces::continue_trace(&span, traceparent);
-        if let Some(traceparent) = traces::traceparent(&span, traceparent) {
-            request = request.header(super::webhook::TRACEPARENT, traceparent.as_str());
-        }
-        let response = request
-            .body(body)
-            .send()
-            .instrument(span)
+        let response = send_traced(request.body(body), span, traceparent)
             .await
             // The endpoint's path is the subscription's capability: never in a message.
             .map_err(|e| PushError::Request(e.without_url().to_string()))?;
