@@ -1242,8 +1242,15 @@ async fn pending_sockets_are_capped_per_address_and_other_addresses_are_served()
         assert_eq!(status, 101);
         held.push(stream);
     }
-    let (status, _, rest) = upgrade_from(&addr, "127.0.0.2", "").await;
+    let (status, mut refused, rest) = upgrade_from(&addr, "127.0.0.2", "").await;
     assert_eq!(status, 429, "{}", String::from_utf8_lossy(&rest));
+    // The refusal names its reason.
+    let mut body = rest;
+    if let Some(stream) = refused.as_mut() {
+        let _ = tokio::time::timeout(PROMPT, stream.read_to_end(&mut body)).await;
+    }
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"code\":\"rate_limited\""), "{body}");
     // A forged X-Forwarded-For from an untrusted peer changes nothing.
     let (status, _, _) = upgrade_from(&addr, "127.0.0.2", "X-Forwarded-For: 192.0.2.1\r\n").await;
     assert_eq!(status, 429);
@@ -1279,4 +1286,54 @@ async fn pending_sockets_are_capped_per_address_and_other_addresses_are_served()
     println!(
         "pending per address: {CAP} from 127.0.0.2, then 429; 127.0.0.1 and forwarded clients served"
     );
+}
+
+/// Most sockets waiting for `hello` from one unlisted address (usually a proxy nobody put
+/// in `SWITCHBOARD_TRUSTED_PROXIES`) make the edge say so in its log, once a minute at
+/// most (docs/operations.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holding_most_pending_sockets_is_logged_once() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.log");
+    let log = std::fs::File::create(&path).unwrap();
+    let addr = format!("127.0.0.1:{}", switchboard_testkit::free_port());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-edge"));
+    command
+        .envs(stack.nats.env(Role::Edge))
+        .env("SWITCHBOARD_EDGE_ADDR", &addr)
+        .env("SWITCHBOARD_JWT_SECRET", &*SECRET)
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let _edge = switchboard_testkit::Process::spawn(command).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(&addr, "/readyz").is_none_or(|(status, _)| status != 200) {
+        assert!(Instant::now() < deadline, "the edge did not get ready");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let (status, stream, _) = upgrade_from(&addr, "127.0.0.1", "").await;
+        assert_eq!(status, 101);
+        held.push(stream);
+    }
+    for _ in 0..50 {
+        let (status, stream, _) = upgrade_from(&addr, "127.0.0.2", "").await;
+        assert_eq!(status, 101);
+        held.push(stream);
+    }
+    let warning = "most sockets waiting for hello come from one address";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let written = loop {
+        let written = std::fs::read_to_string(&path).unwrap();
+        if written.contains(warning) || Instant::now() > deadline {
+            break written;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lines: Vec<&str> = written.lines().filter(|l| l.contains(warning)).collect();
+    assert_eq!(lines.len(), 1, "{written}");
+    assert!(lines[0].contains("127.0.0.2"), "{}", lines[0]);
 }
