@@ -120,10 +120,25 @@ async fn invisible_users_look_offline_and_privacy_is_enforced() {
     let mut target = edge.connect("u1").await;
     let mut stranger = edge.connect("u9").await;
     presence_service_up(&mut stranger).await;
-    // Contacts only (the default): a stranger may not watch.
+    // Contacts only (the default): a stranger may not watch, and is told exactly what
+    // a watch of a user who does not exist is told, on the socket and over HTTP.
+    let mut hidden = stranger.sub(json!({"ch":"presence:u1"})).await;
+    let mut nobody = stranger.sub(json!({"ch":"presence:never-seen"})).await;
+    assert_eq!(hidden["code"], "forbidden");
+    hidden["id"] = Value::Null;
+    nobody["id"] = Value::Null;
+    assert_eq!(hidden, nobody);
+    let bearer = format!("Bearer {}", token("u9", 600, &[]));
+    let refusals = ["/v1/poll?ch=presence:u1", "/v1/poll?ch=presence:never-seen"]
+        .map(|path| http_as(&edge.addr, "GET", path, &bearer, ""));
+    let [hidden, nobody] = futures_util::future::join_all(refusals)
+        .await
+        .try_into()
+        .unwrap();
+    assert_eq!(hidden.0, 403, "{}", hidden.1);
     assert_eq!(
-        stranger.sub(json!({"ch":"presence:u1"})).await["code"],
-        "forbidden"
+        hidden.1.replace("presence:u1", "presence:X"),
+        nobody.1.replace("presence:never-seen", "presence:X")
     );
     target
         .request(
