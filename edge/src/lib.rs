@@ -20,8 +20,9 @@
 //!   the workers) where the stream no longer holds a channel's events.
 //! - [`refusal`]: the one refusal type, rendered as an `err` frame or an HTTP error.
 //! - [`admission`]: who gets in over HTTP: origin, token, the user's connection slots.
-//! - [`http`]: the axum router: `/v1/ws`, health, readiness; [`fallback`]: SSE and long
-//!   polling; [`rpc`]: calls to worker services.
+//! - [`http`]: the axum router: `/v1/ws`, publishing and RPC over HTTP, CORS, health,
+//!   readiness, metrics; [`fallback`]: SSE and long polling; [`rpc`]: calls to worker
+//!   services.
 //! - [`server`]: accepts connections and serves the router over HTTP/1, with the
 //!   limits that hold before a request is read (header timeout, connection cap).
 //! - [`tls`]: the certificate and key when the edge serves HTTPS and WSS itself, and
