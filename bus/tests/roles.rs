@@ -800,3 +800,67 @@ async fn a_push_consumer_cannot_store_where_its_creator_may_not_publish() {
         }
     }
 }
+
+/// The deny list of `nats/auth.conf` names every durable consumer the real workers make
+/// on EVENTS (all jobs, as shipped), so a new job's consumer cannot be left open to the
+/// edge and the service role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deny_list_names_every_durable_consumer_of_the_workers() {
+    use std::collections::BTreeSet;
+    let bench = Bench::start().await;
+    let postgres =
+        tokio::task::block_in_place(switchboard_testkit::Postgres::start).expect("PostgreSQL");
+    let database_url = postgres.database().await.unwrap();
+    // Every job, as the binary runs by default (no SWITCHBOARD_WORKERS).
+    let mut workers =
+        std::process::Command::new(switchboard_testkit::binary("switchboard-workers"));
+    workers
+        .envs(bench.nats.env(Role::Workers))
+        .env("DATABASE_URL", &database_url)
+        .env("SWITCHBOARD_WORKERS_ADDR", "127.0.0.1:0")
+        .env("SWITCHBOARD_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    let _workers = switchboard_testkit::Process::spawn(workers).unwrap();
+
+    let durable = || async {
+        let events = bench.admin_js.get_stream("EVENTS").await.unwrap();
+        let mut names = BTreeSet::new();
+        let mut consumers = events.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.unwrap();
+            if info.config.durable_name.is_some() {
+                names.insert(info.name);
+            }
+        }
+        names
+    };
+    let expected: BTreeSet<String> = WORKERS_CONSUMERS.iter().map(|n| n.to_string()).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !durable().await.is_superset(&expected) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workers made only {:?}",
+            durable().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Time for any further job to bind its consumer too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        durable().await,
+        expected,
+        "the workers' durable consumers on EVENTS differ from WORKERS_CONSUMERS: add the new \
+         one to nats/auth.conf and to this test"
+    );
+    let auth = include_str!("../../nats/auth.conf");
+    for name in WORKERS_CONSUMERS {
+        for pattern in [
+            format!("\"$JS.API.CONSUMER.*.EVENTS.{name}\""),
+            format!("\"$JS.API.CONSUMER.*.EVENTS.{name}.>\""),
+            format!("\"$JS.API.CONSUMER.*.*.EVENTS.{name}\""),
+            format!("\"$JS.ACK.EVENTS.{name}.>\""),
+        ] {
+            assert!(auth.contains(&pattern), "nats/auth.conf lacks {pattern}");
+        }
+    }
+}
