@@ -431,3 +431,48 @@ async fn entries_become(stack: &Stack, user: &str, want: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `presence.get` over the socket (docs/protocol.md, section 9.7), with the real presence
+/// and membership workers: a contact list's statuses in one request, the contacts only;
+/// a stranger and a user who does not exist are both simply absent.
+#[tokio::test]
+async fn presence_get_answers_a_contact_list_in_one_request() {
+    let stack = Stack::start().await;
+    let _workers = workers(&stack, "presence,membership").await;
+    for user in ["u1", "pal"] {
+        stack
+            .publish(
+                "project:p1",
+                "member.added",
+                json!({"user": user, "role": "member"}),
+            )
+            .await;
+    }
+    let edge = stack.edge(&[]);
+    let mut asker = edge.connect("u1").await;
+    presence_service_up(&mut asker).await;
+    let _pal = edge.connect("pal").await;
+    let _stranger = edge.connect("stranger").await;
+    let ask = json!({"op":"rpc","method":"presence.get",
+                     "params":{"users":["pal","stranger","ghost"]}});
+    let started = Instant::now();
+    let answer = loop {
+        let answer = asker.request(ask.clone()).await;
+        assert_eq!(answer["op"], "ok", "{answer}");
+        let presence = answer["result"]["presence"].clone();
+        // Membership reaches the presence service through the workers: ask until then.
+        if presence.as_array().is_some_and(|p| !p.is_empty()) && presence[0]["status"] == "online" {
+            break presence;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let users: Vec<&str> = answer
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["user"].as_str())
+        .collect();
+    assert_eq!(users, ["pal"], "{answer}");
+    assert_eq!(answer[0]["devices"], 1, "{answer}");
+}
