@@ -5,17 +5,16 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_bus::PRESENCE_BUCKET;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use support::http::{Receiver, Request};
 use support::{Setup, Worker, add_member, edge, event, eventually, publish, setup};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -107,39 +106,19 @@ impl Device {
     }
 }
 
-/// Webhook receiver keeping the (user, medium) of each push or email, always answering 204.
-async fn webhook() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let requests = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut received = Vec::new();
-            let mut buffer = [0u8; 4096];
-            let body: Value = loop {
-                let read = socket.read(&mut buffer).await.unwrap();
-                received.extend_from_slice(&buffer[..read]);
-                let text = String::from_utf8_lossy(&received).to_string();
-                if let Some((_, body)) = text.split_once("\r\n\r\n")
-                    && let Ok(body) = serde_json::from_str(body)
-                {
-                    break body;
-                }
-            };
-            // Each notification's `created` copy is not a push.
-            if body["event"] != "created" {
-                let user = body["user"].as_str().unwrap().to_string();
-                let medium = body["medium"].as_str().unwrap().to_string();
-                requests.lock().unwrap().push((user, medium));
-            }
-            let _ = socket
-                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-                .await;
-        }
-    });
-    (url, seen)
+/// The (user, medium) of each push or email the webhook received (a notification's
+/// `created` copy is neither).
+fn pushes(webhook: &Receiver) -> Vec<(String, String)> {
+    webhook
+        .requests()
+        .iter()
+        .map(Request::json)
+        .filter(|body| body["event"] != "created")
+        .map(|body| {
+            let field = |name: &str| body[name].as_str().unwrap().to_string();
+            (field("user"), field("medium"))
+        })
+        .collect()
 }
 
 /// `POST /v1/rpc/<method>` with `token`: (status, body).
@@ -172,11 +151,14 @@ async fn online(setup: &Setup, user: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_devices_see_the_notification_and_the_read_and_only_the_offline_owner_is_pushed() {
     let setup = setup().await;
-    let (hook, pushed) = webhook().await;
+    let webhook = Receiver::start(|_| 204).await;
     let _worker = Worker::start(
         &setup,
         "membership,notifications,outbox",
-        &[("SWITCHBOARD_NOTIFY_WEBHOOK_URL", hook)],
+        &[(
+            "SWITCHBOARD_NOTIFY_WEBHOOK_URL",
+            format!("{}/hook", webhook.base),
+        )],
     );
     let (_edge, addr) = edge::start(&setup, &[]);
     for owner in ["u1", "u2"] {
@@ -246,14 +228,11 @@ async fn two_devices_see_the_notification_and_the_read_and_only_the_offline_owne
 
     // u2 was offline: pushed. u1 was online on two devices: not pushed.
     eventually("the push for u2", || async {
-        (!pushed.lock().unwrap().is_empty()).then_some(())
+        (!pushes(&webhook).is_empty()).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        *pushed.lock().unwrap(),
-        [("u2".to_string(), "push".to_string())]
-    );
+    assert_eq!(pushes(&webhook), [("u2".to_string(), "push".to_string())]);
 
     // Both devices gone (a clean close deletes their presence entries): now u1 is pushed.
     phone.close().await;
@@ -265,10 +244,10 @@ async fn two_devices_see_the_notification_and_the_read_and_only_the_offline_owne
     let later = event("bid.new", json!({"bidId": "bid_2", "amount": 6000}));
     publish(&setup, "project:p1", &later).await;
     eventually("pushes for u1 and u2", || async {
-        (pushed.lock().unwrap().len() == 3).then_some(())
+        (pushes(&webhook).len() == 3).then_some(())
     })
     .await;
-    let mut all = pushed.lock().unwrap().clone();
+    let mut all = pushes(&webhook);
     all.sort();
     assert_eq!(
         all,

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use support::http::{Receiver, Request};
 use support::{Setup, Worker, add_member, edge, eventually, setup, wait_until_caught_up};
 
 /// The publisher's own span: what the edge continues.
@@ -115,26 +116,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A webhook receiver keeping the `traceparent` of each request (None if absent).
-async fn webhook() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
-    async fn hook(
-        State(seen): State<Arc<Mutex<Vec<Option<String>>>>>,
-        headers: HeaderMap,
-    ) -> StatusCode {
-        let traceparent = headers
-            .get("traceparent")
-            .map(|v| v.to_str().unwrap().to_string());
-        seen.lock().unwrap().push(traceparent);
-        StatusCode::NO_CONTENT
-    }
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let app = Router::new()
-        .route("/hook", post(hook))
-        .with_state(seen.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
+/// The `traceparent` of each request the webhook received (None if absent).
+fn traceparents(webhook: &Receiver) -> Vec<Option<String>> {
+    let requests = webhook.requests();
+    let header = |request: &Request| request.header("traceparent").map(str::to_string);
+    requests.iter().map(header).collect()
 }
 
 /// `POST /v1/publish` with a service token and `traceparent`; the status, retried while
@@ -204,14 +190,17 @@ fn ids(traceparent: &str) -> (&str, &str) {
 async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_webhook() {
     let setup = setup().await;
     let (otlp, spans, _) = otlp_receiver().await;
-    let (hook, hooked) = webhook().await;
+    let webhook = Receiver::start(|_| 204).await;
     let exporting = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
         // Short, so the spans arrive soon; the last ones leave at shutdown anyway.
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
     ];
     let mut worker_env = exporting.to_vec();
-    worker_env.push(("SWITCHBOARD_NOTIFY_WEBHOOK_URL", hook));
+    worker_env.push((
+        "SWITCHBOARD_NOTIFY_WEBHOOK_URL",
+        format!("{}/hook", webhook.base),
+    ));
     worker_env.push(("SWITCHBOARD_LOG_FORMAT", "json".to_string()));
     let (worker, log) = Worker::start_logged(&setup, "membership,notifications", &worker_env);
     let (edge, addr) = edge::start(&setup, &exporting);
@@ -224,7 +213,7 @@ async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_
 
     // Both offline owners are notified through the webhook, each request in the trace.
     let sent = eventually("webhook requests for both owners", || async {
-        let seen = hooked.lock().unwrap().clone();
+        let seen = traceparents(&webhook);
         (seen.len() >= 2).then_some(seen)
     })
     .await;
@@ -326,7 +315,7 @@ async fn a_publish_is_traced_from_the_edge_through_the_notifications_job_to_the_
 async fn without_an_otlp_endpoint_nothing_is_exported_and_the_traceparent_goes_on_unchanged() {
     let setup = setup().await;
     let (otlp, _, requests) = otlp_receiver().await;
-    let (hook, hooked) = webhook().await;
+    let webhook = Receiver::start(|_| 204).await;
     // Every other OTEL_* setting, but no endpoint: export stays off.
     let settings = [
         ("OTEL_SERVICE_NAME", "not-exported".to_string()),
@@ -334,7 +323,10 @@ async fn without_an_otlp_endpoint_nothing_is_exported_and_the_traceparent_goes_o
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
     ];
     let mut worker_env = settings.to_vec();
-    worker_env.push(("SWITCHBOARD_NOTIFY_WEBHOOK_URL", hook));
+    worker_env.push((
+        "SWITCHBOARD_NOTIFY_WEBHOOK_URL",
+        format!("{}/hook", webhook.base),
+    ));
     let worker = Worker::start(&setup, "membership,notifications", &worker_env);
     let (edge, addr) = edge::start(&setup, &settings);
     owners(&setup).await;
@@ -344,7 +336,7 @@ async fn without_an_otlp_endpoint_nothing_is_exported_and_the_traceparent_goes_o
         200
     );
     let sent = eventually("webhook requests for both owners", || async {
-        let seen = hooked.lock().unwrap().clone();
+        let seen = traceparents(&webhook);
         (seen.len() >= 2).then_some(seen)
     })
     .await;
