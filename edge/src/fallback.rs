@@ -136,11 +136,11 @@ async fn open_request(
         match lifecycle::authorize(edge, &identity, &channel) {
             Access::Allowed => {}
             Access::AskPrivacy => {
-                if !lifecycle::may_watch(edge, &identity.user, channel.id()).await? {
-                    return Err(Refusal::forbidden(format!(
-                        "{channel}: this user's presence is private"
-                    )));
-                }
+                lifecycle::ask_privacy(edge, &identity.user, &channel)
+                    .await
+                    .map_err(|refusal| {
+                        Refusal::new(refusal.code, format!("{channel}: {}", refusal.message))
+                    })?;
             }
             Access::Refused(refusal) => {
                 return Err(Refusal::new(
@@ -230,14 +230,10 @@ impl Feed {
     async fn revoke(&mut self, channels: &[ChannelName]) -> Vec<Bytes> {
         let outcome = lifecycle::recheck(&self.edge, &self.identity, self.subs.labels(), channels);
         let mut lost = outcome.revoke;
-        for label in outcome.ask_privacy {
-            // Unanswered, the watch stays: an outage is not a privacy change.
-            if let Ok(false) =
-                lifecycle::may_watch(&self.edge, &self.identity.user, label.id()).await
-            {
-                lost.push(label);
-            }
-        }
+        lost.extend(
+            lifecycle::no_longer_allowed(&self.edge, &self.identity.user, outcome.ask_privacy)
+                .await,
+        );
         lost.into_iter()
             .filter(|label| self.subs.end(&self.edge, label))
             .map(|label| {

@@ -4,12 +4,14 @@
 //!
 //! - **Start.** [`authorize`] decides by the namespace rules, the token's grants and the
 //!   membership copy; a `presence:<user>` the rules do not allow is the watched user's
-//!   call, asked of the presence service ([`may_watch`]). [`Subscriptions::begin`] then
+//!   call, asked of the presence service ([`ask_privacy`]). [`Subscriptions::begin`] then
 //!   attaches to the channel at once (an `unsub` right after finds it) and returns the
-//!   work that replays and goes live ([`crate::subscribe`]).
+//!   work that replays and goes live ([`crate::subscribe`]); once the subscriber is on the
+//!   channel it is re-checked for a membership change that came meanwhile.
 //! - **Re-check.** When channels change (a membership change, a `refresh`, a watched
 //!   user's privacy change) [`recheck`] says which subscriptions end at once and which
-//!   presence watches must be asked again. Pure: no NATS, unit-tested below.
+//!   presence watches must be asked again ([`no_longer_allowed`]). Pure: no NATS,
+//!   unit-tested below.
 //! - **Revoke and teardown.** [`Subscriptions::end`] backs out a subscription still
 //!   being set up and leaves the channel; the transport tells its client `unsubbed`
 //!   `revoked` in its own form.
@@ -55,6 +57,38 @@ fn access(policy: &Policy, members: &Members, identity: &Identity, label: &Chann
 
 /// Asks the presence service whether `user` may watch `target`'s presence.
 pub use crate::privacy::may_watch;
+
+/// Finishes a start that was [`Access::AskPrivacy`]: the presence service's `true` lets
+/// the watch go on; a `false` refuses it, worded alike whether the user hides or does not
+/// exist; no answer refuses it as `unavailable`.
+pub async fn ask_privacy(edge: &Edge, user: &str, label: &ChannelName) -> Result<(), Refusal> {
+    if may_watch(edge, user, label.id()).await? {
+        Ok(())
+    } else {
+        Err(Refusal::forbidden("this user's presence is private"))
+    }
+}
+
+/// Finishes a re-check's [`Recheck::ask_privacy`]: the watches the presence service no
+/// longer allows, asked all at once. Unanswered, a watch stays: it was allowed, and an
+/// outage of the presence service must not look like a privacy change.
+pub async fn no_longer_allowed(
+    edge: &Edge,
+    user: &str,
+    labels: Vec<ChannelName>,
+) -> Vec<ChannelName> {
+    let answers =
+        futures_util::future::join_all(labels.iter().map(|l| may_watch(edge, user, l.id()))).await;
+    let mut lost = Vec::new();
+    for (label, answer) in labels.into_iter().zip(answers) {
+        match answer {
+            Ok(true) => {}
+            Ok(false) => lost.push(label),
+            Err(refusal) => tracing::warn!(%refusal, %label, "presence watch not re-checked"),
+        }
+    }
+    lost
+}
 
 /// What a re-check decided for the subscriptions held.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -69,8 +69,8 @@ impl Session {
         let user = self.identity.user.clone();
         let done = self.done.clone();
         self.spawn(id, async move {
-            match lifecycle::may_watch(&edge, &user, ch.id()).await {
-                Ok(true) => {
+            match lifecycle::ask_privacy(&edge, &user, &ch).await {
+                Ok(()) => {
                     done.push(Done::Allowed {
                         id,
                         ch,
@@ -79,7 +79,6 @@ impl Session {
                     });
                     None
                 }
-                Ok(false) => Some(Refusal::forbidden("this user's presence is private").frame(id)),
                 Err(refusal) => Some(refusal.frame(id)),
             }
         });
@@ -156,21 +155,16 @@ impl Session {
         for label in outcome.revoke {
             self.revoke(label).await;
         }
-        for label in outcome.ask_privacy {
+        if !outcome.ask_privacy.is_empty() {
             let (edge, user, done) = (
                 self.edge.clone(),
                 self.identity.user.clone(),
                 self.done.clone(),
             );
+            let labels = outcome.ask_privacy;
             self.tasks.spawn(async move {
-                match lifecycle::may_watch(&edge, &user, label.id()).await {
-                    Ok(true) => {}
-                    Ok(false) => done.push(Done::Revoke(label)),
-                    // Unanswered, the watch stays: it was allowed, and an outage of the
-                    // presence service must not look like a privacy change.
-                    Err(refusal) => {
-                        tracing::warn!(%refusal, %label, "presence watch not re-checked");
-                    }
+                for label in lifecycle::no_longer_allowed(&edge, &user, labels).await {
+                    done.push(Done::Revoke(label));
                 }
             });
         }
