@@ -1,8 +1,10 @@
 //! Server-Sent Events and long polling: the same subscriptions as the socket, for
 //! clients that cannot hold a WebSocket.
 //!
-//! Both use the subscription core of [`crate::subscribe`] through a [`Feed`]: a mailbox
-//! with subscriptions to a few channels, resumed from a [`Cursor`]. The cursor is opaque
+//! Both hold their subscriptions through the lifecycle every transport shares
+//! ([`crate::lifecycle`]: start, re-check, revoke, teardown) in a `Feed`: a mailbox with
+//! subscriptions to a few channels, resumed from a [`Cursor`]. What is theirs alone is the
+//! form: SSE events and poll answers, and the cursor. The cursor is opaque
 //! to clients: the stream epoch and, per channel, the last seq delivered, as base64url
 //! JSON. Every `evt` carries the cursor after it, so a client resumes from exactly where
 //! it stopped (`Last-Event-ID` for SSE, `cursor=` for polling).
