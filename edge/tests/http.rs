@@ -666,3 +666,41 @@ async fn an_authorization_header_that_is_not_bearer_is_refused_naming_the_form()
         );
     }
 }
+
+/// `?presence=` is checked on `/v1/sse` and `/v1/poll` as on the upgrade (docs/protocol.md,
+/// section 2): a status is accepted (they write no presence, so are never shown online),
+/// anything else is 400 naming the statuses.
+#[tokio::test]
+async fn sse_and_polls_check_a_declared_presence() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    for path in ["/v1/sse", "/v1/poll"] {
+        let (status, body) = http_as(
+            &edge.addr,
+            "GET",
+            &format!("{path}?ch=domain:s&presence=sleeping"),
+            &auth,
+            "",
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("online, away, busy, invisible"), "{body}");
+    }
+    let (status, body) = http_as(
+        &edge.addr,
+        "GET",
+        "/v1/poll?ch=domain:s&presence=invisible",
+        &auth,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut sse = SseStream::open(
+        &edge.addr,
+        "ch=domain:s&presence=invisible",
+        &[("Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(sse.next().await.0, "ok");
+}
