@@ -1,9 +1,10 @@
 //! One refusal type for every transport (docs/protocol.md, section 7).
 //!
 //! A [`Refusal`] is a protocol error code and a message, made once where the decision is
-//! taken and rendered where it leaves: an `err` frame on a socket, an HTTP status with the
-//! JSON body `{"code": "...", "message": "..."}` before a stream starts, or an SSE event.
-//! Ending a whole session is a `bye` with its own code, not a refusal.
+//! taken and rendered where it leaves: an `err` frame on a socket, or an HTTP status with
+//! the JSON body `{"code": "...", "message": "..."}` before an SSE stream or a poll
+//! starts. Ending a whole session (or an SSE stream) is a `bye` with its own code, not a
+//! refusal.
 
 use axum::Json;
 use axum::http::StatusCode;
