@@ -395,6 +395,84 @@ async fn two_workers_publish_each_change_once() {
     );
 }
 
+/// A burst of entries, written without waiting for each (as many edges do when clients
+/// rush in), reaches the worker many at a time: every user who stays gets exactly one
+/// `online`; one who connects and leaves inside the burst gets `online` then `offline`,
+/// or nothing at all when the bucket (one value per key) already held the delete when
+/// the worker read it. Never a duplicate, never a lasting wrong state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_connections_leaves_every_user_right_with_no_duplicate() {
+    const USERS: usize = 600;
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "presence", &[]);
+    wait_for_worker(&setup).await;
+
+    let entry = |user: usize| {
+        let value = json!({"user": format!("b{user}"), "conn": "c1", "device": "d1",
+            "status": "online", "edge": "edge-test", "at": 1_795_000_000_000u64});
+        (
+            format!("$KV.{PRESENCE_BUCKET}.b{user}.c1"),
+            value.to_string(),
+        )
+    };
+    // Every user comes online; every third leaves again within the same burst.
+    let mut acks = Vec::new();
+    for user in 0..USERS {
+        let (subject, value) = entry(user);
+        acks.push(setup.js.publish(subject, value.into()).await.unwrap());
+    }
+    for user in (0..USERS).step_by(3) {
+        let mut delete = HeaderMap::new();
+        delete.insert("KV-Operation", "DEL");
+        let message = PublishMessage::build().headers(delete);
+        let subject = format!("$KV.{PRESENCE_BUCKET}.b{user}.c1");
+        acks.push(setup.js.send_publish(subject, message).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+
+    // One worker handles the bucket in order: once an entry written after the burst has
+    // its event, so has every change of the burst; a moment more for any duplicate.
+    put(&setup, "last.c1", "online", None, LONG_TTL).await;
+    nth_event(&setup, "last", 1).await;
+    assert_no_more_events(&setup, "last", 1).await;
+    let mut left_seen = 0;
+    for user in 0..USERS {
+        let name = format!("b{user}");
+        let all = events(&setup, &name).await;
+        let summaries: Vec<_> = all.iter().map(summary).collect();
+        if user % 3 != 0 {
+            assert_eq!(summaries, [("online", 1, None)], "{name}");
+        } else if summaries.is_empty() {
+            assert!(last_seen_row(&setup, &name).await.is_none(), "{name}");
+        } else {
+            assert_eq!(
+                summaries,
+                [("online", 1, None), ("offline", 0, None)],
+                "{name}"
+            );
+            assert!(last_seen_row(&setup, &name).await.is_some(), "{name}");
+            left_seen += 1;
+        }
+    }
+    eprintln!(
+        "{left_seen} of {} leavers were seen online first",
+        USERS / 3
+    );
+    // Nothing is left pending once every event is stored.
+    eventually("no presence event left pending", || async {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM switchboard.presence_state WHERE pending IS NOT NULL",
+        )
+        .fetch_one(&setup.db)
+        .await
+        .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
+}
+
 /// Publishes a membership event on `channel`.
 async fn member(setup: &Setup, channel_name: &str, ty: &str, user: &str) {
     let data = if ty.starts_with("member.") {

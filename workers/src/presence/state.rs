@@ -13,6 +13,8 @@
 //! Rows only move forward: a copy of the worker that lags behind another never writes
 //! an older state over a newer one.
 
+use std::collections::HashMap;
+
 use sqlx::PgPool;
 use switchboard_schemas::shapes::PresenceData;
 use switchboard_schemas::{Timestamp, UserId, VisibleStatus};
@@ -24,9 +26,10 @@ const PRESENT: &str = "
 SELECT user_id, status, devices, text, revision FROM switchboard.presence_state
  WHERE status <> 'offline'";
 
+/// When each of the users `$1` last went offline (users never seen have no row).
 const LAST_SEEN: &str = "
-SELECT (extract(epoch FROM last_seen) * 1000000)::bigint
-  FROM switchboard.presence_last_seen WHERE user_id = $1";
+SELECT user_id, (extract(epoch FROM last_seen) * 1000000)::bigint
+  FROM switchboard.presence_last_seen WHERE user_id = ANY($1::text[])";
 
 /// Summaries of the users `$1`, in their order; a user never seen has no rows.
 const SUMMARIES: &str = "
@@ -41,27 +44,33 @@ const PENDING: &str = "
 SELECT user_id, revision, pending FROM switchboard.presence_state
  WHERE pending IS NOT NULL";
 
+// The statements below take one row per user of a batch (no user twice: `ON CONFLICT`
+// may touch a row once per statement), as parallel arrays.
 const SAVE_STATE: &str = "
 INSERT INTO switchboard.presence_state AS s (user_id, status, devices, text, revision, pending)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bytea[])
 ON CONFLICT (user_id) DO UPDATE
    SET status = EXCLUDED.status, devices = EXCLUDED.devices, text = EXCLUDED.text,
        revision = EXCLUDED.revision, pending = EXCLUDED.pending, updated_at = now()
  WHERE s.revision <= EXCLUDED.revision";
 
 const DONE: &str = "
-UPDATE switchboard.presence_state SET pending = NULL
- WHERE user_id = $1 AND revision = $2";
+UPDATE switchboard.presence_state s SET pending = NULL
+  FROM unnest($1::text[], $2::bigint[]) AS d (user_id, revision)
+ WHERE s.user_id = d.user_id AND s.revision = d.revision";
 
 const SAVE_LAST_SEEN: &str = "
 INSERT INTO switchboard.presence_last_seen AS l (user_id, last_seen, status)
-VALUES ($1, timestamptz 'epoch' + $2::bigint * interval '1 microsecond', 'offline')
+SELECT user_id, timestamptz 'epoch' + micros * interval '1 microsecond', 'offline'
+  FROM unnest($1::text[], $2::bigint[]) AS o (user_id, micros)
 ON CONFLICT (user_id) DO UPDATE
    SET last_seen = EXCLUDED.last_seen, status = EXCLUDED.status
  WHERE l.last_seen <= EXCLUDED.last_seen";
 
-const SAVE_STATUS: &str =
-    "UPDATE switchboard.presence_last_seen SET status = $2 WHERE user_id = $1";
+const SAVE_STATUS: &str = "
+UPDATE switchboard.presence_last_seen l SET status = o.status
+  FROM unnest($1::text[], $2::text[]) AS o (user_id, status)
+ WHERE l.user_id = o.user_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -102,13 +111,23 @@ impl State {
         Ok(present)
     }
 
-    /// When `user` was last seen going offline, if ever.
-    pub async fn last_seen(&self, user: &UserId) -> Result<Option<Timestamp>, StateError> {
-        let micros: Option<Option<i64>> = sqlx::query_scalar(LAST_SEEN)
-            .bind(user.as_str())
-            .fetch_optional(&self.db)
+    /// When each of `users` was last seen going offline, for those ever seen.
+    pub async fn last_seen(
+        &self,
+        users: &[&UserId],
+    ) -> Result<HashMap<String, Timestamp>, StateError> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(LAST_SEEN)
+            .bind(&ids)
+            .fetch_all(&self.db)
             .await?;
-        Ok(micros.flatten().and_then(timestamp_from_micros))
+        Ok(rows
+            .into_iter()
+            .filter_map(|(user, micros)| Some((user, timestamp_from_micros(micros?)?)))
+            .collect())
     }
 
     /// What `users` look like to others now, in the order given, in the shape of
@@ -159,31 +178,53 @@ impl State {
         Ok(sqlx::query_as(PENDING).fetch_all(&self.db).await?)
     }
 
-    /// Records a transition about to be published, with its encoded `event`: the user's
-    /// state and, going offline, last-seen.
-    pub async fn save(&self, transition: &Transition, event: &[u8]) -> Result<(), StateError> {
-        let summary = &transition.summary;
-        let status = status_name(summary.status);
+    /// Records transitions about to be published, each with its encoded event, in one
+    /// transaction: the users' states and, for those going offline, last-seen. No user
+    /// may appear twice.
+    pub async fn save(&self, batch: &[(&Transition, Vec<u8>)]) -> Result<(), StateError> {
+        let mut state = StateRows::default();
+        let (mut offline, mut online) = (Vec::new(), Vec::new());
+        for (transition, event) in batch {
+            let summary = &transition.summary;
+            let user = transition.user.as_str();
+            let status = status_name(summary.status);
+            state.users.push(user);
+            state.statuses.push(status);
+            state
+                .devices
+                .push(i32::try_from(summary.devices).unwrap_or(i32::MAX));
+            state.texts.push(summary.text.as_deref());
+            state.revisions.push(bigint(transition.revision()));
+            state.events.push(event.as_slice());
+            if summary.is_offline() {
+                offline.push((user, unix_micros(transition.at)));
+            } else {
+                online.push((user, status));
+            }
+        }
+        let (offline_users, offline_at): (Vec<&str>, Vec<i64>) = offline.into_iter().unzip();
+        let (online_users, online_statuses): (Vec<&str>, Vec<&str>) = online.into_iter().unzip();
         let mut tx = self.db.begin().await?;
         sqlx::query(SAVE_STATE)
-            .bind(transition.user.as_str())
-            .bind(status)
-            .bind(i32::try_from(summary.devices).unwrap_or(i32::MAX))
-            .bind(summary.text.as_deref())
-            .bind(bigint(transition.revision()))
-            .bind(event)
+            .bind(&state.users)
+            .bind(&state.statuses)
+            .bind(&state.devices)
+            .bind(&state.texts)
+            .bind(&state.revisions)
+            .bind(&state.events)
             .execute(&mut *tx)
             .await?;
-        if summary.is_offline() {
+        if !offline_users.is_empty() {
             sqlx::query(SAVE_LAST_SEEN)
-                .bind(transition.user.as_str())
-                .bind(unix_micros(transition.at))
+                .bind(&offline_users)
+                .bind(&offline_at)
                 .execute(&mut *tx)
                 .await?;
-        } else {
+        }
+        if !online_users.is_empty() {
             sqlx::query(SAVE_STATUS)
-                .bind(transition.user.as_str())
-                .bind(status)
+                .bind(&online_users)
+                .bind(&online_statuses)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -191,15 +232,27 @@ impl State {
         Ok(())
     }
 
-    /// Notes that the event saved for `user` at `revision` is stored in JetStream.
-    pub async fn done(&self, user: &str, revision: i64) -> Result<(), StateError> {
+    /// Notes that the events saved for these (user, revision) are stored in JetStream.
+    pub async fn done(&self, published: &[(&str, i64)]) -> Result<(), StateError> {
+        let (users, revisions): (Vec<&str>, Vec<i64>) = published.iter().copied().unzip();
         sqlx::query(DONE)
-            .bind(user)
-            .bind(revision)
+            .bind(&users)
+            .bind(&revisions)
             .execute(&self.db)
             .await?;
         Ok(())
     }
+}
+
+/// The columns of `presence_state` rows for [`State::save`], one array each.
+#[derive(Default)]
+struct StateRows<'a> {
+    users: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    devices: Vec<i32>,
+    texts: Vec<Option<&'a str>>,
+    revisions: Vec<i64>,
+    events: Vec<&'a [u8]>,
 }
 
 /// Bucket revisions are stream sequences; they fit a bigint.

@@ -50,6 +50,8 @@ use crate::telemetry::{Handled, JobMetrics};
 
 /// With nothing delivered for this long, reading the bucket's history is over.
 const CAUGHT_UP_IDLE: Duration = Duration::from_secs(1);
+/// Most transitions published together (one transaction, one round of acks).
+const BATCH: usize = 256;
 
 /// Why the watch has to be set up again.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +102,12 @@ impl Watcher {
         let Some(pending) = pending else {
             return;
         };
-        for (user, revision, event) in pending {
-            if let Flow::Stop = self.finish(&user, revision, &event, shutdown).await {
+        for chunk in pending.chunks(BATCH) {
+            let chunk: Vec<(&str, i64, &[u8])> = chunk
+                .iter()
+                .map(|(user, revision, event)| (user.as_str(), *revision, event.as_slice()))
+                .collect();
+            if let Flow::Stop = self.finish(&chunk, shutdown).await {
                 return;
             }
         }
@@ -152,7 +158,16 @@ impl Watcher {
             }
         }
         tracing::info!("watching the presence bucket");
+        // Transitions waiting to be published together: written while the watch has more
+        // entries ready, published when it has none (or the batch is full).
+        let mut batch = Vec::new();
+        let mut more = false;
         loop {
+            if !batch.is_empty() && (!more || batch.len() >= BATCH) {
+                if let Flow::Stop = self.publish(&mut batch, shutdown).await {
+                    return Ok(());
+                }
+            }
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
@@ -160,6 +175,8 @@ impl Watcher {
             };
             let entry = match next {
                 Err(_idle) if caught_up => {
+                    // Quiet: whatever waits in the batch goes out now.
+                    more = false;
                     self.metrics.pending(0);
                     continue;
                 }
@@ -171,9 +188,17 @@ impl Watcher {
                     }
                     continue;
                 }
-                Ok(None) => return Err(WatchError::Ended),
-                Ok(Some(entry)) => entry?,
+                Ok(None) => {
+                    self.publish(&mut batch, shutdown).await;
+                    return Err(WatchError::Ended);
+                }
+                Ok(Some(Err(error))) => {
+                    self.publish(&mut batch, shutdown).await;
+                    return Err(error.into());
+                }
+                Ok(Some(Ok(entry))) => entry,
             };
+            more = entry.delta > 0;
             let started = Instant::now();
             self.metrics.pending(entry.delta);
             let Some(user) = observe(board, &entry) else {
@@ -183,7 +208,7 @@ impl Watcher {
                 continue;
             };
             let flow = if caught_up {
-                let flow = self.publish_for(board, &user, shutdown).await;
+                let flow = self.queue(board, &user, &mut batch, shutdown).await;
                 self.metrics.handled(Handled::Ok, started.elapsed());
                 flow
             } else if entry.delta == 0 {
@@ -199,18 +224,25 @@ impl Watcher {
         }
     }
 
-    /// Publishes what one user's change made due.
-    async fn publish_for(
+    /// Adds what one user's change made due to `batch` (publishing the batch first if
+    /// it already holds that user: one row per user a batch).
+    async fn queue(
         &self,
         board: &mut Board,
         user: &UserId,
+        batch: &mut Vec<Transition>,
         shutdown: &CancellationToken,
     ) -> Flow {
         if let Some(transition) = board.transition(user, OffsetDateTime::now_utc()) {
-            if let Flow::Stop = self.publish(&transition, shutdown).await {
-                return Flow::Stop;
+            if batch.iter().any(|t| t.user == transition.user) {
+                if let Flow::Stop = self.publish(batch, shutdown).await {
+                    return Flow::Stop;
+                }
             }
+            // The batch is published (retried until it is, or until shutdown) before
+            // the next entry is read, so the board may count it published already.
             board.published(&transition);
+            batch.push(transition);
         }
         board.settle(user);
         Flow::Continue
@@ -223,88 +255,112 @@ impl Watcher {
             transitions = due.len(),
             "caught up with the presence bucket"
         );
-        for transition in due {
-            if let Flow::Stop = self.publish(&transition, shutdown).await {
+        for chunk in due.chunks(BATCH) {
+            let mut batch = chunk.to_vec();
+            if let Flow::Stop = self.publish(&mut batch, shutdown).await {
                 return Flow::Stop;
             }
-            board.published(&transition);
+            for transition in chunk {
+                board.published(transition);
+            }
         }
         board.settle_all();
         Flow::Continue
     }
 
-    /// Publishes one transition and records it, retrying until both are done.
-    async fn publish(&self, transition: &Transition, shutdown: &CancellationToken) -> Flow {
-        let user = &transition.user;
-        let last_seen = if transition.summary.is_offline() {
-            Some(timestamp(transition.at))
-        } else {
-            match self
-                .retry(shutdown, "reading last-seen", || self.state.last_seen(user))
-                .await
-            {
-                Some(last_seen) => last_seen,
-                None => return Flow::Stop,
-            }
-        };
-        let (_, event) = presence_event(transition, last_seen);
-        let encoded = event.to_postcard();
-        let saved = self
-            .retry(shutdown, "recording presence", || {
-                self.state.save(transition, &encoded)
+    /// Publishes a batch of transitions (no user twice) and records them, each step
+    /// retried until it is done: last-seen read, all saved as pending in one
+    /// transaction, all published at once, all marked done. Empties `batch`.
+    async fn publish(&self, batch: &mut Vec<Transition>, shutdown: &CancellationToken) -> Flow {
+        if batch.is_empty() {
+            return Flow::Continue;
+        }
+        let online: Vec<&UserId> = batch
+            .iter()
+            .filter(|t| !t.summary.is_offline())
+            .map(|t| &t.user)
+            .collect();
+        let Some(last_seen) = self
+            .retry(shutdown, "reading last-seen", || {
+                self.state.last_seen(&online)
             })
+            .await
+        else {
+            return Flow::Stop;
+        };
+        let events: Vec<(&Transition, Vec<u8>)> = batch
+            .iter()
+            .map(|transition| {
+                let last_seen = if transition.summary.is_offline() {
+                    Some(timestamp(transition.at))
+                } else {
+                    last_seen.get(transition.user.as_str()).cloned()
+                };
+                let (_, event) = presence_event(transition, last_seen);
+                (transition, event.to_postcard())
+            })
+            .collect();
+        let saved = self
+            .retry(shutdown, "recording presence", || self.state.save(&events))
             .await;
         if saved.is_none() {
             return Flow::Stop;
         }
-        tracing::debug!(
-            %user,
-            status = ?transition.summary.status,
-            devices = transition.summary.devices,
-            event_id = event.id.as_str(),
-            "publishing presence"
-        );
-        let revision = state::bigint(transition.revision());
-        self.finish(user.as_str(), revision, &encoded, shutdown)
-            .await
+        tracing::debug!(transitions = events.len(), "publishing presence");
+        let pending: Vec<(&str, i64, &[u8])> = events
+            .iter()
+            .map(|(t, event)| {
+                (
+                    t.user.as_str(),
+                    state::bigint(t.revision()),
+                    event.as_slice(),
+                )
+            })
+            .collect();
+        let flow = self.finish(&pending, shutdown).await;
+        batch.clear();
+        flow
     }
 
-    /// Publishes an event saved as pending for `user` at `revision`, then marks it done.
-    async fn finish(
-        &self,
-        user: &str,
-        revision: i64,
-        encoded: &[u8],
-        shutdown: &CancellationToken,
-    ) -> Flow {
-        let channel = ChannelName::new(Namespace::Presence, user);
-        match (channel, Envelope::from_postcard(encoded)) {
-            (Ok(channel), Ok(event)) => {
-                let published = self
-                    .retry(shutdown, "publishing user.presence", || {
-                        self.publisher.publish(&channel, &event)
-                    })
-                    .await;
-                if published.is_none() {
-                    return Flow::Stop;
+    /// Publishes events saved as pending, (user, revision, encoded envelope), all at
+    /// once, then marks them done.
+    async fn finish(&self, pending: &[(&str, i64, &[u8])], shutdown: &CancellationToken) -> Flow {
+        let mut events = Vec::with_capacity(pending.len());
+        for (user, _, encoded) in pending {
+            match (
+                ChannelName::new(Namespace::Presence, user),
+                Envelope::from_postcard(encoded),
+            ) {
+                (Ok(channel), Ok(event)) => events.push((channel, event)),
+                (channel, event) => {
+                    // Only a row edited by hand gets here; there is nothing to publish.
+                    tracing::warn!(
+                        user,
+                        channel_ok = channel.is_ok(),
+                        event_ok = event.is_ok(),
+                        "unreadable pending presence event dropped"
+                    );
                 }
             }
-            (channel, event) => {
-                // Only a row edited by hand gets here; there is nothing to publish.
-                tracing::warn!(
-                    user,
-                    channel_ok = channel.is_ok(),
-                    event_ok = event.is_ok(),
-                    "unreadable pending presence event dropped"
-                );
-            }
         }
-        let done = self
-            .retry(shutdown, "recording presence", || {
-                self.state.done(user, revision)
+        let published = self
+            .retry(shutdown, "publishing user.presence", || {
+                // Event ids make a repeat after a partial failure a no-op in JetStream.
+                futures_util::future::try_join_all(
+                    events
+                        .iter()
+                        .map(|(channel, event)| self.publisher.publish(channel, event)),
+                )
             })
             .await;
-        match done {
+        if published.is_none() {
+            return Flow::Stop;
+        }
+        let done: Vec<(&str, i64)> = pending.iter().map(|(u, r, _)| (*u, *r)).collect();
+        match self
+            .retry(shutdown, "recording presence", || self.state.done(&done))
+            .await
+        {
             Some(()) => Flow::Continue,
             None => Flow::Stop,
         }
