@@ -221,9 +221,28 @@ async fn receipts_move_from_sent_to_delivered_to_read() {
         json!([{"user":"bob","delivered": sent[1],"read": sent[0]}]),
         "{cursors}"
     );
+
+    // A read past the conversation's end is clamped to its last seq (docs/protocol.md,
+    // section 4.6): the last event stored on it before the receipt that reports it.
+    bob.send(json!({"op":"read","ch":"conversation:c1","seq": sent[2] + 1_000_000}))
+        .await;
+    let receipt = alice
+        .recv_where(|f| f["op"] == "evt" && f["event"]["type"] == "message.receipt")
+        .await;
+    let store = switchboard_bus::store::Store::new(stack.client.clone());
+    let subject = switchboard_schemas::ChannelName::parse("conversation:c1")
+        .unwrap()
+        .subject(switchboard_schemas::SubjectKind::Durable);
+    let last = store
+        .last_at_or_before(&subject, Some(receipt["seq"].as_u64().unwrap() - 1))
+        .await
+        .unwrap()
+        .unwrap()
+        .seq;
+    assert!(last >= sent[2]);
     assert_eq!(
-        cursors["result"]["cursors"],
-        json!([{"user":"bob","delivered": sent[1],"read": sent[0]}])
+        receipt["event"]["data"],
+        json!({"user":"bob","delivered": last,"read": last})
     );
 }
 
