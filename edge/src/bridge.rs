@@ -286,6 +286,9 @@ impl Bridge {
     }
 
     async fn on_live(&self, channel: &Channel, message: &async_nats::Message) {
+        if forged(channel, message) {
+            return;
+        }
         let Some(event) = StoredEvent::from_message(message) else {
             self.metrics.count(&self.metrics.undecodable, 1);
             tracing::warn!(channel = %channel.name, "live message without Nats-Sequence skipped");
@@ -364,6 +367,9 @@ impl Bridge {
     }
 
     fn on_signal(&self, channel: &Channel, message: &async_nats::Message) {
+        if forged(channel, message) {
+            return;
+        }
         let signal: SignalMessage = match serde_json::from_slice(&message.payload) {
             Ok(signal) => signal,
             Err(e) => {
@@ -393,4 +399,19 @@ impl Bridge {
             text(frame.encode())
         });
     }
+}
+
+/// A JetStream push consumer's delivery onto a live or signal subject (its reply is a
+/// `$JS.` acknowledgement): a copy of something stored elsewhere, never a republished
+/// event or a signal. nats-server lets whoever may create a consumer deliver to any
+/// subject, even one that role may not publish on (docs/operations.md, "NATS roles").
+fn forged(channel: &Channel, message: &async_nats::Message) -> bool {
+    let forged = message
+        .reply
+        .as_deref()
+        .is_some_and(|reply| reply.starts_with("$JS."));
+    if forged {
+        tracing::warn!(channel = %channel.name, subject = %message.subject, "a consumer's delivery onto a channel subject dropped");
+    }
+    forged
 }
