@@ -52,6 +52,9 @@ use crate::telemetry::{Handled, JobMetrics};
 const CAUGHT_UP_IDLE: Duration = Duration::from_secs(1);
 /// Most transitions published together (one transaction, one round of acks).
 const BATCH: usize = 256;
+/// Longest a transition waits for others to join its batch: a connection storm costs a
+/// few transactions per second instead of a few per connection.
+const LINGER: Duration = Duration::from_millis(10);
 
 /// Why the watch has to be set up again.
 #[derive(Debug, thiserror::Error)]
@@ -158,25 +161,31 @@ impl Watcher {
             }
         }
         tracing::info!("watching the presence bucket");
-        // Transitions waiting to be published together: written while the watch has more
-        // entries ready, published when it has none (or the batch is full).
+        // Transitions waiting to be published together: a batch gathers for at most
+        // LINGER after its first transition, or until it is full.
         let mut batch = Vec::new();
-        let mut more = false;
+        let mut gathering = Instant::now();
         loop {
-            if !batch.is_empty() && (!more || batch.len() >= BATCH) {
+            let wait = if batch.is_empty() {
+                CAUGHT_UP_IDLE
+            } else {
+                LINGER.saturating_sub(gathering.elapsed())
+            };
+            if !batch.is_empty() && (wait.is_zero() || batch.len() >= BATCH) {
                 if let Flow::Stop = self.publish(&mut batch, shutdown).await {
                     return Ok(());
                 }
+                continue;
             }
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                next = tokio::time::timeout(CAUGHT_UP_IDLE, watch.next()) => next,
+                next = tokio::time::timeout(wait, watch.next()) => next,
             };
             let entry = match next {
+                // The batch's time is up: the top of the loop publishes it.
+                Err(_linger) if !batch.is_empty() => continue,
                 Err(_idle) if caught_up => {
-                    // Quiet: whatever waits in the batch goes out now.
-                    more = false;
                     self.metrics.pending(0);
                     continue;
                 }
@@ -198,8 +207,10 @@ impl Watcher {
                 }
                 Ok(Some(Ok(entry))) => entry,
             };
-            more = entry.delta > 0;
             let started = Instant::now();
+            if batch.is_empty() {
+                gathering = started;
+            }
             self.metrics.pending(entry.delta);
             let Some(user) = observe(board, &entry) else {
                 if caught_up {
