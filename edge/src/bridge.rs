@@ -295,18 +295,19 @@ impl Bridge {
             return;
         };
         let head = channel.head();
-        if event.seq <= head {
-            return;
-        }
         let previous = message
             .headers
             .as_ref()
             .and_then(|h: &HeaderMap| h.get(headers::NATS_LAST_SEQUENCE))
             .and_then(|v| v.as_str().parse::<u64>().ok())
             .unwrap_or(0);
-        if previous > head {
-            tracing::debug!(channel = %channel.name, head, previous, "gap on the live path");
-            self.repair(channel, Some(event.seq)).await;
+        match on_live_path(head, event.seq, previous) {
+            Live::Drop => return,
+            Live::RepairFirst => {
+                tracing::debug!(channel = %channel.name, head, previous, "gap on the live path");
+                self.repair(channel, Some(event.seq)).await;
+            }
+            Live::Deliver => {}
         }
         self.deliver(channel, &event);
     }
@@ -414,4 +415,48 @@ fn forged(channel: &Channel, message: &async_nats::Message) -> bool {
         tracing::warn!(channel = %channel.name, subject = %message.subject, "a consumer's delivery onto a channel subject dropped");
     }
     forged
+}
+
+/// What the live path does with an event `seq` whose `Nats-Last-Sequence` is `previous`
+/// (0 when absent) on a channel whose head is `head`.
+#[derive(Debug, PartialEq, Eq)]
+enum Live {
+    /// Delivered already (a repeat, or read by a repair or replay first).
+    Drop,
+    /// The event before it on the subject is past the head: those between were missed
+    /// live and are read from the stream before this one is delivered.
+    RepairFirst,
+    Deliver,
+}
+
+fn on_live_path(head: u64, seq: u64, previous: u64) -> Live {
+    if seq <= head {
+        Live::Drop
+    } else if previous > head {
+        Live::RepairFirst
+    } else {
+        Live::Deliver
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_path_drops_repeats_repairs_gaps_and_delivers_the_rest() {
+        // Head 10: the next event of the channel, its previous one delivered.
+        assert_eq!(on_live_path(10, 11, 10), Live::Deliver);
+        // Other subjects' events in between do not make a gap: previous is this
+        // channel's own last event.
+        assert_eq!(on_live_path(10, 15, 10), Live::Deliver);
+        // The channel's first event ever (no Nats-Last-Sequence).
+        assert_eq!(on_live_path(0, 1, 0), Live::Deliver);
+        // Previous past the head: missed live, read back first.
+        assert_eq!(on_live_path(10, 15, 12), Live::RepairFirst);
+        assert_eq!(on_live_path(0, 7, 3), Live::RepairFirst);
+        // At or below the head: sent already.
+        assert_eq!(on_live_path(10, 10, 9), Live::Drop);
+        assert_eq!(on_live_path(10, 4, 12), Live::Drop);
+    }
 }

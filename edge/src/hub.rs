@@ -16,6 +16,7 @@
 //! events, then the buffer is drained past what the replay sent, and it turns live.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -32,8 +33,34 @@ const CATCH_UP_BUFFER: usize = 4096;
 /// Registry of the channels this edge holds.
 #[derive(Debug, Default)]
 pub struct Hub {
-    channels: Mutex<HashMap<String, Arc<Channel>>>,
+    channels: Arc<Registry>,
     metrics: Arc<Metrics>,
+    /// Changes told to whole channels so far (see [`Hub::channel_changed`]).
+    changes: AtomicU64,
+}
+
+/// The channels by name; shared with every [`Attachment`], which may give its place back
+/// from anywhere (its subscription's task dropped).
+#[derive(Debug, Default)]
+struct Registry(Mutex<HashMap<String, Arc<Channel>>>);
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A subscription's place on a channel from [`Hub::attach`] until its subscriber is added
+/// ([`Attachment::add`]): the channel, and its bridge, stay while it is held. Dropped
+/// without being added, it gives the place back. Each attachment counts once and is given
+/// back once, by `add` or by its drop, never both: the count cannot go below zero.
+#[derive(Debug)]
+#[must_use = "an attachment holds its channel until it is added or dropped"]
+pub struct Attachment {
+    channel: Arc<Channel>,
+    channels: Arc<Registry>,
+    /// False once `add` took the place over.
+    held: bool,
 }
 
 /// One subscription of one connection, as given to [`Channel::add`].
@@ -87,7 +114,8 @@ pub struct Channel {
 struct ChannelState {
     head: u64,
     subscribers: Vec<Subscriber>,
-    /// Sessions between `Hub::attach` and `Channel::add`; the channel must outlive them.
+    /// [`Attachment`]s held: subscriptions between `Hub::attach` and `Attachment::add`;
+    /// the channel must outlive them.
     attaching: usize,
 }
 
@@ -124,19 +152,25 @@ pub enum CatchUp {
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Hub {
         Hub {
-            channels: Mutex::default(),
+            channels: Arc::default(),
             metrics,
+            changes: AtomicU64::new(0),
         }
     }
 
-    /// Returns the channel for `name` (a base channel), registering a new one if needed,
-    /// and whether it is new (the caller then starts its bridge). The caller must follow
-    /// with [`Channel::add`] or [`Hub::abandon`].
-    pub fn attach(&self, name: &ChannelName) -> (Arc<Channel>, bool) {
+    /// Returns a place on the channel for `name` (a base channel), registering a new one
+    /// if needed, and whether it is new (the caller then starts its bridge). The place
+    /// is held until [`Attachment::add`] or the attachment's drop.
+    pub fn attach(&self, name: &ChannelName) -> (Attachment, bool) {
         let mut channels = self.lock();
+        let attached = |channel: Arc<Channel>| Attachment {
+            channel,
+            channels: self.channels.clone(),
+            held: true,
+        };
         if let Some(channel) = channels.get(name.as_str()) {
             channel.state().attaching += 1;
-            return (channel.clone(), false);
+            return (attached(channel.clone()), false);
         }
         let channel = Arc::new(Channel {
             name: name.clone(),
@@ -150,14 +184,7 @@ impl Hub {
             resync: Notify::new(),
         });
         channels.insert(name.as_str().to_string(), channel.clone());
-        (channel, true)
-    }
-
-    /// Gives up an [`attach`](Hub::attach) that will not be followed by `add`.
-    pub fn abandon(&self, channel: &Arc<Channel>) {
-        let mut channels = self.lock();
-        channel.state().attaching -= 1;
-        Self::release_if_idle(&mut channels, channel);
+        (attached(channel), true)
     }
 
     /// Removes one subscription; drops the channel when it was the last.
@@ -189,13 +216,7 @@ impl Hub {
 
     /// The sessions of `user` on this edge, whatever they subscribe to.
     pub fn sessions_of_user(&self, user: &str) -> Vec<Arc<ConnControl>> {
-        let channels: Vec<Arc<Channel>> = self
-            .channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let channels: Vec<Arc<Channel>> = self.lock().values().cloned().collect();
         let mut sessions: Vec<Arc<ConnControl>> = Vec::new();
         for channel in channels {
             for session in channel.sessions_of(user) {
@@ -244,7 +265,56 @@ impl Hub {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+        self.channels.lock()
+    }
+
+    /// A change that concerns the whole channel `name` (the watched user's privacy,
+    /// docs/protocol.md, section 9.4): counts it, and returns the sessions subscribed there,
+    /// each of which must re-check its right to stay. A subscription being set up
+    /// meanwhile is not among them: it compares [`Hub::changes`] before and after.
+    pub fn channel_changed(&self, name: &ChannelName) -> Vec<Arc<ConnControl>> {
+        // Counted before the channel and its sessions are read: a subscriber added after
+        // the setup read the count is either among these sessions, or its setup sees the
+        // count moved once the subscriber is on the channel.
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.get(name).map(|c| c.sessions()).unwrap_or_default()
+    }
+
+    /// How many changes [`Hub::channel_changed`] has told so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+}
+
+impl Attachment {
+    pub fn channel(&self) -> &Arc<Channel> {
+        &self.channel
+    }
+
+    /// Adds the subscriber, taking over the attachment's place. `ok` builds the `sub`
+    /// reply (if any) from the channel's head; it is queued before any event can be, so
+    /// the client sees `ok` first.
+    ///
+    /// Live (`catch_up` false): events after the head follow. Catching up: live events are
+    /// buffered until [`Channel::catch_up`] reports [`CatchUp::Live`].
+    pub fn add(
+        mut self,
+        sub: Subscription,
+        catch_up: bool,
+        ok: impl FnOnce(u64) -> Option<Utf8Bytes>,
+    ) -> u64 {
+        self.held = false;
+        self.channel.add(sub, catch_up, ok)
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if self.held {
+            let mut channels = self.channels.lock();
+            self.channel.state().attaching -= 1;
+            Hub::release_if_idle(&mut channels, &self.channel);
+        }
     }
 }
 
@@ -287,12 +357,8 @@ impl Channel {
         self.state().head
     }
 
-    /// Adds an attached subscriber. `ok` builds the `sub` reply (if any) from the channel's
-    /// head; it is queued before any event can be, so the client sees `ok` first.
-    ///
-    /// Live (`catch_up` false): events after the head follow. Catching up: live events are
-    /// buffered until [`Channel::catch_up`] reports [`CatchUp::Live`].
-    pub fn add(
+    /// [`Attachment::add`]: the attachment's place becomes the subscriber's.
+    fn add(
         &self,
         sub: Subscription,
         catch_up: bool,
@@ -510,11 +576,12 @@ mod tests {
     fn a_replaying_subscriber_gets_every_event_once_across_the_handover() {
         let hub = Hub::new(Arc::default());
         let name = ChannelName::parse("project:p1").unwrap();
-        let (channel, fresh) = hub.attach(&name);
+        let (attachment, fresh) = hub.attach(&name);
         assert!(fresh);
+        let channel = attachment.channel().clone();
         channel.set_ready(10);
         let (sub, outgoing) = subscriber(1, &name);
-        assert_eq!(channel.add(sub, true, |_| None), 10);
+        assert_eq!(attachment.add(sub, true, |_| None), 10);
         // Live events during the replay: 11 and 12 (the replay will also read 11).
         channel.deliver(11, Some(&event()));
         channel.deliver(12, Some(&event()));
@@ -536,13 +603,71 @@ mod tests {
     fn a_buffer_that_overflows_during_a_replay_asks_for_another_pass() {
         let hub = Hub::new(Arc::default());
         let name = ChannelName::parse("project:p2").unwrap();
-        let (channel, _) = hub.attach(&name);
+        let (attachment, _) = hub.attach(&name);
+        let channel = attachment.channel().clone();
         channel.set_ready(0);
         let (sub, _outgoing) = subscriber(1, &name);
-        channel.add(sub, true, |_| None);
+        attachment.add(sub, true, |_| None);
         for seq in 1..=(CATCH_UP_BUFFER as u64 + 1) {
             channel.deliver(seq, Some(&event()));
         }
         assert_eq!(channel.catch_up(1, 5), CatchUp::ReplayFrom(6));
+    }
+
+    /// Each attachment is given back once, by `add` or by its drop: a subscription that
+    /// fails, one whose task is dropped, and one that is added then leaves all leave the
+    /// channel's count where it was, and the channel goes with the last of them.
+    #[test]
+    fn attachments_are_given_back_once_and_the_channel_goes_with_the_last() {
+        let hub = Hub::new(Arc::default());
+        let name = ChannelName::parse("project:p3").unwrap();
+        let (first, fresh) = hub.attach(&name);
+        let (second, again) = hub.attach(&name);
+        let (third, _) = hub.attach(&name);
+        assert!(fresh && !again);
+        let channel = first.channel().clone();
+        channel.set_ready(0);
+        let (sub, _outgoing) = subscriber(7, &name);
+        first.add(sub, false, |_| None);
+        // A failed setup drops its attachment; another is dropped with its task.
+        drop(second);
+        assert_eq!(
+            hub.len(),
+            1,
+            "the added subscriber and one attachment remain"
+        );
+        hub.detach(&channel, 7);
+        assert_eq!(hub.len(), 1, "an attachment still holds the channel");
+        assert!(!channel.stop.is_cancelled());
+        drop(third);
+        assert!(hub.is_empty());
+        assert!(channel.stop.is_cancelled());
+        assert_eq!(channel.state().attaching, 0);
+        // A channel forgotten after a failed bridge: its attachments still give back
+        // their own places only, and a new channel under the same name is untouched.
+        let (stale, _) = hub.attach(&name);
+        hub.forget(stale.channel());
+        let (fresh, new) = hub.attach(&name);
+        assert!(new);
+        drop(stale);
+        assert_eq!(hub.len(), 1);
+        assert!(!fresh.channel().stop.is_cancelled());
+        drop(fresh);
+        assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn a_change_to_a_whole_channel_is_counted_and_reaches_its_sessions() {
+        let hub = Hub::new(Arc::default());
+        let name = ChannelName::parse("presence:u2").unwrap();
+        assert!(hub.channel_changed(&name).is_empty(), "no channel held");
+        assert_eq!(hub.changes(), 1, "counted all the same");
+        let (attachment, _) = hub.attach(&name);
+        attachment.channel().set_ready(0);
+        let (sub, _outgoing) = subscriber(3, &name);
+        attachment.add(sub, false, |_| None);
+        let sessions = hub.channel_changed(&name);
+        assert_eq!(sessions.iter().map(|s| s.id).collect::<Vec<_>>(), [3]);
+        assert_eq!(hub.changes(), 2);
     }
 }

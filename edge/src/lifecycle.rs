@@ -7,7 +7,7 @@
 //!   call, asked of the presence service ([`ask_privacy`]). [`Subscriptions::begin`] then
 //!   attaches to the channel at once (an `unsub` right after finds it) and returns the
 //!   work that replays and goes live ([`crate::subscribe`]); once the subscriber is on the
-//!   channel it is re-checked for a membership change that came meanwhile.
+//!   channel it is re-checked for a membership or privacy change that came meanwhile.
 //! - **Re-check.** When channels change (a membership change, a `refresh`, a watched
 //!   user's privacy change) [`recheck`] says which subscriptions end at once and which
 //!   presence watches must be asked again ([`no_longer_allowed`]). Pure: no NATS,
@@ -61,11 +61,56 @@ pub use crate::privacy::may_watch;
 /// Finishes a start that was [`Access::AskPrivacy`]: the presence service's `true` lets
 /// the watch go on; a `false` refuses it, worded alike whether the user hides or does not
 /// exist; no answer refuses it as `unavailable`.
-pub async fn ask_privacy(edge: &Edge, user: &str, label: &ChannelName) -> Result<(), Refusal> {
+///
+/// A privacy change told while the watch is still being set up reaches only the
+/// subscribers already on the channel: the answer carries the edge's count of such
+/// changes as it was before asking, and [`Subscriptions::begin`] asks again once the
+/// subscriber is on the channel if the count moved meanwhile.
+pub async fn ask_privacy(
+    edge: &Edge,
+    user: &str,
+    label: &ChannelName,
+) -> Result<PrivacyAsked, Refusal> {
+    let asked = PrivacyAsked {
+        changes: edge.hub.changes(),
+    };
     if may_watch(edge, user, label.id()).await? {
-        Ok(())
+        Ok(asked)
     } else {
         Err(Refusal::forbidden("this user's presence is private"))
+    }
+}
+
+/// A presence watch the presence service allowed, and when: the edge's count of
+/// channel-wide changes ([`crate::hub::Hub::changes`]) read before it was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrivacyAsked {
+    changes: u64,
+}
+
+/// How a subscription starts, besides who and what: the request it answers (`id`, and
+/// whether to `reply` with `ok`), where it resumes (`since`), and the presence service's
+/// say when it was asked.
+#[derive(Debug, Default)]
+pub struct Setup {
+    pub id: Option<u64>,
+    pub since: Option<ResumeFrom>,
+    pub reply: bool,
+    pub privacy: Option<PrivacyAsked>,
+}
+
+/// Whether a subscription now on its channel must be re-checked for what changed while
+/// it was being set up (changes are told only to subscribers on the channel). `now` is
+/// the rules' say at this moment; `privacy` the presence service's earlier say, if asked;
+/// `changes` the edge's count of channel-wide changes now.
+fn stale_on_arrival(now: &Access, privacy: Option<PrivacyAsked>, changes: u64) -> bool {
+    match now {
+        Access::Allowed => false,
+        // A membership change took the right away.
+        Access::Refused(_) => true,
+        // A presence watch: the presence service's earlier yes stands unless a privacy
+        // change was told since (or it was never asked: the rules allowed it at start).
+        Access::AskPrivacy => privacy.is_none_or(|asked| asked.changes != changes),
     }
 }
 
@@ -144,26 +189,6 @@ struct Held {
     key: u64,
 }
 
-/// A subscription's place on its channel until the subscriber is added. Its work gives
-/// the place back itself when it fails; when the work is dropped first (its connection
-/// ended and aborted its tasks), this does, or the channel, and its bridge, would stay
-/// for good.
-struct Attachment {
-    edge: Arc<Edge>,
-    channel: Arc<Channel>,
-    added: tokio::sync::watch::Receiver<bool>,
-    /// The work ran to its end, success or failure.
-    settled: bool,
-}
-
-impl Drop for Attachment {
-    fn drop(&mut self) {
-        if !self.settled && !*self.added.borrow() {
-            self.edge.hub.abandon(&self.channel);
-        }
-    }
-}
-
 /// A connection's subscriptions, by the channel as the client spelled it.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
@@ -197,19 +222,19 @@ impl Subscriptions {
         edge: &Arc<Edge>,
         identity: &Identity,
         subscription: Subscription,
-        id: Option<u64>,
-        since: Option<ResumeFrom>,
-        reply: bool,
+        setup: Setup,
     ) -> impl Future<Output = Result<(), Refusal>> + Send + 'static {
-        let channel = subscribe::attach(edge, &subscription.label);
+        let Setup {
+            id,
+            since,
+            reply,
+            privacy,
+        } = setup;
+        // Given back by the work when it fails, or with it when it is dropped first.
+        let attachment = subscribe::attach(edge, &subscription.label);
+        let channel = attachment.channel().clone();
         let cancel = CancellationToken::new();
         let (added_tx, added) = tokio::sync::watch::channel(false);
-        let attachment = Attachment {
-            edge: edge.clone(),
-            channel: channel.clone(),
-            added: added_tx.subscribe(),
-            settled: false,
-        };
         let mut on_channel = added_tx.subscribe();
         let (label, identity) = (subscription.label.clone(), identity.clone());
         let control = subscription.mailbox.control.clone();
@@ -220,7 +245,7 @@ impl Subscriptions {
         self.held.insert(
             subscription.label.clone(),
             Held {
-                channel: channel.clone(),
+                channel,
                 cancel: cancel.clone(),
                 added,
                 key: subscription.key,
@@ -229,23 +254,21 @@ impl Subscriptions {
         edge.metrics.gauge(&edge.metrics.subscriptions, 1);
         let edge = edge.clone();
         async move {
-            // Moved in whole, so it goes with the work (an assignment to one of its fields
-            // would capture only that field).
-            let mut attachment = attachment;
             let work =
-                subscribe::subscribe(&edge, channel, subscription, id, since, reply, progress);
-            // A membership change is told to the subscribers on the channel; one that came
-            // while this subscription was being set up found it not there yet. Once it is,
-            // any later change finds it, and this check catches the earlier ones.
+                subscribe::subscribe(&edge, attachment, subscription, id, since, reply, progress);
+            // A membership or privacy change is told to the subscribers on the channel; one
+            // that came while this subscription was being set up found it not there yet.
+            // Once it is, any later change finds it, and this check catches the earlier
+            // ones.
             let recheck = async {
-                if on_channel.wait_for(|on| *on).await.is_ok()
-                    && let Access::Refused(_) = authorize(&edge, &identity, &label)
-                {
-                    control.recheck(label.base());
+                if on_channel.wait_for(|on| *on).await.is_ok() {
+                    let now = authorize(&edge, &identity, &label);
+                    if stale_on_arrival(&now, privacy, edge.hub.changes()) {
+                        control.recheck(label.base());
+                    }
                 }
             };
             let (outcome, ()) = tokio::join!(work, recheck);
-            attachment.settled = true;
             outcome
         }
     }
@@ -376,6 +399,27 @@ mod tests {
         let privacy = decide(&policy, &members, &u1, &held, &[ch("presence:u2")]);
         assert_eq!(privacy.ask_privacy, [ch("presence:u2")]);
         assert!(privacy.revoke.is_empty());
+    }
+
+    /// A change told while a subscription was being set up missed it: once on the
+    /// channel, a subscription the rules now refuse, or a presence watch allowed before a
+    /// privacy change was told, is re-checked; anything else stays as it is.
+    #[test]
+    fn a_change_during_set_up_is_caught_once_the_subscriber_is_on_the_channel() {
+        let asked = Some(PrivacyAsked { changes: 4 });
+        // Allowed by the rules: nothing to ask, whatever changed.
+        assert!(!stale_on_arrival(&Access::Allowed, None, 9));
+        assert!(!stale_on_arrival(&Access::Allowed, asked, 9));
+        // Refused by the rules now: a membership change came meanwhile.
+        let refused = Access::Refused(Refusal::forbidden("not a member"));
+        assert!(stale_on_arrival(&refused, None, 0));
+        assert!(stale_on_arrival(&refused, asked, 4));
+        // A presence watch: its yes holds while no privacy change was told since...
+        assert!(!stale_on_arrival(&Access::AskPrivacy, asked, 4));
+        // ...and is asked again after one (the presence service's answer may predate it).
+        assert!(stale_on_arrival(&Access::AskPrivacy, asked, 5));
+        // Started by a rule that no longer holds, never asked: the presence service decides.
+        assert!(stale_on_arrival(&Access::AskPrivacy, None, 4));
     }
 
     #[test]

@@ -6,8 +6,6 @@
 //! without a gap or a duplicate (see [`crate::hub`]). What the stream no longer holds of
 //! an archived channel comes first from the [`crate::archive`].
 
-use std::sync::Arc;
-
 use switchboard_bus::store::StreamPosition;
 use switchboard_schemas::frame::OkReply;
 use switchboard_schemas::{ChannelName, ResumeFrom, ServerFrame, SubjectKind};
@@ -15,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
 use crate::archive::{self, Bridgehead, Kept};
-use crate::hub::{CatchUp, Channel, Subscription};
+use crate::hub::{Attachment, CatchUp, Subscription};
 use crate::mailbox::text;
 use crate::refusal::Refusal;
 
@@ -24,21 +22,22 @@ const REPLAY_BATCH: usize = 256;
 /// Most `since.last` a client may ask for.
 const MAX_LAST: u64 = 1000;
 
-/// The channel for `label` (its base channel), with its bridge started if it is new.
-/// Follow with [`subscribe`], which adds the subscriber or gives the attachment up.
-pub fn attach(edge: &Edge, label: &ChannelName) -> Arc<Channel> {
-    let (channel, fresh) = edge.hub.attach(&label.base());
+/// A place on the channel for `label` (its base channel), with its bridge started if it
+/// is new. Follow with [`subscribe`], which adds the subscriber or, failing, drops the
+/// attachment and so gives the place back.
+pub fn attach(edge: &Edge, label: &ChannelName) -> Attachment {
+    let (attachment, fresh) = edge.hub.attach(&label.base());
     if fresh {
-        edge.bridge.start(channel.clone());
+        edge.bridge.start(attachment.channel().clone());
     }
-    channel
+    attachment
 }
 
 /// Finishes a subscription: waits for the channel's bridge, replies `ok`, replays what
 /// `since` asks for, and hands the subscriber over to live delivery.
 pub async fn subscribe(
     edge: &Edge,
-    channel: Arc<Channel>,
+    attachment: Attachment,
     subscription: Subscription,
     id: Option<u64>,
     since: Option<ResumeFrom>,
@@ -46,8 +45,8 @@ pub async fn subscribe(
     progress: Progress,
 ) -> Result<(), Refusal> {
     let Progress { cancel, added } = progress;
+    let channel = attachment.channel().clone();
     if let Err(why) = channel.ready().await {
-        edge.hub.abandon(&channel);
         return Err(Refusal::unavailable(format!("channel unavailable: {why}")));
     }
     // A resume by seq needs the stream's range as it is now, not as last cached.
@@ -65,13 +64,7 @@ pub async fn subscribe(
     let (start, recovered) = match &since {
         None => (None, true),
         Some(ResumeFrom::Seq { seq, epoch }) if *epoch == position.epoch => {
-            let resume = match resume(edge, &user, &channel.name, *seq, &position).await {
-                Ok(resume) => resume,
-                Err(refusal) => {
-                    edge.hub.abandon(&channel);
-                    return Err(refusal);
-                }
-            };
+            let resume = resume(edge, &user, &channel.name, *seq, &position).await?;
             archived = resume.archive;
             (Some(Start::Seq(seq + 1)), resume.recovered)
         }
@@ -93,7 +86,7 @@ pub async fn subscribe(
     } else {
         0
     };
-    let head = channel.add(subscription, start.is_some(), move |head| {
+    let head = attachment.add(subscription, start.is_some(), move |head| {
         let frame = ServerFrame::Ok {
             id,
             reply: OkReply::Subscribed {
@@ -309,13 +302,13 @@ async fn judge(
     let durable = channel.subject(SubjectKind::Durable);
     if continuous(edge, &durable, since, position.first_seq).await? {
         return Ok(Resume {
-            recovered: true,
+            recovered: recovered(true, false),
             archive: None,
         });
     }
     let archive = archive::bridgehead(edge, user, channel, since, position, limit).await?;
     Ok(Resume {
-        recovered: archive.is_some(),
+        recovered: recovered(false, archive.is_some()),
         archive,
     })
 }
@@ -364,15 +357,32 @@ pub async fn continuous(
     since: u64,
     stream_first_seq: u64,
 ) -> Result<bool, Refusal> {
+    let kept = if since == 0 {
+        None
+    } else {
+        edge.store
+            .last_at_or_before(durable, Some(since))
+            .await
+            .map_err(Refusal::unavailable)?
+            .map(|event| event.seq)
+    };
+    Ok(holds_all_after(since, stream_first_seq, kept))
+}
+
+/// [`continuous`]'s rule: `kept` is the channel's newest event the stream holds at or
+/// before `since` (not asked when `since` is 0).
+fn holds_all_after(since: u64, stream_first_seq: u64, kept: Option<u64>) -> bool {
     if since == 0 {
-        return Ok(stream_first_seq <= 1);
+        stream_first_seq <= 1
+    } else {
+        kept.is_some()
     }
-    let kept = edge
-        .store
-        .last_at_or_before(durable, Some(since))
-        .await
-        .map_err(Refusal::unavailable)?;
-    Ok(kept.is_some())
+}
+
+/// A resume is recovered when the stream holds everything after `since`, or when the
+/// archive reaches from `since` to the stream's part of the channel.
+fn recovered(stream_holds_all: bool, archive_bridges: bool) -> bool {
+    stream_holds_all || archive_bridges
 }
 
 /// The last seq of `channel` (a base channel): the stream's newest event of it, or,
@@ -395,4 +405,31 @@ enum Start {
     Seq(u64),
     Time(switchboard_schemas::Timestamp),
     Last(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/protocol.md, section 6: `recovered` per channel.
+    #[test]
+    fn a_resume_is_recovered_while_the_channel_still_holds_its_position() {
+        // The channel still holds an event at or before `since`: nothing after it was
+        // dropped (retention, the per-channel cap and purges drop the oldest first),
+        // however far the stream's own first seq moved.
+        assert!(holds_all_after(40, 1, Some(40)));
+        assert!(holds_all_after(40, 30, Some(12)));
+        // It holds none: what followed `since` may be gone.
+        assert!(!holds_all_after(40, 1, None));
+        assert!(!holds_all_after(40, 41, None));
+        // A client that saw the channel empty lost something only if the stream ever
+        // dropped anything.
+        assert!(holds_all_after(0, 1, None));
+        assert!(holds_all_after(0, 0, None));
+        assert!(!holds_all_after(0, 2, None));
+        // The archive makes up for what the stream lost.
+        assert!(recovered(true, false));
+        assert!(recovered(false, true));
+        assert!(!recovered(false, false));
+    }
 }
