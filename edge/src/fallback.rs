@@ -30,7 +30,7 @@ use crate::Edge;
 use crate::admission::authenticate;
 use crate::auth::Identity;
 use crate::hub::Subscription;
-use crate::lifecycle::{self, Access, Subscriptions};
+use crate::lifecycle::{self, Access, PrivacyAsked, Setup, Subscriptions};
 use crate::limits::UserSlot;
 use crate::mailbox::{ConnControl, Mailbox, Outgoing};
 use crate::refusal::Refusal;
@@ -106,6 +106,8 @@ struct Opening {
     identity: Identity,
     slot: UserSlot,
     channels: Vec<ChannelName>,
+    /// The presence service's say on each presence watch it was asked about.
+    asked: Vec<(ChannelName, PrivacyAsked)>,
     cursor: Option<Cursor>,
 }
 
@@ -132,17 +134,19 @@ async fn open_request(
         return Err(Refusal::new(ErrorCode::RateLimited, "too many channels"));
     }
     let mut channels = Vec::new();
+    let mut asked = Vec::new();
     for raw in &query.channels {
         let channel = ChannelName::parse(raw)
             .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
         match lifecycle::authorize(edge, &identity, &channel) {
             Access::Allowed => {}
             Access::AskPrivacy => {
-                lifecycle::ask_privacy(edge, &identity.user, &channel)
+                let allowed = lifecycle::ask_privacy(edge, &identity.user, &channel)
                     .await
                     .map_err(|refusal| {
                         Refusal::new(refusal.code, format!("{channel}: {}", refusal.message))
                     })?;
+                asked.push((channel.clone(), allowed));
             }
             Access::Refused(refusal) => {
                 return Err(Refusal::new(
@@ -172,6 +176,7 @@ async fn open_request(
         identity,
         slot,
         channels,
+        asked,
         cursor,
     })
 }
@@ -205,7 +210,18 @@ impl Feed {
                 filters: TypeFilters::all(),
                 mailbox: mailbox.clone(),
             };
-            let work = subs.begin(edge, &opening.identity, subscription, None, since, reply);
+            let privacy = opening
+                .asked
+                .iter()
+                .find(|(asked, _)| *asked == subscription.label)
+                .map(|(_, allowed)| *allowed);
+            let setup = Setup {
+                id: None,
+                since,
+                reply,
+                privacy,
+            };
+            let work = subs.begin(edge, &opening.identity, subscription, setup);
             let failed = control.clone();
             tokio::spawn(async move {
                 if work.await.is_err() {

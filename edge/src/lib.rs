@@ -240,10 +240,9 @@ impl Edge {
                 let Ok(watched) = ChannelName::parse(&format!("presence:{target}")) else {
                     continue;
                 };
-                if let Some(channel) = edge.hub.get(&watched) {
-                    for session in channel.sessions() {
-                        session.recheck(watched.clone());
-                    }
+                // Counted too, for watches being set up (see `lifecycle::ask_privacy`).
+                for session in edge.hub.channel_changed(&watched) {
+                    session.recheck(watched.clone());
                 }
                 // The user's own sessions announce `join`/`leave` by the new setting.
                 for session in edge.hub.sessions_of_user(target) {

@@ -42,7 +42,7 @@ use crate::Edge;
 use crate::auth::Identity;
 use crate::bridge::RT_ORIGIN;
 use crate::hub::Subscription;
-use crate::lifecycle::{self, Access, Subscriptions};
+use crate::lifecycle::{self, Access, PrivacyAsked, Setup, Subscriptions};
 use crate::limits::{Limits, Op, PendingSlot, TokenBucket, UserSlot};
 use crate::mailbox::{ConnControl, Inbox, Mailbox, Outgoing, text};
 use crate::presence::{ConnState, occupancy_filter, occupancy_subject, presence_subject};
@@ -228,6 +228,7 @@ enum Done {
         ch: ChannelName,
         types: TypeFilters,
         since: Option<ResumeFrom>,
+        asked: PrivacyAsked,
     },
     /// A presence watch the presence service no longer allows: end it.
     Revoke(ChannelName),
@@ -342,8 +343,9 @@ impl Session {
                             Done::SubFailed(label) => {
                                 Box::pin(self.unsubscribe(&label)).await;
                             }
-                            Done::Allowed { id, ch, types, since } => {
-                                Box::pin(self.admit_subscription(id, ch, types, since)).await;
+                            Done::Allowed { id, ch, types, since, asked } => {
+                                let admitted = self.admit_subscription(id, ch, types, since, Some(asked));
+                                Box::pin(admitted).await;
                             }
                             Done::Revoke(label) => Box::pin(self.revoke(label)).await,
                             Done::Visibility(visibility) => {

@@ -8,7 +8,7 @@ impl Session {
     /// Every connection receives `system:broadcast` without asking.
     pub(super) async fn subscribe_implicit(&mut self) {
         let label = ChannelName::system_broadcast();
-        self.start_subscription(None, label, TypeFilters::all(), None, false)
+        self.start_subscription(label, TypeFilters::all(), Setup::default())
             .await;
     }
 
@@ -30,19 +30,21 @@ impl Session {
             );
         }
         match lifecycle::authorize(&self.edge, &self.identity, &ch) {
-            Access::Allowed => self.admit_subscription(id, ch, types, since).await,
+            Access::Allowed => self.admit_subscription(id, ch, types, since, None).await,
             Access::AskPrivacy => self.ask_presence_privacy(id, ch, types, since),
             Access::Refused(refusal) => self.reply(refusal.frame(id)),
         }
     }
 
     /// The checks after authorization: the per-connection limit, then subscribing.
+    /// `privacy` is the presence service's say on a presence watch, when it was asked.
     pub(super) async fn admit_subscription(
         &mut self,
         id: Option<u64>,
         ch: ChannelName,
         types: TypeFilters,
         since: Option<ResumeFrom>,
+        privacy: Option<PrivacyAsked>,
     ) {
         if self.subs.contains(&ch) {
             return self.bad_frame(
@@ -54,7 +56,13 @@ impl Session {
         if self.subs.counted() >= self.edge.config.max_subscriptions {
             return self.rate_limited(id, "too many subscriptions on this connection");
         }
-        self.start_subscription(id, ch, types, since, true).await;
+        let setup = Setup {
+            id,
+            since,
+            reply: true,
+            privacy,
+        };
+        self.start_subscription(ch, types, setup).await;
     }
 
     /// Asks the presence service whether this user may watch `presence:<target>`.
@@ -70,12 +78,13 @@ impl Session {
         let done = self.done.clone();
         self.spawn(id, async move {
             match lifecycle::ask_privacy(&edge, &user, &ch).await {
-                Ok(()) => {
+                Ok(asked) => {
                     done.push(Done::Allowed {
                         id,
                         ch,
                         types,
                         since,
+                        asked,
                     });
                     None
                 }
@@ -88,11 +97,9 @@ impl Session {
     /// task: wait for the bridge, reply `ok`, replay, go live.
     pub(super) async fn start_subscription(
         &mut self,
-        id: Option<u64>,
         label: ChannelName,
         types: TypeFilters,
-        since: Option<ResumeFrom>,
-        reply: bool,
+        setup: Setup,
     ) {
         if self.has_presence(&label) {
             self.occupy(&label).await;
@@ -104,9 +111,10 @@ impl Session {
             filters: types,
             mailbox: self.mailbox.clone(),
         };
+        let (id, reply) = (setup.id, setup.reply);
         let work = self
             .subs
-            .begin(&self.edge, &self.identity, subscription, id, since, reply);
+            .begin(&self.edge, &self.identity, subscription, setup);
         let mailbox = self.mailbox.clone();
         let done = self.done.clone();
         self.tasks.spawn(async move {
