@@ -6,7 +6,8 @@
 //!   (a waiting poll answers at once, the next poll is refused), nothing more arrives,
 //!   nothing is left on the edge, and a new subscription is refused;
 //! - `privacy`: a watched user's privacy change (`int.privacy.<user>`) revokes a presence
-//!   watch the presence service no longer allows;
+//!   watch the presence service no longer allows; `privacy_during_set_up`: also when the
+//!   change is told while the watch is being set up, after the presence service said yes;
 //! - `refresh`: a new token re-authorizes (`refresh` on the socket; SSE and polls present
 //!   it when they resume): a grant it drops revokes, a presence grant it drops asks the
 //!   presence service again, and a subscription it keeps goes on without a gap;
@@ -434,7 +435,14 @@ macro_rules! on_every_transport {
     )*};
 }
 
-on_every_transport!(membership, privacy, refresh, teardown, handover);
+on_every_transport!(
+    membership,
+    privacy,
+    privacy_during_set_up,
+    refresh,
+    teardown,
+    handover,
+);
 
 /// Subscriptions a connection holds without asking: the socket's `system:broadcast`.
 fn implicit(transport: Transport) -> f64 {
@@ -554,6 +562,63 @@ async fn privacy(transport: Transport) {
     .await;
     let again = Watcher::open(&edge, transport, &token, "presence:u2", None).await;
     assert_eq!(again.err().as_deref(), Some("forbidden"));
+}
+
+/// Serves `int.presence.authorize` for a watch whose answer is overtaken: u2 turns private
+/// while the presence service answers, so the edge hears of the change (`int.privacy.u2`)
+/// before the yes it answers to the question asked before it, while the watch is still
+/// being set up. Every later question is answered no.
+async fn overtaken_privacy_service(stack: &Stack) {
+    let mut requests = stack
+        .client
+        .subscribe("int.presence.authorize")
+        .await
+        .unwrap();
+    switchboard_testkit::synced(&stack.client).await.unwrap();
+    let client = stack.client.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Some(request) = futures_util::StreamExt::next(&mut requests).await {
+            let Some(inbox) = request.reply else { continue };
+            let allowed = first;
+            if first {
+                first = false;
+                // On the same connection as the answer: the edge gets the notice first.
+                client
+                    .publish(
+                        "int.privacy.u2",
+                        r#"{"user":"u2","visibility":"nobody"}"#.into(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            let answer = json!({"result": {"allowed": allowed}});
+            client
+                .publish(inbox, answer.to_string().into())
+                .await
+                .unwrap();
+        }
+    });
+}
+
+async fn privacy_during_set_up(transport: Transport) {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    overtaken_privacy_service(&stack).await;
+    let token = token("u1", 600, &[]);
+    let (mut watcher, _) = Watcher::open(&edge, transport, &token, "presence:u2", None)
+        .await
+        .expect("the presence service said yes");
+    // Without a re-check once on the channel, the watch would stay: the change was told
+    // to the watchers on the channel, and this one was not there yet.
+    assert_eq!(watcher.next(WAIT).await, Some(Seen::Revoked));
+    gauge_becomes(
+        &edge,
+        "switchboard_edge_subscriptions",
+        implicit(transport),
+        WAIT,
+    )
+    .await;
 }
 
 async fn refresh(transport: Transport) {
