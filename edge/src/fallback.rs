@@ -9,7 +9,7 @@
 //! JSON. Every `evt` carries the cursor after it, so a client resumes from exactly where
 //! it stopped (`Last-Event-ID` for SSE, `cursor=` for polling).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +98,9 @@ struct Feed {
     control: Arc<ConnControl>,
     rx: Outgoing,
     subs: Subscriptions,
+    /// Why a subscription could not be set up after the answer started (the first, named
+    /// by its channel); the feed then ends, telling it.
+    failure: Arc<std::sync::Mutex<Option<Refusal>>>,
     _slot: UserSlot,
 }
 
@@ -143,17 +146,10 @@ async fn open_request(
             Access::AskPrivacy => {
                 let allowed = lifecycle::ask_privacy(edge, &identity.user, &channel)
                     .await
-                    .map_err(|refusal| {
-                        Refusal::new(refusal.code, format!("{channel}: {}", refusal.message))
-                    })?;
+                    .map_err(|refusal| named(&channel, refusal))?;
                 asked.push((channel.clone(), allowed));
             }
-            Access::Refused(refusal) => {
-                return Err(Refusal::new(
-                    refusal.code,
-                    format!("{channel}: {}", refusal.message),
-                ));
-            }
+            Access::Refused(refusal) => return Err(named(&channel, refusal)),
         }
         if !channels.contains(&channel) {
             channels.push(channel);
@@ -181,6 +177,11 @@ async fn open_request(
     })
 }
 
+/// A refusal about one of several channels, naming it.
+fn named(channel: &ChannelName, refusal: Refusal) -> Refusal {
+    Refusal::new(refusal.code, format!("{channel}: {}", refusal.message))
+}
+
 impl Feed {
     /// Subscribes to every channel, resuming from the cursor where it knows the channel.
     fn open(edge: &Arc<Edge>, opening: Opening, reply: bool) -> Feed {
@@ -196,6 +197,7 @@ impl Feed {
             edge.metrics.clone(),
         );
         let mut subs = Subscriptions::default();
+        let failure: Arc<std::sync::Mutex<Option<Refusal>>> = Arc::default();
         for label in opening.channels {
             let since = opening.cursor.as_ref().and_then(|c| {
                 c.seqs.get(label.as_str()).map(|seq| ResumeFrom::Seq {
@@ -221,10 +223,15 @@ impl Feed {
                 reply,
                 privacy,
             };
+            let label = subscription.label.clone();
             let work = subs.begin(edge, &opening.identity, subscription, setup);
-            let failed = control.clone();
+            let (failed, failure) = (control.clone(), failure.clone());
             tokio::spawn(async move {
-                if work.await.is_err() {
+                if let Err(refusal) = work.await {
+                    failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(named(&label, refusal));
                     failed.end(ByeCode::Draining);
                 }
             });
@@ -236,8 +243,17 @@ impl Feed {
             control,
             rx,
             subs,
+            failure,
             _slot: opening.slot,
         }
+    }
+
+    /// Why a subscription failed after the answer started, if one did.
+    fn failure(&self) -> Option<Refusal> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -302,39 +318,90 @@ pub async fn sse(
     };
     let feed = Feed::open(&edge, opening, true);
     let leeway = edge.config.jwt_leeway_s as i64;
-    // `unsubbed` frames not yet sent: a re-check may revoke several channels at once.
-    let revoked: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
-    let stream =
-        futures_util::stream::unfold(Some((feed, cursor, revoked)), move |state| async move {
-            let (mut feed, mut cursor, mut revoked) = state?;
-            if let Some(frame) = revoked.pop_front() {
-                let event = Event::default()
-                    .event("unsubbed")
-                    .data(String::from_utf8_lossy(&frame));
-                return Some((Ok(event), Some((feed, cursor, revoked))));
+    let state = SseState {
+        feed,
+        cursor,
+        queued: VecDeque::new(),
+        ending: false,
+    };
+    let stream = futures_util::stream::unfold(Some(state), move |state| async move {
+        let mut state = state?;
+        if let Some(event) = state.queued.pop_front() {
+            return Some((Ok(event), Some(state)));
+        }
+        if state.ending {
+            return None;
+        }
+        let SseState {
+            feed,
+            cursor,
+            queued,
+            ending,
+        } = &mut state;
+        let left = expires + leeway - time::OffsetDateTime::now_utc().unix_timestamp();
+        let expiry = tokio::time::sleep(Duration::from_secs(left.max(0) as u64));
+        let event = tokio::select! {
+            frame = feed.rx.recv() => match frame {
+                Some(frame) => sse_event(&frame, cursor),
+                None => return None,
+            },
+            _ = feed.control.ended() => {
+                let code = feed.control.reason().unwrap_or(ByeCode::Draining);
+                *ending = true;
+                let mut last = ending_events(feed.failure().as_ref(), code);
+                let first = last.remove(0);
+                queued.extend(last);
+                first
             }
-            let left = expires + leeway - time::OffsetDateTime::now_utc().unix_timestamp();
-            let expiry = tokio::time::sleep(Duration::from_secs(left.max(0) as u64));
-            let event = tokio::select! {
-                frame = feed.rx.recv() => match frame {
-                    Some(frame) => sse_event(&frame, &mut cursor),
-                    None => return None,
-                },
-                _ = feed.control.ended() => {
-                    let code = feed.control.reason().unwrap_or(ByeCode::Draining);
-                    return Some((Ok(bye(code)), None));
-                }
-                channels = feed.control.rechecks() => {
-                    revoked.extend(feed.revoke(&channels).await);
-                    Event::default().comment("subscriptions checked")
-                }
-                _ = expiry => return Some((Ok(bye(ByeCode::TokenExpired)), None)),
-            };
-            Some((Ok::<_, Infallible>(event), Some((feed, cursor, revoked))))
-        });
+            channels = feed.control.rechecks() => {
+                let lost = feed.revoke(&channels).await;
+                // What was queued before the revocation goes first: the `ok` of a
+                // subscription revoked as soon as it was set up, events delivered before.
+                let mut before = VecDeque::new();
+                feed.rx.take_now(&mut before);
+                queued.extend(before.iter().map(|frame| sse_event(frame, cursor)));
+                queued.extend(lost.iter().map(|frame| {
+                    Event::default()
+                        .event("unsubbed")
+                        .data(String::from_utf8_lossy(frame))
+                }));
+                Event::default().comment("subscriptions checked")
+            }
+            _ = expiry => {
+                *ending = true;
+                bye(ByeCode::TokenExpired)
+            }
+        };
+        Some((Ok::<_, Infallible>(event), Some(state)))
+    });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(edge.config.heartbeat()))
         .into_response()
+}
+
+/// An SSE stream between events.
+struct SseState {
+    feed: Feed,
+    cursor: Cursor,
+    /// Events to send before waiting again (a re-check may revoke several channels).
+    queued: VecDeque<Event>,
+    /// The stream ends once `queued` is sent.
+    ending: bool,
+}
+
+/// The last events of an SSE stream: why a subscription failed, if one did, as an `err`
+/// event (the socket's `err` frame, without `id`), then `bye`.
+fn ending_events(failure: Option<&Refusal>, code: ByeCode) -> Vec<Event> {
+    let mut events = Vec::with_capacity(2);
+    if let Some(refusal) = failure {
+        events.push(
+            Event::default()
+                .event("err")
+                .data(String::from_utf8_lossy(&refusal.frame(None))),
+        );
+    }
+    events.push(bye(code));
+    events
 }
 
 fn bye(code: ByeCode) -> Event {
@@ -468,8 +535,14 @@ pub async fn poll(
             }
         }
     }
+    // A channel that could not be set up: the poll answers its refusal, and the cursor
+    // it was sent stays where it was (the events taken meanwhile come again).
+    let failure = feed.failure();
     drop(feed);
-    poll_answer(&events, &cursor, recovered)
+    match failure {
+        Some(refusal) => refusal.into_response(),
+        None => poll_answer(&events, &cursor, recovered),
+    }
 }
 
 fn poll_answer(events: &[Utf8Bytes], cursor: &Cursor, recovered: bool) -> Response {
@@ -514,5 +587,51 @@ mod tests {
         for bad in ["", "not base64!", "e30", "eyJlIjoxfQ"] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }
+    }
+
+    async fn body(response: Response) -> (u16, String) {
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// docs/protocol.md, section 11.1: a subscription that fails after the stream
+    /// started is named in an `err` event before the `bye`.
+    #[tokio::test]
+    async fn a_failure_after_the_stream_started_is_told_before_bye() {
+        let channel = ChannelName::parse("conversation:c1").unwrap();
+        let refusal = named(
+            &channel,
+            Refusal::unavailable("channel unavailable: no responders"),
+        );
+        let events = ending_events(Some(&refusal), ByeCode::Draining);
+        let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
+        let (_, text) = body(Sse::new(stream).into_response()).await;
+        let err = r#"{"op":"err","code":"unavailable","message":"conversation:c1: channel unavailable: no responders"}"#;
+        let bye = String::from_utf8(ServerFrame::bye(ByeCode::Draining).encode().to_vec()).unwrap();
+        assert_eq!(
+            text,
+            format!("event: err\ndata: {err}\n\nevent: bye\ndata: {bye}\n\n")
+        );
+        // Without a failure (the edge drains, the token expires) only `bye`.
+        let events = ending_events(None, ByeCode::TokenExpired);
+        assert_eq!(events.len(), 1);
+    }
+
+    /// docs/protocol.md, section 11.2: a poll whose subscription failed answers the
+    /// refusal, named by its channel, in the form of any HTTP error.
+    #[tokio::test]
+    async fn a_poll_whose_channel_failed_answers_the_refusal() {
+        let channel = ChannelName::parse("project:p1").unwrap();
+        let refusal = named(&channel, Refusal::unavailable("channel unavailable: gone"));
+        let (status, text) = body(refusal.into_response()).await;
+        assert_eq!(status, 503);
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"code":"unavailable","message":"project:p1: channel unavailable: gone"})
+        );
     }
 }
