@@ -1,10 +1,12 @@
 //! One refusal type for every transport (docs/protocol.md, section 7).
 //!
 //! A [`Refusal`] is a protocol error code and a message, made once where the decision is
-//! taken and rendered where it leaves: an `err` frame on a socket, or an HTTP status with
-//! the JSON body `{"code": "...", "message": "..."}` before an SSE stream or a poll
-//! starts. Ending a whole session (or an SSE stream) is a `bye` with its own code, not a
-//! refusal.
+//! taken and rendered where it leaves: an `err` frame on a socket; an HTTP status with
+//! the JSON body `{"code": "...", "message": "..."}` for a request refused before its SSE
+//! stream starts, and for a poll (also when a channel fails while it waits); an `err`
+//! event (the frame without `id`) before the `bye` of an SSE stream whose channel failed
+//! after it started (docs/protocol.md, section 11). Ending a whole session (or an SSE
+//! stream) is a `bye` with its own code, not a refusal.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -38,6 +40,19 @@ impl Refusal {
 
     pub fn unavailable(message: impl std::fmt::Display) -> Refusal {
         Refusal::new(ErrorCode::Unavailable, message.to_string())
+    }
+
+    pub fn unauthorized(message: impl std::fmt::Display) -> Refusal {
+        Refusal::new(ErrorCode::Unauthorized, message.to_string())
+    }
+
+    pub fn rate_limited(message: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::RateLimited, message)
+    }
+
+    /// A frame above the limit; its `err` carries no id (see [`Refusal::frame`]).
+    pub fn too_large(message: impl Into<String>) -> Refusal {
+        Refusal::new(ErrorCode::TooLarge, message)
     }
 
     /// The `err` frame answering the request `id`. `too_large` carries no id: the frame

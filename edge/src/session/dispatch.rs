@@ -9,7 +9,7 @@ impl Session {
         let id = request.id;
         match request.frame {
             ClientFrame::Hello { .. } => {
-                self.bad_frame(id, ErrorCode::BadRequest, "already authenticated")
+                self.bad_frame(id, Refusal::bad_request("already authenticated"))
             }
             ClientFrame::Ping => self.reply(ServerFrame::Pong { id }.encode()),
             ClientFrame::Sub { ch, types, since } => self.on_sub(id, ch, types, since).await,
@@ -50,12 +50,8 @@ impl Session {
                 let held = self.subs.labels().map(ChannelName::base).collect();
                 self.recheck(held).await;
             }
-            Ok(_) => self.reply(err(
-                id,
-                ErrorCode::Unauthorized,
-                "refresh must keep the same sub",
-            )),
-            Err(e) => self.reply(err(id, ErrorCode::Unauthorized, e.to_string())),
+            Ok(_) => self.refuse(id, Refusal::unauthorized("refresh must keep the same sub")),
+            Err(e) => self.refuse(id, Refusal::unauthorized(e)),
         }
     }
 }

@@ -32,15 +32,13 @@ pub(super) async fn await_hello(
             }
             Err(_) | Ok(Message::Close(_)) => return None,
             Ok(Message::Text(_) | Message::Binary(_)) if !frames.take() => {
-                err(None, ErrorCode::RateLimited, "too many frames before hello")
+                Refusal::rate_limited("too many frames before hello").frame(None)
             }
-            Ok(Message::Binary(_)) => err(
-                None,
-                ErrorCode::BadRequest,
-                "binary frames are not supported",
-            ),
+            Ok(Message::Binary(_)) => {
+                Refusal::bad_request("binary frames are not supported").frame(None)
+            }
             Ok(Message::Text(text)) if text.len() > edge.config.max_frame_bytes => {
-                err(None, ErrorCode::TooLarge, "frame larger than the limit")
+                Refusal::too_large("frame larger than the limit").frame(None)
             }
             Ok(Message::Text(text)) => match Request::decode(text.as_bytes()) {
                 Ok(Request {
@@ -57,7 +55,7 @@ pub(super) async fn await_hello(
                         Ok(identity) => return Some((identity, declared)),
                         Err(e) => {
                             edge.metrics.auth_failure(e.reason());
-                            send_now(socket, err(id, ErrorCode::Unauthorized, e.to_string())).await;
+                            send_now(socket, Refusal::unauthorized(e).frame(id)).await;
                             say_bye(socket, ByeCode::Unauthorized).await;
                             return None;
                         }
@@ -70,11 +68,9 @@ pub(super) async fn await_hello(
                     send_now(socket, ServerFrame::Pong { id }.encode()).await;
                     continue;
                 }
-                Ok(request) => err(
-                    request.id,
-                    ErrorCode::Unauthorized,
-                    "send hello with a token first",
-                ),
+                Ok(request) => {
+                    Refusal::unauthorized("send hello with a token first").frame(request.id)
+                }
                 Err(e) => ServerFrame::from(&e).encode(),
             },
             Ok(_) => continue,

@@ -101,15 +101,8 @@ pub fn run(
                 };
                 drop(pending);
                 let Some(slot) = edge.users.admit(&identity.user) else {
-                    send_now(
-                        &mut socket,
-                        err(
-                            None,
-                            ErrorCode::RateLimited,
-                            "too many connections for this user",
-                        ),
-                    )
-                    .await;
+                    let refusal = Refusal::rate_limited("too many connections for this user");
+                    send_now(&mut socket, refusal.frame(None)).await;
                     say_bye(&mut socket, ByeCode::RateLimited).await;
                     return;
                 };
@@ -210,11 +203,6 @@ impl Declared {
             presence,
         })
     }
-}
-
-/// A refusal as an `err` frame: [`Refusal`] made and rendered in one go.
-fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Bytes {
-    Refusal::new(code, message).frame(id)
 }
 
 /// Something a request task tells the session.
@@ -423,8 +411,7 @@ impl Session {
             Message::Binary(_) => {
                 self.bad_frame(
                     None,
-                    ErrorCode::BadRequest,
-                    "binary frames are not supported",
+                    Refusal::bad_request("binary frames are not supported"),
                 );
                 return Flow::Continue;
             }
@@ -434,14 +421,14 @@ impl Session {
             return Flow::End;
         }
         if text.len() > self.edge.config.max_frame_bytes {
-            self.bad_frame(None, ErrorCode::TooLarge, "frame larger than the limit");
+            self.bad_frame(None, Refusal::too_large("frame larger than the limit"));
             return Flow::Continue;
         }
         let request = match Request::decode(text.as_bytes()) {
             Ok(request) => request,
             Err(e) => {
                 self.edge.metrics.frame_in("invalid");
-                self.bad_frame(e.id, e.code(), e.to_string());
+                self.bad_frame(e.id, Refusal::new(e.code(), e.to_string()));
                 return Flow::Continue;
             }
         };
@@ -455,13 +442,8 @@ impl Session {
     }
 
     /// Answers a refused frame and counts it toward the protocol-error limit.
-    fn bad_frame(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
-        let id = if code == ErrorCode::TooLarge {
-            None
-        } else {
-            id
-        };
-        self.reply(err(id, code, message));
+    fn bad_frame(&mut self, id: Option<u64>, refusal: Refusal) {
+        self.refuse(id, refusal);
         if self.limits.bad_frames.hit() {
             self.control.end(ByeCode::ProtocolError);
         }
@@ -469,7 +451,7 @@ impl Session {
 
     fn rate_limited(&mut self, id: Option<u64>, message: &str) {
         self.edge.metrics.count(&self.edge.metrics.rate_limited, 1);
-        self.reply(err(id, ErrorCode::RateLimited, message));
+        self.refuse(id, Refusal::rate_limited(message));
         if self.limits.rate_limited.hit() {
             self.control.end(ByeCode::RateLimited);
         }
@@ -479,8 +461,9 @@ impl Session {
         self.mailbox.push_event(text(frame));
     }
 
-    fn forbidden(&self, id: Option<u64>, why: impl std::fmt::Display) {
-        self.reply(err(id, ErrorCode::Forbidden, why.to_string()));
+    /// Answers the request `id` with an `err` frame.
+    fn refuse(&self, id: Option<u64>, refusal: Refusal) {
+        self.reply(refusal.frame(id));
     }
 
     /// Runs `work` in its own task; what it returns is queued as the reply.

@@ -21,7 +21,7 @@ impl Session {
             .policy
             .may_signal(&self.identity, &ch, &self.edge.members)
         {
-            return self.forbidden(id, why);
+            return self.refuse(id, Refusal::forbidden(why));
         }
         if ty.as_str() == TYPING && !self.typing_allowed(&ch, &data) {
             return;
@@ -37,7 +37,7 @@ impl Session {
         text: Option<String>,
     ) {
         if text.as_ref().is_some_and(|t| t.len() > MAX_STATUS_TEXT) {
-            return self.bad_frame(id, ErrorCode::BadRequest, "status text is too long");
+            return self.bad_frame(id, Refusal::bad_request("status text is too long"));
         }
         let was_visible = self.me.status != PresenceStatus::Invisible;
         let visible = status != PresenceStatus::Invisible;

@@ -26,21 +26,17 @@ impl Session {
             .policy
             .may_publish(&self.identity, &ch, &ty, &self.edge.members)
         {
-            return self.forbidden(id, why);
+            return self.refuse(id, Refusal::forbidden(why));
         }
         let edits = ty.as_str() != types::MESSAGE_NEW;
         let target = match message_target(&data, edits) {
             Ok(target) => target,
-            Err(refusal) => return self.bad_frame(id, refusal.code, refusal.message),
+            Err(refusal) => return self.bad_frame(id, refusal),
         };
         let user = self.identity.user.clone();
         let event_id = match &key {
             Some(key) if key.is_empty() || key.len() > 128 => {
-                return self.bad_frame(
-                    id,
-                    ErrorCode::BadRequest,
-                    "key must be 1 to 128 characters",
-                );
+                return self.bad_frame(id, Refusal::bad_request("key must be 1 to 128 characters"));
             }
             Some(key) => EventId::derive(&[&user, ch.as_str(), key]),
             None => EventId::generate(),
@@ -55,18 +51,12 @@ impl Session {
                 match original_sender(&edge, &ch, seq).await {
                     Ok(Some(sender)) if sender == *user => {}
                     Ok(Some(_)) => {
-                        return Some(err(
-                            id,
-                            ErrorCode::Forbidden,
-                            "only the original sender may edit or delete a message",
-                        ));
+                        let why = "only the original sender may edit or delete a message";
+                        return Some(Refusal::forbidden(why).frame(id));
                     }
                     Ok(None) => {
-                        return Some(err(
-                            id,
-                            ErrorCode::NotFound,
-                            format!("no message with seq {seq} on {ch}"),
-                        ));
+                        let missing = format!("no message with seq {seq} on {ch}");
+                        return Some(Refusal::new(ErrorCode::NotFound, missing).frame(id));
                     }
                     Err(refusal) => return Some(refusal.frame(id)),
                 }
@@ -91,7 +81,7 @@ impl Session {
                     Ok(Verdict::Accept) => {}
                     Ok(Verdict::Modify(data)) => event.data = data,
                     Ok(Verdict::Reject(reason)) => {
-                        return Some(err(id, ErrorCode::Forbidden, reason));
+                        return Some(Refusal::forbidden(reason).frame(id));
                     }
                     Err(refusal) => return Some(refusal.frame(id)),
                 }
@@ -112,7 +102,7 @@ impl Session {
                     }
                     .encode()
                 }),
-                Err(e) => Some(err(id, ErrorCode::Unavailable, e.to_string())),
+                Err(e) => Some(Refusal::unavailable(e).frame(id)),
             }
         });
     }

@@ -37,14 +37,10 @@ impl Session {
             .policy
             .may_subscribe(&self.identity, &ch, &self.edge.members)
         {
-            return self.forbidden(id, why);
+            return self.refuse(id, Refusal::forbidden(why));
         }
         if !self.has_presence(&ch) {
-            return self.reply(err(
-                id,
-                ErrorCode::BadRequest,
-                "this channel has no presence",
-            ));
+            return self.refuse(id, Refusal::bad_request("this channel has no presence"));
         }
         let edge = self.edge.clone();
         let asker = self.identity.user.clone();
@@ -52,7 +48,7 @@ impl Session {
             let filter = occupancy_filter(&ch.base());
             let entries = match edge.store.scan_bucket(OCCUPANCY_BUCKET, &filter).await {
                 Ok(entries) => entries,
-                Err(e) => return Some(err(id, ErrorCode::Unavailable, e.to_string())),
+                Err(e) => return Some(Refusal::unavailable(e).frame(id)),
             };
             #[derive(serde::Deserialize)]
             struct Occupant {
@@ -115,7 +111,7 @@ impl Session {
             .policy
             .may_subscribe(&self.identity, &ch, &self.edge.members)
         {
-            return self.forbidden(id, why);
+            return self.refuse(id, Refusal::forbidden(why));
         }
         let limit = limit.unwrap_or(HISTORY_DEFAULT).clamp(1, HISTORY_MAX) as usize;
         let edge = self.edge.clone();

@@ -16,7 +16,7 @@ impl Session {
             .policy
             .may_receipt(&self.identity, &ch, &self.edge.members)
         {
-            return self.forbidden(id, why);
+            return self.refuse(id, Refusal::forbidden(why));
         }
         let cursor = self.receipts.entry(ch).or_insert((0, 0));
         // `read` implies `delivered`; both are cumulative.

@@ -25,8 +25,7 @@ impl Session {
         if self.subs.contains(&ch) {
             return self.bad_frame(
                 id,
-                ErrorCode::BadRequest,
-                "already subscribed to this channel",
+                Refusal::bad_request("already subscribed to this channel"),
             );
         }
         match lifecycle::authorize(&self.edge, &self.identity, &ch) {
@@ -49,8 +48,7 @@ impl Session {
         if self.subs.contains(&ch) {
             return self.bad_frame(
                 id,
-                ErrorCode::BadRequest,
-                "already subscribed to this channel",
+                Refusal::bad_request("already subscribed to this channel"),
             );
         }
         if self.subs.counted() >= self.edge.config.max_subscriptions {
