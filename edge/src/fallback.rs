@@ -97,6 +97,9 @@ struct Feed {
     identity: Identity,
     control: Arc<ConnControl>,
     rx: Outgoing,
+    /// Kept so that `rx` stays open when every subscription is gone (all failed): the
+    /// feed then ends by `control`, telling why, instead of falling silent.
+    _mailbox: Mailbox,
     subs: Subscriptions,
     /// Why a subscription could not be set up after the answer started (the first, named
     /// by its channel); the feed then ends, telling it.
@@ -242,6 +245,7 @@ impl Feed {
             identity: opening.identity,
             control,
             rx,
+            _mailbox: mailbox,
             subs,
             failure,
             _slot: opening.slot,

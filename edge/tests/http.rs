@@ -704,3 +704,45 @@ async fn sse_and_polls_check_a_declared_presence() {
     .await;
     assert_eq!(sse.next().await.0, "ok");
 }
+
+/// docs/protocol.md, sections 11.1 and 11.2: a channel that cannot be set up once the
+/// answer has started is named, in each transport's own form. Here the stream is gone
+/// (deleted under the edge), so a channel's bridge cannot read its head.
+#[tokio::test]
+async fn a_channel_that_fails_after_the_answer_started_is_named() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let auth = bearer(&token("u1", 600, &[]));
+    // A cursor while the stream is there: this channel at seq 0.
+    let (status, body) = http_as(&edge.addr, "GET", "/v1/poll?ch=domain:gone", &auth, "").await;
+    assert_eq!(status, 200, "{body}");
+    let first: Value = serde_json::from_str(&body).unwrap();
+    let cursor = first["cursor"].as_str().unwrap().to_string();
+    stack.js.delete_stream("EVENTS").await.unwrap();
+
+    let mut sse = SseStream::open(&edge.addr, "ch=domain:down", &[("Authorization", &auth)]).await;
+    let (name, _, data) = sse.next().await;
+    assert_eq!(name, "err", "{data}");
+    let err: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(err["op"], "err");
+    assert_eq!(err["code"], "unavailable");
+    assert!(err.get("id").is_none(), "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(message.starts_with("domain:down: "), "{message}");
+    let (name, _, data) = sse.next().await;
+    assert_eq!(name, "bye");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["code"],
+        "draining"
+    );
+    assert!(sse.try_next().await.is_none(), "the stream ends");
+
+    // The poll answers the refusal instead of an empty 200.
+    let path = format!("/v1/poll?ch=domain:gone&cursor={cursor}&wait=20");
+    let (status, body) = http_as(&edge.addr, "GET", &path, &auth, "").await;
+    assert_eq!(status, 503, "{body}");
+    let refusal: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["code"], "unavailable");
+    let message = refusal["message"].as_str().unwrap();
+    assert!(message.starts_with("domain:gone: "), "{message}");
+}
