@@ -369,6 +369,8 @@ pub async fn sse(
                         .event("unsubbed")
                         .data(String::from_utf8_lossy(frame))
                 }));
+                // A stream left with no channel ends after its last `unsubbed`.
+                *ending = feed.subs.labels().next().is_none();
                 Event::default().comment("subscriptions checked")
             }
             _ = expiry => {

@@ -491,6 +491,13 @@ async fn membership(transport: Transport) {
     );
     stack.publish("project:p1", "bid.new", json!({})).await;
     assert_eq!(watcher.next(Duration::from_millis(500)).await, None);
+    if let Link::Sse { stream, .. } = &mut watcher.link
+        && let Some(open) = stream.as_mut()
+    {
+        // docs/protocol.md, section 11: a stream left with no channel ends.
+        let ended = tokio::time::timeout(WAIT, open.try_next()).await;
+        assert!(matches!(ended, Ok(None)), "{ended:?}");
+    }
     // The edge holds nothing for it any more, and a new subscription is refused.
     gauge_becomes(
         &edge,
