@@ -220,8 +220,12 @@ enum Done {
     },
     /// A presence watch the presence service no longer allows: end it.
     Revoke(ChannelName),
-    /// How this user shows themself (for `join`/`leave`).
-    Visibility(Visibility),
+    /// How this user shows themself (for `join`/`leave`), as answered to a question
+    /// asked when the edge had told `changes` privacy changes.
+    Visibility {
+        visibility: Visibility,
+        changes: u64,
+    },
 }
 
 struct Session {
@@ -336,8 +340,8 @@ impl Session {
                                 Box::pin(admitted).await;
                             }
                             Done::Revoke(label) => Box::pin(self.revoke(label)).await,
-                            Done::Visibility(visibility) => {
-                                Box::pin(self.visibility_known(visibility)).await;
+                            Done::Visibility { visibility, changes } => {
+                                Box::pin(self.visibility_known(visibility, changes)).await;
                             }
                         }
                     }

@@ -167,6 +167,7 @@ impl Session {
     fn ask_visibility(&mut self) {
         self.visibility = VisibilityState::Asking;
         let (edge, identity, done) = (self.edge.clone(), self.identity.clone(), self.done.clone());
+        let changes = edge.hub.changes();
         self.tasks.spawn(async move {
             let visibility = match crate::privacy::own_visibility(&edge, &identity).await {
                 Ok(visibility) => visibility,
@@ -175,12 +176,21 @@ impl Session {
                     Visibility::Nobody
                 }
             };
-            done.push(Done::Visibility(visibility));
+            done.push(Done::Visibility {
+                visibility,
+                changes,
+            });
         });
     }
 
-    /// The setting is known: the `join`s and `leave`s that waited for it go out.
-    pub(super) async fn visibility_known(&mut self, visibility: Visibility) {
+    /// The setting is known: the `join`s and `leave`s that waited for it go out. An
+    /// answer to a question asked before the edge was told of a privacy change may be
+    /// stale (and the change may have missed this session, if it was on no channel yet):
+    /// it is asked again instead (docs/protocol.md, section 9.4).
+    pub(super) async fn visibility_known(&mut self, visibility: Visibility, changes: u64) {
+        if changes != self.edge.hub.changes() {
+            return self.ask_visibility();
+        }
         self.visibility = VisibilityState::Known(visibility);
         for (channel, kind) in std::mem::take(&mut self.deferred) {
             self.announce(&channel, kind).await;
