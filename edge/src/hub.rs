@@ -63,7 +63,7 @@ pub struct Attachment {
     held: bool,
 }
 
-/// One subscription of one connection, as given to [`Channel::add`].
+/// One subscription of one connection, as given to [`Attachment::add`].
 #[derive(Debug)]
 pub struct Subscription {
     /// Unique on this edge: one connection may hold two subscriptions to one channel for a
