@@ -41,7 +41,7 @@ use crate::telemetry::{Handled, JobMetrics};
 /// The durable consumer's name, and the job's name in logs and metrics.
 pub const NAME: &str = "archive";
 /// Messages written in one transaction at most.
-const BATCH: usize = 500;
+const BATCH: usize = 2_000;
 /// How long a batch waits for one more message before it is written.
 const LINGER: Duration = Duration::from_millis(2);
 /// The longest a batch gathers messages, so a steady trickle is still archived within
@@ -49,7 +49,7 @@ const LINGER: Duration = Duration::from_millis(2);
 const GATHER: Duration = Duration::from_millis(50);
 /// Unacked messages the consumer hands out across all copies (two batches each for a
 /// few copies).
-const MAX_ACK_PENDING: i64 = 4_000;
+const MAX_ACK_PENDING: i64 = 16_000;
 /// How long one pull request waits on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);

@@ -24,11 +24,17 @@
 //! and the redelivered batch does it all again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use switchboard_schemas::Namespace;
 
 use super::record::{Fact, Record};
+
+/// The tables `messages.search` plans over (see [`Statistics`]).
+const ANALYZE: &str = "ANALYZE switchboard.archive, switchboard.channel_members";
 
 const LOCK: &str = "
 SELECT count(pg_advisory_xact_lock(hashtextextended('switchboard.inbox:' || channel, 0)))
@@ -187,6 +193,40 @@ pub type EntryKey = (String, String);
 #[derive(Debug, Clone)]
 pub struct ArchiveStore {
     db: PgPool,
+    statistics: Arc<Statistics>,
+}
+
+/// When the archive's planner statistics are refreshed: a bulk of new rows (a backlog
+/// archived, an import) leaves them describing a much smaller table until autovacuum
+/// comes round, and `messages.search` then takes a plan that scans the archive newest
+/// first instead of asking the text index (hundreds of milliseconds instead of a few).
+/// So after [`Statistics::ROWS`] rows, and at most once per [`Statistics::EVERY`], the
+/// job runs `ANALYZE` on the archive itself, beside the writes.
+#[derive(Debug)]
+struct Statistics {
+    /// Rows written since the last `ANALYZE`.
+    written: AtomicU64,
+    /// When the last `ANALYZE` started, `None` before the first.
+    last: Mutex<Option<Instant>>,
+}
+
+impl Statistics {
+    const ROWS: u64 = 50_000;
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// Counts `rows`; true when an `ANALYZE` is due now (and is then counted as started).
+    fn due(&self, rows: u64) -> bool {
+        if self.written.fetch_add(rows, Ordering::Relaxed) + rows < Self::ROWS {
+            return false;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        self.written.store(0, Ordering::Relaxed);
+        true
+    }
 }
 
 /// Raises where the archive is complete from (`switchboard.archive_coverage`).
@@ -227,7 +267,13 @@ impl ArchiveStore {
     }
 
     pub fn new(db: PgPool) -> ArchiveStore {
-        ArchiveStore { db }
+        ArchiveStore {
+            db,
+            statistics: Arc::new(Statistics {
+                written: AtomicU64::new(0),
+                last: Mutex::new(None),
+            }),
+        }
     }
 
     /// Archives `records` (events of stream epoch `epoch`) and updates the inbox entries
@@ -253,6 +299,14 @@ impl ArchiveStore {
         reconcile(&mut tx, epoch, records).await?;
         let changed = inbox(&mut tx, epoch, records).await?;
         tx.commit().await?;
+        if self.statistics.due(records.len() as u64) {
+            let db = self.db.clone();
+            tokio::spawn(async move {
+                if let Err(error) = sqlx::query(ANALYZE).execute(&db).await {
+                    tracing::warn!(%error, "ANALYZE of the archive failed; autovacuum will do it");
+                }
+            });
+        }
         Ok(changed)
     }
 }
@@ -452,4 +506,26 @@ async fn inbox(
 /// Seqs come from JetStream (u64) and never reach `i64::MAX` in practice.
 pub fn bigint(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_refreshed_after_a_bulk_of_rows_and_not_more_than_once_a_minute() {
+        let statistics = Statistics {
+            written: AtomicU64::new(0),
+            last: Mutex::new(None),
+        };
+        assert!(!statistics.due(Statistics::ROWS - 1));
+        assert!(statistics.due(1), "the bulk is reached");
+        assert!(!statistics.due(Statistics::ROWS), "again within the minute");
+        *statistics.last.lock().unwrap() = Some(Instant::now() - Statistics::EVERY);
+        assert!(
+            statistics.due(1),
+            "a minute later, what was written meanwhile counts"
+        );
+        assert!(!statistics.due(Statistics::ROWS - 1));
+    }
 }
