@@ -82,7 +82,7 @@ pub enum ConnectSetupError {
         path: PathBuf,
         setting: &'static str,
     },
-    #[error("cannot read the credentials file {path} (SWITCHBOARD_NATS_CREDS): {error}")]
+    #[error("cannot load the credentials file {path} (SWITCHBOARD_NATS_CREDS): {error}")]
     Creds {
         path: PathBuf,
         error: std::io::Error,

@@ -207,7 +207,8 @@ impl Nats {
             .with_context(|| {
                 format!(
                     "cannot connect to NATS at {url} as {} (set --nats-url or SWITCHBOARD_NATS_URL, \
-                     and --nats-nkey or SWITCHBOARD_NATS_NKEY)",
+                     and --nats-nkey or SWITCHBOARD_NATS_NKEY, \
+                     or --nats-creds or SWITCHBOARD_NATS_CREDS)",
                     self.role
                 )
             })
