@@ -17,8 +17,11 @@
 //! 4. Inbox entries: membership changes apply only when newer than the entry's
 //!    `member_seq`; read cursors only move forward (a receipt archived before the join
 //!    waits on an inactive entry); `unread`, `last_seq` and the activity time are
-//!    recomputed from the archive rather than incremented, so the result depends on
-//!    what is archived, never on how often or in which order it was delivered.
+//!    recomputed from the archive after an edit, a deletion, a read or a membership
+//!    change, and moved by the rows this transaction inserted when a conversation's only
+//!    news are new messages (a redelivered one inserts nothing), so the result depends on
+//!    what is archived, never on how often or in which order it was delivered, and a
+//!    batch costs what it holds, not the unread backlog of every entry it touches.
 //!
 //! The caller acks the batch after the commit; a crash before it rolls everything back
 //! and the redelivered batch does it all again.
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use switchboard_schemas::Namespace;
+use switchboard_schemas::event::types;
 
 use super::record::{Fact, Record};
 
@@ -48,7 +52,8 @@ SELECT r.channel, $1, r.seq, r.event_id, r.type, r.actor_id, r.ts::timestamptz,
   FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
               $8::text[], $9::bigint[], $10::text[])
        AS r(channel, seq, event_id, type, actor_id, ts, envelope, ref_seq, text)
-ON CONFLICT DO NOTHING";
+ON CONFLICT DO NOTHING
+RETURNING channel, seq";
 
 /// A deleted original loses its text and data; recomputed from every archived change of
 /// each touched original, so the deletion may have been archived before or after it.
@@ -155,6 +160,29 @@ ON CONFLICT (user_id, channel) DO UPDATE
  WHERE EXCLUDED.read_seq > e.read_seq OR e.epoch <> EXCLUDED.epoch
 RETURNING user_id, channel, active";
 
+/// The entries of conversations whose only news in a batch are new messages: unread,
+/// last message and activity move by what this transaction inserted (rows a redelivery
+/// finds archived already are not returned by the insert, so nothing counts twice), the
+/// same as a recount would give, without counting the whole unread backlog again.
+const INCREMENT: &str = "
+UPDATE switchboard.inbox_entries e
+   SET unread = e.unread + n.unread,
+       last_seq = greatest(e.last_seq, n.last_seq),
+       activity_at = greatest(e.activity_at, n.activity),
+       updated_at = now()
+  FROM (SELECT x.user_id, x.channel,
+               count(*) FILTER (WHERE a.seq > greatest(x.read_seq, x.joined_seq)
+                                  AND a.actor_id IS DISTINCT FROM x.user_id) AS unread,
+               max(a.seq) AS last_seq,
+               max(a.ts) FILTER (WHERE a.seq > x.joined_seq) AS activity
+          FROM unnest($2::text[], $3::bigint[]) AS i(channel, seq)
+          JOIN switchboard.archive a ON a.channel = i.channel AND a.epoch = $1 AND a.seq = i.seq
+          JOIN switchboard.inbox_entries x ON x.channel = i.channel AND x.active
+         WHERE a.type = 'message.new' AND NOT a.deleted AND x.epoch = $1
+         GROUP BY x.user_id, x.channel) n
+ WHERE e.user_id = n.user_id AND e.channel = n.channel
+RETURNING e.user_id, e.channel";
+
 /// Unread, last message and activity of the touched entries, from the archive: whatever
 /// order their events were archived in, the result is the same. Activity is the time of
 /// the newest message since the user joined (it never goes back). An entry whose cursors
@@ -183,7 +211,8 @@ UPDATE switchboard.inbox_entries e
        updated_at = now()
  WHERE e.active
    AND (e.channel = ANY($2::text[])
-        OR (e.user_id, e.channel) IN (SELECT * FROM unnest($3::text[], $4::text[])))
+        OR (e.user_id, e.channel) IN (SELECT * FROM unnest($3::text[], $4::text[]))
+        OR (e.channel = ANY($5::text[]) AND e.epoch <> $1))
 RETURNING e.user_id, e.channel";
 
 /// A (user, conversation) whose inbox entry a batch changed.
@@ -295,9 +324,9 @@ impl ArchiveStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        insert(&mut tx, epoch, records).await?;
+        let inserted = insert(&mut tx, epoch, records).await?;
         reconcile(&mut tx, epoch, records).await?;
-        let changed = inbox(&mut tx, epoch, records).await?;
+        let changed = inbox(&mut tx, epoch, records, &inserted).await?;
         tx.commit().await?;
         if self.statistics.due(records.len() as u64) {
             let db = self.db.clone();
@@ -311,15 +340,16 @@ impl ArchiveStore {
     }
 }
 
+/// Archives `records`; the (channel, seq) of those not archived before.
 async fn insert(
     tx: &mut sqlx::PgConnection,
     epoch: &str,
     records: &[Record],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let mut sorted: Vec<&Record> = records.iter().collect();
     sorted.sort_by_key(|r| r.seq);
     let column = |f: fn(&Record) -> Option<String>| sorted.iter().map(|r| f(r)).collect::<Vec<_>>();
-    sqlx::query(INSERT)
+    sqlx::query_as(INSERT)
         .bind(epoch)
         .bind(column(|r| Some(r.channel.as_str().to_string())))
         .bind(sorted.iter().map(|r| bigint(r.seq)).collect::<Vec<_>>())
@@ -335,9 +365,8 @@ async fn insert(
                 .collect::<Vec<_>>(),
         )
         .bind(column(|r| r.text.clone()))
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+        .fetch_all(&mut *tx)
+        .await
 }
 
 /// Applies the edits and deletes of every original the batch touches.
@@ -396,19 +425,30 @@ struct Membership {
     rejoined: bool,
 }
 
+/// The inbox entries `records` change (`inserted`: what [`insert`] archived anew).
+/// Conversations whose only news are new messages move by those ([`INCREMENT`]); every
+/// other change is recounted from the archive ([`RECOUNT`]), which also has the last
+/// word on any entry both touch.
 async fn inbox(
     tx: &mut sqlx::PgConnection,
     epoch: &str,
     records: &[Record],
+    inserted: &[(String, i64)],
 ) -> Result<BTreeSet<EntryKey>, sqlx::Error> {
     let mut sorted: Vec<&Record> = records.iter().filter(|r| r.fact.is_some()).collect();
     sorted.sort_by_key(|r| r.seq);
     let mut members: BTreeMap<EntryKey, Membership> = BTreeMap::new();
     let mut reads: BTreeMap<EntryKey, u64> = BTreeMap::new();
+    // Conversations with an edit or a deletion are recounted; with new messages only,
+    // moved by what was inserted.
     let mut messages: BTreeSet<&str> = BTreeSet::new();
+    let mut fresh: BTreeSet<&str> = BTreeSet::new();
     for record in sorted {
         let channel = record.channel.as_str();
         match &record.fact {
+            Some(Fact::Message) if record.ty == types::MESSAGE_NEW => {
+                fresh.insert(channel);
+            }
             Some(Fact::Message) => {
                 messages.insert(channel);
             }
@@ -489,17 +529,33 @@ async fn inbox(
                 .map(|(user, channel, _)| (user, channel)),
         );
     }
-    if messages.is_empty() && changed.is_empty() {
-        return Ok(changed);
+    fresh.retain(|channel| !messages.contains(channel));
+    let (channels, seqs): (Vec<&str>, Vec<i64>) = inserted
+        .iter()
+        .filter(|(channel, _)| fresh.contains(channel.as_str()))
+        .map(|(channel, seq)| (channel.as_str(), *seq))
+        .unzip();
+    let mut moved = Vec::new();
+    if !channels.is_empty() {
+        moved = sqlx::query_as(INCREMENT)
+            .bind(epoch)
+            .bind(&channels)
+            .bind(&seqs)
+            .fetch_all(&mut *tx)
+            .await?;
     }
-    let rows: Vec<(String, String)> = sqlx::query_as(RECOUNT)
-        .bind(epoch)
-        .bind(messages.iter().copied().collect::<Vec<_>>())
-        .bind(changed.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-    changed.extend(rows);
+    if !(messages.is_empty() && changed.is_empty() && fresh.is_empty()) {
+        let rows: Vec<(String, String)> = sqlx::query_as(RECOUNT)
+            .bind(epoch)
+            .bind(messages.iter().copied().collect::<Vec<_>>())
+            .bind(changed.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>())
+            .bind(changed.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
+            .bind(fresh.iter().copied().collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        changed.extend(rows);
+    }
+    changed.extend(moved);
     Ok(changed)
 }
 
