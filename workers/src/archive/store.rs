@@ -174,7 +174,8 @@ UPDATE switchboard.inbox_entries e
                count(*) FILTER (WHERE a.seq > greatest(x.read_seq, x.joined_seq)
                                   AND a.actor_id IS DISTINCT FROM x.user_id) AS unread,
                max(a.seq) AS last_seq,
-               max(a.ts) FILTER (WHERE a.seq > x.joined_seq) AS activity
+               (array_agg(a.ts ORDER BY a.seq DESC) FILTER (WHERE a.seq > x.joined_seq))[1]
+                   AS activity
           FROM unnest($2::text[], $3::bigint[]) AS i(channel, seq)
           JOIN switchboard.archive a ON a.channel = i.channel AND a.epoch = $1 AND a.seq = i.seq
           JOIN switchboard.inbox_entries x ON x.channel = i.channel AND x.active
