@@ -356,13 +356,17 @@ async fn an_event_saved_but_not_published_before_a_crash_is_published_at_start()
         last_seen_row(&setup, "ghost").await.unwrap().0,
         micros(seen)
     );
-    let row: (String, Option<Vec<u8>>) = sqlx::query_as(
-        "SELECT status, pending FROM switchboard.presence_state WHERE user_id = 'ghost'",
-    )
-    .fetch_one(&setup.db)
-    .await
-    .unwrap();
-    assert_eq!(row, ("offline".to_string(), None));
+    // The event is stored before its row is marked done: wait for that too.
+    eventually("the offline event marked done", || async {
+        let row: (String, Option<Vec<u8>>) = sqlx::query_as(
+            "SELECT status, pending FROM switchboard.presence_state WHERE user_id = 'ghost'",
+        )
+        .fetch_one(&setup.db)
+        .await
+        .unwrap();
+        (row == ("offline".to_string(), None)).then_some(())
+    })
+    .await;
     assert_no_more_events(&setup, "ghost", 2).await;
 }
 
