@@ -276,56 +276,15 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
         return show(json, &report);
     }
     let bench = Bench::new(nats, &args).await?;
+    if let Some(report) = peer::on_target(&bench, &args.scenario).await? {
+        return show(json, &report);
+    }
     let report = match args.scenario {
-        Scenario::Fanout {
-            subscribers,
-            rate,
-            size,
-            duration,
-        } => {
-            let params = json!({"subscribers": subscribers, "rate": rate, "size": size, "duration": duration});
-            fanout::fanout(
-                &bench,
-                "fanout",
-                params,
-                1,
-                subscribers,
-                rate,
-                size,
-                duration,
-            )
-            .await?
-        }
-        Scenario::Channels {
-            channels,
-            per_channel,
-            rate,
-            size,
-            duration,
-        } => {
-            let params = json!({"channels": channels, "per_channel": per_channel, "rate": rate, "size": size, "duration": duration});
-            fanout::fanout(
-                &bench,
-                "channels",
-                params,
-                channels,
-                per_channel,
-                rate,
-                size,
-                duration,
-            )
-            .await?
-        }
         Scenario::Chat {
             pairs,
             rate,
             duration,
         } => bench.chat(pairs, rate, duration).await?,
-        Scenario::Connect {
-            connections,
-            subs,
-            concurrency,
-        } => connect::connect(&bench, connections, subs, concurrency).await?,
         Scenario::Resume { missed, size } => bench.resume(missed, size).await?,
         Scenario::Inbox {
             conversations,
@@ -345,6 +304,9 @@ pub async fn run(nats: &crate::Nats, json: bool, args: Args) -> anyhow::Result<(
         }
         Scenario::Scale(plan) => bench.scale(plan, &args.edge_url, args.edge_pid).await?,
         Scenario::ScaleGenerator(_) => unreachable!("a generator returned above"),
+        Scenario::Fanout { .. } | Scenario::Channels { .. } | Scenario::Connect { .. } => {
+            unreachable!("run by peer::on_target above")
+        }
     };
     show(json, &report)
 }

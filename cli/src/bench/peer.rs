@@ -158,7 +158,20 @@ pub(super) async fn run(kind: PeerKind, nats: &crate::Nats, args: &Args) -> anyh
         bail!(ONLY);
     }
     let peer = Peer::new(kind, args, &nats.options.url).await?;
-    let mut report = match args.scenario {
+    let Some(mut report) = on_target(&peer, &args.scenario).await? else {
+        bail!(ONLY);
+    };
+    report.parameters["peer"] = json!(kind.name());
+    Ok(report)
+}
+
+/// Runs the scenarios any [`Target`] can run (`fanout`, `channels`, `connect`) against
+/// `target`, the edge or a peer; `None` for a scenario only Switchboard's edge runs.
+pub(super) async fn on_target(
+    target: &impl Target,
+    scenario: &Scenario,
+) -> anyhow::Result<Option<Report>> {
+    let report = match *scenario {
         Scenario::Fanout {
             subscribers,
             rate,
@@ -167,7 +180,7 @@ pub(super) async fn run(kind: PeerKind, nats: &crate::Nats, args: &Args) -> anyh
         } => {
             let params = json!({"subscribers": subscribers, "rate": rate, "size": size, "duration": duration});
             fanout(
-                &peer,
+                target,
                 "fanout",
                 params,
                 1,
@@ -187,7 +200,7 @@ pub(super) async fn run(kind: PeerKind, nats: &crate::Nats, args: &Args) -> anyh
         } => {
             let params = json!({"channels": channels, "per_channel": per_channel, "rate": rate, "size": size, "duration": duration});
             fanout(
-                &peer,
+                target,
                 "channels",
                 params,
                 channels,
@@ -202,11 +215,10 @@ pub(super) async fn run(kind: PeerKind, nats: &crate::Nats, args: &Args) -> anyh
             connections,
             subs,
             concurrency,
-        } => connect(&peer, connections, subs, concurrency).await?,
-        _ => bail!(ONLY),
+        } => connect(target, connections, subs, concurrency).await?,
+        _ => return Ok(None),
     };
-    report.parameters["peer"] = json!(kind.name());
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// A peer being loaded: how its sockets are opened and read, and its publisher.
