@@ -6,8 +6,7 @@ mod support;
 
 use std::process::Output;
 
-use serde_json::Value;
-use support::{Bus, Role, command, ok, start_edge};
+use support::{Bus, Role, command, number, report, start_edge};
 use switchboard_testkit::Workers;
 
 /// Made afresh per test process: the edge refuses secrets the repository holds.
@@ -77,16 +76,6 @@ fn bad_targets_and_sizes_are_refused_before_anything_connects() {
     }
     let error = refused(&bench(&url_only("nats://10.1.2.3:4222"), None, &["resume"]));
     assert!(error.contains("the NATS URL nats://10.1.2.3:4222 is not a loopback address"));
-}
-
-fn report(output: &Output) -> Value {
-    serde_json::from_str(&ok(output)).expect("a JSON report")
-}
-
-fn number(report: &Value, field: &str) -> f64 {
-    report[field]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{field} in {report}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::{command, ok};
+use support::{command, number, report};
 use switchboard_testkit::{Process, free_port, fresh_secret, workspace_root};
 
 fn peers_dir() -> PathBuf {
@@ -63,16 +62,6 @@ fn bench(env: &[(&str, String)], args: &[&str]) -> Output {
     let mut cmd = command(&[], &[&["--json", "bench"], args].concat());
     cmd.envs(env.iter().map(|(k, v)| (*k, v)));
     cmd.output().expect("run switchboard bench")
-}
-
-fn report(output: &Output) -> Value {
-    serde_json::from_str(&ok(output)).expect("a JSON report")
-}
-
-fn number(report: &Value, field: &str) -> f64 {
-    report[field]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{field} in {report}"))
 }
 
 fn refused(output: &Output) -> String {

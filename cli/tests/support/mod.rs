@@ -121,6 +121,18 @@ pub fn ok(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).expect("UTF-8 output")
 }
 
+/// A `switchboard --json bench` run's report (the run must have succeeded).
+pub fn report(output: &Output) -> Value {
+    serde_json::from_str(&ok(output)).expect("a JSON report")
+}
+
+/// A number in a bench report, by field name.
+pub fn number(report: &Value, field: &str) -> f64 {
+    report[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{field} in {report}"))
+}
+
 /// Each line of `text` as JSON.
 pub fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
