@@ -14,7 +14,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -22,7 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use nkeys::KeyPair;
 use serde_json::{Value, json};
 use support::*;
-use switchboard_testkit::{Postgres, Process, Workers, binary, free_port, workspace_root};
+use switchboard_testkit::{Process, free_port, workspace_root};
 
 /// A NATS JWT: `{"typ":"JWT","alg":"ed25519-nkey"}`, the claims, and `issuer`'s Ed25519
 /// signature over the first two parts, each base64url without padding.
@@ -204,65 +204,16 @@ fn nats_server_binary() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(".venv/bin/nats-server"))
 }
 
-/// The `switchboard` command with `env`.
-fn cli(env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(binary("switchboard"))
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .expect("run switchboard")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_workers_and_cli_work_with_creds_in_operator_mode() {
     let nats = tokio::task::block_in_place(OperatorNats::start);
-    let admin = nats.env(&nats.user("admin"));
-    let run = |args: &[&str]| {
-        let output = cli(&admin, args);
-        assert!(
-            output.status.success(),
-            "switchboard {args:?}: {}\nnats-server log:\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            nats.log()
-        );
-    };
-    run(&["init"]);
-
-    let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
-    let database_url = pg.database().await.unwrap();
-    let _workers = Workers::new(nats.env(&nats.user("workers")), "membership").start(&database_url);
-    let edge = Edge::start(&nats.env(&nats.user("edge")), &[]);
-    let mut client = edge.connect("u1").await;
-
-    // The membership worker mirrors this into the members bucket, which lets u1 in.
-    run(&[
-        "publish",
-        "--channel",
-        "project:p1",
-        "--type",
-        "member.added",
-        "--data",
-        r#"{"user":"u1","role":"member"}"#,
-    ]);
-    let reply = client
-        .sub_within(
-            json!({"ch":"project:p1"}),
-            Instant::now(),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(reply["op"], "ok", "{reply}");
-    run(&[
-        "publish",
-        "--channel",
-        "project:p1",
-        "--type",
-        "bid.new",
-        "--data",
-        r#"{"amount":5000}"#,
-    ]);
-    let events = client.events(1).await;
-    assert_eq!(events[0]["event"]["type"], "bid.new", "{events:?}");
+    a_cli_publish_reaches_a_socket(
+        &nats.env(&nats.user("admin")),
+        nats.env(&nats.user("workers")),
+        &nats.env(&nats.user("edge")),
+        || format!("\nnats-server log:\n{}", nats.log()),
+    )
+    .await;
     println!("operator mode: the workers mirrored a membership, the edge delivered a CLI publish");
 }
 

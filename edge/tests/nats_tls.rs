@@ -5,76 +5,26 @@
 
 mod support;
 
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::json;
 use support::*;
-use switchboard_testkit::{Nats, Postgres, Workers, binary};
+use switchboard_testkit::Nats;
 
-/// The `switchboard` command with `env`.
-fn cli(env: &[(String, String)], args: &[&str]) -> Output {
-    Command::new(binary("switchboard"))
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .expect("run switchboard")
-}
-
-/// The CLI (as an operator) applies the definitions and makes u1 a member, the workers
-/// (membership) mirror it, the edge lets u1 in, and a second CLI publish arrives on u1's
-/// socket: each process connected as its own role with `nats`'s settings plus `extra`.
+/// [`a_cli_publish_reaches_a_socket`] with each process connected as its own role with
+/// `nats`'s settings plus `extra`; the server saw no authorization violation.
 async fn every_process_works_over(nats: &Nats, extra: &[(String, String)]) {
     let env = |role| {
         let mut env = nats.env(role);
         env.extend(extra.iter().cloned());
         env
     };
-    let admin = env(Role::Admin);
-    let run = |args: &[&str]| {
-        let output = cli(&admin, args);
-        assert!(
-            output.status.success(),
-            "switchboard {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    run(&["init"]);
-
-    let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
-    let database_url = pg.database().await.unwrap();
-    let _workers = Workers::new(env(Role::Workers), "membership").start(&database_url);
-    let edge = Edge::start(&env(Role::Edge), &[]);
-    let mut client = edge.connect("u1").await;
-
-    run(&[
-        "publish",
-        "--channel",
-        "project:p1",
-        "--type",
-        "member.added",
-        "--data",
-        r#"{"user":"u1","role":"member"}"#,
-    ]);
-    let reply = client
-        .sub_within(
-            json!({"ch":"project:p1"}),
-            Instant::now(),
-            Duration::from_secs(10),
-        )
-        .await;
-    assert_eq!(reply["op"], "ok", "{reply}");
-    run(&[
-        "publish",
-        "--channel",
-        "project:p1",
-        "--type",
-        "bid.new",
-        "--data",
-        r#"{"amount":5000}"#,
-    ]);
-    let events = client.events(1).await;
-    assert_eq!(events[0]["event"]["type"], "bid.new", "{events:?}");
+    a_cli_publish_reaches_a_socket(
+        &env(Role::Admin),
+        env(Role::Workers),
+        &env(Role::Edge),
+        String::new,
+    )
+    .await;
     assert!(nats.violations().is_empty(), "{:?}", nats.violations());
 }
 

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -14,7 +14,7 @@ use switchboard_bus::Publisher;
 pub use switchboard_bus::Role;
 use switchboard_bus::definitions::Definitions;
 use switchboard_schemas::{ChannelName, Envelope, EventType, RawJson};
-use switchboard_testkit::{Nats, Process, free_port};
+use switchboard_testkit::{Nats, Postgres, Process, Workers, binary, free_port};
 use tokio::net::TcpStream as TokioTcp;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -635,4 +635,71 @@ impl SseStream {
             }
         }
     }
+}
+
+/// The `switchboard` command with `env`.
+pub fn cli(env: &[(String, String)], args: &[&str]) -> Output {
+    Command::new(binary("switchboard"))
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .expect("run switchboard")
+}
+
+/// Every process at work, each connected to NATS with the settings given for it: the CLI
+/// (`admin`, as an operator) applies the definitions and makes u1 a member, the
+/// membership worker (`workers`) mirrors that into the members bucket, which lets u1 in
+/// at the edge (`edge`), and a second CLI publish arrives on u1's socket. `more_on_failure`
+/// is added to the message of a CLI run that fails (e.g. the server's log).
+pub async fn a_cli_publish_reaches_a_socket(
+    admin: &[(String, String)],
+    workers: Vec<(String, String)>,
+    edge: &[(String, String)],
+    more_on_failure: impl Fn() -> String,
+) {
+    let run = |args: &[&str]| {
+        let output = cli(admin, args);
+        assert!(
+            output.status.success(),
+            "switchboard {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stderr),
+            more_on_failure()
+        );
+    };
+    run(&["init"]);
+
+    let pg = tokio::task::block_in_place(Postgres::start).expect("start PostgreSQL");
+    let database_url = pg.database().await.unwrap();
+    let _workers = Workers::new(workers, "membership").start(&database_url);
+    let edge = Edge::start(edge, &[]);
+    let mut client = edge.connect("u1").await;
+
+    run(&[
+        "publish",
+        "--channel",
+        "project:p1",
+        "--type",
+        "member.added",
+        "--data",
+        r#"{"user":"u1","role":"member"}"#,
+    ]);
+    let reply = client
+        .sub_within(
+            json!({"ch":"project:p1"}),
+            Instant::now(),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(reply["op"], "ok", "{reply}");
+    run(&[
+        "publish",
+        "--channel",
+        "project:p1",
+        "--type",
+        "bid.new",
+        "--data",
+        r#"{"amount":5000}"#,
+    ]);
+    let events = client.events(1).await;
+    assert_eq!(events[0]["event"]["type"], "bid.new", "{events:?}");
 }
