@@ -302,8 +302,19 @@ impl Bench {
             );
             let reply = tokio::time::timeout(Duration::from_secs(10), request)
                 .await
-                .context("int.archive.read timed out")?
-                .context("int.archive.read failed: is the workers' archive job running?")?;
+                .context("int.archive.read timed out")?;
+            let reply = match reply {
+                // The workers may still be starting: that counts as not moving yet.
+                Err(e)
+                    if e.kind() == async_nats::RequestErrorKind::NoResponders
+                        && moved.elapsed() < Duration::from_secs(60) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                other => other
+                    .context("int.archive.read failed: is the workers' archive job running?")?,
+            };
             let reply: serde_json::Value = serde_json::from_slice(&reply.payload)
                 .context("unreadable int.archive.read answer")?;
             let Some(through) = reply["result"]["through"].as_u64() else {
