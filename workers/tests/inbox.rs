@@ -238,6 +238,46 @@ async fn a_muted_conversation_keeps_its_count_out_of_the_total() {
 }
 
 #[tokio::test]
+async fn a_message_whose_deletion_was_archived_first_is_never_unread() {
+    // A redelivery can archive a deletion before its original. The batch that brings
+    // the original then holds only new messages, and must still not count it.
+    let setup = setup().await;
+    let _worker = Worker::start(&setup, "archive", &[]);
+    let ch = "conversation:c1";
+    join(&setup, ch, "u1").await;
+    join(&setup, ch, "u2").await;
+    let now = setup.store.position().await.unwrap().last_seq;
+    let doomed = now + 2;
+    delete(&setup, ch, "u2", doomed).await;
+    eventually("the deletion archived", || async {
+        let archived: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM switchboard.archive WHERE type = 'message.deleted'",
+        )
+        .fetch_one(&setup.db)
+        .await
+        .unwrap();
+        (archived == 1).then_some(())
+    })
+    .await;
+    assert_eq!(say(&setup, ch, "u2", "doomed").await, doomed);
+    let kept = say(&setup, ch, "u2", "kept").await;
+    let (entry, total) = entry_when(&setup, "u1", ch, "the kept message last", |e, _| {
+        e["last"]["seq"] == kept
+    })
+    .await;
+    assert_eq!(entry["unread"], 1, "{entry}");
+    assert_eq!(total, 1);
+    // A recount from the archive agrees.
+    read_up_to(&setup, ch, "u1", now).await;
+    let _worker_receipts = Worker::start(&setup, "receipts", &[]);
+    let (entry, _) = entry_when(&setup, "u1", ch, "read cursor moved", |e, _| {
+        e["read"] == now
+    })
+    .await;
+    assert_eq!(entry["unread"], 1, "{entry}");
+}
+
+#[tokio::test]
 async fn deleting_or_editing_the_last_message_changes_the_entry_but_not_its_place() {
     let setup = setup().await;
     let _worker = Worker::start(&setup, "archive", &[]);

@@ -191,7 +191,8 @@ impl Consumer {
                 }
             }
             backoff.reset();
-            if let Flow::Stop = self.process(&epoch, batch, metrics).await {
+            let gathered = gathering.elapsed();
+            if let Flow::Stop = self.process(&epoch, batch, gathered, metrics).await {
                 hand_back(&mut messages).await;
                 return Ok(());
             }
@@ -207,8 +208,10 @@ impl Consumer {
         &self,
         epoch: &str,
         batch: Vec<jetstream::Message>,
+        gathered: Duration,
         metrics: &JobMetrics,
     ) -> Flow {
+        let processing = Instant::now();
         let mut records = Vec::with_capacity(batch.len());
         let mut poison = 0;
         for message in &batch {
@@ -231,6 +234,8 @@ impl Consumer {
                 }
             }
         }
+        let parsed = processing.elapsed();
+        let written;
         let mut backoff = Backoff::standard();
         let mut attempt: u32 = 0;
         loop {
@@ -243,6 +248,7 @@ impl Consumer {
             let took = started.elapsed() / u32::try_from(records.len().max(1)).unwrap_or(1);
             match result {
                 Ok(changed) => {
+                    written = started.elapsed();
                     for _ in &records {
                         metrics.handled(Handled::Ok, took);
                     }
@@ -295,6 +301,10 @@ impl Consumer {
             job = NAME,
             archived = records.len(),
             poison,
+            gather_ms = millis(gathered),
+            parse_ms = millis(parsed),
+            write_ms = millis(written),
+            total_ms = millis(processing.elapsed()),
             "batch archived"
         );
         Flow::Continue
@@ -327,6 +337,10 @@ impl Consumer {
             () = tokio::time::sleep(delay) => true,
         }
     }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }
 
 /// A data exception (SQLSTATE class 22): the input, not the database, is at fault.

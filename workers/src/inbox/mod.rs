@@ -37,22 +37,30 @@ const QUEUE: usize = 256;
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
-/// The columns every entry view reads, joined with its last message.
+/// The columns every entry view reads, joined with its last message; `{entries}` is the
+/// entries to show (the table, or a page of it chosen before the join).
 const ENTRY_COLUMNS: &str = "
 SELECT e.user_id, e.channel, e.active, e.unread, e.read_seq, e.muted,
        to_char(e.activity_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
        (extract(epoch FROM e.activity_at) * 1000000)::bigint,
        a.seq, a.event_id, a.type, a.actor_id, a.text, a.envelope ->> 'timestamp'
-  FROM switchboard.inbox_entries e
+  FROM {entries} e
   LEFT JOIN switchboard.archive a
     ON a.channel = e.channel AND a.epoch = e.epoch AND a.seq = e.last_seq AND NOT a.deleted";
 
-const PAGE_WHERE: &str = "
- WHERE e.user_id = $1 AND e.active
-   AND ($2::bigint IS NULL
-        OR (e.activity_at, e.channel) < (timestamptz 'epoch' + $2 * interval '1 microsecond', $3))
- ORDER BY e.activity_at DESC, e.channel DESC
- LIMIT $4";
+/// A page of a user's entries, most recent activity first. The page is chosen before the
+/// last messages are joined, so a page costs a sort of the user's entries and `$4`
+/// lookups, not one per conversation the user is in.
+const PAGE: &str = "
+(SELECT * FROM switchboard.inbox_entries
+  WHERE user_id = $1 AND active
+    AND ($2::bigint IS NULL
+         OR (activity_at, channel) < (timestamptz 'epoch' + $2 * interval '1 microsecond', $3))
+  ORDER BY activity_at DESC, channel DESC
+  LIMIT $4)";
+
+const PAGE_ORDER: &str = "
+ ORDER BY e.activity_at DESC, e.channel DESC";
 
 const KEYS_WHERE: &str = "
  WHERE (e.user_id, e.channel) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
@@ -153,7 +161,8 @@ async fn entries(
     db: &PgPool,
     keys: &BTreeSet<(String, String)>,
 ) -> Result<Vec<Entry>, sqlx::Error> {
-    let sql = format!("{ENTRY_COLUMNS}{KEYS_WHERE}");
+    let table = ENTRY_COLUMNS.replace("{entries}", "switchboard.inbox_entries");
+    let sql = format!("{table}{KEYS_WHERE}");
     let rows: Vec<EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(keys.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>())
         .bind(keys.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
@@ -295,7 +304,7 @@ impl InboxService {
             .map(Cursor::parse)
             .transpose()
             .map_err(|e| RpcError::new(ErrorCode::BadRequest, e.to_string()))?;
-        let sql = format!("{ENTRY_COLUMNS}{PAGE_WHERE}");
+        let sql = format!("{}{PAGE_ORDER}", ENTRY_COLUMNS.replace("{entries}", PAGE));
         let unavailable = |e| RpcError::unavailable("inbox.list", e);
         let rows: Vec<EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(call.caller.as_str())
