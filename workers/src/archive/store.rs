@@ -570,10 +570,30 @@ async fn inbox(
     if !new_messages.is_empty() {
         moved = sqlx::query_as(INCREMENT)
             .bind(epoch)
-            .bind(new_messages.iter().map(|r| r.channel.as_str()).collect::<Vec<_>>())
-            .bind(new_messages.iter().map(|r| bigint(r.seq)).collect::<Vec<_>>())
-            .bind(new_messages.iter().map(|r| r.actor.as_deref()).collect::<Vec<_>>())
-            .bind(new_messages.iter().map(|r| r.timestamp.as_str()).collect::<Vec<_>>())
+            .bind(
+                new_messages
+                    .iter()
+                    .map(|r| r.channel.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new_messages
+                    .iter()
+                    .map(|r| bigint(r.seq))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new_messages
+                    .iter()
+                    .map(|r| r.actor.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new_messages
+                    .iter()
+                    .map(|r| r.timestamp.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(&mut *tx)
             .await?;
     }
