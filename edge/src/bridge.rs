@@ -188,9 +188,15 @@ impl Bridge {
         self.hub.get(&name)
     }
 
-    /// Spawns the task feeding a newly attached channel.
+    /// Spawns the task feeding a newly attached channel. A routed channel's task is the
+    /// smaller one of [`Bridge::run_routed`] alone (a task's future is memory for as long
+    /// as its channel lives, and every connection has a routed channel of its own).
     pub fn start(&self, channel: Arc<Channel>) {
-        tokio::spawn(self.clone().run(channel));
+        if ROUTED.contains(&channel.name.namespace()) {
+            tokio::spawn(self.clone().run_routed(channel));
+        } else {
+            tokio::spawn(self.clone().run(channel));
+        }
     }
 
     /// The value of [`RT_ORIGIN`] for a local connection.
@@ -199,9 +205,6 @@ impl Bridge {
     }
 
     async fn run(self, channel: Arc<Channel>) {
-        if ROUTED.contains(&channel.name.namespace()) {
-            return self.run_routed(channel).await;
-        }
         let subscribed = async {
             let live = self
                 .client
