@@ -18,8 +18,9 @@
 //!    `member_seq`; read cursors only move forward (a receipt archived before the join
 //!    waits on an inactive entry); `unread`, `last_seq` and the activity time are
 //!    recomputed from the archive after an edit, a deletion, a read or a membership
-//!    change, and moved by the rows this transaction inserted when a conversation's only
-//!    news are new messages (a redelivered one inserts nothing), so the result depends on
+//!    change (or when step 3 changed a message of the batch), and moved by the rows this
+//!    transaction inserted when a conversation's only news are new messages (a
+//!    redelivered one inserts nothing), so the result depends on
 //!    what is archived, never on how often or in which order it was delivered, and a
 //!    batch costs what it holds, not the unread backlog of every entry it touches.
 //!
@@ -249,8 +250,9 @@ pub struct ArchiveStore {
 /// comes round, and `messages.search` then takes a plan that scans the archive newest
 /// first instead of asking the text index (hundreds of milliseconds instead of a few),
 /// and [`INCREMENT`] one that compares every inbox entry with every message of a batch
-/// (130 ms a batch instead of 16 until autovacuum's first look at a new inbox). So after [`Statistics::ROWS`] rows, and at most once per [`Statistics::EVERY`], the
-/// job runs `ANALYZE` on the archive itself, beside the writes.
+/// (130 ms a batch instead of 16 until autovacuum's first look at a new inbox). So after
+/// [`Statistics::ROWS`] rows, and at most once per [`Statistics::EVERY`], the job runs
+/// `ANALYZE` on those tables itself, beside the writes.
 #[derive(Debug)]
 struct Statistics {
     /// Rows written since the last `ANALYZE`.
@@ -389,8 +391,8 @@ async fn insert(
         .await
 }
 
-/// Applies the edits and deletes of every original the batch touches; the channels
-/// whose archived messages that changed.
+/// Applies the edits and deletes of every original the batch touches; returns the
+/// channels whose archived messages that changed.
 async fn reconcile(
     tx: &mut sqlx::PgConnection,
     epoch: &str,
