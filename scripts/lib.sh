@@ -22,6 +22,12 @@ ensure_nats_server() {
   export SWITCHBOARD_NATS_SERVER="$VENV/bin/nats-server"
 }
 
+# Where cargo puts what it builds (CARGO_TARGET_DIR, a config's target-dir, or target/).
+cargo_target_dir() {
+  cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
 # PostgreSQL server binaries; Debian's packages when absent.
 pg_bin_dir() {
   if [ -n "${SWITCHBOARD_PG_BIN:-}" ]; then echo "$SWITCHBOARD_PG_BIN"; return; fi
