@@ -394,10 +394,13 @@ fn deliver(
     match status {
         200 => {
             let answer: Value = serde_json::from_str(body).unwrap();
+            // The cursor moves before the events are handed on: a test that has seen them
+            // may refresh at once, and the next poll must start past them (this thread can
+            // be descheduled between the two).
+            *cursor.lock().unwrap() = answer["cursor"].as_str().unwrap().to_string();
             for event in answer["events"].as_array().unwrap() {
                 let _ = seen.send(Seen::Evt(event["seq"].as_u64().unwrap()));
             }
-            *cursor.lock().unwrap() = answer["cursor"].as_str().unwrap().to_string();
             true
         }
         403 if code_of(body) == "forbidden" => {
