@@ -4,17 +4,19 @@
 //! republish of stored events) and `sig.<ns>.<id>` (ephemeral signals), and feeds the
 //! channel in stream order. Channels of the namespaces in [`ROUTED`] (`user:<id>`, which
 //! nearly every connection brings and nobody else shares) have no subscriptions of their
-//! own: one edge-wide pair, `live.user.*` and `sig.user.*`, is dispatched to them by
-//! subject. A NATS subscription holds a preallocated buffer of a few KiB, so this keeps
-//! an idle connection small; the price is that every edge receives every user channel's
-//! events and drops those of users it does not hold (docs/operations.md, "Sizing").
+//! own and no task once they know their head: one edge-wide pair, `live.user.*` and
+//! `sig.user.*`, is dispatched to them by subject, and their repairs run as short tasks.
+//! A NATS subscription holds a preallocated buffer of a few KiB and a task its future,
+//! so this keeps an idle connection small; the price is that every edge receives every
+//! user channel's events and drops those of users it does not hold (docs/operations.md,
+//! "Sizing").
 //! The bridge is the only place that notices loss on the live path:
 //!
 //! - `Nats-Last-Sequence` on a live message names the previous event on the same
 //!   subject; if that is past the channel's head, events were missed and are read back
 //!   from the stream before the live one is delivered;
-//! - after a NATS reconnect or a client-side slow-consumer drop the hub pokes every
-//!   channel, which re-reads the stream past its head.
+//! - after a NATS reconnect, a client-side slow-consumer drop or a new `EVENTS` leader,
+//!   every channel re-reads the stream past its head ([`Bridge::resync_all`]).
 //!
 //! A new channel's head (the seq of its newest stored event) is read through [`Heads`],
 //! which asks for the heads of every channel waiting at that moment in one direct get:
@@ -163,7 +165,7 @@ impl Bridge {
                         } else {
                             // Between its subscription and its head: whatever this is, the
                             // channel reads the stream past its head once it knows it.
-                            channel.resync.notify_one();
+                            self.repair_routed(channel);
                         }
                     }
                     None => break,
@@ -188,15 +190,40 @@ impl Bridge {
         self.hub.get(&name)
     }
 
-    /// Spawns the task feeding a newly attached channel. A routed channel's task is the
-    /// smaller one of [`Bridge::run_routed`] alone (a task's future is memory for as long
-    /// as its channel lives, and every connection has a routed channel of its own).
+    /// Spawns the task feeding a newly attached channel. A routed channel's task only
+    /// reads its head and ends ([`Bridge::start_routed`]): every connection has a routed
+    /// channel of its own, and a task living as long as the channel would be memory per
+    /// connection.
     pub fn start(&self, channel: Arc<Channel>) {
         if ROUTED.contains(&channel.name.namespace()) {
-            tokio::spawn(self.clone().run_routed(channel));
+            tokio::spawn(self.clone().start_routed(channel));
         } else {
             tokio::spawn(self.clone().run(channel));
         }
+    }
+
+    /// Has every channel re-read the stream past its head (after a NATS reconnect, or a
+    /// new leader of `EVENTS`): the channels with a task of their own are poked, the
+    /// routed ones repaired by short tasks.
+    pub fn resync_all(&self) {
+        self.hub.resync_all();
+        for channel in self.hub.channels() {
+            if ROUTED.contains(&channel.name.namespace()) {
+                self.repair_routed(channel);
+            }
+        }
+    }
+
+    /// Reads a routed channel's stream past its head, in a task of its own, as soon as the
+    /// channel knows its head. Repairs of one channel may overlap: the channel delivers
+    /// each seq once, in order ([`Channel::deliver`]).
+    fn repair_routed(&self, channel: Arc<Channel>) {
+        let bridge = self.clone();
+        tokio::spawn(async move {
+            if channel.ready().await.is_ok() {
+                bridge.repair(&channel, None).await;
+            }
+        });
     }
 
     /// The value of [`RT_ORIGIN`] for a local connection.
@@ -257,8 +284,9 @@ impl Bridge {
         }
     }
 
-    /// A channel fed by [`Bridge::route`]: it only needs its head, then repairs when told.
-    async fn run_routed(self, channel: Arc<Channel>) {
+    /// A channel fed by [`Bridge::route`]: it only needs its head; repairs run when a
+    /// message comes before it (see [`Bridge::route`]) or a resync asks for one.
+    async fn start_routed(self, channel: Arc<Channel>) {
         let started = async {
             // The edge-wide subscriptions must be known to the server before the head is
             // read, as a channel's own must (see `run`).
@@ -271,19 +299,12 @@ impl Bridge {
                 .of(channel.name.subject(SubjectKind::Durable))
                 .await
         };
-        match Box::pin(started).await {
+        match started.await {
             Ok(head) => channel.set_ready(head),
             Err(e) => {
                 tracing::warn!(channel = %channel.name, error = %e, "cannot bridge channel");
                 channel.set_failed(e);
                 self.hub.forget(&channel);
-                return;
-            }
-        }
-        loop {
-            tokio::select! {
-                _ = channel.stop.cancelled() => break,
-                _ = channel.resync.notified() => Box::pin(self.repair(&channel, None)).await,
             }
         }
     }

@@ -216,7 +216,7 @@ impl Hub {
 
     /// The sessions of `user` on this edge, whatever they subscribe to.
     pub fn sessions_of_user(&self, user: &str) -> Vec<Arc<ConnControl>> {
-        let channels: Vec<Arc<Channel>> = self.lock().values().cloned().collect();
+        let channels = self.channels();
         let mut sessions: Vec<Arc<ConnControl>> = Vec::new();
         for channel in channels {
             for session in channel.sessions_of(user) {
@@ -234,6 +234,11 @@ impl Hub {
         for channel in self.lock().values() {
             channel.resync.notify_one();
         }
+    }
+
+    /// Every channel this edge holds.
+    pub fn channels(&self) -> Vec<Arc<Channel>> {
+        self.lock().values().cloned().collect()
     }
 
     /// The channel named `name`, if this edge holds it.

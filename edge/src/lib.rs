@@ -11,7 +11,8 @@
 //! - [`hub`]: which local connections want which channel; fan-out of each event,
 //!   encoded once, into each subscriber's bounded [`mailbox`].
 //! - [`bridge`]: one task per channel in use, holding its NATS subscriptions (live
-//!   events and signals), repairing gaps from the stream.
+//!   events and signals), repairing gaps from the stream; `user:` channels share one
+//!   edge-wide subscription pair and keep no task.
 //! - [`auth`], [`jwks`], [`policy`], [`members`]: tokens and their keys, the namespace
 //!   rules, and the membership copy kept fresh from the `members` KV bucket.
 //! - [`lifecycle`]: one subscription lifecycle (start, re-check, revoke, teardown) for
@@ -204,7 +205,7 @@ impl Edge {
                             connected_before = true;
                         }
                         tracing::info!(?event, "NATS event: re-syncing channels from the stream");
-                        edge.hub.resync_all();
+                        edge.bridge.resync_all();
                     }
                     other => tracing::info!(event = ?other, "NATS event"),
                 }
@@ -256,7 +257,7 @@ impl Edge {
             while leader_elected.next().await.is_some() {
                 let Some(edge) = weak.upgrade() else { break };
                 tracing::info!("EVENTS has a new leader: re-syncing channels from the stream");
-                edge.hub.resync_all();
+                edge.bridge.resync_all();
             }
         });
         let weak = Arc::downgrade(&edge);
