@@ -382,7 +382,15 @@ impl Bench {
                 for name in WORKERS_CONSUMERS {
                     let consumer = self.workers_consumer(name, &unique).await;
                     // The admin stands in for the worker: it holds the message, unacked.
-                    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+                    // A batch waits for it (a fetch answers at once, and under load the
+                    // consumer may not have the message just stored yet).
+                    let mut batch = consumer
+                        .batch()
+                        .max_messages(1)
+                        .expires(Duration::from_secs(5))
+                        .messages()
+                        .await
+                        .unwrap();
                     let held = batch.next().await.unwrap().unwrap();
                     let reply = held.reply.clone().unwrap();
                     let _ = actor.publish(reply, "".into()).await;
