@@ -121,15 +121,24 @@ pub enum UnsubCode {
 /// Errors travel back to clients and into logs; echoing a 64 KiB frame field back
 /// verbatim would turn every refusal into an amplifier, and a raw newline would forge
 /// log lines.
+/// The bound is on what is shown, escapes included: a control character shows as up to
+/// ten (`\u{10ffff}`), so bounding the input alone let 64 of them echo 640.
 pub(crate) fn excerpt(input: &str) -> String {
     const MAX_CHARS: usize = 64;
-    let shown: String = input.chars().take(MAX_CHARS).collect();
-    let more = if input.chars().nth(MAX_CHARS).is_some() {
-        "…"
-    } else {
-        ""
-    };
-    format!("`{}{more}`", shown.escape_debug())
+    let mut shown = String::new();
+    let mut length = 0;
+    let mut more = "";
+    for c in input.chars() {
+        let escaped = c.escape_debug();
+        let width = escaped.len();
+        if length + width > MAX_CHARS {
+            more = "…";
+            break;
+        }
+        shown.extend(escaped);
+        length += width;
+    }
+    format!("`{shown}{more}`")
 }
 
 #[cfg(test)]
@@ -173,5 +182,11 @@ mod tests {
         assert_eq!(excerpt("a\nb"), "`a\\nb`");
         let long = "x".repeat(1000);
         assert_eq!(excerpt(&long).chars().count(), 64 + 3);
+        for escaped in ["\u{18}", "\u{d70d7}", "\n", "é"] {
+            let long = escaped.repeat(1000);
+            let shown = excerpt(&long);
+            assert!(shown.chars().count() <= 64 + 3, "{shown}");
+            assert!(shown.ends_with("…`"), "{shown}");
+        }
     }
 }
