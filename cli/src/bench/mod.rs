@@ -41,6 +41,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use self::inbox::Size;
@@ -396,6 +397,19 @@ struct Bench {
     run_id: String,
 }
 
+/// How every socket of the generator reads and writes, whatever it loads.
+///
+/// tungstenite's default read buffer is 128 KiB, allocated per socket and zeroed up to
+/// its capacity before every read: a fresh mapping faulted in for each new socket and a
+/// 128 KiB `memset` per read, which made the generator the largest user of CPU while it
+/// opened connections. 8 KiB holds dozens of frames per read. Frames are written as they
+/// are sent (no write buffer to fill first).
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+}
+
 /// CPU seconds (user + system) and RSS of a process, from /proc.
 fn process_usage(pid: u32) -> Option<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -450,9 +464,10 @@ impl Dialer {
     async fn open(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
         let request = self.request(user, channels)?;
         // No Nagle: a client's small `pub` frames must not wait for the edge's ACKs.
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .with_context(|| format!("cannot connect to the edge at {}", self.url))?;
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true)
+                .await
+                .with_context(|| format!("cannot connect to the edge at {}", self.url))?;
         Self::welcome(socket).await
     }
 

@@ -42,7 +42,7 @@ use super::connect::connect;
 use super::fanout::fanout;
 use super::limits::loopback_targets;
 use super::reader::{Reader, Tally, scan_number, spawn_reader};
-use super::{Args, Bench, Report, Scenario, Socket, process_usage, unix_micros};
+use super::{Args, Bench, Report, Scenario, Socket, process_usage, socket_config, unix_micros};
 
 /// The servers `--peer` loads instead of Switchboard's edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -388,9 +388,10 @@ const ANSWER: Duration = Duration::from_secs(30);
 impl Dial {
     async fn connect(&self, url: &str) -> anyhow::Result<Socket> {
         // No Nagle, as for the edge's clients.
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
-            .await
-            .with_context(|| format!("cannot connect to the peer at {url}"))?;
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(socket_config()), true)
+                .await
+                .with_context(|| format!("cannot connect to the peer at {url}"))?;
         Ok(socket)
     }
 

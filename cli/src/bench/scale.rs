@@ -35,10 +35,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::Uri;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::reader::scan_number;
-use super::{Bench, Dialer, Latency, ProcessCpu, Report, Socket, process_usage, unix_micros};
+use super::{
+    Bench, Dialer, Latency, ProcessCpu, Report, Socket, process_usage, socket_config, unix_micros,
+};
 
 /// The scenario's flags.
 #[derive(Debug, clap::Args)]
@@ -586,14 +587,11 @@ impl Edge {
             .await
             .with_context(|| format!("cannot connect to the edge at {}", self.dialer.url))?;
         stream.set_nodelay(true)?;
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
         let request = self.dialer.request(user, &[])?;
         let (socket, _) = tokio_tungstenite::client_async_with_config(
             request,
             MaybeTlsStream::Plain(stream),
-            Some(config),
+            Some(socket_config()),
         )
         .await
         .with_context(|| format!("the upgrade at {} failed", self.dialer.url))?;
