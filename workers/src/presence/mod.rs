@@ -12,7 +12,8 @@
 //! - [`watcher`]: follows the bucket, publishes transitions with event ids derived from
 //!   the revision behind them, rebuilds after a restart without false transitions.
 //! - [`reaper`]: ends the entries of an edge whose heartbeat (bucket `edges`) lapsed, so a
-//!   user whose edge died goes offline although entries carry no TTL of their own.
+//!   user whose edge died goes offline although entries carry no TTL of their own. It
+//!   knows the `presence` entries from the watcher, which reads them anyway.
 //! - [`state`]: the last published summary per user and last-seen, in PostgreSQL.
 //! - [`privacy`]: each user's setting and the one rule of who may see whom.
 //! - [`service`]: the RPCs (`presence.privacy.set|get`, `presence.get`, and the edge's
@@ -53,8 +54,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let state = State::new(db.clone());
-    let reaper = reaper::Reaper::new(js.clone());
-    let watcher = Watcher::new(js, state.clone(), readiness);
+    let entries = reaper::Entries::default();
+    let reaper = reaper::Reaper::new(js.clone(), entries.clone());
+    let watcher = Watcher::new(js, state.clone(), readiness, entries);
     let service = Arc::new(PresenceService::new(
         Privacy::new(db),
         state,

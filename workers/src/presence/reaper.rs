@@ -20,13 +20,23 @@
 //!
 //! Which edge wrote an entry comes from its value's `edge` field; an entry without one
 //! (written by something that is not an edge) is left alone.
+//!
+//! The reaper watches `occupancy` and `edges` itself; what it knows of `presence` comes
+//! from the presence watcher, which reads every write of that bucket anyway
+//! ([`Entries`]). A second watch of the same bucket would have every connection's
+//! coming and going delivered twice to each worker (BENCHMARKS.md, "Where a
+//! connection's set-up goes, again"). The watcher reads the bucket as it publishes: while
+//! it cannot publish (PostgreSQL or NATS out of reach) the reaper learns of newer entries
+//! late, and an edge that died meanwhile has those ended by the sweep below rather than
+//! at its lapse; no user is told anything before the watcher is back in any case.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
-use switchboard_bus::{EDGES_BUCKET, OCCUPANCY_BUCKET, PRESENCE_BUCKET, headers};
+use switchboard_bus::{EDGES_BUCKET, OCCUPANCY_BUCKET, headers};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -148,6 +158,23 @@ impl Ledger {
             .collect()
     }
 
+    /// Forgets every entry of `bucket` (its watch is read again from the start).
+    pub fn forget_bucket(&mut self, bucket: &'static str) {
+        self.owners.retain(|(b, _), _| *b != bucket);
+        for state in self.edges.values_mut() {
+            state.entries.retain(|(b, _), _| *b != bucket);
+        }
+    }
+
+    /// Forgets what the heartbeats said (the `edges` watch is read again from the start:
+    /// an edge whose heartbeat and marker are both gone meanwhile is not heard again).
+    pub fn forget_heartbeats(&mut self) {
+        for state in self.edges.values_mut() {
+            state.live = false;
+            state.started = None;
+        }
+    }
+
     /// Forgets edges with nothing left and no heartbeat.
     pub fn prune(&mut self) {
         self.edges
@@ -169,6 +196,34 @@ fn from_ms(ms: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// The ledger the reaper judges by, shared with the presence watcher, which tells it
+/// of every `presence` write it reads.
+#[derive(Debug, Clone, Default)]
+pub struct Entries(Arc<Mutex<Ledger>>);
+
+impl Entries {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write to `bucket`, as a watch delivered it.
+    pub fn observe(&self, bucket: &'static str, entry: &kv::Entry) {
+        let edge = edge_of(&entry.value);
+        self.ledger().entry(
+            bucket,
+            &entry.key,
+            entry.operation,
+            edge,
+            (entry.revision, entry.created),
+        );
+    }
+
+    /// `bucket`'s watch starts again from the start.
+    pub fn restart(&self, bucket: &'static str) {
+        self.ledger().forget_bucket(bucket);
+    }
+}
+
 /// Why the watches have to be set up again.
 #[derive(Debug, thiserror::Error)]
 enum WatchError {
@@ -184,11 +239,14 @@ enum WatchError {
 
 pub struct Reaper {
     js: jetstream::Context,
+    entries: Entries,
 }
 
 impl Reaper {
-    pub fn new(js: jetstream::Context) -> Reaper {
-        Reaper { js }
+    /// A reaper judging by `entries`, whose `presence` writes the presence watcher
+    /// reports.
+    pub fn new(js: jetstream::Context, entries: Entries) -> Reaper {
+        Reaper { js, entries }
     }
 
     /// Follows the buckets until `shutdown` fires, setting the watches up again (from
@@ -196,8 +254,12 @@ impl Reaper {
     pub async fn run(&self, shutdown: &CancellationToken) {
         let mut backoff = Backoff::standard();
         loop {
-            let mut ledger = Ledger::default();
-            match self.follow(&mut ledger, &mut backoff, shutdown).await {
+            {
+                let mut ledger = self.entries.ledger();
+                ledger.forget_bucket(OCCUPANCY_BUCKET);
+                ledger.forget_heartbeats();
+            }
+            match self.follow(&mut backoff, shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%error, "edge heartbeat watch unavailable; reading the buckets again");
@@ -212,7 +274,6 @@ impl Reaper {
 
     async fn follow(
         &self,
-        ledger: &mut Ledger,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Result<(), WatchError> {
@@ -220,7 +281,6 @@ impl Reaper {
             let store = self.js.get_key_value(bucket).await?;
             Ok::<_, WatchError>(store.watch_with_history(">").await?)
         };
-        let mut presence = watch(PRESENCE_BUCKET).await?;
         let mut occupancy = watch(OCCUPANCY_BUCKET).await?;
         let mut edges = watch(EDGES_BUCKET).await?;
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
@@ -231,16 +291,9 @@ impl Reaper {
             let doomed = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
-                entry = presence.next() => {
-                    let entry = entry.ok_or(WatchError::Ended)??;
-                    let edge = edge_of(&entry.value);
-                    ledger.entry(PRESENCE_BUCKET, &entry.key, entry.operation, edge, (entry.revision, entry.created));
-                    continue;
-                }
                 entry = occupancy.next() => {
                     let entry = entry.ok_or(WatchError::Ended)??;
-                    let edge = edge_of(&entry.value);
-                    ledger.entry(OCCUPANCY_BUCKET, &entry.key, entry.operation, edge, (entry.revision, entry.created));
+                    self.entries.observe(OCCUPANCY_BUCKET, &entry);
                     continue;
                 }
                 entry = edges.next() => {
@@ -248,10 +301,12 @@ impl Reaper {
                     let started = serde_json::from_slice::<serde_json::Value>(&entry.value)
                         .ok()
                         .and_then(|v| v["started"].as_i64());
+                    let mut ledger = self.entries.ledger();
                     ledger.heartbeat(&entry.key, entry.operation, started, entry.created)
                 }
                 _ = sweep.tick() => {
                     backoff.reset();
+                    let mut ledger = self.entries.ledger();
                     let doomed = ledger.orphans(OffsetDateTime::now_utc() - UNKNOWN_GRACE);
                     ledger.prune();
                     doomed
@@ -303,6 +358,7 @@ impl Reaper {
 mod tests {
     use super::*;
     use kv::Operation::{Delete, Purge, Put};
+    use switchboard_bus::PRESENCE_BUCKET;
 
     fn at(s: i64) -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_800_000_000 + s).unwrap()
@@ -382,6 +438,34 @@ mod tests {
             ledger.heartbeat("e1", Put, Some(restarted), at(6)),
             [(PRESENCE_BUCKET, "u1.e1-1".to_string(), 7)]
         );
+    }
+
+    #[test]
+    fn a_bucket_read_again_forgets_only_its_own_entries() {
+        let mut ledger = Ledger::default();
+        ledger.heartbeat("e1", Put, Some(1), at(0));
+        put(&mut ledger, PRESENCE_BUCKET, "u1.e1-1", "e1", 7, 1);
+        put(
+            &mut ledger,
+            OCCUPANCY_BUCKET,
+            "project.p1.u1.e1-1",
+            "e1",
+            3,
+            1,
+        );
+        ledger.forget_bucket(OCCUPANCY_BUCKET);
+        ledger.forget_heartbeats();
+        assert!(
+            ledger.orphans(at(0)).is_empty(),
+            "nothing is older than the cutoff"
+        );
+        assert_eq!(
+            ledger.orphans(at(2)),
+            [(PRESENCE_BUCKET, "u1.e1-1".to_string(), 7)],
+            "the presence entry is kept, and its edge is unheard until its heartbeat is read again"
+        );
+        ledger.heartbeat("e1", Put, Some(1), at(3));
+        assert!(ledger.orphans(at(4)).is_empty());
     }
 
     #[test]

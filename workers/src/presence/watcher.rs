@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::board::{Board, Mark, Transition};
 use super::entry::{Change, Key};
+use super::reaper::Entries;
 use super::state::{self, State};
 use crate::backoff::Backoff;
 use crate::http::Readiness;
@@ -81,16 +82,24 @@ pub struct Watcher {
     state: State,
     readiness: Arc<Readiness>,
     metrics: JobMetrics,
+    /// Where every entry read is reported to the reaper.
+    entries: Entries,
 }
 
 impl Watcher {
-    pub fn new(js: jetstream::Context, state: State, readiness: Arc<Readiness>) -> Watcher {
+    pub fn new(
+        js: jetstream::Context,
+        state: State,
+        readiness: Arc<Readiness>,
+        entries: Entries,
+    ) -> Watcher {
         Watcher {
             publisher: Publisher::from_context(js.clone()),
             js,
             state,
             readiness,
             metrics: JobMetrics::new("presence"),
+            entries,
         }
     }
 
@@ -151,6 +160,7 @@ impl Watcher {
         let bucket = self.js.get_key_value(PRESENCE_BUCKET).await?;
         let empty = bucket.status().await.is_ok_and(|s| s.values() == 0);
         let mut watch = bucket.watch_with_history(">").await?;
+        self.entries.restart(PRESENCE_BUCKET);
         self.readiness.bound("presence", true);
         let mut caught_up = false;
         if empty {
@@ -207,6 +217,7 @@ impl Watcher {
                 }
                 Ok(Some(Ok(entry))) => entry,
             };
+            self.entries.observe(PRESENCE_BUCKET, &entry);
             let started = Instant::now();
             if batch.is_empty() {
                 gathering = started;
@@ -245,10 +256,10 @@ impl Watcher {
         shutdown: &CancellationToken,
     ) -> Flow {
         if let Some(transition) = board.transition(user, OffsetDateTime::now_utc()) {
-            if batch.iter().any(|t| t.user == transition.user) {
-                if let Flow::Stop = self.publish(batch, shutdown).await {
-                    return Flow::Stop;
-                }
+            if batch.iter().any(|t| t.user == transition.user)
+                && let Flow::Stop = self.publish(batch, shutdown).await
+            {
+                return Flow::Stop;
             }
             // The batch is published (retried until it is, or until shutdown) before
             // the next entry is read, so the board may count it published already.
