@@ -44,6 +44,21 @@ pub const EDGES_BUCKET: &str = "edges";
 pub const EDGES_STATUS_SUBJECT: &str = "switchboard.edges.status";
 /// KV bucket of channel members.
 pub const MEMBERS_BUCKET: &str = "members";
+/// The method families Switchboard's workers answer under `svc.<family>.`: only the
+/// workers role (and the admin) may serve them, and no backend hook may claim them
+/// (`nats/auth.conf` names each in the workers' subscriptions and the service role's
+/// deny list; `bus/tests/roles.rs` checks that it does).
+pub const SWITCHBOARD_METHOD_FAMILIES: [&str; 9] = [
+    "notifications",
+    "presence",
+    "receipts",
+    "inbox",
+    "messages",
+    "push",
+    "contacts",
+    "erase",
+    "switchboard",
+];
 
 /// The servers a NATS URL setting names (`SWITCHBOARD_NATS_URL`, `--nats-url`): one URL,
 /// or a comma-separated list, the way a cluster's clients list its nodes

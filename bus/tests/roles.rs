@@ -9,8 +9,8 @@ use async_nats::jetstream::consumer::{PullConsumer, pull, push};
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, HeaderMap};
 use futures_util::StreamExt;
-use switchboard_bus::Role;
 use switchboard_bus::definitions::Definitions;
+use switchboard_bus::{Role, SWITCHBOARD_METHOD_FAMILIES};
 use switchboard_testkit::Nats;
 
 /// How long an effect may take to show. Refusals are silent on the wire (the server
@@ -84,20 +84,6 @@ enum Family {
     StreamPurge,
     StreamDelete,
 }
-
-/// The RPC families Switchboard's workers answer (nats/auth.conf); only the workers (and
-/// the admin) may serve them.
-const SWITCHBOARD_METHODS: [&str; 9] = [
-    "notifications",
-    "presence",
-    "receipts",
-    "inbox",
-    "messages",
-    "push",
-    "contacts",
-    "erase",
-    "switchboard",
-];
 
 /// The workers' durable consumers on EVENTS (workers/src: archive, membership,
 /// notifications); no other role may pull from, ack for, or delete them.
@@ -232,18 +218,18 @@ impl Bench {
                     .all_or_none(&["svc.quotes"])
             }
             ServeSwitchboardMethod => {
-                let subjects = SWITCHBOARD_METHODS.map(|m| format!("svc.{m}.{unique}"));
+                let subjects = SWITCHBOARD_METHOD_FAMILIES.map(|m| format!("svc.{m}.{unique}"));
                 let mut answered = Vec::new();
                 for subject in &subjects {
                     answered.extend(self.actor_answers(actor, subject, &[subject.clone()]).await);
                 }
-                answered.all_or_none(&SWITCHBOARD_METHODS)
+                answered.all_or_none(&SWITCHBOARD_METHOD_FAMILIES)
             }
             ServeSwitchboardMethodByWildcard => {
-                let subjects = SWITCHBOARD_METHODS.map(|m| format!("svc.{m}.{unique}"));
+                let subjects = SWITCHBOARD_METHOD_FAMILIES.map(|m| format!("svc.{m}.{unique}"));
                 self.actor_answers(actor, "svc.>", &subjects)
                     .await
-                    .all_or_none(&SWITCHBOARD_METHODS)
+                    .all_or_none(&SWITCHBOARD_METHOD_FAMILIES)
             }
             ServeInternal => self
                 .actor_answers(actor, "int.archive.read", &["int.archive.read".to_string()])

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
-use switchboard_bus::headers;
+use switchboard_bus::{SWITCHBOARD_METHOD_FAMILIES, headers};
 use switchboard_schemas::{ChannelName, Envelope, ErrorCode, Namespace, RawJson, TraceParent};
 use tokio::sync::OnceCell;
 
@@ -50,19 +50,6 @@ const REMEMBER_BYTES: usize = 32 * 1024 * 1024;
 /// Longest rejection reason passed on to the client.
 const MAX_REASON: usize = 512;
 const DEFAULT_REASON: &str = "the message was rejected";
-/// Method families Switchboard's workers answer under `svc.`; a hook there would be
-/// answered by no backend.
-const RESERVED: [&str; 9] = [
-    "notifications",
-    "presence",
-    "receipts",
-    "inbox",
-    "messages",
-    "push",
-    "contacts",
-    "erase",
-    "switchboard",
-];
 
 /// What the hook decided about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,7 +330,7 @@ pub fn parse_subject(value: &str) -> Result<String, String> {
         ));
     }
     let family = rest.split('.').next().unwrap_or_default();
-    if RESERVED.contains(&family) {
+    if SWITCHBOARD_METHOD_FAMILIES.contains(&family) {
         return Err(format!(
             "{subject:?} is under svc.{family}., which Switchboard's workers answer: choose another name, like svc.moderation.check"
         ));
