@@ -383,8 +383,9 @@ mod tests {
         ledger.entry(bucket, key, Delete, None, (rev, at(s)));
     }
 
-    #[test]
-    fn a_lapsed_heartbeat_ends_the_entries_written_before_it() {
+    /// Edge `e1` beating since 0, with a presence entry (revision 7) and an occupancy
+    /// entry (revision 3) written at 1.
+    fn one_edge_with_two_entries() -> Ledger {
         let mut ledger = Ledger::default();
         assert!(ledger.heartbeat("e1", Put, Some(1), at(0)).is_empty());
         put(&mut ledger, PRESENCE_BUCKET, "u1.e1-1", "e1", 7, 1);
@@ -396,6 +397,12 @@ mod tests {
             3,
             1,
         );
+        ledger
+    }
+
+    #[test]
+    fn a_lapsed_heartbeat_ends_the_entries_written_before_it() {
+        let mut ledger = one_edge_with_two_entries();
         put(&mut ledger, PRESENCE_BUCKET, "u2.e1-2", "e1", 8, 2);
         delete(&mut ledger, PRESENCE_BUCKET, "u2.e1-2", 9, 3);
         put(&mut ledger, PRESENCE_BUCKET, "u3.e2-1", "e2", 10, 3);
@@ -442,17 +449,7 @@ mod tests {
 
     #[test]
     fn a_bucket_read_again_forgets_only_its_own_entries() {
-        let mut ledger = Ledger::default();
-        ledger.heartbeat("e1", Put, Some(1), at(0));
-        put(&mut ledger, PRESENCE_BUCKET, "u1.e1-1", "e1", 7, 1);
-        put(
-            &mut ledger,
-            OCCUPANCY_BUCKET,
-            "project.p1.u1.e1-1",
-            "e1",
-            3,
-            1,
-        );
+        let mut ledger = one_edge_with_two_entries();
         ledger.forget_bucket(OCCUPANCY_BUCKET);
         ledger.forget_heartbeats();
         assert!(
