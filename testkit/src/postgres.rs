@@ -119,6 +119,56 @@ impl Postgres {
     }
 }
 
+impl Drop for Postgres {
+    /// Stops the cluster with an immediate shutdown (SIGQUIT), which, unlike SIGKILL, lets
+    /// the postmaster remove its System V shared memory segment: every cluster killed
+    /// outright leaves one behind, and after 4,096 of them (`kernel.shmmni`) no
+    /// PostgreSQL on the machine can start. Killed anyway if it has not exited in 5 s.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.pid() {
+            // SAFETY: kill has no memory preconditions; the pid is our own, unreaped child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGQUIT);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !self.child.has_exited() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.child.kill();
+        }
+        remove_orphaned_segment(&self.data);
+    }
+}
+
+/// Removes the System V segment of a cluster whose postmaster ended without removing it
+/// (a test's [`Postgres::stop`] with nothing started after it, or the 5 s above run out):
+/// `postmaster.pid` outlives such an end and names the segment on its seventh line
+/// (`<key> <shmid>`). A segment of that id and key is this cluster's; the kernel destroys
+/// it once the last of the cluster's processes still attached has gone.
+fn remove_orphaned_segment(data: &Path) {
+    let Ok(pid_file) = std::fs::read_to_string(data.join("postmaster.pid")) else {
+        return;
+    };
+    let mut line = pid_file
+        .lines()
+        .nth(6)
+        .unwrap_or_default()
+        .split_whitespace();
+    let (Some(Ok(key)), Some(Ok(shmid))) = (
+        line.next().map(str::parse::<libc::key_t>),
+        line.next().map(str::parse::<libc::c_int>),
+    ) else {
+        return;
+    };
+    // SAFETY: IPC_STAT writes into the zeroed struct we own; IPC_RMID takes no buffer.
+    unsafe {
+        let mut info: libc::shmid_ds = std::mem::zeroed();
+        if libc::shmctl(shmid, libc::IPC_STAT, &mut info) == 0 && info.shm_perm.__key == key {
+            libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+        }
+    }
+}
+
 fn launch(
     bin: &Path,
     data: &Path,

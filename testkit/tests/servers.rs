@@ -109,3 +109,57 @@ fn servers_die_with_a_test_binary_that_aborts() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The System V segment of a cluster (`postmaster.pid`, seventh line: key and id).
+fn segment_of(pg: &Postgres) -> libc::c_int {
+    let url = pg.url("postgres");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pid_file: String = rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT pg_read_file('postmaster.pid')")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    });
+    let line = pid_file
+        .lines()
+        .nth(6)
+        .expect("postmaster.pid names its segment");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn segment_exists(shmid: libc::c_int) -> bool {
+    // SAFETY: IPC_STAT writes into the zeroed struct we own.
+    unsafe {
+        let mut info: libc::shmid_ds = std::mem::zeroed();
+        libc::shmctl(shmid, libc::IPC_STAT, &mut info) == 0
+    }
+}
+
+/// A cluster's System V shared memory segment goes with it, whether it is dropped running
+/// or after a crash (`stop`, SIGKILL): each one left behind counts against the machine's
+/// 4,096 (`kernel.shmmni`), after which no PostgreSQL starts at all.
+#[test]
+fn a_cluster_leaves_no_shared_memory_segment_behind() {
+    for crash_first in [false, true] {
+        let mut pg = Postgres::start().unwrap();
+        let shmid = segment_of(&pg);
+        assert!(segment_exists(shmid));
+        if crash_first {
+            pg.stop();
+            assert!(
+                segment_exists(shmid),
+                "a killed postmaster leaves its segment"
+            );
+        }
+        drop(pg);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while segment_exists(shmid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !segment_exists(shmid),
+            "segment {shmid} left behind (crash first: {crash_first})"
+        );
+    }
+}
