@@ -254,11 +254,9 @@ impl Reaper {
     pub async fn run(&self, shutdown: &CancellationToken) {
         let mut backoff = Backoff::standard();
         loop {
-            {
-                let mut ledger = self.entries.ledger();
-                ledger.forget_bucket(OCCUPANCY_BUCKET);
-                ledger.forget_heartbeats();
-            }
+            // The presence entries stay: the watcher's own watch reports them.
+            self.entries.restart(OCCUPANCY_BUCKET);
+            self.entries.ledger().forget_heartbeats();
             match self.follow(&mut backoff, shutdown).await {
                 Ok(()) => return,
                 Err(error) => {
