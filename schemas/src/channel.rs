@@ -356,6 +356,11 @@ impl SubjectKind {
             SubjectKind::Signal => "sig.>",
         }
     }
+
+    /// Every channel's subject of this kind in one namespace: `rt.<ns>.>`, ...
+    pub fn namespace_wildcard(self, ns: Namespace) -> String {
+        format!("{}.{}.>", self.prefix(), ns.as_str())
+    }
 }
 
 /// One entry of a token's `channels` claim: the channels it grants.
@@ -514,6 +519,10 @@ mod tests {
             assert!(ChannelName::from_subject(bad).is_err(), "{bad}");
         }
         assert_eq!(SubjectKind::Durable.wildcard(), "rt.>");
+        assert_eq!(
+            SubjectKind::Durable.namespace_wildcard(Namespace::Conversation),
+            "rt.conversation.>"
+        );
     }
 
     #[test]

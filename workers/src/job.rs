@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use futures_util::{FutureExt, Stream, StreamExt};
 use switchboard_bus::{headers, traces};
+use switchboard_schemas::{Namespace, SubjectKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
@@ -71,8 +72,20 @@ pub trait Job: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
     pub stream: &'static str,
-    pub filter_subject: &'static str,
+    /// At least one subject.
+    pub filter_subjects: Vec<String>,
     pub description: &'static str,
+}
+
+/// The durable subjects of every namespace for which `reads` holds (`rt.<ns>.>` each):
+/// a consumer reads only what its job may act on, and every message it is spared is a
+/// delivery and an ack fewer in nats-server and in the worker.
+pub fn durable_subjects(reads: impl Fn(Namespace) -> bool) -> Vec<String> {
+    Namespace::ALL
+        .into_iter()
+        .filter(|ns| reads(*ns))
+        .map(|ns| SubjectKind::Durable.namespace_wildcard(ns))
+        .collect()
 }
 
 /// Settings every job's consumer shares.
@@ -277,7 +290,16 @@ impl<J: Job> Runner<J> {
         let config = pull::Config {
             durable_name: Some(J::NAME.to_string()),
             description: Some(spec.description.to_string()),
-            filter_subject: spec.filter_subject.to_string(),
+            // A single subject stays in `filter_subject`, where consumers made by earlier
+            // versions have it.
+            filter_subject: match spec.filter_subjects.as_slice() {
+                [one] => one.clone(),
+                _ => String::new(),
+            },
+            filter_subjects: match spec.filter_subjects.len() {
+                1 => Vec::new(),
+                _ => spec.filter_subjects,
+            },
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.settings.ack_wait,
             max_ack_pending: MAX_ACK_PENDING,

@@ -456,3 +456,66 @@ async fn the_worker_survives_postgres_and_nats_restarts() {
          the worker kept running"
     );
 }
+
+/// `user.presence` events (one per user coming and going) reach neither the membership nor
+/// the notifications consumer: presence channels have no members and the default rules do
+/// not apply there. A consumer made by an earlier version, reading all of `rt.>`, is
+/// updated in place and keeps its place in the stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_events_reach_neither_membership_nor_notifications() {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+
+    let setup = setup().await;
+    let before = event("member.added", json!({"user": "u0", "role": "owner"}));
+    let before_seq = publish(&setup, "project:p0", &before).await;
+    setup
+        .js
+        .create_consumer_on_stream(
+            pull::Config {
+                durable_name: Some("membership".into()),
+                filter_subject: "rt.>".into(),
+                ack_policy: AckPolicy::Explicit,
+                ..Default::default()
+            },
+            EVENTS_STREAM,
+        )
+        .await
+        .unwrap();
+    let _worker = Worker::start(&setup, "membership,notifications", &[]);
+    wait_for_key(&setup, "project.p0.u0", Some(json!({"role": "owner"}))).await;
+
+    let presence = event(
+        "user.presence",
+        json!({"user": "u1", "status": "online", "devices": 1}),
+    );
+    let presence_seq = publish(&setup, "presence:u1", &presence).await;
+    let added = event("member.added", json!({"user": "u1", "role": "owner"}));
+    let added_seq = publish(&setup, "project:p1", &added).await;
+    assert!(before_seq < presence_seq && presence_seq < added_seq);
+    wait_for_key(&setup, "project.p1.u1", Some(json!({"role": "owner"}))).await;
+    wait_until_caught_up(&setup, "notifications").await;
+
+    for name in ["membership", "notifications"] {
+        let info = eventually(&format!("{name} to have handled {added_seq}"), || async {
+            let stream = setup.js.get_stream(EVENTS_STREAM).await.ok()?;
+            let info = stream.consumer_info(name).await.ok()?.clone();
+            (info.ack_floor.stream_sequence >= added_seq && info.num_ack_pending == 0)
+                .then_some(info)
+        })
+        .await;
+        let subjects = &info.config.filter_subjects;
+        assert!(
+            subjects.contains(&"rt.project.>".to_string()),
+            "{name}: {subjects:?}"
+        );
+        assert!(
+            !subjects.iter().any(|s| s.starts_with("rt.presence")),
+            "{name}: {subjects:?}"
+        );
+        assert!(info.config.filter_subject.is_empty(), "{name}");
+        // Two member events delivered, each once; the presence event never.
+        assert_eq!(info.delivered.consumer_sequence, 2, "{name}");
+        assert_eq!(info.num_pending, 0, "{name}");
+    }
+    assert_eq!(rows(&setup).await.len(), 2);
+}

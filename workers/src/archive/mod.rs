@@ -76,7 +76,7 @@ impl ArchiveConfig {
         let mut subjects: Vec<String> = self
             .archive_namespaces
             .iter()
-            .map(|ns| format!("{}.{}.>", SubjectKind::Durable.prefix(), ns.as_str()))
+            .map(|ns| SubjectKind::Durable.namespace_wildcard(*ns))
             .collect();
         subjects.sort();
         subjects.dedup();

@@ -3,8 +3,8 @@
 //! `members` (docs/protocol.md, sections 3 and 10.6).
 //!
 //! Membership events are ordinary events on their channel (`rt.<ns>.<id>`), so the
-//! consumer reads every durable event (`rt.>`) and sets aside all others by their
-//! `Rt-Type` header, without decoding them.
+//! consumer reads the durable events of every namespace but `presence` ([`reads`]) and
+//! sets aside all others by their `Rt-Type` header, without decoding them.
 //!
 //! - [`change`]: a stored message becomes a typed [`Change`], or poison with a reason.
 //! - [`mirror`]: a change is written to the row and the key, idempotently and in an
@@ -18,12 +18,19 @@ pub mod mirror;
 use async_nats::jetstream;
 use sqlx::PgPool;
 use switchboard_bus::{EVENTS_STREAM, headers};
-use switchboard_schemas::SubjectKind;
+use switchboard_schemas::Namespace;
 
 pub use change::Change;
 pub use mirror::{Member, Mirror};
 
-use crate::job::{ConsumerSpec, Delivery, Job, JobError, Outcome};
+use crate::job::{ConsumerSpec, Delivery, Job, JobError, Outcome, durable_subjects};
+
+/// Whether the job reads the events of namespace `ns`: every namespace but `presence`,
+/// whose channels have no members (who may watch one is its user's privacy setting,
+/// docs/protocol.md §9) and carry one event per user coming and going.
+pub fn reads(ns: Namespace) -> bool {
+    ns != Namespace::Presence
+}
 
 pub struct Membership {
     mirror: Mirror,
@@ -43,7 +50,7 @@ impl Job for Membership {
     fn consumer(&self) -> ConsumerSpec {
         ConsumerSpec {
             stream: EVENTS_STREAM,
-            filter_subject: SubjectKind::Durable.wildcard(),
+            filter_subjects: durable_subjects(reads),
             description: "membership worker: member and participant events -> PostgreSQL and KV members",
         }
     }

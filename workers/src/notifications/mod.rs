@@ -4,8 +4,10 @@
 //!
 //! # What one event does
 //!
-//! The durable consumer `notifications` reads every stored event (`rt.>`) and sets
-//! aside, by their `Rt-Type` header, those no [rule](rules) is about. For the others:
+//! The durable consumer `notifications` reads every stored event (`rt.<ns>.>` of every
+//! namespace but `presence`, which it reads only when a rule applies there:
+//! [`Rule::applies_in`]) and sets aside, by their `Rt-Type` header, those no
+//! [rule](rules) is about. For the others:
 //!
 //! 1. The matching rule names the recipients: channel members by role (from the
 //!    membership mirror, `switchboard.channel_members`), users named in `data`, the
@@ -79,14 +81,14 @@ use switchboard_bus::{EVENTS_STREAM, headers};
 use switchboard_schemas::event::types;
 use switchboard_schemas::shapes::{NotificationData, NotificationRef, Priority};
 use switchboard_schemas::{
-    ChannelName, Envelope, EventId, RawJson, SubjectKind, Timestamp, UserId,
+    ChannelName, Envelope, EventId, Namespace, RawJson, SubjectKind, Timestamp, UserId,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{self, ConsumerSpec, Delivery, Job, JobError, Outcome};
-use crate::membership::Membership;
 use crate::membership::mirror::role_name;
+use crate::membership::{self, Membership};
 use crate::responder;
 use contacts::Contacts;
 use email::{EmailError, Mailer, SmtpUrl};
@@ -556,7 +558,9 @@ impl Job for Notifications {
     fn consumer(&self) -> ConsumerSpec {
         ConsumerSpec {
             stream: EVENTS_STREAM,
-            filter_subject: SubjectKind::Durable.wildcard(),
+            filter_subjects: job::durable_subjects(|ns| {
+                ns != Namespace::Presence || self.rules.apply_in(ns)
+            }),
             description: "notifications worker: domain events -> notifications, push and email",
         }
     }
@@ -592,7 +596,8 @@ impl Job for Notifications {
             );
             return Ok(Outcome::Applied);
         }
-        if event.rule.to.members.is_some() {
+        // Members of a namespace the membership job does not read are none, whenever.
+        if event.rule.to.members.is_some() && membership::reads(event.channel.namespace()) {
             self.wait_for_membership(delivery.seq).await?;
         }
         let stored = self.notify(&event).await?;

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! - `on`: an event type, `prefix.*` or `*` (the subscription filter grammar).
-//! - `namespaces`: the channel namespaces the rule applies to; absent or empty = all.
+//! - `namespaces`: the channel namespaces the rule applies to; absent or empty = all but
+//!   `presence`, unless `on` matches `user.presence` (see [`Rule::applies_in`]).
 //! - `to`: who is notified, the union of
 //!   - `members`: `"all"` or a list of roles (`owner`, `member`, `contractor`, `viewer`):
 //!     the channel's active members with one of those roles (conversation participants
@@ -73,7 +74,7 @@ pub struct Rules(Vec<Rule>);
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub on: TypeFilter,
-    /// Empty: every namespace.
+    /// Empty: every namespace but `presence` ([`Rule::applies_in`]).
     pub namespaces: Vec<Namespace>,
     pub to: Recipients,
     pub category: NotificationCategory,
@@ -182,9 +183,14 @@ impl Rules {
 
     /// The rule that decides for an event of type `ty` on a channel of namespace `ns`.
     pub fn find(&self, ty: &str, ns: Namespace) -> Option<&Rule> {
-        self.0.iter().find(|rule| {
-            rule.on.matches(ty) && (rule.namespaces.is_empty() || rule.namespaces.contains(&ns))
-        })
+        self.0
+            .iter()
+            .find(|rule| rule.on.matches(ty) && rule.applies_in(ns))
+    }
+
+    /// Whether some rule applies on channels of namespace `ns`.
+    pub fn apply_in(&self, ns: Namespace) -> bool {
+        self.0.iter().any(|rule| rule.applies_in(ns))
     }
 
     pub fn len(&self) -> usize {
@@ -197,6 +203,18 @@ impl Rules {
 }
 
 impl Rule {
+    /// Whether the rule applies on channels of namespace `ns`: those it names, or without
+    /// names every namespace but `presence`, which only a rule about `user.presence`
+    /// reaches (its channels carry the presence job's events, one per user coming and
+    /// going: the worker does not read them for rules that cannot want them).
+    pub fn applies_in(&self, ns: Namespace) -> bool {
+        if self.namespaces.is_empty() {
+            ns != Namespace::Presence || self.on.matches(types::USER_PRESENCE)
+        } else {
+            self.namespaces.contains(&ns)
+        }
+    }
+
     fn check(raw: RawRule) -> Result<Rule, String> {
         let on = TypeFilter::parse(&raw.on).map_err(|e| e.to_string())?;
         for own in [types::USER_NOTIFICATION, types::NOTIFICATION_READ] {
@@ -359,6 +377,38 @@ mod tests {
             assert!(!rules.wants_type(ty), "{ty}");
         }
         assert!(rules.wants_type("bid.new"));
+    }
+
+    #[test]
+    fn presence_channels_are_reached_only_by_rules_that_say_so() {
+        let parse = |rule: &str| Rules::parse("t", &format!(r#"{{"rules":[{rule}]}}"#)).unwrap();
+        let rule = |on: &str, namespaces: &str| {
+            format!(
+                r#"{{"on":"{on}","namespaces":{namespaces},"to":{{"channel_user":true}},"category":"system","title":"t","message":"m"}}"#
+            )
+        };
+        let defaults = Rules::load(None).unwrap();
+        assert!(!defaults.apply_in(Namespace::Presence));
+        assert!(defaults.apply_in(Namespace::Team));
+        assert!(defaults.find("job.status", Namespace::Presence).is_none());
+        assert!(defaults.find("job.status", Namespace::Team).is_some());
+
+        // (on, namespaces, an event type on a presence channel, whether the rule applies)
+        for (on, namespaces, ty, in_presence) in [
+            ("job.status", "[]", "job.status", false),
+            ("user.presence", "[]", "user.presence", true),
+            ("job.status", r#"["presence"]"#, "job.status", true),
+            ("user.presence", r#"["project"]"#, "user.presence", false),
+        ] {
+            let rules = parse(&rule(on, namespaces));
+            let case = format!("{on} {namespaces}");
+            assert_eq!(rules.apply_in(Namespace::Presence), in_presence, "{case}");
+            assert_eq!(
+                rules.find(ty, Namespace::Presence).is_some(),
+                in_presence,
+                "{case}"
+            );
+        }
     }
 
     #[test]

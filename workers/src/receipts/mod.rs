@@ -63,7 +63,7 @@ impl Job for Receipts {
     fn consumer(&self) -> ConsumerSpec {
         ConsumerSpec {
             stream: CMDS_STREAM,
-            filter_subject: ReceiptCommand::SUBJECTS,
+            filter_subjects: vec![ReceiptCommand::SUBJECTS.to_string()],
             description: "receipts worker: cursors -> PostgreSQL and message.receipt events",
         }
     }
