@@ -59,6 +59,7 @@ async fn migrations_apply_to_an_empty_database_twice() {
             "notifications",
             "outbox",
             "presence_last_seen",
+            "presence_pending",
             "presence_privacy",
             "presence_state",
             "processed_events",
@@ -164,4 +165,72 @@ async fn emit_refuses_bad_input_with_a_clear_error() {
         assert!(error.to_string().contains(expected), "{sql}: {error}");
     }
     assert!(outbox_rows(&mut conn).await.is_empty());
+}
+
+/// The migration that moved pending presence events into batches keeps what an earlier
+/// version left pending: one batch, in user order, and the users' rows as they were.
+#[tokio::test]
+async fn presence_events_left_pending_by_an_earlier_version_become_one_batch() {
+    const MOVED_IN: &str = "20261212000001";
+    let pg = Postgres::start().unwrap();
+    let url = pg.empty_database().await.unwrap();
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    let mut files: Vec<_> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "sql"))
+            .collect();
+    files.sort();
+    let (earlier, later): (Vec<_>, Vec<_>) = files
+        .into_iter()
+        .partition(|path| path.file_name().unwrap().to_str().unwrap() < MOVED_IN);
+    let apply = async |conn: &mut PgConnection, files: &[std::path::PathBuf]| {
+        for file in files {
+            let sql = std::fs::read_to_string(file).unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+    };
+    apply(&mut conn, &earlier).await;
+    sqlx::raw_sql(
+        "INSERT INTO switchboard.presence_state (user_id, status, devices, revision, pending)
+         VALUES ('u2', 'offline', 0, 5, '\\x02'), ('u1', 'online', 1, 1, '\\x01'),
+                ('u3', 'online', 2, 3, NULL)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    apply(&mut conn, &later).await;
+
+    let batches: Vec<(i64, Vec<String>, Vec<i64>, Vec<Vec<u8>>)> =
+        sqlx::query_as("SELECT batch, users, revisions, events FROM switchboard.presence_pending")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        batches,
+        [(
+            0,
+            vec!["u1".into(), "u2".into()],
+            vec![1, 5],
+            vec![vec![1], vec![2]]
+        )]
+    );
+    let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "SELECT user_id, status, devices, revision FROM switchboard.presence_state ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("u1".into(), "online".into(), 1, 1),
+            ("u2".into(), "offline".into(), 0, 5),
+            ("u3".into(), "online".into(), 2, 3)
+        ]
+    );
 }

@@ -4,11 +4,16 @@
 //!
 //! # Why a crash loses no transition
 //!
-//! A transition is saved with its encoded event marked pending, then published, then
-//! marked done. A worker that starts publishes what is still pending before anything
-//! else; the event id makes a repeat of an event JetStream already stored a no-op. So
-//! the rows always describe what watchers were told, or are about to be told, and the
-//! comparison after a restart starts from the truth.
+//! A batch of transitions is saved (the users' rows, and the batch's encoded events as
+//! one row of `switchboard.presence_pending`, in one transaction), then published, then
+//! its pending row is deleted. A worker that starts publishes what is still pending
+//! before anything else; the event id makes a repeat of an event JetStream already
+//! stored a no-op. So the rows always describe what watchers were told, or are about to
+//! be told, and the comparison after a restart starts from the truth.
+//!
+//! A user's row changes once per transition, in place: no column of it is indexed but
+//! the user id, so the update is heap-only, and the pending events cost one insert and
+//! one delete per batch, not two more writes per user.
 //!
 //! Rows only move forward: a copy of the worker that lags behind another never writes
 //! an older state over a newer one.
@@ -41,23 +46,26 @@ SELECT a.user_id, s.status, s.devices, s.text,
  ORDER BY a.ord";
 
 const PENDING: &str = "
-SELECT user_id, revision, pending FROM switchboard.presence_state
- WHERE pending IS NOT NULL";
+SELECT batch, users, revisions, events FROM switchboard.presence_pending
+ ORDER BY created_at, batch";
+
+/// `ON CONFLICT`: a save retried after an unclear commit finds its batch saved already.
+const SAVE_PENDING: &str = "
+INSERT INTO switchboard.presence_pending (batch, users, revisions, events)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (batch) DO NOTHING";
+
+const DONE: &str = "DELETE FROM switchboard.presence_pending WHERE batch = $1";
 
 // The statements below take one row per user of a batch (no user twice: `ON CONFLICT`
 // may touch a row once per statement), as parallel arrays.
 const SAVE_STATE: &str = "
-INSERT INTO switchboard.presence_state AS s (user_id, status, devices, text, revision, pending)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bytea[])
+INSERT INTO switchboard.presence_state AS s (user_id, status, devices, text, revision)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[])
 ON CONFLICT (user_id) DO UPDATE
    SET status = EXCLUDED.status, devices = EXCLUDED.devices, text = EXCLUDED.text,
-       revision = EXCLUDED.revision, pending = EXCLUDED.pending, updated_at = now()
+       revision = EXCLUDED.revision, updated_at = now()
  WHERE s.revision <= EXCLUDED.revision";
-
-const DONE: &str = "
-UPDATE switchboard.presence_state s SET pending = NULL
-  FROM unnest($1::text[], $2::bigint[]) AS d (user_id, revision)
- WHERE s.user_id = d.user_id AND s.revision = d.revision";
 
 const SAVE_LAST_SEEN: &str = "
 INSERT INTO switchboard.presence_last_seen AS l (user_id, last_seen, status)
@@ -173,18 +181,36 @@ impl State {
             .collect())
     }
 
-    /// Events saved but maybe not published: (user, revision, encoded envelope).
-    pub async fn pending(&self) -> Result<Vec<(String, i64, Vec<u8>)>, StateError> {
-        Ok(sqlx::query_as(PENDING).fetch_all(&self.db).await?)
+    /// Batches saved but maybe not published, oldest first.
+    pub async fn pending(&self) -> Result<Vec<Pending>, StateError> {
+        let rows: Vec<(i64, Vec<String>, Vec<i64>, Vec<Vec<u8>>)> =
+            sqlx::query_as(PENDING).fetch_all(&self.db).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(batch, users, revisions, events)| Pending {
+                batch,
+                events: users
+                    .into_iter()
+                    .zip(revisions)
+                    .zip(events)
+                    .map(|((user, revision), event)| (user, revision, event))
+                    .collect(),
+            })
+            .collect())
     }
 
     /// Records transitions about to be published, each with its encoded event, in one
-    /// transaction: the users' states and, for those going offline, last-seen. No user
-    /// may appear twice.
-    pub async fn save(&self, batch: &[(&Transition, Vec<u8>)]) -> Result<(), StateError> {
+    /// transaction: the users' states, for those going offline last-seen, and the events
+    /// as pending batch `batch` (a number the caller chose, the same for every attempt).
+    /// No user may appear twice.
+    pub async fn save(
+        &self,
+        batch: i64,
+        transitions: &[(&Transition, Vec<u8>)],
+    ) -> Result<(), StateError> {
         let mut state = StateRows::default();
         let (mut offline, mut online) = (Vec::new(), Vec::new());
-        for (transition, event) in batch {
+        for (transition, event) in transitions {
             let summary = &transition.summary;
             let user = transition.user.as_str();
             let status = status_name(summary.status);
@@ -211,6 +237,12 @@ impl State {
             .bind(&state.devices)
             .bind(&state.texts)
             .bind(&state.revisions)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(SAVE_PENDING)
+            .bind(batch)
+            .bind(&state.users)
+            .bind(&state.revisions)
             .bind(&state.events)
             .execute(&mut *tx)
             .await?;
@@ -232,16 +264,25 @@ impl State {
         Ok(())
     }
 
-    /// Notes that the events saved for these (user, revision) are stored in JetStream.
-    pub async fn done(&self, published: &[(&str, i64)]) -> Result<(), StateError> {
-        let (users, revisions): (Vec<&str>, Vec<i64>) = published.iter().copied().unzip();
-        sqlx::query(DONE)
-            .bind(&users)
-            .bind(&revisions)
-            .execute(&self.db)
-            .await?;
+    /// Notes that every event of pending batch `batch` is stored in JetStream.
+    pub async fn done(&self, batch: i64) -> Result<(), StateError> {
+        sqlx::query(DONE).bind(batch).execute(&self.db).await?;
         Ok(())
     }
+}
+
+/// A batch of events saved but maybe not published: (user, revision, encoded envelope)
+/// each.
+pub struct Pending {
+    pub batch: i64,
+    pub events: Vec<(String, i64, Vec<u8>)>,
+}
+
+/// A number for a new pending batch: random, so that copies of the worker never choose
+/// the same.
+pub fn new_batch() -> i64 {
+    use rand_core::{OsRng, RngCore};
+    (OsRng.next_u64() >> 1) as i64
 }
 
 /// The columns of `presence_state` rows for [`State::save`], one array each.

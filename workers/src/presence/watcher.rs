@@ -17,8 +17,8 @@
 //! Every copy of the worker watches the whole bucket and sees the same writes in the
 //! same order, so each computes the same transitions; each event id is derived from
 //! (user, the revision that caused it) and JetStream stores the first copy's publish
-//! only. Each transition is saved in PostgreSQL as pending before it is published and
-//! marked done after ([`State`]), so the next start repairs a crash in between.
+//! only. Each batch of transitions is saved in PostgreSQL as pending before it is published
+//! and marked done after ([`State`]), so the next start repairs a crash in between.
 //!
 //! A failure to publish or to write PostgreSQL is retried in place, with backoff, until
 //! it succeeds or the worker stops; later writes wait their turn in the watch.
@@ -114,12 +114,13 @@ impl Watcher {
         let Some(pending) = pending else {
             return;
         };
-        for chunk in pending.chunks(BATCH) {
-            let chunk: Vec<(&str, i64, &[u8])> = chunk
+        for batch in &pending {
+            let events: Vec<(&str, i64, &[u8])> = batch
+                .events
                 .iter()
                 .map(|(user, revision, event)| (user.as_str(), *revision, event.as_slice()))
                 .collect();
-            if let Flow::Stop = self.finish(&chunk, shutdown).await {
+            if let Flow::Stop = self.finish(batch.batch, &events, shutdown).await {
                 return;
             }
         }
@@ -322,8 +323,11 @@ impl Watcher {
                 (transition, event.to_postcard())
             })
             .collect();
+        let number = state::new_batch();
         let saved = self
-            .retry(shutdown, "recording presence", || self.state.save(&events))
+            .retry(shutdown, "recording presence", || {
+                self.state.save(number, &events)
+            })
             .await;
         if saved.is_none() {
             return Flow::Stop;
@@ -339,14 +343,19 @@ impl Watcher {
                 )
             })
             .collect();
-        let flow = self.finish(&pending, shutdown).await;
+        let flow = self.finish(number, &pending, shutdown).await;
         batch.clear();
         flow
     }
 
-    /// Publishes events saved as pending, (user, revision, encoded envelope), all at
-    /// once, then marks them done.
-    async fn finish(&self, pending: &[(&str, i64, &[u8])], shutdown: &CancellationToken) -> Flow {
+    /// Publishes the events of pending batch `number`, (user, revision, encoded envelope)
+    /// each, up to [`BATCH`] at once, then marks the batch done.
+    async fn finish(
+        &self,
+        number: i64,
+        pending: &[(&str, i64, &[u8])],
+        shutdown: &CancellationToken,
+    ) -> Flow {
         let mut events = Vec::with_capacity(pending.len());
         for (user, _, encoded) in pending {
             match (
@@ -365,22 +374,23 @@ impl Watcher {
                 }
             }
         }
-        let published = self
-            .retry(shutdown, "publishing user.presence", || {
-                // Event ids make a repeat after a partial failure a no-op in JetStream.
-                futures_util::future::try_join_all(
-                    events
-                        .iter()
-                        .map(|(channel, event)| self.publisher.publish(channel, event)),
-                )
-            })
-            .await;
-        if published.is_none() {
-            return Flow::Stop;
+        for chunk in events.chunks(BATCH) {
+            let published = self
+                .retry(shutdown, "publishing user.presence", || {
+                    // Event ids make a repeat after a partial failure a no-op in JetStream.
+                    futures_util::future::try_join_all(
+                        chunk
+                            .iter()
+                            .map(|(channel, event)| self.publisher.publish(channel, event)),
+                    )
+                })
+                .await;
+            if published.is_none() {
+                return Flow::Stop;
+            }
         }
-        let done: Vec<(&str, i64)> = pending.iter().map(|(u, r, _)| (*u, *r)).collect();
         match self
-            .retry(shutdown, "recording presence", || self.state.done(&done))
+            .retry(shutdown, "recording presence", || self.state.done(number))
             .await
         {
             Some(()) => Flow::Continue,
