@@ -205,7 +205,8 @@ async fn presence_events_left_pending_by_an_earlier_version_become_one_batch() {
     .unwrap();
     apply(&mut conn, &later).await;
 
-    let batches: Vec<(i64, Vec<String>, Vec<i64>, Vec<Vec<u8>>)> =
+    type Batch = (i64, Vec<String>, Vec<i64>, Vec<Vec<u8>>);
+    let batches: Vec<Batch> =
         sqlx::query_as("SELECT batch, users, revisions, events FROM switchboard.presence_pending")
             .fetch_all(&mut conn)
             .await

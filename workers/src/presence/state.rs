@@ -183,8 +183,9 @@ impl State {
 
     /// Batches saved but maybe not published, oldest first.
     pub async fn pending(&self) -> Result<Vec<Pending>, StateError> {
-        let rows: Vec<(i64, Vec<String>, Vec<i64>, Vec<Vec<u8>>)> =
-            sqlx::query_as(PENDING).fetch_all(&self.db).await?;
+        // (batch, users, revisions, events), the arrays in step.
+        type Row = (i64, Vec<String>, Vec<i64>, Vec<Vec<u8>>);
+        let rows: Vec<Row> = sqlx::query_as(PENDING).fetch_all(&self.db).await?;
         Ok(rows
             .into_iter()
             .map(|(batch, users, revisions, events)| Pending {
