@@ -118,6 +118,51 @@ async fn ping_op_answers_pong_with_the_id() {
     assert_eq!(client.recv().await, json!({"op":"pong","id":8}));
 }
 
+/// Frames a client sends together, more than the edge handles in a row before it writes,
+/// are all answered, each once and in order: pings, and subscriptions to a channel that
+/// is ready and to new ones.
+#[tokio::test]
+async fn frames_sent_in_one_write_are_all_answered_in_order() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut other = edge.connect("u1").await;
+    other.sub(json!({"op":"sub","ch":"domain:lobby"})).await;
+    let mut client = edge.connect("u2").await;
+    let frames: Vec<_> = (1..=40u64)
+        .map(|id| match id {
+            7 => json!({"op":"sub","id": id,"ch":"domain:lobby"}),
+            23 | 31 => json!({"op":"sub","id": id,"ch": format!("domain:new-{id}")}),
+            _ => json!({"op":"ping","id": id}),
+        })
+        .collect();
+    for frame in &frames {
+        client
+            .socket
+            .feed(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+    }
+    client.socket.flush().await.unwrap();
+    let mut pongs = Vec::new();
+    let mut oks = std::collections::BTreeSet::new();
+    while pongs.len() + oks.len() < frames.len() {
+        let reply = client.recv().await;
+        let id = reply["id"].as_u64().unwrap_or_else(|| panic!("{reply}"));
+        match reply["op"].as_str() {
+            Some("pong") => pongs.push(id),
+            Some("ok") => assert!(oks.insert(id), "a second ok for {id}"),
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    let pings: Vec<u64> = (1..=40).filter(|id| ![7, 23, 31].contains(id)).collect();
+    assert_eq!(pongs, pings);
+    assert_eq!(oks, [7, 23, 31].into());
+    assert_eq!(client.no_more_events().await, None);
+}
+
 #[tokio::test]
 async fn the_server_pings_and_closes_a_silent_peer() {
     let stack = Stack::start().await;

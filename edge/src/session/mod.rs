@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use switchboard_bus::{Encoding, OCCUPANCY_BUCKET};
 use switchboard_schemas::event::types;
 use switchboard_schemas::frame::{Member, OkReply, RpcMethod, SignalType};
@@ -57,6 +57,9 @@ const CLOSE_NORMAL: u16 = 1000;
 const MAX_IN_FLIGHT: usize = 32;
 /// Frames fed to the socket before one flush.
 const WRITE_BATCH: usize = 128;
+/// Most frames handled in a row while more are already read, before queued replies and
+/// events are written.
+const READ_BATCH: usize = 16;
 /// Bytes read from the socket at once; a larger client frame takes several reads.
 pub const READ_BUFFER: usize = 1024;
 /// Bytes of fed frames that tungstenite collects before writing to the socket; the
@@ -351,25 +354,41 @@ impl Session {
                     Box::pin(self.recheck(labels)).await;
                 }
                 incoming = socket.recv() => {
-                    let message = match incoming {
-                        Some(Ok(message)) => message,
-                        Some(Err(e)) if is_too_big(&e) => {
+                    // Frames the socket has already read are handled before anything is
+                    // written, so the replies to frames that came together (a client's
+                    // subscriptions as it connects) leave together, in one write.
+                    let mut incoming = incoming;
+                    let mut handled = 0;
+                    let stop = loop {
+                        let message = match incoming {
+                            Some(Ok(message)) => message,
+                            Some(Err(e)) if is_too_big(&e) => {
+                                Box::pin(close(socket, CLOSE_TOO_BIG, "frame too large")).await;
+                                break true;
+                            }
+                            _ => break true,
+                        };
+                        last_heard = Instant::now();
+                        if let Flow::End = Box::pin(self.on_message(message)).await {
                             Box::pin(close(socket, CLOSE_TOO_BIG, "frame too large")).await;
-                            break;
+                            break true;
                         }
-                        _ => break,
+                        if let Some(new_exp) = self.limits.refreshed_exp.take() {
+                            expiry.as_mut().reset(expiry_instant(new_exp, leeway));
+                            expired = false;
+                        }
+                        handled += 1;
+                        // A session asked to end reads no further (the loop says bye).
+                        if handled == READ_BATCH || self.control.reason().is_some() {
+                            break false;
+                        }
+                        match socket.recv().now_or_never() {
+                            Some(next) => incoming = next,
+                            None => break false,
+                        }
                     };
-                    last_heard = Instant::now();
-                    match Box::pin(self.on_message(message)).await {
-                        Flow::Continue => {}
-                        Flow::End => {
-                            Box::pin(close(socket, CLOSE_TOO_BIG, "frame too large")).await;
-                            break;
-                        }
-                    }
-                    if let Some(new_exp) = self.limits.refreshed_exp.take() {
-                        expiry.as_mut().reset(expiry_instant(new_exp, leeway));
-                        expired = false;
+                    if stop {
+                        break;
                     }
                 }
                 _ = ticker.tick() => {

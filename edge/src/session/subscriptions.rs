@@ -115,7 +115,7 @@ impl Session {
             .begin(&self.edge, &self.identity, subscription, setup);
         let mailbox = self.mailbox.clone();
         let done = self.done.clone();
-        self.tasks.spawn(async move {
+        let mut work = Box::pin(async move {
             if let Err(refusal) = work.await {
                 if reply {
                     mailbox.send(text(refusal.frame(id))).await;
@@ -123,6 +123,13 @@ impl Session {
                 done.push(Done::SubFailed(label));
             }
         });
+        // On a channel that knows its head, with nothing to replay, the work is done in
+        // one poll: here, so that its `ok` leaves with the session's next write and no
+        // task is made for it. Otherwise a task of its own finishes it (its first poll
+        // registers the task's waker in place of this one's).
+        if (&mut work).now_or_never().is_none() {
+            self.tasks.spawn(work);
+        }
     }
 
     /// Ends a subscription: backs out one still being set up, leaves the channel.
