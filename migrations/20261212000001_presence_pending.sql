@@ -12,17 +12,14 @@
 CREATE TABLE switchboard.presence_pending (
     batch      bigint      PRIMARY KEY,
     users      text[]      NOT NULL,
-    revisions  bigint[]    NOT NULL,
     events     bytea[]     NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
-    CHECK (cardinality(users) = cardinality(revisions)
-           AND cardinality(users) = cardinality(events))
+    CHECK (cardinality(users) = cardinality(events))
 );
 
 -- What an earlier version left pending becomes one batch.
-INSERT INTO switchboard.presence_pending (batch, users, revisions, events)
-SELECT 0, array_agg(user_id ORDER BY user_id), array_agg(revision ORDER BY user_id),
-       array_agg(pending ORDER BY user_id)
+INSERT INTO switchboard.presence_pending (batch, users, events)
+SELECT 0, array_agg(user_id ORDER BY user_id), array_agg(pending ORDER BY user_id)
   FROM switchboard.presence_state
  WHERE pending IS NOT NULL
 HAVING count(*) > 0;

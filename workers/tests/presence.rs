@@ -336,8 +336,8 @@ async fn an_event_saved_but_not_published_before_a_crash_is_published_at_start()
     .await
     .unwrap();
     sqlx::query(
-        "INSERT INTO switchboard.presence_pending (batch, users, revisions, events)
-         VALUES (7, '{ghost}', '{1}', ARRAY[$1::bytea])",
+        "INSERT INTO switchboard.presence_pending (batch, users, events)
+         VALUES (7, '{ghost}', ARRAY[$1::bytea])",
     )
     .bind(event.to_postcard())
     .execute(&setup.db)

@@ -46,13 +46,13 @@ SELECT a.user_id, s.status, s.devices, s.text,
  ORDER BY a.ord";
 
 const PENDING: &str = "
-SELECT batch, users, revisions, events FROM switchboard.presence_pending
+SELECT batch, users, events FROM switchboard.presence_pending
  ORDER BY created_at, batch";
 
 /// `ON CONFLICT`: a save retried after an unclear commit finds its batch saved already.
 const SAVE_PENDING: &str = "
-INSERT INTO switchboard.presence_pending (batch, users, revisions, events)
-VALUES ($1, $2, $3, $4)
+INSERT INTO switchboard.presence_pending (batch, users, events)
+VALUES ($1, $2, $3)
 ON CONFLICT (batch) DO NOTHING";
 
 const DONE: &str = "DELETE FROM switchboard.presence_pending WHERE batch = $1";
@@ -183,19 +183,13 @@ impl State {
 
     /// Batches saved but maybe not published, oldest first.
     pub async fn pending(&self) -> Result<Vec<Pending>, StateError> {
-        // (batch, users, revisions, events), the arrays in step.
-        type Row = (i64, Vec<String>, Vec<i64>, Vec<Vec<u8>>);
-        let rows: Vec<Row> = sqlx::query_as(PENDING).fetch_all(&self.db).await?;
+        let rows: Vec<(i64, Vec<String>, Vec<Vec<u8>>)> =
+            sqlx::query_as(PENDING).fetch_all(&self.db).await?;
         Ok(rows
             .into_iter()
-            .map(|(batch, users, revisions, events)| Pending {
+            .map(|(batch, users, events)| Pending {
                 batch,
-                events: users
-                    .into_iter()
-                    .zip(revisions)
-                    .zip(events)
-                    .map(|((user, revision), event)| (user, revision, event))
-                    .collect(),
+                events: users.into_iter().zip(events).collect(),
             })
             .collect())
     }
@@ -243,7 +237,6 @@ impl State {
         sqlx::query(SAVE_PENDING)
             .bind(batch)
             .bind(&state.users)
-            .bind(&state.revisions)
             .bind(&state.events)
             .execute(&mut *tx)
             .await?;
@@ -272,11 +265,10 @@ impl State {
     }
 }
 
-/// A batch of events saved but maybe not published: (user, revision, encoded envelope)
-/// each.
+/// A batch of events saved but maybe not published: (user, encoded envelope) each.
 pub struct Pending {
     pub batch: i64,
-    pub events: Vec<(String, i64, Vec<u8>)>,
+    pub events: Vec<(String, Vec<u8>)>,
 }
 
 /// A number for a new pending batch: random, so that copies of the worker never choose

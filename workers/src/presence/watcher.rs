@@ -115,10 +115,10 @@ impl Watcher {
             return;
         };
         for batch in &pending {
-            let events: Vec<(&str, i64, &[u8])> = batch
+            let events: Vec<(&str, &[u8])> = batch
                 .events
                 .iter()
-                .map(|(user, revision, event)| (user.as_str(), *revision, event.as_slice()))
+                .map(|(user, event)| (user.as_str(), event.as_slice()))
                 .collect();
             if let Flow::Stop = self.finish(batch.batch, &events, shutdown).await {
                 return;
@@ -333,31 +333,25 @@ impl Watcher {
             return Flow::Stop;
         }
         tracing::debug!(transitions = events.len(), "publishing presence");
-        let pending: Vec<(&str, i64, &[u8])> = events
+        let pending: Vec<(&str, &[u8])> = events
             .iter()
-            .map(|(t, event)| {
-                (
-                    t.user.as_str(),
-                    state::bigint(t.revision()),
-                    event.as_slice(),
-                )
-            })
+            .map(|(t, event)| (t.user.as_str(), event.as_slice()))
             .collect();
         let flow = self.finish(number, &pending, shutdown).await;
         batch.clear();
         flow
     }
 
-    /// Publishes the events of pending batch `number`, (user, revision, encoded envelope)
-    /// each, up to [`BATCH`] at once, then marks the batch done.
+    /// Publishes the events of pending batch `number`, (user, encoded envelope) each, up
+    /// to [`BATCH`] at once, then marks the batch done.
     async fn finish(
         &self,
         number: i64,
-        pending: &[(&str, i64, &[u8])],
+        pending: &[(&str, &[u8])],
         shutdown: &CancellationToken,
     ) -> Flow {
         let mut events = Vec::with_capacity(pending.len());
-        for (user, _, encoded) in pending {
+        for (user, encoded) in pending {
             match (
                 ChannelName::new(Namespace::Presence, user),
                 Envelope::from_postcard(encoded),
