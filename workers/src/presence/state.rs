@@ -290,7 +290,7 @@ struct StateRows<'a> {
 }
 
 /// Bucket revisions are stream sequences; they fit a bigint.
-pub fn bigint(revision: u64) -> i64 {
+fn bigint(revision: u64) -> i64 {
     i64::try_from(revision).unwrap_or(i64::MAX)
 }
 
