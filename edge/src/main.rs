@@ -27,8 +27,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run(config: EdgeConfig) -> anyhow::Result<()> {
     // Before listening: a certificate that does not load is a deployment error to fix.
     let tls = switchboard_edge::tls::Tls::from_config(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
+    let listener = switchboard_edge::server::listen(config.addr)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
     let edge = switchboard_edge::Edge::start(config).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };

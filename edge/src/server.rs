@@ -22,6 +22,9 @@
 //! on the bare `TcpStream`, as without TLS: the two kinds are separate tasks, so a plain
 //! one carries no room for a TLS session.
 //!
+//! The listening socket queues up to [`LISTEN_BACKLOG`] connections the accept loop has
+//! not taken yet ([`listen`]).
+//!
 //! Shutdown: when `stop` is cancelled the listener closes, every HTTP connection is
 //! asked to finish its current response and close, and [`run`] returns once all have.
 //! Upgraded sockets are not this module's: the edge drains its sessions itself.
@@ -49,6 +52,25 @@ use tower::util::MapRequest;
 
 use crate::Edge;
 use crate::tls::Tls;
+
+/// Connections the kernel holds for the accept loop (capped by `net.core.somaxconn`).
+/// A storm of connections, every client of a restarted edge reconnecting at once, waits
+/// there for its turn: past the queue the kernel drops the SYN, and the client waits a
+/// second (then three, ...) before it tries again. The 128 of a plain `bind` overflowed
+/// with 256 clients connecting at once on a 2-core machine (docs/operations.md, section 9).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a queue of [`LISTEN_BACKLOG`].
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As a plain `bind` does: a restarted edge takes its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// hyper's smallest allowed connection buffer.
 const MIN_HEAD_BYTES: usize = 8 * 1024;

@@ -1337,3 +1337,56 @@ async fn one_address_holding_most_pending_sockets_is_logged_once() {
     assert_eq!(lines.len(), 1, "{written}");
     assert!(lines[0].contains("127.0.0.2"), "{}", lines[0]);
 }
+
+/// A burst of connections that arrives while the edge takes none (here: stopped, as a busy
+/// accept loop would be for a moment) waits in the kernel's queue, hundreds of them,
+/// instead of having SYNs dropped; once the edge runs again, each one is served.
+#[tokio::test]
+async fn a_connection_burst_waits_in_the_listen_queue_and_is_served() {
+    const BURST: usize = 600;
+    // The kernel caps every listen queue at net.core.somaxconn (4,096 on current Linux).
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(BURST);
+    let queued = BURST.min(somaxconn);
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    edge.process.signal(libc::SIGSTOP);
+    let connects = (0..BURST).map(|_| {
+        // Generous: a dropped SYN is sent again after 1 s and 3 s, into a queue that
+        // stays full while the edge is stopped.
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&edge.addr))
+    });
+    let results = futures_util::future::join_all(connects).await;
+    edge.process.signal(libc::SIGCONT);
+    let mut sockets: Vec<TcpStream> = results
+        .into_iter()
+        .filter_map(|result| result.ok()?.ok())
+        .collect();
+    assert!(
+        sockets.len() >= queued,
+        "{} of {BURST} connections completed while the edge was stopped (queue room for {queued})",
+        sockets.len()
+    );
+    let mut served = 0;
+    for socket in &mut sockets {
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(PROMPT * 5, socket.read_to_end(&mut answer))
+            .await
+            .expect("an answer")
+            .unwrap();
+        if answer.starts_with(b"HTTP/1.1 200") {
+            served += 1;
+        }
+    }
+    assert_eq!(served, sockets.len());
+    println!(
+        "connection burst: {BURST} connects while the edge was stopped, {} queued, all served",
+        sockets.len()
+    );
+}
