@@ -164,6 +164,94 @@ async fn frames_sent_in_one_write_are_all_answered_in_order() {
 }
 
 #[tokio::test]
+async fn frames_sent_with_the_upgrade_are_answered_after_welcome() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut other = edge.connect("u1").await;
+    other.sub(json!({"op":"sub","ch":"domain:lobby"})).await;
+    // The upgrade and three frames in one write: the frames are with the edge before its
+    // session starts. One channel the edge knows, one it must look up, then a ping.
+    let frames = [
+        json!({"op":"sub","id": 1,"ch":"domain:lobby"}),
+        json!({"op":"sub","id": 2,"ch":"user:u2"}),
+        json!({"op":"ping","id": 3}),
+    ];
+    let mut wire = format!(
+        "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("u2", 60, &[]),
+        edge.addr
+    )
+    .into_bytes();
+    for frame in &frames {
+        wire.extend(masked_text(frame.to_string().as_bytes()));
+    }
+    let mut raw = std::net::TcpStream::connect(&edge.addr).unwrap();
+    raw.write_all(&wire).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let replies = loop {
+        let n = raw.read(&mut buf).expect("the edge stopped answering");
+        assert!(n > 0, "the edge closed the socket");
+        received.extend_from_slice(&buf[..n]);
+        let replies = text_frames(&received);
+        if replies.len() >= 4 {
+            break replies;
+        }
+    };
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert_eq!(replies[0]["op"], "welcome", "{replies:?}");
+    let mut answered: Vec<(String, u64)> = replies[1..]
+        .iter()
+        .map(|r| {
+            (
+                r["op"].as_str().unwrap().to_string(),
+                r["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    answered.sort_by_key(|(_, id)| *id);
+    assert_eq!(
+        answered,
+        [("ok".into(), 1), ("ok".into(), 2), ("pong".into(), 3)]
+    );
+}
+
+/// A client's text frame: masked, as every frame from a client must be.
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend(mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The server's text frames in `received` (an HTTP response, then frames), as JSON.
+fn text_frames(received: &[u8]) -> Vec<serde_json::Value> {
+    let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Vec::new();
+    };
+    let (mut rest, mut frames) = (&received[end + 4..], Vec::new());
+    while rest.len() >= 2 {
+        let (len, start) = match rest[1] {
+            126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            126 => break,
+            len => (len as usize, 2),
+        };
+        if rest.len() < start + len {
+            break;
+        }
+        if rest[0] == 0x81 {
+            frames.push(serde_json::from_slice(&rest[start..start + len]).unwrap());
+        }
+        rest = &rest[start + len..];
+    }
+    frames
+}
+
+#[tokio::test]
 async fn the_server_pings_and_closes_a_silent_peer() {
     let stack = Stack::start().await;
     let edge = stack.edge(&[("SWITCHBOARD_HEARTBEAT_MS", "300")]);

@@ -463,13 +463,18 @@ impl Dialer {
 
     /// Opens an authenticated socket (bearer on the upgrade) and reads its `welcome`.
     async fn open(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
+        Self::welcome(self.upgrade(user, channels).await?).await
+    }
+
+    /// An authenticated socket (bearer on the upgrade), its `welcome` not read yet.
+    async fn upgrade(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
         let request = self.request(user, channels)?;
         // No Nagle: a client's small `pub` frames must not wait for the edge's ACKs.
         let (socket, _) =
             tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true)
                 .await
                 .with_context(|| format!("cannot connect to the edge at {}", self.url))?;
-        Self::welcome(socket).await
+        Ok(socket)
     }
 
     /// Reads the first frame of a new socket, which must be `welcome`.
@@ -506,11 +511,31 @@ impl Bench {
     /// Sends `sub` for each channel, all in one write as nats-server's client sends its
     /// `SUB`s (peer.rs), and waits for every `ok`.
     async fn subscribe(socket: &mut Socket, channels: &[String]) -> anyhow::Result<()> {
+        Self::ask(socket, channels).await?;
+        Self::confirmed(socket, channels).await
+    }
+
+    /// Subscribes a socket whose upgrade carried its token as soon as it is open, without
+    /// waiting for `welcome` (docs/protocol.md, section 2), as nats-server's client sends
+    /// its `SUB`s before it has read `INFO`; then reads `welcome` and every `ok`.
+    async fn subscribe_at_once(mut socket: Socket, channels: &[String]) -> anyhow::Result<Socket> {
+        Self::ask(&mut socket, channels).await?;
+        let mut socket = Dialer::welcome(socket).await?;
+        Self::confirmed(&mut socket, channels).await?;
+        Ok(socket)
+    }
+
+    /// Sends `sub` for each channel, all in one write.
+    async fn ask(socket: &mut Socket, channels: &[String]) -> anyhow::Result<()> {
         for (i, ch) in channels.iter().enumerate() {
             let frame = json!({"op":"sub","id": i + 1,"ch": ch}).to_string();
             socket.feed(Message::Text(frame.into())).await?;
         }
-        socket.flush().await?;
+        Ok(socket.flush().await?)
+    }
+
+    /// Waits for the `ok` of every channel asked for.
+    async fn confirmed(socket: &mut Socket, channels: &[String]) -> anyhow::Result<()> {
         let mut oks = 0;
         while oks < channels.len() {
             match socket.next().await {

@@ -124,9 +124,8 @@ impl Target for Bench {
     ) -> impl Future<Output = anyhow::Result<Socket>> + Send + 'static {
         let dialer = self.dialer.clone();
         async move {
-            let mut socket = dialer.open(&user, &[]).await?;
-            Bench::subscribe(&mut socket, &channels).await?;
-            Ok(socket)
+            let socket = dialer.upgrade(&user, &[]).await?;
+            Bench::subscribe_at_once(socket, &channels).await
         }
     }
 

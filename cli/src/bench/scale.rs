@@ -571,7 +571,8 @@ impl Edge {
     }
 
     /// Opens `user`'s socket: small buffers (a generator holds thousands idle), no Nagle.
-    async fn open(&self, user: &str) -> anyhow::Result<Socket> {
+    /// Its `welcome` is not read yet.
+    async fn upgrade(&self, user: &str) -> anyhow::Result<Socket> {
         let socket = match self.address {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -595,7 +596,7 @@ impl Edge {
         )
         .await
         .with_context(|| format!("the upgrade at {} failed", self.dialer.url))?;
-        Dialer::welcome(socket).await
+        Ok(socket)
     }
 }
 
@@ -653,9 +654,8 @@ async fn open_and_hold(share: &Share, secret: &str) -> anyhow::Result<()> {
             let local = next;
             opening.spawn(async move {
                 let open = async {
-                    let mut socket = edge.open(&user).await?;
-                    Bench::subscribe(&mut socket, &channels).await?;
-                    Ok::<_, anyhow::Error>(socket)
+                    let socket = edge.upgrade(&user).await?;
+                    Bench::subscribe_at_once(socket, &channels).await
                 };
                 let socket = tokio::time::timeout(OPEN_TIMEOUT, open)
                     .await
