@@ -14,7 +14,7 @@ use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use switchboard_bus::Encoding;
 use switchboard_schemas::frame::RpcMethod;
@@ -28,6 +28,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::Edge;
 use crate::admission::{TokenQuery, authenticate, check_origin, client_address, token};
 use crate::refusal::Refusal;
+use crate::server::Socket;
 use crate::session::{self, Admitted, Declared};
 use crate::{fallback, rpc};
 
@@ -82,6 +83,7 @@ async fn websocket(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
+    socket: Option<Extension<Socket>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let client = client_address(peer, &headers, &edge.config.trusted_proxies);
@@ -123,6 +125,15 @@ async fn websocket(
             return refused.into_response();
         }
     };
+    // `welcome` follows the `101` at once when the token came with the upgrade: both go
+    // in one segment (server::Socket).
+    let held = match (&admitted, socket) {
+        (Admitted::Authenticated(..), Some(Extension(socket))) => {
+            socket.hold();
+            Some(socket)
+        }
+        _ => None,
+    };
     let hard = edge.config.hard_frame_bytes;
     let sessions = edge.sessions.clone();
     upgrade
@@ -136,7 +147,7 @@ async fn websocket(
         // in one batch collect up to it and leave in one write instead of one each.
         .read_buffer_size(session::READ_BUFFER)
         .write_buffer_size(session::WRITE_BUFFER)
-        .on_upgrade(move |socket| sessions.track_future(session::run(edge, socket, admitted)))
+        .on_upgrade(move |socket| sessions.track_future(session::run(edge, socket, admitted, held)))
 }
 
 /// `POST /v1/publish` body.

@@ -30,6 +30,7 @@
 //! Upgraded sockets are not this module's: the edge drains its sessions itself.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,12 +131,15 @@ pub async fn run(
         let (http, stop) = (http.clone(), stop.clone());
         let router = router.clone();
         match &acceptor {
-            None => connections.spawn(serve(slot, http, stream, peer, router, stop)),
+            None => {
+                let socket = Some(Socket(stream.as_raw_fd()));
+                connections.spawn(serve(slot, http, stream, peer, socket, router, stop))
+            }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
                     if let Some(stream) = handshake(&slot, acceptor, stream, &stop).await {
-                        serve(slot, http, stream, peer, router, stop).await;
+                        serve(slot, http, stream, peer, None, router, stop).await;
                     }
                 })
             }
@@ -204,15 +208,20 @@ async fn serve<S>(
     http: Arc<http1::Builder>,
     stream: S,
     peer: SocketAddr,
+    socket: Option<Socket>,
     router: Router,
     stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     // Every request carries the peer's address (`ConnectInfo<SocketAddr>`): the
-    // per-address limits and trusted proxies need it.
+    // per-address limits and trusted proxies need it. Over plain TCP it carries the
+    // socket too, for the WebSocket upgrade ([`Socket`]).
     let router = MapRequest::new(router, move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(socket) = socket {
+            request.extensions_mut().insert(socket);
+        }
         request
     });
     let connection = http
@@ -230,6 +239,46 @@ async fn serve<S>(
         slot.edge
             .metrics
             .count(&slot.edge.metrics.header_timeouts, 1);
+    }
+}
+
+/// A plain TCP connection's socket, as the WebSocket handler sees it. An upgrade with a
+/// valid token holds its `101` back until the session has written `welcome`, so that the
+/// two leave in one segment: on loopback and in virtual machines, every segment is a
+/// wake-up of the client and a send path through the kernel, and a connection's set-up is
+/// mostly those (BENCHMARKS.md, "Where a connection's set-up goes"). Over TLS rustls
+/// writes its own records, and nothing is held.
+#[derive(Clone, Copy, Debug)]
+pub struct Socket(RawFd);
+
+impl Socket {
+    /// Holds back what is written from now on (`TCP_CORK`), until [`release`](Self::release)
+    /// or for at most 200 ms, the kernel's limit.
+    pub fn hold(self) {
+        self.cork(1);
+    }
+
+    /// Sends what was held, now.
+    pub fn release(self) {
+        self.cork(0);
+    }
+
+    fn cork(self, on: libc::c_int) {
+        // SAFETY: `setsockopt` with a `c_int` from the stack and its size. The descriptor
+        // is open: `hold` is called while its request is being answered, `release` by the
+        // session that owns the upgraded socket.
+        let set = unsafe {
+            libc::setsockopt(
+                self.0,
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "cannot set TCP_CORK");
+        }
     }
 }
 

@@ -218,6 +218,38 @@ async fn frames_sent_with_the_upgrade_are_answered_after_welcome() {
     );
 }
 
+#[tokio::test]
+async fn the_101_and_welcome_arrive_together() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    for user in ["u1", "u2", "u3"] {
+        let mut raw = std::net::TcpStream::connect(&edge.addr).unwrap();
+        raw.set_nodelay(true).unwrap();
+        write!(
+            raw,
+            "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            token(user, 60, &[]),
+            edge.addr
+        )
+        .unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // One read: whatever the first segment brought. The edge holds the 101 back until
+        // `welcome` is written, so both are in it.
+        let mut buf = [0u8; 4096];
+        let n = raw.read(&mut buf).expect("no answer to the upgrade");
+        assert!(
+            buf.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        let frames = text_frames(&buf[..n]);
+        assert_eq!(frames.len(), 1, "{:?}", String::from_utf8_lossy(&buf[..n]));
+        assert_eq!(frames[0]["op"], "welcome");
+        assert_eq!(frames[0]["user"], user);
+    }
+}
+
 /// A client's text frame: masked, as every frame from a client must be.
 fn masked_text(payload: &[u8]) -> Vec<u8> {
     assert!(payload.len() < 126);

@@ -93,6 +93,7 @@ pub fn run(
     edge: Arc<Edge>,
     mut socket: WebSocket,
     admitted: Admitted,
+    held: Option<crate::server::Socket>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let (identity, slot, declared) = match admitted {
@@ -149,7 +150,7 @@ pub fn run(
             deferred: Vec::new(),
         };
         edge.metrics.gauge(&edge.metrics.connections, 1);
-        session.run(&mut socket, &outgoing).await;
+        session.run(&mut socket, &outgoing, held).await;
         edge.metrics.gauge(&edge.metrics.connections, -1);
     }
 }
@@ -264,7 +265,13 @@ enum Flow {
 }
 
 impl Session {
-    async fn run(&mut self, socket: &mut WebSocket, outgoing: &Outgoing) {
+    /// `held`: the socket's `101`, held back until `welcome` is written (server::Socket).
+    async fn run(
+        &mut self,
+        socket: &mut WebSocket,
+        outgoing: &Outgoing,
+        mut held: Option<crate::server::Socket>,
+    ) {
         let heartbeat = self.edge.config.heartbeat();
         self.welcome();
         // Rare work is boxed: the states of an inline `.await` are part of the session's
@@ -304,6 +311,9 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut ended => {
+                    if let Some(held) = held.take() {
+                        held.release();
+                    }
                     let code = self.control.reason().unwrap_or(ByeCode::ProtocolError);
                     let last_words = async {
                         // Whatever was queued before the end still goes out first, except
@@ -323,7 +333,12 @@ impl Session {
                     // may end the session as a slow consumer, which must win.
                     tokio::select! {
                         written = write_batch(socket, &mut batch) => match written {
-                            Ok(frames) => self.edge.metrics.count(&self.edge.metrics.frames_out, frames),
+                            Ok(frames) => {
+                                self.edge.metrics.count(&self.edge.metrics.frames_out, frames);
+                                if let Some(held) = held.take() {
+                                    held.release();
+                                }
+                            }
                             Err(_) => break,
                         },
                         // A cancellation future stays ready once cancelled: the outer
