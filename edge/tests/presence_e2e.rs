@@ -431,7 +431,10 @@ async fn an_edge_whose_heartbeat_lapsed_writes_its_entries_again() {
             break;
         }
         ended += 1;
-        assert_eq!(ended, 1, "the entry was ended twice before it was written again");
+        assert_eq!(
+            ended, 1,
+            "the entry was ended twice before it was written again"
+        );
     }
     // And it stays: the workers do not end an edge that beats again.
     tokio::time::sleep(Duration::from_secs(2)).await;
