@@ -176,13 +176,7 @@ async fn frames_sent_with_the_upgrade_are_answered_after_welcome() {
         json!({"op":"sub","id": 2,"ch":"user:u2"}),
         json!({"op":"ping","id": 3}),
     ];
-    let mut wire = format!(
-        "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        token("u2", 60, &[]),
-        edge.addr
-    )
-    .into_bytes();
+    let mut wire = upgrade_request(&edge.addr, &token("u2", 60, &[])).into_bytes();
     for frame in &frames {
         wire.extend(masked_text(frame.to_string().as_bytes()));
     }
@@ -225,14 +219,8 @@ async fn the_101_and_welcome_arrive_together() {
     for user in ["u1", "u2", "u3"] {
         let mut raw = std::net::TcpStream::connect(&edge.addr).unwrap();
         raw.set_nodelay(true).unwrap();
-        write!(
-            raw,
-            "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            token(user, 60, &[]),
-            edge.addr
-        )
-        .unwrap();
+        raw.write_all(upgrade_request(&edge.addr, &token(user, 60, &[])).as_bytes())
+            .unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         // One read: whatever the first segment brought. The edge holds the 101 back until
         // `welcome` is written, so both are in it.
@@ -248,6 +236,15 @@ async fn the_101_and_welcome_arrive_together() {
         assert_eq!(frames[0]["op"], "welcome");
         assert_eq!(frames[0]["user"], user);
     }
+}
+
+/// The upgrade request a raw client writes, its token in the query.
+fn upgrade_request(addr: &impl std::fmt::Display, token: &str) -> String {
+    format!(
+        "GET /v1/ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
 }
 
 /// A client's text frame: masked, as every frame from a client must be.
@@ -289,14 +286,8 @@ async fn the_server_pings_and_closes_a_silent_peer() {
     let edge = stack.edge(&[("SWITCHBOARD_HEARTBEAT_MS", "300")]);
     // A raw socket that upgrades and then never answers anything.
     let mut raw = std::net::TcpStream::connect(&edge.addr).unwrap();
-    write!(
-        raw,
-        "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        token("u1", 60, &[]),
-        edge.addr
-    )
-    .unwrap();
+    raw.write_all(upgrade_request(&edge.addr, &token("u1", 60, &[])).as_bytes())
+        .unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let started = std::time::Instant::now();
     let mut received = Vec::new();
