@@ -198,11 +198,9 @@ async fn frames_sent_with_the_upgrade_are_answered_after_welcome() {
     assert_eq!(replies[0]["op"], "welcome", "{replies:?}");
     let mut answered: Vec<(String, u64)> = replies[1..]
         .iter()
-        .map(|r| {
-            (
-                r["op"].as_str().unwrap().to_string(),
-                r["id"].as_u64().unwrap(),
-            )
+        .map(|r| match (r["op"].as_str(), r["id"].as_u64()) {
+            (Some(op), Some(id)) => (op.to_string(), id),
+            _ => panic!("a reply without op or id: {r}"),
         })
         .collect();
     answered.sort_by_key(|(_, id)| *id);
