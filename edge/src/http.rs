@@ -21,7 +21,7 @@ use switchboard_schemas::frame::RpcMethod;
 use switchboard_schemas::shapes::Role;
 use switchboard_schemas::{
     Actor, ChannelName, Envelope, ErrorCode, EventId, EventType, InitialPresence, Metadata,
-    RawJson, TraceParent,
+    Namespace, RawJson, TraceParent,
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -30,7 +30,7 @@ use crate::admission::{TokenQuery, authenticate, check_origin, client_address, t
 use crate::refusal::Refusal;
 use crate::server::Socket;
 use crate::session::{self, Admitted, Declared};
-use crate::{fallback, rpc};
+use crate::{fallback, rpc, subscribe};
 
 pub fn router(edge: Arc<Edge>) -> Router {
     let router = match edge.config.web_dir() {
@@ -105,7 +105,13 @@ async fn websocket(
     let admitted = match token(&headers, query.token.as_deref()) {
         Ok(Some(_)) => match authenticate(&edge, &headers, query.token.as_deref()).await {
             Ok((identity, slot)) => match Declared::new(query.device.clone(), presence) {
-                Ok(declared) => Admitted::Authenticated(identity, slot, declared),
+                Ok(declared) => {
+                    let own = match ChannelName::new(Namespace::User, &identity.user) {
+                        Ok(own) => Some(subscribe::warm(&edge, &own).await),
+                        Err(_) => None,
+                    };
+                    Admitted::Authenticated(identity, slot, declared, own)
+                }
                 Err(refused) => return refused.into_response(),
             },
             Err(refused) => return refused.into_response(),

@@ -6,6 +6,8 @@
 //! without a gap or a duplicate (see [`crate::hub`]). What the stream no longer holds of
 //! an archived channel comes first from the [`crate::archive`].
 
+use std::time::Duration;
+
 use switchboard_bus::store::StreamPosition;
 use switchboard_schemas::frame::OkReply;
 use switchboard_schemas::{ChannelName, ResumeFrom, ServerFrame, SubjectKind};
@@ -29,6 +31,23 @@ pub fn attach(edge: &Edge, label: &ChannelName) -> Attachment {
     let (attachment, fresh) = edge.hub.attach(&label.base());
     if fresh {
         edge.bridge.start(attachment.channel().clone());
+    }
+    attachment
+}
+
+/// Longest an upgrade waits for its user's own channel to be ready ([`warm`]).
+const WARM_WAIT: Duration = Duration::from_millis(250);
+
+/// A place on `label`'s channel once its bridge is ready, for a WebSocket upgrade to hold
+/// for its user's own channel: nearly every client subscribes `user:<id>` as it connects,
+/// and a subscription to a channel that knows its head is answered in the session's
+/// first write, with `welcome` (docs/operations.md, section 9). Waits at most
+/// [`WARM_WAIT`]: a channel slower than that (or failing) is left to the subscription.
+pub async fn warm(edge: &Edge, label: &ChannelName) -> Attachment {
+    let attachment = attach(edge, label);
+    let channel = attachment.channel();
+    if !channel.is_ready() {
+        let _ = tokio::time::timeout(WARM_WAIT, channel.ready()).await;
     }
     attachment
 }

@@ -456,22 +456,6 @@ fn implicit(transport: Transport) -> f64 {
     }
 }
 
-/// Waits until the edge's gauge `name` reads `want`.
-async fn gauge_becomes(edge: &Edge, name: &str, want: f64, limit: Duration) {
-    let started = Instant::now();
-    loop {
-        let now = edge.metric(name).unwrap_or(0.0);
-        if now == want {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{name} is {now}, not {want}, after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn membership(transport: Transport) {
     let stack = Stack::start().await;
     stack.add_member("project:p1", "u1").await;

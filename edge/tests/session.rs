@@ -236,6 +236,83 @@ async fn the_101_and_welcome_arrive_together() {
     }
 }
 
+#[tokio::test]
+async fn a_connection_finds_its_own_channel_ready() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    stack.publish("user:u5", "note.new", json!({})).await;
+    let head = stack.publish("user:u5", "note.new", json!({})).await;
+    let mut raw = std::net::TcpStream::connect(&edge.addr).unwrap();
+    raw.set_nodelay(true).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(upgrade_request(&edge.addr, &token("u5", 60, &[])).as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = raw.read(&mut buf).expect("no answer to the upgrade");
+    assert_eq!(text_frames(&buf[..n])[0]["op"], "welcome");
+    // The edge made `user:u5` ready during the upgrade: its `sub`, sent as a browser
+    // would after `welcome`, is answered at once, in the same write as the `pong` that
+    // follows it, with the channel's head. One read gets both.
+    let mut wire = masked_text(
+        json!({"op":"sub","id": 1,"ch":"user:u5"})
+            .to_string()
+            .as_bytes(),
+    );
+    wire.extend(masked_text(
+        json!({"op":"ping","id": 2}).to_string().as_bytes(),
+    ));
+    raw.write_all(&wire).unwrap();
+    let n = raw.read(&mut buf).expect("no answer to sub and ping");
+    let replies = frames(&buf[..n]);
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[0]["op"], "ok", "{replies:?}");
+    assert_eq!(replies[0]["id"], 1);
+    assert_eq!(replies[0]["seq"], head);
+    assert_eq!(replies[1]["op"], "pong", "{replies:?}");
+    // Nothing of the stream's past is sent: the subscription starts at the head.
+    let published = stack.publish("user:u5", "note.new", json!({})).await;
+    let n = raw.read(&mut buf).expect("no live event");
+    let events = frames(&buf[..n]);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["op"], "evt");
+    assert_eq!(events[0]["seq"], published);
+}
+
+#[tokio::test]
+async fn an_own_channel_not_subscribed_at_once_is_let_go() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_HEARTBEAT_MS", "1000")]);
+    let channels = || edge.metric("switchboard_edge_channels");
+    // Subscribed with the first frames: the channel stays with the subscription.
+    let mut subscriber = edge.connect("u7").await;
+    let ok = subscriber.sub(json!({"ch":"user:u7"})).await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    // Not among the first frames: the channel goes once they are read. Left are
+    // `system:broadcast` and `user:u7`.
+    let mut other = edge.connect("u8").await;
+    assert_eq!(
+        other.request(json!({"op":"ping","id": 1})).await["op"],
+        "pong"
+    );
+    assert_eq!(channels(), Some(2.0));
+    // No frame at all: the channel goes at the first heartbeat, the connection stays.
+    let mut silent = edge.connect("u6").await;
+    assert_eq!(channels(), Some(3.0));
+    gauge_becomes(
+        &edge,
+        "switchboard_edge_channels",
+        2.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        silent.request(json!({"op":"ping","id": 1})).await["op"],
+        "pong"
+    );
+    let published = stack.publish("user:u7", "note.new", json!({})).await;
+    assert_eq!(subscriber.recv().await["seq"], published);
+}
+
 /// The upgrade request a raw client writes, its token in the query.
 fn upgrade_request(addr: &impl std::fmt::Display, token: &str) -> String {
     format!(
@@ -257,10 +334,15 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
 
 /// The server's text frames in `received` (an HTTP response, then frames), as JSON.
 fn text_frames(received: &[u8]) -> Vec<serde_json::Value> {
-    let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Vec::new();
-    };
-    let (mut rest, mut frames) = (&received[end + 4..], Vec::new());
+    match received.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => frames(&received[end + 4..]),
+        None => Vec::new(),
+    }
+}
+
+/// The server's text frames in `received` (frames only, whole ones), as JSON.
+fn frames(received: &[u8]) -> Vec<serde_json::Value> {
+    let (mut rest, mut frames) = (received, Vec::new());
     while rest.len() >= 2 {
         let (len, start) = match rest[1] {
             126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),

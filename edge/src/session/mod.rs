@@ -41,7 +41,7 @@ use tokio::task::JoinSet;
 use crate::Edge;
 use crate::auth::Identity;
 use crate::bridge::RT_ORIGIN;
-use crate::hub::Subscription;
+use crate::hub::{Attachment, Subscription};
 use crate::lifecycle::{self, Access, PrivacyAsked, Setup, Subscriptions};
 use crate::limits::{Limits, Op, PendingSlot, TokenBucket, UserSlot};
 use crate::mailbox::{ConnControl, Inbox, Mailbox, Outgoing, text};
@@ -96,8 +96,10 @@ pub fn run(
     held: Option<crate::server::Socket>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let (identity, slot, declared) = match admitted {
-            Admitted::Authenticated(identity, slot, declared) => (identity, slot, declared),
+        let (identity, slot, declared, own) = match admitted {
+            Admitted::Authenticated(identity, slot, declared, own) => {
+                (identity, slot, declared, own)
+            }
             Admitted::Pending(pending, presence) => {
                 let Some((identity, declared)) = await_hello(&edge, &mut socket, presence).await
                 else {
@@ -110,7 +112,7 @@ pub fn run(
                     say_bye(&mut socket, ByeCode::RateLimited).await;
                     return;
                 };
-                (identity, slot, declared)
+                (identity, slot, declared, None)
             }
         };
         let conn = edge.next_conn();
@@ -148,6 +150,7 @@ pub fn run(
             typing: HashMap::new(),
             visibility: VisibilityState::Unknown,
             deferred: Vec::new(),
+            own,
         };
         edge.metrics.gauge(&edge.metrics.connections, 1);
         session.run(&mut socket, &outgoing, held).await;
@@ -158,9 +161,10 @@ pub fn run(
 /// How a socket got past the upgrade.
 #[derive(Debug)]
 pub enum Admitted {
-    /// With a valid token on the upgrade, a place among its user's connections, and what
-    /// the query declared (`?device=`, `?presence=`).
-    Authenticated(Identity, UserSlot, Declared),
+    /// With a valid token on the upgrade, a place among its user's connections, what
+    /// the query declared (`?device=`, `?presence=`), and a place on the user's own
+    /// channel, made ready during the upgrade ([`crate::subscribe::warm`]).
+    Authenticated(Identity, UserSlot, Declared, Option<Attachment>),
     /// Without a token: it has `hello_timeout` to send `hello`. The presence the query
     /// declared holds unless `hello` declares one.
     Pending(PendingSlot, Option<InitialPresence>),
@@ -257,6 +261,10 @@ struct Session {
     visibility: VisibilityState,
     /// `join`/`leave` signals waiting for `visibility`.
     deferred: Vec<(ChannelName, &'static str)>,
+    /// The user's own channel, made ready during the upgrade: held until the client's
+    /// first frames are read (which subscribe it, if anything does), or until the first
+    /// heartbeat for a client that sends none.
+    own: Option<Attachment>,
 }
 
 enum Flow {
@@ -405,8 +413,11 @@ impl Session {
                     if stop {
                         break;
                     }
+                    // A client subscribes its own channel with its first frames if at all.
+                    self.own = None;
                 }
                 _ = ticker.tick() => {
+                    self.own = None;
                     if last_heard.elapsed() > heartbeat * 2 {
                         let closing = close(socket, CLOSE_NORMAL, "heartbeat timeout");
                         let _ = Box::pin(tokio::time::timeout(LAST_WORDS, closing)).await;

@@ -703,3 +703,19 @@ pub async fn a_cli_publish_reaches_a_socket(
     let events = client.events(1).await;
     assert_eq!(events[0]["event"]["type"], "bid.new", "{events:?}");
 }
+
+/// Waits until the edge's gauge `name` reads `want`; panics after `limit`.
+pub async fn gauge_becomes(edge: &Edge, name: &str, want: f64, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let now = edge.metric(name).unwrap_or(0.0);
+        if now == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{name} is {now}, not {want}, after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
