@@ -213,7 +213,7 @@ impl Bench {
             }
             ServeAppMethod => {
                 let subject = format!("svc.quotes.{unique}");
-                self.actor_answers(actor, &subject, &[subject.clone()])
+                self.actor_answers(actor, &subject, std::slice::from_ref(&subject))
                     .await
                     .all_or_none(&["svc.quotes"])
             }
@@ -221,7 +221,10 @@ impl Bench {
                 let subjects = SWITCHBOARD_METHOD_FAMILIES.map(|m| format!("svc.{m}.{unique}"));
                 let mut answered = Vec::new();
                 for subject in &subjects {
-                    answered.extend(self.actor_answers(actor, subject, &[subject.clone()]).await);
+                    answered.extend(
+                        self.actor_answers(actor, subject, std::slice::from_ref(subject))
+                            .await,
+                    );
                 }
                 answered.all_or_none(&SWITCHBOARD_METHOD_FAMILIES)
             }
