@@ -40,9 +40,10 @@ const WARM_WAIT: Duration = Duration::from_millis(250);
 
 /// A place on `label`'s channel once its bridge is ready, for a WebSocket upgrade to hold
 /// for its user's own channel: nearly every client subscribes `user:<id>` as it connects,
-/// and a subscription to a channel that knows its head is answered in the session's
-/// first write, with `welcome` (docs/operations.md, section 9). Waits at most
-/// [`WARM_WAIT`]: a channel slower than that (or failing) is left to the subscription.
+/// and a subscription to a channel that knows its head is answered at once, in the same
+/// write as the replies to the frames it came with (docs/operations.md, section 9). Waits
+/// at most [`WARM_WAIT`]: a channel slower than that (or failing) is left to the
+/// subscription.
 pub async fn warm(edge: &Edge, label: &ChannelName) -> Attachment {
     let attachment = attach(edge, label);
     let channel = attachment.channel();
