@@ -21,7 +21,7 @@ use switchboard_schemas::frame::RpcMethod;
 use switchboard_schemas::shapes::Role;
 use switchboard_schemas::{
     Actor, ChannelName, Envelope, ErrorCode, EventId, EventType, InitialPresence, Metadata,
-    Namespace, RawJson, TraceParent,
+    RawJson, TraceParent,
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -106,10 +106,7 @@ async fn websocket(
         Ok(Some(_)) => match authenticate(&edge, &headers, query.token.as_deref()).await {
             Ok((identity, slot)) => match Declared::new(query.device.clone(), presence) {
                 Ok(declared) => {
-                    let own = match ChannelName::new(Namespace::User, &identity.user) {
-                        Ok(own) => Some(subscribe::warm(&edge, &own).await),
-                        Err(_) => None,
-                    };
+                    let own = subscribe::warm_own(&edge, &identity).await;
                     Admitted::Authenticated(identity, slot, declared, own)
                 }
                 Err(refused) => return refused.into_response(),

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use switchboard_bus::store::StreamPosition;
 use switchboard_schemas::frame::OkReply;
-use switchboard_schemas::{ChannelName, ResumeFrom, ServerFrame, SubjectKind};
+use switchboard_schemas::{ChannelName, Namespace, ResumeFrom, ServerFrame, SubjectKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
 use crate::archive::{self, Bridgehead, Kept};
+use crate::auth::Identity;
 use crate::hub::{Attachment, CatchUp, Subscription};
 use crate::mailbox::text;
 use crate::refusal::Refusal;
@@ -35,22 +36,23 @@ pub fn attach(edge: &Edge, label: &ChannelName) -> Attachment {
     attachment
 }
 
-/// Longest an upgrade waits for its user's own channel to be ready ([`warm`]).
+/// Longest an upgrade waits for its user's own channel to be ready ([`warm_own`]).
 const WARM_WAIT: Duration = Duration::from_millis(250);
 
-/// A place on `label`'s channel once its bridge is ready, for a WebSocket upgrade to hold
-/// for its user's own channel: nearly every client subscribes `user:<id>` as it connects,
-/// and a subscription to a channel that knows its head is answered at once, in the same
-/// write as the replies to the frames it came with (docs/operations.md, section 9). Waits
-/// at most [`WARM_WAIT`]: a channel slower than that (or failing) is left to the
-/// subscription.
-pub async fn warm(edge: &Edge, label: &ChannelName) -> Attachment {
-    let attachment = attach(edge, label);
+/// A place on the user's own channel (`user:<id>`) once its bridge is ready, for a
+/// WebSocket upgrade to hold: nearly every client subscribes it as it connects, and a
+/// subscription to a channel that knows its head is answered at once, in the same write
+/// as the replies to the frames it came with (docs/operations.md, section 9). Waits at
+/// most [`WARM_WAIT`]: a channel slower than that (or failing) is left to the
+/// subscription. `None` for a user id that names no channel.
+pub async fn warm_own(edge: &Edge, identity: &Identity) -> Option<Attachment> {
+    let own = ChannelName::new(Namespace::User, &identity.user).ok()?;
+    let attachment = attach(edge, &own);
     let channel = attachment.channel();
     if !channel.is_ready() {
         let _ = tokio::time::timeout(WARM_WAIT, channel.ready()).await;
     }
-    attachment
+    Some(attachment)
 }
 
 /// Finishes a subscription: waits for the channel's bridge, replies `ok`, replays what

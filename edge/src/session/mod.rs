@@ -163,7 +163,7 @@ pub fn run(
 pub enum Admitted {
     /// With a valid token on the upgrade, a place among its user's connections, what
     /// the query declared (`?device=`, `?presence=`), and a place on the user's own
-    /// channel, made ready during the upgrade ([`crate::subscribe::warm`]).
+    /// channel, made ready during the upgrade ([`crate::subscribe::warm_own`]).
     Authenticated(Identity, UserSlot, Declared, Option<Attachment>),
     /// Without a token: it has `hello_timeout` to send `hello`. The presence the query
     /// declared holds unless `hello` declares one.
