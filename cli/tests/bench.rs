@@ -141,6 +141,10 @@ async fn every_scenario_accounts_for_every_event_against_a_real_edge() {
         .unwrap();
     assert!(number(&connect, "connections_per_s") > 0.0, "{connect}");
     assert!(number(&connect, "edge_rss_kib") > 0.0, "{connect}");
+    // Each connection's set-up time, dial to both subscriptions confirmed.
+    let setup = &connect["latency_ms"];
+    assert!(number(setup, "p50") > 0.0, "{connect}");
+    assert!(number(setup, "p50") <= number(setup, "max"), "{connect}");
 
     let resume = run(&["resume", "--missed", "300"]).await.unwrap();
     assert_eq!(number(&resume, "deliveries"), 300.0, "{resume}");

@@ -119,6 +119,10 @@ fn every_scenario_accounts_for_every_event(env: &[(&str, String)], peer: &[&str]
 
     let connect = run(&["connect", "--connections", "40", "--subs", "2"]);
     assert!(number(&connect, "connections_per_s") > 0.0, "{connect}");
+    // Each connection's set-up time, dial to both subscriptions confirmed.
+    let setup = &connect["latency_ms"];
+    assert!(number(setup, "p50") > 0.0, "{connect}");
+    assert!(number(setup, "p50") <= number(setup, "max"), "{connect}");
     assert!(
         number(&connect, "rss_kib_per_connection") >= 0.0,
         "{connect}"

@@ -1,14 +1,16 @@
 //! `bench connect`: opens authenticated connections as fast as it can, each subscribing
 //! its own `user:<id>` and shared channels like a real client, then holds them idle and
-//! reads the edge's RSS per connection.
+//! reads the edge's RSS per connection. Its latency is each connection's set-up time.
 
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::json;
 
-use super::Report;
+use hdrhistogram::Histogram;
+
 use super::peer::Target;
+use super::{Latency, Report};
 
 /// `connections` sockets opened `concurrency` at a time on the edge or a peer
 /// ([`Target`]), each subscribed to `subs` channels, then held idle.
@@ -32,17 +34,26 @@ pub(super) async fn connect(
         .collect();
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(connections);
+    // Each connection's own time, from dialling to its last subscription confirmed.
+    let mut setup = Histogram::<u64>::new(3)?;
     // Each socket is opened by a task of its own, so the generator's handshakes and
     // token minting spread over every core instead of one.
     let mut opening = tokio::task::JoinSet::new();
     let mut next = 0;
     while sockets.len() < connections {
         while next < connections && opening.len() < concurrency {
-            opening.spawn(target.subscribed(user(next), channels[next].clone()));
+            let subscribed = target.subscribed(user(next), channels[next].clone());
+            opening.spawn(async move {
+                let began = Instant::now();
+                let socket = subscribed.await?;
+                anyhow::Ok((socket, began.elapsed()))
+            });
             next += 1;
         }
         if let Some(opened) = opening.join_next().await {
-            sockets.push(opened??);
+            let (socket, took) = opened??;
+            setup.record(took.as_micros() as u64)?;
+            sockets.push(socket);
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -53,6 +64,7 @@ pub(super) async fn connect(
         scenario: "connect".into(),
         parameters: json!({"connections": connections, "subs": subs, "concurrency": concurrency}),
         connections_per_s: Some(connections as f64 / elapsed),
+        latency_ms: Latency::of(&setup),
         rss_kib_per_connection: Some(
             rss_after.saturating_sub(rss_before) as f64 / connections as f64,
         ),
