@@ -116,7 +116,8 @@ enum Scenario {
         duration: u64,
     },
     /// Opens C authenticated connections as fast as it can, each with `subs`
-    /// subscriptions, then holds them idle and reads the edge's RSS per connection.
+    /// subscriptions, then holds them idle and reads the edge's RSS per connection. Its
+    /// latency is each connection's set-up, from dialling to its last `ok`.
     ///
     /// Like real clients, each connection's first subscription is its own `user:<id>`
     /// (a channel nobody else has); the others are among 100 shared ones.
