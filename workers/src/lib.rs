@@ -150,8 +150,13 @@ pub async fn run(
             url: config.nats.redacted_url(),
             source,
         })?;
+    // No ping before each use (sqlx's default): it doubles the round trips of every
+    // single-statement query. A connection broken meanwhile (PostgreSQL restarted) fails
+    // its statement instead, which is a transient error every job retries, and sqlx
+    // closes it rather than returning it to the pool (docs/operations.md, section 2).
     let db = PgPoolOptions::new()
         .max_connections(config.db_connections.max(1))
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(&config.database_url)
         .map_err(WorkersError::Database)?;

@@ -42,9 +42,6 @@ ON CONFLICT (user_id, category) DO UPDATE
    SET in_app = COALESCE($7, p.in_app), push = COALESCE($8, p.push),
        email = COALESCE($9, p.email), muted = COALESCE($10, p.muted)";
 
-const PROCESSED: &str = "
-SELECT EXISTS (SELECT 1 FROM switchboard.processed_events WHERE consumer = $1 AND event_id = $2)";
-
 const CLAIM_EVENT: &str = "
 INSERT INTO switchboard.processed_events (consumer, event_id) VALUES ($1, $2)
 ON CONFLICT DO NOTHING";
@@ -223,15 +220,6 @@ pub async fn set_preferences(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// Whether the event was fully handled before (by any copy of the worker).
-pub async fn processed(db: &PgPool, event_id: &EventId) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(PROCESSED)
-        .bind(CONSUMER)
-        .bind(event_id.as_str())
-        .fetch_one(db)
-        .await?)
 }
 
 /// Records the event as handled in the caller's transaction; false if it already was.
