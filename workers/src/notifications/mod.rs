@@ -76,7 +76,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use switchboard_bus::{EVENTS_STREAM, headers};
 use switchboard_schemas::event::types;
 use switchboard_schemas::shapes::{NotificationData, NotificationRef, Priority};
@@ -705,12 +705,18 @@ impl Notifications {
 
     /// Decides and stores what `event` produces.
     async fn notify(&self, event: &Event<'_>) -> Result<Stored, JobError> {
-        let recipients = self.recipients(event).await.map_err(JobError::transient)?;
+        // One connection for the reads and the transaction: each connection handed back to
+        // the pool costs a round trip (sqlx pings it), and this runs once per event.
+        let mut conn = self.db.acquire().await.map_err(JobError::transient)?;
+        let recipients = self
+            .recipients(&mut conn, event)
+            .await
+            .map_err(JobError::transient)?;
         if recipients.is_empty() {
             return Ok(Stored::default());
         }
         let rule = event.rule;
-        let preferences = store::preferences_for(&self.db, rule.category, &recipients)
+        let preferences = store::preferences_for(&mut conn, rule.category, &recipients)
             .await
             .map_err(JobError::transient)?;
         let outbound = rule.priority != Priority::Low && !self.sinks.is_empty();
@@ -742,12 +748,16 @@ impl Notifications {
             push_after: self.escalation.push_after(rule),
             email_after: self.escalation.email_after(rule),
         };
-        self.store(&recipients, &decided)
+        self.store(&mut conn, &recipients, &decided)
             .await
             .map_err(JobError::transient)
     }
 
-    async fn recipients(&self, event: &Event<'_>) -> Result<Vec<UserId>, StoreError> {
+    async fn recipients(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event<'_>,
+    ) -> Result<Vec<UserId>, StoreError> {
         let to = &event.rule.to;
         let mut users = BTreeSet::new();
         if let Some(filter) = &to.members {
@@ -755,8 +765,7 @@ impl Notifications {
                 MemberFilter::All => None,
                 MemberFilter::Roles(roles) => Some(roles.iter().copied().map(role_name).collect()),
             };
-            users
-                .extend(store::members(&self.db, &event.channel, roles, MAX_RECIPIENTS + 1).await?);
+            users.extend(store::members(conn, &event.channel, roles, MAX_RECIPIENTS + 1).await?);
         }
         users.extend(event.rule.direct_recipients(&event.channel, &event.data));
         if to.except_actor
@@ -777,14 +786,23 @@ impl Notifications {
     /// The transaction of step 3 in the module docs.
     async fn store(
         &self,
+        conn: &mut PgConnection,
         recipients: &[UserId],
         decided: &Decided<'_, '_>,
     ) -> Result<Stored, StoreError> {
         let event = decided.event;
         let rule = event.rule;
         let mut stored = Stored::default();
-        let mut tx = self.db.begin().await?;
-        if !store::claim_event(&mut tx, &event.envelope.id).await? {
+        // Whose notifications this transaction changes: their locks come with the claim.
+        let in_app: Vec<&UserId> = recipients
+            .iter()
+            .filter(|user| {
+                let p = decided.preferences.get(*user).copied().unwrap_or_default();
+                p.in_app && !p.muted
+            })
+            .collect();
+        let mut tx = conn.begin().await?;
+        if !store::claim_event(&mut tx, &event.envelope.id, &in_app).await? {
             tracing::debug!(
                 event_id = event.envelope.id.as_str(),
                 "already notified; this delivery changes nothing"
@@ -800,7 +818,6 @@ impl Notifications {
             let mut in_app = None;
             if preferences.in_app {
                 let id = new_notification_id();
-                store::lock_user(&mut tx, user).await?;
                 let new = NewNotification {
                     id: &id,
                     user,
@@ -812,8 +829,9 @@ impl Notifications {
                     ref_channel: &event.channel,
                     ref_seq: event.seq,
                 };
-                if let Some(created_at) = store::insert_notification(&mut tx, &new).await? {
-                    let unread = store::unread(&mut tx, user).await?;
+                if let Some((created_at, unread)) =
+                    store::insert_notification(&mut tx, &new).await?
+                {
                     let data = NotificationData {
                         id: id.clone(),
                         category: rule.category,

@@ -42,19 +42,35 @@ ON CONFLICT (user_id, category) DO UPDATE
    SET in_app = COALESCE($7, p.in_app), push = COALESCE($8, p.push),
        email = COALESCE($9, p.email), muted = COALESCE($10, p.muted)";
 
+/// Claims the event and takes the advisory lock of each user in $3 (sorted, so that two
+/// transactions locking several users take them in the same order), in one statement.
 const CLAIM_EVENT: &str = "
+WITH claimed AS (
 INSERT INTO switchboard.processed_events (consumer, event_id) VALUES ($1, $2)
-ON CONFLICT DO NOTHING";
+ON CONFLICT DO NOTHING
+RETURNING 1)
+SELECT (SELECT count(*) FROM claimed),
+       (SELECT count(pg_advisory_xact_lock(hashtextextended('switchboard.notifications/' || u, 0)))
+          FROM unnest($3::text[]) AS u)";
 
 const LOCK_USER: &str =
     "SELECT pg_advisory_xact_lock(hashtextextended('switchboard.notifications/' || $1, 0))";
 
+/// Stores a notification and counts the user's unread ones with it, in one statement.
+/// The count reads the table as it was before the insert (a statement does not see its
+/// own `WITH` changes), hence the `+ 1`; the caller holds the user's lock, so nothing
+/// else changes the count in between.
 const INSERT_NOTIFICATION: &str = "
+WITH created AS (
 INSERT INTO switchboard.notifications
        (id, user_id, event_id, category, title, message, priority, ref_channel, ref_seq)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (event_id, user_id) DO NOTHING
-RETURNING (extract(epoch FROM created_at) * 1000000)::bigint";
+RETURNING created_at)
+SELECT (extract(epoch FROM created_at) * 1000000)::bigint,
+       1 + (SELECT count(*) FROM switchboard.notifications
+             WHERE user_id = $2 AND read_at IS NULL)
+  FROM created";
 
 const UNREAD: &str =
     "SELECT count(*) FROM switchboard.notifications WHERE user_id = $1 AND read_at IS NULL";
@@ -123,7 +139,7 @@ pub enum StoreError {
 
 /// The active members of `channel`, with one of `roles` when given, at most `limit`.
 pub async fn members(
-    db: &PgPool,
+    conn: &mut PgConnection,
     channel: &ChannelName,
     roles: Option<Vec<&'static str>>,
     limit: usize,
@@ -132,7 +148,7 @@ pub async fn members(
         .bind(channel.as_str())
         .bind(roles)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(db)
+        .fetch_all(conn)
         .await?;
     rows.iter()
         .map(|user| UserId::parse(user).map_err(|e| StoreError::Row(e.to_string())))
@@ -141,7 +157,7 @@ pub async fn members(
 
 /// Each of `users`' preferences for `category` (defaults for those without a row).
 pub async fn preferences_for(
-    db: &PgPool,
+    conn: &mut PgConnection,
     category: NotificationCategory,
     users: &[UserId],
 ) -> Result<HashMap<UserId, Preferences>, StoreError> {
@@ -149,7 +165,7 @@ pub async fn preferences_for(
     let rows: Vec<(String, bool, bool, bool, bool)> = sqlx::query_as(PREFERENCES_OF_CATEGORY)
         .bind(category_name(category))
         .bind(names)
-        .fetch_all(db)
+        .fetch_all(conn)
         .await?;
     let stored: HashMap<&str, Preferences> = rows
         .iter()
@@ -222,16 +238,24 @@ pub async fn set_preferences(
     Ok(())
 }
 
-/// Records the event as handled in the caller's transaction; false if it already was.
-/// A concurrent transaction claiming the same event waits here for the first to end.
-pub async fn claim_event(conn: &mut PgConnection, event_id: &EventId) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(CLAIM_EVENT)
+/// Records the event as handled in the caller's transaction, and takes the lock of each
+/// of `users` ([`lock_user`]) for it; false if the event already was handled. A concurrent
+/// transaction claiming the same event waits here for the first to end.
+pub async fn claim_event(
+    conn: &mut PgConnection,
+    event_id: &EventId,
+    users: &[&UserId],
+) -> Result<bool, StoreError> {
+    let mut sorted: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let (claimed, _locked): (i64, i64) = sqlx::query_as(CLAIM_EVENT)
         .bind(CONSUMER)
         .bind(event_id.as_str())
-        .execute(conn)
-        .await?
-        .rows_affected();
-    Ok(inserted == 1)
+        .bind(&sorted)
+        .fetch_one(conn)
+        .await?;
+    Ok(claimed == 1)
 }
 
 /// Serializes the transactions that change `user`'s notifications until commit.
@@ -257,13 +281,14 @@ pub struct NewNotification<'a> {
     pub ref_seq: u64,
 }
 
-/// Stores `new`; its creation time, or `None` if the user already has a notification
-/// for this event.
+/// Stores `new`; its creation time and the user's unread count with it, or `None` if
+/// the user already has a notification for this event. The caller holds the user's lock
+/// ([`lock_user`]).
 pub async fn insert_notification(
     conn: &mut PgConnection,
     new: &NewNotification<'_>,
-) -> Result<Option<Timestamp>, StoreError> {
-    let created: Option<i64> = sqlx::query_scalar(INSERT_NOTIFICATION)
+) -> Result<Option<(Timestamp, u64)>, StoreError> {
+    let created: Option<(i64, i64)> = sqlx::query_as(INSERT_NOTIFICATION)
         .bind(new.id)
         .bind(new.user.as_str())
         .bind(new.event_id.as_str())
@@ -275,7 +300,9 @@ pub async fn insert_notification(
         .bind(i64::try_from(new.ref_seq).map_err(|_| StoreError::Row("seq above i64".into()))?)
         .fetch_optional(conn)
         .await?;
-    created.map(timestamp).transpose()
+    created
+        .map(|(micros, unread)| Ok((timestamp(micros)?, u64::try_from(unread).unwrap_or(0))))
+        .transpose()
 }
 
 pub async fn unread(conn: &mut PgConnection, user: &UserId) -> Result<u64, StoreError> {
