@@ -30,12 +30,15 @@ impl Bench {
         let mut readers = Vec::new();
         for p in 0..pairs {
             let channel = format!("conversation:bench-{}-{p}", self.run_id);
-            // Senders do not subscribe: their socket carries only their own `ok`s.
-            let a = self.open(&format!("a{p}"), &[pattern]).await?;
+            // Senders do not subscribe: their socket carries only their own `ok`s. It is
+            // read from the start, as a client would, so that the edge's pings are answered
+            // however long the other pairs take to open.
+            let (write, read) = self.open(&format!("a{p}"), &[pattern]).await?.split();
+            let acks = tokio::spawn(record_acks(read, acked.clone()));
             let mut b = self.open(&format!("b{p}"), &[pattern]).await?;
             Self::subscribe(&mut b, std::slice::from_ref(&channel)).await?;
             readers.push(spawn_reader(b));
-            senders.push((channel, a));
+            senders.push((channel, write, acks));
         }
         let total = rate * duration;
         let before = self.usage();
@@ -44,18 +47,9 @@ impl Bench {
         let mut tasks = Vec::new();
         let per_pair_rate = (rate as f64 / pairs as f64).max(0.001);
         let per_pair = total / pairs as u64;
-        for (channel, socket) in senders {
-            let acked = acked.clone();
+        for (channel, mut write, acks) in senders {
             let sent = sent.clone();
             tasks.push(tokio::spawn(async move {
-                let (mut write, mut read) = socket.split();
-                let acks = tokio::spawn(async move {
-                    while let Some(Ok(Message::Text(text))) = read.next().await {
-                        if let Some(t) = scan_number(&text, "\"id\":") {
-                            let _ = acked.lock().await.record(unix_micros().saturating_sub(t));
-                        }
-                    }
-                });
                 let start = Instant::now();
                 for i in 0..per_pair {
                     let due = start + Duration::from_secs_f64(i as f64 / per_pair_rate);
@@ -106,5 +100,20 @@ impl Bench {
         self.fill_usage(&mut report, before, after);
         report.seconds = elapsed;
         Ok(report)
+    }
+}
+
+/// Records the time to each `ok` on a sender's socket (its id is the send time) until the
+/// socket closes; other frames (`welcome`, pings) pass.
+async fn record_acks(
+    mut read: futures_util::stream::SplitStream<super::Socket>,
+    acked: Arc<Mutex<Histogram<u64>>>,
+) {
+    while let Some(Ok(message)) = read.next().await {
+        if let Message::Text(text) = message
+            && let Some(t) = scan_number(&text, "\"id\":")
+        {
+            let _ = acked.lock().await.record(unix_micros().saturating_sub(t));
+        }
     }
 }
