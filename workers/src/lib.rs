@@ -75,6 +75,7 @@ pub mod job;
 pub mod membership;
 pub mod notifications;
 pub mod outbox;
+mod pace;
 pub mod presence;
 pub mod receipts;
 mod responder;

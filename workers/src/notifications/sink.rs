@@ -83,10 +83,9 @@ const DIGEST_MAX: i64 = 100;
 
 /// Deliveries claimed at once by one copy.
 const BATCH: i64 = 32;
-/// Shortest time between two rounds started by a wake-up. Events are notified one at a
-/// time, so in a busy moment each delivery would cost a round of its own (a cancellation
-/// pass, a claim and their commits); spaced out, one round sends what gathered meanwhile.
-/// A delivery after a quiet moment still goes at once.
+/// Shortest time between two rounds started by a wake-up ([`crate::pace`]). Events are
+/// notified one at a time, so in a busy moment each delivery would cost a round of its
+/// own (a cancellation pass, a claim and their commits).
 const ROUND_SPACING: Duration = Duration::from_millis(20);
 /// How long a claimed delivery is reserved beyond the webhook timeout.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -344,17 +343,8 @@ impl Dispatcher {
                     backoff.next_delay()
                 }
             };
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep_until(round + ROUND_SPACING) => {}
-                    }
-                }
-                () = tokio::time::sleep(delay) => {}
+            if !crate::pace::next_round(&self.wake, &shutdown, round, ROUND_SPACING, delay).await {
+                break;
             }
         }
     }

@@ -42,19 +42,33 @@ ON CONFLICT (user_id, category) DO UPDATE
    SET in_app = COALESCE($7, p.in_app), push = COALESCE($8, p.push),
        email = COALESCE($9, p.email), muted = COALESCE($10, p.muted)";
 
+/// The advisory lock of user `$user` (an SQL expression) until the transaction ends: one
+/// key format for every statement that takes it ([`lock_user`], [`claim_event`]).
+macro_rules! user_lock {
+    ($user:literal) => {
+        concat!(
+            "pg_advisory_xact_lock(hashtextextended('switchboard.notifications/' || ",
+            $user,
+            ", 0))"
+        )
+    };
+}
+
 /// Claims the event and takes the advisory lock of each user in $3 (sorted, so that two
 /// transactions locking several users take them in the same order), in one statement.
-const CLAIM_EVENT: &str = "
+const CLAIM_EVENT: &str = concat!(
+    "
 WITH claimed AS (
 INSERT INTO switchboard.processed_events (consumer, event_id) VALUES ($1, $2)
 ON CONFLICT DO NOTHING
 RETURNING 1)
 SELECT (SELECT count(*) FROM claimed),
-       (SELECT count(pg_advisory_xact_lock(hashtextextended('switchboard.notifications/' || u, 0)))
-          FROM unnest($3::text[]) AS u)";
+       (SELECT count(",
+    user_lock!("u"),
+    ") FROM unnest($3::text[]) AS u)"
+);
 
-const LOCK_USER: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended('switchboard.notifications/' || $1, 0))";
+const LOCK_USER: &str = concat!("SELECT ", user_lock!("$1"));
 
 /// Stores a notification and counts the user's unread ones with it, in one statement.
 /// The count reads the table as it was before the insert (a statement does not see its

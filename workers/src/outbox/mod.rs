@@ -99,10 +99,9 @@ DELETE FROM switchboard.outbox WHERE seq IN (
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the leader deletes old sent rows.
 const CLEANUP_EVERY: Duration = Duration::from_secs(600);
-/// Shortest time between two rounds started by a `NOTIFY`. Rows committed one at a time
-/// (a trigger, a notification) would otherwise cost a round each (a read, a mark and its
-/// commit); spaced out, one round publishes what gathered meanwhile. A row after a quiet
-/// moment still goes at once.
+/// Shortest time between two rounds started by a `NOTIFY` ([`crate::pace`]). Rows
+/// committed one at a time (a trigger, a notification) would otherwise cost a round each
+/// (a read, a mark and its commit).
 const ROUND_SPACING: Duration = Duration::from_millis(5);
 
 /// The relay's settings (flags and environment variables).
@@ -234,18 +233,9 @@ impl Relay {
                 }
                 last_cleanup = Some(Instant::now());
             }
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => {}
-                () = self.wake.notified() => {
-                    tokio::select! {
-                        biased;
-                        () = self.shutdown.cancelled() => {}
-                        () = tokio::time::sleep_until(round + ROUND_SPACING) => {}
-                    }
-                }
-                () = tokio::time::sleep(self.poll) => {}
-            }
+            // On shutdown the next `drain` reads nothing and the loop returns.
+            crate::pace::next_round(&self.wake, &self.shutdown, round, ROUND_SPACING, self.poll)
+                .await;
         }
     }
 
