@@ -152,6 +152,13 @@ impl JobError {
     }
 }
 
+/// PostgreSQL out of reach, or a statement failing: retried like any transient error.
+impl From<sqlx::Error> for JobError {
+    fn from(error: sqlx::Error) -> JobError {
+        JobError::transient(error)
+    }
+}
+
 /// Runs `job` until `shutdown` fires, surviving NATS and PostgreSQL outages.
 pub async fn run<J: Job>(
     job: J,

@@ -68,6 +68,7 @@
 pub mod archive;
 mod backoff;
 pub mod config;
+mod dedicated;
 pub mod erase;
 pub mod http;
 pub mod inbox;

@@ -86,6 +86,7 @@ use switchboard_schemas::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::dedicated::Dedicated;
 use crate::job::{self, ConsumerSpec, Delivery, Job, JobError, Outcome};
 use crate::membership::mirror::role_name;
 use crate::membership::{self, Membership};
@@ -441,6 +442,7 @@ impl Service {
         Ok(Service {
             job: Notifications {
                 rules,
+                conn: Dedicated::new(&db),
                 db: db.clone(),
                 js: js.clone(),
                 presence: Presence::new(client.clone()),
@@ -514,6 +516,8 @@ async fn expire(db: PgPool, days: u32, interval: Duration, shutdown: Cancellatio
 pub struct Notifications {
     rules: Rules,
     db: PgPool,
+    /// The connection events are handled on, one at a time.
+    conn: Dedicated,
     js: jetstream::Context,
     presence: Presence,
     sinks: Vec<&'static str>,
@@ -703,20 +707,29 @@ impl Notifications {
         }
     }
 
-    /// Decides and stores what `event` produces.
+    /// Decides and stores what `event` produces, on the job's own connection: this runs
+    /// once per event, and a pooled connection would cost a round trip more each time
+    /// ([`Dedicated`]).
     async fn notify(&self, event: &Event<'_>) -> Result<Stored, JobError> {
-        // One connection for the reads and the transaction: each connection handed back to
-        // the pool costs a round trip (sqlx pings it), and this runs once per event.
-        let mut conn = self.db.acquire().await.map_err(JobError::transient)?;
+        self.conn
+            .run(async |conn| self.notify_on(conn, event).await)
+            .await
+    }
+
+    async fn notify_on(
+        &self,
+        conn: &mut PgConnection,
+        event: &Event<'_>,
+    ) -> Result<Stored, JobError> {
         let recipients = self
-            .recipients(&mut conn, event)
+            .recipients(conn, event)
             .await
             .map_err(JobError::transient)?;
         if recipients.is_empty() {
             return Ok(Stored::default());
         }
         let rule = event.rule;
-        let preferences = store::preferences_for(&mut conn, rule.category, &recipients)
+        let preferences = store::preferences_for(conn, rule.category, &recipients)
             .await
             .map_err(JobError::transient)?;
         let outbound = rule.priority != Priority::Low && !self.sinks.is_empty();
@@ -748,7 +761,7 @@ impl Notifications {
             push_after: self.escalation.push_after(rule),
             email_after: self.escalation.email_after(rule),
         };
-        self.store(&mut conn, &recipients, &decided)
+        self.store(conn, &recipients, &decided)
             .await
             .map_err(JobError::transient)
     }
@@ -996,7 +1009,9 @@ impl Notifications {
             channel: &read.conversation,
             seq: read.seq,
         };
-        let unread = store::read(&self.db, &read.user, target)
+        let unread = self
+            .conn
+            .run(async |conn| store::read(conn, &read.user, target).await)
             .await
             .map_err(JobError::transient)?;
         tracing::debug!(

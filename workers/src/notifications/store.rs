@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool, Postgres};
 use switchboard_schemas::shapes::{NotificationCategory, Priority};
 use switchboard_schemas::{ChannelName, EventId, Timestamp, UserId};
 
@@ -510,7 +510,11 @@ pub struct ReadEvent<'a> {
 /// Marks `user`'s `target` notifications read, cancels their waiting push and email, and
 /// when any was unread emits `notification.read` to every device of the user, in one
 /// transaction; the user's unread count after.
-pub async fn read(db: &PgPool, user: &UserId, target: ReadTarget<'_>) -> Result<u64, StoreError> {
+pub async fn read(
+    db: impl Acquire<'_, Database = Postgres>,
+    user: &UserId,
+    target: ReadTarget<'_>,
+) -> Result<u64, StoreError> {
     let all = matches!(target, ReadTarget::All);
     let mut tx = db.begin().await?;
     lock_user(&mut tx, user).await?;

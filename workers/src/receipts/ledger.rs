@@ -27,7 +27,7 @@
 //! message.
 
 use async_nats::jetstream;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use switchboard_bus::store::{Store, StoreError};
 use switchboard_bus::{PublishError, Publisher};
 use switchboard_schemas::event::types;
@@ -37,6 +37,7 @@ use switchboard_schemas::{
 };
 
 use super::command::Receipt;
+use crate::dedicated::Dedicated;
 
 const ADVANCE: &str = "
 INSERT INTO switchboard.receipt_cursors AS c (conversation, user_id, delivered, read)
@@ -77,6 +78,8 @@ pub struct Cursors {
 /// Reads and moves receipt cursors; publishes `message.receipt`.
 pub struct Ledger {
     db: PgPool,
+    /// The connection receipts are applied on, one at a time (the job's).
+    conn: Dedicated,
     publisher: Publisher,
     store: Store,
 }
@@ -84,6 +87,7 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(db: PgPool, client: async_nats::Client, js: jetstream::Context) -> Ledger {
         Ledger {
+            conn: Dedicated::new(&db),
             db,
             publisher: Publisher::from_context(js),
             store: Store::new(client),
@@ -103,27 +107,32 @@ impl Ledger {
             );
             return Ok(None);
         };
-        let mut tx = self.db.begin().await?;
-        let moved: Option<(i64, i64)> = sqlx::query_as(ADVANCE)
-            .bind(receipt.conversation.as_str())
-            .bind(receipt.user.as_str())
-            .bind(bigint(receipt.delivered))
-            .bind(bigint(receipt.read))
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((delivered, read)) = moved else {
-            return Ok(None);
-        };
-        let cursors = Cursors {
-            delivered: unsigned(delivered),
-            read: unsigned(read),
-        };
-        let event = receipt_event(&receipt.conversation, &receipt.user, cursors);
-        self.publisher
-            .publish(&receipt.conversation, &event)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(cursors))
+        // On the job's own connection: this runs once per receipt ([`Dedicated`]).
+        self.conn
+            .run(async |conn| {
+                let mut tx = conn.begin().await?;
+                let moved: Option<(i64, i64)> = sqlx::query_as(ADVANCE)
+                    .bind(receipt.conversation.as_str())
+                    .bind(receipt.user.as_str())
+                    .bind(bigint(receipt.delivered))
+                    .bind(bigint(receipt.read))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((delivered, read)) = moved else {
+                    return Ok(None);
+                };
+                let cursors = Cursors {
+                    delivered: unsigned(delivered),
+                    read: unsigned(read),
+                };
+                let event = receipt_event(&receipt.conversation, &receipt.user, cursors);
+                self.publisher
+                    .publish(&receipt.conversation, &event)
+                    .await?;
+                tx.commit().await?;
+                Ok(Some(cursors))
+            })
+            .await
     }
 
     /// The seq of the newest event stored on `conversation` (messages, membership events
