@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use sqlx::{Connection, Executor, PgConnection};
@@ -104,18 +104,37 @@ impl Postgres {
     }
 
     /// Starts the cluster again on the same port and data directory.
+    ///
+    /// The backends of a cluster killed with SIGKILL exit once they notice their
+    /// postmaster is gone, and until the last one has, a new postmaster refuses the data
+    /// directory ("pre-existing shared memory block is still in use"): it is tried again
+    /// for a few seconds.
     pub fn start_again(&mut self) -> Result<()> {
         self.child.kill();
         let bin = pg_bin_dir()?;
-        self.child = launch(
-            &bin,
-            &self.data,
-            self.dir.path(),
-            self.port,
-            &self.log,
-            self.run_as,
-        )?;
-        Ok(())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let launched = launch(
+                &bin,
+                &self.data,
+                self.dir.path(),
+                self.port,
+                &self.log,
+                self.run_as,
+            );
+            match launched {
+                Err(e)
+                    if Instant::now() < deadline
+                        && format!("{e:#}").contains("pre-existing shared memory block") =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                launched => {
+                    self.child = launched?;
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 

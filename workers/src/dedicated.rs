@@ -44,13 +44,30 @@ impl Dedicated {
         let mut kept = self.conn.lock().await;
         let mut conn = match kept.take() {
             Some(conn) => conn,
-            None => PgConnection::connect_with(&self.pool.connect_options()).await?,
+            None => self.connect().await?,
         };
         let result = work(&mut conn).await;
         if result.is_ok() {
             *kept = Some(conn);
         }
         result
+    }
+
+    /// A new connection, given up after the pool's acquire timeout like a pooled one (a
+    /// PostgreSQL out of reach without refusing, e.g. behind a dropped route).
+    async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        let wait = self.pool.options().get_acquire_timeout();
+        tokio::time::timeout(
+            wait,
+            PgConnection::connect_with(&self.pool.connect_options()),
+        )
+        .await
+        .map_err(|_| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to PostgreSQL took longer than {wait:?}"),
+            ))
+        })?
     }
 }
 

@@ -414,8 +414,8 @@ async fn the_worker_survives_postgres_and_nats_restarts() {
         },
     )
     .await;
-    // The worker was idle when PostgreSQL went, so its first attempt fails when the pool
-    // gives up waiting for a connection (5 s): an outage longer than the ack wait (2 s).
+    // The worker's own connection went with PostgreSQL: its first attempt fails, and it
+    // retries with backoff for as long as PostgreSQL is away (longer than the ack wait, 2 s).
     let retries = log
         .wait_for_retries("membership", 1, Duration::from_secs(20))
         .await;

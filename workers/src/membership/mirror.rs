@@ -23,12 +23,13 @@
 
 use async_nats::jetstream::{self, kv};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgPool, Postgres, Transaction};
 use switchboard_bus::MEMBERS_BUCKET;
 use switchboard_schemas::shapes::MemberRole;
 use tokio::sync::OnceCell;
 
 use super::change::Change;
+use crate::dedicated::Dedicated;
 
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))";
 
@@ -72,7 +73,9 @@ struct KeyValue {
 
 /// Applies changes to PostgreSQL and the `members` bucket.
 pub struct Mirror {
-    db: PgPool,
+    /// Changes are applied one at a time, every one in a transaction: on a connection of
+    /// the job's own ([`Dedicated`]).
+    conn: Dedicated,
     js: jetstream::Context,
     bucket: OnceCell<kv::Store>,
 }
@@ -80,7 +83,7 @@ pub struct Mirror {
 impl Mirror {
     pub fn new(db: PgPool, js: jetstream::Context) -> Mirror {
         Mirror {
-            db,
+            conn: Dedicated::new(&db),
             js,
             bucket: OnceCell::new(),
         }
@@ -89,21 +92,25 @@ impl Mirror {
     /// Applies `change`, stored at stream sequence `seq`; see the module docs.
     pub async fn apply(&self, change: &Change, seq: u64) -> Result<Member, MirrorError> {
         let seq = i64::try_from(seq).map_err(|_| MirrorError::Seq(seq))?;
-        let mut tx = self.db.begin().await?;
-        lock(&mut tx, change).await?;
-        sqlx::query(UPSERT)
-            .bind(change.channel.as_str())
-            .bind(change.user.as_str())
-            .bind(change.role.map(role_name))
-            .bind(change.active)
-            .bind(seq)
-            .bind(change.event_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let member = current(&mut tx, change).await?;
-        self.write_key(&change.key(), member).await?;
-        tx.commit().await?;
-        Ok(member)
+        self.conn
+            .run(async |conn| {
+                let mut tx = conn.begin().await?;
+                lock(&mut tx, change).await?;
+                sqlx::query(UPSERT)
+                    .bind(change.channel.as_str())
+                    .bind(change.user.as_str())
+                    .bind(change.role.map(role_name))
+                    .bind(change.active)
+                    .bind(seq)
+                    .bind(change.event_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let member = current(&mut tx, change).await?;
+                self.write_key(&change.key(), member).await?;
+                tx.commit().await?;
+                Ok(member)
+            })
+            .await
     }
 
     async fn write_key(&self, key: &str, member: Member) -> Result<(), MirrorError> {

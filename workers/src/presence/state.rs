@@ -19,13 +19,15 @@
 //! an older state over a newer one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use switchboard_schemas::shapes::PresenceData;
 use switchboard_schemas::{Timestamp, UserId, VisibleStatus};
 use time::OffsetDateTime;
 
 use super::board::{Published, Summary, Transition};
+use crate::dedicated::Dedicated;
 
 const PRESENT: &str = "
 SELECT user_id, status, devices, text, revision FROM switchboard.presence_state
@@ -89,19 +91,28 @@ pub enum StateError {
 /// Reads and writes the presence tables.
 #[derive(Clone)]
 pub struct State {
+    /// For [`State::summaries`], which RPCs call concurrently.
     db: PgPool,
+    /// For the watcher's steps, taken one at a time, every batch: a connection of its own
+    /// saves the round trip sqlx makes with each pooled one it takes back ([`Dedicated`]).
+    watching: Arc<Dedicated>,
 }
 
 impl State {
     pub fn new(db: PgPool) -> State {
-        State { db }
+        State {
+            watching: Arc::new(Dedicated::new(&db)),
+            db,
+        }
     }
 
     /// Every user last published as present (not offline). Rows that are not valid
     /// (written by hand) are skipped with a warning.
     pub async fn present(&self) -> Result<Vec<(UserId, Published)>, StateError> {
-        let rows: Vec<(String, String, i32, Option<String>, i64)> =
-            sqlx::query_as(PRESENT).fetch_all(&self.db).await?;
+        let rows: Vec<(String, String, i32, Option<String>, i64)> = self
+            .watching
+            .run(async |conn| sqlx::query_as(PRESENT).fetch_all(conn).await)
+            .await?;
         let mut present = Vec::with_capacity(rows.len());
         for (user, status, devices, text, revision) in rows {
             let (Ok(id), Some(status)) = (UserId::parse(&user), parse_status(&status)) else {
@@ -128,9 +139,9 @@ impl State {
             return Ok(HashMap::new());
         }
         let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
-        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(LAST_SEEN)
-            .bind(&ids)
-            .fetch_all(&self.db)
+        let rows: Vec<(String, Option<i64>)> = self
+            .watching
+            .run(async |conn| sqlx::query_as(LAST_SEEN).bind(&ids).fetch_all(conn).await)
             .await?;
         Ok(rows
             .into_iter()
@@ -183,8 +194,10 @@ impl State {
 
     /// Batches saved but maybe not published, oldest first.
     pub async fn pending(&self) -> Result<Vec<Pending>, StateError> {
-        let rows: Vec<(i64, Vec<String>, Vec<Vec<u8>>)> =
-            sqlx::query_as(PENDING).fetch_all(&self.db).await?;
+        let rows: Vec<(i64, Vec<String>, Vec<Vec<u8>>)> = self
+            .watching
+            .run(async |conn| sqlx::query_as(PENDING).fetch_all(conn).await)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(batch, users, events)| Pending {
@@ -225,42 +238,49 @@ impl State {
         }
         let (offline_users, offline_at): (Vec<&str>, Vec<i64>) = offline.into_iter().unzip();
         let (online_users, online_statuses): (Vec<&str>, Vec<&str>) = online.into_iter().unzip();
-        let mut tx = self.db.begin().await?;
-        sqlx::query(SAVE_STATE)
-            .bind(&state.users)
-            .bind(&state.statuses)
-            .bind(&state.devices)
-            .bind(&state.texts)
-            .bind(&state.revisions)
-            .execute(&mut *tx)
+        self.watching
+            .run(async |conn| {
+                let mut tx = conn.begin().await?;
+                sqlx::query(SAVE_STATE)
+                    .bind(&state.users)
+                    .bind(&state.statuses)
+                    .bind(&state.devices)
+                    .bind(&state.texts)
+                    .bind(&state.revisions)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(SAVE_PENDING)
+                    .bind(batch)
+                    .bind(&state.users)
+                    .bind(&state.events)
+                    .execute(&mut *tx)
+                    .await?;
+                if !offline_users.is_empty() {
+                    sqlx::query(SAVE_LAST_SEEN)
+                        .bind(&offline_users)
+                        .bind(&offline_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if !online_users.is_empty() {
+                    sqlx::query(SAVE_STATUS)
+                        .bind(&online_users)
+                        .bind(&online_statuses)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(())
+            })
             .await?;
-        sqlx::query(SAVE_PENDING)
-            .bind(batch)
-            .bind(&state.users)
-            .bind(&state.events)
-            .execute(&mut *tx)
-            .await?;
-        if !offline_users.is_empty() {
-            sqlx::query(SAVE_LAST_SEEN)
-                .bind(&offline_users)
-                .bind(&offline_at)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !online_users.is_empty() {
-            sqlx::query(SAVE_STATUS)
-                .bind(&online_users)
-                .bind(&online_statuses)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 
     /// Notes that every event of pending batch `batch` is stored in JetStream.
     pub async fn done(&self, batch: i64) -> Result<(), StateError> {
-        sqlx::query(DONE).bind(batch).execute(&self.db).await?;
+        self.watching
+            .run(async |conn| sqlx::query(DONE).bind(batch).execute(conn).await)
+            .await?;
         Ok(())
     }
 }
