@@ -83,7 +83,7 @@ use switchboard_schemas::shapes::{NotificationData, NotificationRef, Priority};
 use switchboard_schemas::{
     ChannelName, Envelope, EventId, Namespace, RawJson, SubjectKind, Timestamp, UserId,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::dedicated::Dedicated;
@@ -457,6 +457,7 @@ impl Service {
                 wait_for_membership: config.notifications_wait_for_membership,
                 membership_floor: AtomicU64::new(0),
                 membership_missing: AtomicBool::new(false),
+                events: OnceCell::new(),
             },
             rpc: Rpc::new(db.clone()),
             push: push::Push::new(
@@ -531,6 +532,9 @@ pub struct Notifications {
     /// The membership consumer's ack floor as last seen.
     membership_floor: AtomicU64,
     membership_missing: AtomicBool,
+    /// The EVENTS stream, looked up once: asking for the membership consumer's floor then
+    /// takes one request instead of two.
+    events: OnceCell<jetstream::stream::Stream>,
 }
 
 /// An event a rule applies to, read and checked.
@@ -676,8 +680,8 @@ impl Notifications {
         let deadline = Instant::now() + MEMBERSHIP_WAIT;
         loop {
             let stream = self
-                .js
-                .get_stream(EVENTS_STREAM)
+                .events
+                .get_or_try_init(|| self.js.get_stream(EVENTS_STREAM))
                 .await
                 .map_err(JobError::transient)?;
             match stream.consumer_info(Membership::NAME).await {
