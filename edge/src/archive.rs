@@ -363,8 +363,10 @@ pub async fn newest(
 }
 
 /// The seq of the newest archived event of `channel` (a base channel), when the
-/// archive holds the channel and answers; 0 otherwise. For a channel the stream holds
-/// nothing of any more, this is its last seq.
+/// archive holds the channel and answers within [`LAG_WAIT`]; 0 otherwise. For a channel
+/// the stream holds nothing of any more, this is its last seq. A `sub` waits for it, so
+/// a worker that hangs (rather than crashes, which is answered at once) costs a `sub` the
+/// lag wait, not the whole RPC timeout.
 pub async fn newest_archived(edge: &Edge, user: &str, channel: &ChannelName) -> u64 {
     if !edge.archive.holds(channel) {
         return 0;
@@ -378,9 +380,10 @@ pub async fn newest_archived(edge: &Edge, user: &str, channel: &ChannelName) -> 
         limit: 1,
         order: Order::Desc,
     };
-    read(edge, user, &request)
+    tokio::time::timeout(LAG_WAIT, read(edge, user, &request))
         .await
         .ok()
+        .and_then(Result::ok)
         .and_then(|page| page.events.first().map(|k| k.seq))
         .unwrap_or(0)
 }

@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -304,6 +305,44 @@ async fn a_conversation_gone_from_the_stream_is_read_from_the_archive() {
         let seq = frame["seq"].as_u64().unwrap();
         assert_eq!(*frame, conversation.expected(seq, frame));
     }
+}
+
+/// A hung archive worker (stopped, not crashed: NATS still has its subscription, so the
+/// request is not refused at once) keeps a `sub` to a conversation the stream holds
+/// nothing of waiting for the archive's last seq only briefly, not for the RPC timeout;
+/// the `ok` then names what the stream knows.
+#[tokio::test]
+async fn a_hung_archive_holds_a_sub_back_only_briefly() {
+    let stack = Stack::start().await;
+    let workers = workers(&stack).await;
+    let edge = stack.edge(&[("SWITCHBOARD_RPC_TIMEOUT_MS", "60000")]);
+    let conversation = converse(&stack, &edge).await;
+    let all = conversation.seqs();
+    archived_through(&stack.client, CH, *all.last().unwrap()).await;
+    purge_events(&stack.client, "rt.conversation.c1", 0).await;
+
+    workers.process.signal(libc::SIGSTOP);
+    let mut client = edge.connect("u1").await;
+    let asked = Instant::now();
+    let ok = client.sub(json!({"ch": CH})).await;
+    let waited = asked.elapsed();
+    workers.process.signal(libc::SIGCONT);
+    assert_eq!(ok["op"], "ok", "{ok}");
+    assert_eq!(
+        ok["seq"], 0,
+        "without the archive's answer, the stream's head: {ok}"
+    );
+    // The edge waits 2 s for the archive (docs/protocol.md, section 4.2); the RPC
+    // timeout is a minute here.
+    assert!(
+        waited < Duration::from_secs(8),
+        "the sub waited {waited:?} for a stopped worker"
+    );
+
+    // Back: the same sub names the archive's last seq again.
+    let mut again = edge.connect("u1").await;
+    let ok = again.sub(json!({"ch": CH})).await;
+    assert_eq!(ok["seq"], *all.last().unwrap(), "{ok}");
 }
 
 /// Without workers there is no archive: history and resume answer from the stream
