@@ -17,6 +17,7 @@
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
 
+/// One connection, opened when first needed and kept between pieces of work.
 pub struct Dedicated {
     /// Where the connect options come from (the same as the pool's).
     pool: PgPool,
