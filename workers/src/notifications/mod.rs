@@ -815,7 +815,7 @@ impl Notifications {
             .iter()
             .filter(|user| {
                 let p = decided.preferences.get(*user).copied().unwrap_or_default();
-                p.in_app && !p.muted
+                p.stores_in_app()
             })
             .collect();
         let mut tx = conn.begin().await?;
@@ -833,7 +833,8 @@ impl Notifications {
                 continue;
             }
             let mut in_app = None;
-            if preferences.in_app {
+            // The users whose locks the claim took: the same test.
+            if preferences.stores_in_app() {
                 let id = new_notification_id();
                 let new = NewNotification {
                     id: &id,

@@ -33,6 +33,13 @@ impl Default for Preferences {
     }
 }
 
+impl Preferences {
+    /// Whether a notification is stored for this user (in the app, and not muted).
+    pub fn stores_in_app(&self) -> bool {
+        self.in_app && !self.muted
+    }
+}
+
 /// A partial change of one category's preferences: absent fields stay as they are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
