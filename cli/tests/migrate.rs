@@ -59,7 +59,6 @@ async fn migrations_apply_to_an_empty_database_twice() {
             "notifications",
             "outbox",
             "presence_last_seen",
-            "presence_pending",
             "presence_privacy",
             "presence_state",
             "processed_events",
@@ -168,7 +167,8 @@ async fn emit_refuses_bad_input_with_a_clear_error() {
 }
 
 /// The migration that moved pending presence events into batches keeps what an earlier
-/// version left pending: one batch, in user order, and the users' rows as they were.
+/// version left pending: one batch, in user order, and the users' rows as they were; the
+/// one after it keeps the rows.
 #[tokio::test]
 async fn presence_events_left_pending_by_an_earlier_version_become_one_batch() {
     const MOVED_IN: &str = "20261212000001";
@@ -194,6 +194,8 @@ async fn presence_events_left_pending_by_an_earlier_version_become_one_batch() {
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         }
     };
+    // The next one drops the batches again: it is checked after this one's.
+    let (moved_in, after) = later.split_at(1);
     apply(&mut conn, &earlier).await;
     sqlx::raw_sql(
         "INSERT INTO switchboard.presence_state (user_id, status, devices, revision, pending)
@@ -203,7 +205,7 @@ async fn presence_events_left_pending_by_an_earlier_version_become_one_batch() {
     .execute(&mut conn)
     .await
     .unwrap();
-    apply(&mut conn, &later).await;
+    apply(&mut conn, moved_in).await;
 
     let batches: Vec<(i64, Vec<String>, Vec<Vec<u8>>)> =
         sqlx::query_as("SELECT batch, users, events FROM switchboard.presence_pending")
@@ -228,4 +230,20 @@ async fn presence_events_left_pending_by_an_earlier_version_become_one_batch() {
             ("u3".into(), "online".into(), 2, 3)
         ]
     );
+
+    // Written after publishing since: the rows stay, at seq 0 (the first start reads the
+    // stream's presence events back), and the pending batches go.
+    apply(&mut conn, after).await;
+    let seqs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT user_id, seq FROM switchboard.presence_state ORDER BY 1")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(seqs, [("u1".into(), 0), ("u2".into(), 0), ("u3".into(), 0)]);
+    let pending: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('switchboard.presence_pending')::text")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(pending, None);
 }

@@ -104,6 +104,17 @@ async fn last_seen_row(setup: &Setup, user: &str) -> Option<(i64, String)> {
     .unwrap()
 }
 
+/// Waits for the last-seen `micros` to be written (at most a second after it was
+/// published); the row's status then.
+async fn saved_last_seen(setup: &Setup, user: &str, micros: i64) -> String {
+    eventually("last-seen written", || async {
+        last_seen_row(setup, user)
+            .await
+            .and_then(|(stored, status)| (stored == micros).then_some(status))
+    })
+    .await
+}
+
 fn micros(timestamp: Timestamp) -> i64 {
     (timestamp.unix_nanos() / 1000) as i64
 }
@@ -152,8 +163,7 @@ async fn devices_come_and_go_and_last_seen_is_stored() {
         (0..10_000_000_000).contains(&age),
         "lastSeen is recent: {seen}"
     );
-    let (stored, status) = last_seen_row(&setup, "u1").await.expect("last-seen stored");
-    assert_eq!((stored, status.as_str()), (micros(seen), "offline"));
+    assert_eq!(saved_last_seen(&setup, "u1", micros(seen)).await, "offline");
     assert_no_more_events(&setup, "u1", 4).await;
 
     // Back online: lastSeen is the stored one until the next time they leave.
@@ -213,7 +223,7 @@ async fn an_entry_left_to_expire_goes_offline_within_three_ttls() {
     assert!(elapsed >= ttl, "not before the TTL ran out: {elapsed:?}");
     assert!(elapsed <= ttl * 3, "offline within three TTLs: {elapsed:?}");
     let seen = last_seen(&offline).unwrap();
-    assert_eq!(last_seen_row(&setup, "u1").await.unwrap().0, micros(seen));
+    saved_last_seen(&setup, "u1", micros(seen)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,8 +317,10 @@ async fn a_restart_emits_no_false_transition_but_reports_who_left_meanwhile() {
         summary(&nth_event(&setup, "arrives", 1).await),
         ("online", 1, None)
     );
-    assert!(last_seen_row(&setup, "closes").await.is_some());
-    assert!(last_seen_row(&setup, "expires").await.is_some());
+    for user in ["closes", "expires"] {
+        let seen = last_seen(&nth_event(&setup, user, 2).await).unwrap();
+        saved_last_seen(&setup, user, micros(seen)).await;
+    }
     assert_no_more_events(&setup, "stays", stays_before).await;
 
     // And it follows the bucket from there.
@@ -317,63 +329,47 @@ async fn a_restart_emits_no_false_transition_but_reports_who_left_meanwhile() {
     assert_eq!(summary(&fewer), ("online", 1, Some("Hi")));
 }
 
+/// What a worker killed after publishing transitions and before writing them leaves
+/// behind: the events in the stream, no rows. The next start reads them back: a user
+/// still connected gets nothing more, one whose connection is gone meanwhile gets their
+/// `offline`, and both rows are written.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_event_saved_but_not_published_before_a_crash_is_published_at_start() {
+async fn events_published_but_not_written_before_a_crash_are_read_back_at_start() {
     let setup = setup().await;
-    // What a worker killed between saving a transition and publishing it leaves behind:
-    // the user's row, and the event in a pending batch. Their connection is gone since.
-    let data = json!({"user": "ghost", "status": "online", "devices": 1});
-    let mut event = event("user.presence", data);
-    event.actor = Some(Actor {
-        id: "ghost".into(),
-        kind: "user".into(),
-    });
-    sqlx::query(
-        "INSERT INTO switchboard.presence_state (user_id, status, devices, revision)
-         VALUES ('ghost', 'online', 1, 1)",
-    )
-    .execute(&setup.db)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO switchboard.presence_pending (batch, users, events)
-         VALUES (7, '{ghost}', ARRAY[$1::bytea])",
-    )
-    .bind(event.to_postcard())
-    .execute(&setup.db)
-    .await
-    .unwrap();
+    put(&setup, "stays.c1", "online", None, LONG_TTL).await;
+    let mut seqs = Vec::new();
+    for user in ["ghost", "stays"] {
+        let data = json!({"user": user, "status": "online", "devices": 1});
+        let mut event = event("user.presence", data);
+        event.actor = Some(Actor {
+            id: user.into(),
+            kind: "user".into(),
+        });
+        let channel = channel(&format!("presence:{user}"));
+        seqs.push(setup.publisher.publish(&channel, &event).await.unwrap().seq);
+    }
 
     let _worker = Worker::start(&setup, "presence", &[]);
-    let offline = nth_event(&setup, "ghost", 2).await;
-    let all = setup
-        .store
-        .forward("rt.presence.ghost", 1, 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        all[0].envelope().unwrap().id,
-        event.id,
-        "the pending event, as saved"
-    );
     // Watchers were told "online"; the bucket has nothing of the user: offline.
+    let offline = nth_event(&setup, "ghost", 2).await;
     assert_eq!(summary(&offline), ("offline", 0, None));
     let seen = last_seen(&offline).unwrap();
     assert_eq!(
-        last_seen_row(&setup, "ghost").await.unwrap().0,
-        micros(seen)
+        saved_last_seen(&setup, "ghost", micros(seen)).await,
+        "offline"
     );
-    // The event is stored before its batch is marked done: wait for that too.
-    eventually("the offline event marked done", || async {
-        let status: String = sqlx::query_scalar(
-            "SELECT status FROM switchboard.presence_state WHERE user_id = 'ghost'",
+    // The one still connected was told already: written as the stream has it.
+    let row = eventually("the read-back event written", || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT status, seq FROM switchboard.presence_state WHERE user_id = 'stays'",
         )
-        .fetch_one(&setup.db)
+        .fetch_optional(&setup.db)
         .await
-        .unwrap();
-        (status == "offline" && pending_batches(&setup).await == 0).then_some(())
+        .unwrap()
     })
     .await;
+    assert_eq!(row, ("online".to_string(), seqs[1] as i64));
+    assert_no_more_events(&setup, "stays", 1).await;
     assert_no_more_events(&setup, "ghost", 2).await;
 }
 
@@ -448,6 +444,16 @@ async fn a_burst_of_connections_leaves_every_user_right_with_no_duplicate() {
     put(&setup, "last.c1", "online", None, LONG_TTL).await;
     nth_event(&setup, "last", 1).await;
     assert_no_more_events(&setup, "last", 1).await;
+    // Written in order too: once its row is, so is every row of the burst.
+    eventually("the burst written", || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT status FROM switchboard.presence_state WHERE user_id = 'last'",
+        )
+        .fetch_optional(&setup.db)
+        .await
+        .unwrap()
+    })
+    .await;
     let mut left_seen = 0;
     for user in 0..USERS {
         let name = format!("b{user}");
@@ -471,19 +477,6 @@ async fn a_burst_of_connections_leaves_every_user_right_with_no_duplicate() {
         "{left_seen} of {} leavers were seen online first",
         USERS / 3
     );
-    // Nothing is left pending once every event is stored.
-    eventually("no presence event left pending", || async {
-        (pending_batches(&setup).await == 0).then_some(())
-    })
-    .await;
-}
-
-/// Batches of presence events saved but not yet marked published.
-async fn pending_batches(setup: &Setup) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM switchboard.presence_pending")
-        .fetch_one(&setup.db)
-        .await
-        .unwrap()
 }
 
 /// Publishes a membership event on `channel`.

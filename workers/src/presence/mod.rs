@@ -14,7 +14,8 @@
 //! - [`reaper`]: ends the entries of an edge whose heartbeat (bucket `edges`) lapsed, so a
 //!   user whose edge died goes offline although entries carry no TTL of their own. It
 //!   knows the `presence` entries from the watcher, which reads them anyway.
-//! - [`state`]: the last published summary per user and last-seen, in PostgreSQL.
+//! - [`state`]: the last published summary per user and last-seen, written to
+//!   PostgreSQL shortly after they are published.
 //! - [`privacy`]: each user's setting and the one rule of who may see whom.
 //! - [`service`]: the RPCs (`presence.privacy.set|get`, `presence.get`, and the edge's
 //!   internal `presence.authorize` and `presence.visible`), and the `int.privacy.<user>`
@@ -56,7 +57,7 @@ pub async fn run(
     let state = State::new(db.clone());
     let entries = reaper::Entries::default();
     let reaper = reaper::Reaper::new(js.clone(), entries.clone());
-    let watcher = Watcher::new(js, state.clone(), readiness, entries);
+    let watcher = Watcher::new(client.clone(), js, state.clone(), readiness, entries);
     let service = Arc::new(PresenceService::new(
         Privacy::new(db),
         state,

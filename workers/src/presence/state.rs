@@ -2,36 +2,49 @@
 //! (`switchboard.presence_state`, read back after a restart) and when each user was last
 //! seen (`switchboard.presence_last_seen`).
 //!
-//! # Why a crash loses no transition
+//! # Why a crash loses no transition and repeats none
 //!
-//! A batch of transitions is saved (the users' rows, and the batch's encoded events as
-//! one row of `switchboard.presence_pending`, in one transaction), then published, then
-//! its pending row is deleted. A worker that starts publishes what is still pending
-//! before anything else; the event id makes a repeat of an event JetStream already
-//! stored a no-op. So the rows always describe what watchers were told, or are about to
-//! be told, and the comparison after a restart starts from the truth.
+//! The `EVENTS` stream is the record of what watchers were told. A batch of transitions
+//! is published first; each user's newest published summary is then kept here in memory
+//! ([`State::record`]) and written to PostgreSQL at most [`SAVE_AFTER`] later, every user
+//! changed meanwhile in one transaction ([`State::save`]), each row with the stream seq of
+//! the event that published it. A worker that starts reads the users present from the
+//! rows, then the `user.presence` events stored after the newest seq any row holds: what
+//! a crash published but did not write. So the comparison after a restart starts from
+//! what watchers were told, and what a crash left unwritten is written by the next start.
 //!
-//! A user's row changes once per transition, in place: no column of it is indexed but
-//! the user id, so the update is heap-only, and the pending events cost one insert and
-//! one delete per batch, not two more writes per user.
+//! A connection storm therefore costs PostgreSQL a few transactions per second, whatever
+//! the number of users coming and going, and a user who comes and goes within one save
+//! costs one row write. `presence.get` ([`State::summaries`]) reads the rows and what is
+//! not written yet, so it answers what was published.
 //!
-//! Rows only move forward: a copy of the worker that lags behind another never writes
-//! an older state over a newer one.
+//! A row changes in place: no column of it is indexed but the user id, so the update is
+//! heap-only. Rows only move forward: a copy of the worker that lags behind another never
+//! writes an older event's summary over a newer one's.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgPool};
 use switchboard_schemas::shapes::PresenceData;
 use switchboard_schemas::{Timestamp, UserId, VisibleStatus};
 use time::OffsetDateTime;
 
-use super::board::{Published, Summary, Transition};
+use super::board::{Published, Summary};
 use crate::dedicated::Dedicated;
+
+/// Longest a published summary waits before it is written to PostgreSQL.
+pub const SAVE_AFTER: Duration = Duration::from_secs(1);
+/// Users waiting that make a save due at once.
+const SAVE_MOST: usize = 4096;
 
 const PRESENT: &str = "
 SELECT user_id, status, devices, text, revision FROM switchboard.presence_state
  WHERE status <> 'offline'";
+
+/// The newest event any row describes: events after it may not be written yet.
+const NEWEST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM switchboard.presence_state";
 
 /// When each of the users `$1` last went offline (users never seen have no row).
 const LAST_SEEN: &str = "
@@ -47,27 +60,15 @@ SELECT a.user_id, s.status, s.devices, s.text,
   LEFT JOIN switchboard.presence_last_seen l ON l.user_id = a.user_id
  ORDER BY a.ord";
 
-const PENDING: &str = "
-SELECT batch, users, events FROM switchboard.presence_pending
- ORDER BY created_at, batch";
-
-/// `ON CONFLICT`: a save retried after an unclear commit finds its batch saved already.
-const SAVE_PENDING: &str = "
-INSERT INTO switchboard.presence_pending (batch, users, events)
-VALUES ($1, $2, $3)
-ON CONFLICT (batch) DO NOTHING";
-
-const DONE: &str = "DELETE FROM switchboard.presence_pending WHERE batch = $1";
-
-// The statements below take one row per user of a batch (no user twice: `ON CONFLICT`
-// may touch a row once per statement), as parallel arrays.
+// The statements below take one row per user (no user twice: `ON CONFLICT` may touch a
+// row once per statement), as parallel arrays.
 const SAVE_STATE: &str = "
-INSERT INTO switchboard.presence_state AS s (user_id, status, devices, text, revision)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[])
+INSERT INTO switchboard.presence_state AS s (user_id, status, devices, text, revision, seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[])
 ON CONFLICT (user_id) DO UPDATE
    SET status = EXCLUDED.status, devices = EXCLUDED.devices, text = EXCLUDED.text,
-       revision = EXCLUDED.revision, updated_at = now()
- WHERE s.revision <= EXCLUDED.revision";
+       revision = EXCLUDED.revision, seq = EXCLUDED.seq, updated_at = now()
+ WHERE s.seq <= EXCLUDED.seq";
 
 const SAVE_LAST_SEEN: &str = "
 INSERT INTO switchboard.presence_last_seen AS l (user_id, last_seen, status)
@@ -77,6 +78,8 @@ ON CONFLICT (user_id) DO UPDATE
    SET last_seen = EXCLUDED.last_seen, status = EXCLUDED.status
  WHERE l.last_seen <= EXCLUDED.last_seen";
 
+/// Run after [`SAVE_LAST_SEEN`]: a user who left and came back within one save ends
+/// present.
 const SAVE_STATUS: &str = "
 UPDATE switchboard.presence_last_seen l SET status = o.status
   FROM unnest($1::text[], $2::text[]) AS o (user_id, status)
@@ -93,9 +96,37 @@ pub enum StateError {
 pub struct State {
     /// For [`State::summaries`], which RPCs call concurrently.
     db: PgPool,
-    /// For the watcher's steps, taken one at a time, every batch: a connection of its own
-    /// saves the round trip sqlx makes with each pooled one it takes back ([`Dedicated`]).
+    /// For the watcher's steps, taken one at a time: a connection of its own saves the
+    /// round trip sqlx makes with each pooled one it takes back ([`Dedicated`]).
     watching: Arc<Dedicated>,
+    /// Published, not yet written: the watcher adds, saves and empties it, `presence.get`
+    /// reads it.
+    unsaved: Arc<Mutex<Unsaved>>,
+}
+
+/// What a restarting worker starts from: the users last published as present, and the
+/// newest stream seq the rows describe.
+pub struct Restart {
+    pub present: Vec<(UserId, Published)>,
+    pub newest_seq: u64,
+}
+
+/// A user's newest published summary, not yet written to PostgreSQL.
+#[derive(Debug, Clone)]
+struct Record {
+    summary: Summary,
+    revision: u64,
+    /// Stream seq of the event that published it.
+    seq: u64,
+    /// When the user last went offline, if they did since the last save.
+    last_seen: Option<OffsetDateTime>,
+}
+
+#[derive(Default)]
+struct Unsaved {
+    users: HashMap<UserId, Record>,
+    /// When the oldest of them was recorded.
+    since: Option<Instant>,
 }
 
 impl State {
@@ -103,15 +134,20 @@ impl State {
         State {
             watching: Arc::new(Dedicated::new(&db)),
             db,
+            unsaved: Arc::default(),
         }
     }
 
-    /// Every user last published as present (not offline). Rows that are not valid
-    /// (written by hand) are skipped with a warning.
-    pub async fn present(&self) -> Result<Vec<(UserId, Published)>, StateError> {
-        let rows: Vec<(String, String, i32, Option<String>, i64)> = self
+    /// Every user last written as present (not offline), and the newest seq of any row.
+    /// Rows that are not valid (written by hand) are skipped with a warning.
+    pub async fn restart(&self) -> Result<Restart, StateError> {
+        let (rows, newest_seq): (Vec<(String, String, i32, Option<String>, i64)>, i64) = self
             .watching
-            .run(async |conn| sqlx::query_as(PRESENT).fetch_all(conn).await)
+            .run(async |conn| {
+                let rows = sqlx::query_as(PRESENT).fetch_all(&mut *conn).await?;
+                let newest = sqlx::query_scalar(NEWEST_SEQ).fetch_one(&mut *conn).await?;
+                Ok::<_, sqlx::Error>((rows, newest))
+            })
             .await?;
         let mut present = Vec::with_capacity(rows.len());
         for (user, status, devices, text, revision) in rows {
@@ -127,113 +163,83 @@ impl State {
             let revision = u64::try_from(revision).unwrap_or(0);
             present.push((id, Published { summary, revision }));
         }
-        Ok(present)
+        Ok(Restart {
+            present,
+            newest_seq: u64::try_from(newest_seq).unwrap_or(0),
+        })
     }
 
-    /// When each of `users` was last seen going offline, for those ever seen.
-    pub async fn last_seen(
+    /// Notes that `summary` was published for `user` by the event at stream seq `seq`,
+    /// caused by bucket revision `revision` at `at` (for an offline summary, its
+    /// last-seen), to be written by the next [`State::save`].
+    pub fn record(
         &self,
-        users: &[&UserId],
-    ) -> Result<HashMap<String, Timestamp>, StateError> {
-        if users.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
-        let rows: Vec<(String, Option<i64>)> = self
-            .watching
-            .run(async |conn| sqlx::query_as(LAST_SEEN).bind(&ids).fetch_all(conn).await)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(user, micros)| Some((user, timestamp_from_micros(micros?)?)))
-            .collect())
-    }
-
-    /// What `users` look like to others now, in the order given, in the shape of
-    /// `user.presence` data: a user with no row is `offline` (never seen, or invisible
-    /// everywhere since their first connection), `lastSeen` is when they last went
-    /// offline.
-    pub async fn summaries(&self, users: &[UserId]) -> Result<Vec<PresenceData>, StateError> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
-        type Row = (
-            String,
-            Option<String>,
-            Option<i32>,
-            Option<String>,
-            Option<i64>,
+        user: &UserId,
+        summary: &Summary,
+        revision: u64,
+        seq: u64,
+        at: OffsetDateTime,
+    ) {
+        let mut unsaved = self.unsaved.lock().expect("presence records poisoned");
+        unsaved.since.get_or_insert_with(Instant::now);
+        let last_seen = match unsaved.users.get(user) {
+            _ if summary.is_offline() => Some(at),
+            Some(earlier) => earlier.last_seen,
+            None => None,
+        };
+        unsaved.users.insert(
+            user.clone(),
+            Record {
+                summary: summary.clone(),
+                revision,
+                seq,
+                last_seen,
+            },
         );
-        let rows: Vec<Row> = sqlx::query_as(SUMMARIES)
-            .bind(&ids)
-            .fetch_all(&self.db)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user, status, devices, text, last_seen)| {
-                let status = status
-                    .as_deref()
-                    .and_then(parse_status)
-                    .unwrap_or(VisibleStatus::Offline);
-                // An offline user shows no device and no text, whatever a row says.
-                let present = status != VisibleStatus::Offline;
-                PresenceData {
-                    user,
-                    status,
-                    devices: devices
-                        .filter(|_| present)
-                        .and_then(|d| u32::try_from(d).ok())
-                        .unwrap_or(0),
-                    last_seen: last_seen.and_then(timestamp_from_micros),
-                    text: text.filter(|_| present),
-                }
-            })
-            .collect())
     }
 
-    /// Batches saved but maybe not published, oldest first.
-    pub async fn pending(&self) -> Result<Vec<Pending>, StateError> {
-        let rows: Vec<(i64, Vec<String>, Vec<Vec<u8>>)> = self
-            .watching
-            .run(async |conn| sqlx::query_as(PENDING).fetch_all(conn).await)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(batch, users, events)| Pending {
-                batch,
-                events: users.into_iter().zip(events).collect(),
-            })
-            .collect())
+    /// How long until a save is due; `None` with nothing to save.
+    pub fn save_due(&self) -> Option<Duration> {
+        let unsaved = self.unsaved.lock().expect("presence records poisoned");
+        let since = unsaved.since?;
+        if unsaved.users.len() >= SAVE_MOST {
+            return Some(Duration::ZERO);
+        }
+        Some(SAVE_AFTER.saturating_sub(since.elapsed()))
     }
 
-    /// Records transitions about to be published, each with its encoded event, in one
-    /// transaction: the users' states, for those going offline last-seen, and the events
-    /// as pending batch `batch` (a number the caller chose, the same for every attempt).
-    /// No user may appear twice.
-    pub async fn save(
-        &self,
-        batch: i64,
-        transitions: &[(&Transition, Vec<u8>)],
-    ) -> Result<(), StateError> {
+    /// Writes every summary recorded since the last save, in one transaction: the users'
+    /// states, last-seen of those who went offline, the status of those present.
+    pub async fn save(&self) -> Result<(), StateError> {
+        let records: Vec<(UserId, Record)> = {
+            let unsaved = self.unsaved.lock().expect("presence records poisoned");
+            unsaved
+                .users
+                .iter()
+                .map(|(user, record)| (user.clone(), record.clone()))
+                .collect()
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut state = StateRows::default();
         let (mut offline, mut online) = (Vec::new(), Vec::new());
-        for (transition, event) in transitions {
-            let summary = &transition.summary;
-            let user = transition.user.as_str();
+        for (user, record) in &records {
+            let summary = &record.summary;
             let status = status_name(summary.status);
-            state.users.push(user);
+            state.users.push(user.as_str());
             state.statuses.push(status);
             state
                 .devices
                 .push(i32::try_from(summary.devices).unwrap_or(i32::MAX));
             state.texts.push(summary.text.as_deref());
-            state.revisions.push(bigint(transition.revision()));
-            state.events.push(event.as_slice());
-            if summary.is_offline() {
-                offline.push((user, unix_micros(transition.at)));
-            } else {
-                online.push((user, status));
+            state.revisions.push(bigint(record.revision));
+            state.seqs.push(bigint(record.seq));
+            if let Some(at) = record.last_seen {
+                offline.push((user.as_str(), unix_micros(at)));
+            }
+            if !summary.is_offline() {
+                online.push((user.as_str(), status));
             }
         }
         let (offline_users, offline_at): (Vec<&str>, Vec<i64>) = offline.into_iter().unzip();
@@ -247,12 +253,7 @@ impl State {
                     .bind(&state.devices)
                     .bind(&state.texts)
                     .bind(&state.revisions)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(SAVE_PENDING)
-                    .bind(batch)
-                    .bind(&state.users)
-                    .bind(&state.events)
+                    .bind(&state.seqs)
                     .execute(&mut *tx)
                     .await?;
                 if !offline_users.is_empty() {
@@ -273,29 +274,106 @@ impl State {
                 Ok::<_, sqlx::Error>(())
             })
             .await?;
+        let mut unsaved = self.unsaved.lock().expect("presence records poisoned");
+        for (user, saved) in records {
+            // Recorded again meanwhile: the newer record waits for the next save.
+            if unsaved.users.get(&user).is_some_and(|r| r.seq == saved.seq) {
+                unsaved.users.remove(&user);
+            }
+        }
+        if unsaved.users.is_empty() {
+            unsaved.since = None;
+        }
         Ok(())
     }
 
-    /// Notes that every event of pending batch `batch` is stored in JetStream.
-    pub async fn done(&self, batch: i64) -> Result<(), StateError> {
-        self.watching
-            .run(async |conn| sqlx::query(DONE).bind(batch).execute(conn).await)
+    /// When each of `users` was last seen going offline, for those ever seen.
+    pub async fn last_seen(
+        &self,
+        users: &[&UserId],
+    ) -> Result<HashMap<String, Timestamp>, StateError> {
+        let mut seen = HashMap::new();
+        let mut ask = Vec::new();
+        {
+            let unsaved = self.unsaved.lock().expect("presence records poisoned");
+            for user in users {
+                match unsaved.users.get(*user).and_then(|r| r.last_seen) {
+                    Some(at) => {
+                        seen.insert(user.to_string(), timestamp(at));
+                    }
+                    None => ask.push(user.as_str()),
+                }
+            }
+        }
+        if ask.is_empty() {
+            return Ok(seen);
+        }
+        let rows: Vec<(String, Option<i64>)> = self
+            .watching
+            .run(async |conn| sqlx::query_as(LAST_SEEN).bind(&ask).fetch_all(conn).await)
             .await?;
-        Ok(())
+        seen.extend(
+            rows.into_iter()
+                .filter_map(|(user, micros)| Some((user, timestamp_from_micros(micros?)?))),
+        );
+        Ok(seen)
     }
-}
 
-/// A batch of events saved but maybe not published: (user, encoded envelope) each.
-pub struct Pending {
-    pub batch: i64,
-    pub events: Vec<(String, Vec<u8>)>,
-}
-
-/// A number for a new pending batch: random, so that copies of the worker never choose
-/// the same.
-pub fn new_batch() -> i64 {
-    use rand_core::{OsRng, RngCore};
-    (OsRng.next_u64() >> 1) as i64
+    /// What `users` look like to others now, in the order given, in the shape of
+    /// `user.presence` data: a user with no row is `offline` (never seen, or invisible
+    /// everywhere since their first connection), `lastSeen` is when they last went
+    /// offline. What was published and not written yet counts.
+    pub async fn summaries(&self, users: &[UserId]) -> Result<Vec<PresenceData>, StateError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        type Row = (
+            String,
+            Option<String>,
+            Option<i32>,
+            Option<String>,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(SUMMARIES)
+            .bind(&ids)
+            .fetch_all(&self.db)
+            .await?;
+        let unsaved = self.unsaved.lock().expect("presence records poisoned");
+        Ok(rows
+            .into_iter()
+            .zip(users)
+            .map(|((user, status, devices, text, last_seen), id)| {
+                let saved = Summary {
+                    status: status
+                        .as_deref()
+                        .and_then(parse_status)
+                        .unwrap_or(VisibleStatus::Offline),
+                    devices: devices.and_then(|d| u32::try_from(d).ok()).unwrap_or(0),
+                    text,
+                };
+                let mut last_seen = last_seen.and_then(timestamp_from_micros);
+                let summary = match unsaved.users.get(id) {
+                    Some(record) => {
+                        if let Some(at) = record.last_seen {
+                            last_seen = Some(timestamp(at));
+                        }
+                        record.summary.clone()
+                    }
+                    None => saved,
+                };
+                // An offline user shows no device and no text, whatever a row says.
+                let present = !summary.is_offline();
+                PresenceData {
+                    user,
+                    status: summary.status,
+                    devices: if present { summary.devices } else { 0 },
+                    last_seen,
+                    text: summary.text.filter(|_| present),
+                }
+            })
+            .collect())
+    }
 }
 
 /// The columns of `presence_state` rows for [`State::save`], one array each.
@@ -306,20 +384,25 @@ struct StateRows<'a> {
     devices: Vec<i32>,
     texts: Vec<Option<&'a str>>,
     revisions: Vec<i64>,
-    events: Vec<&'a [u8]>,
+    seqs: Vec<i64>,
 }
 
-/// Bucket revisions are stream sequences; they fit a bigint.
-fn bigint(revision: u64) -> i64 {
-    i64::try_from(revision).unwrap_or(i64::MAX)
+/// Bucket revisions and stream seqs are stream sequences; they fit a bigint.
+fn bigint(sequence: u64) -> i64 {
+    i64::try_from(sequence).unwrap_or(i64::MAX)
 }
 
 fn timestamp_from_micros(micros: i64) -> Option<Timestamp> {
     Timestamp::from_unix_nanos(i128::from(micros) * 1000).ok()
 }
 
+/// An instant as an event timestamp.
+pub fn timestamp(instant: OffsetDateTime) -> Timestamp {
+    Timestamp::from_offset_date_time(instant).unwrap_or_else(|_| Timestamp::now())
+}
+
 /// Microseconds since the epoch: PostgreSQL's precision.
-pub fn unix_micros(instant: OffsetDateTime) -> i64 {
+fn unix_micros(instant: OffsetDateTime) -> i64 {
     i64::try_from(instant.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 

@@ -2,23 +2,25 @@
 //!
 //! # Start, restart, reconnect
 //!
-//! A worker that starts first publishes what a crash left pending ([`State`]). Then the
-//! watcher reads the bucket from the start (the last write of every key, markers
-//! included) without publishing anything, until it has caught up: an entry with nothing
-//! pending behind it, or a second with nothing delivered. Only then does it compare each
-//! user with what was last published ([`State::present`] after a restart) and publish
-//! the differences: a user still on the same devices gets nothing, a user whose entries
-//! were deleted or expired meanwhile gets their `offline`. From then on every write is
-//! compared as it arrives. If the watch fails, the board forgets its connections and
-//! the bucket is read again the same way, against what this process published.
+//! A worker that starts reads what was last published: the users present from
+//! PostgreSQL, then the `user.presence` events stored after the newest one written there
+//! ([`State`]: what a crash published but did not write). Then the watcher reads the
+//! bucket from the start (the last write of every key, markers included) without
+//! publishing anything, until it has caught up: an entry with nothing pending behind it,
+//! or a second with nothing delivered. Only then does it compare each user with what was
+//! last published and publish the differences: a user still on the same devices gets
+//! nothing, a user whose entries were deleted or expired meanwhile gets their `offline`.
+//! From then on every write is compared as it arrives. If the watch fails, the board
+//! forgets its connections and the bucket is read again the same way, against what this
+//! process published.
 //!
 //! # One event per change, whatever the number of copies
 //!
 //! Every copy of the worker watches the whole bucket and sees the same writes in the
 //! same order, so each computes the same transitions; each event id is derived from
 //! (user, the revision that caused it) and JetStream stores the first copy's publish
-//! only. Each batch of transitions is saved in PostgreSQL as pending before it is published
-//! and marked done after ([`State`]), so the next start repairs a crash in between.
+//! only. What is published is written to PostgreSQL afterwards, at most a second later
+//! and many users at once ([`State::save`]); the stream itself covers a crash in between.
 //!
 //! A failure to publish or to write PostgreSQL is retried in place, with backoff, until
 //! it succeeds or the worker stops; later writes wait their turn in the watch.
@@ -32,19 +34,20 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
+use switchboard_bus::store::{MAX_BATCH, Store, StoreError, StoredEvent};
 use switchboard_bus::{PRESENCE_BUCKET, Publisher};
 use switchboard_schemas::event::types;
 use switchboard_schemas::shapes::PresenceData;
 use switchboard_schemas::{
-    Actor, ChannelName, Envelope, EventType, Namespace, RawJson, Timestamp, UserId,
+    Actor, ChannelName, Envelope, EventType, Namespace, RawJson, SubjectKind, Timestamp, UserId,
 };
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use super::board::{Board, Mark, Transition};
+use super::board::{Board, Mark, Published, Summary, Transition};
 use super::entry::{Change, Key};
 use super::reaper::Entries;
-use super::state::{self, State};
+use super::state::{State, timestamp};
 use crate::backoff::Backoff;
 use crate::http::Readiness;
 use crate::telemetry::{Handled, JobMetrics};
@@ -79,6 +82,8 @@ enum Flow {
 pub struct Watcher {
     js: jetstream::Context,
     publisher: Publisher,
+    /// Reads back the events published after the newest one written to PostgreSQL.
+    store: Store,
     state: State,
     readiness: Arc<Readiness>,
     metrics: JobMetrics,
@@ -88,6 +93,7 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(
+        client: async_nats::Client,
         js: jetstream::Context,
         state: State,
         readiness: Arc<Readiness>,
@@ -95,6 +101,7 @@ impl Watcher {
     ) -> Watcher {
         Watcher {
             publisher: Publisher::from_context(js.clone()),
+            store: Store::new(client),
             js,
             state,
             readiness,
@@ -106,26 +113,16 @@ impl Watcher {
     /// Follows the bucket until `shutdown` fires.
     pub async fn run(&self, shutdown: &CancellationToken) {
         tracing::info!(job = "presence", "job started");
-        let pending = self
-            .retry(shutdown, "reading pending presence events", || {
-                self.state.pending()
-            })
-            .await;
-        let Some(pending) = pending else {
+        let Some(restart) = self
+            .retry(shutdown, "reading presence_state", || self.state.restart())
+            .await
+        else {
             return;
         };
-        for batch in &pending {
-            let events: Vec<(&str, &[u8])> = batch
-                .events
-                .iter()
-                .map(|(user, event)| (user.as_str(), event.as_slice()))
-                .collect();
-            if let Flow::Stop = self.finish(batch.batch, &events, shutdown).await {
-                return;
-            }
-        }
         let Some(present) = self
-            .retry(shutdown, "reading presence_state", || self.state.present())
+            .retry(shutdown, "reading unsaved presence events", || {
+                self.replay(&restart.present, restart.newest_seq)
+            })
             .await
         else {
             return;
@@ -147,7 +144,64 @@ impl Watcher {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
+        // One attempt: what it misses, the next start reads back from the stream.
+        if let Err(error) = self.state.save().await {
+            tracing::warn!(%error, "presence not written at shutdown; the next start reads it back");
+        }
         tracing::info!(job = "presence", "job stopped");
+    }
+
+    /// What was last published for each user present: `present`, as PostgreSQL has it,
+    /// brought up to date with the `user.presence` events stored after `newest_seq` (the
+    /// newest event written there), which are recorded to be written too.
+    async fn replay(
+        &self,
+        present: &[(UserId, Published)],
+        newest_seq: u64,
+    ) -> Result<Vec<(UserId, Published)>, StoreError> {
+        let mut present: std::collections::HashMap<UserId, Published> =
+            present.iter().cloned().collect();
+        let subject = format!(
+            "{}.{}.>",
+            SubjectKind::Durable.prefix(),
+            Namespace::Presence
+        );
+        let mut next = newest_seq + 1;
+        let mut replayed = 0usize;
+        loop {
+            let events = self.store.forward(&subject, next, MAX_BATCH).await?;
+            let Some(last) = events.last() else {
+                break;
+            };
+            next = last.seq + 1;
+            for stored in &events {
+                let Some((user, summary, at)) = published_summary(stored) else {
+                    tracing::warn!(
+                        seq = stored.seq,
+                        subject = stored.subject,
+                        "not a presence event; skipped"
+                    );
+                    continue;
+                };
+                // The revision behind an event is not stored with it: the one PostgreSQL
+                // had stays (it only salts the id of a later "vanished" transition).
+                let revision = present.get(&user).map_or(0, |p| p.revision);
+                self.state.record(&user, &summary, revision, stored.seq, at);
+                if summary.is_offline() {
+                    present.remove(&user);
+                } else {
+                    present.insert(user, Published { summary, revision });
+                }
+                replayed += 1;
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                "presence events published but not written read back"
+            );
+        }
+        Ok(present.into_iter().collect())
     }
 
     /// Reads the bucket from the start and follows it until shutdown (`Ok`) or until the
@@ -177,11 +231,18 @@ impl Watcher {
         let mut batch = Vec::new();
         let mut gathering = Instant::now();
         loop {
-            let wait = if batch.is_empty() {
+            if let Flow::Stop = self.save_if_due(shutdown).await {
+                return Ok(());
+            }
+            let mut wait = if batch.is_empty() {
                 CAUGHT_UP_IDLE
             } else {
                 LINGER.saturating_sub(gathering.elapsed())
             };
+            // While catching up, a second without entries is what ends it: a save waits.
+            if caught_up && let Some(due) = self.state.save_due() {
+                wait = wait.min(due);
+            }
             if !batch.is_empty() && (wait.is_zero() || batch.len() >= BATCH) {
                 if let Flow::Stop = self.publish(&mut batch, shutdown).await {
                     return Ok(());
@@ -291,9 +352,9 @@ impl Watcher {
         Flow::Continue
     }
 
-    /// Publishes a batch of transitions (no user twice) and records them, each step
-    /// retried until it is done: last-seen read, all saved as pending in one
-    /// transaction, all published at once, all marked done. Empties `batch`.
+    /// Publishes a batch of transitions (no user twice) and records them to be written,
+    /// each step retried until it is done: last-seen read, all published at once, all
+    /// recorded ([`State::record`]). Empties `batch`.
     async fn publish(&self, batch: &mut Vec<Transition>, shutdown: &CancellationToken) -> Flow {
         if batch.is_empty() {
             return Flow::Continue;
@@ -311,7 +372,7 @@ impl Watcher {
         else {
             return Flow::Stop;
         };
-        let events: Vec<(&Transition, Vec<u8>)> = batch
+        let events: Vec<(ChannelName, Envelope)> = batch
             .iter()
             .map(|transition| {
                 let last_seen = if transition.summary.is_offline() {
@@ -319,72 +380,44 @@ impl Watcher {
                 } else {
                     last_seen.get(transition.user.as_str()).cloned()
                 };
-                let (_, event) = presence_event(transition, last_seen);
-                (transition, event.to_postcard())
+                presence_event(transition, last_seen)
             })
             .collect();
-        let number = state::new_batch();
-        let saved = self
-            .retry(shutdown, "recording presence", || {
-                self.state.save(number, &events)
-            })
-            .await;
-        if saved.is_none() {
-            return Flow::Stop;
-        }
         tracing::debug!(transitions = events.len(), "publishing presence");
-        let pending: Vec<(&str, &[u8])> = events
-            .iter()
-            .map(|(t, event)| (t.user.as_str(), event.as_slice()))
-            .collect();
-        let flow = self.finish(number, &pending, shutdown).await;
+        let Some(stored) = self
+            .retry(shutdown, "publishing user.presence", || {
+                // Event ids make a repeat after a partial failure a no-op in JetStream.
+                futures_util::future::try_join_all(
+                    events
+                        .iter()
+                        .map(|(channel, event)| self.publisher.publish(channel, event)),
+                )
+            })
+            .await
+        else {
+            return Flow::Stop;
+        };
+        for (transition, stored) in batch.iter().zip(stored) {
+            self.state.record(
+                &transition.user,
+                &transition.summary,
+                transition.revision(),
+                stored.seq,
+                transition.at,
+            );
+        }
         batch.clear();
-        flow
+        Flow::Continue
     }
 
-    /// Publishes the events of pending batch `number`, (user, encoded envelope) each, up
-    /// to [`BATCH`] at once, then marks the batch done.
-    async fn finish(
-        &self,
-        number: i64,
-        pending: &[(&str, &[u8])],
-        shutdown: &CancellationToken,
-    ) -> Flow {
-        let mut events = Vec::with_capacity(pending.len());
-        for (user, encoded) in pending {
-            match (
-                ChannelName::new(Namespace::Presence, user),
-                Envelope::from_postcard(encoded),
-            ) {
-                (Ok(channel), Ok(event)) => events.push((channel, event)),
-                (channel, event) => {
-                    // Only a row edited by hand gets here; there is nothing to publish.
-                    tracing::warn!(
-                        user,
-                        channel_ok = channel.is_ok(),
-                        event_ok = event.is_ok(),
-                        "unreadable pending presence event dropped"
-                    );
-                }
-            }
-        }
-        for chunk in events.chunks(BATCH) {
-            let published = self
-                .retry(shutdown, "publishing user.presence", || {
-                    // Event ids make a repeat after a partial failure a no-op in JetStream.
-                    futures_util::future::try_join_all(
-                        chunk
-                            .iter()
-                            .map(|(channel, event)| self.publisher.publish(channel, event)),
-                    )
-                })
-                .await;
-            if published.is_none() {
-                return Flow::Stop;
-            }
+    /// Writes what was published to PostgreSQL once a save is due (retried until it is
+    /// written, or until shutdown).
+    async fn save_if_due(&self, shutdown: &CancellationToken) -> Flow {
+        if self.state.save_due() != Some(Duration::ZERO) {
+            return Flow::Continue;
         }
         match self
-            .retry(shutdown, "recording presence", || self.state.done(number))
+            .retry(shutdown, "recording presence", || self.state.save())
             .await
         {
             Some(()) => Flow::Continue,
@@ -448,6 +481,25 @@ fn observe(board: &mut Board, entry: &kv::Entry) -> Option<UserId> {
     Some(user)
 }
 
+/// The user, summary and time (for an offline summary, its last-seen) of a stored
+/// `user.presence` event; `None` for anything else.
+fn published_summary(stored: &StoredEvent) -> Option<(UserId, Summary, OffsetDateTime)> {
+    let (_, channel) = ChannelName::from_subject(&stored.subject).ok()?;
+    let user = UserId::parse(channel.id()).ok()?;
+    let event = stored.envelope().ok()?;
+    if event.ty.as_str() != types::USER_PRESENCE {
+        return None;
+    }
+    let data: PresenceData = event.data.decode().ok()?;
+    let at = data.last_seen.as_ref().unwrap_or(&event.timestamp);
+    let summary = Summary {
+        status: data.status,
+        devices: data.devices,
+        text: data.text,
+    };
+    Some((user, summary, at.as_offset_date_time()))
+}
+
 /// `user.presence` on `presence:<user>` for a transition.
 pub fn presence_event(
     transition: &Transition,
@@ -475,10 +527,6 @@ pub fn presence_event(
         kind: "user".into(),
     });
     (channel, event)
-}
-
-fn timestamp(instant: OffsetDateTime) -> Timestamp {
-    Timestamp::from_offset_date_time(instant).unwrap_or_else(|_| Timestamp::now())
 }
 
 #[cfg(test)]
