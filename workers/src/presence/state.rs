@@ -141,7 +141,8 @@ impl State {
     /// Every user last written as present (not offline), and the newest seq of any row.
     /// Rows that are not valid (written by hand) are skipped with a warning.
     pub async fn restart(&self) -> Result<Restart, StateError> {
-        let (rows, newest_seq): (Vec<(String, String, i32, Option<String>, i64)>, i64) = self
+        type Row = (String, String, i32, Option<String>, i64);
+        let (rows, newest_seq): (Vec<Row>, i64) = self
             .watching
             .run(async |conn| {
                 let rows = sqlx::query_as(PRESENT).fetch_all(&mut *conn).await?;
