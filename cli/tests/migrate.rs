@@ -58,7 +58,6 @@ async fn migrations_apply_to_an_empty_database_twice() {
             "notification_preferences",
             "notifications",
             "outbox",
-            "presence_last_seen",
             "presence_privacy",
             "presence_state",
             "processed_events",
@@ -232,18 +231,42 @@ async fn presence_events_left_pending_by_an_earlier_version_become_one_batch() {
     );
 
     // Written after publishing since: the rows stay, at seq 0 (the first start reads the
-    // stream's presence events back), and the pending batches go.
+    // stream's presence events back), with last-seen moved into them (a user known only
+    // there gets an offline row), and the pending batches go.
+    sqlx::raw_sql(
+        "INSERT INTO switchboard.presence_last_seen (user_id, last_seen, status)
+         VALUES ('u2', '2026-11-22T09:00:00Z', 'offline'),
+                ('u4', '2026-11-21T08:00:00Z', 'offline')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
     apply(&mut conn, after).await;
-    let seqs: Vec<(String, i64)> =
-        sqlx::query_as("SELECT user_id, seq FROM switchboard.presence_state ORDER BY 1")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    assert_eq!(seqs, [("u1".into(), 0), ("u2".into(), 0), ("u3".into(), 0)]);
-    let pending: Option<String> =
-        sqlx::query_scalar("SELECT to_regclass('switchboard.presence_pending')::text")
+    let rows: Vec<(String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT user_id, status, seq, to_char(last_seen AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+           FROM switchboard.presence_state ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let row = |user: &str, status: &str, seen: Option<&str>| {
+        (user.into(), status.into(), 0, seen.map(String::from))
+    };
+    assert_eq!(
+        rows,
+        [
+            row("u1", "online", None),
+            row("u2", "offline", Some("2026-11-22 09:00")),
+            row("u3", "online", None),
+            row("u4", "offline", Some("2026-11-21 08:00")),
+        ]
+    );
+    for gone in ["presence_pending", "presence_last_seen"] {
+        let table: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("switchboard.{gone}"))
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(pending, None);
+        assert_eq!(table, None);
+    }
 }

@@ -92,11 +92,12 @@ fn last_seen(data: &Value) -> Option<Timestamp> {
         .map(|text| Timestamp::parse(text).unwrap())
 }
 
-/// (last_seen as unix microseconds, status) in `switchboard.presence_last_seen`.
+/// (last_seen as unix microseconds, status) of a user's row in
+/// `switchboard.presence_state`, once they went offline.
 async fn last_seen_row(setup: &Setup, user: &str) -> Option<(i64, String)> {
     sqlx::query_as(
         "SELECT (extract(epoch FROM last_seen) * 1000000)::bigint, status
-           FROM switchboard.presence_last_seen WHERE user_id = $1",
+           FROM switchboard.presence_state WHERE user_id = $1 AND last_seen IS NOT NULL",
     )
     .bind(user)
     .fetch_optional(&setup.db)

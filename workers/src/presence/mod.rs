@@ -14,16 +14,16 @@
 //! - [`reaper`]: ends the entries of an edge whose heartbeat (bucket `edges`) lapsed, so a
 //!   user whose edge died goes offline although entries carry no TTL of their own. It
 //!   knows the `presence` entries from the watcher, which reads them anyway.
-//! - [`state`]: the last published summary per user and last-seen, written to
+//! - [`state`]: the last published summary and last-seen per user, written to
 //!   PostgreSQL shortly after they are published.
 //! - [`privacy`]: each user's setting and the one rule of who may see whom.
 //! - [`service`]: the RPCs (`presence.privacy.set|get`, `presence.get`, and the edge's
 //!   internal `presence.authorize` and `presence.visible`), and the `int.privacy.<user>`
 //!   notice of a changed setting.
 //!
-//! It owns `switchboard.presence_state`, `switchboard.presence_last_seen` and
-//! `switchboard.presence_privacy`; of the buckets (the edges own them) it only reads, and
-//! deletes the entries of gone edges; it reads `switchboard.channel_members`.
+//! It owns `switchboard.presence_state` and `switchboard.presence_privacy`; of the
+//! buckets (the edges own them) it only reads, and deletes the entries of gone edges; it
+//! reads `switchboard.channel_members`.
 
 pub mod board;
 pub mod entry;

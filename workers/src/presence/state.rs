@@ -1,19 +1,19 @@
-//! What the presence job keeps in PostgreSQL: the last summary published for each user
-//! (`switchboard.presence_state`, read back after a restart) and when each user was last
-//! seen (`switchboard.presence_last_seen`).
+//! What the presence job keeps in PostgreSQL, one row per user in
+//! `switchboard.presence_state`: the last summary published (read back after a restart)
+//! and when the user last went offline.
 //!
 //! # Why a crash loses no transition and repeats none
 //!
 //! The `EVENTS` stream is the record of what watchers were told. A batch of transitions
 //! is published first; each user's newest published summary is then kept here in memory
 //! ([`State::record`]) and written to PostgreSQL at most [`SAVE_AFTER`] later, every user
-//! changed meanwhile in one transaction ([`State::save`]), each row with the stream seq of
+//! changed meanwhile in one statement ([`State::save`]), each row with the stream seq of
 //! the event that published it. A worker that starts reads the users present from the
 //! rows, then the `user.presence` events stored after the newest seq any row holds: what
 //! a crash published but did not write. So the comparison after a restart starts from
 //! what watchers were told, and what a crash left unwritten is written by the next start.
 //!
-//! A connection storm therefore costs PostgreSQL a few transactions per second, whatever
+//! A connection storm therefore costs PostgreSQL a few statements per second, whatever
 //! the number of users coming and going, and a user who comes and goes within one save
 //! costs one row write. `presence.get` ([`State::summaries`]) reads the rows and what is
 //! not written yet, so it answers what was published.
@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use switchboard_schemas::shapes::PresenceData;
 use switchboard_schemas::{Timestamp, UserId, VisibleStatus};
 use time::OffsetDateTime;
@@ -46,44 +46,34 @@ SELECT user_id, status, devices, text, revision FROM switchboard.presence_state
 /// The newest event any row describes: events after it may not be written yet.
 const NEWEST_SEQ: &str = "SELECT coalesce(max(seq), 0) FROM switchboard.presence_state";
 
-/// When each of the users `$1` last went offline (users never seen have no row).
+/// When each of the users `$1` last went offline (users never seen offline are left out).
 const LAST_SEEN: &str = "
 SELECT user_id, (extract(epoch FROM last_seen) * 1000000)::bigint
-  FROM switchboard.presence_last_seen WHERE user_id = ANY($1::text[])";
+  FROM switchboard.presence_state
+ WHERE user_id = ANY($1::text[]) AND last_seen IS NOT NULL";
 
-/// Summaries of the users `$1`, in their order; a user never seen has no rows.
+/// Summaries of the users `$1`, in their order; a user never seen has no row.
 const SUMMARIES: &str = "
 SELECT a.user_id, s.status, s.devices, s.text,
-       (extract(epoch FROM l.last_seen) * 1000000)::bigint
+       (extract(epoch FROM s.last_seen) * 1000000)::bigint
   FROM unnest($1::text[]) WITH ORDINALITY AS a (user_id, ord)
   LEFT JOIN switchboard.presence_state s ON s.user_id = a.user_id
-  LEFT JOIN switchboard.presence_last_seen l ON l.user_id = a.user_id
  ORDER BY a.ord";
 
-// The statements below take one row per user (no user twice: `ON CONFLICT` may touch a
-// row once per statement), as parallel arrays.
-const SAVE_STATE: &str = "
-INSERT INTO switchboard.presence_state AS s (user_id, status, devices, text, revision, seq)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[])
+/// One row per user (no user twice: `ON CONFLICT` may touch a row once per statement),
+/// as parallel arrays; a null last-seen keeps the one written before.
+const SAVE: &str = "
+INSERT INTO switchboard.presence_state AS s
+       (user_id, status, devices, text, revision, seq, last_seen)
+SELECT user_id, status, devices, text, revision, seq,
+       timestamptz 'epoch' + micros * interval '1 microsecond'
+  FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[],
+              $7::bigint[]) AS r (user_id, status, devices, text, revision, seq, micros)
 ON CONFLICT (user_id) DO UPDATE
    SET status = EXCLUDED.status, devices = EXCLUDED.devices, text = EXCLUDED.text,
-       revision = EXCLUDED.revision, seq = EXCLUDED.seq, updated_at = now()
+       revision = EXCLUDED.revision, seq = EXCLUDED.seq,
+       last_seen = coalesce(EXCLUDED.last_seen, s.last_seen), updated_at = now()
  WHERE s.seq <= EXCLUDED.seq";
-
-const SAVE_LAST_SEEN: &str = "
-INSERT INTO switchboard.presence_last_seen AS l (user_id, last_seen, status)
-SELECT user_id, timestamptz 'epoch' + micros * interval '1 microsecond', 'offline'
-  FROM unnest($1::text[], $2::bigint[]) AS o (user_id, micros)
-ON CONFLICT (user_id) DO UPDATE
-   SET last_seen = EXCLUDED.last_seen, status = EXCLUDED.status
- WHERE l.last_seen <= EXCLUDED.last_seen";
-
-/// Run after [`SAVE_LAST_SEEN`]: a user who left and came back within one save ends
-/// present.
-const SAVE_STATUS: &str = "
-UPDATE switchboard.presence_last_seen l SET status = o.status
-  FROM unnest($1::text[], $2::text[]) AS o (user_id, status)
- WHERE l.user_id = o.user_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -209,8 +199,8 @@ impl State {
         Some(SAVE_AFTER.saturating_sub(since.elapsed()))
     }
 
-    /// Writes every summary recorded since the last save, in one transaction: the users'
-    /// states, last-seen of those who went offline, the status of those present.
+    /// Writes every summary recorded since the last save, with the last-seen of those who
+    /// went offline, in one statement.
     pub async fn save(&self) -> Result<(), StateError> {
         let records: Vec<(UserId, Record)> = {
             let unsaved = self.unsaved.lock().expect("presence records poisoned");
@@ -223,56 +213,30 @@ impl State {
         if records.is_empty() {
             return Ok(());
         }
-        let mut state = StateRows::default();
-        let (mut offline, mut online) = (Vec::new(), Vec::new());
+        let mut rows = Rows::default();
         for (user, record) in &records {
             let summary = &record.summary;
-            let status = status_name(summary.status);
-            state.users.push(user.as_str());
-            state.statuses.push(status);
-            state
-                .devices
+            rows.users.push(user.as_str());
+            rows.statuses.push(status_name(summary.status));
+            rows.devices
                 .push(i32::try_from(summary.devices).unwrap_or(i32::MAX));
-            state.texts.push(summary.text.as_deref());
-            state.revisions.push(bigint(record.revision));
-            state.seqs.push(bigint(record.seq));
-            if let Some(at) = record.last_seen {
-                offline.push((user.as_str(), unix_micros(at)));
-            }
-            if !summary.is_offline() {
-                online.push((user.as_str(), status));
-            }
+            rows.texts.push(summary.text.as_deref());
+            rows.revisions.push(bigint(record.revision));
+            rows.seqs.push(bigint(record.seq));
+            rows.last_seen.push(record.last_seen.map(unix_micros));
         }
-        let (offline_users, offline_at): (Vec<&str>, Vec<i64>) = offline.into_iter().unzip();
-        let (online_users, online_statuses): (Vec<&str>, Vec<&str>) = online.into_iter().unzip();
         self.watching
             .run(async |conn| {
-                let mut tx = conn.begin().await?;
-                sqlx::query(SAVE_STATE)
-                    .bind(&state.users)
-                    .bind(&state.statuses)
-                    .bind(&state.devices)
-                    .bind(&state.texts)
-                    .bind(&state.revisions)
-                    .bind(&state.seqs)
-                    .execute(&mut *tx)
-                    .await?;
-                if !offline_users.is_empty() {
-                    sqlx::query(SAVE_LAST_SEEN)
-                        .bind(&offline_users)
-                        .bind(&offline_at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if !online_users.is_empty() {
-                    sqlx::query(SAVE_STATUS)
-                        .bind(&online_users)
-                        .bind(&online_statuses)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>(())
+                sqlx::query(SAVE)
+                    .bind(&rows.users)
+                    .bind(&rows.statuses)
+                    .bind(&rows.devices)
+                    .bind(&rows.texts)
+                    .bind(&rows.revisions)
+                    .bind(&rows.seqs)
+                    .bind(&rows.last_seen)
+                    .execute(conn)
+                    .await
             })
             .await?;
         let mut unsaved = self.unsaved.lock().expect("presence records poisoned");
@@ -379,13 +343,14 @@ impl State {
 
 /// The columns of `presence_state` rows for [`State::save`], one array each.
 #[derive(Default)]
-struct StateRows<'a> {
+struct Rows<'a> {
     users: Vec<&'a str>,
     statuses: Vec<&'static str>,
     devices: Vec<i32>,
     texts: Vec<Option<&'a str>>,
     revisions: Vec<i64>,
     seqs: Vec<i64>,
+    last_seen: Vec<Option<i64>>,
 }
 
 /// Bucket revisions and stream seqs are stream sequences; they fit a bigint.

@@ -54,10 +54,10 @@ use crate::telemetry::{Handled, JobMetrics};
 
 /// With nothing delivered for this long, reading the bucket's history is over.
 const CAUGHT_UP_IDLE: Duration = Duration::from_secs(1);
-/// Most transitions published together (one transaction, one round of acks).
+/// Most transitions published together (one last-seen query, one round of acks).
 const BATCH: usize = 256;
 /// Longest a transition waits for others to join its batch: a connection storm costs a
-/// few transactions per second instead of a few per connection.
+/// few last-seen queries per second instead of one per connection.
 const LINGER: Duration = Duration::from_millis(10);
 
 /// Why the watch has to be set up again.
