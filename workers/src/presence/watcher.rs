@@ -193,6 +193,10 @@ impl Watcher {
                     present.insert(user, Published { summary, revision });
                 }
                 replayed += 1;
+                // The first start after an upgrade reads the whole stream's presence.
+                if replayed % 100_000 == 0 {
+                    tracing::info!(replayed, seq = stored.seq, "reading back presence events");
+                }
             }
         }
         if replayed > 0 {
