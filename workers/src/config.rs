@@ -50,6 +50,12 @@ pub struct WorkersConfig {
     #[arg(long, env = "SWITCHBOARD_WORKERS_DB_CONNECTIONS", default_value_t = 4)]
     pub db_connections: u32,
 
+    /// Longest the presence job keeps what it published before writing it to PostgreSQL
+    /// (docs/operations.md §2): longer gathers more users per write; a crash costs the
+    /// next start reading that much back from the stream.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_SAVE_MS", default_value_t = 1_000)]
+    pub presence_save_ms: u64,
+
     #[command(flatten)]
     pub notifications: crate::notifications::NotificationsConfig,
 
@@ -61,6 +67,10 @@ pub struct WorkersConfig {
 }
 
 impl WorkersConfig {
+    pub fn presence_save(&self) -> Duration {
+        Duration::from_millis(self.presence_save_ms)
+    }
+
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms.max(1))
     }

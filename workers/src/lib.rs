@@ -199,6 +199,7 @@ pub async fn run(
                 db.clone(),
                 client.clone(),
                 js,
+                config.presence_save(),
                 readiness.clone(),
                 shutdown,
             )),

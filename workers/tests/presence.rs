@@ -374,6 +374,41 @@ async fn events_published_but_not_written_before_a_crash_are_read_back_at_start(
     assert_no_more_events(&setup, "ghost", 2).await;
 }
 
+/// Until it is written, what was published is what `presence.get` answers; a worker
+/// killed before writing leaves it to the next start, which writes it without telling
+/// watchers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_is_published_is_answered_before_it_is_written_and_survives_a_kill() {
+    let setup = setup().await;
+    let hour = ("SWITCHBOARD_PRESENCE_SAVE_MS", "3600000".to_string());
+    let first = Worker::start(&setup, "presence", &[hour]);
+    wait_for_worker(&setup).await;
+    put(&setup, "u1.c1", "busy", Some("On site"), LONG_TTL).await;
+    nth_event(&setup, "u1", 1).await;
+    let answer = presence_get(&setup, Some("u1"), json!({"users": ["u1"]})).await;
+    assert_eq!(
+        answer["result"]["presence"],
+        json!([{"user": "u1", "status": "busy", "devices": 1, "text": "On site"}]),
+        "{answer}"
+    );
+    let row = || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT status, seq FROM switchboard.presence_state WHERE user_id = 'u1'",
+        )
+        .fetch_optional(&setup.db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(row().await, None, "not written yet");
+    first.kill().await;
+
+    let _second = Worker::start(&setup, "presence", &[]);
+    let stored = setup.store.forward("rt.presence.u1", 1, 10).await.unwrap();
+    let written = eventually("the event written by the next start", row).await;
+    assert_eq!(written, ("busy".to_string(), stored[0].seq as i64));
+    assert_no_more_events(&setup, "u1", 1).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_publish_each_change_once() {
     let setup = setup().await;

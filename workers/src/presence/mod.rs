@@ -34,6 +34,7 @@ pub mod state;
 pub mod watcher;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use sqlx::PgPool;
@@ -51,10 +52,11 @@ pub async fn run(
     db: PgPool,
     client: async_nats::Client,
     js: jetstream::Context,
+    save_after: Duration,
     readiness: Arc<crate::http::Readiness>,
     shutdown: CancellationToken,
 ) {
-    let state = State::new(db.clone());
+    let state = State::new(db.clone(), save_after);
     let entries = reaper::Entries::default();
     let reaper = reaper::Reaper::new(js.clone(), entries.clone());
     let watcher = Watcher::new(client.clone(), js, state.clone(), readiness, entries);

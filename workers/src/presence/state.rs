@@ -6,12 +6,13 @@
 //!
 //! The `EVENTS` stream is the record of what watchers were told. A batch of transitions
 //! is published first; each user's newest published summary is then kept here in memory
-//! ([`State::record`]) and written to PostgreSQL at most [`SAVE_AFTER`] later, every user
-//! changed meanwhile in one statement ([`State::save`]), each row with the stream seq of
-//! the event that published it. A worker that starts reads the users present from the
-//! rows, then the `user.presence` events stored after the newest seq any row holds: what
-//! a crash published but did not write. So the comparison after a restart starts from
-//! what watchers were told, and what a crash left unwritten is written by the next start.
+//! ([`State::record`]) and written to PostgreSQL a moment later (a second by default),
+//! every user changed meanwhile in one statement ([`State::save`]), each row with the
+//! stream seq of the event that published it. A worker that starts reads the users
+//! present from the rows, then the `user.presence` events stored after the newest seq
+//! any row holds: what a crash published but did not write. So the comparison after a
+//! restart starts from what watchers were told, and what a crash left unwritten is
+//! written by the next start.
 //!
 //! A connection storm therefore costs PostgreSQL a few statements per second, whatever
 //! the number of users coming and going, and a user who comes and goes within one save
@@ -34,8 +35,6 @@ use time::OffsetDateTime;
 use super::board::{Published, Summary};
 use crate::dedicated::Dedicated;
 
-/// Longest a published summary waits before it is written to PostgreSQL.
-pub const SAVE_AFTER: Duration = Duration::from_secs(1);
 /// Users waiting that make a save due at once.
 const SAVE_MOST: usize = 4096;
 
@@ -92,6 +91,8 @@ pub struct State {
     /// Published, not yet written: the watcher adds, saves and empties it, `presence.get`
     /// reads it.
     unsaved: Arc<Mutex<Unsaved>>,
+    /// Longest a published summary waits before it is written.
+    save_after: Duration,
 }
 
 /// What a restarting worker starts from: the users last published as present, and the
@@ -108,8 +109,10 @@ struct Record {
     revision: u64,
     /// Stream seq of the event that published it.
     seq: u64,
-    /// When the user last went offline, if they did since the last save.
-    last_seen: Option<OffsetDateTime>,
+    /// When the user last went offline, if they did since the last save: unix
+    /// microseconds, PostgreSQL's precision, so an answer reads the same before and after
+    /// the save.
+    last_seen: Option<i64>,
 }
 
 #[derive(Default)]
@@ -120,11 +123,12 @@ struct Unsaved {
 }
 
 impl State {
-    pub fn new(db: PgPool) -> State {
+    pub fn new(db: PgPool, save_after: Duration) -> State {
         State {
             watching: Arc::new(Dedicated::new(&db)),
             db,
             unsaved: Arc::default(),
+            save_after,
         }
     }
 
@@ -174,7 +178,7 @@ impl State {
         let mut unsaved = self.unsaved.lock().expect("presence records poisoned");
         unsaved.since.get_or_insert_with(Instant::now);
         let last_seen = match unsaved.users.get(user) {
-            _ if summary.is_offline() => Some(at),
+            _ if summary.is_offline() => Some(unix_micros(at)),
             Some(earlier) => earlier.last_seen,
             None => None,
         };
@@ -196,7 +200,7 @@ impl State {
         if unsaved.users.len() >= SAVE_MOST {
             return Some(Duration::ZERO);
         }
-        Some(SAVE_AFTER.saturating_sub(since.elapsed()))
+        Some(self.save_after.saturating_sub(since.elapsed()))
     }
 
     /// Writes every summary recorded since the last save, with the last-seen of those who
@@ -223,7 +227,7 @@ impl State {
             rows.texts.push(summary.text.as_deref());
             rows.revisions.push(bigint(record.revision));
             rows.seqs.push(bigint(record.seq));
-            rows.last_seen.push(record.last_seen.map(unix_micros));
+            rows.last_seen.push(record.last_seen);
         }
         self.watching
             .run(async |conn| {
@@ -263,8 +267,8 @@ impl State {
             let unsaved = self.unsaved.lock().expect("presence records poisoned");
             for user in users {
                 match unsaved.users.get(*user).and_then(|r| r.last_seen) {
-                    Some(at) => {
-                        seen.insert(user.to_string(), timestamp(at));
+                    Some(micros) => {
+                        seen.extend(timestamp_from_micros(micros).map(|t| (user.to_string(), t)));
                     }
                     None => ask.push(user.as_str()),
                 }
@@ -320,8 +324,8 @@ impl State {
                 let mut last_seen = last_seen.and_then(timestamp_from_micros);
                 let summary = match unsaved.users.get(id) {
                     Some(record) => {
-                        if let Some(at) = record.last_seen {
-                            last_seen = Some(timestamp(at));
+                        if let Some(micros) = record.last_seen {
+                            last_seen = timestamp_from_micros(micros);
                         }
                         record.summary.clone()
                     }
@@ -360,11 +364,6 @@ fn bigint(sequence: u64) -> i64 {
 
 fn timestamp_from_micros(micros: i64) -> Option<Timestamp> {
     Timestamp::from_unix_nanos(i128::from(micros) * 1000).ok()
-}
-
-/// An instant as an event timestamp.
-pub fn timestamp(instant: OffsetDateTime) -> Timestamp {
-    Timestamp::from_offset_date_time(instant).unwrap_or_else(|_| Timestamp::now())
 }
 
 /// Microseconds since the epoch: PostgreSQL's precision.

@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use super::board::{Board, Mark, Published, Summary, Transition};
 use super::entry::{Change, Key};
 use super::reaper::Entries;
-use super::state::{State, timestamp};
+use super::state::State;
 use crate::backoff::Backoff;
 use crate::http::Readiness;
 use crate::telemetry::{Handled, JobMetrics};
@@ -531,6 +531,10 @@ pub fn presence_event(
         kind: "user".into(),
     });
     (channel, event)
+}
+
+fn timestamp(instant: OffsetDateTime) -> Timestamp {
+    Timestamp::from_offset_date_time(instant).unwrap_or_else(|_| Timestamp::now())
 }
 
 #[cfg(test)]
