@@ -194,7 +194,7 @@ impl Watcher {
                 }
                 replayed += 1;
                 // The first start after an upgrade reads the whole stream's presence.
-                if replayed % 100_000 == 0 {
+                if replayed.is_multiple_of(100_000) {
                     tracing::info!(replayed, seq = stored.seq, "reading back presence events");
                 }
             }
