@@ -161,11 +161,7 @@ impl Watcher {
     ) -> Result<Vec<(UserId, Published)>, StoreError> {
         let mut present: std::collections::HashMap<UserId, Published> =
             present.iter().cloned().collect();
-        let subject = format!(
-            "{}.{}.>",
-            SubjectKind::Durable.prefix(),
-            Namespace::Presence
-        );
+        let subject = SubjectKind::Durable.namespace_wildcard(Namespace::Presence);
         let mut next = newest_seq + 1;
         let mut replayed = 0usize;
         loop {
@@ -235,8 +231,13 @@ impl Watcher {
         let mut batch = Vec::new();
         let mut gathering = Instant::now();
         loop {
-            if let Flow::Stop = self.save_if_due(shutdown).await {
-                return Ok(());
+            let mut save_due = self.state.save_due();
+            if save_due == Some(Duration::ZERO) {
+                if let Flow::Stop = self.save(shutdown).await {
+                    return Ok(());
+                }
+                // This loop alone records, so nothing is left to save.
+                save_due = None;
             }
             let mut wait = if batch.is_empty() {
                 CAUGHT_UP_IDLE
@@ -244,7 +245,7 @@ impl Watcher {
                 LINGER.saturating_sub(gathering.elapsed())
             };
             // While catching up, a second without entries is what ends it: a save waits.
-            if caught_up && let Some(due) = self.state.save_due() {
+            if caught_up && let Some(due) = save_due {
                 wait = wait.min(due);
             }
             if !batch.is_empty() && (wait.is_zero() || batch.len() >= BATCH) {
@@ -414,12 +415,9 @@ impl Watcher {
         Flow::Continue
     }
 
-    /// Writes what was published to PostgreSQL once a save is due (retried until it is
-    /// written, or until shutdown).
-    async fn save_if_due(&self, shutdown: &CancellationToken) -> Flow {
-        if self.state.save_due() != Some(Duration::ZERO) {
-            return Flow::Continue;
-        }
+    /// Writes what was published to PostgreSQL, retried until it is written or until
+    /// shutdown.
+    async fn save(&self, shutdown: &CancellationToken) -> Flow {
         match self
             .retry(shutdown, "recording presence", || self.state.save())
             .await
