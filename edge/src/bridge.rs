@@ -265,7 +265,7 @@ impl Bridge {
         channel.set_ready(head);
         loop {
             tokio::select! {
-                _ = channel.stop.cancelled() => break,
+                _ = channel.stopped() => break,
                 _ = channel.resync.notified() => Box::pin(self.repair(&channel, None)).await,
                 message = live.next() => match message {
                     Some(message) => Box::pin(self.on_live(&channel, &message)).await,
@@ -277,7 +277,7 @@ impl Bridge {
                 },
             }
         }
-        if !channel.stop.is_cancelled() {
+        if !channel.is_stopped() {
             // The client dropped the subscriptions (it is shutting down): let the next
             // subscriber start a fresh bridge.
             self.hub.forget(&channel);
@@ -342,7 +342,7 @@ impl Bridge {
         let subject = channel.name.subject(SubjectKind::Durable);
         let mut backoff = Duration::from_millis(50);
         loop {
-            if channel.stop.is_cancelled() {
+            if channel.is_stopped() {
                 return;
             }
             let from = channel.head() + 1;

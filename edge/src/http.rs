@@ -150,7 +150,9 @@ async fn websocket(
         // in one batch collect up to it and leave in one write instead of one each.
         .read_buffer_size(session::READ_BUFFER)
         .write_buffer_size(session::WRITE_BUFFER)
-        .on_upgrade(move |socket| sessions.track_future(session::run(edge, socket, admitted, held)))
+        .on_upgrade(move |socket| {
+            sessions.track_future(session::run(edge, socket, Box::new(admitted), held))
+        })
 }
 
 /// `POST /v1/publish` body.

@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use switchboard_schemas::{ChannelName, Envelope, TypeFilters, UserAlias, encode_evt_from};
-use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::mailbox::{ConnControl, ConnId, Mailbox, text};
 use crate::metrics::Metrics;
+use crate::watched::Watched;
 
 /// Live events buffered for a catching-up subscriber before its replay restarts instead.
 const CATCH_UP_BUFFER: usize = 4096;
@@ -103,9 +103,9 @@ pub struct Channel {
     pub name: ChannelName,
     metrics: Arc<Metrics>,
     state: Mutex<ChannelState>,
-    ready: watch::Sender<Readiness>,
-    /// Cancelled when the last subscriber leaves; the bridge task then ends.
-    pub stop: CancellationToken,
+    ready: Watched<Readiness>,
+    /// Set when the last subscriber leaves; the bridge task then ends.
+    stopped: Watched<bool>,
     /// Poked when NATS may have dropped live messages; the bridge re-reads the stream.
     pub resync: Notify,
 }
@@ -179,8 +179,8 @@ impl Hub {
                 attaching: 1,
                 ..ChannelState::default()
             }),
-            ready: watch::Sender::new(Readiness::Starting),
-            stop: CancellationToken::new(),
+            ready: Watched::new(Readiness::Starting),
+            stopped: Watched::new(false),
             resync: Notify::new(),
         });
         channels.insert(name.as_str().to_string(), channel.clone());
@@ -211,7 +211,7 @@ impl Hub {
         {
             channels.remove(channel.name.as_str());
         }
-        channel.stop.cancel();
+        channel.stop();
     }
 
     /// The sessions of `user` on this edge, whatever they subscribe to.
@@ -265,7 +265,7 @@ impl Hub {
             {
                 channels.remove(channel.name.as_str());
             }
-            channel.stop.cancel();
+            channel.stop();
         }
     }
 
@@ -330,31 +330,42 @@ impl Channel {
 
     /// Waits until the bridge has subscribed and knows the channel's head.
     pub async fn ready(&self) -> Result<(), String> {
-        let mut rx = self.ready.subscribe();
-        let outcome = rx
-            .wait_for(|r| *r != Readiness::Starting)
+        self.ready
+            .wait_for(|r| match r {
+                Readiness::Starting => None,
+                Readiness::Ready => Some(Ok(())),
+                Readiness::Failed(why) => Some(Err(why.clone())),
+            })
             .await
-            .map(|r| r.clone());
-        match outcome {
-            Ok(Readiness::Ready) => Ok(()),
-            Ok(Readiness::Failed(why)) => Err(why),
-            _ => Err("channel bridge stopped".into()),
-        }
     }
 
     /// Whether the bridge knows the channel's head (see [`Channel::set_ready`]).
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow() == Readiness::Ready
+        self.ready.read(|r| *r == Readiness::Ready)
     }
 
     /// Called by the bridge once it is subscribed and has read the head from the stream.
     pub fn set_ready(&self, head: u64) {
         self.state().head = head;
-        self.ready.send_replace(Readiness::Ready);
+        self.ready.set(Readiness::Ready);
     }
 
     pub fn set_failed(&self, why: String) {
-        self.ready.send_replace(Readiness::Failed(why));
+        self.ready.set(Readiness::Failed(why));
+    }
+
+    fn stop(&self) {
+        self.stopped.set(true);
+    }
+
+    /// Whether the last subscriber has left (the bridge should end).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.read(|stopped| *stopped)
+    }
+
+    /// Resolves once the last subscriber has left.
+    pub async fn stopped(&self) {
+        self.stopped.wait_for(|stopped| stopped.then_some(())).await
     }
 
     /// The last seq delivered on this channel.
@@ -382,6 +393,11 @@ impl Channel {
         };
         if let Some(ok) = ok(head) {
             sub.mailbox.push_event(ok);
+        }
+        // Most channels have one subscriber (a user's own); a first push would make room
+        // for four (BENCHMARKS.md, "Memory per idle connection, a second look").
+        if state.subscribers.capacity() == 0 {
+            state.subscribers.reserve_exact(1);
         }
         state.subscribers.push(Subscriber { sub, mode });
         head
@@ -643,10 +659,10 @@ mod tests {
         );
         hub.detach(&channel, 7);
         assert_eq!(hub.len(), 1, "an attachment still holds the channel");
-        assert!(!channel.stop.is_cancelled());
+        assert!(!channel.is_stopped());
         drop(third);
         assert!(hub.is_empty());
-        assert!(channel.stop.is_cancelled());
+        assert!(channel.is_stopped());
         assert_eq!(channel.state().attaching, 0);
         // A channel forgotten after a failed bridge: its attachments still give back
         // their own places only, and a new channel under the same name is untouched.
@@ -656,7 +672,7 @@ mod tests {
         assert!(new);
         drop(stale);
         assert_eq!(hub.len(), 1);
-        assert!(!fresh.channel().stop.is_cancelled());
+        assert!(!fresh.channel().is_stopped());
         drop(fresh);
         assert!(hub.is_empty());
     }

@@ -61,6 +61,7 @@ pub mod server;
 pub mod session;
 pub mod subscribe;
 pub mod tls;
+pub mod watched;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

@@ -19,11 +19,9 @@
 //! What a WebSocket session adds around this (occupancy, `join`/`leave`) stays in the
 //! session: SSE and polls have no channel presence.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use switchboard_schemas::{ChannelName, Namespace, ResumeFrom};
-use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
 use crate::auth::Identity;
@@ -31,7 +29,7 @@ use crate::hub::{Channel, Subscription};
 use crate::members::Members;
 use crate::policy::Policy;
 use crate::refusal::Refusal;
-use crate::subscribe;
+use crate::subscribe::{self, Progress};
 
 /// Whether a subscription may start.
 #[derive(Debug, PartialEq, Eq)]
@@ -180,37 +178,57 @@ fn decide<'a>(
 /// One subscription as a connection holds it.
 #[derive(Debug)]
 struct Held {
+    label: ChannelName,
     channel: Arc<Channel>,
-    /// Cancelled on unsubscribe, so a subscribe still in flight backs out.
-    cancel: CancellationToken,
-    /// True once the subscriber is on the channel (its head fixed); closed if it failed.
-    added: tokio::sync::watch::Receiver<bool>,
+    /// Cancelled on unsubscribe, so a subscribe still in flight backs out; says when the
+    /// subscriber is on the channel (its head fixed), or failed.
+    progress: Arc<Progress>,
     /// The subscription's key in the hub.
     key: u64,
 }
 
 /// A connection's subscriptions, by the channel as the client spelled it.
+///
+/// A list, not a map: a connection holds a few (at most `max_subscriptions`), and a map
+/// of two makes room for four; on an edge of idle connections that difference was memory
+/// per connection (BENCHMARKS.md, "Memory per idle connection, a second look").
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    held: HashMap<ChannelName, Held>,
+    held: Vec<Held>,
 }
 
 impl Subscriptions {
     pub fn contains(&self, label: &ChannelName) -> bool {
-        self.held.contains_key(label)
+        self.position(label).is_some()
+    }
+
+    fn position(&self, label: &ChannelName) -> Option<usize> {
+        self.held.iter().position(|held| held.label == *label)
     }
 
     pub fn labels(&self) -> impl Iterator<Item = &ChannelName> {
-        self.held.keys()
+        self.held.iter().map(|held| &held.label)
     }
 
     /// Subscriptions that count toward the per-connection limit: `system:broadcast` is
     /// implicit and does not.
     pub fn counted(&self) -> usize {
-        self.held
-            .keys()
+        self.labels()
             .filter(|label| **label != ChannelName::system_broadcast())
             .count()
+    }
+
+    /// Holds `held` in place of any subscription to the same label; the first few
+    /// one place at a time (most connections hold two or three).
+    fn hold(&mut self, held: Held) {
+        if let Some(at) = self.position(&held.label) {
+            self.held[at] = held;
+            return;
+        }
+        if self.held.len() == self.held.capacity() && self.held.len() < 4 {
+            self.held.reserve_exact(1);
+        }
+        self.held.push(held);
     }
 
     /// Attaches `subscription` (authorized for `identity`) to its channel now and returns
@@ -233,35 +251,27 @@ impl Subscriptions {
         // Given back by the work when it fails, or with it when it is dropped first.
         let attachment = subscribe::attach(edge, &subscription.label);
         let channel = attachment.channel().clone();
-        let cancel = CancellationToken::new();
-        let (added_tx, added) = tokio::sync::watch::channel(false);
-        let mut on_channel = added_tx.subscribe();
+        let (progress, arrives) = Progress::start();
+        let on_channel = progress.clone();
         let (label, identity) = (subscription.label.clone(), identity.clone());
         let control = subscription.mailbox.control.clone();
-        let progress = subscribe::Progress {
-            cancel: cancel.clone(),
-            added: added_tx,
-        };
-        self.held.insert(
-            subscription.label.clone(),
-            Held {
-                channel,
-                cancel: cancel.clone(),
-                added,
-                key: subscription.key,
-            },
-        );
+        self.hold(Held {
+            label: subscription.label.clone(),
+            channel,
+            progress,
+            key: subscription.key,
+        });
         edge.metrics.gauge(&edge.metrics.subscriptions, 1);
         let edge = edge.clone();
         async move {
             let work =
-                subscribe::subscribe(&edge, attachment, subscription, id, since, reply, progress);
+                subscribe::subscribe(&edge, attachment, subscription, id, since, reply, arrives);
             // A membership or privacy change is told to the subscribers on the channel; one
             // that came while this subscription was being set up found it not there yet.
             // Once it is, any later change finds it, and this check catches the earlier
             // ones.
             let recheck = async {
-                if on_channel.wait_for(|on| *on).await.is_ok() {
+                if on_channel.settled().await {
                     let now = authorize(&edge, &identity, &label);
                     if stale_on_arrival(&now, privacy, edge.hub.changes()) {
                         control.recheck(label.base());
@@ -279,16 +289,16 @@ impl Subscriptions {
     /// a publish stored before the subscription fixes its head would never reach it.
     pub fn settled(&self, channel: &ChannelName) -> impl Future<Output = ()> + Send + 'static {
         let base = channel.base();
-        let mut pending: Vec<tokio::sync::watch::Receiver<bool>> = self
+        let pending: Vec<Arc<Progress>> = self
             .held
             .iter()
-            .filter(|(label, _)| label.base() == base)
-            .map(|(_, held)| held.added.clone())
+            .filter(|held| held.label.base() == base)
+            .map(|held| held.progress.clone())
             .collect();
         async move {
-            for added in &mut pending {
-                // Closed: the subscription failed or ended; nothing to wait for.
-                let _ = added.wait_for(|on| *on).await;
+            for progress in &pending {
+                // Failed or ended: nothing to wait for.
+                progress.settled().await;
             }
         }
     }
@@ -296,10 +306,11 @@ impl Subscriptions {
     /// Ends a subscription: backs out one still being set up, leaves the channel.
     /// Returns whether there was one.
     pub fn end(&mut self, edge: &Edge, label: &ChannelName) -> bool {
-        let Some(held) = self.held.remove(label) else {
+        let Some(at) = self.position(label) else {
             return false;
         };
-        held.cancel.cancel();
+        let held = self.held.swap_remove(at);
+        held.progress.cancel();
         // Detaching a subscription that never got added is harmless.
         edge.hub.detach(&held.channel, held.key);
         edge.metrics.gauge(&edge.metrics.subscriptions, -1);
@@ -308,8 +319,8 @@ impl Subscriptions {
 
     /// Ends every subscription, as the connection goes.
     pub fn end_all(&mut self, edge: &Edge) {
-        let labels: Vec<ChannelName> = self.held.keys().cloned().collect();
-        for label in labels {
+        while let Some(held) = self.held.last() {
+            let label = held.label.clone();
             self.end(edge, &label);
         }
     }

@@ -6,12 +6,13 @@
 //! without a gap or a duplicate (see [`crate::hub`]). What the stream no longer holds of
 //! an archived channel comes first from the [`crate::archive`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use switchboard_bus::store::StreamPosition;
 use switchboard_schemas::frame::OkReply;
 use switchboard_schemas::{ChannelName, Namespace, ResumeFrom, ServerFrame, SubjectKind};
-use tokio_util::sync::CancellationToken;
 
 use crate::Edge;
 use crate::archive::{self, Bridgehead, Kept};
@@ -19,6 +20,7 @@ use crate::auth::Identity;
 use crate::hub::{Attachment, CatchUp, Subscription};
 use crate::mailbox::text;
 use crate::refusal::Refusal;
+use crate::watched::Watched;
 
 /// Stored events read per request while replaying.
 const REPLAY_BATCH: usize = 256;
@@ -64,9 +66,8 @@ pub async fn subscribe(
     id: Option<u64>,
     since: Option<ResumeFrom>,
     reply: bool,
-    progress: Progress,
+    progress: Arrives,
 ) -> Result<(), Refusal> {
-    let Progress { cancel, added } = progress;
     let channel = attachment.channel().clone();
     if let Err(why) = channel.ready().await {
         return Err(Refusal::unavailable(format!("channel unavailable: {why}")));
@@ -122,8 +123,8 @@ pub async fn subscribe(
     });
     // From here on every event after `head` reaches this subscriber (live or through the
     // catch-up buffer): a publish waiting on it may go.
-    added.send_replace(true);
-    if cancel.is_cancelled() {
+    progress.added();
+    if progress.is_cancelled() {
         edge.hub.detach(&channel, key);
         return Ok(());
     }
@@ -157,7 +158,7 @@ pub async fn subscribe(
                     archived,
                     &send,
                     &mailbox,
-                    &cancel,
+                    &progress,
                 )
                 .await?
                 {
@@ -215,7 +216,7 @@ pub async fn subscribe(
             replayed = replayed.max(last);
         }
         floor = replayed;
-        if cancel.is_cancelled() {
+        if progress.is_cancelled() {
             return Ok(());
         }
         if full {
@@ -250,7 +251,7 @@ async fn replay_archive(
     archived: Bridgehead,
     send: &impl Fn(&Kept) -> Option<axum::extract::ws::Utf8Bytes>,
     mailbox: &crate::mailbox::Mailbox,
-    cancel: &CancellationToken,
+    progress: &Arrives,
 ) -> Result<Option<u64>, Refusal> {
     let Bridgehead { first, before } = archived;
     let epoch = edge.position().epoch;
@@ -273,7 +274,7 @@ async fn replay_archive(
             }
             last = event.seq;
         }
-        if cancel.is_cancelled() {
+        if progress.is_cancelled() {
             return Ok(None);
         }
         // A page that moved nothing forward would be asked for again and again.
@@ -358,12 +359,83 @@ struct Batch {
     last: Option<u64>,
 }
 
-/// How a subscription in progress talks with its holder: `cancel` backs it out (an
-/// `unsub` meanwhile), `added` turns true once it is on the channel.
+/// A subscription being set up, as its holder and its work share it: the holder may back
+/// it out (an `unsub` meanwhile), the work says once it is on the channel. One small
+/// allocation per subscription, where a cancellation token and a watch channel took
+/// about 450 bytes (BENCHMARKS.md, "Memory per idle connection, a second look").
 #[derive(Debug)]
 pub struct Progress {
-    pub cancel: CancellationToken,
-    pub added: tokio::sync::watch::Sender<bool>,
+    arrival: Watched<Arrival>,
+    cancelled: AtomicBool,
+}
+
+/// Where a subscription being set up stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    Pending,
+    /// On the channel, its head fixed.
+    Added,
+    /// The work ended (failed, or dropped) before that.
+    Gone,
+}
+
+impl Progress {
+    /// A new subscription's progress, and the work's hold on it.
+    pub fn start() -> (Arc<Progress>, Arrives) {
+        let progress = Arc::new(Progress {
+            arrival: Watched::new(Arrival::Pending),
+            cancelled: AtomicBool::new(false),
+        });
+        (progress.clone(), Arrives(progress))
+    }
+
+    /// Backs the subscription out: the work stops at its next look.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Waits until the subscriber is on the channel (true) or its work ended first
+    /// (false).
+    pub async fn settled(&self) -> bool {
+        self.arrival
+            .wait_for(|arrival| match arrival {
+                Arrival::Pending => None,
+                Arrival::Added => Some(true),
+                Arrival::Gone => Some(false),
+            })
+            .await
+    }
+}
+
+/// The subscribing work's hold on its [`Progress`]: dropped before [`Arrives::added`],
+/// it leaves the subscription gone, so no one waits for it forever.
+#[derive(Debug)]
+pub struct Arrives(Arc<Progress>);
+
+impl Arrives {
+    pub fn added(&self) {
+        self.0.arrival.set(Arrival::Added);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+impl Drop for Arrives {
+    fn drop(&mut self) {
+        self.0.arrival.update(|arrival| {
+            let pending = *arrival == Arrival::Pending;
+            if pending {
+                *arrival = Arrival::Gone;
+            }
+            pending
+        });
+    }
 }
 
 /// Whether the stream still holds every event of the channel after `since` (docs/protocol.md,

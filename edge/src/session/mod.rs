@@ -61,7 +61,7 @@ const WRITE_BATCH: usize = 128;
 /// events are written.
 const READ_BATCH: usize = 16;
 /// Bytes read from the socket at once; a larger client frame takes several reads.
-pub const READ_BUFFER: usize = 1024;
+pub const READ_BUFFER: usize = 512;
 /// Bytes of fed frames that tungstenite collects before writing to the socket; the
 /// flush at the end of a batch writes the rest. A batch of small frames thus costs one
 /// `send` instead of one per frame.
@@ -87,18 +87,21 @@ const RECEIPT_WINDOW: Duration = Duration::from_millis(200);
 /// valid token; otherwise the client has `hello_timeout` to send `hello`.
 ///
 /// A block rather than an `async fn`: an `async fn` keeps a second copy of its arguments
-/// (the socket alone is 368 bytes) for the whole life of the session.
+/// (the socket alone is 368 bytes) for the whole life of the session. For the same
+/// reason `admitted` comes boxed (its box is freed at once; unboxed, its 152 bytes would
+/// stay in the task for good), and the session is built by [`Session::open`], whose
+/// locals then need no place in the task.
 #[allow(clippy::manual_async_fn)]
 pub fn run(
     edge: Arc<Edge>,
     mut socket: WebSocket,
-    admitted: Admitted,
+    admitted: Box<Admitted>,
     held: Option<crate::server::Socket>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let (identity, slot, declared, own) = match admitted {
+        let opened = match *admitted {
             Admitted::Authenticated(identity, slot, declared, own) => {
-                (identity, slot, declared, own)
+                Session::open(&edge, identity, slot, declared, own)
             }
             Admitted::Pending(pending, presence) => {
                 let Some((identity, declared)) = await_hello(&edge, &mut socket, presence).await
@@ -112,46 +115,10 @@ pub fn run(
                     say_bye(&mut socket, ByeCode::RateLimited).await;
                     return;
                 };
-                (identity, slot, declared, None)
+                Session::open(&edge, identity, slot, declared, None)
             }
         };
-        let conn = edge.next_conn();
-        let control = Arc::new(ConnControl::new(
-            conn,
-            identity.user.clone(),
-            &edge.draining,
-        ));
-        let (mailbox, outgoing) = Mailbox::new(
-            edge.config.send_queue,
-            edge.config.send_queue_bytes,
-            control.clone(),
-            edge.metrics.clone(),
-        );
-        let mut session = Session {
-            edge: edge.clone(),
-            identity,
-            slot,
-            mailbox,
-            control,
-            subs: Subscriptions::default(),
-            tasks: JoinSet::new(),
-            done: Arc::default(),
-            limits: Limits::new(&edge.config),
-            receipts: HashMap::new(),
-            receipts_due: None,
-            session_id: format!("{}-{conn}", edge.id),
-            // The first write of the presence entry already carries the declared status:
-            // a connection that opens invisible is never seen online.
-            me: ConnState {
-                status: declared.presence.status,
-                text: declared.presence.text,
-                device: declared.device,
-            },
-            typing: HashMap::new(),
-            visibility: VisibilityState::Unknown,
-            deferred: Vec::new(),
-            own,
-        };
+        let (mut session, outgoing) = opened;
         edge.metrics.gauge(&edge.metrics.connections, 1);
         session.run(&mut socket, &outgoing, held).await;
         edge.metrics.gauge(&edge.metrics.connections, -1);
@@ -273,6 +240,54 @@ enum Flow {
 }
 
 impl Session {
+    /// A session for an admitted user, and the queue its socket is written from.
+    fn open(
+        edge: &Arc<Edge>,
+        identity: Identity,
+        slot: UserSlot,
+        declared: Declared,
+        own: Option<Attachment>,
+    ) -> (Session, Outgoing) {
+        let conn = edge.next_conn();
+        let control = Arc::new(ConnControl::new(
+            conn,
+            identity.user.clone(),
+            &edge.draining,
+        ));
+        let (mailbox, outgoing) = Mailbox::new(
+            edge.config.send_queue,
+            edge.config.send_queue_bytes,
+            control.clone(),
+            edge.metrics.clone(),
+        );
+        let session = Session {
+            edge: edge.clone(),
+            identity,
+            slot,
+            mailbox,
+            control,
+            subs: Subscriptions::default(),
+            tasks: JoinSet::new(),
+            done: Arc::default(),
+            limits: Limits::new(&edge.config),
+            receipts: HashMap::new(),
+            receipts_due: None,
+            session_id: format!("{}-{conn}", edge.id),
+            // The first write of the presence entry already carries the declared status:
+            // a connection that opens invisible is never seen online.
+            me: ConnState {
+                status: declared.presence.status,
+                text: declared.presence.text,
+                device: declared.device,
+            },
+            typing: HashMap::new(),
+            visibility: VisibilityState::Unknown,
+            deferred: Vec::new(),
+            own,
+        };
+        (session, outgoing)
+    }
+
     /// `held`: the socket's `101`, held back until `welcome` is written (server::Socket).
     async fn run(
         &mut self,
@@ -286,17 +301,15 @@ impl Session {
         // future, which every idle connection holds for its whole life.
         Box::pin(self.put_presence()).await;
         Box::pin(self.subscribe_implicit()).await;
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut last_heard = Instant::now();
         let leeway = Duration::from_secs(self.edge.config.jwt_leeway_s);
-        let expiry = tokio::time::sleep_until(expiry_instant(self.identity.exp, leeway));
-        tokio::pin!(expiry);
-        let mut expired = false;
-        // The receipts timer is armed only while cursors wait; `armed` is its deadline.
-        let receipts_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(receipts_timer);
-        let mut armed: Option<tokio::time::Instant> = None;
+        let mut due = Deadlines {
+            beat: tokio::time::Instant::now() + heartbeat,
+            expiry: Some(expiry_instant(self.identity.exp, leeway)),
+            receipts: None,
+        };
+        let clock = tokio::time::sleep_until(due.next());
+        tokio::pin!(clock);
         // Futures that live across turns of the loop are made once: re-creating them on
         // every frame written is measurable at hundreds of thousands of deliveries/s.
         let control = self.control.clone();
@@ -310,11 +323,9 @@ impl Session {
         // Frames taken from the queue and not yet written.
         let mut batch = VecDeque::new();
         loop {
-            if self.receipts_due != armed {
-                armed = self.receipts_due;
-                if let Some(due) = armed {
-                    receipts_timer.as_mut().reset(due);
-                }
+            if self.receipts_due != due.receipts {
+                due.receipts = self.receipts_due;
+                clock.as_mut().reset(due.next());
             }
             tokio::select! {
                 biased;
@@ -397,8 +408,8 @@ impl Session {
                             break true;
                         }
                         if let Some(new_exp) = self.limits.refreshed_exp.take() {
-                            expiry.as_mut().reset(expiry_instant(new_exp, leeway));
-                            expired = false;
+                            due.expiry = Some(expiry_instant(new_exp, leeway));
+                            clock.as_mut().reset(due.next());
                         }
                         handled += 1;
                         // A session asked to end reads no further (the loop says bye).
@@ -416,23 +427,31 @@ impl Session {
                     // A client subscribes its own channel with its first frames if at all.
                     self.own = None;
                 }
-                _ = ticker.tick() => {
-                    self.own = None;
-                    if last_heard.elapsed() > heartbeat * 2 {
-                        let closing = close(socket, CLOSE_NORMAL, "heartbeat timeout");
-                        let _ = Box::pin(tokio::time::timeout(LAST_WORDS, closing)).await;
-                        break;
+                () = &mut clock => {
+                    let now = tokio::time::Instant::now();
+                    if due.expiry.is_some_and(|at| at <= now) {
+                        due.expiry = None;
+                        self.control.end(ByeCode::TokenExpired);
                     }
-                    let ping = tokio::time::timeout(heartbeat, socket.send(Message::Ping(Bytes::new())));
-                    if !matches!(Box::pin(ping).await, Ok(Ok(()))) {
-                        break;
+                    if due.receipts.is_some_and(|at| at <= now) {
+                        self.flush_receipts();
+                        due.receipts = self.receipts_due;
                     }
+                    if due.beat <= now {
+                        self.own = None;
+                        if last_heard.elapsed() > heartbeat * 2 {
+                            let closing = close(socket, CLOSE_NORMAL, "heartbeat timeout");
+                            let _ = Box::pin(tokio::time::timeout(LAST_WORDS, closing)).await;
+                            break;
+                        }
+                        let ping = tokio::time::timeout(heartbeat, socket.send(Message::Ping(Bytes::new())));
+                        if !matches!(Box::pin(ping).await, Ok(Ok(()))) {
+                            break;
+                        }
+                        due.beat = now + heartbeat;
+                    }
+                    clock.as_mut().reset(due.next());
                 }
-                _ = &mut expiry, if !expired => {
-                    expired = true;
-                    self.control.end(ByeCode::TokenExpired);
-                }
-                _ = &mut receipts_timer, if armed.is_some() => self.flush_receipts(),
                 Some(_) = self.tasks.join_next() => {}
             }
         }
@@ -565,6 +584,25 @@ async fn write_batch(
 fn is_too_big(error: &axum::Error) -> bool {
     let text = error.to_string();
     text.contains("Space limit exceeded") || text.contains("too long")
+}
+
+/// What the session's one timer waits for: the next heartbeat, the token's expiry (until
+/// it has passed) and the flush of waiting receipt cursors (while any wait). One timer
+/// rather than three: each is about a hundred bytes of every idle session's memory
+/// (BENCHMARKS.md, "Memory per idle connection, a second look").
+struct Deadlines {
+    beat: tokio::time::Instant,
+    expiry: Option<tokio::time::Instant>,
+    receipts: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    fn next(&self) -> tokio::time::Instant {
+        [self.expiry, self.receipts]
+            .into_iter()
+            .flatten()
+            .fold(self.beat, std::cmp::min)
+    }
 }
 
 fn expiry_instant(exp: i64, leeway: Duration) -> tokio::time::Instant {
