@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use switchboard_schemas::channel::SYSTEM_BROADCAST;
 use switchboard_schemas::{ChannelName, Namespace, ResumeFrom};
 
 use crate::Edge;
@@ -214,7 +215,7 @@ impl Subscriptions {
     /// implicit and does not.
     pub fn counted(&self) -> usize {
         self.labels()
-            .filter(|label| **label != ChannelName::system_broadcast())
+            .filter(|label| label.as_str() != SYSTEM_BROADCAST)
             .count()
     }
 

@@ -149,6 +149,10 @@ pub struct ChannelName {
 
 const MAX_ID_LEN: usize = 128;
 
+/// The channel every WebSocket connection holds without asking (docs/protocol.md,
+/// "`system:broadcast`").
+pub const SYSTEM_BROADCAST: &str = "system:broadcast";
+
 fn is_channel_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len())
         && id
@@ -197,7 +201,7 @@ impl ChannelName {
     /// `system:broadcast`, which every connection is implicitly subscribed to.
     pub fn system_broadcast() -> ChannelName {
         ChannelName {
-            text: "system:broadcast".to_owned(),
+            text: SYSTEM_BROADCAST.to_owned(),
             ns: Namespace::System,
             alias: None,
         }
