@@ -310,8 +310,38 @@ impl Outgoing {
     /// Waits until frames are queued, then moves up to `max` of them, oldest first, into
     /// `into`: true, or false once every mailbox is gone and nothing is left. Cancel-safe:
     /// frames move only in the poll that completes it.
+    ///
+    /// An empty `into` takes a whole queue of at most `max` frames by trading buffers with
+    /// it; [`Outgoing::give_back`] trades back once the frames are written. So an idle
+    /// session keeps one frame buffer, not one here and one in its batch
+    /// (BENCHMARKS.md, "Memory per idle connection, a second look").
     pub async fn take(&self, into: &mut VecDeque<Utf8Bytes>, max: usize) -> bool {
-        std::future::poll_fn(|cx| self.poll_drain(cx, max, |frame| into.push_back(frame))).await
+        std::future::poll_fn(|cx| {
+            let mut state = self.queue.lock();
+            if into.is_empty() && (1..=max).contains(&state.frames.len()) {
+                std::mem::swap(&mut state.frames, into);
+                state.bytes = 0;
+                self.made_room(state);
+                return Poll::Ready(true);
+            }
+            self.poll_locked(state, cx, max, |frame| into.push_back(frame))
+        })
+        .await
+    }
+
+    /// Gives an emptied batch's buffer back to the queue if the queue has none (nothing
+    /// came while the batch was written); a buffer grown by a burst shrinks first.
+    pub fn give_back(&self, batch: &mut VecDeque<Utf8Bytes>) {
+        if !batch.is_empty() {
+            return;
+        }
+        if batch.capacity() > KEPT_CAPACITY {
+            batch.shrink_to(KEPT_CAPACITY);
+        }
+        let mut state = self.queue.lock();
+        if state.frames.capacity() == 0 {
+            std::mem::swap(&mut state.frames, batch);
+        }
     }
 
     /// Moves whatever is queued now, without waiting.
@@ -333,7 +363,16 @@ impl Outgoing {
         max: usize,
         sink: impl FnMut(Utf8Bytes),
     ) -> Poll<bool> {
-        let mut state = self.queue.lock();
+        self.poll_locked(self.queue.lock(), cx, max, sink)
+    }
+
+    fn poll_locked(
+        &self,
+        mut state: MutexGuard<'_, QueueState>,
+        cx: &mut std::task::Context<'_>,
+        max: usize,
+        sink: impl FnMut(Utf8Bytes),
+    ) -> Poll<bool> {
         if !state.frames.is_empty() {
             self.drain(state, max, sink);
             return Poll::Ready(true);
@@ -363,7 +402,14 @@ impl Outgoing {
         if state.frames.is_empty() && state.frames.capacity() > KEPT_CAPACITY {
             state.frames.shrink_to(KEPT_CAPACITY);
         }
-        let wanting_room = n > 0 && std::mem::take(&mut state.wanting_room);
+        if n > 0 {
+            self.made_room(state);
+        }
+    }
+
+    /// Frames left the queue: wakes the senders waiting for room.
+    fn made_room(&self, mut state: MutexGuard<'_, QueueState>) {
+        let wanting_room = std::mem::take(&mut state.wanting_room);
         drop(state);
         if wanting_room {
             self.queue.room.notify_waiters();
@@ -458,6 +504,35 @@ mod tests {
         assert_eq!(texts(&batch), ["0", "1", "2", "3"]);
         outgoing.take_now(&mut batch);
         assert_eq!(batch.len(), 4, "nothing is left");
+    }
+
+    #[tokio::test]
+    async fn a_session_between_writes_keeps_one_frame_buffer() {
+        let (mailbox, outgoing) = mailbox(8);
+        let buffer = |outgoing: &Outgoing| outgoing.queue.lock().frames.capacity();
+        assert!(mailbox.push_event(frame(0)));
+        assert!(mailbox.push_event(frame(1)));
+        let mut batch = VecDeque::new();
+        assert!(outgoing.take(&mut batch, 8).await);
+        assert_eq!(texts(&batch), ["0", "1"]);
+        assert_eq!(buffer(&outgoing), 0, "the batch took the queue's buffer");
+        batch.clear();
+        outgoing.give_back(&mut batch);
+        assert_eq!(batch.capacity(), 0, "and gave it back once written");
+        assert!(buffer(&outgoing) >= 2);
+
+        // Frames that come while a batch is written find a buffer of their own; the
+        // written batch then keeps its own, and both go on in order.
+        assert!(mailbox.push_event(frame(2)));
+        assert!(outgoing.take(&mut batch, 8).await);
+        assert!(mailbox.push_event(frame(3)));
+        assert_eq!(texts(&batch), ["2"]);
+        batch.clear();
+        outgoing.give_back(&mut batch);
+        assert!(batch.capacity() > 0, "the queue had a buffer already");
+        assert!(outgoing.take(&mut batch, 8).await);
+        assert_eq!(texts(&batch), ["3"]);
+        assert_eq!(outgoing.queue.lock().bytes, 0, "every byte accounted for");
     }
 
     #[tokio::test]

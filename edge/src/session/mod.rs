@@ -212,7 +212,7 @@ struct Session {
     control: Arc<ConnControl>,
     /// By the channel as the client spelled it; `system:broadcast` is kept here too.
     subs: Subscriptions,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
     /// What the session's own tasks report back.
     done: Arc<Inbox<Done>>,
     limits: Limits,
@@ -267,7 +267,7 @@ impl Session {
             mailbox,
             control,
             subs: Subscriptions::default(),
-            tasks: JoinSet::new(),
+            tasks: Tasks::default(),
             done: Arc::default(),
             limits: Limits::new(&edge.config),
             receipts: HashMap::new(),
@@ -353,6 +353,7 @@ impl Session {
                     tokio::select! {
                         written = write_batch(socket, &mut batch) => match written {
                             Ok(frames) => {
+                                outgoing.give_back(&mut batch);
                                 self.edge.metrics.count(&self.edge.metrics.frames_out, frames);
                                 if let Some(held) = held.take() {
                                     held.release();
@@ -584,6 +585,36 @@ async fn write_batch(
 fn is_too_big(error: &axum::Error) -> bool {
     let text = error.to_string();
     text.contains("Space limit exceeded") || text.contains("too long")
+}
+
+/// The session's request tasks. The set is made with the first: most connections never
+/// start one, and an empty `JoinSet` still holds an allocation (BENCHMARKS.md, "Memory
+/// per idle connection, a second look").
+#[derive(Default)]
+struct Tasks(Option<JoinSet<()>>);
+
+impl Tasks {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, JoinSet::len)
+    }
+
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.0.get_or_insert_with(JoinSet::new).spawn(task);
+    }
+
+    /// The next task to finish; `None` at once when none runs.
+    async fn join_next(&mut self) -> Option<()> {
+        match &mut self.0 {
+            Some(tasks) => tasks.join_next().await.map(|_| ()),
+            None => None,
+        }
+    }
+
+    fn abort_all(&mut self) {
+        if let Some(tasks) = &mut self.0 {
+            tasks.abort_all();
+        }
+    }
 }
 
 /// What the session's one timer waits for: the next heartbeat, the token's expiry (until
