@@ -188,17 +188,8 @@ fn named(channel: &ChannelName, refusal: Refusal) -> Refusal {
 impl Feed {
     /// Subscribes to every channel, resuming from the cursor where it knows the channel.
     fn open(edge: &Arc<Edge>, opening: Opening, reply: bool) -> Feed {
-        let control = Arc::new(ConnControl::new(
-            edge.next_conn(),
-            opening.identity.user.clone(),
-            &edge.draining,
-        ));
-        let (mailbox, rx) = Mailbox::new(
-            edge.config.send_queue,
-            edge.config.send_queue_bytes,
-            control.clone(),
-            edge.metrics.clone(),
-        );
+        let (mailbox, rx) = edge.open_mailbox(opening.identity.user.clone());
+        let control = mailbox.control.clone();
         let mut subs = Subscriptions::default();
         let failure: Arc<std::sync::Mutex<Option<Refusal>>> = Arc::default();
         for label in opening.channels {

@@ -79,6 +79,7 @@ use crate::auth::Verifier;
 use crate::bridge::Bridge;
 use crate::config::EdgeConfig;
 use crate::hub::Hub;
+use crate::mailbox::{ConnControl, Mailbox, Outgoing};
 use crate::limits::Users;
 use crate::members::Members;
 use crate::metrics::Metrics;
@@ -297,6 +298,18 @@ impl Edge {
 
     pub fn next_conn(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new connection of `user`: its control (ended with the edge's draining) and its
+    /// bounded queue of outgoing frames, for a WebSocket session or a fallback feed.
+    pub fn open_mailbox(&self, user: Arc<str>) -> (Mailbox, Outgoing) {
+        let control = Arc::new(ConnControl::new(self.next_conn(), user, &self.draining));
+        Mailbox::new(
+            self.config.send_queue,
+            self.config.send_queue_bytes,
+            control,
+            self.metrics.clone(),
+        )
     }
 
     /// Stops accepting work: every session says `bye` `draining` and closes, then the

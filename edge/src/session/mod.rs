@@ -248,18 +248,9 @@ impl Session {
         declared: Declared,
         own: Option<Attachment>,
     ) -> (Session, Outgoing) {
-        let conn = edge.next_conn();
-        let control = Arc::new(ConnControl::new(
-            conn,
-            identity.user.clone(),
-            &edge.draining,
-        ));
-        let (mailbox, outgoing) = Mailbox::new(
-            edge.config.send_queue,
-            edge.config.send_queue_bytes,
-            control.clone(),
-            edge.metrics.clone(),
-        );
+        let (mailbox, outgoing) = edge.open_mailbox(identity.user.clone());
+        let control = mailbox.control.clone();
+        let conn = control.id;
         let session = Session {
             edge: edge.clone(),
             identity,
