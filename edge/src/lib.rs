@@ -34,6 +34,8 @@
 //!   stored.
 //! - [`limits`], [`metrics`], [`config`]: rates and caps per connection, user and
 //!   address; the Prometheus metrics; the settings.
+//! - [`watched`]: a value tasks wait on (is a channel's head known, is a subscription on
+//!   its channel), small enough to keep one per subscription.
 //!
 //! The edge never talks to PostgreSQL: what it needs from workers it asks over NATS.
 
@@ -79,8 +81,8 @@ use crate::auth::Verifier;
 use crate::bridge::Bridge;
 use crate::config::EdgeConfig;
 use crate::hub::Hub;
-use crate::mailbox::{ConnControl, Mailbox, Outgoing};
 use crate::limits::Users;
+use crate::mailbox::{ConnControl, Mailbox, Outgoing};
 use crate::members::Members;
 use crate::metrics::Metrics;
 use crate::policy::Policy;

@@ -99,7 +99,7 @@ pub fn run(
     held: Option<crate::server::Socket>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let opened = match *admitted {
+        let (mut session, outgoing) = match *admitted {
             Admitted::Authenticated(identity, slot, declared, own) => {
                 Session::open(&edge, identity, slot, declared, own)
             }
@@ -118,7 +118,6 @@ pub fn run(
                 Session::open(&edge, identity, slot, declared, None)
             }
         };
-        let (mut session, outgoing) = opened;
         edge.metrics.gauge(&edge.metrics.connections, 1);
         session.run(&mut socket, &outgoing, held).await;
         edge.metrics.gauge(&edge.metrics.connections, -1);
