@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use switchboard_bus::{PRESENCE_BUCKET, headers};
 use switchboard_schemas::{Actor, Timestamp};
 
-use support::{Setup, Worker, channel, event, eventually, request, rpc, setup, stored};
+use support::{
+    Setup, Worker, channel, event, eventually, eventually_within, request, rpc, setup, stored,
+};
 
 /// The TTL of entries that are not meant to expire during a test.
 const LONG_TTL: u64 = 120;
@@ -202,6 +204,71 @@ async fn the_watch_survives_a_nats_restart() {
     let offline = nth_event(&setup, "u1", 4).await;
     assert_eq!(summary(&offline), ("offline", 0, None));
     assert_no_more_events(&setup, "u1", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_goes_on_while_postgresql_is_down_and_is_written_when_it_returns() {
+    let mut setup = setup().await;
+    let _worker = Worker::start(&setup, "presence", &[]);
+    put(&setup, "u1.c1", "online", None, LONG_TTL).await;
+    nth_event(&setup, "u1", 1).await;
+    close(&setup, "u1.c1").await;
+    let seen = last_seen(&nth_event(&setup, "u1", 2).await).unwrap();
+    saved_last_seen(&setup, "u1", micros(seen)).await;
+
+    setup.pg.stop();
+    // Every change is still told at once. Who went offline carries their own lastSeen;
+    // who comes back carries it when this worker recorded it itself, and goes without
+    // it when only PostgreSQL knows it.
+    put(&setup, "u2.c1", "online", None, LONG_TTL).await;
+    assert_eq!(
+        summary(&nth_event(&setup, "u2", 1).await),
+        ("online", 1, None)
+    );
+    close(&setup, "u2.c1").await;
+    let u2_offline = nth_event(&setup, "u2", 2).await;
+    assert_eq!(summary(&u2_offline), ("offline", 0, None));
+    let u2_seen = last_seen(&u2_offline).expect("offline carries lastSeen");
+    put(&setup, "u2.c2", "busy", None, LONG_TTL).await;
+    let u2_back = nth_event(&setup, "u2", 3).await;
+    assert_eq!(summary(&u2_back), ("busy", 1, None));
+    assert_eq!(last_seen(&u2_back).map(micros), Some(micros(u2_seen)));
+    put(&setup, "u1.c2", "online", None, LONG_TTL).await;
+    let u1_back = nth_event(&setup, "u1", 3).await;
+    assert_eq!(summary(&u1_back), ("online", 1, None));
+    assert_eq!(last_seen(&u1_back), None, "only PostgreSQL knows it");
+
+    // Back: what was published meanwhile is written.
+    setup.pg.start_again().unwrap();
+    let row = |user: &'static str| {
+        let db = setup.db.clone();
+        async move {
+            // The test's own pool reconnects too: a query may fail at first.
+            sqlx::query_as::<_, (String, Option<i64>)>(
+                "SELECT status, (extract(epoch FROM last_seen) * 1000000)::bigint
+                   FROM switchboard.presence_state WHERE user_id = $1",
+            )
+            .bind(user)
+            .fetch_optional(&db)
+            .await
+            .ok()
+            .flatten()
+        }
+    };
+    eventually_within(Duration::from_secs(60), "u2's row", || async {
+        row("u2")
+            .await
+            .filter(|(status, at)| status == "busy" && *at == Some(micros(u2_seen)))
+    })
+    .await;
+    eventually_within(Duration::from_secs(60), "u1's row", || async {
+        row("u1")
+            .await
+            .filter(|(status, at)| status == "online" && *at == Some(micros(seen)))
+    })
+    .await;
+    assert_no_more_events(&setup, "u1", 3).await;
+    assert_no_more_events(&setup, "u2", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

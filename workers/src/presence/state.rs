@@ -261,19 +261,12 @@ impl State {
         &self,
         users: &[&UserId],
     ) -> Result<HashMap<String, Timestamp>, StateError> {
-        let mut seen = HashMap::new();
-        let mut ask = Vec::new();
-        {
-            let unsaved = self.unsaved.lock().expect("presence records poisoned");
-            for user in users {
-                match unsaved.users.get(*user).and_then(|r| r.last_seen) {
-                    Some(micros) => {
-                        seen.extend(timestamp_from_micros(micros).map(|t| (user.to_string(), t)));
-                    }
-                    None => ask.push(user.as_str()),
-                }
-            }
-        }
+        let mut seen = self.last_seen_recorded(users);
+        let ask: Vec<&str> = users
+            .iter()
+            .filter(|user| !seen.contains_key(user.as_str()))
+            .map(|user| user.as_str())
+            .collect();
         if ask.is_empty() {
             return Ok(seen);
         }
@@ -286,6 +279,19 @@ impl State {
                 .filter_map(|(user, micros)| Some((user, timestamp_from_micros(micros?)?))),
         );
         Ok(seen)
+    }
+
+    /// When each of `users` was last seen going offline, as far as this copy's records not
+    /// yet written say: all it knows while PostgreSQL is away.
+    pub fn last_seen_recorded(&self, users: &[&UserId]) -> HashMap<String, Timestamp> {
+        let unsaved = self.unsaved.lock().expect("presence records poisoned");
+        users
+            .iter()
+            .filter_map(|user| {
+                let micros = unsaved.users.get(*user)?.last_seen?;
+                Some((user.to_string(), timestamp_from_micros(micros)?))
+            })
+            .collect()
     }
 
     /// What `users` look like to others now, in the order given, in the shape of

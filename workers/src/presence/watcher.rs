@@ -22,8 +22,11 @@
 //! only. What is published is written to PostgreSQL afterwards, at most a second later
 //! and many users at once ([`State::save`]); the stream itself covers a crash in between.
 //!
-//! A failure to publish or to write PostgreSQL is retried in place, with backoff, until
-//! it succeeds or the worker stops; later writes wait their turn in the watch.
+//! A failure to publish is retried in place, with backoff, until it succeeds or the
+//! worker stops; later writes wait their turn in the watch. PostgreSQL away holds nothing
+//! back: a save that fails is tried again later (with backoff) while the watch goes on,
+//! what waits to be written staying in memory (one record per user), and an online
+//! event whose last-seen only PostgreSQL knows goes out without it.
 //!
 //! Each bucket entry followed live counts as a message of the job `presence`, each
 //! retried step as a retry; the entries behind the current one are its pending count
@@ -230,14 +233,11 @@ impl Watcher {
         // LINGER after its first transition, or until it is full.
         let mut batch = Vec::new();
         let mut gathering = Instant::now();
+        let mut saving = Saving::default();
         loop {
-            let mut save_due = self.state.save_due();
+            let mut save_due = saving.due(self.state.save_due());
             if save_due == Some(Duration::ZERO) {
-                if let Flow::Stop = self.save(shutdown).await {
-                    return Ok(());
-                }
-                // This loop alone records, so nothing is left to save.
-                save_due = None;
+                save_due = self.save(&mut saving).await;
             }
             let mut wait = if batch.is_empty() {
                 CAUGHT_UP_IDLE
@@ -369,13 +369,13 @@ impl Watcher {
             .filter(|t| !t.summary.is_offline())
             .map(|t| &t.user)
             .collect();
-        let Some(last_seen) = self
-            .retry(shutdown, "reading last-seen", || {
-                self.state.last_seen(&online)
-            })
-            .await
-        else {
-            return Flow::Stop;
+        let last_seen = match self.state.last_seen(&online).await {
+            Ok(last_seen) => last_seen,
+            Err(error) => {
+                self.metrics.retried();
+                tracing::warn!(%error, "last-seen unknown; online events go out without it");
+                self.state.last_seen_recorded(&online)
+            }
         };
         let events: Vec<(ChannelName, Envelope)> = batch
             .iter()
@@ -415,15 +415,22 @@ impl Watcher {
         Flow::Continue
     }
 
-    /// Writes what was published to PostgreSQL, retried until it is written or until
-    /// shutdown.
-    async fn save(&self, shutdown: &CancellationToken) -> Flow {
-        match self
-            .retry(shutdown, "recording presence", || self.state.save())
-            .await
-        {
-            Some(()) => Flow::Continue,
-            None => Flow::Stop,
+    /// Writes what was published to PostgreSQL; when that fails, `saving` holds the next
+    /// attempt back. How long until the next save is due (`None`: nothing left, as this
+    /// loop alone records).
+    async fn save(&self, saving: &mut Saving) -> Option<Duration> {
+        match self.state.save().await {
+            Ok(()) => {
+                *saving = Saving::default();
+                None
+            }
+            Err(error) => {
+                self.metrics.retried();
+                let delay = saving.backoff.next_delay();
+                tracing::warn!(%error, ?delay, "presence not written; trying again later");
+                saving.not_before = Some(Instant::now() + delay);
+                Some(delay)
+            }
         }
     }
 
@@ -453,6 +460,31 @@ impl Watcher {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
+    }
+}
+
+/// When the next save may be tried, after one failed.
+struct Saving {
+    backoff: Backoff,
+    not_before: Option<Instant>,
+}
+
+impl Default for Saving {
+    fn default() -> Saving {
+        Saving {
+            backoff: Backoff::standard(),
+            not_before: None,
+        }
+    }
+}
+
+impl Saving {
+    /// `due` (how long until the records want writing) held back until the next try.
+    fn due(&self, due: Option<Duration>) -> Option<Duration> {
+        let held = self.not_before.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        due.map(|due| due.max(held))
     }
 }
 
