@@ -181,8 +181,8 @@ fn decide<'a>(
 struct Held {
     label: ChannelName,
     channel: Arc<Channel>,
-    /// Cancelled on unsubscribe, so a subscribe still in flight backs out; says when the
-    /// subscriber is on the channel (its head fixed), or failed.
+    /// Cancelled on unsubscribe, so a subscribe still in flight backs out; tells when the
+    /// subscriber is on the channel (its head fixed), or that it failed first.
     progress: Arc<Progress>,
     /// The subscription's key in the hub.
     key: u64,
@@ -219,8 +219,8 @@ impl Subscriptions {
             .count()
     }
 
-    /// Holds `held` in place of any subscription to the same label; the first few
-    /// one place at a time (most connections hold two or three).
+    /// Holds `held` in place of any subscription to the same label. Room for the first
+    /// four is made one place at a time: most connections hold two or three.
     fn hold(&mut self, held: Held) {
         if let Some(at) = self.position(&held.label) {
             self.held[at] = held;
