@@ -426,9 +426,8 @@ impl Watcher {
             }
             Err(error) => {
                 self.metrics.retried();
-                let delay = saving.backoff.next_delay();
+                let delay = saving.failed();
                 tracing::warn!(%error, ?delay, "presence not written; trying again later");
-                saving.not_before = Some(Instant::now() + delay);
                 Some(delay)
             }
         }
@@ -479,6 +478,13 @@ impl Default for Saving {
 }
 
 impl Saving {
+    /// A save failed: the next waits a little longer each time. How long.
+    fn failed(&mut self) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.not_before = Some(Instant::now() + delay);
+        delay
+    }
+
     /// `due` (how long until the records want writing) held back until the next try.
     fn due(&self, due: Option<Duration>) -> Option<Duration> {
         let held = self.not_before.map_or(Duration::ZERO, |at| {
