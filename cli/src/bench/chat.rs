@@ -1,7 +1,7 @@
-//! `bench chat`: pairs in conversations send `pub` frames to each other at a total rate;
-//! measures send -> recipient (the publisher's timestamp in the event) and send -> `ok`
-//! (the frame id is the send time). Conversations are granted by the token, so the
-//! scenario needs no workers.
+//! `bench chat`: pairs in conversations send `pub` frames to each other at a total rate,
+//! evenly spread; measures send -> recipient (the publisher's timestamp in the event) and
+//! send -> `ok` (the frame id is the send time). Conversations are granted by the token,
+//! so the scenario needs no workers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,14 +45,19 @@ impl Bench {
         let started = Instant::now();
         let sent = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
-        let per_pair_rate = (rate as f64 / pairs as f64).max(0.001);
         let per_pair = total / pairs as u64;
-        for (channel, mut write, acks) in senders {
+        // One schedule for every pair, each in its own slot of it: the i-th message of pair
+        // p is the (i * pairs + p)-th of the whole run, so the edge sees `rate` messages a
+        // second evenly, as from users who type independently, not a burst of one message
+        // per pair at each tick (which measured how long a burst takes to drain).
+        let interval = 1.0 / rate.max(1) as f64;
+        let pair_count = pairs as u64;
+        for (p, (channel, mut write, acks)) in senders.into_iter().enumerate() {
             let sent = sent.clone();
             tasks.push(tokio::spawn(async move {
-                let start = Instant::now();
                 for i in 0..per_pair {
-                    let due = start + Duration::from_secs_f64(i as f64 / per_pair_rate);
+                    let slot = i * pair_count + p as u64;
+                    let due = started + Duration::from_secs_f64(slot as f64 * interval);
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         tokio::time::sleep(wait).await;
                     }

@@ -109,7 +109,8 @@ enum Scenario {
     Chat {
         #[arg(long, default_value_t = 100)]
         pairs: usize,
-        /// Messages per second across all pairs.
+        /// Messages per second across all pairs, spread evenly: each pair sends in its
+        /// own slots of one schedule, so no two pairs send at the same instant.
         #[arg(long, default_value_t = 1000)]
         rate: u64,
         #[arg(long, default_value_t = 10)]
