@@ -103,6 +103,35 @@ impl Postgres {
         self.child.kill();
     }
 
+    /// Stops every process of the cluster with SIGSTOP, as a server that hangs: its
+    /// sockets stay open and nothing answers, neither the backends of open connections nor
+    /// the postmaster for new ones. [`Postgres::resume`] lets them go on.
+    pub fn pause(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    /// Continues a cluster stopped by [`Postgres::pause`].
+    pub fn resume(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+
+    /// Sends `signal` to the postmaster, then to each of its children (each backend is a
+    /// process group of its own, so a group's signal would miss them). Stopped first, the
+    /// postmaster starts no backend after the children are listed.
+    fn signal_all(&self, signal: i32) {
+        let Some(postmaster) = self.child.pid() else {
+            return;
+        };
+        let kill = |pid: u32| {
+            // SAFETY: kill has no memory preconditions; the pids are our child and its own.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        };
+        kill(postmaster);
+        children_of(postmaster).into_iter().for_each(kill);
+    }
+
     /// Starts the cluster again on the same port and data directory.
     ///
     /// The backends of a cluster killed with SIGKILL exit once they notice their
@@ -144,6 +173,8 @@ impl Drop for Postgres {
     /// outright leaves one behind, and after 4,096 of them (`kernel.shmmni`) no
     /// PostgreSQL on the machine can start. Killed anyway if it has not exited in 5 s.
     fn drop(&mut self) {
+        // A paused cluster would not see the signal below.
+        self.resume();
         if let Some(pid) = self.child.pid() {
             // SAFETY: kill has no memory preconditions; the pid is our own, unreaped child.
             unsafe {
@@ -157,6 +188,23 @@ impl Drop for Postgres {
         }
         remove_orphaned_segment(&self.data);
     }
+}
+
+/// The processes whose parent is `pid`, from `/proc/<pid>/stat` (its fourth field, after
+/// the command name in parentheses, which may itself hold spaces or parentheses).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let (_, after_name) = stat.rsplit_once(')')?;
+            let parent: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect()
 }
 
 /// Removes the System V segment of a cluster whose postmaster ended without removing it

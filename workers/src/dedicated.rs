@@ -13,6 +13,13 @@
 //! in (a broken socket, a transaction begun), and the next work opens a fresh one: a
 //! restarted PostgreSQL costs the job one failed attempt, which it retries like any
 //! transient error.
+//!
+//! A job that has other work to do while PostgreSQL does not answer (a server stopped
+//! without closing its sockets, a route that drops packets) gives its connection a limit
+//! ([`Dedicated::with_limit`]): work that takes longer is given up, its connection
+//! closed, and the job goes on as it does when PostgreSQL refuses.
+
+use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
@@ -23,6 +30,8 @@ pub struct Dedicated {
     pool: PgPool,
     /// The kept connection, `None` before the first work and after a failed one.
     conn: Mutex<Option<PgConnection>>,
+    /// Longest a piece of work may take, waiting its turn included; `None`: no limit.
+    limit: Option<Duration>,
 }
 
 impl Dedicated {
@@ -30,12 +39,40 @@ impl Dedicated {
         Dedicated {
             pool: pool.clone(),
             conn: Mutex::new(None),
+            limit: None,
+        }
+    }
+
+    /// A connection whose every piece of work fails with a timed-out error once it has
+    /// taken `limit`.
+    pub fn with_limit(pool: &PgPool, limit: Duration) -> Dedicated {
+        Dedicated {
+            limit: Some(limit),
+            ..Dedicated::new(pool)
         }
     }
 
     /// Runs `work` on the kept connection, opening one first if none is kept. Work is run
     /// one at a time: callers that overlap wait their turn.
     pub async fn run<T, E>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<sqlx::Error>,
+    {
+        let Some(limit) = self.limit else {
+            return self.run_unlimited(work).await;
+        };
+        // Given up half-way, the work's connection goes with it (see the module's notes).
+        tokio::time::timeout(limit, self.run_unlimited(work))
+            .await
+            .unwrap_or_else(|_| {
+                Err(timed_out(format!("PostgreSQL did not answer within {limit:?}")).into())
+            })
+    }
+
+    async fn run_unlimited<T, E>(
         &self,
         work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
     ) -> Result<T, E>
@@ -64,12 +101,15 @@ impl Dedicated {
         )
         .await
         .map_err(|_| {
-            sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connecting to PostgreSQL took longer than {wait:?}"),
+            timed_out(format!(
+                "connecting to PostgreSQL took longer than {wait:?}"
             ))
         })?
     }
+}
+
+fn timed_out(message: String) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
 }
 
 #[cfg(test)]
@@ -143,5 +183,37 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(after_cut, after_failure, "a fresh connection after a cut");
+    }
+
+    #[tokio::test]
+    async fn work_past_the_limit_fails_and_the_next_gets_a_fresh_connection() {
+        let pg = Postgres::start().unwrap();
+        let pool = PgPool::connect_lazy(&pg.empty_database().await.unwrap()).unwrap();
+        let dedicated = Dedicated::with_limit(&pool, Duration::from_millis(300));
+        let first = dedicated
+            .run(async |conn| backend(conn).await)
+            .await
+            .unwrap();
+
+        let slow: Result<(), sqlx::Error> = dedicated
+            .run(async |conn| {
+                sqlx::query("SELECT pg_sleep(5)").execute(conn).await?;
+                Ok(())
+            })
+            .await;
+        let Err(sqlx::Error::Io(error)) = slow else {
+            panic!("expected a timed-out error, got {slow:?}");
+        };
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            error.to_string().contains("did not answer within 300ms"),
+            "{error}"
+        );
+
+        let after = dedicated
+            .run(async |conn| backend(conn).await)
+            .await
+            .unwrap();
+        assert_ne!(after, first, "the connection given up on is not used again");
     }
 }

@@ -206,8 +206,25 @@ async fn the_watch_survives_a_nats_restart() {
     assert_no_more_events(&setup, "u1", 4).await;
 }
 
+/// How PostgreSQL goes away in [`presence_goes_on_while_postgresql_is_away`].
+enum Away {
+    /// Killed: connections refused.
+    Down,
+    /// Stopped (SIGSTOP): connections open, nothing answered.
+    Hung,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn presence_goes_on_while_postgresql_is_down_and_is_written_when_it_returns() {
+    presence_goes_on_while_postgresql_is_away(Away::Down).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_goes_on_while_postgresql_hangs_and_is_written_when_it_answers() {
+    presence_goes_on_while_postgresql_is_away(Away::Hung).await;
+}
+
+async fn presence_goes_on_while_postgresql_is_away(away: Away) {
     let mut setup = setup().await;
     let _worker = Worker::start(&setup, "presence", &[]);
     put(&setup, "u1.c1", "online", None, LONG_TTL).await;
@@ -216,8 +233,12 @@ async fn presence_goes_on_while_postgresql_is_down_and_is_written_when_it_return
     let seen = last_seen(&nth_event(&setup, "u1", 2).await).unwrap();
     saved_last_seen(&setup, "u1", micros(seen)).await;
 
-    setup.pg.stop();
-    // Every change is still told at once. Who went offline carries their own lastSeen;
+    match away {
+        Away::Down => setup.pg.stop(),
+        Away::Hung => setup.pg.pause(),
+    }
+    // Every change is still told at once (when PostgreSQL hangs, the first waits until
+    // its last-seen read is given up, 2 s). Who went offline carries their own lastSeen;
     // who comes back carries it when this worker recorded it itself, and goes without
     // it when only PostgreSQL knows it.
     put(&setup, "u2.c1", "online", None, LONG_TTL).await;
@@ -239,7 +260,10 @@ async fn presence_goes_on_while_postgresql_is_down_and_is_written_when_it_return
     assert_eq!(last_seen(&u1_back), None, "only PostgreSQL knows it");
 
     // Back: what was published meanwhile is written.
-    setup.pg.start_again().unwrap();
+    match away {
+        Away::Down => setup.pg.start_again().unwrap(),
+        Away::Hung => setup.pg.resume(),
+    }
     let row = |user: &'static str| {
         let db = setup.db.clone();
         async move {

@@ -22,6 +22,15 @@
 //! A row changes in place: no column of it is indexed but the user id, so the update is
 //! heap-only. Rows only move forward: a copy of the worker that lags behind another never
 //! writes an older event's summary over a newer one's.
+//!
+//! # PostgreSQL away
+//!
+//! The watch never waits long for PostgreSQL. Each of its steps here (a save, a
+//! last-seen read) is given up after [`ANSWER_WITHIN`], so a server that stopped
+//! answering without refusing (stopped, or behind a route that drops packets) counts as
+//! a failure like one that refuses. After a failure the records stay in memory, the next
+//! save waits out a backoff, and last-seen comes from the records alone, without asking,
+//! until a save succeeds again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,10 +42,15 @@ use switchboard_schemas::{Timestamp, UserId, VisibleStatus};
 use time::OffsetDateTime;
 
 use super::board::{Published, Summary};
+use crate::backoff::Backoff;
 use crate::dedicated::Dedicated;
 
-/// Users waiting that make a save due at once.
+/// Users waiting that make a save due at once, and the most rows one statement writes.
 const SAVE_MOST: usize = 4096;
+
+/// Longest the watch waits for one step on PostgreSQL. A full save of [`SAVE_MOST`] rows
+/// takes some 30 ms on the 2-core benchmark machine during a connection storm.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 const PRESENT: &str = "
 SELECT user_id, status, devices, text, revision FROM switchboard.presence_state
@@ -89,7 +103,7 @@ pub struct State {
     /// round trip sqlx makes with each pooled one it takes back ([`Dedicated`]).
     watching: Arc<Dedicated>,
     /// Published, not yet written: the watcher adds, saves and empties it, `presence.get`
-    /// reads it.
+    /// reads it. With it, whether PostgreSQL failed the watch lately.
     unsaved: Arc<Mutex<Unsaved>>,
     /// Longest a published summary waits before it is written.
     save_after: Duration,
@@ -120,12 +134,20 @@ struct Unsaved {
     users: HashMap<UserId, Record>,
     /// When the oldest of them was recorded.
     since: Option<Instant>,
+    /// Since a step on PostgreSQL failed, until a save succeeds.
+    away: Option<Away>,
+}
+
+/// PostgreSQL failed the watch: when the next save may be tried.
+struct Away {
+    backoff: Backoff,
+    retry_at: Instant,
 }
 
 impl State {
     pub fn new(db: PgPool, save_after: Duration) -> State {
         State {
-            watching: Arc::new(Dedicated::new(&db)),
+            watching: Arc::new(Dedicated::with_limit(&db, ANSWER_WITHIN)),
             db,
             unsaved: Arc::default(),
             save_after,
@@ -133,17 +155,12 @@ impl State {
     }
 
     /// Every user last written as present (not offline), and the newest seq of any row.
-    /// Rows that are not valid (written by hand) are skipped with a warning.
+    /// Rows that are not valid (written by hand) are skipped with a warning. Read from
+    /// the pool, with no limit: the watch waits for it anyway, and the rows may be many.
     pub async fn restart(&self) -> Result<Restart, StateError> {
         type Row = (String, String, i32, Option<String>, i64);
-        let (rows, newest_seq): (Vec<Row>, i64) = self
-            .watching
-            .run(async |conn| {
-                let rows = sqlx::query_as(PRESENT).fetch_all(&mut *conn).await?;
-                let newest = sqlx::query_scalar(NEWEST_SEQ).fetch_one(&mut *conn).await?;
-                Ok::<_, sqlx::Error>((rows, newest))
-            })
-            .await?;
+        let rows: Vec<Row> = sqlx::query_as(PRESENT).fetch_all(&self.db).await?;
+        let newest_seq: i64 = sqlx::query_scalar(NEWEST_SEQ).fetch_one(&self.db).await?;
         let mut present = Vec::with_capacity(rows.len());
         for (user, status, devices, text, revision) in rows {
             let (Ok(id), Some(status)) = (UserId::parse(&user), parse_status(&status)) else {
@@ -193,29 +210,72 @@ impl State {
         );
     }
 
-    /// How long until a save is due; `None` with nothing to save.
+    /// How long until a save is due, held back after a failure; `None` with nothing to
+    /// save.
     pub fn save_due(&self) -> Option<Duration> {
         let unsaved = self.unsaved.lock().expect("presence records poisoned");
         let since = unsaved.since?;
+        let held = unsaved.away.as_ref().map_or(Duration::ZERO, |away| {
+            away.retry_at.saturating_duration_since(Instant::now())
+        });
         if unsaved.users.len() >= SAVE_MOST {
-            return Some(Duration::ZERO);
+            return Some(held);
         }
-        Some(self.save_after.saturating_sub(since.elapsed()))
+        Some(self.save_after.saturating_sub(since.elapsed()).max(held))
     }
 
     /// Writes every summary recorded since the last save, with the last-seen of those who
-    /// went offline, in one statement.
+    /// went offline, [`SAVE_MOST`] users a statement. A failure leaves what is not
+    /// written for a later save, after a backoff ([`State::save_due`]).
     pub async fn save(&self) -> Result<(), StateError> {
+        // What waits now; what is recorded meanwhile waits for the next save.
+        let waiting = self
+            .unsaved
+            .lock()
+            .expect("presence records poisoned")
+            .users
+            .len();
+        for _ in 0..waiting.div_ceil(SAVE_MOST) {
+            match self.save_some().await {
+                Ok(more) => {
+                    self.unsaved.lock().expect("presence records poisoned").away = None;
+                    if !more {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    self.failed();
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A step on PostgreSQL failed: saves wait a little longer each time, last-seen is
+    /// not asked for until a save succeeds.
+    fn failed(&self) {
+        let mut unsaved = self.unsaved.lock().expect("presence records poisoned");
+        let away = unsaved.away.get_or_insert_with(|| Away {
+            backoff: Backoff::standard(),
+            retry_at: Instant::now(),
+        });
+        away.retry_at = Instant::now() + away.backoff.next_delay();
+    }
+
+    /// Writes up to [`SAVE_MOST`] of the records in one statement; whether any are left.
+    async fn save_some(&self) -> Result<bool, StateError> {
         let records: Vec<(UserId, Record)> = {
             let unsaved = self.unsaved.lock().expect("presence records poisoned");
             unsaved
                 .users
                 .iter()
+                .take(SAVE_MOST)
                 .map(|(user, record)| (user.clone(), record.clone()))
                 .collect()
         };
         if records.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut rows = Rows::default();
         for (user, record) in &records {
@@ -252,11 +312,13 @@ impl State {
         }
         if unsaved.users.is_empty() {
             unsaved.since = None;
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// When each of `users` was last seen going offline, for those ever seen.
+    /// When each of `users` was last seen going offline, for those ever seen. While
+    /// PostgreSQL is away (a step failed since the last save), what the records say.
     pub async fn last_seen(
         &self,
         users: &[&UserId],
@@ -267,13 +329,20 @@ impl State {
             .filter(|user| !seen.contains_key(user.as_str()))
             .map(|user| user.as_str())
             .collect();
-        if ask.is_empty() {
+        let away = self
+            .unsaved
+            .lock()
+            .expect("presence records poisoned")
+            .away
+            .is_some();
+        if ask.is_empty() || away {
             return Ok(seen);
         }
         let rows: Vec<(String, Option<i64>)> = self
             .watching
             .run(async |conn| sqlx::query_as(LAST_SEEN).bind(&ask).fetch_all(conn).await)
-            .await?;
+            .await
+            .inspect_err(|_| self.failed())?;
         seen.extend(
             rows.into_iter()
                 .filter_map(|(user, micros)| Some((user, timestamp_from_micros(micros?)?))),

@@ -23,10 +23,11 @@
 //! and many users at once ([`State::save`]); the stream itself covers a crash in between.
 //!
 //! A failure to publish is retried in place, with backoff, until it succeeds or the
-//! worker stops; later writes wait their turn in the watch. PostgreSQL away holds nothing
-//! back: a save that fails is tried again later (with backoff) while the watch goes on,
-//! what waits to be written staying in memory (one record per user), and an online
-//! event whose last-seen only PostgreSQL knows goes out without it.
+//! worker stops; later writes wait their turn in the watch. PostgreSQL holds nothing
+//! back, whether it refuses or stops answering: saves run beside the watch, and one that
+//! fails is tried again later (with backoff), what waits to be written staying in memory
+//! (one record per user); an online event whose last-seen only PostgreSQL knows goes out
+//! without it ([`State`], "PostgreSQL away").
 //!
 //! Each bucket entry followed live counts as a message of the job `presence`, each
 //! retried step as a retry; the entries behind the current one are its pending count
@@ -45,12 +46,13 @@ use switchboard_schemas::{
     Actor, ChannelName, Envelope, EventType, Namespace, RawJson, SubjectKind, Timestamp, UserId,
 };
 use time::OffsetDateTime;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::board::{Board, Mark, Published, Summary, Transition};
 use super::entry::{Change, Key};
 use super::reaper::Entries;
-use super::state::State;
+use super::state::{State, StateError};
 use crate::backoff::Backoff;
 use crate::http::Readiness;
 use crate::telemetry::{Handled, JobMetrics};
@@ -233,11 +235,17 @@ impl Watcher {
         // LINGER after its first transition, or until it is full.
         let mut batch = Vec::new();
         let mut gathering = Instant::now();
-        let mut saving = Saving::default();
+        // The save in flight, if any: it runs beside the watch.
+        let mut saving: Option<JoinHandle<Result<(), StateError>>> = None;
         loop {
-            let mut save_due = saving.due(self.state.save_due());
+            let save_due = match saving {
+                Some(_) => None,
+                None => self.state.save_due(),
+            };
             if save_due == Some(Duration::ZERO) {
-                save_due = self.save(&mut saving).await;
+                let state = self.state.clone();
+                saving = Some(tokio::spawn(async move { state.save().await }));
+                continue;
             }
             let mut wait = if batch.is_empty() {
                 CAUGHT_UP_IDLE
@@ -257,6 +265,13 @@ impl Watcher {
             let next = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
+                saved = async { saving.as_mut().expect("a save in flight").await },
+                    if saving.is_some() =>
+                {
+                    saving = None;
+                    self.saved(saved);
+                    continue;
+                }
                 next = tokio::time::timeout(wait, watch.next()) => next,
             };
             let entry = match next {
@@ -415,22 +430,17 @@ impl Watcher {
         Flow::Continue
     }
 
-    /// Writes what was published to PostgreSQL; when that fails, `saving` holds the next
-    /// attempt back. How long until the next save is due (`None`: nothing left, as this
-    /// loop alone records).
-    async fn save(&self, saving: &mut Saving) -> Option<Duration> {
-        match self.state.save().await {
-            Ok(()) => {
-                *saving = Saving::default();
-                None
-            }
-            Err(error) => {
-                self.metrics.retried();
-                let delay = saving.failed();
-                tracing::warn!(%error, ?delay, "presence not written; trying again later");
-                Some(delay)
-            }
-        }
+    /// Reports how a save ended; one that failed is tried again once
+    /// [`State::save_due`] says so.
+    fn saved(&self, result: Result<Result<(), StateError>, JoinError>) {
+        let error = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(error) => error.to_string(),
+        };
+        self.metrics.retried();
+        let retry_in = self.state.save_due();
+        tracing::warn!(%error, ?retry_in, "presence not written; trying again later");
     }
 
     /// Runs `attempt` until it succeeds (`Some`) or shutdown fires (`None`).
@@ -459,38 +469,6 @@ impl Watcher {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
-    }
-}
-
-/// When the next save may be tried, after one failed.
-struct Saving {
-    backoff: Backoff,
-    not_before: Option<Instant>,
-}
-
-impl Default for Saving {
-    fn default() -> Saving {
-        Saving {
-            backoff: Backoff::standard(),
-            not_before: None,
-        }
-    }
-}
-
-impl Saving {
-    /// A save failed: the next waits a little longer each time. How long.
-    fn failed(&mut self) -> Duration {
-        let delay = self.backoff.next_delay();
-        self.not_before = Some(Instant::now() + delay);
-        delay
-    }
-
-    /// `due` (how long until the records want writing) held back until the next try.
-    fn due(&self, due: Option<Duration>) -> Option<Duration> {
-        let held = self.not_before.map_or(Duration::ZERO, |at| {
-            at.saturating_duration_since(Instant::now())
-        });
-        due.map(|due| due.max(held))
     }
 }
 
