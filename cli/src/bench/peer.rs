@@ -19,7 +19,7 @@
 //! protocol's INFO, CONNECT, SUB, MSG, PING and PONG lines), and writing them over the same
 //! tokio-tungstenite sockets the edge's clients use keeps the generator's work per delivery
 //! the same for every target: the send time and sequence number are scanned out of the
-//! frame ([`scan_number`]), never parsed.
+//! frame and counted by the same [`Seen`](super::reader::Seen) as the edge's, never parsed.
 //!
 //! Neither peer numbers events, so the generator does: `seq` in the event counts the
 //! run's events from 1, and a subscriber that gets a seq no higher than the last one it
@@ -34,14 +34,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::connect::connect;
 use super::fanout::fanout;
 use super::limits::loopback_targets;
-use super::reader::{Reader, Tally, scan_number, spawn_reader};
+use super::reader::{Reader, Shared, spawn_reader};
 use super::{Args, Bench, Report, Scenario, Socket, process_usage, socket_config, unix_micros};
 
 /// The servers `--peer` loads instead of Switchboard's edge.
@@ -518,27 +517,8 @@ async fn answer_pings_until(socket: &mut Socket, due: Instant) -> anyhow::Result
 }
 
 /// A tally and latency histogram, filled by one reader task.
-type Seen = Arc<std::sync::Mutex<(Tally, Histogram<u64>)>>;
-
-fn seen() -> Seen {
-    Arc::new(std::sync::Mutex::new((
-        Tally::default(),
-        Histogram::<u64>::new(3).expect("a 3-digit histogram"),
-    )))
-}
-
-/// Counts an event by the `seq` and `t` it carries.
-fn count(seen: &Seen, event: &str) {
-    if let (Some(seq), Some(t)) = (scan_number(event, "\"seq\":"), scan_number(event, "\"t\":")) {
-        // Uncontended until the end: only this reader's task takes the lock while it runs.
-        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.0.count(seq);
-        let _ = seen.1.record(unix_micros().saturating_sub(t));
-    }
-}
-
 fn read_socketio(mut socket: Socket) -> Reader {
-    let state = seen();
+    let state = Shared::default();
     let mine = state.clone();
     let task = tokio::spawn(async move {
         while let Some(Ok(message)) = socket.next().await {
@@ -546,7 +526,7 @@ fn read_socketio(mut socket: Socket) -> Reader {
                 continue;
             };
             if text.starts_with("42[\"evt\"") {
-                count(&mine, &text);
+                mine.lock().unwrap_or_else(|e| e.into_inner()).count(&text);
             } else if text.as_str() == "2" && socket.send(Message::Text("3".into())).await.is_err()
             {
                 break;
@@ -557,7 +537,7 @@ fn read_socketio(mut socket: Socket) -> Reader {
 }
 
 fn read_nats_ws(mut socket: Socket) -> Reader {
-    let state = seen();
+    let state = Shared::default();
     let mine = state.clone();
     let task = tokio::spawn(async move {
         let mut stream = NatsStream::default();
@@ -569,7 +549,10 @@ fn read_nats_ws(mut socket: Socket) -> Reader {
             };
             let mut pinged = false;
             let drained = stream.drain(bytes, |op| match op {
-                NatsOp::Msg(payload) => count(&mine, &String::from_utf8_lossy(payload)),
+                NatsOp::Msg(payload) => mine
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .count(&String::from_utf8_lossy(payload)),
                 NatsOp::Ping => pinged = true,
                 _ => {}
             });
