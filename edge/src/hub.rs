@@ -90,6 +90,30 @@ impl Subscription {
     }
 }
 
+/// One frame per spelling of a channel (its base name, or an alias of it: at most three),
+/// built for the first subscriber that spells it so and shared by the rest. Every
+/// subscriber of a channel spells its base, so the alias alone tells spellings apart: a
+/// fan-out compares a byte per subscriber, not its channel name (BENCHMARKS.md, "The
+/// 1,000-subscriber tail and the generator's own cost").
+#[derive(Default)]
+struct Spellings(Vec<(Option<UserAlias>, Utf8Bytes)>);
+
+impl Spellings {
+    fn frame(
+        &mut self,
+        label: &ChannelName,
+        build: impl FnOnce(&ChannelName) -> Utf8Bytes,
+    ) -> Utf8Bytes {
+        let alias = label.alias();
+        if let Some((_, frame)) = self.0.iter().find(|(spelled, _)| *spelled == alias) {
+            return frame.clone();
+        }
+        let frame = build(label);
+        self.0.push((alias, frame.clone()));
+        frame
+    }
+}
+
 /// Whether a channel's bridge is up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -450,22 +474,14 @@ impl Channel {
         // bridge), so it is not mistaken for a gap again and again.
         let Some(event) = event else { return };
         let ty = event.ty.as_str();
-        // Frames per spelling of the channel; at most three (base and two aliases).
-        let mut frames: Vec<(&ChannelName, Utf8Bytes)> = Vec::with_capacity(1);
+        let mut frames = Spellings::default();
         let mut delivered = 0;
         for subscriber in &mut state.subscribers {
             let sub = &subscriber.sub;
             if !sub.wants(ty) {
                 continue;
             }
-            let frame = match frames.iter().find(|(label, _)| *label == &sub.label) {
-                Some((_, frame)) => frame.clone(),
-                None => {
-                    let frame = evt_frame(&sub.label, seq, event);
-                    frames.push((&sub.label, frame.clone()));
-                    frame
-                }
-            };
+            let frame = frames.frame(&sub.label, |label| evt_frame(label, seq, event));
             match &mut subscriber.mode {
                 Mode::Live { last_sent } => {
                     if seq > *last_sent && sub.mailbox.push_event(frame) {
@@ -494,21 +510,14 @@ impl Channel {
     /// `frame` builds the `sig` frame for one spelling of the channel.
     pub fn signal(&self, origin: Option<ConnId>, mut frame: impl FnMut(&ChannelName) -> Utf8Bytes) {
         let state = self.state();
-        let mut frames: Vec<(&ChannelName, Utf8Bytes)> = Vec::with_capacity(1);
+        let mut frames = Spellings::default();
         for subscriber in &state.subscribers {
             let sub = &subscriber.sub;
             if Some(sub.mailbox.conn()) == origin {
                 continue;
             }
-            let built = match frames.iter().find(|(label, _)| *label == &sub.label) {
-                Some((_, f)) => f.clone(),
-                None => {
-                    let f = frame(&sub.label);
-                    frames.push((&sub.label, f.clone()));
-                    f
-                }
-            };
-            sub.mailbox.push_signal(built);
+            sub.mailbox
+                .push_signal(frames.frame(&sub.label, &mut frame));
         }
     }
 
