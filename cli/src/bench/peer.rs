@@ -516,7 +516,6 @@ async fn answer_pings_until(socket: &mut Socket, due: Instant) -> anyhow::Result
     }
 }
 
-/// A tally and latency histogram, filled by one reader task.
 fn read_socketio(mut socket: Socket) -> Reader {
     let state = Shared::default();
     let mine = state.clone();

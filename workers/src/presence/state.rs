@@ -50,7 +50,7 @@ const SAVE_MOST: usize = 4096;
 
 /// Longest the watch waits for one step on PostgreSQL. A full save of [`SAVE_MOST`] rows
 /// takes some 30 ms on the 2-core benchmark machine during a connection storm.
-pub const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
 const PRESENT: &str = "
 SELECT user_id, status, devices, text, revision FROM switchboard.presence_state
