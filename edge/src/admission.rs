@@ -8,8 +8,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use serde::Deserialize;
 use switchboard_schemas::{ErrorCode, PresenceStatus};
 
 use crate::Edge;
@@ -17,16 +19,39 @@ use crate::auth::Identity;
 use crate::limits::UserSlot;
 use crate::refusal::Refusal;
 
-/// The query parameters every authenticated endpoint reads.
-#[derive(Debug, Deserialize)]
-pub struct TokenQuery {
+/// The query of every request that opens something (a socket, an SSE stream, a poll) or
+/// carries a token (publishing, RPC). `ch` may repeat; other keys are ignored.
+#[derive(Debug, Default)]
+pub struct OpenQuery {
     pub token: Option<String>,
     pub device: Option<String>,
     /// The connection's initial status (`online`, `away`, `busy`, `invisible`).
     pub presence: Option<String>,
+    /// Channels to subscribe at once, in the order named (`ch`).
+    pub channels: Vec<String>,
+    /// Where an SSE stream or a poll resumes.
+    pub cursor: Option<String>,
+    /// How long a poll waits, in whole seconds.
+    pub wait: Option<String>,
 }
 
-impl TokenQuery {
+impl OpenQuery {
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> OpenQuery {
+        let mut query = OpenQuery::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "ch" => query.channels.push(value),
+                "token" => query.token = Some(value),
+                "device" => query.device = Some(value),
+                "presence" => query.presence = Some(value),
+                "cursor" => query.cursor = Some(value),
+                "wait" => query.wait = Some(value),
+                _ => {}
+            }
+        }
+        query
+    }
+
     /// `?presence=` as a status; a value that is none is refused, not ignored.
     pub fn presence(&self) -> Result<Option<PresenceStatus>, Refusal> {
         self.presence
@@ -37,6 +62,15 @@ impl TokenQuery {
                 })
             })
             .transpose()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for OpenQuery {
+    type Rejection = QueryRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state).await?;
+        Ok(OpenQuery::from_pairs(pairs))
     }
 }
 

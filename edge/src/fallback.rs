@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,15 +22,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchboard_schemas::{
-    ByeCode, ChannelName, ErrorCode, PresenceStatus, ResumeFrom, ServerFrame, TypeFilters,
-};
+use switchboard_schemas::{ByeCode, ChannelName, ErrorCode, ResumeFrom, ServerFrame, TypeFilters};
 
 use crate::Edge;
-use crate::admission::authenticate;
+use crate::admission::{OpenQuery, authenticate};
 use crate::auth::Identity;
 use crate::hub::Subscription;
-use crate::lifecycle::{self, Access, PrivacyAsked, Setup, Subscriptions};
+use crate::lifecycle::{self, PrivacyAsked, Setup, Subscriptions};
 use crate::limits::UserSlot;
 use crate::mailbox::{ConnControl, Mailbox, Outgoing};
 use crate::refusal::Refusal;
@@ -62,35 +60,6 @@ impl Cursor {
     }
 }
 
-/// The query of `/v1/sse` and `/v1/poll`: `ch` may repeat.
-#[derive(Debug, Default)]
-struct FeedQuery {
-    channels: Vec<String>,
-    token: Option<String>,
-    cursor: Option<String>,
-    wait: Option<String>,
-    /// Accepted and checked like the socket's; SSE and polls write no presence entry,
-    /// so they are never shown online, whatever they declare.
-    presence: Option<String>,
-}
-
-impl FeedQuery {
-    fn from_pairs(pairs: Vec<(String, String)>) -> FeedQuery {
-        let mut query = FeedQuery::default();
-        for (key, value) in pairs {
-            match key.as_str() {
-                "ch" => query.channels.push(value),
-                "token" => query.token = Some(value),
-                "cursor" => query.cursor = Some(value),
-                "wait" => query.wait = Some(value),
-                "presence" => query.presence = Some(value),
-                _ => {}
-            }
-        }
-        query
-    }
-}
-
 /// A fallback client's subscriptions, ended when dropped.
 struct Feed {
     edge: Arc<Edge>,
@@ -107,57 +76,29 @@ struct Feed {
     _slot: UserSlot,
 }
 
-/// What a request asked for, checked: who, which channels, from where.
+/// What a request asked for, checked: who, which channels (each with the presence
+/// service's say, where it was asked), from where.
 struct Opening {
     identity: Identity,
     slot: UserSlot,
-    channels: Vec<ChannelName>,
-    /// The presence service's say on each presence watch it was asked about.
-    asked: Vec<(ChannelName, PrivacyAsked)>,
+    channels: Vec<(ChannelName, Option<PrivacyAsked>)>,
     cursor: Option<Cursor>,
 }
 
 async fn open_request(
     edge: &Edge,
     headers: &HeaderMap,
-    query: &FeedQuery,
+    query: &OpenQuery,
 ) -> Result<Opening, Refusal> {
     let (identity, slot) = authenticate(edge, headers, query.token.as_deref()).await?;
-    if let Some(status) = &query.presence
-        && PresenceStatus::parse(status).is_none()
-    {
-        return Err(Refusal::bad_request(
-            "presence must be one of online, away, busy, invisible",
-        ));
-    }
+    query.presence()?;
     if query.channels.is_empty() {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
             "name at least one channel: ?ch=<channel>",
         ));
     }
-    if query.channels.len() > edge.config.max_subscriptions {
-        return Err(Refusal::new(ErrorCode::RateLimited, "too many channels"));
-    }
-    let mut channels = Vec::new();
-    let mut asked = Vec::new();
-    for raw in &query.channels {
-        let channel = ChannelName::parse(raw)
-            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
-        match lifecycle::authorize(edge, &identity, &channel) {
-            Access::Allowed => {}
-            Access::AskPrivacy => {
-                let allowed = lifecycle::ask_privacy(edge, &identity.user, &channel)
-                    .await
-                    .map_err(|refusal| named(&channel, refusal))?;
-                asked.push((channel.clone(), allowed));
-            }
-            Access::Refused(refusal) => return Err(named(&channel, refusal)),
-        }
-        if !channels.contains(&channel) {
-            channels.push(channel);
-        }
-    }
+    let channels = lifecycle::check_named(edge, &identity, &query.channels).await?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -175,14 +116,8 @@ async fn open_request(
         identity,
         slot,
         channels,
-        asked,
         cursor,
     })
-}
-
-/// A refusal about one of several channels, naming it.
-fn named(channel: &ChannelName, refusal: Refusal) -> Refusal {
-    Refusal::new(refusal.code, format!("{channel}: {}", refusal.message))
 }
 
 impl Feed {
@@ -192,7 +127,7 @@ impl Feed {
         let control = mailbox.control.clone();
         let mut subs = Subscriptions::default();
         let failure: Arc<std::sync::Mutex<Option<Refusal>>> = Arc::default();
-        for label in opening.channels {
+        for (label, privacy) in opening.channels {
             let since = opening.cursor.as_ref().and_then(|c| {
                 c.seqs.get(label.as_str()).map(|seq| ResumeFrom::Seq {
                     seq: *seq,
@@ -206,11 +141,6 @@ impl Feed {
                 filters: TypeFilters::all(),
                 mailbox: mailbox.clone(),
             };
-            let privacy = opening
-                .asked
-                .iter()
-                .find(|(asked, _)| *asked == subscription.label)
-                .map(|(_, allowed)| *allowed);
             let setup = Setup {
                 id: None,
                 since,
@@ -225,7 +155,7 @@ impl Feed {
                     failure
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .get_or_insert(named(&label, refusal));
+                        .get_or_insert(lifecycle::named_in(&label, refusal));
                     failed.end(ByeCode::Draining);
                 }
             });
@@ -292,12 +222,7 @@ struct Peek<'a> {
 }
 
 /// `GET /v1/sse?ch=...`: events as `event: evt`, `id: <cursor>`, `data: <evt frame>`.
-pub async fn sse(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Response {
-    let query = FeedQuery::from_pairs(pairs);
+pub async fn sse(State(edge): State<Arc<Edge>>, headers: HeaderMap, query: OpenQuery) -> Response {
     let opening = match open_request(&edge, &headers, &query).await {
         Ok(opening) => opening,
         Err(refused) => return refused.into_response(),
@@ -431,12 +356,7 @@ fn sse_event(frame: &Utf8Bytes, cursor: &mut Cursor) -> Event {
 }
 
 /// `GET /v1/poll?ch=...&cursor=...&wait=<s>`: `{"events":[<evt frames>],"cursor":"..."}`.
-pub async fn poll(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Response {
-    let query = FeedQuery::from_pairs(pairs);
+pub async fn poll(State(edge): State<Arc<Edge>>, headers: HeaderMap, query: OpenQuery) -> Response {
     let wait = match query.wait.as_deref().map(str::parse::<u64>) {
         None => Duration::from_secs(25),
         Some(Ok(s)) => Duration::from_secs(s).min(MAX_WAIT),
@@ -459,7 +379,7 @@ pub async fn poll(
                 epoch,
                 seqs: BTreeMap::new(),
             };
-            for channel in &opening.channels {
+            for (channel, _) in &opening.channels {
                 let user = &opening.identity.user;
                 let head = match subscribe::last_seq(&edge, user, &channel.base()).await {
                     Ok(head) => head,
@@ -474,7 +394,7 @@ pub async fn poll(
     // 10.10): the stream, or the archive where the stream lost events.
     let mut recovered = recovered;
     let position = edge.position();
-    for channel in &opening.channels {
+    for (channel, _) in &opening.channels {
         if let Some(seq) = cursor.seqs.get(channel.as_str()) {
             let user = &opening.identity.user;
             match subscribe::recoverable(&edge, user, &channel.base(), *seq, &position).await {
@@ -485,7 +405,7 @@ pub async fn poll(
     }
     // Channels new to the cursor start at their head, like a fresh subscription.
     let mut opening = opening;
-    for channel in &opening.channels {
+    for (channel, _) in &opening.channels {
         if !cursor.seqs.contains_key(channel.as_str()) {
             let user = &opening.identity.user;
             let head = match subscribe::last_seq(&edge, user, &channel.base()).await {
@@ -599,7 +519,7 @@ mod tests {
     #[tokio::test]
     async fn a_failure_after_the_stream_started_is_told_before_bye() {
         let channel = ChannelName::parse("conversation:c1").unwrap();
-        let refusal = named(
+        let refusal = lifecycle::named_in(
             &channel,
             Refusal::unavailable("channel unavailable: no responders"),
         );
@@ -622,7 +542,8 @@ mod tests {
     #[tokio::test]
     async fn a_poll_whose_channel_failed_answers_the_refusal() {
         let channel = ChannelName::parse("project:p1").unwrap();
-        let refusal = named(&channel, Refusal::unavailable("channel unavailable: gone"));
+        let refusal =
+            lifecycle::named_in(&channel, Refusal::unavailable("channel unavailable: gone"));
         let (status, text) = body(refusal.into_response()).await;
         assert_eq!(status, 503);
         let answer: serde_json::Value = serde_json::from_str(&text).unwrap();

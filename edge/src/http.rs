@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use switchboard_bus::Encoding;
+use switchboard_schemas::channel::SYSTEM_BROADCAST;
 use switchboard_schemas::frame::RpcMethod;
 use switchboard_schemas::shapes::Role;
 use switchboard_schemas::{
@@ -26,11 +27,11 @@ use switchboard_schemas::{
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::Edge;
-use crate::admission::{TokenQuery, authenticate, check_origin, client_address, token};
+use crate::admission::{OpenQuery, authenticate, check_origin, client_address, token};
 use crate::refusal::Refusal;
 use crate::server::Socket;
 use crate::session::{self, Admitted, Declared};
-use crate::{fallback, rpc, subscribe};
+use crate::{fallback, lifecycle, rpc, subscribe};
 
 pub fn router(edge: Arc<Edge>) -> Router {
     let router = match edge.config.web_dir() {
@@ -82,7 +83,7 @@ async fn websocket(
     State(edge): State<Arc<Edge>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
+    query: OpenQuery,
     socket: Option<Extension<Socket>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -101,18 +102,44 @@ async fn websocket(
         Ok(status) => status.map(|status| InitialPresence { status, text: None }),
         Err(refused) => return refused.into_response(),
     };
-    // A token on the upgrade is checked before any socket exists.
+    // A token on the upgrade is checked before any socket exists, and so are the channels
+    // the upgrade subscribes (`?ch=`), as for SSE.
     let admitted = match token(&headers, query.token.as_deref()) {
-        Ok(Some(_)) => match authenticate(&edge, &headers, query.token.as_deref()).await {
-            Ok((identity, slot)) => match Declared::new(query.device.clone(), presence) {
-                Ok(declared) => {
-                    let own = subscribe::warm_own(&edge, &identity).await;
-                    Admitted::Authenticated(identity, slot, declared, own)
+        Ok(Some(_)) => {
+            let admitted = async {
+                let (identity, slot) =
+                    authenticate(&edge, &headers, query.token.as_deref()).await?;
+                let mut declared = Declared::new(query.device.clone(), presence)?;
+                if !query.channels.is_empty() {
+                    // Boxed: asking the presence service is a large future, and every
+                    // upgrade's would carry room for it.
+                    let checked = lifecycle::check_named(&edge, &identity, &query.channels);
+                    declared.channels = Box::pin(checked).await?;
+                    if declared
+                        .channels
+                        .iter()
+                        .any(|(ch, _)| ch.as_str() == SYSTEM_BROADCAST)
+                    {
+                        return Err(Refusal::bad_request(
+                            "system:broadcast: every connection is subscribed to it already",
+                        ));
+                    }
                 }
+                let own = subscribe::warm_own(&edge, &identity).await;
+                Ok::<_, Refusal>(Admitted::Authenticated(identity, slot, declared, own))
+            };
+            match admitted.await {
+                Ok(admitted) => admitted,
                 Err(refused) => return refused.into_response(),
-            },
-            Err(refused) => return refused.into_response(),
-        },
+            }
+        }
+        Ok(None) if !query.channels.is_empty() => {
+            return Refusal::bad_request(
+                "subscribing on the upgrade (?ch=) needs the token there too: \
+                 Authorization: Bearer or ?token=",
+            )
+            .into_response();
+        }
         Ok(None) => match edge
             .users
             .admit_unauthenticated(client, client != peer.ip())
@@ -175,7 +202,7 @@ struct PublishRequest {
 async fn publish(
     State(edge): State<Arc<Edge>>,
     headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
+    query: OpenQuery,
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref()).await?;
@@ -231,7 +258,7 @@ async fn call(
     State(edge): State<Arc<Edge>>,
     Path(method): Path<String>,
     headers: HeaderMap,
-    Query(query): Query<TokenQuery>,
+    query: OpenQuery,
     body: Bytes,
 ) -> Result<Response, Refusal> {
     let (identity, _slot) = authenticate(&edge, &headers, query.token.as_deref()).await?;

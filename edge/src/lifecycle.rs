@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use switchboard_schemas::channel::SYSTEM_BROADCAST;
-use switchboard_schemas::{ChannelName, Namespace, ResumeFrom};
+use switchboard_schemas::{ChannelName, ErrorCode, Namespace, ResumeFrom};
 
 use crate::Edge;
 use crate::auth::Identity;
@@ -78,6 +78,44 @@ pub async fn ask_privacy(
     } else {
         Err(Refusal::forbidden("this user's presence is private"))
     }
+}
+
+/// The channels a request names as it opens (`?ch=`, repeated: a socket's upgrade, an SSE
+/// stream, a poll), checked as one: each must be a channel and allowed, a presence watch
+/// the rules leave to its user is asked of the presence service, duplicates are merged.
+/// The first refusal refuses the request, naming its channel. Each channel comes with the
+/// presence service's say, where it was asked.
+pub async fn check_named(
+    edge: &Edge,
+    identity: &Identity,
+    named: &[String],
+) -> Result<Vec<(ChannelName, Option<PrivacyAsked>)>, Refusal> {
+    if named.len() > edge.config.max_subscriptions {
+        return Err(Refusal::new(ErrorCode::RateLimited, "too many channels"));
+    }
+    let mut channels: Vec<(ChannelName, Option<PrivacyAsked>)> = Vec::with_capacity(named.len());
+    for raw in named {
+        let label = ChannelName::parse(raw).map_err(|e| Refusal::bad_request(e.to_string()))?;
+        if channels.iter().any(|(known, _)| *known == label) {
+            continue;
+        }
+        let privacy = match authorize(edge, identity, &label) {
+            Access::Allowed => None,
+            Access::AskPrivacy => Some(
+                ask_privacy(edge, &identity.user, &label)
+                    .await
+                    .map_err(|refusal| named_in(&label, refusal))?,
+            ),
+            Access::Refused(refusal) => return Err(named_in(&label, refusal)),
+        };
+        channels.push((label, privacy));
+    }
+    Ok(channels)
+}
+
+/// A refusal about one of several channels, naming it.
+pub fn named_in(label: &ChannelName, refusal: Refusal) -> Refusal {
+    Refusal::new(refusal.code, format!("{label}: {}", refusal.message))
 }
 
 /// A presence watch the presence service allowed, and when: the edge's count of

@@ -236,6 +236,149 @@ async fn the_101_and_welcome_arrive_together() {
     }
 }
 
+/// docs/protocol.md, section 2: the channels an upgrade names (`?ch=`) are subscribed as
+/// the session starts; on channels that know their heads, their `ok`s (without `id`, in
+/// the order named, a repeated one once) come in the same segment as the `101` and
+/// `welcome`, so a client has them confirmed in the round trip of its upgrade.
+#[tokio::test]
+async fn channels_named_on_the_upgrade_are_confirmed_with_welcome() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let mut other = edge.connect("u1").await;
+    other.sub(json!({"op":"sub","ch":"domain:lobby"})).await;
+    let mut raw = std::net::TcpStream::connect(&edge.addr).unwrap();
+    raw.set_nodelay(true).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let query = format!(
+        "token={}&ch=user:u9&ch=domain%3Alobby&ch=user:u9",
+        token("u9", 60, &[])
+    );
+    raw.write_all(upgrade_with_query(&edge.addr, &query).as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = raw.read(&mut buf).expect("no answer to the upgrade");
+    assert!(buf.starts_with(b"HTTP/1.1 101"));
+    let replies = text_frames(&buf[..n]);
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert_eq!(replies[0]["op"], "welcome");
+    for (reply, ch) in replies[1..].iter().zip(["user:u9", "domain:lobby"]) {
+        assert_eq!(reply["op"], "ok", "{reply}");
+        assert_eq!(reply["ch"], ch, "{reply}");
+        assert!(reply.get("id").is_none(), "{reply}");
+        assert!(reply["seq"].is_u64(), "{reply}");
+    }
+    // Both are live: an event on each reaches this socket, as on the other.
+    let lobby = stack.publish("domain:lobby", "note.new", json!({})).await;
+    let own = stack.publish("user:u9", "note.new", json!({})).await;
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let n = raw.read(&mut buf).expect("no live event");
+        events.extend(frames(&buf[..n]));
+    }
+    let seen: Vec<(String, u64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["ch"].as_str().unwrap().to_string(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("domain:lobby".into(), lobby), ("user:u9".into(), own)]
+    );
+    assert_eq!(other.recv().await["seq"], lobby);
+}
+
+/// The channels an upgrade names are checked like SSE's, before any socket exists: the
+/// first one refused refuses the upgrade, named in the answer, and nothing is left open.
+#[tokio::test]
+async fn channels_named_on_the_upgrade_are_checked_before_any_socket() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[]);
+    let bearer = token("u1", 60, &[]);
+    let many: String = (0..101).map(|i| format!("&ch=domain:d{i}")).collect();
+    for (query, status, message) in [
+        ("ch=domain:ok&ch=project:p1", 403, "project:p1: "),
+        ("ch=user:u2", 403, "user:u2: "),
+        ("ch=project:p1.%3E", 400, ""),
+        ("ch=project:p1%20OR%201%3D1", 400, ""),
+        ("ch=nope:x", 400, ""),
+        ("ch=system:broadcast", 400, "system:broadcast: "),
+        (&many[1..], 429, "too many channels"),
+    ] {
+        let url = format!("{}?{query}", edge.ws_url());
+        let Err((got, body)) = Client::open(&url, Some(&bearer)).await else {
+            panic!("?{query} was let in");
+        };
+        assert_eq!(got, status, "?{query}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            body["message"].as_str().unwrap().starts_with(message),
+            "?{query}: {body}"
+        );
+    }
+    // Without a token on the upgrade there is nobody to check them for.
+    let url = format!("{}?ch=domain:lobby", edge.ws_url());
+    let Err((got, body)) = Client::open(&url, None).await else {
+        panic!("?ch= without a token was let in");
+    };
+    assert_eq!(got, 400, "{body}");
+    assert!(body.contains("token"), "{body}");
+    assert_eq!(edge.metric("switchboard_edge_connections"), Some(0.0));
+    // A member's channel is let in (once the membership reached the edge's copy).
+    stack.add_member("project:p1", "u1").await;
+    let url = format!("{}?ch=project:p1", edge.ws_url());
+    let since = std::time::Instant::now();
+    let mut client = loop {
+        match Client::open(&url, Some(&bearer)).await {
+            Ok(client) => break client,
+            Err((403, _)) if since.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(25)).await
+            }
+            Err(refused) => panic!("a member was refused: {refused:?}"),
+        }
+    };
+    assert_eq!(client.recv().await["op"], "welcome");
+    let ok = client.recv().await;
+    assert_eq!((&ok["op"], &ok["ch"]), (&json!("ok"), &json!("project:p1")));
+}
+
+/// A refused subscription without `id` (named on the upgrade, or a `sub` frame without
+/// one) is told in an `err` whose message starts with its channel.
+#[tokio::test]
+async fn a_refused_subscription_without_id_is_named() {
+    let stack = Stack::start().await;
+    let edge = stack.edge(&[("SWITCHBOARD_MAX_SUBS", "2")]);
+    let url = format!("{}?ch=domain:a", edge.ws_url());
+    let mut client = Client::open(&url, Some(&token("u1", 60, &[])))
+        .await
+        .unwrap();
+    assert_eq!(client.recv().await["op"], "welcome");
+    assert_eq!(client.recv().await["op"], "ok");
+    let again = client.request(json!({"op":"sub","ch":"domain:a"})).await;
+    assert_eq!(again["code"], "bad_request", "{again}");
+    assert_eq!(again["id"], 1, "{again}");
+    client.send(json!({"op":"sub","ch":"domain:a"})).await;
+    let err = client.recv().await;
+    assert_eq!(err["code"], "bad_request", "{err}");
+    assert!(err.get("id").is_none(), "{err}");
+    assert_eq!(
+        err["message"],
+        "domain:a: already subscribed to this channel"
+    );
+    client.send(json!({"op":"sub","ch":"domain:b"})).await;
+    assert_eq!(client.recv().await["op"], "ok");
+    client.send(json!({"op":"sub","ch":"domain:c"})).await;
+    let err = client.recv().await;
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    assert_eq!(
+        err["message"],
+        "domain:c: too many subscriptions on this connection"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_finds_its_own_channel_ready() {
     let stack = Stack::start().await;
@@ -315,8 +458,12 @@ async fn an_own_channel_not_subscribed_at_once_is_let_go() {
 
 /// The upgrade request a raw client writes, its token in the query.
 fn upgrade_request(addr: &impl std::fmt::Display, token: &str) -> String {
+    upgrade_with_query(addr, &format!("token={token}"))
+}
+
+fn upgrade_with_query(addr: &impl std::fmt::Display, query: &str) -> String {
     format!(
-        "GET /v1/ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+        "GET /v1/ws?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     )

@@ -1,6 +1,8 @@
 //! `bench connect`: opens authenticated connections as fast as it can, each subscribing
 //! its own `user:<id>` and shared channels like a real client, then holds them idle and
 //! reads the edge's RSS per connection. Its latency is each connection's set-up time.
+//! On the edge, a connection names its channels on the upgrade (`?ch=`, docs/protocol.md
+//! section 2), as a client that knows them as it connects does.
 
 use std::time::{Duration, Instant};
 

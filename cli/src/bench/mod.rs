@@ -121,7 +121,8 @@ enum Scenario {
     /// latency is each connection's set-up, from dialling to its last `ok`.
     ///
     /// Like real clients, each connection's first subscription is its own `user:<id>`
-    /// (a channel nobody else has); the others are among 100 shared ones.
+    /// (a channel nobody else has); the others are among 100 shared ones. On the edge the
+    /// upgrade names them (`?ch=`); a peer gets its own protocol's subscribe.
     ///
     /// Example: switchboard bench connect --connections 2000 --subs 2
     Connect {
@@ -172,7 +173,7 @@ enum Scenario {
     /// event that every connection must get exactly once, and its delivery latency.
     ///
     /// Like `connect`, each connection subscribes its own `user:<id>` and one of 100
-    /// shared channels.
+    /// shared channels, named on its upgrade.
     ///
     /// Example: switchboard bench scale --connections 100000 --edge-urls ws://127.0.0.1:8080/v1/ws,ws://127.0.0.1:8081/v1/ws --edge-pids 4242,4243 --stack-pids 4100,4101
     Scale(scale::Plan),
@@ -453,9 +454,22 @@ impl Dialer {
         )?)
     }
 
-    /// The upgrade request of `user`'s socket: bearer token and subprotocol.
-    fn request(&self, user: &str, channels: &[&str]) -> anyhow::Result<Request> {
-        let mut request = self.url.as_str().into_client_request()?;
+    /// The upgrade request of `user`'s socket: bearer token and subprotocol; `subscribe`
+    /// names channels the upgrade subscribes at once (`?ch=`, docs/protocol.md section 2).
+    fn request(
+        &self,
+        user: &str,
+        channels: &[&str],
+        subscribe: &[String],
+    ) -> anyhow::Result<Request> {
+        let mut url = self.url.clone();
+        if !subscribe.is_empty() {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.extend_pairs(subscribe.iter().map(|ch| ("ch", ch)));
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&query.finish());
+        }
+        let mut request = url.into_client_request()?;
         let token = self.token(user, channels)?;
         request
             .headers_mut()
@@ -468,12 +482,18 @@ impl Dialer {
 
     /// Opens an authenticated socket (bearer on the upgrade) and reads its `welcome`.
     async fn open(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
-        Self::welcome(self.upgrade(user, channels).await?).await
+        Self::welcome(self.upgrade(user, channels, &[]).await?).await
     }
 
-    /// An authenticated socket (bearer on the upgrade), its `welcome` not read yet.
-    async fn upgrade(&self, user: &str, channels: &[&str]) -> anyhow::Result<Socket> {
-        let request = self.request(user, channels)?;
+    /// An authenticated socket (bearer on the upgrade) subscribed to `subscribe` by its
+    /// upgrade, its `welcome` not read yet.
+    async fn upgrade(
+        &self,
+        user: &str,
+        channels: &[&str],
+        subscribe: &[String],
+    ) -> anyhow::Result<Socket> {
+        let request = self.request(user, channels, subscribe)?;
         // No Nagle: a client's small `pub` frames must not wait for the edge's ACKs.
         let (socket, _) =
             tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true)
@@ -516,27 +536,21 @@ impl Bench {
     /// Sends `sub` for each channel, all in one write as nats-server's client sends its
     /// `SUB`s (peer.rs), and waits for every `ok`.
     async fn subscribe(socket: &mut Socket, channels: &[String]) -> anyhow::Result<()> {
-        Self::ask(socket, channels).await?;
-        Self::confirmed(socket, channels).await
-    }
-
-    /// Subscribes a socket whose upgrade carried its token as soon as it is open, without
-    /// waiting for `welcome` (docs/protocol.md, section 2), as nats-server's client sends
-    /// its `SUB`s before it has read `INFO`; then reads `welcome` and every `ok`.
-    async fn subscribe_at_once(mut socket: Socket, channels: &[String]) -> anyhow::Result<Socket> {
-        Self::ask(&mut socket, channels).await?;
-        let mut socket = Dialer::welcome(socket).await?;
-        Self::confirmed(&mut socket, channels).await?;
-        Ok(socket)
-    }
-
-    /// Sends `sub` for each channel, all in one write.
-    async fn ask(socket: &mut Socket, channels: &[String]) -> anyhow::Result<()> {
         for (i, ch) in channels.iter().enumerate() {
             let frame = json!({"op":"sub","id": i + 1,"ch": ch}).to_string();
             socket.feed(Message::Text(frame.into())).await?;
         }
-        Ok(socket.flush().await?)
+        socket.flush().await?;
+        Self::confirmed(socket, channels).await
+    }
+
+    /// Reads `welcome`, then the `ok` of every channel the upgrade subscribed (`?ch=`,
+    /// docs/protocol.md section 2): a client that knows its channels as it connects has
+    /// them confirmed in the same round trip as its token.
+    async fn subscribed_on_upgrade(socket: Socket, channels: &[String]) -> anyhow::Result<Socket> {
+        let mut socket = Dialer::welcome(socket).await?;
+        Self::confirmed(&mut socket, channels).await?;
+        Ok(socket)
     }
 
     /// Waits for the `ok` of every channel asked for.

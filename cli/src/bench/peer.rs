@@ -123,8 +123,8 @@ impl Target for Bench {
     ) -> impl Future<Output = anyhow::Result<Socket>> + Send + 'static {
         let dialer = self.dialer.clone();
         async move {
-            let socket = dialer.upgrade(&user, &[]).await?;
-            Bench::subscribe_at_once(socket, &channels).await
+            let socket = dialer.upgrade(&user, &[], &channels).await?;
+            Bench::subscribed_on_upgrade(socket, &channels).await
         }
     }
 

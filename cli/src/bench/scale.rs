@@ -570,9 +570,9 @@ impl Edge {
         })
     }
 
-    /// Opens `user`'s socket: small buffers (a generator holds thousands idle), no Nagle.
-    /// Its `welcome` is not read yet.
-    async fn upgrade(&self, user: &str) -> anyhow::Result<Socket> {
+    /// Opens `user`'s socket subscribed to `channels` by its upgrade: small buffers (a
+    /// generator holds thousands idle), no Nagle. Its `welcome` is not read yet.
+    async fn upgrade(&self, user: &str, channels: &[String]) -> anyhow::Result<Socket> {
         let socket = match self.address {
             SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
             SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -588,7 +588,7 @@ impl Edge {
             .await
             .with_context(|| format!("cannot connect to the edge at {}", self.dialer.url))?;
         stream.set_nodelay(true)?;
-        let request = self.dialer.request(user, &[])?;
+        let request = self.dialer.request(user, &[], channels)?;
         let (socket, _) = tokio_tungstenite::client_async_with_config(
             request,
             MaybeTlsStream::Plain(stream),
@@ -654,8 +654,8 @@ async fn open_and_hold(share: &Share, secret: &str) -> anyhow::Result<()> {
             let local = next;
             opening.spawn(async move {
                 let open = async {
-                    let socket = edge.upgrade(&user).await?;
-                    Bench::subscribe_at_once(socket, &channels).await
+                    let socket = edge.upgrade(&user, &channels).await?;
+                    Bench::subscribed_on_upgrade(socket, &channels).await
                 };
                 let socket = tokio::time::timeout(OPEN_TIMEOUT, open)
                     .await

@@ -99,7 +99,7 @@ pub fn run(
     held: Option<crate::server::Socket>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let (mut session, outgoing) = match *admitted {
+        let (mut session, outgoing, channels) = match *admitted {
             Admitted::Authenticated(identity, slot, declared, own) => {
                 Session::open(&edge, identity, slot, declared, own)
             }
@@ -119,7 +119,7 @@ pub fn run(
             }
         };
         edge.metrics.gauge(&edge.metrics.connections, 1);
-        session.run(&mut socket, &outgoing, held).await;
+        session.run(&mut socket, &outgoing, held, channels).await;
         edge.metrics.gauge(&edge.metrics.connections, -1);
     }
 }
@@ -146,12 +146,14 @@ enum VisibilityState {
     Known(Visibility),
 }
 
-/// What a connection declares about itself as it opens: its device and its initial
-/// presence (docs/protocol.md, section 9).
+/// What a connection declares about itself as it opens: its device, its initial presence
+/// (docs/protocol.md, section 9) and the channels its upgrade subscribes (`?ch=`,
+/// section 2), each checked already, with the presence service's say where it was asked.
 #[derive(Debug, Clone)]
 pub struct Declared {
     pub device: Option<String>,
     pub presence: InitialPresence,
+    pub channels: Vec<(ChannelName, Option<PrivacyAsked>)>,
 }
 
 impl Declared {
@@ -175,6 +177,7 @@ impl Declared {
         Ok(Declared {
             device: device.filter(|d| valid_device(d)),
             presence,
+            channels: Vec::new(),
         })
     }
 }
@@ -239,14 +242,15 @@ enum Flow {
 }
 
 impl Session {
-    /// A session for an admitted user, and the queue its socket is written from.
+    /// A session for an admitted user, the queue its socket is written from, and the
+    /// channels to subscribe as it starts.
     fn open(
         edge: &Arc<Edge>,
         identity: Identity,
         slot: UserSlot,
         declared: Declared,
         own: Option<Attachment>,
-    ) -> (Session, Outgoing) {
+    ) -> (Session, Outgoing, Vec<(ChannelName, Option<PrivacyAsked>)>) {
         let (mailbox, outgoing) = edge.open_mailbox(identity.user.clone());
         let control = mailbox.control.clone();
         let conn = control.id;
@@ -275,15 +279,17 @@ impl Session {
             deferred: Vec::new(),
             own,
         };
-        (session, outgoing)
+        (session, outgoing, declared.channels)
     }
 
-    /// `held`: the socket's `101`, held back until `welcome` is written (server::Socket).
+    /// `held`: the socket's `101`, held back until `welcome` is written (server::Socket);
+    /// `channels`: those the upgrade named (`?ch=`), subscribed right after `welcome`.
     async fn run(
         &mut self,
         socket: &mut WebSocket,
         outgoing: &Outgoing,
         mut held: Option<crate::server::Socket>,
+        channels: Vec<(ChannelName, Option<PrivacyAsked>)>,
     ) {
         let heartbeat = self.edge.config.heartbeat();
         self.welcome();
@@ -291,6 +297,12 @@ impl Session {
         // future, which every idle connection holds for its whole life.
         Box::pin(self.put_presence()).await;
         Box::pin(self.subscribe_implicit()).await;
+        // Nothing is written yet: on channels that know their head, the `ok`s (without
+        // `id`) leave with `welcome` and the `101`, in one segment.
+        for (label, privacy) in channels {
+            let admitted = self.admit_subscription(None, label, TypeFilters::all(), None, privacy);
+            Box::pin(admitted).await;
+        }
         let mut last_heard = Instant::now();
         let leeway = Duration::from_secs(self.edge.config.jwt_leeway_s);
         let mut due = Deadlines {

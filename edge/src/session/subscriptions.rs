@@ -20,23 +20,24 @@ impl Session {
         since: Option<ResumeFrom>,
     ) {
         if !self.limits.take(Op::Sub, &self.slot) {
-            return self.rate_limited(id, "too many subscribe requests");
+            let refusal = Refusal::rate_limited("too many subscribe requests");
+            return self.rate_limited(id, &about(id, &ch, refusal).message);
         }
         if self.subs.contains(&ch) {
-            return self.bad_frame(
-                id,
-                Refusal::bad_request("already subscribed to this channel"),
-            );
+            let refusal = Refusal::bad_request("already subscribed to this channel");
+            return self.bad_frame(id, about(id, &ch, refusal));
         }
         match lifecycle::authorize(&self.edge, &self.identity, &ch) {
             Access::Allowed => self.admit_subscription(id, ch, types, since, None).await,
             Access::AskPrivacy => self.ask_presence_privacy(id, ch, types, since),
-            Access::Refused(refusal) => self.reply(refusal.frame(id)),
+            Access::Refused(refusal) => self.reply(about(id, &ch, refusal).frame(id)),
         }
     }
 
     /// The checks after authorization: the per-connection limit, then subscribing.
     /// `privacy` is the presence service's say on a presence watch, when it was asked.
+    /// A refusal of a subscription without `id` (one the upgrade named, or a `sub` frame
+    /// without one) names its channel, since nothing else tells the client which it was.
     pub(super) async fn admit_subscription(
         &mut self,
         id: Option<u64>,
@@ -46,13 +47,12 @@ impl Session {
         privacy: Option<PrivacyAsked>,
     ) {
         if self.subs.contains(&ch) {
-            return self.bad_frame(
-                id,
-                Refusal::bad_request("already subscribed to this channel"),
-            );
+            let refusal = Refusal::bad_request("already subscribed to this channel");
+            return self.bad_frame(id, about(id, &ch, refusal));
         }
         if self.subs.counted() >= self.edge.config.max_subscriptions {
-            return self.rate_limited(id, "too many subscriptions on this connection");
+            let refusal = Refusal::rate_limited("too many subscriptions on this connection");
+            return self.rate_limited(id, &about(id, &ch, refusal).message);
         }
         let setup = Setup {
             id,
@@ -86,7 +86,7 @@ impl Session {
                     });
                     None
                 }
-                Err(refusal) => Some(refusal.frame(id)),
+                Err(refusal) => Some(about(id, &ch, refusal).frame(id)),
             }
         });
     }
@@ -118,7 +118,9 @@ impl Session {
         let mut work = Box::pin(async move {
             if let Err(refusal) = work.await {
                 if reply {
-                    mailbox.send(text(refusal.frame(id))).await;
+                    mailbox
+                        .send(text(about(id, &label, refusal).frame(id)))
+                        .await;
                 }
                 done.push(Done::SubFailed(label));
             }
@@ -181,5 +183,14 @@ impl Session {
                 }
             });
         }
+    }
+}
+
+/// A refusal of the subscription to `label` as told to the client: named by its channel
+/// when there is no `id` to answer.
+fn about(id: Option<u64>, label: &ChannelName, refusal: Refusal) -> Refusal {
+    match id {
+        Some(_) => refusal,
+        None => lifecycle::named_in(label, refusal),
     }
 }
