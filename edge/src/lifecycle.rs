@@ -2,6 +2,8 @@
 //! long polls start, re-check, revoke and tear down their subscriptions here, so the
 //! three cannot drift apart (docs/protocol.md, sections 3, 6 and 9.4).
 //!
+//! - **Named on opening.** [`check_named`] checks, as one, the channels a request names
+//!   as it opens (a socket's upgrade, an SSE stream, a poll), before it is answered.
 //! - **Start.** [`authorize`] decides by the namespace rules, the token's grants and the
 //!   membership copy; a `presence:<user>` the rules do not allow is the watched user's
 //!   call, asked of the presence service ([`ask_privacy`]). [`Subscriptions::begin`] then
