@@ -299,14 +299,25 @@ async fn channels_named_on_the_upgrade_are_checked_before_any_socket() {
     let edge = stack.edge(&[]);
     let bearer = token("u1", 60, &[]);
     let many: String = (0..101).map(|i| format!("&ch=domain:d{i}")).collect();
-    for (query, status, message) in [
-        ("ch=domain:ok&ch=project:p1", 403, "project:p1: "),
-        ("ch=user:u2", 403, "user:u2: "),
-        ("ch=project:p1.%3E", 400, ""),
-        ("ch=project:p1%20OR%201%3D1", 400, ""),
-        ("ch=nope:x", 400, ""),
-        ("ch=system:broadcast", 400, "system:broadcast: "),
-        (&many[1..], 429, "too many channels"),
+    // (query, status, how the message starts, what it names)
+    for (query, status, message, names) in [
+        (
+            "ch=domain:ok&ch=project:p1",
+            403,
+            "project:p1: ",
+            "project:p1",
+        ),
+        ("ch=user:u2", 403, "user:u2: ", "user:u2"),
+        ("ch=project:p1.%3E", 400, "", "p1.>"),
+        ("ch=project:p1%20OR%201%3D1", 400, "", "p1 OR 1=1"),
+        ("ch=nope:x", 400, "", "nope"),
+        (
+            "ch=system:broadcast",
+            400,
+            "system:broadcast: ",
+            "system:broadcast",
+        ),
+        (&many[1..], 429, "too many channels", ""),
     ] {
         let url = format!("{}?{query}", edge.ws_url());
         let Err((got, body)) = Client::open(&url, Some(&bearer)).await else {
@@ -314,8 +325,9 @@ async fn channels_named_on_the_upgrade_are_checked_before_any_socket() {
         };
         assert_eq!(got, status, "?{query}: {body}");
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let text = body["message"].as_str().unwrap();
         assert!(
-            body["message"].as_str().unwrap().starts_with(message),
+            text.starts_with(message) && text.contains(names),
             "?{query}: {body}"
         );
     }
