@@ -28,7 +28,7 @@ use crate::Edge;
 use crate::admission::{OpenQuery, authenticate};
 use crate::auth::Identity;
 use crate::hub::Subscription;
-use crate::lifecycle::{self, PrivacyAsked, Setup, Subscriptions};
+use crate::lifecycle::{self, Setup, Subscriptions};
 use crate::limits::UserSlot;
 use crate::mailbox::{ConnControl, Mailbox, Outgoing};
 use crate::refusal::Refusal;
@@ -81,7 +81,7 @@ struct Feed {
 struct Opening {
     identity: Identity,
     slot: UserSlot,
-    channels: Vec<(ChannelName, Option<PrivacyAsked>)>,
+    channels: lifecycle::Named,
     cursor: Option<Cursor>,
 }
 

@@ -82,6 +82,10 @@ pub async fn ask_privacy(
     }
 }
 
+/// Channels a request named as it opened, checked, each with the presence service's say
+/// where it was asked ([`check_named`]).
+pub type Named = Vec<(ChannelName, Option<PrivacyAsked>)>;
+
 /// The channels a request names as it opens (`?ch=`, repeated: a socket's upgrade, an SSE
 /// stream, a poll), checked as one: each must be a channel and allowed, a presence watch
 /// the rules leave to its user is asked of the presence service, duplicates are merged.
@@ -91,11 +95,11 @@ pub async fn check_named(
     edge: &Edge,
     identity: &Identity,
     named: &[String],
-) -> Result<Vec<(ChannelName, Option<PrivacyAsked>)>, Refusal> {
+) -> Result<Named, Refusal> {
     if named.len() > edge.config.max_subscriptions {
         return Err(Refusal::new(ErrorCode::RateLimited, "too many channels"));
     }
-    let mut channels: Vec<(ChannelName, Option<PrivacyAsked>)> = Vec::with_capacity(named.len());
+    let mut channels = Named::with_capacity(named.len());
     for raw in named {
         let label = ChannelName::parse(raw).map_err(|e| Refusal::bad_request(e.to_string()))?;
         if channels.iter().any(|(known, _)| *known == label) {

@@ -267,7 +267,8 @@ async fn channels_named_on_the_upgrade_are_confirmed_with_welcome() {
         assert!(reply.get("id").is_none(), "{reply}");
         assert!(reply["seq"].is_u64(), "{reply}");
     }
-    // Both are live: an event on each reaches this socket, as on the other.
+    // Both are live: an event on each reaches this socket, as on the other. Two channels
+    // are two streams of events: nothing orders one's against the other's.
     let lobby = stack.publish("domain:lobby", "note.new", json!({})).await;
     let own = stack.publish("user:u9", "note.new", json!({})).await;
     let mut events = Vec::new();
@@ -275,7 +276,7 @@ async fn channels_named_on_the_upgrade_are_confirmed_with_welcome() {
         let n = raw.read(&mut buf).expect("no live event");
         events.extend(frames(&buf[..n]));
     }
-    let seen: Vec<(String, u64)> = events
+    let mut seen: Vec<(String, u64)> = events
         .iter()
         .map(|e| {
             (
@@ -284,6 +285,7 @@ async fn channels_named_on_the_upgrade_are_confirmed_with_welcome() {
             )
         })
         .collect();
+    seen.sort();
     assert_eq!(
         seen,
         [("domain:lobby".into(), lobby), ("user:u9".into(), own)]

@@ -153,7 +153,7 @@ enum VisibilityState {
 pub struct Declared {
     pub device: Option<String>,
     pub presence: InitialPresence,
-    pub channels: Vec<(ChannelName, Option<PrivacyAsked>)>,
+    pub channels: lifecycle::Named,
 }
 
 impl Declared {
@@ -250,7 +250,7 @@ impl Session {
         slot: UserSlot,
         declared: Declared,
         own: Option<Attachment>,
-    ) -> (Session, Outgoing, Vec<(ChannelName, Option<PrivacyAsked>)>) {
+    ) -> (Session, Outgoing, lifecycle::Named) {
         let (mailbox, outgoing) = edge.open_mailbox(identity.user.clone());
         let control = mailbox.control.clone();
         let conn = control.id;
@@ -289,7 +289,7 @@ impl Session {
         socket: &mut WebSocket,
         outgoing: &Outgoing,
         mut held: Option<crate::server::Socket>,
-        channels: Vec<(ChannelName, Option<PrivacyAsked>)>,
+        channels: lifecycle::Named,
     ) {
         let heartbeat = self.edge.config.heartbeat();
         self.welcome();
